@@ -1,0 +1,131 @@
+"""The ``faissx`` command (and the seed's ``faissx.server run`` spelling of ``faissx serve``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import rich_click as click
+from pydantic import ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from faissx_core import __version__
+from faissx_core.settings import DEFAULT_PORT, ServerSettings, parse_auth_keys
+
+click.rich_click.USE_MARKDOWN = True
+
+
+def _serve_options(fn):  # noqa: ANN001, ANN202 - a click decorator stack
+    options = [
+        click.option("--port", type=int, default=DEFAULT_PORT, show_default=True,
+                     envvar="FAISSX_PORT", help="TCP port to listen on."),
+        click.option("--bind-address", default="127.0.0.1", show_default=True,
+                     envvar="FAISSX_BIND_ADDRESS",
+                     help="Address to bind; `0.0.0.0` exposes the server to the network."),
+        click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                     envvar="FAISSX_DATA_DIR",
+                     help="Directory for durable indices; in-memory when omitted."),
+        click.option("--plugins", default=None, envvar="FAISSX_PLUGINS",
+                     help="Comma-separated plugin names to enable (default: all discovered)."),
+        click.option("--enable-auth", is_flag=True, default=False, envvar="FAISSX_ENABLE_AUTH",
+                     help="Require an API key on every request."),
+        click.option("--auth-keys", default=None, envvar="FAISSX_AUTH_KEYS",
+                     help="API keys as `key1:tenant1,key2:tenant2`."),
+        click.option("--auth-file", type=click.Path(path_type=Path), default=None,
+                     envvar="FAISSX_AUTH_FILE", help='JSON file `{"key": "tenant"}`.'),
+        click.option("--log-level", default="INFO", show_default=True, envvar="FAISSX_LOG_LEVEL",
+                     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
+                                       case_sensitive=False)),
+        click.option("--workers", type=int, default=None, envvar="FAISSX_WORKERS",
+                     help="Threads doing faiss work (default: one per core)."),
+        click.option("--idle-ttl", type=float, default=600.0, show_default=True,
+                     envvar="FAISSX_IDLE_TTL",
+                     help="Seconds an unnamed index outlives its silent client."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@_serve_options
+def _serve(port: int, bind_address: str, data_dir: Path | None, plugins: str | None,
+           enable_auth: bool, auth_keys: str | None, auth_file: Path | None, log_level: str,
+           workers: int | None, idle_ttl: float) -> None:
+    """Run the FAISSx server until SIGINT or SIGTERM."""
+    from faissx_core.server import run_server  # keeps `faissx --help` quick
+
+    try:
+        extra = {"workers": workers} if workers is not None else {}
+        settings = ServerSettings(
+            port=port, bind_address=bind_address, data_dir=data_dir,
+            plugins=[p.strip() for p in plugins.split(",") if p.strip()] if plugins else None,
+            enable_auth=enable_auth, auth_keys=parse_auth_keys(auth_keys or ""),
+            auth_file=auth_file, log_level=log_level, idle_ttl=idle_ttl, **extra,
+        )
+    except (ValidationError, ValueError) as exc:
+        raise click.BadParameter(_reason(exc)) from None
+    _setup_logging(settings.log_level)
+    try:
+        run_server(settings)
+    except ValueError as exc:  # e.g. an unknown plugin name, found at discovery
+        raise click.UsageError(str(exc)) from None
+
+
+serve = click.command("serve")(_serve)
+run = click.command("run")(_serve)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="faissx")
+def main() -> None:
+    """**FAISSx** serves FAISS indices over ZeroMQ."""
+
+
+@main.command("plugins")
+def plugins_cmd() -> None:
+    """List the discovered plugins and the index types each provides."""
+    from faissx_core.plugins import PluginRegistry
+
+    registry = PluginRegistry()
+    table = Table(title="faissx plugins (entry-point group faissx.plugins)")
+    for column in ("plugin", "module", "distribution", "index types"):
+        table.add_column(column)
+    for info in registry.plugins.values():
+        table.add_row(info.name, info.module, info.dist,
+                      ", ".join(t.name for t in info.types) or "-")
+    Console(width=160).print(table)
+
+
+main.add_command(serve)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="faissx.server")
+def seed_main() -> None:
+    """The seed's spelling: `faissx.server run ...` is `faissx serve ...`."""
+
+
+seed_main.add_command(run)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", exc)).removeprefix("Value error, ")
+        return f"{where}: {msg}" if where else msg
+    return str(exc)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(message)s", datefmt="[%X]",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The one error table.
+
+Every failure that crosses the wire has a stable ``code`` string. The server turns an exception
+into ``{"code", "message", "details"}``; the client turns that back into the class registered for
+the code. Each class also derives from the built-in exception a FAISS user already catches for the
+same mistake, so ``except ValueError`` (or ``KeyError``, ``PermissionError``, ``RuntimeError``)
+keeps working when an index moves from local to remote.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class FaissxError(Exception):
+    """Base of every FAISSx error; ``code`` is what travels on the wire."""
+
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return self.message
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class InternalError(FaissxError, RuntimeError):
+    """A bug on the server side; the message carries no internals beyond the exception text."""
+
+    code = "internal"
+
+
+class ProtocolError(FaissxError, ValueError):
+    """The frames could not be understood: bad msgpack, bad header, frames not matching it."""
+
+    code = "protocol_error"
+
+
+class InvalidArgument(FaissxError, ValueError, AssertionError):
+    """Bad input to an index operation: wrong dimension, dtype, NaN, ``k <= 0`` and the like.
+
+    faiss's own Python wrappers raise ``AssertionError`` for the same mistakes, so this is one too.
+    """
+
+    code = "invalid_argument"
+
+
+class UnknownParameter(FaissxError, AttributeError):
+    """A runtime parameter or attribute the index type does not declare (faiss: AttributeError)."""
+
+    code = "unknown_parameter"
+
+
+class IndexNotFound(FaissxError, KeyError):
+    """No index of that name exists for the caller's tenant."""
+
+    code = "index_not_found"
+
+
+class IndexExists(FaissxError, ValueError):
+    """An index of that name already exists for the caller's tenant."""
+
+    code = "index_exists"
+
+
+class UnknownIndexType(FaissxError, ValueError):
+    """The server has no plugin providing this index type (named in ``details['plugin']``)."""
+
+    code = "unknown_index_type"
+
+
+class UnsupportedOperation(FaissxError, RuntimeError):
+    """The index type cannot do this operation (faiss raises RuntimeError for the same)."""
+
+    code = "unsupported_operation"
+
+
+class FaissError(FaissxError, RuntimeError):
+    """faiss itself refused the operation; the message is faiss's own."""
+
+    code = "faiss_error"
+
+
+class Unauthenticated(FaissxError, PermissionError):
+    """No API key, or one the server does not know."""
+
+    code = "unauthenticated"
+
+
+class PermissionDenied(FaissxError, PermissionError):
+    """The key is valid but may not do this (another tenant, or a read-only role writing)."""
+
+    code = "permission_denied"
+
+
+class QuotaExceeded(FaissxError, RuntimeError):
+    """A per-request, per-tenant or server-wide limit would be crossed; nothing was changed."""
+
+    code = "quota_exceeded"
+
+
+class ServerUnavailable(FaissxError, ConnectionError):
+    """Client side: the server did not answer in time (never sent by a server)."""
+
+    code = "unavailable"
+
+
+class NotConfigured(FaissxError, RuntimeError):
+    """Client side: a remote-only call was made before ``configure()``."""
+
+    code = "not_configured"
+
+
+ERRORS: dict[str, type[FaissxError]] = {
+    cls.code: cls
+    for cls in (
+        InternalError,
+        ProtocolError,
+        InvalidArgument,
+        UnknownParameter,
+        IndexNotFound,
+        IndexExists,
+        UnknownIndexType,
+        UnsupportedOperation,
+        FaissError,
+        Unauthenticated,
+        PermissionDenied,
+        QuotaExceeded,
+        ServerUnavailable,
+        NotConfigured,
+    )
+}
+
+
+def from_wire(error: dict[str, Any]) -> FaissxError:
+    """Rebuild the exception a server reported; unknown codes become InternalError."""
+    cls = ERRORS.get(str(error.get("code")), InternalError)
+    details = error.get("details") or {}
+    return cls(str(error.get("message", "")), **(details if isinstance(details, dict) else {}))

@@ -1,0 +1,68 @@
+"""Message models: the header of every request and reply, validated with pydantic.
+
+A message on the wire is ``[header, *buffers]`` (see ``protocol.py``); these models are the header.
+Arrays are never inside the header: each is described by an :class:`ArrayDesc` and travels as one
+raw frame of its own, in the order the descriptors are listed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+
+#: The dtypes an array frame may carry. Everything else is refused before numpy sees it.
+DType = Literal["float32", "uint8", "int64", "uint64", "int32"]
+
+#: Upper bound on one array's element count: nothing larger is ever allocated from a header.
+MAX_ELEMENTS = 1 << 34
+
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArrayDesc(_Strict):
+    """Describes one raw frame: its name (the argument it binds to), dtype and shape."""
+
+    name: Name
+    dtype: DType
+    shape: Annotated[list[Annotated[int, Field(ge=0, le=MAX_ELEMENTS)]], Field(max_length=2)]
+
+
+class Request(_Strict):
+    """A request header. ``index`` is the index name within the caller's tenant."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    id: Annotated[int, Field(ge=0, lt=1 << 63)]
+    op: Annotated[str, Field(min_length=1, max_length=64)]
+    index: Annotated[str, Field(max_length=512)] | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    arrays: Annotated[list[ArrayDesc], Field(max_length=8)] = Field(default_factory=list)
+    api_key: Annotated[str, Field(max_length=1024)] | None = None
+    tenant: Annotated[str, Field(max_length=128)] | None = None
+    #: Identifies one client process: the owner of its unnamed indices.
+    session: Annotated[str, Field(max_length=128)] | None = None
+    #: Idempotency key of a mutating request (applied at most once per tenant).
+    idem: Annotated[str, Field(max_length=128)] | None = None
+
+
+class ErrorBody(_Strict):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Reply(_Strict):
+    """A reply header: ``ok`` with ``result`` (and arrays), or not ``ok`` with ``error``."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    id: int
+    ok: bool
+    result: dict[str, Any] = Field(default_factory=dict)
+    arrays: list[ArrayDesc] = Field(default_factory=list)
+    error: ErrorBody | None = None

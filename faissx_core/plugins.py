@@ -1,0 +1,104 @@
+"""Plugin discovery: entry points in, a registry of index types out.
+
+Every plugin, the built-in families included, arrives through the ``faissx.plugins`` entry-point
+group. All discovered plugins are imported so that an error can name the plugin providing a
+type; only the enabled ones (``--plugins``) contribute types that can be built.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from faissx_core import hookspecs, storage
+from faissx_core.errors import UnknownIndexType
+from faissx_core.specs import IndexSpec, IndexType
+
+ENTRY_POINT_GROUP = "faissx.plugins"
+log = logging.getLogger(__name__)
+
+#: Core plugins: always registered, first, so that any entry-point plugin is asked before them.
+BUILTINS: tuple[ModuleType, ...] = (storage,)
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str
+    dist: str
+    enabled: bool
+    types: list[IndexType] = field(default_factory=list)
+
+
+class PluginRegistry:
+    """The plugin manager plus the index types of the enabled plugins."""
+
+    def __init__(self, only: Iterable[str] | None = None, group: str = ENTRY_POINT_GROUP) -> None:
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.manager.add_hookspecs(hookspecs)
+        for module in BUILTINS:
+            self.manager.register(module, name=f"builtin:{module.__name__}")
+        wanted = set(only) if only is not None else None
+        self.plugins: dict[str, PluginInfo] = {}
+        self.types: dict[str, IndexType] = {}
+        self._provider: dict[str, str] = {}
+        for ep in entry_points(group=group):
+            if ep.name in self.plugins:
+                log.warning("plugin %r declared twice; keeping %s", ep.name, self.plugins[ep.name])
+                continue
+            plugin = ep.load()
+            enabled = wanted is None or ep.name in wanted
+            info = PluginInfo(ep.name, ep.value, _dist_name(ep), enabled)
+            self.plugins[ep.name] = info
+            impl = getattr(plugin, "faissx_index_types", None)
+            for itype in impl() if impl is not None else ():
+                info.types.append(itype)
+                other = self._provider.setdefault(itype.name, ep.name)
+                if other != ep.name:
+                    raise RuntimeError(
+                        f"index type {itype.name!r} is declared by plugins {other!r} and {ep.name!r}"
+                    )
+            if enabled:
+                self.manager.register(plugin, name=ep.name)
+                self.types.update((t.name, t) for t in info.types)
+        if wanted is not None and (missing := wanted - set(self.plugins)):
+            raise ValueError(
+                f"unknown plugin(s) {', '.join(sorted(missing))}; discovered: "
+                f"{', '.join(sorted(self.plugins)) or 'none'}"
+            )
+
+    @property
+    def hook(self) -> Any:
+        return self.manager.hook
+
+    def index_type(self, name: str) -> IndexType:
+        """The enabled type called ``name``, or an error naming the plugin that would provide it."""
+        try:
+            return self.types[name]
+        except KeyError:
+            pass
+        provider = self._provider.get(name)
+        if provider is not None:
+            raise UnknownIndexType(
+                f"index type {name!r} is provided by plugin {provider!r}, which this server "
+                f"did not enable (start it with --plugins including {provider!r})",
+                plugin=provider,
+            )
+        raise UnknownIndexType(f"no plugin provides index type {name!r}", plugin=None)
+
+    def build(self, spec: IndexSpec) -> Any:
+        """Build the faiss object for ``spec`` (nested specs recursively)."""
+        itype = self.index_type(spec.type)
+        params = itype.validate_params(spec.params)
+        return itype.build(params, self.build)
+
+
+def _dist_name(ep: Any) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{dist.name} {dist.version}" if dist is not None else "?"

@@ -1,0 +1,124 @@
+"""The framing function: one message = a msgpack header frame + one raw frame per array.
+
+This module is the only place that turns messages into frames and back. Arrays are handed to
+ZeroMQ as buffer objects (no ``tobytes()``) and wrapped on arrival with ``np.frombuffer`` over the
+received frame, so a vector is copied by the kernel and nowhere else. The header lists a
+descriptor (name, dtype, shape) for each frame; decoding checks every frame against it before any
+array exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+from pydantic import ValidationError
+
+from faissx_core.errors import ProtocolError
+from faissx_core.messages import PROTOCOL_VERSION, ArrayDesc, Reply, Request
+
+__all__ = ["PROTOCOL_VERSION", "decode", "decode_reply", "decode_request", "encode"]
+
+_DTYPES = {"float32", "uint8", "int64", "uint64", "int32"}
+
+
+def encode(header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> list[Any]:
+    """Frames for ``header`` plus ``arrays``; descriptors are added to the header here.
+
+    Arrays must already be C-contiguous and of a wire dtype: callers convert at the edge where
+    they know what faiss would accept, so nothing is copied silently here.
+    """
+    frames: list[Any] = [b""]
+    descs = []
+    for name, arr in (arrays or {}).items():
+        if arr.dtype.name not in _DTYPES:
+            raise ProtocolError(f"array {name!r}: dtype {arr.dtype} cannot travel on the wire")
+        if not arr.flags.c_contiguous:
+            raise ProtocolError(f"array {name!r} is not C-contiguous")
+        descs.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape)})
+        frames.append(arr if arr.ndim else arr.reshape(1))
+    header = {**header, "arrays": descs}
+    frames[0] = msgpack.packb(header, use_bin_type=True)
+    return frames
+
+
+def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Split frames into the raw header dict and named arrays (read-only views of the frames)."""
+    if not frames:
+        raise ProtocolError("empty message")
+    try:
+        header = msgpack.unpackb(_bytes(frames[0]), raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise ProtocolError(f"header is not valid msgpack: {type(exc).__name__}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header must be a msgpack map")
+    raw_descs = header.get("arrays", [])
+    if not isinstance(raw_descs, list) or len(raw_descs) != len(frames) - 1:
+        got = len(raw_descs) if isinstance(raw_descs, list) else "?"
+        raise ProtocolError(f"header describes {got} arrays but {len(frames) - 1} frames follow")
+    arrays: dict[str, np.ndarray] = {}
+    for raw, frame in zip(raw_descs, frames[1:], strict=True):
+        try:
+            desc = ArrayDesc.model_validate(raw)
+        except ValidationError as exc:
+            raise ProtocolError(f"bad array descriptor: {_first_error(exc)}") from None
+        arrays[desc.name] = _wrap(desc, frame)
+    return header, arrays
+
+
+def decode_request(frames: Sequence[Any]) -> tuple[Request, dict[str, np.ndarray]]:
+    header, arrays = decode(frames)
+    if header.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {header.get('v')!r} not supported (server speaks {PROTOCOL_VERSION})"
+        )
+    try:
+        return Request.model_validate(header), arrays
+    except ValidationError as exc:
+        raise ProtocolError(f"bad request header: {_first_error(exc)}") from None
+
+
+def decode_reply(frames: Sequence[Any]) -> tuple[Reply, dict[str, np.ndarray]]:
+    header, arrays = decode(frames)
+    try:
+        return Reply.model_validate(header), arrays
+    except ValidationError as exc:
+        raise ProtocolError(f"bad reply header: {_first_error(exc)}") from None
+
+
+def request_id(frames: Sequence[Any]) -> int:
+    """Best-effort id of a message that failed to decode, so its error reply can be matched."""
+    try:
+        header = msgpack.unpackb(_bytes(frames[0]), raw=False)
+        rid = header.get("id") if isinstance(header, dict) else None
+        return rid if isinstance(rid, int) and 0 <= rid < 1 << 63 else 0
+    except Exception:
+        return 0
+
+
+def _wrap(desc: ArrayDesc, frame: Any) -> np.ndarray:
+    dtype = np.dtype(desc.dtype)
+    count = 1
+    for dim in desc.shape:
+        count *= dim
+    buf = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
+    expected = (count or 0) * dtype.itemsize if desc.shape else dtype.itemsize
+    if buf.nbytes != expected:
+        raise ProtocolError(
+            f"array {desc.name!r}: descriptor {desc.dtype}{desc.shape} needs {expected} bytes, "
+            f"frame has {buf.nbytes}"
+        )
+    arr = np.frombuffer(buf, dtype=dtype)
+    return arr.reshape(desc.shape) if desc.shape else arr.reshape(())
+
+
+def _bytes(frame: Any) -> bytes | memoryview:
+    return frame.buffer if hasattr(frame, "buffer") else frame
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or "header"
+    return f"{where}: {err.get('msg', 'invalid')}"

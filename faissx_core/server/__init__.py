@@ -1,0 +1,41 @@
+"""The FAISSx server, and the seed's Python spelling of it::
+
+    from faissx import server
+    server.configure(port=45678, data_dir="/data", auth_keys={"key": "tenant"}, enable_auth=True)
+    server.run()
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from faissx_core.server.app import Server, run_server
+from faissx_core.settings import DEFAULT_PORT, ServerSettings
+
+__all__ = ["Server", "ServerSettings", "configure", "run"]
+
+_settings: ServerSettings | None = None
+
+
+def configure(
+    port: int = DEFAULT_PORT,
+    bind_address: str = "127.0.0.1",
+    data_dir: str | Path | None = None,
+    auth_keys: dict[str, str] | None = None,
+    auth_file: str | Path | None = None,
+    enable_auth: bool = False,
+    **more: Any,
+) -> ServerSettings:
+    """Validate and remember the settings :func:`run` will use; returns them."""
+    global _settings
+    _settings = ServerSettings(
+        port=port, bind_address=bind_address, data_dir=data_dir, auth_keys=auth_keys or {},
+        auth_file=auth_file, enable_auth=enable_auth, **more,
+    )
+    return _settings
+
+
+def run() -> None:
+    """Serve with the configured settings (defaults if never configured) until SIGINT/SIGTERM."""
+    run_server(_settings or ServerSettings())

@@ -1,0 +1,252 @@
+"""The request loop: a ROUTER socket in front, faiss work on a thread pool behind.
+
+One thread owns the ROUTER socket (ZeroMQ sockets are not thread-safe). It decodes and validates
+each request, authenticates it, and hands the work to the pool; workers send their replies back
+through per-thread PUSH sockets to an inproc PULL the loop forwards from. faiss releases the GIL,
+so a long search on one index runs while other requests are served. :meth:`Server.handle` is the
+one place every request passes through, where timing and counting can hook in.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import zmq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from faissx_core import __version__
+from faissx_core.auth import KeyStore
+from faissx_core.errors import (
+    FaissxError,
+    InternalError,
+    InvalidArgument,
+    PermissionDenied,
+    ProtocolError,
+)
+from faissx_core.messages import PROTOCOL_VERSION, Request
+from faissx_core.plugins import PluginRegistry
+from faissx_core.protocol import decode_request, encode, request_id
+from faissx_core.server.backend import LocalBackend
+from faissx_core.server.ops import OPS, Arrays
+from faissx_core.settings import ServerSettings
+from faissx_core.specs import IndexSpec
+from faissx_core.tenancy import Principal, check_name
+
+log = logging.getLogger("faissx.server")
+
+#: Seconds between sweeps for idle unnamed indices.
+SWEEP_EVERY = 5.0
+
+
+class CreateArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spec: IndexSpec
+    ephemeral: bool = False
+
+
+class ListArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    all: bool = Field(False, description="include this session's unnamed indices")
+
+
+class Server:
+    def __init__(self, settings: ServerSettings, registry: PluginRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or PluginRegistry(settings.plugins)
+        self.registry.manager.register(KeyStore(settings), name="builtin:keystore")
+        store = self.registry.hook.faissx_open_store(settings=settings)
+        self.backend = LocalBackend(self.registry, store)
+        self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="faissx-worker")
+        self.ctx = zmq.Context()
+        self._reply_endpoint = f"inproc://faissx-replies-{uuid.uuid4().hex}"
+        self._local = threading.local()
+        self._stopping = threading.Event()
+        self.control: dict[str, Callable[[Principal, Request], dict[str, Any]]] = {
+            "create": self._create,
+            "delete": self._delete,
+            "list": self._list,
+            "bye": self._bye,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def stop(self, *_: object) -> None:
+        """Ask the loop to finish; safe from a signal handler or another thread."""
+        self._stopping.set()
+
+    def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
+        router = self.ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 1000)
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        router.bind(self.settings.endpoint)
+        replies = self.ctx.socket(zmq.PULL)
+        replies.bind(self._reply_endpoint)
+        loaded = self.backend.load()
+        if self.backend.store is not None:
+            log.warning(
+                "data dir %s: %d index(es) reopened; named indices are snapshotted on create and "
+                "on clean shutdown only (no write-ahead log yet), so a crash loses their writes "
+                "since the last snapshot", self.settings.data_dir, loaded,
+            )
+        log.info("faissx %s listening on %s (plugins: %s; workers: %d; auth: %s)",
+                 __version__, self.settings.endpoint, ", ".join(sorted(
+                     p for p, i in self.registry.plugins.items() if i.enabled)) or "none",
+                 self.settings.workers, "on" if self.settings.enable_auth else "off")
+        if ready is not None:
+            ready()
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(replies, zmq.POLLIN)
+        next_sweep = time.monotonic() + SWEEP_EVERY
+        try:
+            while not self._stopping.is_set():
+                events = dict(poller.poll(200))
+                if replies in events:
+                    self._forward(replies, router)
+                if router in events:
+                    for _ in range(64):  # drain a burst, but let replies through between bursts
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self.handle(frames[0], frames[1:], router)
+                if time.monotonic() >= next_sweep:
+                    self.backend.expire(self.settings.idle_ttl)
+                    next_sweep = time.monotonic() + SWEEP_EVERY
+        finally:
+            log.info("shutting down: finishing in-flight requests")
+            self.pool.shutdown(wait=True)
+            self._forward(replies, router)
+            saved = self.backend.snapshot_all()
+            if saved:
+                log.info("snapshotted %d named index(es)", saved)
+            router.close()
+            replies.close()
+            for sock in getattr(self, "_pushers", []):
+                sock.close(0)
+            self.ctx.term()
+            log.info("stopped")
+
+    @staticmethod
+    def _forward(replies: zmq.Socket, router: zmq.Socket) -> None:
+        while True:
+            try:
+                frames = replies.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            router.send_multipart(frames, copy=False)
+
+    # -- requests ----------------------------------------------------------------------------
+    def handle(self, ident: Any, frames: list[Any], router: zmq.Socket) -> None:
+        """Validate, authenticate and dispatch one request. Never raises."""
+        rid = 0
+        try:
+            request, arrays = decode_request(frames)
+            rid = request.id
+            if request.op == "ping":
+                router.send_multipart([ident, *self._ok(rid, {
+                    "version": __version__, "protocol": PROTOCOL_VERSION})], copy=False)
+                return
+            principal = self.registry.hook.faissx_authenticate(
+                api_key=request.api_key, tenant=request.tenant, settings=self.settings)
+            if request.session:
+                self.backend.touch(request.session)
+            self.pool.submit(self._work, ident, principal, request, arrays)
+        except FaissxError as exc:
+            router.send_multipart([ident, *self._error(rid or request_id(frames), exc)], copy=False)
+        except Exception as exc:  # a bug must cost one request, not the server
+            log.exception("unexpected error decoding a request")
+            router.send_multipart([ident, *self._error(rid, InternalError(str(exc)))], copy=False)
+
+    def _work(self, ident: Any, principal: Principal, request: Request, arrays: Arrays) -> None:
+        try:
+            frames = self._execute(principal, request, arrays)
+        except FaissxError as exc:
+            frames = self._error(request.id, exc)
+        except Exception as exc:
+            log.exception("op %s failed unexpectedly", request.op)
+            frames = self._error(request.id, InternalError(f"{type(exc).__name__}: {exc}"))
+        self._pusher().send_multipart([ident, *frames], copy=False)
+
+    def _execute(self, principal: Principal, request: Request, arrays: Arrays) -> list[Any]:
+        control = self.control.get(request.op)
+        if control is not None:
+            return self._ok(request.id, control(principal, request))
+        op = OPS.get(request.op)
+        if op is None:
+            raise ProtocolError(f"unknown op {request.op!r}")
+        if op.write and not principal.can_write:
+            raise PermissionDenied(f"a {principal.role} key may not {request.op}")
+        if request.index is None:
+            raise InvalidArgument(f"{request.op} needs an index name")
+        managed = self.backend.get(principal.tenant, check_name(request.index))
+        job = op.prepare(managed, op.parse(request.args), arrays)
+        result, out = self.backend.run(managed, op.write, job)
+        return self._ok(request.id, result, out)
+
+    def _pusher(self) -> zmq.Socket:
+        sock = getattr(self._local, "push", None)
+        if sock is None:
+            sock = self._local.push = self.ctx.socket(zmq.PUSH)
+            sock.connect(self._reply_endpoint)
+            self.__dict__.setdefault("_pushers", []).append(sock)
+        return sock
+
+    @staticmethod
+    def _ok(rid: int, result: dict[str, Any], arrays: Arrays | None = None) -> list[Any]:
+        return encode({"v": PROTOCOL_VERSION, "id": rid, "ok": True, "result": result}, arrays)
+
+    @staticmethod
+    def _error(rid: int, exc: FaissxError) -> list[Any]:
+        return encode({"v": PROTOCOL_VERSION, "id": rid, "ok": False, "error": exc.to_wire()})
+
+    # -- control ops -------------------------------------------------------------------------
+    def _create(self, principal: Principal, request: Request) -> dict[str, Any]:
+        if not principal.can_write:
+            raise PermissionDenied(f"a {principal.role} key may not create indices")
+        try:
+            args = CreateArgs.model_validate(request.args)
+        except ValidationError as exc:
+            raise InvalidArgument(f"create: {exc.errors()[0].get('msg')}") from None
+        name = check_name(request.index or "")
+        if args.ephemeral and not request.session:
+            raise InvalidArgument("an unnamed index needs a client session")
+        session = request.session if args.ephemeral else None
+        return self.backend.create(principal.tenant, name, args.spec, session).info()
+
+    def _delete(self, principal: Principal, request: Request) -> dict[str, Any]:
+        if not principal.can_write:
+            raise PermissionDenied(f"a {principal.role} key may not delete indices")
+        self.backend.delete(principal.tenant, check_name(request.index or ""))
+        return {}
+
+    def _list(self, principal: Principal, request: Request) -> dict[str, Any]:
+        try:
+            args = ListArgs.model_validate(request.args)
+        except ValidationError as exc:
+            raise InvalidArgument(f"list: {exc.errors()[0].get('msg')}") from None
+        return {"indexes": [
+            m.info() for m in self.backend.list(principal.tenant)
+            if not m.ephemeral or (args.all and m.session == request.session)
+        ]}
+
+    def _bye(self, principal: Principal, request: Request) -> dict[str, Any]:
+        """A client going away: drop the unnamed indices of its session."""
+        dropped = (self.backend.drop_session(request.session, principal.tenant)
+                   if request.session else 0)
+        return {"dropped": dropped}
+
+
+def run_server(settings: ServerSettings) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly."""
+    server = Server(settings)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, server.stop)
+        signal.signal(signal.SIGTERM, server.stop)
+    server.serve_forever()

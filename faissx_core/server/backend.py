@@ -1,0 +1,194 @@
+"""Where indices live and how an operation reaches one.
+
+The server talks to a backend only through :class:`Backend`: create, look up, delete, list and
+run an op. :class:`LocalBackend` keeps every index in this process; a sharded backend (Ray actors
+merging results like ``IndexShards``) is meant to be a second implementation of the same class.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import faiss
+
+from faissx_core.errors import IndexExists, IndexNotFound
+from faissx_core.plugins import PluginRegistry
+from faissx_core.server.locks import RWLock
+from faissx_core.specs import IndexSpec, IndexType
+from faissx_core.storage import IndexStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class ManagedIndex:
+    """A faiss object plus what the server knows about it."""
+
+    tenant: str
+    name: str
+    spec: IndexSpec
+    itype: IndexType
+    index: Any
+    created: float = field(default_factory=time.time)
+    #: Unnamed indices belong to a client session and vanish with it.
+    session: str | None = None
+    lock: RWLock = field(default_factory=RWLock)
+
+    @property
+    def ephemeral(self) -> bool:
+        return self.session is not None
+
+    @property
+    def binary(self) -> bool:
+        return isinstance(self.index, faiss.IndexBinary)
+
+    @property
+    def row_width(self) -> int:
+        """Numbers per vector on the wire: floats, or bytes of a binary code."""
+        return self.index.d // 8 if self.binary else self.index.d
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.spec.type,
+            "spec": self.spec.model_dump(),
+            "d": int(self.index.d),
+            "ntotal": int(self.index.ntotal),
+            "is_trained": bool(self.index.is_trained),
+            "metric_type": int(self.index.metric_type),
+            "vector_kind": "binary" if self.binary else "float",
+            "ephemeral": self.ephemeral,
+            "created": self.created,
+        }
+
+
+class Backend(Protocol):
+    def create(self, tenant: str, name: str, spec: IndexSpec, session: str | None) -> ManagedIndex:
+        ...
+
+    def get(self, tenant: str, name: str) -> ManagedIndex:
+        ...
+
+    def delete(self, tenant: str, name: str) -> None:
+        ...
+
+    def list(self, tenant: str) -> list[ManagedIndex]:
+        ...
+
+    def run(self, managed: ManagedIndex, write: bool, fn: Callable[[Any], Any]) -> Any:
+        ...
+
+
+class LocalBackend:
+    """All indices in this process, one readers-writer lock each."""
+
+    def __init__(self, registry: PluginRegistry, store: IndexStore | None = None) -> None:
+        self.registry = registry
+        self.store = store
+        self._indices: dict[tuple[str, str], ManagedIndex] = {}
+        self._mutex = threading.Lock()
+        self._sessions: dict[str, float] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def create(self, tenant: str, name: str, spec: IndexSpec, session: str | None) -> ManagedIndex:
+        itype = self.registry.index_type(spec.type)
+        index = self.registry.build(spec)
+        managed = ManagedIndex(tenant, name, spec, itype, index, session=session)
+        with self._mutex:
+            if (tenant, name) in self._indices:
+                raise IndexExists(f"index {name!r} already exists")
+            self._indices[(tenant, name)] = managed
+        if session is not None:
+            self.touch(session)
+        elif self.store is not None:
+            self.store.save(tenant, name, spec, managed.created, index)
+        return managed
+
+    def adopt(self, tenant: str, name: str, spec: IndexSpec, index: Any, created: float) -> None:
+        """Register an index loaded from the store at start-up."""
+        itype = self.registry.index_type(spec.type)
+        with self._mutex:
+            self._indices[(tenant, name)] = ManagedIndex(tenant, name, spec, itype, index, created)
+
+    def get(self, tenant: str, name: str) -> ManagedIndex:
+        with self._mutex:
+            managed = self._indices.get((tenant, name))
+        if managed is None:
+            raise IndexNotFound(f"no index named {name!r}")
+        return managed
+
+    def delete(self, tenant: str, name: str) -> None:
+        with self._mutex:
+            managed = self._indices.pop((tenant, name), None)
+        if managed is None:
+            raise IndexNotFound(f"no index named {name!r}")
+        if self.store is not None and not managed.ephemeral:
+            with managed.lock.write():  # let in-flight ops on it finish first
+                self.store.delete(tenant, name)
+
+    def list(self, tenant: str) -> list[ManagedIndex]:
+        with self._mutex:
+            return sorted(
+                (m for (t, _), m in self._indices.items() if t == tenant), key=lambda m: m.name
+            )
+
+    def run(self, managed: ManagedIndex, write: bool, fn: Callable[[Any], Any]) -> Any:
+        with managed.lock.write() if write else managed.lock.read():
+            return fn(managed.index)
+
+    # -- unnamed indices ---------------------------------------------------------------------
+    def touch(self, session: str) -> None:
+        self._sessions[session] = time.monotonic()
+
+    def drop_session(self, session: str, tenant: str | None = None) -> int:
+        """Drop the session's unnamed indices (only ``tenant``'s, when given)."""
+        with self._mutex:
+            doomed = [k for k, m in self._indices.items()
+                      if m.session == session and tenant in (None, m.tenant)]
+            for key in doomed:
+                del self._indices[key]
+        if tenant is None:
+            self._sessions.pop(session, None)
+        return len(doomed)
+
+    def expire(self, ttl: float) -> int:
+        """Drop unnamed indices whose session has been silent for ``ttl`` seconds."""
+        cutoff = time.monotonic() - ttl
+        dead = [s for s, seen in list(self._sessions.items()) if seen < cutoff]
+        dropped = sum(self.drop_session(s) for s in dead)
+        if dropped:
+            log.info("expired %d unnamed index(es) of %d idle session(s)", dropped, len(dead))
+        return dropped
+
+    # -- persistence -------------------------------------------------------------------------
+    def load(self) -> int:
+        if self.store is None:
+            return 0
+        count = 0
+        for stored in self.store.load_all():
+            try:
+                self.adopt(stored.tenant, stored.name, stored.spec, stored.index, stored.created)
+                count += 1
+            except Exception as exc:
+                log.error("cannot reopen %s/%s: %s", stored.tenant, stored.name, exc)
+        return count
+
+    def snapshot_all(self) -> int:
+        if self.store is None:
+            return 0
+        with self._mutex:
+            named = [m for m in self._indices.values() if not m.ephemeral]
+        for managed in named:
+            with managed.lock.read():
+                self.store.save(managed.tenant, managed.name, managed.spec, managed.created,
+                                managed.index)
+        return len(named)
+
+    def __iter__(self) -> Iterator[ManagedIndex]:
+        with self._mutex:
+            return iter(list(self._indices.values()))

@@ -1,0 +1,324 @@
+"""Index operations: validation first, then a closure that touches faiss under the index lock.
+
+Each op is registered with :func:`op`. Its function receives the managed index, the validated
+arguments and the request's arrays, checks everything that could make faiss misbehave, and
+returns a ``job(index) -> (result, arrays)`` that the backend runs under the read or write lock.
+These functions work on any ``faiss.Index`` or ``faiss.IndexBinary``; what differs between
+families lives in the plugins' specs, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from faissx_core.errors import FaissError, InvalidArgument, UnsupportedOperation
+from faissx_core.selectors import SelectorSpec, build_selector
+from faissx_core.server.backend import ManagedIndex
+
+Arrays = dict[str, np.ndarray]
+Result = tuple[dict[str, Any], Arrays]
+Job = Callable[[Any], Result]
+
+#: Largest result (queries x k) one search may allocate.
+MAX_RESULTS = 1 << 28
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class IndexOp:
+    name: str
+    write: bool
+    args: type[Args]
+    prepare: Callable[[ManagedIndex, Any, Arrays], Job]
+
+    def parse(self, raw: dict[str, Any]) -> Args:
+        try:
+            return self.args.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err.get("loc", ())) or "args"
+            raise InvalidArgument(f"{self.name}: {where}: {err.get('msg')}") from None
+
+
+OPS: dict[str, IndexOp] = {}
+
+
+def op(name: str, *, write: bool, args: type[Args] = Args) -> Callable:
+    def register(fn: Callable[[ManagedIndex, Any, Arrays], Job]) -> Callable:
+        OPS[name] = IndexOp(name, write, args, fn)
+        return fn
+
+    return register
+
+
+def run_faiss(fn: Callable[[], Any], what: str, managed: ManagedIndex) -> Any:
+    """Call into faiss, turning its C++ exceptions into typed errors."""
+    try:
+        return fn()
+    except RuntimeError as exc:
+        text = str(exc)
+        if "not implemented" in text.lower() or "not supported" in text.lower():
+            raise UnsupportedOperation(
+                f"{what} is not supported by {managed.spec.type}: {_faiss_message(text)}"
+            ) from None
+        raise FaissError(f"{what} on {managed.spec.type}: {_faiss_message(text)}") from None
+
+
+def _faiss_message(text: str) -> str:
+    # faiss prefixes "Error in <signature> at <file>:<line>: "; keep the reason.
+    head, sep, reason = text.rpartition("): ")
+    return reason.strip() if sep and "Error in" in head else text.strip()
+
+
+# -- input checks ------------------------------------------------------------------------------
+
+def vectors(m: ManagedIndex, arrays: Arrays, name: str = "x") -> np.ndarray:
+    x = arrays.get(name)
+    if x is None:
+        raise InvalidArgument(f"missing array {name!r}")
+    want = np.uint8 if m.binary else np.float32
+    if x.dtype != want:
+        raise InvalidArgument(f"{name} must be {np.dtype(want).name} for {m.spec.type}, "
+                              f"got {x.dtype}")
+    if x.ndim != 2 or x.shape[1] != m.row_width:
+        raise InvalidArgument(
+            f"{name} has shape {tuple(x.shape)}; {m.spec.type} (d={m.index.d}) expects "
+            f"(n, {m.row_width})"
+        )
+    if not m.binary and x.size and not (np.isfinite(x.min()) and np.isfinite(x.max())):
+        raise InvalidArgument(f"{name} contains NaN or infinity")
+    return x
+
+
+def id_array(arrays: Arrays, name: str, n: int | None = None) -> np.ndarray:
+    ids = arrays.get(name)
+    if ids is None:
+        raise InvalidArgument(f"missing array {name!r}")
+    if ids.dtype != np.int64 or ids.ndim != 1:
+        raise InvalidArgument(f"{name} must be a 1-d int64 array, got {ids.dtype}{ids.shape}")
+    if n is not None and ids.size != n:
+        raise InvalidArgument(f"{name} has {ids.size} ids for {n} vectors")
+    return ids
+
+
+def _k(k: int, nq: int) -> int:
+    if nq * k > MAX_RESULTS:
+        raise InvalidArgument(f"{nq} queries x k={k} exceeds {MAX_RESULTS} results per request")
+    return k
+
+
+def _key(m: ManagedIndex, index: Any, key: int) -> int:
+    if not 0 <= key < index.ntotal and not _has_id_map(index):
+        raise InvalidArgument(f"key {key} out of range [0, {index.ntotal})")
+    return key
+
+
+def _has_id_map(index: Any) -> bool:
+    return hasattr(index, "id_map") or getattr(index, "direct_map", None) is not None
+
+
+def _info(index: Any) -> dict[str, Any]:
+    return {"ntotal": int(index.ntotal), "is_trained": bool(index.is_trained)}
+
+
+# -- argument models ---------------------------------------------------------------------------
+
+class SearchArgs(Args):
+    k: int = Field(ge=1, le=1 << 20)
+
+
+class RangeArgs(Args):
+    radius: float
+
+
+class KeyArgs(Args):
+    key: int = Field(ge=-(1 << 63), lt=1 << 63)
+
+
+class RangeOfKeys(Args):
+    n0: int = Field(0, ge=0)
+    ni: int = Field(ge=0)
+
+
+class RemoveArgs(Args):
+    selector: SelectorSpec | None = None
+
+
+class ParamName(Args):
+    name: str = Field(max_length=64)
+
+
+class ParamValue(ParamName):
+    value: int | float | bool
+
+
+# -- operations --------------------------------------------------------------------------------
+
+@op("info", write=False)
+def info(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
+    return lambda index: (m.info(), {})
+
+
+@op("add", write=True)
+def add(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
+    x = vectors(m, arrays)
+
+    def job(index: Any) -> Result:
+        if not index.is_trained:
+            raise InvalidArgument(f"{m.spec.type} must be trained before add")
+        run_faiss(lambda: index.add(x), "add", m)
+        return _info(index), {}
+
+    return job
+
+
+@op("add_with_ids", write=True)
+def add_with_ids(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
+    x = vectors(m, arrays)
+    ids = id_array(arrays, "ids", len(x))
+
+    def job(index: Any) -> Result:
+        if not index.is_trained:
+            raise InvalidArgument(f"{m.spec.type} must be trained before add_with_ids")
+        run_faiss(lambda: index.add_with_ids(x, ids), "add_with_ids", m)
+        return _info(index), {}
+
+    return job
+
+
+@op("train", write=True)
+def train(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
+    x = vectors(m, arrays)
+
+    def job(index: Any) -> Result:
+        run_faiss(lambda: index.train(x), "train", m)
+        return _info(index), {}
+
+    return job
+
+
+@op("search", write=False, args=SearchArgs)
+def search(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
+    x = vectors(m, arrays)
+    k = _k(a.k, len(x))
+
+    def job(index: Any) -> Result:
+        D, I = run_faiss(lambda: index.search(x, k), "search", m)  # noqa: E741
+        return {}, {"D": D, "I": I}
+
+    return job
+
+
+@op("assign", write=False, args=SearchArgs)
+def assign(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
+    x = vectors(m, arrays)
+    k = _k(a.k, len(x))
+    return lambda index: ({}, {"I": run_faiss(lambda: index.assign(x, k), "assign", m)})
+
+
+@op("range_search", write=False, args=RangeArgs)
+def range_search(m: ManagedIndex, a: RangeArgs, arrays: Arrays) -> Job:
+    x = vectors(m, arrays)
+    radius = int(a.radius) if m.binary else float(a.radius)
+
+    def job(index: Any) -> Result:
+        lims, D, I = run_faiss(lambda: index.range_search(x, radius), "range_search", m)  # noqa: E741
+        return {}, {"lims": lims, "D": D, "I": I}
+
+    return job
+
+
+@op("search_and_reconstruct", write=False, args=SearchArgs)
+def search_and_reconstruct(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
+    x = vectors(m, arrays)
+    k = _k(a.k, len(x))
+
+    def job(index: Any) -> Result:
+        D, I, R = run_faiss(lambda: index.search_and_reconstruct(x, k), "search_and_reconstruct", m)  # noqa: E741
+        return {}, {"D": D, "I": I, "R": R}
+
+    return job
+
+
+@op("reconstruct", write=False, args=KeyArgs)
+def reconstruct(m: ManagedIndex, a: KeyArgs, arrays: Arrays) -> Job:
+    def job(index: Any) -> Result:
+        key = _key(m, index, a.key)
+        return {}, {"x": run_faiss(lambda: index.reconstruct(key), "reconstruct", m)}
+
+    return job
+
+
+@op("reconstruct_n", write=False, args=RangeOfKeys)
+def reconstruct_n(m: ManagedIndex, a: RangeOfKeys, arrays: Arrays) -> Job:
+    def job(index: Any) -> Result:
+        if a.n0 + a.ni > index.ntotal:
+            raise InvalidArgument(f"range [{a.n0}, {a.n0 + a.ni}) exceeds ntotal={index.ntotal}")
+        x = run_faiss(lambda: index.reconstruct_n(a.n0, a.ni), "reconstruct_n", m)
+        return {}, {"x": x}
+
+    return job
+
+
+@op("reconstruct_batch", write=False)
+def reconstruct_batch(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
+    ids = id_array(arrays, "ids")
+
+    def job(index: Any) -> Result:
+        if not _has_id_map(index) and ids.size and (ids.min() < 0 or ids.max() >= index.ntotal):
+            raise InvalidArgument(f"ids out of range [0, {index.ntotal})")
+        return {}, {"x": run_faiss(lambda: index.reconstruct_batch(ids), "reconstruct_batch", m)}
+
+    return job
+
+
+@op("remove_ids", write=True, args=RemoveArgs)
+def remove_ids(m: ManagedIndex, a: RemoveArgs, arrays: Arrays) -> Job:
+    if a.selector is None:
+        ids = id_array(arrays, "ids")
+        held = faiss.IDSelectorBatch(ids.size, faiss.swig_ptr(ids)), ids
+    else:
+        held = build_selector(a.selector, arrays)
+
+    def job(index: Any) -> Result:
+        # held = (selector, the id array it points into): both live as long as this closure
+        removed = run_faiss(lambda: index.remove_ids(held[0]), "remove_ids", m)
+        return {"removed": int(removed), **_info(index)}, {}
+
+    return job
+
+
+@op("reset", write=True)
+def reset(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
+    def job(index: Any) -> Result:
+        run_faiss(index.reset, "reset", m)
+        return _info(index), {}
+
+    return job
+
+
+@op("get_parameter", write=False, args=ParamName)
+def get_parameter(m: ManagedIndex, a: ParamName, arrays: Arrays) -> Job:
+    param = m.itype.runtime_param(a.name)
+    return lambda index: ({"value": param.read(index)}, {})
+
+
+@op("set_parameter", write=True, args=ParamValue)
+def set_parameter(m: ManagedIndex, a: ParamValue, arrays: Arrays) -> Job:
+    param = m.itype.runtime_param(a.name)
+    value = param.coerce(a.value)
+
+    def job(index: Any) -> Result:
+        param.write(index, value)
+        return {"value": param.read(index)}, {}
+
+    return job

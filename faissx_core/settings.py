@@ -1,0 +1,96 @@
+"""The one settings model of the server.
+
+The CLI, ``faissx.server.configure()`` and environment variables all end up here, so every
+setting is validated in one place with one set of messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from faissx_core.tenancy import check_name
+
+DEFAULT_PORT = 45678
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    #: Loopback by default: exposing the server is a decision, made with ``--bind-address``.
+    bind_address: str = "127.0.0.1"
+    data_dir: Path | None = None
+    #: Entry-point names of the index-family plugins to enable; None enables all discovered.
+    plugins: list[str] | None = None
+    enable_auth: bool = False
+    auth_keys: dict[str, str] = Field(default_factory=dict, repr=False)
+    auth_file: Path | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    #: Seconds an unnamed index survives without its client showing signs of life.
+    idle_ttl: float = Field(600.0, gt=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("auth_keys")
+    @classmethod
+    def _tenants_are_names(cls, keys: dict[str, str]) -> dict[str, str]:
+        for key, tenant in keys.items():
+            if not key:
+                raise ValueError("an API key may not be empty")
+            check_name(tenant, "tenant id")
+        return keys
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServerSettings:
+        if self.auth_keys and self.auth_file:
+            raise ValueError("give API keys inline or in a file, not both")
+        if self.enable_auth and not (self.auth_keys or self.auth_file):
+            raise ValueError("--enable-auth needs --auth-keys or --auth-file")
+        if self.auth_file is not None and not self.auth_file.is_file():
+            raise ValueError(f"auth file {self.auth_file} does not exist")
+        if self.data_dir is not None:
+            if self.data_dir.exists() and not self.data_dir.is_dir():
+                raise ValueError(f"data dir {self.data_dir} exists and is not a directory")
+            parent = self.data_dir if self.data_dir.exists() else self.data_dir.parent
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"data dir {self.data_dir} is not writable")
+        return self
+
+    def api_keys(self) -> dict[str, str]:
+        """Key -> tenant, from the inline mapping or the JSON file."""
+        if self.auth_file is None:
+            return dict(self.auth_keys)
+        try:
+            data = json.loads(self.auth_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read auth file {self.auth_file}: {exc}") from None
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            raise ValueError(f'auth file {self.auth_file} must be a JSON object {{"key": "tenant"}}')
+        return self._tenants_are_names(data)
+
+    @property
+    def endpoint(self) -> str:
+        host = "*" if self.bind_address in ("0.0.0.0", "*") else self.bind_address
+        return f"tcp://{host}:{self.port}"
+
+
+def parse_auth_keys(text: str) -> dict[str, str]:
+    """``"key1:tenant1,key2:tenant2"`` -> mapping; the CLI and env var spelling."""
+    keys: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, tenant = item.rpartition(":")
+        if not sep or not key or not tenant:
+            raise ValueError(f"auth key entry {item!r} is not of the form key:tenant")
+        keys[key] = tenant
+    return keys

@@ -1,0 +1,60 @@
+"""Flat family: exact search by brute force (``IndexFlatL2``, ``IndexFlatIP``, ``IndexFlat``)."""
+
+from __future__ import annotations
+
+import faiss
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from faissx_core.hookspecs import hookimpl
+from faissx_core.specs import IndexType
+
+#: Metrics IndexFlat computes; anything else faiss would reject deep inside a search.
+FLAT_METRICS = {
+    getattr(faiss, name)
+    for name in dir(faiss)
+    if name.startswith("METRIC_") and isinstance(getattr(faiss, name), int)
+}
+
+
+class Dim(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    d: int = Field(gt=0, le=1 << 16, description="vector dimension")
+
+
+class DimMetric(Dim):
+    metric: int = Field(faiss.METRIC_L2, description="a faiss.METRIC_* constant")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: int) -> int:
+        if metric not in FLAT_METRICS:
+            raise ValueError(f"unknown metric {metric}; use a faiss.METRIC_* constant")
+        return metric
+
+
+@hookimpl
+def faissx_index_types() -> list[IndexType]:
+    return [
+        IndexType(
+            name="IndexFlatL2",
+            family="flat",
+            params=Dim,
+            build=lambda p, _: faiss.IndexFlatL2(p.d),
+            doc="Exact search, squared L2 distance.",
+        ),
+        IndexType(
+            name="IndexFlatIP",
+            family="flat",
+            params=Dim,
+            build=lambda p, _: faiss.IndexFlatIP(p.d),
+            doc="Exact search, inner product (cosine on normalised vectors).",
+        ),
+        IndexType(
+            name="IndexFlat",
+            family="flat",
+            params=DimMetric,
+            build=lambda p, _: faiss.IndexFlat(p.d, p.metric),
+            doc="Exact search with any faiss metric.",
+        ),
+    ]
