@@ -19,7 +19,9 @@ from pydantic import ValidationError
 from faissx_core.errors import ProtocolError
 from faissx_core.messages import PROTOCOL_VERSION, ArrayDesc, Reply, Request
 
-__all__ = ["PROTOCOL_VERSION", "decode", "decode_reply", "decode_request", "encode"]
+__all__ = [
+    "PROTOCOL_VERSION", "decode", "decode_reply", "decode_request", "encode", "recv_reply",
+]
 
 _DTYPES = {"float32", "uint8", "int64", "uint64", "int32"}
 
@@ -86,6 +88,46 @@ def decode_reply(frames: Sequence[Any]) -> tuple[Reply, dict[str, np.ndarray]]:
         return Reply.model_validate(header), arrays
     except ValidationError as exc:
         raise ProtocolError(f"bad reply header: {_first_error(exc)}") from None
+
+
+def recv_reply(socket: Any) -> tuple[Reply, dict[str, np.ndarray]]:
+    """Receive one reply from ``socket``, each array straight into a fresh writable ndarray.
+
+    The header frame arrives first and says what follows, so every array is allocated once at
+    its final size and ``recv_into`` fills it: results are ordinary writable arrays, as faiss
+    returns, without an extra copy out of the message buffer.
+    """
+    reply, raw = _reply_header(socket.recv())
+    arrays: dict[str, np.ndarray] = {}
+    problem = None
+    for desc in reply.arrays:
+        if not socket.rcvmore:
+            problem = f"reply describes {len(reply.arrays)} arrays but fewer frames arrived"
+            break
+        arr = np.empty(desc.shape, dtype=desc.dtype)
+        got = socket.recv_into(arr.reshape(-1).view(np.uint8) if arr.size else bytearray(1))
+        if got != arr.nbytes:
+            problem = f"array {desc.name!r}: expected {arr.nbytes} bytes, frame had {got}"
+        arrays[desc.name] = arr
+    extra = 0
+    while socket.rcvmore:
+        socket.recv_into(bytearray())
+        extra += 1
+    if problem is None and extra:
+        problem = f"{extra} undescribed frame(s) after the reply"
+    if problem is not None:
+        raise ProtocolError(problem, id=reply.id)
+    return reply, arrays
+
+
+def _reply_header(frame: bytes) -> tuple[Reply, dict[str, Any]]:
+    try:
+        raw = msgpack.unpackb(frame, raw=False)
+        return Reply.model_validate(raw), raw
+    except ValidationError as exc:
+        raise ProtocolError(f"bad reply header: {_first_error(exc)}") from None
+    except Exception as exc:
+        raise ProtocolError(f"reply header is not valid msgpack: {type(exc).__name__}") from None
 
 
 def request_id(frames: Sequence[Any]) -> int:

@@ -73,6 +73,7 @@ class Server:
             "delete": self._delete,
             "list": self._list,
             "bye": self._bye,
+            "touch": self._touch,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -235,6 +236,10 @@ class Server:
             m.info() for m in self.backend.list(principal.tenant)
             if not m.ephemeral or (args.all and m.session == request.session)
         ]}
+
+    def _touch(self, principal: Principal, request: Request) -> dict[str, Any]:
+        """Keep-alive (and, from configure(), a check that the key works)."""
+        return {"tenant": principal.tenant, "version": __version__}
 
     def _bye(self, principal: Principal, request: Request) -> dict[str, Any]:
         """A client going away: drop the unnamed indices of its session."""

@@ -1,0 +1,52 @@
+"""Index classes that are real faiss in local mode and proxies in remote mode.
+
+``faissx_client.IndexFlatL2(d)`` returns a genuine ``faiss.IndexFlatL2`` until ``configure()``
+is called, and a :class:`RemoteIndex` proxy afterwards. The choice is made at call time by the
+metaclass, so ``from faissx.client import IndexFlatL2`` works whichever happens first, and
+``isinstance`` accepts both the faiss object and the proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import faiss
+
+from faissx_client.proxy import RemoteIndex
+from faissx_core.plugins import PluginRegistry
+from faissx_core.specs import IndexType
+
+
+class DropIn(type):
+    """Metaclass of the generated classes: dispatches construction on the client's mode."""
+
+    _faiss_cls: type | None
+    _registry: PluginRegistry
+    _current: Callable[[], Any]
+
+    def __call__(cls, *args: Any, name: str | None = None, **kwargs: Any) -> Any:
+        client = cls._current()
+        itype = cls.itype
+        if client is None:
+            if cls._faiss_cls is not None:  # faiss's own class, with all its overloads
+                return cls._faiss_cls(*args, **kwargs)
+            return cls._registry.build(itype.bind(args, kwargs))
+        spec = itype.bind(args, kwargs)
+        return super().__call__(client, spec, name=name)
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return type.__instancecheck__(cls, obj) or (
+            cls._faiss_cls is not None and isinstance(obj, cls._faiss_cls))
+
+
+def make_class(itype: IndexType, registry: PluginRegistry, current: Callable[[], Any]) -> type:
+    faiss_cls = getattr(faiss, itype.name, None)
+    return DropIn(itype.name, (RemoteIndex,), {
+        "itype": itype,
+        "_faiss_cls": faiss_cls if isinstance(faiss_cls, type) else None,
+        "_registry": registry,
+        "_current": staticmethod(current),
+        "__doc__": itype.doc or f"{itype.name} from plugin family {itype.family!r}.",
+        "__module__": "faissx_client",
+    })

@@ -1,0 +1,77 @@
+"""A configured connection to one FAISSx server, shared by every proxy made after configure()."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+
+from faissx_client.settings import ClientSettings
+from faissx_client.transport import Transport
+
+log = logging.getLogger("faissx.client")
+
+#: Seconds between keep-alives while this client owns unnamed indices (server TTL: 600 s).
+KEEPALIVE_EVERY = 60.0
+
+
+class Client:
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        self.transport = Transport(settings)
+        self._anonymous: set[str] = set()
+        self._mutex = threading.Lock()
+        self._stop = threading.Event()
+        self._keepalive: threading.Thread | None = None
+        atexit.register(self.close)
+
+    @property
+    def server(self) -> str:
+        return self.settings.server
+
+    def call(self, op: str, index: str | None = None, args: dict[str, Any] | None = None,
+             arrays: dict[str, np.ndarray] | None = None, timeout: float | None = None
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return self.transport.call(op, index, args, arrays, timeout)
+
+    # -- unnamed indices ---------------------------------------------------------------------
+    def adopt_anonymous(self, name: str) -> None:
+        with self._mutex:
+            self._anonymous.add(name)
+            if self._keepalive is None:
+                self._keepalive = threading.Thread(
+                    target=self._keep_alive, name="faissx-keepalive", daemon=True)
+                self._keepalive.start()
+
+    def forget_anonymous(self, name: str) -> None:
+        """Called when an unnamed proxy is collected: drop its server-side index."""
+        with self._mutex:
+            if name not in self._anonymous:
+                return
+            self._anonymous.discard(name)
+        if not self.transport.closed:
+            self.transport.send_nowait("delete", name)
+
+    def _keep_alive(self) -> None:
+        while not self._stop.wait(KEEPALIVE_EVERY):
+            if self._anonymous:
+                try:
+                    self.call("touch", timeout=10)
+                except Exception as exc:  # the next real call reports a dead server
+                    log.debug("keep-alive failed: %s", exc)
+
+    def close(self) -> None:
+        """Drop this client's unnamed indices on the server and close the sockets."""
+        if self.transport.closed:
+            return
+        self._stop.set()
+        if self._anonymous:
+            try:
+                self.call("bye", timeout=min(2.0, self.settings.timeout))
+            except Exception as exc:  # the server's idle expiry is the backstop
+                log.debug("bye failed: %s", exc)
+        self.transport.close()
+        atexit.unregister(self.close)
