@@ -31,7 +31,7 @@ class ArrayDesc(_Strict):
 
     name: Name
     dtype: DType
-    shape: Annotated[list[Annotated[int, Field(ge=0, le=MAX_ELEMENTS)]], Field(max_length=2)]
+    shape: Annotated[list[Annotated[int, Field(ge=0, le=MAX_ELEMENTS)]], Field(max_length=3)]
 
 
 class Request(_Strict):

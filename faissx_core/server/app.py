@@ -104,7 +104,8 @@ class Server:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(replies, zmq.POLLIN)
-        next_sweep = time.monotonic() + SWEEP_EVERY
+        sweep_every = min(SWEEP_EVERY, self.settings.idle_ttl / 2)
+        next_sweep = time.monotonic() + sweep_every
         try:
             while not self._stopping.is_set():
                 events = dict(poller.poll(200))
@@ -119,7 +120,7 @@ class Server:
                         self.handle(frames[0], frames[1:], router)
                 if time.monotonic() >= next_sweep:
                     self.backend.expire(self.settings.idle_ttl)
-                    next_sweep = time.monotonic() + SWEEP_EVERY
+                    next_sweep = time.monotonic() + sweep_every
         finally:
             log.info("shutting down: finishing in-flight requests")
             self.pool.shutdown(wait=True)

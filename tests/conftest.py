@@ -1,0 +1,137 @@
+"""Test harness: real servers started through the real CLI, real clients talking to them.
+
+``tests/plugin_site`` holds a third-party plugin installed the way pip would leave it (a module
+plus a ``.dist-info`` with an entry point). It is put on the path of this process and of every
+server subprocess, so both sides discover it through ``importlib.metadata``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PLUGIN_SITE = Path(__file__).parent / "plugin_site"
+sys.path.insert(0, str(PLUGIN_SITE))
+
+import msgpack  # noqa: E402
+import zmq  # noqa: E402
+
+FAISSX = Path(sys.executable).parent / "faissx"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAISSX_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_SITE), env.get("PYTHONPATH")]))
+    return env
+
+
+def ping(endpoint: str, timeout: float = 0.5) -> bool:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send(msgpack.packb({"v": 1, "id": 1, "op": "ping", "arrays": []}))
+        return bool(sock.poll(int(timeout * 1000)))
+    finally:
+        sock.close(0)
+
+
+class ServerProcess:
+    """A ``faissx serve`` subprocess on a free loopback port."""
+
+    def __init__(self, *args: str, port: int | None = None) -> None:
+        self.args = list(args)
+        self.port = port or free_port()
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"faissx-test-{self.port}.log"
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        cmd = [str(FAISSX), "serve", "--port", str(self.port), "--bind-address", "127.0.0.1",
+               "--log-level", "DEBUG", *self.args]
+        self._logfile = self.log.open("ab")
+        self.proc = subprocess.Popen(cmd, env=server_env(), stdout=self._logfile,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            if ping(self.endpoint):
+                return self
+        self.kill()
+        raise RuntimeError(f"server did not answer within {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"server ignored signal {sig}:\n{self.output()}") from None
+        self._logfile.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    """One shared in-memory server with every discovered plugin."""
+    proc = ServerProcess().start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def start_server() -> Iterator:
+    """Factory for servers with their own flags; all are stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, port: int | None = None) -> ServerProcess:
+        proc = ServerProcess(*args, port=port).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def remote(server: ServerProcess) -> Iterator:
+    """``faissx.client`` configured against the shared server, back to local mode afterwards."""
+    from faissx import client as faiss
+
+    faiss.configure(server=server.endpoint, timeout=20)
+    try:
+        yield faiss
+    finally:
+        faiss.disconnect()
