@@ -50,7 +50,6 @@ def _serve_options(fn):  # noqa: ANN001, ANN202 - a click decorator stack
     return fn
 
 
-@_serve_options
 def _serve(port: int, bind_address: str, data_dir: Path | None, plugins: str | None,
            enable_auth: bool, auth_keys: str | None, auth_file: Path | None, log_level: str,
            workers: int | None, idle_ttl: float) -> None:
@@ -74,8 +73,18 @@ def _serve(port: int, bind_address: str, data_dir: Path | None, plugins: str | N
         raise click.UsageError(str(exc)) from None
 
 
-serve = click.command("serve")(_serve)
-run = click.command("run")(_serve)
+def _serve_command(name: str) -> click.Command:
+    """A fresh command object per spelling (click consumes the options a function carries)."""
+
+    def command(**options: object) -> None:
+        _serve(**options)  # type: ignore[arg-type]
+
+    command.__doc__ = _serve.__doc__
+    return click.command(name)(_serve_options(command))
+
+
+serve = _serve_command("serve")
+run = _serve_command("run")
 
 
 @click.group()

@@ -1,0 +1,78 @@
+"""Plugins arrive through entry points; a third-party one is served and used like the rest."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+import faissx_client as fx
+from faissx_core.errors import UnknownIndexType
+from faissx_core.plugins import PluginRegistry
+
+from .conftest import FAISSX
+from .test_cli import run_cli
+
+X = np.random.default_rng(3).standard_normal((300, 12)).astype("float32")
+
+
+def test_builtin_families_come_from_the_entry_point_group():
+    registry = PluginRegistry()
+    assert registry.plugins["flat"].module == "faissx_plugins.flat"
+    assert {"IndexFlatL2", "IndexFlatIP", "IndexFlat"} <= set(registry.types)
+    assert registry.plugins["testcosine"].dist.startswith("faissx-testplugin")
+
+
+def test_only_selected_plugins_are_enabled():
+    registry = PluginRegistry(only=["flat"])
+    assert "IndexTestCosine" not in registry.types
+    with pytest.raises(UnknownIndexType, match="testcosine"):
+        registry.index_type("IndexTestCosine")
+    with pytest.raises(ValueError, match="unknown plugin"):
+        PluginRegistry(only=["nope"])
+
+
+def test_faissx_plugins_lists_plugins_and_their_types():
+    out = run_cli(str(FAISSX), "plugins")
+    assert out.returncode == 0, out.stderr
+    for word in ("flat", "IndexFlatL2", "testcosine", "IndexTestCosine", "faissx-testplugin"):
+        assert word in out.stdout
+
+
+def test_third_party_type_remotely_and_locally(remote):
+    remote_index = remote.IndexTestCosine(12)
+    remote_index.add(X)
+    Dr, Ir = remote_index.search(X[:5], 4)
+    remote.disconnect()
+    local_index = fx.IndexTestCosine(12)  # local mode: the plugin builds a real faiss object
+    assert isinstance(local_index, faiss.Index)
+    local_index.add(X)
+    Dl, Il = local_index.search(X[:5], 4)
+    np.testing.assert_array_equal(Ir, Il)
+    np.testing.assert_array_equal(Dr, Dl)
+    np.testing.assert_allclose(Dr[:, 0], 1.0, rtol=1e-5)  # cosine of a vector with itself
+
+
+def test_server_without_the_plugin_names_it(start_server):
+    srv = start_server("--plugins", "flat")
+    fx.configure(server=srv.endpoint)
+    try:
+        index = fx.IndexTestCosine(12)
+        with pytest.raises(UnknownIndexType) as err:
+            index.add(X)
+        assert "testcosine" in str(err.value) and err.value.details["plugin"] == "testcosine"
+        assert isinstance(err.value, ValueError)
+        flat = fx.IndexFlatL2(12)
+        flat.add(X)
+        assert flat.ntotal == 300
+    finally:
+        fx.disconnect()
+
+
+def test_constructor_arguments_are_validated_by_the_spec(remote):
+    with pytest.raises(ValueError, match="metric"):
+        remote.IndexFlat(8, 999)
+    with pytest.raises(ValueError):
+        remote.IndexFlatL2(-3)
+    with pytest.raises(TypeError, match="at most"):
+        remote.IndexFlatL2(8, 9)
