@@ -9,6 +9,7 @@ session and is dropped when the proxy is garbage-collected or the client goes aw
 from __future__ import annotations
 
 import itertools
+import threading
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,19 +41,23 @@ class RemoteIndex:
         object.__setattr__(self, "_named", name is not None)
         object.__setattr__(self, "_name", name or f"anon-{client.transport.session[:12]}-{next(_anon)}")
         object.__setattr__(self, "_info", info)
+        object.__setattr__(self, "_create_lock", threading.Lock())
         if name is not None and info is None:
             self._create()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _create(self) -> dict[str, Any]:
-        client = self._client
-        info, _ = client.call("create", self._name, {"spec": self._spec.model_dump(),
-                                                     "ephemeral": not self._named})
-        object.__setattr__(self, "_info", info)
-        if not self._named:
-            client.adopt_anonymous(self._name)
-            weakref.finalize(self, client.forget_anonymous, self._name)
-        return info
+        with self._create_lock:  # threads sharing a fresh proxy create it once
+            if self._info is not None:
+                return self._info
+            client = self._client
+            info, _ = client.call("create", self._name, {"spec": self._spec.model_dump(),
+                                                         "ephemeral": not self._named})
+            object.__setattr__(self, "_info", info)
+            if not self._named:
+                client.adopt_anonymous(self._name)
+                weakref.finalize(self, client.forget_anonymous, self._name)
+            return info
 
     def _call(self, op: str, args: dict[str, Any] | None = None,
               arrays: dict[str, np.ndarray] | None = None) -> tuple[dict[str, Any], dict]:
