@@ -13,7 +13,7 @@ from typing import Any
 
 import faiss
 
-from faissx_client.proxy import RemoteIndex
+from faissx_client.proxy import RemoteComponent, RemoteIndex, describe
 from faissx_core.plugins import PluginRegistry
 from faissx_core.specs import IndexType
 
@@ -32,7 +32,23 @@ class DropIn(type):
             if cls._faiss_cls is not None:  # faiss's own class, with all its overloads
                 return cls._faiss_cls(*args, **kwargs)
             return cls._registry.build(itype.bind(args, kwargs))
-        spec = itype.bind(args, kwargs)
+        arrays: dict[str, Any] = {}
+        described = []
+        for arg in args:
+            value, more = describe(arg)
+            described.append(value)
+            arrays.update(more)
+        for key, arg in list(kwargs.items()):
+            kwargs[key], more = describe(arg)
+            arrays.update(more)
+        spec = itype.bind(tuple(described), kwargs)
+        if itype.kind == "component":
+            if name is not None:
+                raise TypeError(f"{itype.name} is a component; only indices take name=")
+            return super().__call__(spec, arrays)
+        if arrays:
+            raise TypeError(f"{itype.name}(): selectors with id arrays cannot be constructor "
+                            "arguments of a remote index")
         return super().__call__(client, spec, name=name)
 
     def __instancecheck__(cls, obj: Any) -> bool:
@@ -42,7 +58,8 @@ class DropIn(type):
 
 def make_class(itype: IndexType, registry: PluginRegistry, current: Callable[[], Any]) -> type:
     faiss_cls = getattr(faiss, itype.name, None)
-    return DropIn(itype.name, (RemoteIndex,), {
+    base = RemoteComponent if itype.kind == "component" else RemoteIndex
+    return DropIn(itype.name, (base,), {
         "itype": itype,
         "_faiss_cls": faiss_cls if isinstance(faiss_cls, type) else None,
         "_registry": registry,

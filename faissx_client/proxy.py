@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import faiss
 import numpy as np
 
-from faissx_core.errors import InvalidArgument, UnknownParameter
+from faissx_core.errors import InvalidArgument
 from faissx_core.selectors import IDS_FRAME, SelectorSpec
 from faissx_core.specs import IndexSpec, IndexType
 
@@ -96,46 +96,47 @@ class RemoteIndex:
     def is_trained(self) -> bool:
         return bool(self._fetch()["is_trained"])
 
+    def _runtime_params(self) -> dict[str, str]:
+        """Runtime parameter name -> attribute path, as the server found them on the index."""
+        return (self._info or self._create()).get("runtime_params", {})
+
     def __getattr__(self, attr: str) -> Any:
-        itype = type(self).itype
-        if attr.startswith("_") or itype is None:
+        if attr.startswith("_"):
             raise AttributeError(attr)
-        try:
-            itype.runtime_param(attr)
-        except UnknownParameter:
-            raise AttributeError(
-                f"{type(self).__name__!r} remote index has no attribute {attr!r}") from None
-        return self.get_parameter(attr)
+        params = self._runtime_params()
+        if attr in params:
+            return self.get_parameter(attr)
+        if any(path.startswith(f"{attr}.") for path in params.values()):
+            return ParamNamespace(self, attr)  # index.hnsw.efSearch, as in faiss
+        raise AttributeError(f"{type(self).__name__!r} remote index has no attribute {attr!r}")
 
     def __setattr__(self, attr: str, value: Any) -> None:
         if attr in READ_ONLY:
             raise AttributeError(f"{attr!r} of a remote index is read-only")
-        itype = type(self).itype
-        try:
-            if itype is None:
-                raise UnknownParameter(attr)
-            itype.runtime_param(attr)
-        except UnknownParameter:
+        if attr not in self._runtime_params():
             raise AttributeError(
-                f"{type(self).__name__!r} remote index has no attribute {attr!r}") from None
+                f"{type(self).__name__!r} remote index has no attribute {attr!r}")
         self.set_parameter(attr, value)
 
     def set_parameter(self, name: str, value: Any) -> None:
-        """Set a runtime parameter the index type declares (``nprobe``, ``efSearch``, ...)."""
-        if type(self).itype is not None:
-            value = type(self).itype.runtime_param(name).coerce(value)
+        """Set a runtime parameter (``nprobe``, ``efSearch``, ...); the server validates it."""
         self._call("set_parameter", {"name": name, "value": value})
 
     def get_parameter(self, name: str) -> Any:
         return self._call("get_parameter", {"name": name})[0]["value"]
 
     # -- faiss methods -----------------------------------------------------------------------
+    def _binary(self) -> bool:
+        itype = type(self).itype
+        if itype is not None and itype.vector_kind == "binary":
+            return True
+        return self._info is not None and self._info.get("vector_kind") == "binary"
+
     def _vectors(self, x: Any) -> np.ndarray:
-        binary = type(self).itype is not None and type(self).itype.vector_kind == "binary"
-        x = np.ascontiguousarray(x, dtype="uint8" if binary else "float32")
+        x = np.asarray(x, dtype="uint8" if self._binary() else "float32")
         if x.ndim != 2:
             raise InvalidArgument(f"expected a 2-d array of vectors, got shape {x.shape}")
-        return x
+        return np.ascontiguousarray(x)
 
     def add(self, x: Any) -> None:
         self._call("add", arrays={"x": self._vectors(x)})
@@ -148,8 +149,8 @@ class RemoteIndex:
 
     def search(self, x: Any, k: int, *, params: Any = None, D: np.ndarray | None = None,
                I: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # noqa: E741
-        _no_params(params, "search")
-        _, out = self._call("search", {"k": _positive_k(k)}, {"x": self._vectors(x)})
+        args, arrays = _with_params({"k": _positive_k(k)}, {"x": self._vectors(x)}, params)
+        _, out = self._call("search", args, arrays)
         return _into(D, out["D"]), _into(I, out["I"])
 
     def assign(self, x: Any, k: int, labels: np.ndarray | None = None) -> np.ndarray:
@@ -158,17 +159,16 @@ class RemoteIndex:
 
     def range_search(self, x: Any, thresh: float, *, params: Any = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        _no_params(params, "range_search")
-        _, out = self._call("range_search", {"radius": float(thresh)}, {"x": self._vectors(x)})
+        args, arrays = _with_params({"radius": float(thresh)}, {"x": self._vectors(x)}, params)
+        _, out = self._call("range_search", args, arrays)
         return out["lims"], out["D"], out["I"]
 
     def search_and_reconstruct(self, x: Any, k: int, *, params: Any = None,
                                D: np.ndarray | None = None, I: np.ndarray | None = None,  # noqa: E741
                                R: np.ndarray | None = None
                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        _no_params(params, "search_and_reconstruct")
-        _, out = self._call("search_and_reconstruct", {"k": _positive_k(k)},
-                            {"x": self._vectors(x)})
+        args, arrays = _with_params({"k": _positive_k(k)}, {"x": self._vectors(x)}, params)
+        _, out = self._call("search_and_reconstruct", args, arrays)
         return _into(D, out["D"]), _into(I, out["I"]), _into(R, out["R"])
 
     def reconstruct(self, key: int, x: np.ndarray | None = None) -> np.ndarray:
@@ -184,16 +184,93 @@ class RemoteIndex:
 
     def remove_ids(self, x: Any) -> int:
         """Remove by an id array or an ``IDSelectorRange``/``Batch``/``Array``; returns the count."""
-        selector, arrays = describe_selector(x)
-        args = {"selector": selector.model_dump()} if selector is not None else {}
-        return int(self._call("remove_ids", args, arrays)[0]["removed"])
+        if isinstance(x, RemoteSelector | faiss.IDSelector):
+            selector, arrays = describe(x)
+            return int(self._call("remove_ids", {"selector": selector}, arrays)[0]["removed"])
+        return int(self._call("remove_ids", arrays={"ids": _ids(x)})[0]["removed"])
 
     def reset(self) -> None:
         self._call("reset")
 
+    def merge_from(self, other: RemoteIndex, add_id: int = 0) -> None:
+        """Move ``other``'s vectors into this index on the server (faiss empties ``other``)."""
+        if not isinstance(other, RemoteIndex) or other._client is not self._client:
+            raise InvalidArgument("merge_from needs another remote index on the same server")
+        if other._info is None:
+            other._create()
+        info, _ = self._call("merge_from", {"other": other.name, "add_id": int(add_id)})
+        object.__setattr__(self, "_info", info)
+
+    def serialize(self) -> np.ndarray:
+        """``faiss.serialize_index`` of the server-side index, as faiss returns it (uint8)."""
+        return self._call("serialize")[1]["data"]
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # The pickle carries the index itself, so it restores anywhere: as a new unnamed remote
+        # index when unpickled in remote mode, as a plain faiss index in local mode.
+        from faissx_client import _unpickle_index
+
+        return _unpickle_index, (self._spec.model_dump(), self.serialize().tobytes())
+
     def __repr__(self) -> str:
         kind = "named" if self._named else "unnamed"
         return f"<remote {type(self).__name__} {kind} {self._name!r} on {self._client.server}>"
+
+
+class ParamNamespace:
+    """``index.hnsw`` on a proxy: attribute reads and writes of ``hnsw.*`` runtime parameters."""
+
+    def __init__(self, proxy: RemoteIndex, prefix: str) -> None:
+        object.__setattr__(self, "_proxy", proxy)
+        object.__setattr__(self, "_prefix", prefix)
+
+    def _param(self, attr: str) -> str:
+        path = f"{self._prefix}.{attr}"
+        for name, param_path in self._proxy._runtime_params().items():
+            if param_path == path:
+                return name
+        raise AttributeError(f"remote {self._prefix!r} has no runtime parameter {attr!r}")
+
+    def __getattr__(self, attr: str) -> Any:
+        return self._proxy.get_parameter(self._param(attr))
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        self._proxy.set_parameter(self._param(attr), value)
+
+
+class RemoteComponent:
+    """A remote-mode index component (``PCAMatrix``, ``SearchParametersIVF``, ...): a spec.
+
+    It exists only as a description until an index or a call that uses it reaches the server.
+    Parameters read and write like faiss attributes (``params.nprobe = 8``).
+    """
+
+    itype: ClassVar[IndexType | None] = None
+
+    def __init__(self, spec: IndexSpec, arrays: dict[str, np.ndarray] | None = None) -> None:
+        object.__setattr__(self, "_spec", spec)
+        object.__setattr__(self, "_arrays", arrays or {})
+
+    @property
+    def spec(self) -> IndexSpec:
+        return self._spec
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_") or attr not in self._spec.params:
+            raise AttributeError(f"{type(self).__name__!r} has no attribute {attr!r}")
+        return self._spec.params[attr]
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        itype = type(self).itype
+        if itype is None or attr not in itype.params.model_fields:
+            raise AttributeError(f"{type(self).__name__!r} has no attribute {attr!r}")
+        value, arrays = describe(value)
+        params = itype.validate_params({**self._spec.params, attr: value}).model_dump()
+        object.__setattr__(self, "_spec", IndexSpec(type=self._spec.type, params=params))
+        object.__setattr__(self, "_arrays", {**self._arrays, **arrays})
+
+    def __repr__(self) -> str:
+        return f"<remote {self._spec.type} {self._spec.params}>"
 
 
 class RemoteSelector:
@@ -209,35 +286,56 @@ class RemoteSelector:
         return bool(self.ids is not None and np.isin(i, self.ids))
 
 
-def describe_selector(x: Any) -> tuple[SelectorSpec | None, dict[str, np.ndarray]]:
-    """An id array, a remote selector, or a readable faiss selector, as (spec, arrays)."""
-    if isinstance(x, RemoteSelector):
-        return x.spec, ({IDS_FRAME: x.ids} if x.ids is not None else {})
-    if isinstance(x, faiss.IDSelectorRange):
-        return SelectorSpec(kind="range", imin=int(x.imin), imax=int(x.imax)), {}
-    if isinstance(x, faiss.IDSelector):
+def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
+    """A constructor or call argument as wire data: proxies and components become specs.
+
+    Local faiss objects cannot be described (their contents are C++), so passing one in remote
+    mode is refused rather than silently sent as something else.
+    """
+    if isinstance(value, RemoteIndex | RemoteComponent):
+        arrays = value._arrays if isinstance(value, RemoteComponent) else {}
+        return value.spec.model_dump(), arrays
+    if isinstance(value, RemoteSelector):
+        return value.spec.model_dump(), ({IDS_FRAME: value.ids} if value.ids is not None else {})
+    if isinstance(value, faiss.IDSelectorRange):
+        return SelectorSpec(kind="range", imin=int(value.imin), imax=int(value.imax)).model_dump(), {}
+    if isinstance(value, faiss.Index | faiss.IndexBinary | faiss.VectorTransform
+                  | faiss.SearchParameters | faiss.IDSelector):
         raise InvalidArgument(
-            f"a local faiss {type(x).__name__} cannot be sent to the server; create it after "
-            "configure() so FAISSx can describe it, or pass the ids as an array")
-    return None, {"ids": _ids(x)}
+            f"a local faiss {type(value).__name__} cannot be sent to the server; create it after "
+            "configure() so FAISSx can describe it")
+    if isinstance(value, list | tuple):
+        out, arrays = [], {}
+        for item in value:
+            described, more = describe(item)
+            out.append(described)
+            arrays.update(more)
+        return out, arrays
+    return value, {}
+
+
+def _with_params(args: dict[str, Any], arrays: dict[str, np.ndarray], params: Any
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    if params is None:
+        return args, arrays
+    if not isinstance(params, RemoteComponent):
+        describe(params)  # raises the clear error for local faiss objects
+        raise InvalidArgument(f"params must be a SearchParameters object, not {params!r}")
+    spec, more = describe(params)
+    return {**args, "params": spec}, {**arrays, **more}
 
 
 def _ids(ids: Any) -> np.ndarray:
-    arr = np.ascontiguousarray(ids, dtype="int64")
+    arr = np.asarray(ids, dtype="int64")  # not ascontiguousarray: it turns a scalar into (1,)
     if arr.ndim != 1:
         raise InvalidArgument(f"ids must be a 1-d array, got shape {arr.shape}")
-    return arr
+    return np.ascontiguousarray(arr)
 
 
 def _positive_k(k: Any) -> int:
     if int(k) != k or k <= 0:
         raise InvalidArgument(f"k must be a positive integer, got {k!r}")
     return int(k)
-
-
-def _no_params(params: Any, op: str) -> None:
-    if params is not None:
-        raise InvalidArgument(f"{op}(params=...) is not supported by remote indices yet")
 
 
 def _into(dest: np.ndarray | None, result: np.ndarray) -> np.ndarray:

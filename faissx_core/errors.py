@@ -50,6 +50,12 @@ class InvalidArgument(FaissxError, ValueError, AssertionError):
     code = "invalid_argument"
 
 
+class OutOfRange(InvalidArgument, RuntimeError):
+    """A key or range beyond the index's contents (faiss raises RuntimeError for the same)."""
+
+    code = "out_of_range"
+
+
 class UnknownParameter(FaissxError, AttributeError):
     """A runtime parameter or attribute the index type does not declare (faiss: AttributeError)."""
 
@@ -122,6 +128,7 @@ ERRORS: dict[str, type[FaissxError]] = {
         InternalError,
         ProtocolError,
         InvalidArgument,
+        OutOfRange,
         UnknownParameter,
         IndexNotFound,
         IndexExists,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 PROTOCOL_VERSION = 1
 
@@ -23,7 +23,8 @@ Name = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a header field of the wrong msgpack type is an error, never coerced ("7" is not 7)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ArrayDesc(_Strict):
@@ -38,7 +39,7 @@ class Request(_Strict):
     """A request header. ``index`` is the index name within the caller's tenant."""
 
     v: Literal[1] = PROTOCOL_VERSION
-    id: Annotated[int, Field(ge=0, lt=1 << 63)]
+    id: Annotated[StrictInt, Field(ge=0, lt=1 << 63)]
     op: Annotated[str, Field(min_length=1, max_length=64)]
     index: Annotated[str, Field(max_length=512)] | None = None
     args: dict[str, Any] = Field(default_factory=dict)

@@ -18,7 +18,7 @@ import pluggy
 
 from faissx_core import hookspecs, storage
 from faissx_core.errors import UnknownIndexType
-from faissx_core.specs import IndexSpec, IndexType
+from faissx_core.specs import IMPORTED, IndexSpec, IndexType
 
 ENTRY_POINT_GROUP = "faissx.plugins"
 log = logging.getLogger(__name__)
@@ -46,8 +46,8 @@ class PluginRegistry:
             self.manager.register(module, name=f"builtin:{module.__name__}")
         wanted = set(only) if only is not None else None
         self.plugins: dict[str, PluginInfo] = {}
-        self.types: dict[str, IndexType] = {}
-        self._provider: dict[str, str] = {}
+        self.types: dict[str, IndexType] = {IMPORTED.name: IMPORTED}
+        self._provider: dict[str, str] = {IMPORTED.name: "core"}
         for ep in entry_points(group=group):
             if ep.name in self.plugins:
                 log.warning("plugin %r declared twice; keeping %s", ep.name, self.plugins[ep.name])

@@ -66,15 +66,18 @@ def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]
             desc = ArrayDesc.model_validate(raw)
         except ValidationError as exc:
             raise ProtocolError(f"bad array descriptor: {_first_error(exc)}") from None
+        if desc.name in arrays:
+            raise ProtocolError(f"two arrays are named {desc.name!r}")
         arrays[desc.name] = _wrap(desc, frame)
     return header, arrays
 
 
 def decode_request(frames: Sequence[Any]) -> tuple[Request, dict[str, np.ndarray]]:
     header, arrays = decode(frames)
-    if header.get("v") != PROTOCOL_VERSION:
+    version = header.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # True == 1 in Python
         raise ProtocolError(
-            f"protocol version {header.get('v')!r} not supported (server speaks {PROTOCOL_VERSION})"
+            f"protocol version {version!r} not supported (server speaks {PROTOCOL_VERSION})"
         )
     try:
         return Request.model_validate(header), arrays
@@ -135,7 +138,7 @@ def request_id(frames: Sequence[Any]) -> int:
     try:
         header = msgpack.unpackb(_bytes(frames[0]), raw=False)
         rid = header.get("id") if isinstance(header, dict) else None
-        return rid if isinstance(rid, int) and 0 <= rid < 1 << 63 else 0
+        return rid if type(rid) is int and 0 <= rid < 1 << 63 else 0  # bool is an int too
     except Exception:
         return 0
 

@@ -8,9 +8,10 @@ name whose positional parameters are the params model's fields, in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
+import faiss
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from faissx_core.errors import InvalidArgument, UnknownParameter
@@ -65,15 +66,36 @@ class RuntimeParam(BaseModel):
     def read(self, index: Any) -> Any:
         obj = index
         for part in self.path.split("."):
-            obj = getattr(obj, part)
+            obj = _step(obj, part)
         return obj
 
     def write(self, index: Any, value: Any) -> None:
         *parents, leaf = self.path.split(".")
         obj = index
         for part in parents:
-            obj = getattr(obj, part)
+            obj = _step(obj, part)
         setattr(obj, leaf, self.coerce(value))
+
+
+def downcast(index: Any) -> Any:
+    """The most derived Python class of a faiss index, float or binary."""
+    if isinstance(index, faiss.IndexBinary):
+        return faiss.downcast_IndexBinary(index)
+    return faiss.downcast_index(index)
+
+
+def faiss_class_name(index: Any) -> str:
+    return type(downcast(index)).__name__
+
+
+def _step(obj: Any, attr: str) -> Any:
+    """One attribute along a path, seeing through faiss's base-class pointers.
+
+    ``IndexIDMap.index`` or ``IndexPreTransform.index`` come back from SWIG typed as the base
+    ``Index``; downcasting them is what lets ``"index.hnsw.efSearch"`` reach the HNSW inside.
+    """
+    value = getattr(obj, attr)
+    return downcast(value) if isinstance(value, faiss.Index | faiss.IndexBinary) else value
 
 
 #: Builds nested specs (an IVF's quantizer, an IDMap's inner index) for a plugin's ``build``.
@@ -81,10 +103,17 @@ BuildNested = Callable[[IndexSpec], Any]
 
 
 class IndexType(BaseModel):
-    """One index class a plugin provides.
+    """One index class (or index component) a plugin provides.
 
     ``params`` is a pydantic model whose fields, in declaration order, are the constructor's
     positional parameters. ``build(params, build_nested)`` returns the faiss object.
+
+    ``kind="component"`` marks things that are only ever parts of an index or of a call — a
+    ``PCAMatrix`` inside an ``IndexPreTransform``, a ``SearchParametersIVF`` — so a remote client
+    describes them and never creates them on the server by themselves.
+
+    ``dynamic_params(index)`` adds runtime parameters found by inspecting the built object, for
+    types whose structure is only known once built (``index_factory`` strings).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -96,7 +125,16 @@ class IndexType(BaseModel):
     vector_kind: VectorKind = "float"
     requires_training: bool = False
     runtime_params: tuple[RuntimeParam, ...] = ()
+    kind: Literal["index", "component"] = "index"
+    dynamic_params: Callable[[Any, Mapping[str, IndexType]], Sequence[RuntimeParam]] | None = None
     doc: str = ""
+
+    def params_of(self, index: Any, types: Mapping[str, IndexType]) -> dict[str, RuntimeParam]:
+        """Every runtime parameter of a built ``index``, by name (``types``: all known types)."""
+        params = {p.name: p for p in self.runtime_params}
+        if self.dynamic_params is not None:
+            params.update((p.name, p) for p in self.dynamic_params(index, types))
+        return params
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> IndexSpec:
         """Map constructor arguments onto the params model, as Python binds a signature."""
@@ -118,21 +156,71 @@ class IndexType(BaseModel):
             where = ".".join(str(p) for p in err.get("loc", ())) or "arguments"
             raise InvalidArgument(f"{self.name}: {where}: {err.get('msg')}") from None
 
-    def runtime_param(self, name: str) -> RuntimeParam:
-        for param in self.runtime_params:
-            if param.name == name:
-                return param
-        known = ", ".join(p.name for p in self.runtime_params) or "none"
-        raise UnknownParameter(f"{self.name} has no runtime parameter {name!r} (known: {known})")
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary for listings (``faissx plugins``, ``docs/index-types.md``)."""
         return {
             "name": self.name,
             "family": self.family,
+            "kind": self.kind,
             "vector_kind": self.vector_kind,
             "requires_training": self.requires_training,
             "params": list(self.params.model_fields),
             "runtime_params": [p.name for p in self.runtime_params],
             "doc": self.doc,
         }
+
+
+def lookup_param(params: dict[str, RuntimeParam], name: str, owner: str) -> RuntimeParam:
+    try:
+        return params[name]
+    except KeyError:
+        known = ", ".join(sorted(params)) or "none"
+        raise UnknownParameter(
+            f"{owner} has no runtime parameter {name!r} (known: {known})") from None
+
+
+def params_by_structure(index: Any, types: Mapping[str, IndexType]) -> list[RuntimeParam]:
+    """Runtime parameters of the indices nested inside ``index``, with paths from the top.
+
+    Wrappers (``IndexIDMap``, ``IndexPreTransform``, ``index_factory`` results) expose the knobs
+    of what they wrap: an ``IndexIDMap2`` over an HNSW gets ``efSearch`` at
+    ``index.hnsw.efSearch``. Each level's knobs come from the type its family declared for that
+    faiss class, so a parameter is declared once, by the family that owns it.
+    """
+    found: list[RuntimeParam] = []
+    prefix = ""
+    obj = downcast(index)
+    for _ in range(8):  # wrappers nest shallowly; the bound guards against cycles
+        itype = types.get(type(obj).__name__)
+        if itype is not None:
+            found.extend(p.model_copy(update={"path": prefix + p.path})
+                         for p in itype.runtime_params)
+        if not isinstance(getattr(obj, "index", None), faiss.Index | faiss.IndexBinary):
+            break
+        obj = _step(obj, "index")
+        prefix += "index."
+    return found
+
+
+class ImportedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    faiss_class: str = Field(description="the faiss class of the uploaded index")
+
+
+def _not_rebuildable(params: ImportedParams, _: BuildNested) -> Any:
+    raise InvalidArgument(
+        f"an uploaded {params.faiss_class} has no constructor spec; it lives in its snapshot")
+
+
+#: The type of indices uploaded as faiss bytes (``read_index`` in remote mode, unpickling)
+#: rather than constructed from a spec. Core owns it: it is no family's.
+IMPORTED = IndexType(
+    name="imported",
+    family="core",
+    params=ImportedParams,
+    build=_not_rebuildable,
+    dynamic_params=params_by_structure,
+    doc="An index uploaded as serialized faiss bytes.",
+)

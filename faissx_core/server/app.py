@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -34,9 +35,9 @@ from faissx_core.messages import PROTOCOL_VERSION, Request
 from faissx_core.plugins import PluginRegistry
 from faissx_core.protocol import decode_request, encode, request_id
 from faissx_core.server.backend import LocalBackend
-from faissx_core.server.ops import OPS, Arrays
+from faissx_core.server.ops import OPS, Arrays, deserialize, run_faiss
 from faissx_core.settings import ServerSettings
-from faissx_core.specs import IndexSpec
+from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
 from faissx_core.tenancy import Principal, check_name
 
 log = logging.getLogger("faissx.server")
@@ -49,6 +50,18 @@ class CreateArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     spec: IndexSpec
     ephemeral: bool = False
+
+
+class ImportArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spec: IndexSpec | None = None
+    ephemeral: bool = False
+
+
+class MergeArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    other: str
+    add_id: int = Field(0, ge=0, lt=1 << 62)
 
 
 class ListArgs(BaseModel):
@@ -68,12 +81,14 @@ class Server:
         self._reply_endpoint = f"inproc://faissx-replies-{uuid.uuid4().hex}"
         self._local = threading.local()
         self._stopping = threading.Event()
-        self.control: dict[str, Callable[[Principal, Request], dict[str, Any]]] = {
+        self.control: dict[str, Callable[[Principal, Request, Arrays], dict[str, Any]]] = {
             "create": self._create,
             "delete": self._delete,
             "list": self._list,
             "bye": self._bye,
             "touch": self._touch,
+            "import": self._import,
+            "merge_from": self._merge_from,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -179,7 +194,7 @@ class Server:
     def _execute(self, principal: Principal, request: Request, arrays: Arrays) -> list[Any]:
         control = self.control.get(request.op)
         if control is not None:
-            return self._ok(request.id, control(principal, request))
+            return self._ok(request.id, control(principal, request, arrays))
         op = OPS.get(request.op)
         if op is None:
             raise ProtocolError(f"unknown op {request.op!r}")
@@ -209,44 +224,86 @@ class Server:
         return encode({"v": PROTOCOL_VERSION, "id": rid, "ok": False, "error": exc.to_wire()})
 
     # -- control ops -------------------------------------------------------------------------
-    def _create(self, principal: Principal, request: Request) -> dict[str, Any]:
+    def _create(self, principal: Principal, request: Request, arrays: Arrays
+               ) -> dict[str, Any]:
         if not principal.can_write:
             raise PermissionDenied(f"a {principal.role} key may not create indices")
-        try:
-            args = CreateArgs.model_validate(request.args)
-        except ValidationError as exc:
-            raise InvalidArgument(f"create: {exc.errors()[0].get('msg')}") from None
+        args = _parse(CreateArgs, request.args, "create")
         name = check_name(request.index or "")
         if args.ephemeral and not request.session:
             raise InvalidArgument("an unnamed index needs a client session")
         session = request.session if args.ephemeral else None
         return self.backend.create(principal.tenant, name, args.spec, session).info()
 
-    def _delete(self, principal: Principal, request: Request) -> dict[str, Any]:
+    def _import(self, principal: Principal, request: Request, arrays: Arrays
+               ) -> dict[str, Any]:
+        """Create an index from ``faiss.serialize_index`` bytes in the ``data`` frame."""
+        if not principal.can_write:
+            raise PermissionDenied(f"a {principal.role} key may not create indices")
+        args = _parse(ImportArgs, request.args, "import")
+        data = arrays.get("data")
+        if data is None or data.dtype != np.uint8 or data.ndim != 1:
+            raise InvalidArgument("import needs the index bytes as a 1-d uint8 array 'data'")
+        index = deserialize(data)
+        spec = args.spec or IndexSpec(type=IMPORTED.name,
+                                      params={"faiss_class": faiss_class_name(index)})
+        name = check_name(request.index or "")
+        if args.ephemeral and not request.session:
+            raise InvalidArgument("an unnamed index needs a client session")
+        session = request.session if args.ephemeral else None
+        return self.backend.create(principal.tenant, name, spec, session, index=index).info()
+
+    def _merge_from(self, principal: Principal, request: Request, arrays: Arrays
+                   ) -> dict[str, Any]:
+        """``target.merge_from(source, add_id)``: faiss moves the vectors, emptying the source."""
+        if not principal.can_write:
+            raise PermissionDenied(f"a {principal.role} key may not merge indices")
+        args = _parse(MergeArgs, request.args, "merge_from")
+        target = self.backend.get(principal.tenant, check_name(request.index or ""))
+        source = self.backend.get(principal.tenant, check_name(args.other))
+        if source is target:
+            raise InvalidArgument("an index cannot be merged into itself")
+        first, second = sorted((target, source), key=lambda m: m.name)  # one lock order: no deadlock
+        with first.lock.write(), second.lock.write():
+            run_faiss(lambda: target.index.merge_from(source.index, args.add_id), "merge_from",
+                      target)
+        return target.info()
+
+    def _delete(self, principal: Principal, request: Request, arrays: Arrays
+               ) -> dict[str, Any]:
         if not principal.can_write:
             raise PermissionDenied(f"a {principal.role} key may not delete indices")
         self.backend.delete(principal.tenant, check_name(request.index or ""))
         return {}
 
-    def _list(self, principal: Principal, request: Request) -> dict[str, Any]:
-        try:
-            args = ListArgs.model_validate(request.args)
-        except ValidationError as exc:
-            raise InvalidArgument(f"list: {exc.errors()[0].get('msg')}") from None
+    def _list(self, principal: Principal, request: Request, arrays: Arrays
+             ) -> dict[str, Any]:
+        args = _parse(ListArgs, request.args, "list")
         return {"indexes": [
             m.info() for m in self.backend.list(principal.tenant)
             if not m.ephemeral or (args.all and m.session == request.session)
         ]}
 
-    def _touch(self, principal: Principal, request: Request) -> dict[str, Any]:
+    def _touch(self, principal: Principal, request: Request, arrays: Arrays
+              ) -> dict[str, Any]:
         """Keep-alive (and, from configure(), a check that the key works)."""
         return {"tenant": principal.tenant, "version": __version__}
 
-    def _bye(self, principal: Principal, request: Request) -> dict[str, Any]:
+    def _bye(self, principal: Principal, request: Request, arrays: Arrays
+            ) -> dict[str, Any]:
         """A client going away: drop the unnamed indices of its session."""
         dropped = (self.backend.drop_session(request.session, principal.tenant)
                    if request.session else 0)
         return {"dropped": dropped}
+
+
+def _parse(model: type[BaseModel], raw: dict[str, Any], op: str) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "args"
+        raise InvalidArgument(f"{op}: {where}: {err.get('msg')}") from None
 
 
 def run_server(settings: ServerSettings) -> None:

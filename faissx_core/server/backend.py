@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 import faiss
 
-from faissx_core.errors import IndexExists, IndexNotFound
+from faissx_core.errors import IndexExists, IndexNotFound, InvalidArgument
 from faissx_core.plugins import PluginRegistry
 from faissx_core.server.locks import RWLock
-from faissx_core.specs import IndexSpec, IndexType
+from faissx_core.specs import IndexSpec, IndexType, RuntimeParam, faiss_class_name, lookup_param
 from faissx_core.storage import IndexStore
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,15 @@ class ManagedIndex:
     #: Unnamed indices belong to a client session and vanish with it.
     session: str | None = None
     lock: RWLock = field(default_factory=RWLock)
+    #: The registry that built it: ops build search parameters and the like through it.
+    registry: PluginRegistry | None = None
+    params: dict[str, RuntimeParam] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.params = self.itype.params_of(self.index, self.registry.types if self.registry else {})
+
+    def runtime_param(self, name: str) -> RuntimeParam:
+        return lookup_param(self.params, name, self.spec.type)
 
     @property
     def ephemeral(self) -> bool:
@@ -62,6 +71,8 @@ class ManagedIndex:
             "is_trained": bool(self.index.is_trained),
             "metric_type": int(self.index.metric_type),
             "vector_kind": "binary" if self.binary else "float",
+            "faiss_class": faiss_class_name(self.index),
+            "runtime_params": {n: p.path for n, p in self.params.items()},
             "ephemeral": self.ephemeral,
             "created": self.created,
         }
@@ -95,10 +106,16 @@ class LocalBackend:
         self._sessions: dict[str, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def create(self, tenant: str, name: str, spec: IndexSpec, session: str | None) -> ManagedIndex:
+    def create(self, tenant: str, name: str, spec: IndexSpec, session: str | None,
+               index: Any = None) -> ManagedIndex:
+        """Register a new index, built from ``spec`` unless an ``index`` is given (an import)."""
         itype = self.registry.index_type(spec.type)
-        index = self.registry.build(spec)
-        managed = ManagedIndex(tenant, name, spec, itype, index, session=session)
+        if itype.kind != "index":
+            raise InvalidArgument(f"{spec.type} is a component, not an index: pass it to one")
+        if index is None:
+            index = self.registry.build(spec)
+        managed = ManagedIndex(tenant, name, spec, itype, index, session=session,
+                               registry=self.registry)
         with self._mutex:
             if (tenant, name) in self._indices:
                 raise IndexExists(f"index {name!r} already exists")
@@ -113,7 +130,8 @@ class LocalBackend:
         """Register an index loaded from the store at start-up."""
         itype = self.registry.index_type(spec.type)
         with self._mutex:
-            self._indices[(tenant, name)] = ManagedIndex(tenant, name, spec, itype, index, created)
+            self._indices[(tenant, name)] = ManagedIndex(tenant, name, spec, itype, index, created,
+                                                         registry=self.registry)
 
     def get(self, tenant: str, name: str) -> ManagedIndex:
         with self._mutex:

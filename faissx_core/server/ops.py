@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from faissx_core.errors import FaissError, InvalidArgument, UnsupportedOperation
+from faissx_core.errors import FaissError, InvalidArgument, OutOfRange, UnsupportedOperation
 from faissx_core.selectors import SelectorSpec, build_selector
 from faissx_core.server.backend import ManagedIndex
+from faissx_core.specs import IndexSpec
 
 Arrays = dict[str, np.ndarray]
 Result = tuple[dict[str, Any], Arrays]
@@ -79,6 +80,17 @@ def _faiss_message(text: str) -> str:
     return reason.strip() if sep and "Error in" in head else text.strip()
 
 
+def deserialize(data: np.ndarray) -> Any:
+    """faiss bytes -> index, float or binary (the header says which; faiss checks it)."""
+    errors = []
+    for reader in (faiss.deserialize_index, faiss.deserialize_index_binary):
+        try:
+            return reader(data)
+        except RuntimeError as exc:
+            errors.append(_faiss_message(str(exc)))
+    raise InvalidArgument(f"not a faiss index: {errors[0]}")
+
+
 # -- input checks ------------------------------------------------------------------------------
 
 def vectors(m: ManagedIndex, arrays: Arrays, name: str = "x") -> np.ndarray:
@@ -118,7 +130,7 @@ def _k(k: int, nq: int) -> int:
 
 def _key(m: ManagedIndex, index: Any, key: int) -> int:
     if not 0 <= key < index.ntotal and not _has_id_map(index):
-        raise InvalidArgument(f"key {key} out of range [0, {index.ntotal})")
+        raise OutOfRange(f"key {key} out of range [0, {index.ntotal})")
     return key
 
 
@@ -134,10 +146,44 @@ def _info(index: Any) -> dict[str, Any]:
 
 class SearchArgs(Args):
     k: int = Field(ge=1, le=1 << 20)
+    params: IndexSpec | None = None
 
 
 class RangeArgs(Args):
     radius: float
+    params: IndexSpec | None = None
+
+
+class SearchParams(NamedTuple):
+    """faiss search parameters plus what they point into (a selector and its id array).
+
+    faiss keeps raw pointers to both, so jobs hold this tuple, not just ``params``.
+    """
+
+    params: Any
+    held: Any
+
+
+def search_params(m: ManagedIndex, spec: IndexSpec | None, arrays: Arrays) -> SearchParams:
+    """Build a ``SearchParameters*`` component (and its selector) for one call."""
+    if spec is None:
+        return SearchParams(None, None)
+    assert m.registry is not None
+    itype = m.registry.index_type(spec.type)
+    if itype.kind != "component" or not spec.type.startswith("SearchParameters"):
+        raise InvalidArgument(f"params must be a SearchParameters object, not {spec.type}")
+    values = dict(spec.params)
+    sel = values.pop("sel", None)
+    params = itype.build(itype.validate_params(values), m.registry.build)
+    held = None
+    if sel is not None:
+        try:
+            sel_spec = SelectorSpec.model_validate(sel)
+        except ValidationError as exc:
+            raise InvalidArgument(f"params.sel: {exc.errors()[0].get('msg')}") from None
+        held = build_selector(sel_spec, arrays)
+        params.sel = held[0]
+    return SearchParams(params, held)
 
 
 class KeyArgs(Args):
@@ -210,9 +256,10 @@ def train(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
 def search(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
     k = _k(a.k, len(x))
+    sp = search_params(m, a.params, arrays)
 
     def job(index: Any) -> Result:
-        D, I = run_faiss(lambda: index.search(x, k), "search", m)  # noqa: E741
+        D, I = run_faiss(lambda: index.search(x, k, params=sp.params), "search", m)  # noqa: E741
         return {}, {"D": D, "I": I}
 
     return job
@@ -229,9 +276,11 @@ def assign(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
 def range_search(m: ManagedIndex, a: RangeArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
     radius = int(a.radius) if m.binary else float(a.radius)
+    sp = search_params(m, a.params, arrays)
 
     def job(index: Any) -> Result:
-        lims, D, I = run_faiss(lambda: index.range_search(x, radius), "range_search", m)  # noqa: E741
+        lims, D, I = run_faiss(  # noqa: E741
+            lambda: index.range_search(x, radius, params=sp.params), "range_search", m)
         return {}, {"lims": lims, "D": D, "I": I}
 
     return job
@@ -241,9 +290,11 @@ def range_search(m: ManagedIndex, a: RangeArgs, arrays: Arrays) -> Job:
 def search_and_reconstruct(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
     k = _k(a.k, len(x))
+    sp = search_params(m, a.params, arrays)
 
     def job(index: Any) -> Result:
-        D, I, R = run_faiss(lambda: index.search_and_reconstruct(x, k), "search_and_reconstruct", m)  # noqa: E741
+        D, I, R = run_faiss(  # noqa: E741
+            lambda: index.search_and_reconstruct(x, k, params=sp.params), "search_and_reconstruct", m)
         return {}, {"D": D, "I": I, "R": R}
 
     return job
@@ -262,7 +313,7 @@ def reconstruct(m: ManagedIndex, a: KeyArgs, arrays: Arrays) -> Job:
 def reconstruct_n(m: ManagedIndex, a: RangeOfKeys, arrays: Arrays) -> Job:
     def job(index: Any) -> Result:
         if a.n0 + a.ni > index.ntotal:
-            raise InvalidArgument(f"range [{a.n0}, {a.n0 + a.ni}) exceeds ntotal={index.ntotal}")
+            raise OutOfRange(f"range [{a.n0}, {a.n0 + a.ni}) exceeds ntotal={index.ntotal}")
         x = run_faiss(lambda: index.reconstruct_n(a.n0, a.ni), "reconstruct_n", m)
         return {}, {"x": x}
 
@@ -275,7 +326,7 @@ def reconstruct_batch(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
 
     def job(index: Any) -> Result:
         if not _has_id_map(index) and ids.size and (ids.min() < 0 or ids.max() >= index.ntotal):
-            raise InvalidArgument(f"ids out of range [0, {index.ntotal})")
+            raise OutOfRange(f"ids out of range [0, {index.ntotal})")
         return {}, {"x": run_faiss(lambda: index.reconstruct_batch(ids), "reconstruct_batch", m)}
 
     return job
@@ -308,13 +359,13 @@ def reset(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
 
 @op("get_parameter", write=False, args=ParamName)
 def get_parameter(m: ManagedIndex, a: ParamName, arrays: Arrays) -> Job:
-    param = m.itype.runtime_param(a.name)
+    param = m.runtime_param(a.name)
     return lambda index: ({"value": param.read(index)}, {})
 
 
 @op("set_parameter", write=True, args=ParamValue)
 def set_parameter(m: ManagedIndex, a: ParamValue, arrays: Arrays) -> Job:
-    param = m.itype.runtime_param(a.name)
+    param = m.runtime_param(a.name)
     value = param.coerce(a.value)
 
     def job(index: Any) -> Result:
@@ -322,3 +373,10 @@ def set_parameter(m: ManagedIndex, a: ParamValue, arrays: Arrays) -> Job:
         return {"value": param.read(index)}, {}
 
     return job
+
+
+@op("serialize", write=False)
+def serialize(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
+    """The index as ``faiss.serialize_index`` bytes: what pickling and ``write_index`` carry."""
+    writer = faiss.serialize_index_binary if m.binary else faiss.serialize_index
+    return lambda index: ({}, {"data": run_faiss(lambda: writer(index), "serialize", m)})
