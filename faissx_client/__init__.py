@@ -14,8 +14,9 @@ import threading
 from typing import Any
 
 import faiss
+import numpy as np
 
-from faissx_client.classes import DropIn, make_class
+from faissx_client.classes import make_class
 from faissx_client.client import Client
 from faissx_client.proxy import RemoteIndex, RemoteSelector, _ids
 from faissx_client.settings import ClientSettings
@@ -33,7 +34,7 @@ from faissx_core.errors import (
 )
 from faissx_core.plugins import PluginRegistry
 from faissx_core.selectors import SelectorSpec
-from faissx_core.specs import IndexSpec
+from faissx_core.specs import IMPORTED, IndexSpec
 
 __all__ = [
     "Client", "FaissxError", "IndexExists", "IndexNotFound", "InvalidArgument", "NotConfigured",
@@ -102,18 +103,165 @@ def _require_client(what: str) -> Client:
 # -- index classes from plugins ----------------------------------------------------------------
 
 _registry = PluginRegistry()
-_classes: dict[str, DropIn] = {}
+#: Types reached through a function of faiss's rather than a class of the same name.
+_FUNCTIONS = {"index_factory", "index_binary_factory", IMPORTED.name}
+_classes: dict[str, type] = {}
 for _itype in _registry.types.values():
-    _classes[_itype.name] = globals()[_itype.name] = make_class(_itype, _registry, get_client)
+    if _itype.name not in _FUNCTIONS:
+        _classes[_itype.name] = globals()[_itype.name] = make_class(_itype, _registry, get_client)
+
+
+def _proxy_class(info: dict[str, Any]) -> type:
+    """The proxy class for a server-side index: its own type's, else its faiss class's name."""
+    for name in (info["type"], info.get("faiss_class")):
+        if name in _classes:
+            return _classes[name]
+    name = str(info.get("faiss_class") or "RemoteIndex")
+    _classes[name] = type(name, (RemoteIndex,), {"__module__": __name__})
+    return _classes[name]
+
+
+def _attach(client: Client, spec: IndexSpec, name: str | None, info: dict | None = None,
+            op: str = "create", data: Any = None) -> RemoteIndex:
+    """A proxy created on the server now (``create`` or ``import``), typed after what it is."""
+    proxy = type.__call__(RemoteIndex, client, spec, name=name, info=info)
+    object.__setattr__(proxy, "__class__", _proxy_class(info or proxy._create(op=op, data=data)))
+    return proxy
 
 
 def open_index(name: str) -> RemoteIndex:
     """Re-attach to the named index ``name`` of this tenant."""
     client = _require_client("open_index")
     info, _ = client.call("info", name)
-    cls = _classes.get(info["type"], RemoteIndex)
-    spec = IndexSpec.model_validate(info["spec"])
-    return type.__call__(cls, client, spec, name=name, info=info)
+    return _attach(client, IndexSpec.model_validate(info["spec"]), name, info)
+
+
+def index_factory(d: int, description: str, metric: int = faiss.METRIC_L2, *,
+                  name: str | None = None) -> Any:
+    """faiss.index_factory; in remote mode the server builds the index from the same string."""
+    client = get_client()
+    if client is None:
+        return faiss.index_factory(d, description, metric)
+    spec = _registry.index_type("index_factory").bind((d, description, metric), {})
+    return _attach(client, spec, name)
+
+
+def index_binary_factory(d: int, description: str, *, name: str | None = None) -> Any:
+    client = get_client()
+    if client is None:
+        return faiss.index_binary_factory(d, description)
+    spec = _registry.index_type("index_binary_factory").bind((d, description), {})
+    return _attach(client, spec, name)
+
+
+# -- persistence: faiss's own functions locally, real faiss bytes to and from the server ------
+
+def serialize_index(index: Any) -> Any:
+    return index.serialize() if isinstance(index, RemoteIndex) else faiss.serialize_index(index)
+
+
+def serialize_index_binary(index: Any) -> Any:
+    if isinstance(index, RemoteIndex):
+        return index.serialize()
+    return faiss.serialize_index_binary(index)
+
+
+def deserialize_index(data: Any, *, name: str | None = None, spec: Any = None) -> Any:
+    """Remote mode: upload the bytes as a new index (named if ``name``); local: faiss's own."""
+    client = get_client()
+    if client is None:
+        return faiss.deserialize_index(data)
+    return _upload(client, data, name, spec)
+
+
+def deserialize_index_binary(data: Any, *, name: str | None = None) -> Any:
+    client = get_client()
+    if client is None:
+        return faiss.deserialize_index_binary(data)
+    return _upload(client, data, name, None)
+
+
+def write_index(index: Any, path: Any, *args: Any) -> None:
+    """A remote index is written locally as the same faiss file ``faiss.read_index`` opens."""
+    if not isinstance(index, RemoteIndex):
+        return faiss.write_index(index, path, *args)
+    with open(path, "wb") as out:
+        out.write(index.serialize().tobytes())
+    return None
+
+
+def write_index_binary(index: Any, path: Any) -> None:
+    if not isinstance(index, RemoteIndex):
+        return faiss.write_index_binary(index, path)
+    return write_index(index, path)
+
+
+def read_index(path: Any, io_flags: int = 0, *, name: str | None = None) -> Any:
+    client = get_client()
+    if client is None:
+        return faiss.read_index(path, io_flags)
+    with open(path, "rb") as src:
+        return _upload(client, src.read(), name, None)
+
+
+def read_index_binary(path: Any, io_flags: int = 0, *, name: str | None = None) -> Any:
+    client = get_client()
+    if client is None:
+        return faiss.read_index_binary(path, io_flags)
+    return read_index(path, io_flags, name=name)
+
+
+def _upload(client: Client, data: Any, name: str | None, spec: Any) -> RemoteIndex:
+    raw = np.frombuffer(bytes(data) if not isinstance(data, np.ndarray) else data, dtype=np.uint8)
+    spec = IndexSpec.model_validate(spec) if spec is not None else IndexSpec(
+        type=IMPORTED.name, params={"faiss_class": "unknown until uploaded"})
+    return _attach(client, spec, name, op="import", data=np.ascontiguousarray(raw))
+
+
+def _unpickle_index(spec: dict[str, Any], data: bytes) -> Any:
+    """Restore a pickled proxy: remote where configured, else a plain faiss index."""
+    if get_client() is None:
+        arr = np.frombuffer(data, dtype=np.uint8)
+        try:
+            return faiss.deserialize_index(arr)
+        except RuntimeError:
+            return faiss.deserialize_index_binary(arr)
+    return deserialize_index(data, spec=spec)
+
+
+# -- faiss helpers that must see through proxies ------------------------------------------------
+
+class ParameterSpace(faiss.ParameterSpace):
+    """faiss.ParameterSpace that also sets runtime parameters of remote indices."""
+
+    def set_index_parameter(self, index: Any, name: str, value: Any) -> None:
+        if isinstance(index, RemoteIndex):
+            index.set_parameter(name, value)
+        else:
+            super().set_index_parameter(index, name, value)
+
+    def set_index_parameters(self, index: Any, description: str) -> None:
+        if not isinstance(index, RemoteIndex):
+            super().set_index_parameters(index, description)
+            return
+        for item in filter(None, description.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise InvalidArgument(f"parameter {item!r} is not name=value")
+            index.set_parameter(key.strip(), float(value) if "." in value else int(value))
+
+
+def downcast_index(index: Any) -> Any:
+    return index if isinstance(index, RemoteIndex) else faiss.downcast_index(index)
+
+
+def extract_index_ivf(index: Any) -> Any:
+    """A remote IVF-bearing index is its own handle for ``nprobe`` and friends."""
+    if not isinstance(index, RemoteIndex):
+        return faiss.extract_index_ivf(index)
+    if "nprobe" not in index._runtime_params():
+        raise RuntimeError(f"{type(index).__name__} is not an IVF index")
+    return index
 
 
 def list_indexes() -> list[dict[str, Any]]:

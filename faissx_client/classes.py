@@ -49,7 +49,10 @@ class DropIn(type):
         if arrays:
             raise TypeError(f"{itype.name}(): selectors with id arrays cannot be constructor "
                             "arguments of a remote index")
-        return super().__call__(client, spec, name=name)
+        proxy = super().__call__(client, spec, name=name)
+        if name is not None:  # a named index exists from the constructor on, as users expect
+            proxy._create()
+        return proxy
 
     def __instancecheck__(cls, obj: Any) -> bool:
         return type.__instancecheck__(cls, obj) or (

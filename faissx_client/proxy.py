@@ -2,7 +2,7 @@
 
 A proxy's server-side index is created on first use, not in the constructor: an index that is
 only ever described (an IVF's quantizer, say) never becomes a server object of its own. A proxy
-built with ``name=`` is created at once and is durable; an unnamed one belongs to this client's
+built with ``name=`` is created at once (by its class) and is durable; an unnamed one belongs to this client's
 session and is dropped when the proxy is garbage-collected or the client goes away.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from faissx_core.errors import InvalidArgument
 from faissx_core.selectors import IDS_FRAME, SelectorSpec
-from faissx_core.specs import IndexSpec, IndexType
+from faissx_core.specs import IMPORTED, IndexSpec, IndexType
 
 if TYPE_CHECKING:
     from faissx_client.client import Client
@@ -42,17 +42,20 @@ class RemoteIndex:
         object.__setattr__(self, "_name", name or f"anon-{client.transport.session[:12]}-{next(_anon)}")
         object.__setattr__(self, "_info", info)
         object.__setattr__(self, "_create_lock", threading.Lock())
-        if name is not None and info is None:
-            self._create()
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def _create(self) -> dict[str, Any]:
+    def _create(self, op: str = "create", data: np.ndarray | None = None) -> dict[str, Any]:
+        """Create the server-side index (``import`` uploads ``data`` instead of building)."""
         with self._create_lock:  # threads sharing a fresh proxy create it once
             if self._info is not None:
                 return self._info
             client = self._client
-            info, _ = client.call("create", self._name, {"spec": self._spec.model_dump(),
-                                                         "ephemeral": not self._named})
+            args: dict[str, Any] = {"ephemeral": not self._named}
+            if self._spec.type != IMPORTED.name:  # an upload's spec is the server's to infer
+                args["spec"] = self._spec.model_dump()
+            info, _ = client.call(op, self._name, args,
+                                  {"data": data} if data is not None else None)
+            object.__setattr__(self, "_spec", IndexSpec.model_validate(info["spec"]))
             object.__setattr__(self, "_info", info)
             if not self._named:
                 client.adopt_anonymous(self._name)

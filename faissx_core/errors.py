@@ -149,3 +149,10 @@ def from_wire(error: dict[str, Any]) -> FaissxError:
     cls = ERRORS.get(str(error.get("code")), InternalError)
     details = error.get("details") or {}
     return cls(str(error.get("message", "")), **(details if isinstance(details, dict) else {}))
+
+
+def faiss_reason(text: str) -> str:
+    """faiss's C++ message without its ``Error in <signature> at <file>:<line>:`` prefix."""
+    text = str(text).strip()
+    head, sep, reason = text.rpartition(": ")
+    return reason.strip() if sep and text.startswith("Error in") and " at " in head else text

@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from faissx_core import hookspecs, storage
-from faissx_core.errors import UnknownIndexType
+from faissx_core.errors import FaissxError, InvalidArgument, UnknownIndexType, faiss_reason
 from faissx_core.specs import IMPORTED, IndexSpec, IndexType
 
 ENTRY_POINT_GROUP = "faissx.plugins"
@@ -96,7 +96,13 @@ class PluginRegistry:
         """Build the faiss object for ``spec`` (nested specs recursively)."""
         itype = self.index_type(spec.type)
         params = itype.validate_params(spec.params)
-        return itype.build(params, self.build)
+        try:
+            return itype.build(params, self.build)
+        except (RuntimeError, AssertionError) as exc:  # faiss refusing the parameters
+            if isinstance(exc, FaissxError):
+                raise
+            reason = faiss_reason(str(exc)) or type(exc).__name__
+            raise InvalidArgument(f"cannot build {spec.type}: {reason}") from None
 
 
 def _dist_name(ep: Any) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import faiss
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from faissx_core.hookspecs import hookimpl
 from faissx_core.specs import IndexType
@@ -16,21 +18,25 @@ FLAT_METRICS = {
 }
 
 
+def _known_metric(metric: int) -> int:
+    if metric not in FLAT_METRICS:
+        raise ValueError(f"unknown metric {metric}; use a faiss.METRIC_* constant")
+    return metric
+
+
+#: Field types other families reuse, so a dimension or metric is checked the same everywhere.
+Dimension = Annotated[int, Field(gt=0, le=1 << 16, description="vector dimension")]
+Metric = Annotated[int, AfterValidator(_known_metric), Field(description="a faiss.METRIC_*")]
+
+
 class Dim(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    d: int = Field(gt=0, le=1 << 16, description="vector dimension")
+    d: Dimension
 
 
 class DimMetric(Dim):
-    metric: int = Field(faiss.METRIC_L2, description="a faiss.METRIC_* constant")
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, metric: int) -> int:
-        if metric not in FLAT_METRICS:
-            raise ValueError(f"unknown metric {metric}; use a faiss.METRIC_* constant")
-        return metric
+    metric: Metric = faiss.METRIC_L2
 
 
 @hookimpl

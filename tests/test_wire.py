@@ -330,10 +330,13 @@ MALFORMED = {
     "k-missing": _request("search", "invalid_argument", {"x": QUERIES}),
     "unknown-arg": _request("search", "invalid_argument", {"x": QUERIES},
                             args={"k": K, "nprobe": 3}),
-    "reconstruct-out-of-range": _request("reconstruct", "invalid_argument",
+    "reconstruct-out-of-range": _request("reconstruct", "out_of_range",
                                          args={"key": len(BASE)}),
-    "reconstruct_n-beyond": _request("reconstruct_n", "invalid_argument",
+    "reconstruct-negative": _request("reconstruct", "out_of_range", args={"key": -1}),
+    "reconstruct_n-beyond": _request("reconstruct_n", "out_of_range",
                                      args={"n0": 0, "ni": len(BASE) + 1}),
+    "reconstruct_n-negative": _request("reconstruct_n", "invalid_argument",
+                                       args={"n0": 0, "ni": -1}),
     "unknown-parameter": _request("set_parameter", "unknown_parameter",
                                   args={"name": "nprobe", "value": 2}),
     "no-index-for-search": _request("search", "invalid_argument", {"x": QUERIES},
@@ -364,20 +367,7 @@ MALFORMED = {
 }
 
 
-#: Known bugs, by case (see the reasons).
-_VERSION_BUG = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: v=true and v=1.0 pass as protocol version 1: decode_request compares with != and "
-    "pydantic's Literal[1] matches by equality even in strict mode (True == 1 == 1.0)"))
-_BOOL_ID_BUG = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: a request with id=true is refused, but the error reply echoes id=true: "
-    "protocol.request_id accepts it because bool is a subclass of int"))
-KNOWN_BUGS = {"version-bool": _VERSION_BUG, "version-float": _VERSION_BUG,
-              "id-bool": _BOOL_ID_BUG}
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param(case, marks=[KNOWN_BUGS[case]] if case in KNOWN_BUGS else [])
-    for case in MALFORMED])
+@pytest.mark.parametrize("case", list(MALFORMED))
 def test_malformed_message_gets_a_typed_error(wire, target, server, case):
     frames, code, rid = MALFORMED[case](target)
     start = time.monotonic()
@@ -444,8 +434,6 @@ def test_barrage_then_normal_client(server, target, remote):
         unreadable = 0
         for _ in range(3):
             for case, build in MALFORMED.items():
-                if case in KNOWN_BUGS:
-                    continue
                 frames, code, rid = build(target)
                 if rid == 0:
                     unreadable += 1

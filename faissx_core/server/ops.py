@@ -17,7 +17,13 @@ import faiss
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from faissx_core.errors import FaissError, InvalidArgument, OutOfRange, UnsupportedOperation
+from faissx_core.errors import (
+    FaissError,
+    InvalidArgument,
+    OutOfRange,
+    UnsupportedOperation,
+    faiss_reason,
+)
 from faissx_core.selectors import SelectorSpec, build_selector
 from faissx_core.server.backend import ManagedIndex
 from faissx_core.specs import IndexSpec
@@ -69,15 +75,9 @@ def run_faiss(fn: Callable[[], Any], what: str, managed: ManagedIndex) -> Any:
         text = str(exc)
         if "not implemented" in text.lower() or "not supported" in text.lower():
             raise UnsupportedOperation(
-                f"{what} is not supported by {managed.spec.type}: {_faiss_message(text)}"
+                f"{what} is not supported by {managed.spec.type}: {faiss_reason(text)}"
             ) from None
-        raise FaissError(f"{what} on {managed.spec.type}: {_faiss_message(text)}") from None
-
-
-def _faiss_message(text: str) -> str:
-    # faiss prefixes "Error in <signature> at <file>:<line>: "; keep the reason.
-    head, sep, reason = text.rpartition("): ")
-    return reason.strip() if sep and "Error in" in head else text.strip()
+        raise FaissError(f"{what} on {managed.spec.type}: {faiss_reason(text)}") from None
 
 
 def deserialize(data: np.ndarray) -> Any:
@@ -87,7 +87,7 @@ def deserialize(data: np.ndarray) -> Any:
         try:
             return reader(data)
         except RuntimeError as exc:
-            errors.append(_faiss_message(str(exc)))
+            errors.append(faiss_reason(str(exc)))
     raise InvalidArgument(f"not a faiss index: {errors[0]}")
 
 
