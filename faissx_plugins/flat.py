@@ -39,9 +39,25 @@ class DimMetric(Dim):
     metric: Metric = faiss.METRIC_L2
 
 
+class SearchParams(BaseModel):
+    """``faiss.SearchParameters(sel=...)``: the filter every index's search accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sel: dict | None = Field(None, description="an ID selector (described by the client)")
+
+
 @hookimpl
 def faissx_index_types() -> list[IndexType]:
     return [
+        IndexType(
+            name="SearchParameters",
+            family="flat",
+            kind="component",
+            params=SearchParams,
+            build=lambda p, _: faiss.SearchParameters(),
+            doc="Per-call search parameters; `sel` restricts the ids searched.",
+        ),
         IndexType(
             name="IndexFlatL2",
             family="flat",
