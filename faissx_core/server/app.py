@@ -26,6 +26,7 @@ from faissx_core import __version__
 from faissx_core.auth import KeyStore
 from faissx_core.errors import (
     FaissxError,
+    IndexNotFound,
     InternalError,
     InvalidArgument,
     PermissionDenied,
@@ -34,7 +35,7 @@ from faissx_core.errors import (
 from faissx_core.messages import PROTOCOL_VERSION, Request
 from faissx_core.plugins import PluginRegistry
 from faissx_core.protocol import decode_request, encode, request_id
-from faissx_core.server.backend import LocalBackend
+from faissx_core.server.backend import LocalBackend, ManagedIndex
 from faissx_core.server.ops import OPS, Arrays, deserialize, run_faiss
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
@@ -202,10 +203,18 @@ class Server:
             raise PermissionDenied(f"a {principal.role} key may not {request.op}")
         if request.index is None:
             raise InvalidArgument(f"{request.op} needs an index name")
-        managed = self.backend.get(principal.tenant, check_name(request.index))
+        managed = self._get(principal, request)
         job = op.prepare(managed, op.parse(request.args), arrays)
         result, out = self.backend.run(managed, op.write, job)
         return self._ok(request.id, result, out)
+
+    def _get(self, principal: Principal, request: Request, name: str | None = None
+             ) -> ManagedIndex:
+        """The caller's index; another session's unnamed index does not exist for it."""
+        managed = self.backend.get(principal.tenant, check_name(name or request.index or ""))
+        if managed.ephemeral and managed.session != request.session:
+            raise IndexNotFound(f"no index named {managed.name!r}")
+        return managed
 
     def _pusher(self) -> zmq.Socket:
         sock = getattr(self._local, "push", None)
@@ -259,8 +268,8 @@ class Server:
         if not principal.can_write:
             raise PermissionDenied(f"a {principal.role} key may not merge indices")
         args = _parse(MergeArgs, request.args, "merge_from")
-        target = self.backend.get(principal.tenant, check_name(request.index or ""))
-        source = self.backend.get(principal.tenant, check_name(args.other))
+        target = self._get(principal, request)
+        source = self._get(principal, request, args.other)
         if source is target:
             raise InvalidArgument("an index cannot be merged into itself")
         first, second = sorted((target, source), key=lambda m: m.name)  # one lock order: no deadlock
@@ -273,7 +282,7 @@ class Server:
                ) -> dict[str, Any]:
         if not principal.can_write:
             raise PermissionDenied(f"a {principal.role} key may not delete indices")
-        self.backend.delete(principal.tenant, check_name(request.index or ""))
+        self.backend.delete(principal.tenant, self._get(principal, request).name)
         return {}
 
     def _list(self, principal: Principal, request: Request, arrays: Arrays

@@ -32,8 +32,8 @@ Arrays = dict[str, np.ndarray]
 Result = tuple[dict[str, Any], Arrays]
 Job = Callable[[Any], Result]
 
-#: Largest result (queries x k) one search may allocate.
-MAX_RESULTS = 1 << 28
+#: Largest result (queries x k) one search may allocate: 2**25 results are 384 MiB of D and I.
+MAX_RESULTS = 1 << 25
 
 
 class Args(BaseModel):
