@@ -20,14 +20,14 @@ def test_builtin_families_come_from_the_entry_point_group():
     registry = PluginRegistry()
     assert registry.plugins["flat"].module == "faissx_plugins.flat"
     assert {"IndexFlatL2", "IndexFlatIP", "IndexFlat"} <= set(registry.types)
-    assert registry.plugins["testcosine"].dist.startswith("faissx-testplugin")
+    assert registry.plugins["testrotated"].dist.startswith("faissx-testplugin")
 
 
 def test_only_selected_plugins_are_enabled():
     registry = PluginRegistry(only=["flat"])
-    assert "IndexTestCosine" not in registry.types
-    with pytest.raises(UnknownIndexType, match="testcosine"):
-        registry.index_type("IndexTestCosine")
+    assert "IndexTestRotatedFlat" not in registry.types
+    with pytest.raises(UnknownIndexType, match="testrotated"):
+        registry.index_type("IndexTestRotatedFlat")
     with pytest.raises(ValueError, match="unknown plugin"):
         PluginRegistry(only=["nope"])
 
@@ -35,32 +35,33 @@ def test_only_selected_plugins_are_enabled():
 def test_faissx_plugins_lists_plugins_and_their_types():
     out = run_cli(str(FAISSX), "plugins")
     assert out.returncode == 0, out.stderr
-    for word in ("flat", "IndexFlatL2", "testcosine", "IndexTestCosine", "faissx-testplugin"):
+    for word in ("flat", "IndexFlatL2", "testrotated", "IndexTestRotatedFlat", "faissx-testplugin"):
         assert word in out.stdout
 
 
 def test_third_party_type_remotely_and_locally(remote):
-    remote_index = remote.IndexTestCosine(12)
+    remote_index = remote.IndexTestRotatedFlat(12)
     remote_index.add(X)
     Dr, Ir = remote_index.search(X[:5], 4)
     remote.disconnect()
-    local_index = fx.IndexTestCosine(12)  # local mode: the plugin builds a real faiss object
+    local_index = fx.IndexTestRotatedFlat(12)  # local mode: the plugin builds a real faiss object
     assert isinstance(local_index, faiss.Index)
     local_index.add(X)
     Dl, Il = local_index.search(X[:5], 4)
     np.testing.assert_array_equal(Ir, Il)
     np.testing.assert_array_equal(Dr, Dl)
-    np.testing.assert_allclose(Dr[:, 0], 1.0, rtol=1e-5)  # cosine of a vector with itself
+    np.testing.assert_allclose(Dr[:, 0], 0.0, atol=1e-4)  # rotation keeps each vector nearest itself
+    np.testing.assert_array_equal(Ir[:, 0], np.arange(5))
 
 
 def test_server_without_the_plugin_names_it(start_server):
     srv = start_server("--plugins", "flat")
     fx.configure(server=srv.endpoint)
     try:
-        index = fx.IndexTestCosine(12)
+        index = fx.IndexTestRotatedFlat(12)
         with pytest.raises(UnknownIndexType) as err:
             index.add(X)
-        assert "testcosine" in str(err.value) and err.value.details["plugin"] == "testcosine"
+        assert "testrotated" in str(err.value) and err.value.details["plugin"] == "testrotated"
         assert isinstance(err.value, ValueError)
         flat = fx.IndexFlatL2(12)
         flat.add(X)

@@ -7,16 +7,19 @@ from faissx_core.hookspecs import hookimpl
 from faissx_core.specs import IndexType
 
 
-class CosineParams(BaseModel):
+class RotatedParams(BaseModel):
     d: int = Field(gt=0, le=4096)
+    seed: int = Field(12345, ge=0)
 
 
-def build(params: CosineParams, _nested: object) -> faiss.Index:
-    index = faiss.IndexPreTransform(faiss.NormalizationTransform(params.d), faiss.IndexFlatIP(params.d))
-    return index
+def build(params: RotatedParams, _nested: object) -> faiss.Index:
+    """Exact L2 search behind a fixed random rotation (distances are rotation-invariant)."""
+    rotation = faiss.RandomRotationMatrix(params.d, params.d)
+    rotation.init(params.seed)
+    return faiss.IndexPreTransform(rotation, faiss.IndexFlatL2(params.d))
 
 
 @hookimpl
 def faissx_index_types() -> list[IndexType]:
-    return [IndexType(name="IndexTestCosine", family="testcosine", params=CosineParams,
-                      build=build, doc="Cosine similarity: inner product of L2-normalised vectors.")]
+    return [IndexType(name="IndexTestRotatedFlat", family="testrotated", params=RotatedParams,
+                      build=build, doc="Exact L2 search in a randomly rotated space.")]
