@@ -21,7 +21,7 @@ import zmq
 from faissx_client.settings import ClientSettings
 from faissx_core.errors import ServerUnavailable, from_wire
 from faissx_core.messages import PROTOCOL_VERSION
-from faissx_core.protocol import encode, recv_reply
+from faissx_core.protocol import encode, recv_reply, send
 
 log = logging.getLogger("faissx.client")
 
@@ -83,7 +83,7 @@ class Transport:
         sock = self._socket()
         try:
             sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
-            sock.send_multipart(frames, copy=False)
+            send(sock, frames)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not sock.poll(remaining * 1000):
@@ -112,7 +112,7 @@ class Transport:
         """Fire and forget (used from finalizers): never blocks, never raises."""
         try:
             sock = self._socket()
-            sock.send_multipart(encode(self.header(op, index, None)), flags=zmq.NOBLOCK)
+            send(sock, encode(self.header(op, index, None)), flags=zmq.NOBLOCK)
         except Exception as exc:
             log.debug("could not send %s for %s: %s", op, index, exc)
 

@@ -20,10 +20,14 @@ from faissx_core.errors import ProtocolError
 from faissx_core.messages import PROTOCOL_VERSION, ArrayDesc, Reply, Request
 
 __all__ = [
-    "PROTOCOL_VERSION", "decode", "decode_reply", "decode_request", "encode", "recv_reply",
+    "PROTOCOL_VERSION", "decode", "decode_reply", "decode_request", "encode", "recv_reply", "send",
 ]
 
 _DTYPES = {"float32", "uint8", "int64", "uint64", "int32"}
+#: dtype -> wire name; ``ndarray.dtype.name`` is surprisingly slow on the hot path.
+_WIRE_NAMES = {np.dtype(name): name for name in _DTYPES}
+#: Below this many bytes a message is copied into ZeroMQ: tracking a zero-copy frame costs more.
+COPY_BELOW = 1 << 16
 
 
 def encode(header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> list[Any]:
@@ -35,15 +39,22 @@ def encode(header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None = Non
     frames: list[Any] = [b""]
     descs = []
     for name, arr in (arrays or {}).items():
-        if arr.dtype.name not in _DTYPES:
+        wire_name = _WIRE_NAMES.get(arr.dtype)
+        if wire_name is None:
             raise ProtocolError(f"array {name!r}: dtype {arr.dtype} cannot travel on the wire")
         if not arr.flags.c_contiguous:
             raise ProtocolError(f"array {name!r} is not C-contiguous")
-        descs.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape)})
+        descs.append({"name": name, "dtype": wire_name, "shape": list(arr.shape)})
         frames.append(arr if arr.ndim else arr.reshape(1))
     header = {**header, "arrays": descs}
     frames[0] = msgpack.packb(header, use_bin_type=True)
     return frames
+
+
+def send(socket: Any, frames: list[Any], flags: int = 0) -> None:
+    """Send a message's frames: by reference when large, copied when small."""
+    small = sum(getattr(f, "nbytes", None) or len(f) for f in frames) < COPY_BELOW
+    socket.send_multipart(frames, flags=flags, copy=small)
 
 
 def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

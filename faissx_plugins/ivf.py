@@ -1,9 +1,169 @@
-"""Scaffolding: this family's plugin is being written (it declares no index types yet)."""
+"""IVF family: ``IndexIVFFlat``, ``IndexIVFPQ`` and ``IndexIVFScalarQuantizer``.
 
+An IVF index routes each vector to one of ``nlist`` lists through a coarse *quantizer*, itself
+an index (usually ``IndexFlatL2(d)``). The quantizer is a nested :class:`IndexSpec`: a remote
+client passes the quantizer proxy, which is described, never created on the server by itself,
+and the server builds it here and hands its ownership to the IVF index, as faiss's
+``own_fields`` idiom does. Search visits ``nprobe`` lists (and at most ``max_codes`` codes);
+both are runtime parameters, and ``SearchParametersIVF`` sets them for one call.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import faiss
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from faissx_core.errors import InvalidArgument
 from faissx_core.hookspecs import hookimpl
-from faissx_core.specs import IndexType
+from faissx_core.specs import BuildNested, IndexSpec, IndexType, RuntimeParam
+from faissx_plugins.flat import Dimension, Metric, SearchParams
+from faissx_plugins.pq import CodeBits, QType, Subquantizers, check_subquantizers
+
+NList = Annotated[int, Field(gt=0, le=1 << 24, description="number of inverted lists")]
+#: faiss stores these as size_t; the bounds keep a typo from overflowing SWIG's conversion.
+NPROBE_MAX = 1 << 24
+MAX_CODES_MAX = (1 << 63) - 1
+
+
+class IVFParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    quantizer: IndexSpec = Field(description="the coarse quantizer, e.g. IndexFlatL2(d)")
+    d: Dimension
+    nlist: NList
+
+
+class IVFFlatParams(IVFParams):
+    """``faiss.IndexIVFFlat(quantizer, d, nlist, metric=METRIC_L2)``."""
+
+    metric: Metric = faiss.METRIC_L2
+
+
+class IVFPQParams(IVFParams):
+    """``faiss.IndexIVFPQ(quantizer, d, nlist, M, nbits, metric=METRIC_L2)``."""
+
+    M: Subquantizers
+    nbits: CodeBits
+    metric: Metric = faiss.METRIC_L2
+
+    @model_validator(mode="after")
+    def _divides(self) -> IVFPQParams:
+        check_subquantizers(self.d, self.M)
+        return self
+
+
+class IVFSQParams(IVFParams):
+    """``faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, qtype, metric=METRIC_L2,
+    by_residual=True)``."""
+
+    qtype: QType
+    metric: Metric = faiss.METRIC_L2
+    by_residual: bool = True
+
+
+class SearchParamsIVF(SearchParams):
+    """``faiss.SearchParametersIVF(nprobe=1, max_codes=0, sel=None)``: one call's IVF knobs."""
+
+    nprobe: int = Field(1, ge=1, le=NPROBE_MAX, description="inverted lists visited per query")
+    max_codes: int = Field(0, ge=0, le=MAX_CODES_MAX,
+                           description="codes visited per query at most (0: no limit)")
+
+
+def _search_params_ivf(p: SearchParamsIVF) -> faiss.SearchParametersIVF:
+    out = faiss.SearchParametersIVF()
+    out.nprobe = p.nprobe
+    out.max_codes = p.max_codes
+    return out
+
+
+def _quantizer(params: IVFParams, build_nested: BuildNested) -> Any:
+    """Build the nested quantizer and check it can serve as one before faiss sees it."""
+    quantizer = build_nested(IndexSpec.model_validate(params.quantizer))
+    if not isinstance(quantizer, faiss.Index):
+        raise InvalidArgument(
+            f"the quantizer must be a float index such as IndexFlatL2(d), not "
+            f"{params.quantizer.type}")
+    if quantizer.d != params.d:
+        raise InvalidArgument(
+            f"the quantizer has d={quantizer.d} but the IVF index has d={params.d}")
+    return quantizer
+
+
+def _owning(index: Any, quantizer: Any) -> Any:
+    """Hand the quantizer to the index (``own_fields``), as a deserialized index holds it."""
+    quantizer.this.disown()
+    index.own_fields = True
+    return index
+
+
+def _build_ivf_flat(p: IVFFlatParams, build_nested: BuildNested) -> Any:
+    q = _quantizer(p, build_nested)
+    return _owning(faiss.IndexIVFFlat(q, p.d, p.nlist, p.metric), q)
+
+
+def _build_ivf_pq(p: IVFPQParams, build_nested: BuildNested) -> Any:
+    q = _quantizer(p, build_nested)
+    return _owning(faiss.IndexIVFPQ(q, p.d, p.nlist, p.M, p.nbits, p.metric), q)
+
+
+def _build_ivf_sq(p: IVFSQParams, build_nested: BuildNested) -> Any:
+    q = _quantizer(p, build_nested)
+    return _owning(
+        faiss.IndexIVFScalarQuantizer(q, p.d, p.nlist, p.qtype, p.metric, p.by_residual), q)
+
+
+IVF_RUNTIME = (
+    RuntimeParam(name="nprobe", path="nprobe", kind="int", ge=1, le=NPROBE_MAX,
+                 doc="inverted lists visited per query (more: slower, better recall)"),
+    RuntimeParam(name="max_codes", path="max_codes", kind="int", ge=0, le=MAX_CODES_MAX,
+                 doc="stop a query after visiting this many codes (0: no limit)"),
+)
+IVFPQ_RUNTIME = (
+    *IVF_RUNTIME,
+    RuntimeParam(name="polysemous_ht", path="polysemous_ht", kind="int", ge=0,
+                 le=(1 << 31) - 1,
+                 doc="Hamming threshold of polysemous filtering (0: off; 8-bit codes only)"),
+)
 
 
 @hookimpl
 def faissx_index_types() -> list[IndexType]:
-    return []
+    return [
+        IndexType(
+            name="SearchParametersIVF",
+            family="ivf",
+            kind="component",
+            params=SearchParamsIVF,
+            build=lambda p, _: _search_params_ivf(p),
+            doc="Per-call IVF parameters: nprobe, max_codes, and sel to restrict the ids searched.",
+        ),
+        IndexType(
+            name="IndexIVFFlat",
+            family="ivf",
+            params=IVFFlatParams,
+            build=_build_ivf_flat,
+            requires_training=True,
+            runtime_params=IVF_RUNTIME,
+            doc="Inverted lists of full vectors: exact distances within the nprobe lists visited.",
+        ),
+        IndexType(
+            name="IndexIVFPQ",
+            family="ivf",
+            params=IVFPQParams,
+            build=_build_ivf_pq,
+            requires_training=True,
+            runtime_params=IVFPQ_RUNTIME,
+            doc="Inverted lists of product-quantized residuals (M codes of nbits each).",
+        ),
+        IndexType(
+            name="IndexIVFScalarQuantizer",
+            family="ivf",
+            params=IVFSQParams,
+            build=_build_ivf_sq,
+            requires_training=True,
+            runtime_params=IVF_RUNTIME,
+            doc="Inverted lists of scalar-quantized vectors (residuals unless by_residual=False).",
+        ),
+    ]

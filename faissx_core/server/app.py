@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import faiss
 import numpy as np
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -34,9 +35,9 @@ from faissx_core.errors import (
 )
 from faissx_core.messages import PROTOCOL_VERSION, Request
 from faissx_core.plugins import PluginRegistry
-from faissx_core.protocol import decode_request, encode, request_id
+from faissx_core.protocol import decode_request, encode, request_id, send
 from faissx_core.server.backend import LocalBackend, ManagedIndex
-from faissx_core.server.ops import OPS, Arrays, deserialize, run_faiss
+from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
 from faissx_core.tenancy import Principal, check_name
@@ -45,6 +46,9 @@ log = logging.getLogger("faissx.server")
 
 #: Seconds between sweeps for idle unnamed indices.
 SWEEP_EVERY = 5.0
+#: A read whose work (queries x vectors x width) is below this runs on the socket thread when
+#: the index is free: a thread hop costs more than a small search (tens of microseconds).
+INLINE_WORK = 1 << 22
 
 
 class CreateArgs(BaseModel):
@@ -115,6 +119,9 @@ class Server:
                  __version__, self.settings.endpoint, ", ".join(sorted(
                      p for p, i in self.registry.plugins.items() if i.enabled)) or "none",
                  self.settings.workers, "on" if self.settings.enable_auth else "off")
+        # The socket thread only runs small reads inline (INLINE_WORK): one OpenMP thread each,
+        # since waking a team costs more than such a search and would compete with the pool.
+        faiss.omp_set_num_threads(1)
         if ready is not None:
             ready()
         poller = zmq.Poller()
@@ -124,15 +131,13 @@ class Server:
         next_sweep = time.monotonic() + sweep_every
         try:
             while not self._stopping.is_set():
-                events = dict(poller.poll(200))
-                if replies in events:
+                if poller.poll(200):
                     self._forward(replies, router)
-                if router in events:
-                    for _ in range(64):  # drain a burst, but let replies through between bursts
-                        try:
-                            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
+                    # drain a burst of requests, then let finished replies through again
+                    for _ in range(64):
+                        if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                             break
+                        frames = router.recv_multipart(copy=False)
                         self.handle(frames[0], frames[1:], router)
                 if time.monotonic() >= next_sweep:
                     self.backend.expire(self.settings.idle_ttl)
@@ -153,12 +158,9 @@ class Server:
 
     @staticmethod
     def _forward(replies: zmq.Socket, router: zmq.Socket) -> None:
-        while True:
-            try:
-                frames = replies.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            router.send_multipart(frames, copy=False)
+        """Pass the workers' finished replies to the ROUTER (frames as received, no copy)."""
+        while replies.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            router.send_multipart(replies.recv_multipart(copy=False), copy=False)
 
     # -- requests ----------------------------------------------------------------------------
     def handle(self, ident: Any, frames: list[Any], router: zmq.Socket) -> None:
@@ -168,29 +170,60 @@ class Server:
             request, arrays = decode_request(frames)
             rid = request.id
             if request.op == "ping":
-                router.send_multipart([ident, *self._ok(rid, {
-                    "version": __version__, "protocol": PROTOCOL_VERSION})], copy=False)
+                send(router, [ident, *self._ok(rid, {
+                    "version": __version__, "protocol": PROTOCOL_VERSION})])
                 return
             principal = self.registry.hook.faissx_authenticate(
                 api_key=request.api_key, tenant=request.tenant, settings=self.settings)
             if request.session:
                 self.backend.touch(request.session)
-            self.pool.submit(self._work, ident, principal, request, arrays)
+            if not self._inline(ident, principal, request, arrays, router):
+                self.pool.submit(self._work, ident, principal, request, arrays)
         except FaissxError as exc:
-            router.send_multipart([ident, *self._error(rid or request_id(frames), exc)], copy=False)
+            send(router, [ident, *self._error(rid or request_id(frames), exc)])
         except Exception as exc:  # a bug must cost one request, not the server
             log.exception("unexpected error decoding a request")
-            router.send_multipart([ident, *self._error(rid, InternalError(str(exc)))], copy=False)
+            send(router, [ident, *self._error(rid, InternalError(str(exc)))])
+
+    def _inline(self, ident: Any, principal: Principal, request: Request, arrays: Arrays,
+                router: zmq.Socket) -> bool:
+        """Answer a small read right here if its index is free; False sends it to the pool."""
+        op = OPS.get(request.op)
+        if op is None or op.write or request.index is None:
+            return False
+        x = arrays.get("x")
+        if x is not None and x.nbytes > 1 << 16:
+            return False
+        try:
+            managed = self._get(principal, request)
+        except FaissxError:
+            return False  # the pool reports it, with the same code path as every other error
+        queries = x.shape[0] if x is not None and x.ndim else 1
+        if queries * max(managed.index.ntotal, 1) * managed.row_width > INLINE_WORK:
+            return False
+        if not managed.lock.acquire_read(blocking=False):
+            return False
+        try:
+            frames = self._respond(request, lambda: self._run(op, managed, request, arrays,
+                                                               locked=True))
+        finally:
+            managed.lock.release_read()
+        send(router, [ident, *frames])
+        return True
 
     def _work(self, ident: Any, principal: Principal, request: Request, arrays: Arrays) -> None:
+        frames = self._respond(request, lambda: self._execute(principal, request, arrays))
+        send(self._pusher(), [ident, *frames])
+
+    def _respond(self, request: Request, execute: Callable[[], list[Any]]) -> list[Any]:
+        """Frames of the reply to ``request``: its result, or its error as a typed reply."""
         try:
-            frames = self._execute(principal, request, arrays)
+            return execute()
         except FaissxError as exc:
-            frames = self._error(request.id, exc)
+            return self._error(request.id, exc)
         except Exception as exc:
             log.exception("op %s failed unexpectedly", request.op)
-            frames = self._error(request.id, InternalError(f"{type(exc).__name__}: {exc}"))
-        self._pusher().send_multipart([ident, *frames], copy=False)
+            return self._error(request.id, InternalError(f"{type(exc).__name__}: {exc}"))
 
     def _execute(self, principal: Principal, request: Request, arrays: Arrays) -> list[Any]:
         control = self.control.get(request.op)
@@ -203,9 +236,12 @@ class Server:
             raise PermissionDenied(f"a {principal.role} key may not {request.op}")
         if request.index is None:
             raise InvalidArgument(f"{request.op} needs an index name")
-        managed = self._get(principal, request)
+        return self._run(op, self._get(principal, request), request, arrays)
+
+    def _run(self, op: IndexOp, managed: ManagedIndex, request: Request, arrays: Arrays,
+             locked: bool = False) -> list[Any]:
         job = op.prepare(managed, op.parse(request.args), arrays)
-        result, out = self.backend.run(managed, op.write, job)
+        result, out = job(managed.index) if locked else self.backend.run(managed, op.write, job)
         return self._ok(request.id, result, out)
 
     def _get(self, principal: Principal, request: Request, name: str | None = None

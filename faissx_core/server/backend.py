@@ -8,9 +8,11 @@ merging results like ``IndexShards``) is meant to be a second implementation of 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -95,12 +97,39 @@ class Backend(Protocol):
         ...
 
 
+class ThreadBudget:
+    """Shares the cores between the faiss calls running at once.
+
+    Each worker thread runs faiss with ``cores // running`` OpenMP threads: a lone big search
+    gets every core, concurrent calls split them instead of oversubscribing the machine
+    (OpenMP's thread count is per calling thread, so each job sets its own).
+    """
+
+    def __init__(self, cores: int | None = None) -> None:
+        self.cores = cores or os.cpu_count() or 1
+        self._running = 0
+        self._mutex = threading.Lock()
+
+    @contextmanager
+    def share(self) -> Iterator[int]:
+        with self._mutex:
+            self._running += 1
+            threads = max(1, self.cores // self._running)
+        faiss.omp_set_num_threads(threads)
+        try:
+            yield threads
+        finally:
+            with self._mutex:
+                self._running -= 1
+
+
 class LocalBackend:
     """All indices in this process, one readers-writer lock each."""
 
     def __init__(self, registry: PluginRegistry, store: IndexStore | None = None) -> None:
         self.registry = registry
         self.store = store
+        self.budget = ThreadBudget()
         self._indices: dict[tuple[str, str], ManagedIndex] = {}
         self._mutex = threading.Lock()
         self._sessions: dict[str, float] = {}
@@ -156,7 +185,7 @@ class LocalBackend:
             )
 
     def run(self, managed: ManagedIndex, write: bool, fn: Callable[[Any], Any]) -> Any:
-        with managed.lock.write() if write else managed.lock.read():
+        with managed.lock.write() if write else managed.lock.read(), self.budget.share():
             return fn(managed.index)
 
     # -- unnamed indices ---------------------------------------------------------------------

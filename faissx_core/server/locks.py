@@ -18,19 +18,29 @@ class RWLock:
         self._writer = False
         self._waiting_writers = 0
 
-    @contextmanager
-    def read(self) -> Iterator[None]:
+    def acquire_read(self, blocking: bool = True) -> bool:
+        """Take a read share; with ``blocking=False`` give up at once if a writer has or wants it."""
         with self._cond:
             while self._writer or self._waiting_writers:
+                if not blocking:
+                    return False
                 self._cond.wait()
             self._readers += 1
+            return True
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        self.acquire_read()
         try:
             yield
         finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+            self.release_read()
 
     @contextmanager
     def write(self) -> Iterator[None]:
