@@ -25,6 +25,9 @@ def _serve_options(fn):  # noqa: ANN001, ANN202 - a click decorator stack
         click.option("--bind-address", default="127.0.0.1", show_default=True,
                      envvar="FAISSX_BIND_ADDRESS",
                      help="Address to bind; `0.0.0.0` exposes the server to the network."),
+        click.option("--ipc", type=click.Path(path_type=Path), default=None,
+                     envvar="FAISSX_IPC",
+                     help="Also listen on this Unix socket (`ipc://PATH`), for same-host clients."),
         click.option("--data-dir", type=click.Path(path_type=Path), default=None,
                      envvar="FAISSX_DATA_DIR",
                      help="Directory for durable indices; in-memory when omitted."),
@@ -50,7 +53,8 @@ def _serve_options(fn):  # noqa: ANN001, ANN202 - a click decorator stack
     return fn
 
 
-def _serve(port: int, bind_address: str, data_dir: Path | None, plugins: str | None,
+def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None,
+           plugins: str | None,
            enable_auth: bool, auth_keys: str | None, auth_file: Path | None, log_level: str,
            workers: int | None, idle_ttl: float) -> None:
     """Run the FAISSx server until SIGINT or SIGTERM."""
@@ -59,7 +63,7 @@ def _serve(port: int, bind_address: str, data_dir: Path | None, plugins: str | N
     try:
         extra = {"workers": workers} if workers is not None else {}
         settings = ServerSettings(
-            port=port, bind_address=bind_address, data_dir=data_dir,
+            port=port, bind_address=bind_address, ipc=ipc, data_dir=data_dir,
             plugins=[p.strip() for p in plugins.split(",") if p.strip()] if plugins else None,
             enable_auth=enable_auth, auth_keys=parse_auth_keys(auth_keys or ""),
             auth_file=auth_file, log_level=log_level, idle_ttl=idle_ttl, **extra,

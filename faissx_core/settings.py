@@ -24,6 +24,8 @@ class ServerSettings(BaseModel):
     port: int = Field(DEFAULT_PORT, ge=1, le=65535)
     #: Loopback by default: exposing the server is a decision, made with ``--bind-address``.
     bind_address: str = "127.0.0.1"
+    #: Also listen on this Unix socket path (``ipc://``): the same-host fast path.
+    ipc: Path | None = None
     data_dir: Path | None = None
     #: Entry-point names of the index-family plugins to enable; None enables all discovered.
     plugins: list[str] | None = None
@@ -83,6 +85,11 @@ class ServerSettings(BaseModel):
     def endpoint(self) -> str:
         host = "*" if self.bind_address in ("0.0.0.0", "*") else self.bind_address
         return f"tcp://{host}:{self.port}"
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Every endpoint the server binds: TCP always, IPC when asked."""
+        return [self.endpoint] + ([f"ipc://{self.ipc}"] if self.ipc is not None else [])
 
 
 def parse_auth_keys(text: str) -> dict[str, str]:

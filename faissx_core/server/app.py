@@ -105,7 +105,8 @@ class Server:
         router = self.ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 1000)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        router.bind(self.settings.endpoint)
+        for endpoint in self.settings.endpoints:
+            router.bind(endpoint)
         replies = self.ctx.socket(zmq.PULL)
         replies.bind(self._reply_endpoint)
         loaded = self.backend.load()
@@ -116,7 +117,7 @@ class Server:
                 "since the last snapshot", self.settings.data_dir, loaded,
             )
         log.info("faissx %s listening on %s (plugins: %s; workers: %d; auth: %s)",
-                 __version__, self.settings.endpoint, ", ".join(sorted(
+                 __version__, ", ".join(self.settings.endpoints), ", ".join(sorted(
                      p for p, i in self.registry.plugins.items() if i.enabled)) or "none",
                  self.settings.workers, "on" if self.settings.enable_auth else "off")
         # The socket thread only runs small reads inline (INLINE_WORK): one OpenMP thread each,
