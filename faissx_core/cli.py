@@ -31,6 +31,13 @@ def _serve_options(fn):  # noqa: ANN001, ANN202 - a click decorator stack
         click.option("--data-dir", type=click.Path(path_type=Path), default=None,
                      envvar="FAISSX_DATA_DIR",
                      help="Directory for durable indices; in-memory when omitted."),
+        click.option("--fsync", type=click.Choice(["always", "batch", "off"]), default="always",
+                     show_default=True, envvar="FAISSX_FSYNC",
+                     help="When a write is acknowledged: after its own fsync, after a fsync "
+                          "shared with concurrent writers, or once the OS has it."),
+        click.option("--snapshot-every-mb", type=float, default=256.0, show_default=True,
+                     envvar="FAISSX_SNAPSHOT_EVERY_MB",
+                     help="Snapshot an index once its write-ahead log exceeds this size."),
         click.option("--plugins", default=None, envvar="FAISSX_PLUGINS",
                      help="Comma-separated plugin names to enable (default: all discovered)."),
         click.option("--enable-auth", is_flag=True, default=False, envvar="FAISSX_ENABLE_AUTH",
@@ -54,7 +61,7 @@ def _serve_options(fn):  # noqa: ANN001, ANN202 - a click decorator stack
 
 
 def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None,
-           plugins: str | None,
+           fsync: str, snapshot_every_mb: float, plugins: str | None,
            enable_auth: bool, auth_keys: str | None, auth_file: Path | None, log_level: str,
            workers: int | None, idle_ttl: float) -> None:
     """Run the FAISSx server until SIGINT or SIGTERM."""
@@ -63,7 +70,8 @@ def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None
     try:
         extra = {"workers": workers} if workers is not None else {}
         settings = ServerSettings(
-            port=port, bind_address=bind_address, ipc=ipc, data_dir=data_dir,
+            port=port, bind_address=bind_address, ipc=ipc, data_dir=data_dir, fsync=fsync,
+            snapshot_bytes=int(snapshot_every_mb * (1 << 20)),
             plugins=[p.strip() for p in plugins.split(",") if p.strip()] if plugins else None,
             enable_auth=enable_auth, auth_keys=parse_auth_keys(auth_keys or ""),
             auth_file=auth_file, log_level=log_level, idle_ttl=idle_ttl, **extra,

@@ -40,6 +40,7 @@ from faissx_core.server.backend import LocalBackend, ManagedIndex
 from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
+from faissx_core.storage import LogRecord
 from faissx_core.tenancy import Principal, check_name
 
 log = logging.getLogger("faissx.server")
@@ -80,7 +81,7 @@ class Server:
         self.registry = registry or PluginRegistry(settings.plugins)
         self.registry.manager.register(KeyStore(settings), name="builtin:keystore")
         store = self.registry.hook.faissx_open_store(settings=settings)
-        self.backend = LocalBackend(self.registry, store)
+        self.backend = LocalBackend(self.registry, store, settings.snapshot_bytes)
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="faissx-worker")
         self.ctx = zmq.Context()
         self._reply_endpoint = f"inproc://faissx-replies-{uuid.uuid4().hex}"
@@ -109,13 +110,10 @@ class Server:
             router.bind(endpoint)
         replies = self.ctx.socket(zmq.PULL)
         replies.bind(self._reply_endpoint)
-        loaded = self.backend.load()
+        loaded = self.backend.load(self._replay)
         if self.backend.store is not None:
-            log.warning(
-                "data dir %s: %d index(es) reopened; named indices are snapshotted on create and "
-                "on clean shutdown only (no write-ahead log yet), so a crash loses their writes "
-                "since the last snapshot", self.settings.data_dir, loaded,
-            )
+            log.info("data dir %s: %d index(es) reopened; fsync=%s", self.settings.data_dir,
+                     loaded, self.settings.fsync)
         log.info("faissx %s listening on %s (plugins: %s; workers: %d; auth: %s)",
                  __version__, ", ".join(self.settings.endpoints), ", ".join(sorted(
                      p for p, i in self.registry.plugins.items() if i.enabled)) or "none",
@@ -150,6 +148,8 @@ class Server:
             saved = self.backend.snapshot_all()
             if saved:
                 log.info("snapshotted %d named index(es)", saved)
+            if self.backend.store is not None:
+                self.backend.store.close()
             router.close()
             replies.close()
             for sock in getattr(self, "_pushers", []):
@@ -242,8 +242,18 @@ class Server:
     def _run(self, op: IndexOp, managed: ManagedIndex, request: Request, arrays: Arrays,
              locked: bool = False) -> list[Any]:
         job = op.prepare(managed, op.parse(request.args), arrays)
-        result, out = job(managed.index) if locked else self.backend.run(managed, op.write, job)
+        if locked:
+            result, out = job(managed.index)
+        else:
+            record = LogRecord(op.name, request.args, arrays, request.idem) if op.write else None
+            result, out = self.backend.run(managed, op.write, job, record)
         return self._ok(request.id, result, out)
+
+    @staticmethod
+    def _replay(managed: ManagedIndex, record: LogRecord) -> None:
+        """Re-apply one logged write at start-up, through the same op code that applied it."""
+        op = OPS[record.op]
+        op.prepare(managed, op.parse(record.args), record.arrays)(managed.index)
 
     def _get(self, principal: Principal, request: Request, name: str | None = None
              ) -> ManagedIndex:
@@ -313,6 +323,10 @@ class Server:
         with first.lock.write(), second.lock.write():
             run_faiss(lambda: target.index.merge_from(source.index, args.add_id), "merge_from",
                       target)
+            # Both changed, and the source's vectors are not in any log: snapshot both.
+            for managed in (target, source):
+                if self.backend.store is not None and not managed.ephemeral:
+                    self.backend._save(managed)
         return target.info()
 
     def _delete(self, principal: Principal, request: Request, arrays: Arrays

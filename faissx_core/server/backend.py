@@ -22,7 +22,7 @@ from faissx_core.errors import IndexExists, IndexNotFound, InvalidArgument
 from faissx_core.plugins import PluginRegistry
 from faissx_core.server.locks import RWLock
 from faissx_core.specs import IndexSpec, IndexType, RuntimeParam, faiss_class_name, lookup_param
-from faissx_core.storage import IndexStore
+from faissx_core.storage import IndexStore, LogRecord, StoredIndex
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,11 @@ class ThreadBudget:
 class LocalBackend:
     """All indices in this process, one readers-writer lock each."""
 
-    def __init__(self, registry: PluginRegistry, store: IndexStore | None = None) -> None:
+    def __init__(self, registry: PluginRegistry, store: IndexStore | None = None,
+                 snapshot_bytes: int = 256 << 20) -> None:
         self.registry = registry
         self.store = store
+        self.snapshot_bytes = snapshot_bytes
         self.budget = ThreadBudget()
         self._indices: dict[tuple[str, str], ManagedIndex] = {}
         self._mutex = threading.Lock()
@@ -184,9 +186,24 @@ class LocalBackend:
                 (m for (t, _), m in self._indices.items() if t == tenant), key=lambda m: m.name
             )
 
-    def run(self, managed: ManagedIndex, write: bool, fn: Callable[[Any], Any]) -> Any:
+    def run(self, managed: ManagedIndex, write: bool, fn: Callable[[Any], Any],
+            record: LogRecord | None = None) -> Any:
+        """Run ``fn(index)`` under the index's lock; log ``record`` if the index is durable.
+
+        The record is appended after ``fn`` succeeded and before the lock is released, so the
+        log's order is the order writes were applied; the caller acknowledges only after this
+        returns, which (fsync policy permitting) is after the record is on disk.
+        """
+        ticket = None
         with managed.lock.write() if write else managed.lock.read(), self.budget.share():
-            return fn(managed.index)
+            result = fn(managed.index)
+            if record is not None and self.store is not None and not managed.ephemeral:
+                ticket = self.store.append(managed.tenant, managed.name, record)
+                if self.store.log_bytes(managed.tenant, managed.name) > self.snapshot_bytes:
+                    self._save(managed)
+        if ticket is not None:
+            self.store.wait(ticket)
+        return result
 
     # -- unnamed indices ---------------------------------------------------------------------
     def touch(self, session: str) -> None:
@@ -213,17 +230,45 @@ class LocalBackend:
         return dropped
 
     # -- persistence -------------------------------------------------------------------------
-    def load(self) -> int:
+    def load(self, replay: Callable[[ManagedIndex, LogRecord], None]) -> int:
+        """Reopen every stored index: its snapshot, then ``replay`` of each logged write."""
         if self.store is None:
             return 0
         count = 0
         for stored in self.store.load_all():
             try:
-                self.adopt(stored.tenant, stored.name, stored.spec, stored.index, stored.created)
+                self._recover(stored, replay)
                 count += 1
             except Exception as exc:
                 log.error("cannot reopen %s/%s: %s", stored.tenant, stored.name, exc)
         return count
+
+    def _recover(self, stored: StoredIndex, replay: Callable[[ManagedIndex, LogRecord], None]
+                 ) -> None:
+        self.adopt(stored.tenant, stored.name, stored.spec, stored.index, stored.created)
+        managed = self.get(stored.tenant, stored.name)
+        for number, record in enumerate(stored.records):
+            try:
+                replay(managed, record)
+            except Exception as exc:  # it succeeded once; report loudly, keep the rest
+                log.error("%s/%s: replaying log record %d (%s) failed: %s", stored.tenant,
+                          stored.name, number, record.op, exc)
+        if stored.dropped:
+            log.warning("%s/%s: log tail dropped (never acknowledged): %s", stored.tenant,
+                        stored.name, stored.dropped)
+        log.info("reopened %s/%s: snapshot + %d logged write(s), %d vectors", stored.tenant,
+                 stored.name, len(stored.records), managed.index.ntotal)
+
+    def _save(self, managed: ManagedIndex) -> None:
+        """Snapshot (caller holds the write lock or otherwise excludes writers)."""
+        assert self.store is not None
+        self.store.save(managed.tenant, managed.name, managed.spec, managed.created,
+                        managed.index)
+
+    def snapshot(self, managed: ManagedIndex) -> None:
+        if self.store is not None and not managed.ephemeral:
+            with managed.lock.write():
+                self._save(managed)
 
     def snapshot_all(self) -> int:
         if self.store is None:
@@ -231,9 +276,7 @@ class LocalBackend:
         with self._mutex:
             named = [m for m in self._indices.values() if not m.ephemeral]
         for managed in named:
-            with managed.lock.read():
-                self.store.save(managed.tenant, managed.name, managed.spec, managed.created,
-                                managed.index)
+            self.snapshot(managed)
         return len(named)
 
     def __iter__(self) -> Iterator[ManagedIndex]:
