@@ -142,10 +142,13 @@ def _reason(exc: Exception) -> str:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(message)s", datefmt="[%X]",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
+    """Rich output on a terminal; one plain line per record otherwise (files, journald)."""
+    if sys.stderr.isatty():
+        logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
+                            handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    else:
+        logging.basicConfig(level=level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":

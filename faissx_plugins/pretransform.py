@@ -147,7 +147,7 @@ class PreTransformParams(BaseModel):
 
     @model_validator(mode="after")
     def _dimensions_chain(self) -> PreTransformParams:
-        if self.index is None:
+        if self.index is None or self.index.type in TRANSFORM_PARAMS:
             raise ValueError("IndexPreTransform needs the index to wrap")
         if self.transform is not None:
             dims = _transform_dims(self.transform)
