@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import faiss
 import numpy as np
 
 from faissx_client.classes import make_class
 from faissx_client.client import Client
-from faissx_client.proxy import RemoteIndex, RemoteSelector, _ids
+from faissx_client.proxy import ParamNamespace, RemoteIndex, RemoteSelector, _ids
 from faissx_client.settings import ClientSettings
 from faissx_core import __version__
 from faissx_core.errors import (
+    FaissError,
     FaissxError,
     IndexExists,
     IndexNotFound,
@@ -31,6 +32,7 @@ from faissx_core.errors import (
     ServerUnavailable,
     Unauthenticated,
     UnknownIndexType,
+    UnsupportedOperation,
 )
 from faissx_core.plugins import PluginRegistry
 from faissx_core.selectors import SelectorSpec
@@ -59,7 +61,7 @@ def configure(server: str | None = None, api_key: str | None = None,
                                        timeout=timeout)
     client = Client(settings)
     try:
-        client.call("touch")
+        client.hello()
     except Exception:
         client.close()
         raise
@@ -232,13 +234,25 @@ def _unpickle_index(spec: dict[str, Any], data: bytes) -> Any:
 # -- faiss helpers that must see through proxies ------------------------------------------------
 
 class ParameterSpace(faiss.ParameterSpace):
-    """faiss.ParameterSpace that also sets runtime parameters of remote indices."""
+    """faiss.ParameterSpace that also sets runtime parameters of remote indices.
+
+    It speaks faiss's parameter names (``ht`` is the ``polysemous_ht`` runtime parameter) and,
+    like faiss, raises RuntimeError for a parameter the index does not have.
+    """
+
+    #: faiss ParameterSpace name -> the runtime parameter the families declare
+    ALIASES: ClassVar[dict[str, str]] = {"ht": "polysemous_ht"}
 
     def set_index_parameter(self, index: Any, name: str, value: Any) -> None:
-        if isinstance(index, RemoteIndex):
-            index.set_parameter(name, value)
-        else:
+        if not isinstance(index, RemoteIndex):
             super().set_index_parameter(index, name, value)
+            return
+        param = self.ALIASES.get(name, name)
+        if param not in index._runtime_params():
+            raise FaissError(f"could not set parameter {name} on {type(index).__name__}")
+        if name == "ht" and "search_type" in index._runtime_params():
+            index.set_parameter("search_type", faiss.IndexPQ.ST_polysemous)  # as faiss does
+        index.set_parameter(param, value)
 
     def set_index_parameters(self, index: Any, description: str) -> None:
         if not isinstance(index, RemoteIndex):
@@ -252,7 +266,10 @@ class ParameterSpace(faiss.ParameterSpace):
 
 
 def downcast_index(index: Any) -> Any:
-    return index if isinstance(index, RemoteIndex) else faiss.downcast_index(index)
+    """Proxies (and their nested ``index.index`` namespaces) are already what they are."""
+    if isinstance(index, RemoteIndex | ParamNamespace):
+        return index
+    return faiss.downcast_index(index)
 
 
 def extract_index_ivf(index: Any) -> Any:
@@ -303,11 +320,27 @@ def _id_set(kind: str, local: Any, args: tuple[Any, ...]) -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    """Everything FAISSx does not proxy is faiss's own."""
+    """Everything FAISSx does not proxy is faiss's own, except indices in remote mode."""
     try:
-        return getattr(faiss, name)
+        value = getattr(faiss, name)
     except AttributeError:
         raise AttributeError(f"module 'faissx_client' (faiss) has no attribute {name!r}") from None
+    if (isinstance(value, type) and issubclass(value, faiss.Index | faiss.IndexBinary)
+            and get_client() is not None):
+        return _not_served(name)
+    return value
+
+
+def _not_served(name: str) -> Any:
+    """Remote mode never builds a local index: a faiss index class no plugin serves refuses."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise UnsupportedOperation(
+            f"{name} is not available in remote mode: no plugin on this client provides it "
+            "(index_factory may build it on the server, or call disconnect() for local mode)")
+
+    refuse.__name__ = refuse.__qualname__ = name
+    return refuse
 
 
 def __dir__() -> list[str]:

@@ -38,7 +38,8 @@ class DropIn(type):
             value, more = describe(arg)
             described.append(value)
             arrays.update(more)
-        for key, arg in list(kwargs.items()):
+        given = dict(kwargs)
+        for key, arg in given.items():
             kwargs[key], more = describe(arg)
             arrays.update(more)
         spec = itype.bind(tuple(described), kwargs)
@@ -50,6 +51,10 @@ class DropIn(type):
             raise TypeError(f"{itype.name}(): selectors with id arrays cannot be constructor "
                             "arguments of a remote index")
         proxy = super().__call__(client, spec, name=name)
+        # Like faiss's referenced_objects: a proxy given as a part stays alive (and on the
+        # server) at least until this index, created lazily, has copied it.
+        parts = [a for a in (*args, *given.values()) if isinstance(a, RemoteIndex)]
+        object.__setattr__(proxy, "_parts", parts)
         if name is not None:  # a named index exists from the constructor on, as users expect
             proxy._create()
         return proxy

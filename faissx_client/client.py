@@ -14,7 +14,8 @@ from faissx_client.transport import Transport
 
 log = logging.getLogger("faissx.client")
 
-#: Seconds between keep-alives while this client owns unnamed indices (server TTL: 600 s).
+#: Most seconds between keep-alives while this client owns unnamed indices; a server with a
+#: short ``--idle-ttl`` gets them three times per TTL.
 KEEPALIVE_EVERY = 60.0
 
 
@@ -26,7 +27,16 @@ class Client:
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._keepalive: threading.Thread | None = None
+        self.keepalive_every = KEEPALIVE_EVERY
         atexit.register(self.close)
+
+    def hello(self) -> dict[str, Any]:
+        """Check the server answers and accepts our key; learn its idle TTL."""
+        info, _ = self.call("touch")
+        ttl = info.get("idle_ttl")
+        if isinstance(ttl, int | float) and ttl > 0:
+            self.keepalive_every = min(KEEPALIVE_EVERY, ttl / 3)
+        return info
 
     @property
     def server(self) -> str:
@@ -56,7 +66,7 @@ class Client:
             self.transport.send_nowait("delete", name)
 
     def _keep_alive(self) -> None:
-        while not self._stop.wait(KEEPALIVE_EVERY):
+        while not self._stop.wait(self.keepalive_every):
             if self._anonymous:
                 try:
                     self.call("touch", timeout=10)

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import faiss
 import numpy as np
 
-from faissx_core.errors import InvalidArgument
+from faissx_core.errors import InvalidArgument, WrongType
 from faissx_core.selectors import IDS_FRAME, SelectorSpec
-from faissx_core.specs import IMPORTED, IndexSpec, IndexType
+from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType
 
 if TYPE_CHECKING:
     from faissx_client.client import Client
@@ -136,6 +136,11 @@ class RemoteIndex:
         return self._info is not None and self._info.get("vector_kind") == "binary"
 
     def _vectors(self, x: Any) -> np.ndarray:
+        if self._binary():
+            # faiss converts float input to float32, but takes binary codes only as uint8
+            if not isinstance(x, np.ndarray) or x.dtype != np.uint8:
+                raise WrongType("binary codes must be an ndarray of dtype uint8, got "
+                                f"{getattr(x, 'dtype', type(x).__name__)}")
         x = np.asarray(x, dtype="uint8" if self._binary() else "float32")
         if x.ndim != 2:
             raise InvalidArgument(f"expected a 2-d array of vectors, got shape {x.shape}")
@@ -162,7 +167,8 @@ class RemoteIndex:
 
     def range_search(self, x: Any, thresh: float, *, params: Any = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        args, arrays = _with_params({"radius": float(thresh)}, {"x": self._vectors(x)}, params)
+        radius = thresh if isinstance(thresh, int) else float(thresh)  # binary wants an int
+        args, arrays = _with_params({"radius": radius}, {"x": self._vectors(x)}, params)
         _, out = self._call("range_search", args, arrays)
         return out["lims"], out["D"], out["I"]
 
@@ -170,6 +176,8 @@ class RemoteIndex:
                                D: np.ndarray | None = None, I: np.ndarray | None = None,  # noqa: E741
                                R: np.ndarray | None = None
                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._binary():  # faiss's binary wrapper lacks it: its call fails with TypeError
+            raise TypeError(f"{type(self).__name__} does not support search_and_reconstruct")
         args, arrays = _with_params({"k": _positive_k(k)}, {"x": self._vectors(x)}, params)
         _, out = self._call("search_and_reconstruct", args, arrays)
         return _into(D, out["D"]), _into(I, out["I"]), _into(R, out["R"])
@@ -183,6 +191,9 @@ class RemoteIndex:
         return _into(x, self._call("reconstruct_n", {"n0": int(n0), "ni": int(ni)})[1]["x"])
 
     def reconstruct_batch(self, key: Any, x: np.ndarray | None = None) -> np.ndarray:
+        if self._binary():  # as on faiss's IndexBinary, which has no such method
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute "
+                                 "'reconstruct_batch'")
         return _into(x, self._call("reconstruct_batch", arrays={"ids": _ids(key)})[1]["x"])
 
     def remove_ids(self, x: Any) -> int:
@@ -194,6 +205,14 @@ class RemoteIndex:
 
     def reset(self) -> None:
         self._call("reset")
+
+    def set_direct_map_type(self, map_type: int) -> None:
+        """IVF: ``faiss.DirectMap.Array`` or ``Hashtable`` makes ``reconstruct`` possible."""
+        self._call("set_direct_map_type", {"type": int(map_type)})
+
+    def make_direct_map(self, new_maintain_direct_map: bool = True) -> None:
+        self.set_direct_map_type(faiss.DirectMap.Array if new_maintain_direct_map
+                                 else faiss.DirectMap.NoMap)
 
     def merge_from(self, other: RemoteIndex, add_id: int = 0) -> None:
         """Move ``other``'s vectors into this index on the server (faiss empties ``other``)."""
@@ -235,6 +254,11 @@ class ParamNamespace:
         raise AttributeError(f"remote {self._prefix!r} has no runtime parameter {attr!r}")
 
     def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        deeper = f"{self._prefix}.{attr}."
+        if any(p.startswith(deeper) for p in self._proxy._runtime_params().values()):
+            return ParamNamespace(self._proxy, f"{self._prefix}.{attr}")  # idmap.index.hnsw
         return self._proxy.get_parameter(self._param(attr))
 
     def __setattr__(self, attr: str, value: Any) -> None:
@@ -292,9 +316,14 @@ class RemoteSelector:
 def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
     """A constructor or call argument as wire data: proxies and components become specs.
 
+    A proxy that already exists on the server (trained, filled) is sent as a reference the
+    server resolves to a copy of that index, so its state comes along (faiss would share the
+    object; the server copies it). One that was only ever described is sent as its spec.
     Local faiss objects cannot be described (their contents are C++), so passing one in remote
     mode is refused rather than silently sent as something else.
     """
+    if isinstance(value, RemoteIndex) and value._info is not None:
+        return IndexSpec(type=REF_TYPE, params={"name": value.name}).model_dump(), {}
     if isinstance(value, RemoteIndex | RemoteComponent):
         arrays = value._arrays if isinstance(value, RemoteComponent) else {}
         return value.spec.model_dump(), arrays

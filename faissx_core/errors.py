@@ -56,6 +56,19 @@ class OutOfRange(InvalidArgument, RuntimeError):
     code = "out_of_range"
 
 
+class NotTrained(InvalidArgument, RuntimeError):
+    """The index must be trained first (faiss raises RuntimeError for the same)."""
+
+    code = "not_trained"
+
+
+class WrongType(InvalidArgument, TypeError):
+    """An argument of a type faiss refuses outright (binary codes that are not uint8, a
+    fractional Hamming radius); faiss raises TypeError for the same."""
+
+    code = "wrong_type"
+
+
 class UnknownParameter(FaissxError, AttributeError):
     """A runtime parameter or attribute the index type does not declare (faiss: AttributeError)."""
 
@@ -129,6 +142,8 @@ ERRORS: dict[str, type[FaissxError]] = {
         ProtocolError,
         InvalidArgument,
         OutOfRange,
+        NotTrained,
+        WrongType,
         UnknownParameter,
         IndexNotFound,
         IndexExists,
@@ -147,8 +162,10 @@ ERRORS: dict[str, type[FaissxError]] = {
 def from_wire(error: dict[str, Any]) -> FaissxError:
     """Rebuild the exception a server reported; unknown codes become InternalError."""
     cls = ERRORS.get(str(error.get("code")), InternalError)
-    details = error.get("details") or {}
-    return cls(str(error.get("message", "")), **(details if isinstance(details, dict) else {}))
+    exc = cls(str(error.get("message", "")))
+    details = error.get("details")
+    exc.details = dict(details) if isinstance(details, dict) else {}
+    return exc
 
 
 def faiss_reason(text: str) -> str:

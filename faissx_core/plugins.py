@@ -8,7 +8,7 @@ type; only the enabled ones (``--plugins``) contribute types that can be built.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import ModuleType
@@ -18,7 +18,7 @@ import pluggy
 
 from faissx_core import hookspecs, storage
 from faissx_core.errors import FaissxError, InvalidArgument, UnknownIndexType, faiss_reason
-from faissx_core.specs import IMPORTED, IndexSpec, IndexType
+from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType
 
 ENTRY_POINT_GROUP = "faissx.plugins"
 log = logging.getLogger(__name__)
@@ -92,12 +92,24 @@ class PluginRegistry:
             )
         raise UnknownIndexType(f"no plugin provides index type {name!r}", plugin=None)
 
-    def build(self, spec: IndexSpec) -> Any:
-        """Build the faiss object for ``spec`` (nested specs recursively)."""
+    def build(self, spec: IndexSpec, resolve: Callable[[str], Any] | None = None) -> Any:
+        """Build the faiss object for ``spec``, nested specs recursively.
+
+        ``resolve(name)`` turns a ``ref`` spec into a copy of an existing index; without it
+        references are refused (there is nothing to refer to outside a server).
+        """
+        if spec.type == REF_TYPE:
+            if resolve is None:
+                raise InvalidArgument("a reference to an existing index cannot be built here")
+            return resolve(str(spec.params.get("name", "")))
         itype = self.index_type(spec.type)
         params = itype.validate_params(spec.params)
+
+        def nested(inner: IndexSpec | dict) -> Any:
+            return self.build(IndexSpec.model_validate(inner), resolve)
+
         try:
-            return itype.build(params, self.build)
+            return itype.build(params, nested)
         except (RuntimeError, AssertionError) as exc:  # faiss refusing the parameters
             if isinstance(exc, FaissxError):
                 raise

@@ -98,6 +98,10 @@ def _step(obj: Any, attr: str) -> Any:
     return downcast(value) if isinstance(value, faiss.Index | faiss.IndexBinary) else value
 
 
+#: Spec type of a reference to an existing index of the same tenant (``params: {"name"}``):
+#: the server builds it as a copy of that index, state included.
+REF_TYPE = "ref"
+
 #: Builds nested specs (an IVF's quantizer, an IDMap's inner index) for a plugin's ``build``.
 BuildNested = Callable[[IndexSpec], Any]
 

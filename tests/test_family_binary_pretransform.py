@@ -251,9 +251,6 @@ def test_binary_reconstruct(remote):
     same_error(lambda: local.reconstruct_n(0, 5), lambda: proxy.reconstruct_n(0, 5))
 
 
-@pytest.mark.xfail(strict=True, reason="NEEDS CORE: faiss's binary indices have no Python "
-                   "reconstruct_batch (AttributeError) nor a usable search_and_reconstruct "
-                   "(TypeError); the server calls them anyway and the client gets InternalError")
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_binary_reconstruct_batch_and_search_and_reconstruct_fail_like_faiss(remote, kind):
     local, proxy = pair(remote, BINARY[kind], train=CODES, base=CODES)
@@ -371,9 +368,6 @@ def test_binary_wrong_byte_width_is_refused_and_nothing_changes(remote):
     assert_same_search(local, proxy, CODE_QUERIES, 5)
 
 
-@pytest.mark.xfail(strict=True, reason="NEEDS CORE: RemoteIndex._vectors casts any array to "
-                   "uint8 for binary indices (np.asarray(x, dtype='uint8')), so float or int64 "
-                   "codes are silently truncated instead of refused as faiss refuses them")
 @pytest.mark.parametrize("dtype", ["float32", "int64"])
 def test_binary_wrong_dtype_is_refused_and_nothing_changes(remote, dtype):
     local, proxy = pair(remote, binary_flat, base=CODES)
@@ -388,8 +382,6 @@ def test_binary_wrong_dtype_is_refused_and_nothing_changes(remote, dtype):
         assert proxy.ntotal == len(CODES)
 
 
-@pytest.mark.xfail(strict=True, reason="NEEDS CORE: the client sends float(radius) and the server "
-                   "truncates it with int() for binary indices; faiss refuses a non-integer radius")
 def test_binary_fractional_radius_is_refused(remote):
     local, proxy = pair(remote, binary_flat, base=CODES)
     with pytest.raises(TypeError):
@@ -415,9 +407,6 @@ def test_binary_constructor_arguments_are_checked(remote):
         bad.train(CODES)
 
 
-@pytest.mark.xfail(strict=True, reason="NEEDS CORE: ops.add/add_with_ids check is_trained first "
-                   "and raise InvalidArgument (ValueError); faiss raises RuntimeError "
-                   "('is_trained' failed)")
 def test_binary_ivf_add_before_train_fails_like_faiss(remote):
     local, proxy = pair(remote, binary_ivf)
     same_error(lambda: local.add(CODES), lambda: proxy.add(CODES))
@@ -660,8 +649,6 @@ def test_pretransform_constructor_arguments_are_checked(remote):
         remote.IndexPreTransform(remote.IndexFlatL2(D), remote.IndexFlatL2(D)).train(FLOAT_TRAIN)
 
 
-@pytest.mark.xfail(strict=True, reason="NEEDS CORE: ops.add checks is_trained first and raises "
-                   "InvalidArgument (ValueError); faiss raises RuntimeError ('is_trained' failed)")
 def test_pretransform_add_before_train_fails_like_faiss(remote):
     local, proxy = pair(remote, pca)
     same_error(lambda: local.add(FLOAT_BASE), lambda: proxy.add(FLOAT_BASE))

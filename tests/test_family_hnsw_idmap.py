@@ -680,10 +680,6 @@ def own_server(start_server):
         fx.disconnect()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "NEEDS CORE: faiss's Index::reconstruct_n throws inside an OpenMP region for IndexIDMap "
-    "(and IndexIDMap2 with absent ids), which calls std::terminate: ops.reconstruct_n must "
-    "check or translate the keys before calling faiss, or one request kills the server"))
 def test_reconstruct_n_on_an_idmap_does_not_kill_the_server(start_server):
     with own_server(start_server) as (fx, own):
         proxy = fx.IndexIDMap(fx.IndexFlatL2(D))
@@ -693,10 +689,6 @@ def test_reconstruct_n_on_an_idmap_does_not_kill_the_server(start_server):
         assert own.alive
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "NEEDS CORE: faiss aborts the process on range_search of an empty HNSW index with two or "
-    "more queries (RangeSearchResult::do_allocation asserts inside OpenMP); ops.range_search "
-    "must answer an empty index itself (lims all 0) instead of calling faiss"))
 def test_range_search_on_an_empty_graph_does_not_kill_the_server(start_server):
     with own_server(start_server) as (fx, own):
         proxy = fx.IndexHNSWFlat(D, 16)
@@ -705,10 +697,6 @@ def test_range_search_on_an_empty_graph_does_not_kill_the_server(start_server):
         assert own.alive
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "NEEDS CORE: describe() sends only the spec of a proxy already created on the server, so "
-    "wrapping a trained (or non-empty) remote index drops its state instead of copying it or "
-    "refusing (faiss: the wrapper is trained; a non-empty index is refused)"))
 def test_wrapping_a_trained_remote_index_keeps_its_training(remote):
     local_inner = faiss.IndexHNSWSQ(D, SQ8, 16)
     remote_inner = remote.IndexHNSWSQ(D, SQ8, 16)
@@ -720,9 +708,6 @@ def test_wrapping_a_trained_remote_index_keeps_its_training(remote):
     assert proxy.is_trained
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "NEEDS CORE: the faiss idiom downcast_index(idmap.index).hnsw.efSearch needs "
-    "ParamNamespace to nest (index -> hnsw) and downcast_index to pass it through"))
 def test_downcast_inner_index_idiom_reaches_ef_search(remote):
     local, proxy = wrapped(remote, "IndexIDMap2", "IndexHNSWFlat", D, 16)
     faiss.downcast_index(local.index).hnsw.efSearch = 77
@@ -730,9 +715,6 @@ def test_downcast_inner_index_idiom_reaches_ef_search(remote):
     assert proxy.efSearch == 77
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "NEEDS CORE: ops.add raises InvalidArgument (ValueError) on an untrained index where faiss "
-    "raises RuntimeError, so `except RuntimeError` code behaves differently remotely"))
 def test_add_before_training_fails_as_in_faiss(remote):
     local, proxy = pair(remote, "IndexHNSWPQ", D, 4, 16)
     with pytest.raises(RuntimeError):
@@ -741,9 +723,6 @@ def test_add_before_training_fails_as_in_faiss(remote):
         proxy.add(BASE[:10])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "NEEDS CORE: ParameterSpace.set_index_parameter on a proxy lacking the parameter raises "
-    "UnknownParameter (AttributeError); faiss raises RuntimeError"))
 def test_parameter_space_unknown_parameter_fails_as_in_faiss(remote):
     local, proxy = wrapped(remote, "IndexIDMap", "IndexFlatL2", D)
     with pytest.raises(RuntimeError):

@@ -152,8 +152,6 @@ def test_add_before_train_fails_and_changes_nothing(remote, case):
     assert proxy.ntotal == local.ntotal == 0
 
 
-@pytest.mark.xfail(strict=True, reason="NEEDS CORE: ops.add/add_with_ids raise InvalidArgument "
-                   "(ValueError) for an untrained index; faiss raises RuntimeError")
 @pytest.mark.parametrize("method", ["add", "add_with_ids"])
 def test_add_before_train_raises_runtime_error_like_faiss(remote, method):
     local, proxy = pair(remote, "IVFFlat-L2", train=False, add=False)
@@ -250,8 +248,6 @@ def test_ivf_with_direct_map_reconstructs_when_uploaded(remote):
     assert_same_search(local, proxy)
 
 
-@pytest.mark.xfail(strict=True, reason="NEEDS CORE: no make_direct_map()/set_direct_map_type() "
-                   "on RemoteIndex (and no server op), so a remote IVF cannot reconstruct(key)")
 def test_make_direct_map_then_reconstruct(remote):
     local, proxy = pair(remote, "IVFFlat-L2")
     local.make_direct_map()
@@ -459,8 +455,6 @@ def test_bad_nprobe_is_rejected_and_nothing_changes(remote, bad):
     assert proxy.nprobe == 8
 
 
-@pytest.mark.xfail(strict=True, reason="NEEDS CORE: ops.ParamValue (int | float | bool, lax) "
-                   "turns the string '8' into 8, so a numeric string is accepted as nprobe")
 def test_numeric_string_nprobe_is_rejected(remote):
     _, proxy = pair(remote, "IVFFlat-L2", add=False)
     proxy.nprobe = 8
@@ -509,9 +503,6 @@ def test_ivfpq_polysemous_threshold(remote):
     assert proxy.get_parameter("polysemous_ht") == 20
 
 
-@pytest.mark.xfail(strict=True, reason="NEEDS CORE: client ParameterSpace does not know faiss's "
-                   "parameter names ('ht' -> polysemous_ht) and raises AttributeError where "
-                   "faiss raises RuntimeError for a name the index lacks")
 def test_parameter_space_speaks_faiss_names(remote):
     local, proxy = pair(remote, "IVFPQ", add=False)
     faiss.ParameterSpace().set_index_parameter(local, "ht", 12)
@@ -644,9 +635,6 @@ def test_ivf_refused_by_a_server_without_the_ivf_plugin(start_server):
         fx.disconnect()
 
 
-@pytest.mark.xfail(strict=True, reason="NEEDS CORE: describe() of a proxy that already exists "
-                   "on the server sends only its spec, so a quantizer filled with centroids "
-                   "arrives empty (the IVF is untrained where faiss's is trained)")
 def test_prefilled_quantizer_keeps_its_centroids(remote):
     centroids = TRAIN[:NLIST]
     local_q = faiss.IndexFlatL2(D)

@@ -347,7 +347,8 @@ class Server:
     def _touch(self, principal: Principal, request: Request, arrays: Arrays
               ) -> dict[str, Any]:
         """Keep-alive (and, from configure(), a check that the key works)."""
-        return {"tenant": principal.tenant, "version": __version__}
+        return {"tenant": principal.tenant, "version": __version__,
+                "idle_ttl": self.settings.idle_ttl}
 
     def _bye(self, principal: Principal, request: Request, arrays: Arrays
             ) -> dict[str, Any]:

@@ -144,7 +144,7 @@ class LocalBackend:
         if itype.kind != "index":
             raise InvalidArgument(f"{spec.type} is a component, not an index: pass it to one")
         if index is None:
-            index = self.registry.build(spec)
+            index = self.registry.build(spec, resolve=lambda ref: self._copy(tenant, ref))
         managed = ManagedIndex(tenant, name, spec, itype, index, session=session,
                                registry=self.registry)
         with self._mutex:
@@ -156,6 +156,13 @@ class LocalBackend:
         elif self.store is not None:
             self.store.save(tenant, name, spec, managed.created, index)
         return managed
+
+    def _copy(self, tenant: str, name: str) -> Any:
+        """A copy of one of ``tenant``'s indices, as a nested part of a new one."""
+        source = self.get(tenant, name)
+        with source.lock.read():
+            clone = faiss.clone_binary_index if source.binary else faiss.clone_index
+            return clone(source.index)
 
     def adopt(self, tenant: str, name: str, spec: IndexSpec, index: Any, created: float) -> None:
         """Register an index loaded from the store at start-up."""

@@ -15,13 +15,23 @@ from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+)
 
 from faissx_core.errors import (
     FaissError,
     InvalidArgument,
+    NotTrained,
     OutOfRange,
     UnsupportedOperation,
+    WrongType,
     faiss_reason,
 )
 from faissx_core.selectors import SelectorSpec, build_selector
@@ -37,7 +47,8 @@ MAX_RESULTS = 1 << 25
 
 
 class Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "1" is not a k, as a header field of the wrong type is not a header
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 @dataclass(frozen=True)
@@ -99,8 +110,8 @@ def vectors(m: ManagedIndex, arrays: Arrays, name: str = "x") -> np.ndarray:
         raise InvalidArgument(f"missing array {name!r}")
     want = np.uint8 if m.binary else np.float32
     if x.dtype != want:
-        raise InvalidArgument(f"{name} must be {np.dtype(want).name} for {m.spec.type}, "
-                              f"got {x.dtype}")
+        error = WrongType if m.binary else InvalidArgument
+        raise error(f"{name} must be {np.dtype(want).name} for {m.spec.type}, got {x.dtype}")
     if x.ndim != 2 or x.shape[1] != m.row_width:
         raise InvalidArgument(
             f"{name} has shape {tuple(x.shape)}; {m.spec.type} (d={m.index.d}) expects "
@@ -204,7 +215,11 @@ class ParamName(Args):
 
 
 class ParamValue(ParamName):
-    value: int | float | bool
+    value: StrictBool | StrictInt | StrictFloat
+
+
+class DirectMapArgs(Args):
+    type: int = Field(ge=0, le=2, description="faiss.DirectMap.NoMap / Array / Hashtable")
 
 
 # -- operations --------------------------------------------------------------------------------
@@ -220,7 +235,7 @@ def add(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
 
     def job(index: Any) -> Result:
         if not index.is_trained:
-            raise InvalidArgument(f"{m.spec.type} must be trained before add")
+            raise NotTrained(f"{m.spec.type} must be trained before add")
         run_faiss(lambda: index.add(x), "add", m)
         return _info(index), {}
 
@@ -234,7 +249,7 @@ def add_with_ids(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
 
     def job(index: Any) -> Result:
         if not index.is_trained:
-            raise InvalidArgument(f"{m.spec.type} must be trained before add_with_ids")
+            raise NotTrained(f"{m.spec.type} must be trained before add_with_ids")
         run_faiss(lambda: index.add_with_ids(x, ids), "add_with_ids", m)
         return _info(index), {}
 
@@ -275,10 +290,16 @@ def assign(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
 @op("range_search", write=False, args=RangeArgs)
 def range_search(m: ManagedIndex, a: RangeArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
+    if m.binary and a.radius != int(a.radius):
+        raise WrongType(f"a Hamming radius is an integer, got {a.radius}")
     radius = int(a.radius) if m.binary else float(a.radius)
     sp = search_params(m, a.params, arrays)
 
     def job(index: Any) -> Result:
+        if index.ntotal == 0:  # faiss's HNSW aborts the process on this; the answer is empty
+            lims = np.zeros(len(x) + 1, dtype=np.uint64)
+            dist = np.empty(0, dtype=np.int32 if m.binary else np.float32)
+            return {}, {"lims": lims, "D": dist, "I": np.empty(0, dtype=np.int64)}
         lims, D, I = run_faiss(  # noqa: E741
             lambda: index.range_search(x, radius, params=sp.params), "range_search", m)
         return {}, {"lims": lims, "D": D, "I": I}
@@ -314,6 +335,13 @@ def reconstruct_n(m: ManagedIndex, a: RangeOfKeys, arrays: Arrays) -> Job:
     def job(index: Any) -> Result:
         if a.n0 + a.ni > index.ntotal:
             raise OutOfRange(f"range [{a.n0}, {a.n0 + a.ni}) exceeds ntotal={index.ntotal}")
+        if hasattr(index, "id_map"):
+            # faiss's IDMap reconstruct_n throws inside an OpenMP loop, which aborts the
+            # process; reconstruct_batch reports a missing id as an ordinary error instead
+            if not hasattr(index, "rev_map"):
+                raise UnsupportedOperation(f"reconstruct_n is not supported by {m.spec.type}")
+            keys = np.arange(a.n0, a.n0 + a.ni, dtype=np.int64)
+            return {}, {"x": run_faiss(lambda: index.reconstruct_batch(keys), "reconstruct_n", m)}
         x = run_faiss(lambda: index.reconstruct_n(a.n0, a.ni), "reconstruct_n", m)
         return {}, {"x": x}
 
@@ -380,3 +408,16 @@ def serialize(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     """The index as ``faiss.serialize_index`` bytes: what pickling and ``write_index`` carry."""
     writer = faiss.serialize_index_binary if m.binary else faiss.serialize_index
     return lambda index: ({}, {"data": run_faiss(lambda: writer(index), "serialize", m)})
+
+
+@op("set_direct_map_type", write=True, args=DirectMapArgs)
+def set_direct_map_type(m: ManagedIndex, a: DirectMapArgs, arrays: Arrays) -> Job:
+    """IVF only: keep an id -> list position map so ``reconstruct`` works."""
+
+    def job(index: Any) -> Result:
+        if not hasattr(index, "set_direct_map_type"):
+            raise UnsupportedOperation(f"{m.spec.type} has no direct map (it is not an IVF)")
+        run_faiss(lambda: index.set_direct_map_type(a.type), "set_direct_map_type", m)
+        return _info(index), {}
+
+    return job
