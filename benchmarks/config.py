@@ -29,15 +29,15 @@ class Sizes:
     latency_reps: int = 400
     latency_warmup: int = 20
     #: (b): one search per system per round.
-    batch_rounds: int = 7
+    batch_rounds: int = 9
     #: (c): one add of n_large per system per round; then batch_add_n vectors in batch_add calls.
-    add_rounds: int = 5
+    add_rounds: int = 15
     batch_add: int = 1000
     batch_add_n: int = 20_000
     #: (d): clients x seconds, repeated qps_rounds times in turn; nq cycles 1..nq_max.
     clients: tuple[int, ...] = (1, 2, 4)
-    qps_seconds: float = 2.0
-    qps_rounds: int = 2
+    qps_seconds: float = 1.5
+    qps_rounds: int = 3
     qps_start_delay: float = 0.3
     nq_max: int = 16
 

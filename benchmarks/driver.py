@@ -227,6 +227,7 @@ class Worker:
         }
         if mode in ("local", "ours", "orig"):
             info["faiss"] = self.faiss.__version__
+            info["omp_threads"] = self.faiss.omp_get_max_threads()
         if mode in ("ours", "orig"):
             import faissx
 

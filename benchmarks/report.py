@@ -62,14 +62,14 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
         ratios[kind] = {}
         local_p50 = _fig(results, kind, "latency", "local", "p50_us")
         local_batch = _fig(results, kind, "batch_search", "local", "p50_ms")
-        for t in (*TRANSPORTS, "local"):
+        for t in (*TRANSPORTS, "local", "echo-tcp"):
             r: dict[str, Any] = {}
             qps = results["workloads"][kind]["qps"]["systems"].get(t, {})
             q1 = qps.get(first, {}).get("qps") if isinstance(qps, dict) else None
             for n in results["sizes"]["clients"][1:]:
                 qn = qps.get(str(n), {}).get("qps") if isinstance(qps, dict) else None
                 r[f"qps_{n}_over_{first}"] = _ratio(qn, q1)
-            if t != "local":
+            if t in TRANSPORTS:
                 p50 = _fig(results, kind, "latency", t, "p50_us")
                 echo = _fig(results, kind, "latency", f"echo-{t}", "p50_us")
                 batch = _fig(results, kind, "batch_search", t, "p50_ms")
@@ -304,11 +304,14 @@ def goals_table(results: dict[str, Any], derived: dict[str, Any]) -> Table:
         row(f"QPS {top} clients / {first} client (goal needs 4)", f"qps_{top}_over_{first}")
     for n in results["sizes"]["clients"][1:-1]:
         row(f"QPS {n} clients / {first} client", f"qps_{n}_over_{first}")
-    local = " · ".join(
-        f"{kind} {v:.2f}" for kind in KINDS
-        if (v := ratios[kind]["local"].get(f"qps_{top}_over_{first}")) is not None)
-    table.caption = (f"local faiss, {top} processes / 1 (reference): {local or 'n/a'}. "
-                     "Remote - local over echo: how many bare round trips FAISSx adds.")
+    def scaling(system: str) -> str:
+        return " · ".join(
+            f"{kind} {v:.2f}" for kind in KINDS
+            if (v := ratios[kind][system].get(f"qps_{top}_over_{first}")) is not None) or "n/a"
+
+    table.caption = (f"QPS {top}/{first} for reference: local faiss processes "
+                     f"{scaling('local')}; bare echo {scaling('echo-tcp')}.\n"
+                     "(remote - local) / echo: how many bare round trips FAISSx adds.")
     return table
 
 
@@ -430,6 +433,9 @@ def draw_chart(results: dict[str, Any], path: Path) -> str | None:
             if all(y is not None for y in ys):
                 ax.plot(clients, ys, style, marker="o", color=kind_colours[kind],
                         label=f"{kind} {COLUMNS[system]}")
+    ys = [_fig(results, "flat", "qps", "echo-tcp", str(c), "qps") for c in clients]
+    if all(y is not None for y in ys):
+        ax.plot(clients, ys, "-", marker="s", color=colours["echo-tcp"], label="bare echo tcp")
     ax.set_xticks(clients)
     ax.set_yscale("log")
     ax.set_xlabel("client processes")
@@ -437,7 +443,9 @@ def draw_chart(results: dict[str, Any], path: Path) -> str | None:
     ax.set_title(f"aggregate QPS, nq=1..{results['sizes']['nq_max']}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(f"FAISSx benchmark — {machine_line(results)}", fontsize=9)
+    line = machine_line(results)
+    cut = line.find(" · ", len(line) // 2)
+    fig.suptitle(f"FAISSx benchmark — {line[:cut]}\n{line[cut + 3:]}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

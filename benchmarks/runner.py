@@ -29,8 +29,8 @@ from benchmarks.config import ORIGINAL_VERSION, Sizes
 
 #: Systems timed by worker 0 on the single-client workloads, in their first round's order.
 SINGLE = ("local", "tcp", "ipc", "echo-tcp", "echo-ipc")
-#: Systems timed with 1, 2, 4 client processes.
-MULTI = ("local", "tcp", "ipc")
+#: Systems timed with 1, 2, 4 client processes (the echo: what the sockets alone allow).
+MULTI = ("local", "tcp", "ipc", "echo-tcp")
 KINDS = ("flat", "ivf", "hnsw")
 
 
@@ -68,19 +68,22 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def latency_summary(times: list[float]) -> dict[str, Any]:
+def latency_summary(times: list[float], rounds: int = 1) -> dict[str, Any]:
+    per_round = np.array_split(np.asarray(times), rounds)
     return {"p50_us": percentile(times, 50) * 1e6, "p99_us": percentile(times, 99) * 1e6,
-            "mean_us": float(np.mean(times)) * 1e6, "n": len(times)}
+            "mean_us": float(np.mean(times)) * 1e6, "n": len(times),
+            "round_p50_us": [round(float(np.median(r)) * 1e6, 1) for r in per_round if len(r)]}
 
 
-def batch_summary(times: list[float]) -> dict[str, Any]:
-    return {"p50_ms": percentile(times, 50) * 1e3, "min_ms": min(times) * 1e3, "n": len(times)}
+def batch_summary(times: list[float], rounds: int = 1) -> dict[str, Any]:
+    return {"p50_ms": percentile(times, 50) * 1e3, "min_ms": min(times) * 1e3, "n": len(times),
+            "samples_ms": [round(t * 1e3, 2) for t in times]}
 
 
 def add_summary(times: list[float], nbytes: int) -> dict[str, Any]:
     p50 = percentile(times, 50)
     return {"p50_ms": p50 * 1e3, "min_ms": min(times) * 1e3, "mb_s": nbytes / p50 / 1e6,
-            "n": len(times)}
+            "n": len(times), "samples_ms": [round(t * 1e3, 2) for t in times]}
 
 
 def batch_add_summary(times: list[float], nbytes: int) -> dict[str, Any]:
@@ -246,8 +249,9 @@ class Run:
         hello = pool.hello("ours")[0]
         import faissx_core
 
-        versions = {"faiss": hello["faiss"], "numpy": hello["numpy"], "pyzmq": hello["pyzmq"],
-                    "libzmq": hello["libzmq"], "faissx": faissx_core.__version__}
+        versions = {"faiss": hello["faiss"], "faiss_omp_threads": hello["omp_threads"],
+                    "numpy": hello["numpy"], "pyzmq": hello["pyzmq"], "libzmq": hello["libzmq"],
+                    "faissx": faissx_core.__version__}
         self.echo = {"request_header": 0, "reply_header": 0, **self._wire_sizes(s.d, s.k)}
         self.where = {"local": ("local", None), "tcp": ("ours", tcp), "ipc": ("ours", ipc),
                       "echo-tcp": ("echo", echo_tcp), "echo-ipc": ("echo", echo_ipc)}
@@ -272,12 +276,17 @@ class Run:
                     echo=self.echo)
         if len(pool) > 1:
             self.progress("opening the indices in the other client processes")
+            attached = set()
             for plan_key in {small for small, _ in KIND_PLANS.values()}:
                 for system in MULTI:
+                    if hkey(plan_key, system) in attached:
+                        continue
+                    attached.add(hkey(plan_key, system))
                     args = {"key": hkey(plan_key, system), "mode": self.where[system][0],
                             "endpoint": self.where[system][1], "name": f"bench-{plan_key}",
                             "path": str(tmp / f"{plan_key}.index"),
-                            "params": self.plans[plan_key].params}
+                            "params": self.plans[plan_key].params, "d": s.d,
+                            "echo": self.echo}
                     for worker in pool.workers[1:]:
                         worker.send("attach", **args)
                     for worker in pool.workers[1:]:
@@ -310,7 +319,7 @@ class Run:
                     "search", timeout=600, key=hkey(plan, system), queries=self.data["xq"],
                     nq=nq, k=self.sizes.k, reps=reps, warmup=warmup)
         for system, times in samples.items():
-            self.put(kind, workload, system, summary(times))
+            self.put(kind, workload, system, summary(times, rounds))
 
     def _adds(self, w0: procs.Worker) -> None:
         s = self.sizes

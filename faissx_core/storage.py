@@ -2,15 +2,16 @@
 
 Layout under the data directory::
 
-    <data_dir>/tenants/<tenant>/<index>/index.faiss   snapshot: faiss.write_index output
-    <data_dir>/tenants/<tenant>/<index>/meta.json     {"format", "spec", "created", ...}
-    <data_dir>/tenants/<tenant>/<index>/wal.log       every mutation since that snapshot
+    <data_dir>/tenants/<tenant>/<index>/meta.json           {"format", "spec", "generation", ...}
+    <data_dir>/tenants/<tenant>/<index>/snapshot-<G>.faiss  faiss.write_index output
+    <data_dir>/tenants/<tenant>/<index>/wal-<G>.log         every mutation since snapshot G
 
 The promise: a mutation is acknowledged only after its log record is written (and, with
-``fsync="always"`` or ``"batch"``, on disk), so recovery = load the snapshot + replay the log
-gives back every acknowledged write. Snapshots are written to a temporary file, fsynced and
-renamed over the old one, then the log is emptied; a crash at any point leaves the previous
-snapshot with its full log, or the new one with an empty or partial log of later writes.
+``fsync="always"`` or ``"batch"``, on disk), so recovery = load snapshot G + replay log G gives
+back every acknowledged write. A snapshot is a new generation: snapshot G+1 and an empty log
+G+1 are written and fsynced first, then ``meta.json`` is atomically replaced to name G+1 (the
+commit point), then generation G's files are removed. A crash anywhere leaves ``meta.json``
+naming a complete pair: never a new snapshot with the old log replayed on top of it.
 
 A log record is ``MAGIC | u32 length | u32 crc32 | payload``; the payload is a msgpack header
 (op, args, array descriptors, idempotency key) followed by the raw array bytes, the same shape
@@ -158,6 +159,9 @@ class FileStore:
         (root / "tenants").mkdir(parents=True, exist_ok=True)
         self._logs: dict[tuple[str, str], int] = {}  # open log file descriptors
         self._sizes: dict[tuple[str, str], int] = {}
+        self._generations: dict[tuple[str, str], int] = {}
+        #: A failed fsync makes every later durability promise void: reported, never hidden.
+        self._failure: str | None = None
         self._mutex = threading.Lock()
         # group commit ("batch"): writers wait while one flusher fsyncs every dirty log
         self._dirty: set[int] = set()
@@ -172,29 +176,43 @@ class FileStore:
 
     # -- snapshots ---------------------------------------------------------------------------
     def save(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any) -> None:
+        key = (tenant, name)
         folder = self._dir(tenant, name)
         folder.mkdir(parents=True, exist_ok=True)
+        old = self._generations.get(key)
+        gen = (old or 0) + 1
         binary = isinstance(index, faiss.IndexBinary)
-        tmp = folder / "index.faiss.tmp"
+        tmp = folder / f"snapshot-{gen}.faiss.tmp"
         (faiss.write_index_binary if binary else faiss.write_index)(index, str(tmp))
-        _fsync_rename(tmp, folder / "index.faiss")
+        _fsync_rename(tmp, folder / f"snapshot-{gen}.faiss")
+        new_log = os.open(folder / f"wal-{gen}.log",
+                          os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        os.fsync(new_log)
         meta = {"format": FORMAT_VERSION, "spec": spec.model_dump(), "created": created,
-                "binary": binary, "saved": time.time()}
+                "binary": binary, "generation": gen, "saved": time.time()}
         tmp = folder / "meta.json.tmp"
         tmp.write_text(json.dumps(meta))
-        _fsync_rename(tmp, folder / "meta.json")
-        # Only now is the log redundant: everything in it is inside the new snapshot.
-        fd = self._log_fd(tenant, name)
-        os.ftruncate(fd, 0)
-        os.fsync(fd)
-        self._sizes[(tenant, name)] = 0
+        _fsync_rename(tmp, folder / "meta.json")  # the commit point
+        with self._mutex:
+            old_log = self._logs.pop(key, None)
+            self._logs[key] = new_log
+            self._sizes[key] = 0
+            self._generations[key] = gen
+        if old_log is not None:
+            os.close(old_log)
+        if old is not None:
+            for stale in (f"snapshot-{old}.faiss", f"wal-{old}.log"):
+                (folder / stale).unlink(missing_ok=True)
 
     # -- the log -----------------------------------------------------------------------------
     def _log_fd(self, tenant: str, name: str) -> int:
         key = (tenant, name)
         fd = self._logs.get(key)
         if fd is None:
-            path = self._dir(tenant, name) / "wal.log"
+            gen = self._generations.get(key)
+            if gen is None:
+                raise RuntimeError(f"{tenant}/{name} has no snapshot to log against")
+            path = self._dir(tenant, name) / f"wal-{gen}.log"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             with self._mutex:
                 self._logs[key] = fd
@@ -229,8 +247,10 @@ class FileStore:
         if self.fsync != "batch" or ticket == 0:
             return
         with self._cond:
-            while self._synced < ticket:
+            while self._synced < ticket and self._failure is None:
                 self._cond.wait()
+            if self._failure is not None:
+                raise OSError(f"the write-ahead log could not be synced: {self._failure}")
 
     def _flush_loop(self) -> None:
         while True:
@@ -241,13 +261,18 @@ class FileStore:
                     return
                 dirty, self._dirty = self._dirty, set()
                 upto = self._written
+            failure = None
             for fd in dirty:  # one fsync per log covers every record written before it
                 try:
                     os.fdatasync(fd)
                 except OSError as exc:
-                    log.error("fsync of a log failed: %s", exc)
+                    failure = str(exc)
+                    log.critical("fsync of a write-ahead log failed: %s", exc)
             with self._cond:
-                self._synced = upto
+                if failure is not None:
+                    self._failure = failure
+                else:
+                    self._synced = upto
                 self._cond.notify_all()
 
     def log_bytes(self, tenant: str, name: str) -> int:
@@ -258,6 +283,7 @@ class FileStore:
         with self._mutex:
             fd = self._logs.pop((tenant, name), None)
             self._sizes.pop((tenant, name), None)
+            self._generations.pop((tenant, name), None)
         if fd is not None:
             os.close(fd)
         shutil.rmtree(self._dir(tenant, name), ignore_errors=True)
@@ -266,9 +292,14 @@ class FileStore:
         for folder in sorted((self.root / "tenants").glob("*/*")):
             try:
                 meta = json.loads((folder / "meta.json").read_text())
+                gen = int(meta["generation"])
                 reader = faiss.read_index_binary if meta.get("binary") else faiss.read_index
-                index = reader(str(folder / "index.faiss"))
-                records, good, dropped = self._read_log(folder / "wal.log")
+                index = reader(str(folder / f"snapshot-{gen}.faiss"))
+                records, _, dropped = self._read_log(folder / f"wal-{gen}.log")
+                for stale in folder.iterdir():  # leftovers of a snapshot that never committed
+                    if stale.name not in ("meta.json", f"snapshot-{gen}.faiss", f"wal-{gen}.log"):
+                        stale.unlink()
+                self._generations[(folder.parent.name, folder.name)] = gen
                 yield StoredIndex(folder.parent.name, folder.name,
                                   IndexSpec.model_validate(meta["spec"]), meta["created"], index,
                                   records, dropped)

@@ -24,6 +24,12 @@ D = 16
 BATCH = 50
 
 
+def current_log(folder):
+    """The write-ahead log of the generation meta.json names (older ones are removed)."""
+    (log,) = folder.glob("wal-*.log")
+    return log
+
+
 def family_cases():
     # (factory string, binary, trains, uses ids, approximate)
     return [
@@ -134,7 +140,7 @@ def test_torn_and_corrupt_log_tails_are_dropped(start_server, tmp_path):
     finally:
         fx.disconnect()
     srv.stop(signal.SIGKILL)
-    log_path = data_dir / "tenants" / "default" / "torn" / "wal.log"
+    log_path = current_log(data_dir / "tenants" / "default" / "torn")
     data = log_path.read_bytes()
     records, good, dropped = read_records(memoryview(data))
     assert len(records) == 3 and good == len(data) and dropped is None
@@ -207,7 +213,7 @@ def test_snapshot_threshold_truncates_the_log(start_server, tmp_path):
             index.add(part)
     finally:
         fx.disconnect()
-    log_size = (data_dir / "tenants" / "default" / "snap" / "wal.log").stat().st_size
+    log_size = current_log(data_dir / "tenants" / "default" / "snap").stat().st_size
     assert log_size < 64 * 1024 + 8 * 1024, "the log was snapshotted and emptied on the way"
     srv.stop(signal.SIGKILL)
     srv.start()
@@ -220,3 +226,33 @@ def test_snapshot_threshold_truncates_the_log(start_server, tmp_path):
         np.testing.assert_array_equal(again.search(x[:5], 3)[1], local.search(x[:5], 3)[1])
     finally:
         fx.disconnect()
+
+
+def test_snapshot_interrupted_before_its_commit_is_ignored(start_server, tmp_path):
+    """A crash after writing snapshot G+1 but before meta.json names it: G + its log win."""
+    data_dir = tmp_path / "d"
+    srv = start_server("--data-dir", str(data_dir))
+    x = np.random.default_rng(4).standard_normal((40, D)).astype("float32")
+    fx.configure(server=srv.endpoint)
+    try:
+        index = fx.IndexFlatL2(D, name="gen")
+        index.add(x[:20])
+        index.add(x[20:])
+    finally:
+        fx.disconnect()
+    srv.stop(signal.SIGKILL)
+    folder = data_dir / "tenants" / "default" / "gen"
+    # what an interrupted snapshot leaves: the next generation's files, uncommitted
+    partial = faiss.IndexFlatL2(D)
+    partial.add(x)
+    faiss.write_index(partial, str(folder / "snapshot-2.faiss"))
+    (folder / "wal-2.log").write_bytes(b"")
+    srv.start()
+    fx.configure(server=srv.endpoint)
+    try:
+        again = fx.open_index("gen")
+        assert again.ntotal == 40, "the log must not be replayed on top of a newer snapshot"
+        np.testing.assert_array_equal(again.reconstruct_n(0, 40), x)
+    finally:
+        fx.disconnect()
+    assert not (folder / "snapshot-2.faiss").exists(), "uncommitted leftovers are cleaned up"

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import faiss
 
-from faissx_core.errors import IndexExists, IndexNotFound, InvalidArgument
+from faissx_core.errors import IndexExists, IndexNotFound, InternalError, InvalidArgument
 from faissx_core.plugins import PluginRegistry
 from faissx_core.server.locks import RWLock
 from faissx_core.specs import IndexSpec, IndexType, RuntimeParam, faiss_class_name, lookup_param
@@ -40,6 +40,8 @@ class ManagedIndex:
     #: Unnamed indices belong to a client session and vanish with it.
     session: str | None = None
     lock: RWLock = field(default_factory=RWLock)
+    #: Why writes are refused: its log could not be written, so memory is ahead of disk.
+    broken: str | None = None
     #: The registry that built it: ops build search parameters and the like through it.
     registry: PluginRegistry | None = None
     params: dict[str, RuntimeParam] = field(init=False)
@@ -203,13 +205,27 @@ class LocalBackend:
         """
         ticket = None
         with managed.lock.write() if write else managed.lock.read(), self.budget.share():
+            if write and managed.broken:
+                raise InternalError(f"index {managed.name!r} refuses writes until the server "
+                                    f"restarts and recovers it: {managed.broken}")
             result = fn(managed.index)
             if record is not None and self.store is not None and not managed.ephemeral:
-                ticket = self.store.append(managed.tenant, managed.name, record)
-                if self.store.log_bytes(managed.tenant, managed.name) > self.snapshot_bytes:
-                    self._save(managed)
+                try:
+                    ticket = self.store.append(managed.tenant, managed.name, record)
+                    if self.store.log_bytes(managed.tenant, managed.name) > self.snapshot_bytes:
+                        self._save(managed)
+                except OSError as exc:
+                    # The change is in memory but not on disk: refuse further writes rather
+                    # than acknowledge a history the log does not hold.
+                    managed.broken = f"write-ahead log failed: {exc}"
+                    log.critical("%s/%s: %s", managed.tenant, managed.name, managed.broken)
+                    raise InternalError(f"{record.op} was applied but could not be logged: "
+                                        f"{exc}") from None
         if ticket is not None:
-            self.store.wait(ticket)
+            try:
+                self.store.wait(ticket)
+            except OSError as exc:
+                raise InternalError(f"{record.op} could not be made durable: {exc}") from None
         return result
 
     # -- unnamed indices ---------------------------------------------------------------------

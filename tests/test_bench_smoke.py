@@ -1,0 +1,58 @@
+"""The benchmark still runs: ``python -m benchmarks --quick --no-original`` end to end.
+
+Tiny sizes, real processes (a ``faissx serve``, the echo server, client workers). Only the shape
+of the JSON is checked: timings are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEMS = {"local", "tcp", "ipc", "echo-tcp", "echo-ipc", "original"}
+
+
+def test_quick_benchmark_writes_its_json(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAISSX_")}
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--no-original", "--out", str(out),
+         "--cache", str(tmp_path / "cache")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Ratios and goals" in done.stdout
+
+    results = json.loads((out / "latest.json").read_text())
+    assert {"meta", "machine", "sizes", "workloads", "ratios", "goals", "summary",
+            "vs_original"} <= set(results)
+    assert results["meta"]["quick"] is True
+    assert {"cpu_count", "platform", "python", "faiss", "pyzmq"} <= set(results["machine"])
+    assert len(list(out.glob("*.json"))) == 2  # latest.json and the dated copy
+
+    workloads = results["workloads"]
+    assert set(workloads) == {"flat", "ivf", "hnsw"}
+    for kind, workload in workloads.items():
+        assert {"latency", "batch_search", "build", "qps"} <= set(workload), kind
+        for system in ("local", "tcp", "ipc", "echo-tcp", "echo-ipc"):
+            assert "p50_us" in workload["latency"]["systems"][system], (kind, system)
+            assert "p50_ms" in workload["batch_search"]["systems"][system], (kind, system)
+        for system in ("local", "tcp", "ipc"):
+            assert set(workload["qps"]["systems"][system]) == {"1", "2"}, (kind, system)
+        assert workload["latency"]["systems"]["original"] == {"skipped": "--no-original"}
+    for workload in ("add", "add_batches"):
+        assert set(workloads["flat"][workload]["systems"]) == SYSTEMS
+        assert "mb_s" in workloads["flat"][workload]["systems"]["tcp"]
+
+    assert {g["goal"] for g in results["goals"]} == {"a", "b", "c", "d"}
+    assert set(results["summary"]) == {"a", "b", "c", "d"}
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in done.stdout
+    else:
+        assert (out / "latest.png").stat().st_size > 0
