@@ -293,19 +293,19 @@ def delete_index(name: str) -> None:
 
 # -- selectors: real faiss locally, data remotely ---------------------------------------------
 
-def IDSelectorRange(imin: int, imax: int, assume_sorted: bool = False) -> Any:  # noqa: N802
+def IDSelectorRange(imin: int, imax: int, assume_sorted: bool = False) -> Any:
     """Ids in ``[imin, imax)``."""
     if get_client() is None:
         return faiss.IDSelectorRange(imin, imax, assume_sorted)
     return RemoteSelector(SelectorSpec(kind="range", imin=imin, imax=imax))
 
 
-def IDSelectorBatch(*args: Any) -> Any:  # noqa: N802
+def IDSelectorBatch(*args: Any) -> Any:
     """Ids in a set: ``IDSelectorBatch(ids)`` or ``IDSelectorBatch(n, ids)``."""
     return _id_set("batch", faiss.IDSelectorBatch, args)
 
 
-def IDSelectorArray(*args: Any) -> Any:  # noqa: N802
+def IDSelectorArray(*args: Any) -> Any:
     """Ids in an array: ``IDSelectorArray(ids)`` or ``IDSelectorArray(n, ids)``."""
     return _id_set("array", faiss.IDSelectorArray, args)
 

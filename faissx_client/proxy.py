@@ -2,8 +2,9 @@
 
 A proxy's server-side index is created on first use, not in the constructor: an index that is
 only ever described (an IVF's quantizer, say) never becomes a server object of its own. A proxy
-built with ``name=`` is created at once (by its class) and is durable; an unnamed one belongs to this client's
-session and is dropped when the proxy is garbage-collected or the client goes away.
+built with ``name=`` is created at once (by its class) and is durable; an unnamed one belongs
+to this client's session and is dropped when the proxy is garbage-collected or the client goes
+away.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class RemoteIndex:
         object.__setattr__(self, "_client", client)
         object.__setattr__(self, "_spec", spec)
         object.__setattr__(self, "_named", name is not None)
-        object.__setattr__(self, "_name", name or f"anon-{client.transport.session[:12]}-{next(_anon)}")
+        anon = f"anon-{client.transport.session[:12]}-{next(_anon)}"
+        object.__setattr__(self, "_name", name or anon)
         object.__setattr__(self, "_info", info)
         object.__setattr__(self, "_create_lock", threading.Lock())
 
@@ -136,11 +138,10 @@ class RemoteIndex:
         return self._info is not None and self._info.get("vector_kind") == "binary"
 
     def _vectors(self, x: Any) -> np.ndarray:
-        if self._binary():
-            # faiss converts float input to float32, but takes binary codes only as uint8
-            if not isinstance(x, np.ndarray) or x.dtype != np.uint8:
-                raise WrongType("binary codes must be an ndarray of dtype uint8, got "
-                                f"{getattr(x, 'dtype', type(x).__name__)}")
+        # faiss converts float input to float32, but takes binary codes only as uint8
+        if self._binary() and (not isinstance(x, np.ndarray) or x.dtype != np.uint8):
+            raise WrongType("binary codes must be an ndarray of dtype uint8, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
         x = np.asarray(x, dtype="uint8" if self._binary() else "float32")
         if x.ndim != 2:
             raise InvalidArgument(f"expected a 2-d array of vectors, got shape {x.shape}")
@@ -156,7 +157,7 @@ class RemoteIndex:
         self._call("train", arrays={"x": self._vectors(x)})
 
     def search(self, x: Any, k: int, *, params: Any = None, D: np.ndarray | None = None,
-               I: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # noqa: E741
+               I: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         args, arrays = _with_params({"k": _positive_k(k)}, {"x": self._vectors(x)}, params)
         _, out = self._call("search", args, arrays)
         return _into(D, out["D"]), _into(I, out["I"])
@@ -173,7 +174,7 @@ class RemoteIndex:
         return out["lims"], out["D"], out["I"]
 
     def search_and_reconstruct(self, x: Any, k: int, *, params: Any = None,
-                               D: np.ndarray | None = None, I: np.ndarray | None = None,  # noqa: E741
+                               D: np.ndarray | None = None, I: np.ndarray | None = None,
                                R: np.ndarray | None = None
                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._binary():  # faiss's binary wrapper lacks it: its call fails with TypeError
@@ -197,7 +198,7 @@ class RemoteIndex:
         return _into(x, self._call("reconstruct_batch", arrays={"ids": _ids(key)})[1]["x"])
 
     def remove_ids(self, x: Any) -> int:
-        """Remove by an id array or an ``IDSelectorRange``/``Batch``/``Array``; returns the count."""
+        """Remove by id array or ``IDSelectorRange``/``Batch``/``Array``; returns the count."""
         if isinstance(x, RemoteSelector | faiss.IDSelector):
             selector, arrays = describe(x)
             return int(self._call("remove_ids", {"selector": selector}, arrays)[0]["removed"])
@@ -330,7 +331,8 @@ def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
     if isinstance(value, RemoteSelector):
         return value.spec.model_dump(), ({IDS_FRAME: value.ids} if value.ids is not None else {})
     if isinstance(value, faiss.IDSelectorRange):
-        return SelectorSpec(kind="range", imin=int(value.imin), imax=int(value.imax)).model_dump(), {}
+        spec = SelectorSpec(kind="range", imin=int(value.imin), imax=int(value.imax))
+        return spec.model_dump(), {}
     if isinstance(value, faiss.Index | faiss.IndexBinary | faiss.VectorTransform
                   | faiss.SearchParameters | faiss.IDSelector):
         raise InvalidArgument(

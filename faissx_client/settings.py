@@ -23,7 +23,8 @@ class ClientSettings(BaseModel):
     @classmethod
     def _endpoint(cls, server: str) -> str:
         if not server.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ValueError(f"server must be a ZeroMQ endpoint like tcp://host:45678, got {server!r}")
+            raise ValueError(
+                f"server must be a ZeroMQ endpoint like tcp://host:45678, got {server!r}")
         return server
 
     @classmethod

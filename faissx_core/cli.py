@@ -18,7 +18,7 @@ from faissx_core.settings import DEFAULT_PORT, ServerSettings, parse_auth_keys
 click.rich_click.USE_MARKDOWN = True
 
 
-def _serve_options(fn):  # noqa: ANN001, ANN202 - a click decorator stack
+def _serve_options(fn):
     options = [
         click.option("--port", type=int, default=DEFAULT_PORT, show_default=True,
                      envvar="FAISSX_PORT", help="TCP port to listen on."),

@@ -61,9 +61,8 @@ class PluginRegistry:
                 info.types.append(itype)
                 other = self._provider.setdefault(itype.name, ep.name)
                 if other != ep.name:
-                    raise RuntimeError(
-                        f"index type {itype.name!r} is declared by plugins {other!r} and {ep.name!r}"
-                    )
+                    raise RuntimeError(f"index type {itype.name!r} is declared by plugins "
+                                       f"{other!r} and {ep.name!r}")
             if enabled:
                 self.manager.register(plugin, name=ep.name)
                 self.types.update((t.name, t) for t in info.types)

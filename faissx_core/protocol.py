@@ -111,7 +111,7 @@ def recv_reply(socket: Any) -> tuple[Reply, dict[str, np.ndarray]]:
     its final size and ``recv_into`` fills it: results are ordinary writable arrays, as faiss
     returns, without an extra copy out of the message buffer.
     """
-    reply, raw = _reply_header(socket.recv())
+    reply = _reply_header(socket.recv())
     arrays: dict[str, np.ndarray] = {}
     problem = None
     for desc in reply.arrays:
@@ -134,10 +134,9 @@ def recv_reply(socket: Any) -> tuple[Reply, dict[str, np.ndarray]]:
     return reply, arrays
 
 
-def _reply_header(frame: bytes) -> tuple[Reply, dict[str, Any]]:
+def _reply_header(frame: bytes) -> Reply:
     try:
-        raw = msgpack.unpackb(frame, raw=False)
-        return Reply.model_validate(raw), raw
+        return Reply.model_validate(msgpack.unpackb(frame, raw=False))
     except ValidationError as exc:
         raise ProtocolError(f"bad reply header: {_first_error(exc)}") from None
     except Exception as exc:

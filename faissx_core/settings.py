@@ -84,7 +84,8 @@ class ServerSettings(BaseModel):
         if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()
         ):
-            raise ValueError(f'auth file {self.auth_file} must be a JSON object {{"key": "tenant"}}')
+            raise ValueError(
+                f'auth file {self.auth_file} must be a JSON object {{"key": "tenant"}}')
         return self._tenants_are_names(data)
 
     @property

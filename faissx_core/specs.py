@@ -144,7 +144,8 @@ class IndexType(BaseModel):
         """Map constructor arguments onto the params model, as Python binds a signature."""
         fields = list(self.params.model_fields)
         if len(args) > len(fields):
-            raise TypeError(f"{self.name}() takes at most {len(fields)} arguments ({len(args)} given)")
+            raise TypeError(
+                f"{self.name}() takes at most {len(fields)} arguments ({len(args)} given)")
         values = dict(zip(fields, args, strict=False))
         for key, value in kwargs.items():
             if key in values:

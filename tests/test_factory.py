@@ -79,7 +79,8 @@ def test_factory_string_matches_local(remote, description, metric):
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+    pairs = zip(found, truth, strict=True)
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in pairs]))
 
 
 @pytest.mark.parametrize("description", HNSW_CASES)

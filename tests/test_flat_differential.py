@@ -161,6 +161,7 @@ def test_search_and_reconstruct_and_assign(remote):
     proxy.add(BASE)
     Dl, Il, Rl = local.search_and_reconstruct(QUERIES, 4)
     Dr, Ir, Rr = proxy.search_and_reconstruct(QUERIES, 4)
+    np.testing.assert_array_equal(Dr, Dl)
     np.testing.assert_array_equal(Ir, Il)
     np.testing.assert_array_equal(Rr, Rl)
     np.testing.assert_array_equal(proxy.assign(QUERIES, 3), local.assign(QUERIES, 3))

@@ -50,7 +50,8 @@ def test_third_party_type_remotely_and_locally(remote):
     Dl, Il = local_index.search(X[:5], 4)
     np.testing.assert_array_equal(Ir, Il)
     np.testing.assert_array_equal(Dr, Dl)
-    np.testing.assert_allclose(Dr[:, 0], 0.0, atol=1e-4)  # rotation keeps each vector nearest itself
+    # a rotation keeps each vector nearest to itself
+    np.testing.assert_allclose(Dr[:, 0], 0.0, atol=1e-4)
     np.testing.assert_array_equal(Ir[:, 0], np.arange(5))
 
 

@@ -319,7 +319,8 @@ class Server:
         source = self._get(principal, request, args.other)
         if source is target:
             raise InvalidArgument("an index cannot be merged into itself")
-        first, second = sorted((target, source), key=lambda m: m.name)  # one lock order: no deadlock
+        # one lock order for every pair of indices: no deadlock
+        first, second = sorted((target, source), key=lambda m: m.name)
         with first.lock.write(), second.lock.write():
             run_faiss(lambda: target.index.merge_from(source.index, args.add_id), "merge_from",
                       target)

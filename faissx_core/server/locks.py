@@ -19,7 +19,7 @@ class RWLock:
         self._waiting_writers = 0
 
     def acquire_read(self, blocking: bool = True) -> bool:
-        """Take a read share; with ``blocking=False`` give up at once if a writer has or wants it."""
+        """Take a read share; ``blocking=False`` gives up at once if a writer has or wants it."""
         with self._cond:
             while self._writer or self._waiting_writers:
                 if not blocking:

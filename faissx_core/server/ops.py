@@ -274,7 +274,7 @@ def search(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
     sp = search_params(m, a.params, arrays)
 
     def job(index: Any) -> Result:
-        D, I = run_faiss(lambda: index.search(x, k, params=sp.params), "search", m)  # noqa: E741
+        D, I = run_faiss(lambda: index.search(x, k, params=sp.params), "search", m)
         return {}, {"D": D, "I": I}
 
     return job
@@ -300,7 +300,7 @@ def range_search(m: ManagedIndex, a: RangeArgs, arrays: Arrays) -> Job:
             lims = np.zeros(len(x) + 1, dtype=np.uint64)
             dist = np.empty(0, dtype=np.int32 if m.binary else np.float32)
             return {}, {"lims": lims, "D": dist, "I": np.empty(0, dtype=np.int64)}
-        lims, D, I = run_faiss(  # noqa: E741
+        lims, D, I = run_faiss(
             lambda: index.range_search(x, radius, params=sp.params), "range_search", m)
         return {}, {"lims": lims, "D": D, "I": I}
 
@@ -314,8 +314,8 @@ def search_and_reconstruct(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Jo
     sp = search_params(m, a.params, arrays)
 
     def job(index: Any) -> Result:
-        D, I, R = run_faiss(  # noqa: E741
-            lambda: index.search_and_reconstruct(x, k, params=sp.params), "search_and_reconstruct", m)
+        D, I, R = run_faiss(lambda: index.search_and_reconstruct(x, k, params=sp.params),
+                            "search_and_reconstruct", m)
         return {}, {"D": D, "I": I, "R": R}
 
     return job
