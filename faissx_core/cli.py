@@ -123,6 +123,35 @@ def plugins_cmd() -> None:
 main.add_command(serve)
 
 
+@main.command("backup")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+def backup_cmd(data_dir: Path, dest: Path) -> None:
+    """Copy DATA_DIR's indices to DEST, consistently, even while the server runs."""
+    from faissx_core.backup import backup
+
+    try:
+        copied = backup(data_dir, dest)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    Console().print(f"backed up {len(copied)} index(es) to {dest}")
+
+
+@main.command("restore")
+@click.argument("backup_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace indices already in DATA_DIR.")
+def restore_cmd(backup_dir: Path, data_dir: Path, force: bool) -> None:
+    """Copy a backup into DATA_DIR; the server using DATA_DIR must be stopped."""
+    from faissx_core.backup import restore
+
+    try:
+        restored = restore(backup_dir, data_dir, force)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    Console().print(f"restored {len(restored)} index(es) into {data_dir}")
+
+
 @click.group()
 @click.version_option(__version__, prog_name="faissx.server")
 def seed_main() -> None:

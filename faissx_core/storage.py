@@ -24,6 +24,7 @@ path components.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -49,6 +50,9 @@ from faissx_core.tenancy import check_name
 
 FORMAT_VERSION = 1
 MAGIC = b"FXL1"
+#: Held (flock) by the server that owns a data directory: a second server, or a restore, is
+#: refused instead of interleaving writes with it.
+LOCK_FILE = ".lock"
 _PREFIX = struct.Struct("<4sII")  # magic, payload length, crc32 of payload
 FsyncMode = Literal["always", "batch", "off"]
 log = logging.getLogger(__name__)
@@ -157,6 +161,12 @@ class FileStore:
         self.root = root
         self.fsync = fsync
         (root / "tenants").mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(root / LOCK_FILE, "a+")  # noqa: SIM115 - held for our lifetime
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise ValueError(f"data dir {root} is in use by another FAISSx server") from None
         self._logs: dict[tuple[str, str], int] = {}  # open log file descriptors
         self._sizes: dict[tuple[str, str], int] = {}
         self._generations: dict[tuple[str, str], int] = {}
@@ -334,6 +344,7 @@ class FileStore:
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
+        self._lock_file.close()  # releases the flock
 
 
 def _fsync_rename(tmp: Path, final: Path) -> None:

@@ -32,6 +32,7 @@ from faissx_core.errors import (
     InvalidArgument,
     PermissionDenied,
     ProtocolError,
+    UnsupportedOperation,
 )
 from faissx_core.messages import PROTOCOL_VERSION, Request
 from faissx_core.plugins import PluginRegistry
@@ -95,6 +96,7 @@ class Server:
             "touch": self._touch,
             "import": self._import,
             "merge_from": self._merge_from,
+            "snapshot": self._snapshot,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -329,6 +331,19 @@ class Server:
                 if self.backend.store is not None and not managed.ephemeral:
                     self.backend._save(managed)
         return target.info()
+
+    def _snapshot(self, principal: Principal, request: Request, arrays: Arrays
+                  ) -> dict[str, Any]:
+        """Snapshot one named index (``index``) or all of the tenant's, emptying their logs."""
+        if not principal.can_write:
+            raise PermissionDenied(f"a {principal.role} key may not snapshot indices")
+        if self.backend.store is None:
+            raise UnsupportedOperation("this server has no data directory to snapshot into")
+        targets = ([self._get(principal, request)] if request.index
+                   else [m for m in self.backend.list(principal.tenant) if not m.ephemeral])
+        for managed in targets:
+            self.backend.snapshot(managed)
+        return {"snapshotted": [m.name for m in targets if not m.ephemeral]}
 
     def _delete(self, principal: Principal, request: Request, arrays: Arrays
                ) -> dict[str, Any]:

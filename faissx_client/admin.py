@@ -1,0 +1,135 @@
+"""Admin commands against a running server: ``faissx indexes ...`` and ``faissx snapshot``.
+
+They speak the same protocol as the drop-in client, with a client of their own (never the
+module-level one), so they work from any shell with a server address and a key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import faiss
+import numpy as np
+import rich_click as click
+from rich.console import Console
+from rich.table import Table
+
+from faissx_client.client import Client
+from faissx_client.settings import ClientSettings
+from faissx_core.errors import FaissxError
+
+console = Console()
+
+
+def _connection(fn):
+    for option in reversed([
+        click.option("--server", envvar="FAISSX_SERVER", default="tcp://localhost:45678",
+                     show_default=True, help="Server endpoint."),
+        click.option("--api-key", envvar="FAISSX_API_KEY", default=None, help="API key."),
+        click.option("--tenant", envvar="FAISSX_TENANT_ID", default=None, help="Tenant id."),
+        click.option("--timeout", type=float, default=60.0, show_default=True),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@contextmanager
+def connect(server: str, api_key: str | None, tenant: str | None, timeout: float
+            ) -> Iterator[Client]:
+    client = Client(ClientSettings(server=server, api_key=api_key, tenant_id=tenant,
+                                   timeout=timeout))
+    try:
+        yield client
+    except FaissxError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        client.close()
+
+
+@click.group("indexes")
+def indexes() -> None:
+    """Inspect and manage the indices of a running server."""
+
+
+@indexes.command("list")
+@_connection
+def list_cmd(server: str, api_key: str | None, tenant: str | None, timeout: float) -> None:
+    """List this tenant's named indices."""
+    with connect(server, api_key, tenant, timeout) as client:
+        rows = client.call("list")[0]["indexes"]
+    table = Table(title=f"indices on {server}")
+    for column in ("name", "type", "class", "d", "ntotal", "trained"):
+        table.add_column(column)
+    for info in rows:
+        table.add_row(info["name"], info["type"], info.get("faiss_class", ""), str(info["d"]),
+                      str(info["ntotal"]), "yes" if info["is_trained"] else "no")
+    console.print(table)
+
+
+@indexes.command("info")
+@click.argument("name")
+@_connection
+def info_cmd(name: str, server: str, api_key: str | None, tenant: str | None,
+             timeout: float) -> None:
+    """Everything the server reports about index NAME, as JSON."""
+    with connect(server, api_key, tenant, timeout) as client:
+        info = client.call("info", name)[0]
+    console.print_json(json.dumps(info))
+
+
+@indexes.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_connection
+def delete_cmd(name: str, yes: bool, server: str, api_key: str | None, tenant: str | None,
+               timeout: float) -> None:
+    """Delete index NAME and its files."""
+    if not yes:
+        click.confirm(f"Delete index {name!r} on {server}?", abort=True)
+    with connect(server, api_key, tenant, timeout) as client:
+        client.call("delete", name)
+    console.print(f"deleted {name}")
+
+
+@indexes.command("snapshot")
+@click.argument("name", required=False)
+@_connection
+def snapshot_cmd(name: str | None, server: str, api_key: str | None, tenant: str | None,
+                 timeout: float) -> None:
+    """Snapshot index NAME (or every named index of the tenant) and empty its log."""
+    with connect(server, api_key, tenant, timeout) as client:
+        done = client.call("snapshot", name)[0]["snapshotted"]
+    console.print(f"snapshotted: {', '.join(done) or 'nothing'}")
+
+
+@indexes.command("export")
+@click.argument("name")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@_connection
+def export_cmd(name: str, path: Path, server: str, api_key: str | None, tenant: str | None,
+               timeout: float) -> None:
+    """Write index NAME to PATH as a faiss file (``faiss.read_index`` opens it)."""
+    with connect(server, api_key, tenant, timeout) as client:
+        data = client.call("serialize", name)[1]["data"]
+    path.write_bytes(data.tobytes())
+    console.print(f"wrote {name} ({data.nbytes} bytes) to {path}")
+
+
+@indexes.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("name")
+@_connection
+def import_cmd(path: Path, name: str, server: str, api_key: str | None, tenant: str | None,
+               timeout: float) -> None:
+    """Upload the faiss file PATH as a new named index NAME."""
+    data = np.fromfile(path, dtype=np.uint8)
+    try:  # refuse what faiss itself cannot read before sending it anywhere
+        faiss.deserialize_index(data)
+    except RuntimeError:
+        faiss.deserialize_index_binary(data)
+    with connect(server, api_key, tenant, timeout) as client:
+        info = client.call("import", name, {"ephemeral": False}, {"data": data})[0]
+    console.print(f"imported {path} as {name}: {info['faiss_class']}, {info['ntotal']} vectors")
