@@ -106,11 +106,16 @@ def main() -> None:
 
 
 @main.command("plugins")
-def plugins_cmd() -> None:
+@click.option("--markdown", is_flag=True,
+              help="Print every index type as a Markdown table (docs/index-types.md).")
+def plugins_cmd(markdown: bool) -> None:
     """List the discovered plugins and the index types each provides."""
     from faissx_core.plugins import PluginRegistry
 
     registry = PluginRegistry()
+    if markdown:
+        click.echo(types_markdown(registry), nl=False)
+        return
     table = Table(title="faissx plugins (entry-point group faissx.plugins)")
     for column in ("plugin", "module", "distribution", "index types"):
         table.add_column(column)
@@ -121,6 +126,25 @@ def plugins_cmd() -> None:
 
 
 main.add_command(serve)
+
+
+def types_markdown(registry: object) -> str:
+    """One row per index type and component: constructor, runtime parameters, description."""
+    lines = ["| type | plugin | kind | vectors | constructor | runtime parameters | what it is |",
+             "|---|---|---|---|---|---|---|"]
+    for info in registry.plugins.values():  # type: ignore[attr-defined]
+        if not info.enabled:
+            continue
+        for itype in info.types:
+            fields = itype.params.model_fields
+            args = ", ".join(
+                name if field.is_required() else f"{name}={field.default!r}"
+                for name, field in fields.items())
+            params = ", ".join(f"`{p.name}`" for p in itype.runtime_params) or (
+                "those of the wrapped index" if itype.dynamic_params else "-")
+            lines.append(f"| `{itype.name}` | {info.name} | {itype.kind} | {itype.vector_kind} "
+                         f"| `{itype.name}({args})` | {params} | {itype.doc} |")
+    return "\n".join(lines) + "\n"
 
 
 @main.command("backup")
