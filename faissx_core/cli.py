@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import rich_click as click
 from pydantic import ValidationError
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
 from faissx_core import __version__
+from faissx_core.logs import setup as setup_logging
 from faissx_core.settings import DEFAULT_PORT, ServerSettings, parse_auth_keys
 
 click.rich_click.USE_MARKDOWN = True
@@ -78,7 +77,7 @@ def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None
         )
     except (ValidationError, ValueError) as exc:
         raise click.BadParameter(_reason(exc)) from None
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level)
     try:
         run_server(settings)
     except ValueError as exc:  # e.g. an unknown plugin name, found at discovery
@@ -194,14 +193,7 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-def _setup_logging(level: str) -> None:
-    """Rich output on a terminal; one plain line per record otherwise (files, journald)."""
-    if sys.stderr.isatty():
-        logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
-                            handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
-    else:
-        logging.basicConfig(level=level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from faissx_core.logs import setup as setup_logging
 from faissx_core.server.app import Server, run_server
 from faissx_core.settings import DEFAULT_PORT, ServerSettings
 
@@ -38,4 +39,6 @@ def configure(
 
 def run() -> None:
     """Serve with the configured settings (defaults if never configured) until SIGINT/SIGTERM."""
-    run_server(_settings or ServerSettings())
+    settings = _settings or ServerSettings()
+    setup_logging(settings.log_level)
+    run_server(settings)
