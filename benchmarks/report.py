@@ -442,7 +442,7 @@ def draw_chart(results: dict[str, Any], path: Path) -> str | None:
     ax.set_ylabel("searches/s (log)")
     ax.set_title(f"aggregate QPS, nq=1..{results['sizes']['nq_max']}")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="best")
     line = machine_line(results)
     cut = line.find(" · ", len(line) // 2)
     fig.suptitle(f"FAISSx benchmark — {line[:cut]}\n{line[cut + 3:]}", fontsize=9)

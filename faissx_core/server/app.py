@@ -51,6 +51,8 @@ SWEEP_EVERY = 5.0
 #: A read whose work (queries x vectors x width) is below this runs on the socket thread when
 #: the index is free: a thread hop costs more than a small search (tens of microseconds).
 INLINE_WORK = 1 << 22
+#: A pooled read below this runs on one OpenMP thread: waking a team costs more than it saves.
+SMALL_WORK = 1 << 24
 
 
 class CreateArgs(BaseModel):
@@ -202,7 +204,7 @@ class Server:
         except FaissxError:
             return False  # the pool reports it, with the same code path as every other error
         queries = x.shape[0] if x is not None and x.ndim else 1
-        if queries * max(managed.index.ntotal, 1) * managed.row_width > INLINE_WORK:
+        if managed.search_work(queries) > INLINE_WORK:
             return False
         if not managed.lock.acquire_read(blocking=False):
             return False
@@ -248,7 +250,10 @@ class Server:
             result, out = job(managed.index)
         else:
             record = LogRecord(op.name, request.args, arrays, request.idem) if op.write else None
-            result, out = self.backend.run(managed, op.write, job, record)
+            x = arrays.get("x")
+            queries = x.shape[0] if x is not None and x.ndim else 1
+            small = not op.write and managed.search_work(queries) <= SMALL_WORK
+            result, out = self.backend.run(managed, op.write, job, record, small=small)
         return self._ok(request.id, result, out)
 
     @staticmethod

@@ -21,7 +21,14 @@ import faiss
 from faissx_core.errors import IndexExists, IndexNotFound, InternalError, InvalidArgument
 from faissx_core.plugins import PluginRegistry
 from faissx_core.server.locks import RWLock
-from faissx_core.specs import IndexSpec, IndexType, RuntimeParam, faiss_class_name, lookup_param
+from faissx_core.specs import (
+    IndexSpec,
+    IndexType,
+    RuntimeParam,
+    downcast,
+    faiss_class_name,
+    lookup_param,
+)
 from faissx_core.storage import IndexStore, LogRecord, StoredIndex
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,26 @@ class ManagedIndex:
 
     def runtime_param(self, name: str) -> RuntimeParam:
         return lookup_param(self.params, name, self.spec.type)
+
+    def search_work(self, queries: int) -> float:
+        """Rough count of vector components one read touches: how heavy the call is.
+
+        Brute force touches every stored vector; an IVF the ``nprobe / nlist`` share of them;
+        an HNSW about ``efSearch`` times its neighbours per level. Only the order of magnitude
+        matters: it decides whether a call is small enough to answer without a thread hop.
+        """
+        index = downcast(self.index)
+        while hasattr(index, "index") and not hasattr(index, "nprobe"):  # see through wrappers
+            inner = getattr(index, "index", None)
+            if not isinstance(inner, faiss.Index | faiss.IndexBinary):
+                break
+            index = downcast(inner)
+        stored = max(int(self.index.ntotal), 1)
+        if hasattr(index, "nprobe") and getattr(index, "nlist", 0):
+            stored = stored * min(index.nprobe, index.nlist) // index.nlist + index.nlist
+        elif hasattr(index, "hnsw"):
+            stored = min(stored, 64 * max(index.hnsw.efSearch, 16))
+        return float(queries) * stored * self.row_width
 
     @property
     def ephemeral(self) -> bool:
@@ -113,10 +140,11 @@ class ThreadBudget:
         self._mutex = threading.Lock()
 
     @contextmanager
-    def share(self) -> Iterator[int]:
+    def share(self, small: bool = False) -> Iterator[int]:
+        """OpenMP threads for one call; a ``small`` one gets one (a team costs more to wake)."""
         with self._mutex:
             self._running += 1
-            threads = max(1, self.cores // self._running)
+            threads = 1 if small else max(1, self.cores // self._running)
         faiss.omp_set_num_threads(threads)
         try:
             yield threads
@@ -196,7 +224,7 @@ class LocalBackend:
             )
 
     def run(self, managed: ManagedIndex, write: bool, fn: Callable[[Any], Any],
-            record: LogRecord | None = None) -> Any:
+            record: LogRecord | None = None, small: bool = False) -> Any:
         """Run ``fn(index)`` under the index's lock; log ``record`` if the index is durable.
 
         The record is appended after ``fn`` succeeded and before the lock is released, so the
@@ -204,7 +232,7 @@ class LocalBackend:
         returns, which (fsync policy permitting) is after the record is on disk.
         """
         ticket = None
-        with managed.lock.write() if write else managed.lock.read(), self.budget.share():
+        with managed.lock.write() if write else managed.lock.read(), self.budget.share(small):
             if write and managed.broken:
                 raise InternalError(f"index {managed.name!r} refuses writes until the server "
                                     f"restarts and recovers it: {managed.broken}")
