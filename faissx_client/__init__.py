@@ -16,9 +16,14 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
+from faissx_client import classes as _classes_module
+from faissx_client import gpu as gpu_module
+from faissx_client import modification, optimization, recovery
+from faissx_client.cache import vector_cache
 from faissx_client.classes import make_class
 from faissx_client.client import Client
 from faissx_client.proxy import ParamNamespace, RemoteIndex, RemoteSelector, _ids
+from faissx_client.recovery import configure_recovery, on_reconnect, with_retry
 from faissx_client.settings import ClientSettings
 from faissx_core import __version__
 from faissx_core.errors import (
@@ -41,25 +46,53 @@ from faissx_core.specs import IMPORTED, IndexSpec
 __all__ = [
     "Client", "FaissxError", "IndexExists", "IndexNotFound", "InvalidArgument", "NotConfigured",
     "PermissionDenied", "RemoteIndex", "ServerUnavailable", "Unauthenticated",
-    "UnknownIndexType", "__version__", "configure", "delete_index", "disconnect",
-    "get_client", "is_remote", "list_indexes", "open_index",
+    "UnknownIndexType", "__version__", "configure", "configure_recovery", "delete_index",
+    "disconnect", "get_client", "gpu", "is_remote", "list_indexes", "modification",
+    "on_reconnect", "open_index", "optimization", "recovery", "with_retry",
 ]
+
+# Local mode: indices built here honour batch_size / progress / the memory limit and GPU mode;
+# faiss objects gain set_parameter / get_parameter (faissx_client/optimization.py explains).
+_classes_module.local_hook = optimization.build_local
+optimization.install_faiss_methods()
 
 _client: Client | None = None
 _lock = threading.Lock()
 
 
 def configure(server: str | None = None, api_key: str | None = None,
-              tenant_id: str | None = None, timeout: float | None = None) -> Client:
+              tenant_id: str | None = None, timeout: float | None = None,
+              heartbeat: float | None = None, server_public_key: str | None = None,
+              client_public_key: str | None = None,
+              client_secret_key: str | None = None, *, gpu: bool | None = None
+              ) -> Client | None:
     """Switch to remote mode: every index created from now on lives on ``server``.
 
-    Arguments not given come from ``FAISSX_SERVER``, ``FAISSX_API_KEY``, ``FAISSX_TENANT_ID``
-    and ``FAISSX_TIMEOUT``. The server is pinged once, so a wrong address or key fails here.
+    Arguments not given come from ``FAISSX_SERVER``, ``FAISSX_API_KEY``, ``FAISSX_TENANT_ID``,
+    ``FAISSX_TIMEOUT`` and ``FAISSX_HEARTBEAT``. ``timeout`` bounds each call, retries included
+    (see :mod:`faissx_client.recovery`); ``heartbeat`` is the interval of the connection's
+    heartbeats (0: none). The server is pinged once, so a wrong address or key fails here.
+    ``server_public_key`` (``FAISSX_SERVER_PUBLIC_KEY``) turns on CURVE encryption; the client
+    key pair (``FAISSX_CLIENT_PUBLIC_KEY`` / ``_SECRET_KEY``) is for servers with an allow-list.
+
+    ``configure(gpu=True)`` alone (no server, no ``FAISSX_SERVER``) stays in local mode and moves
+    the indices built from then on to a GPU (faiss's ``index_cpu_to_gpu``); it raises on a faiss
+    without GPU support. Remote indices use the server's GPU (``faissx serve --gpu``).
     """
     global _client
+    if gpu is not None:
+        remote = any(v is not None for v in (server, api_key, tenant_id, timeout, heartbeat))
+        if not remote and not os.environ.get("FAISSX_SERVER"):
+            gpu_module.enable() if gpu else gpu_module.disable()
+            return None
+        if gpu:
+            raise InvalidArgument("gpu=True is for local mode; a remote index runs where the "
+                                  "server puts it (start the server with `faissx serve --gpu`)")
     settings = ClientSettings.from_env(server=server, api_key=api_key, tenant_id=tenant_id,
-                                       timeout=timeout)
-    client = Client(settings)
+                                       timeout=timeout, server_public_key=server_public_key,
+                                       client_public_key=client_public_key,
+                                       client_secret_key=client_secret_key)
+    client = Client(settings, heartbeat)
     try:
         client.hello()
     except Exception:
@@ -69,6 +102,7 @@ def configure(server: str | None = None, api_key: str | None = None,
         old, _client = _client, client
     if old is not None:
         old.close()
+    vector_cache.clear()
     return client
 
 
@@ -79,6 +113,7 @@ def disconnect() -> None:
         old, _client = _client, None
     if old is not None:
         old.close()
+    vector_cache.clear()
 
 
 def get_client() -> Client | None:
@@ -143,7 +178,8 @@ def index_factory(d: int, description: str, metric: int = faiss.METRIC_L2, *,
     """faiss.index_factory; in remote mode the server builds the index from the same string."""
     client = get_client()
     if client is None:
-        return faiss.index_factory(d, description, metric)
+        return optimization.build_local(
+            lambda a, _k: faiss.index_factory(*a), (d, description, metric), {})
     spec = _registry.index_type("index_factory").bind((d, description, metric), {})
     return _attach(client, spec, name)
 
@@ -151,7 +187,8 @@ def index_factory(d: int, description: str, metric: int = faiss.METRIC_L2, *,
 def index_binary_factory(d: int, description: str, *, name: str | None = None) -> Any:
     client = get_client()
     if client is None:
-        return faiss.index_binary_factory(d, description)
+        return optimization.build_local(
+            lambda a, _k: faiss.index_binary_factory(*a), (d, description), {})
     spec = _registry.index_type("index_binary_factory").bind((d, description), {})
     return _attach(client, spec, name)
 
@@ -159,7 +196,9 @@ def index_binary_factory(d: int, description: str, *, name: str | None = None) -
 # -- persistence: faiss's own functions locally, real faiss bytes to and from the server ------
 
 def serialize_index(index: Any) -> Any:
-    return index.serialize() if isinstance(index, RemoteIndex) else faiss.serialize_index(index)
+    if isinstance(index, RemoteIndex):
+        return index.serialize()
+    return faiss.serialize_index(gpu_module.to_cpu(index))
 
 
 def serialize_index_binary(index: Any) -> Any:
@@ -172,21 +211,23 @@ def deserialize_index(data: Any, *, name: str | None = None, spec: Any = None) -
     """Remote mode: upload the bytes as a new index (named if ``name``); local: faiss's own."""
     client = get_client()
     if client is None:
-        return faiss.deserialize_index(data)
+        optimization.memory_manager.check_create(len(data))
+        return optimization.adopt_local(faiss.deserialize_index(data))
     return _upload(client, data, name, spec)
 
 
 def deserialize_index_binary(data: Any, *, name: str | None = None) -> Any:
     client = get_client()
     if client is None:
-        return faiss.deserialize_index_binary(data)
+        optimization.memory_manager.check_create(len(data))
+        return optimization.adopt_local(faiss.deserialize_index_binary(data))
     return _upload(client, data, name, None)
 
 
 def write_index(index: Any, path: Any, *args: Any) -> None:
     """A remote index is written locally as the same faiss file ``faiss.read_index`` opens."""
     if not isinstance(index, RemoteIndex):
-        return faiss.write_index(index, path, *args)
+        return faiss.write_index(gpu_module.to_cpu(index), path, *args)
     with open(path, "wb") as out:
         out.write(index.serialize().tobytes())
     return None
@@ -199,9 +240,10 @@ def write_index_binary(index: Any, path: Any) -> None:
 
 
 def read_index(path: Any, io_flags: int = 0, *, name: str | None = None) -> Any:
+    """faiss.read_index locally (memory-mapped with ``use_memory_mapping``); remote: uploads."""
     client = get_client()
     if client is None:
-        return faiss.read_index(path, io_flags)
+        return _read_local(faiss.read_index, path, io_flags)
     with open(path, "rb") as src:
         return _upload(client, src.read(), name, None)
 
@@ -209,8 +251,19 @@ def read_index(path: Any, io_flags: int = 0, *, name: str | None = None) -> Any:
 def read_index_binary(path: Any, io_flags: int = 0, *, name: str | None = None) -> Any:
     client = get_client()
     if client is None:
-        return faiss.read_index_binary(path, io_flags)
+        return _read_local(faiss.read_index_binary, path, io_flags)
     return read_index(path, io_flags, name=name)
+
+
+def _read_local(reader: Any, path: Any, io_flags: int) -> Any:
+    manager = optimization.memory_manager
+    flags = io_flags | manager.io_flags(path)
+    if not flags & faiss.IO_FLAG_MMAP and not flags & getattr(faiss, "IO_FLAG_MMAP_IFC", 0):
+        try:  # a mapped file is not loaded into memory: only a copied one counts
+            manager.check_create(os.path.getsize(path))
+        except (OSError, TypeError):
+            manager.check_create()
+    return optimization.adopt_local(reader(path, flags))
 
 
 def _upload(client: Client, data: Any, name: str | None, spec: Any) -> RemoteIndex:
@@ -288,7 +341,11 @@ def list_indexes() -> list[dict[str, Any]]:
 
 def delete_index(name: str) -> None:
     """Delete the named index ``name`` (and, with a data directory, its files)."""
-    _require_client("delete_index").call("delete", name)
+    client = _require_client("delete_index")
+    try:
+        client.call("delete", name)
+    finally:
+        vector_cache.invalidate((client.transport.session, name))
 
 
 # -- selectors: real faiss locally, data remotely ---------------------------------------------

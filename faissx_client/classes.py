@@ -18,6 +18,16 @@ from faissx_core.plugins import PluginRegistry
 from faissx_core.specs import IndexType
 
 
+def _build_here(build: Callable[[tuple, dict], Any], args: tuple, kwargs: dict) -> Any:
+    return build(args, kwargs)
+
+
+#: How local mode builds an index: ``hook(build, args, kwargs)`` calls ``build(args, kwargs)``
+#: (faiss's constructor) and returns what the caller gets. faissx_client.optimization installs
+#: one that checks the memory limit, moves the index to the GPU in GPU mode and adds batching.
+local_hook: Callable[[Callable[[tuple, dict], Any], tuple, dict], Any] = _build_here
+
+
 class DropIn(type):
     """Metaclass of the generated classes: dispatches construction on the client's mode."""
 
@@ -29,9 +39,14 @@ class DropIn(type):
         client = cls._current()
         itype = cls.itype
         if client is None:
-            if cls._faiss_cls is not None:  # faiss's own class, with all its overloads
-                return cls._faiss_cls(*args, **kwargs)
-            return cls._registry.build(itype.bind(args, kwargs))
+            def build(args: tuple, kwargs: dict) -> Any:
+                if cls._faiss_cls is not None:  # faiss's own class, with all its overloads
+                    return cls._faiss_cls(*args, **kwargs)
+                return cls._registry.build(itype.bind(args, kwargs))
+
+            if itype.kind != "index":
+                return build(args, kwargs)
+            return local_hook(build, args, kwargs)
         arrays: dict[str, Any] = {}
         described = []
         for arg in args:

@@ -20,9 +20,9 @@ KEEPALIVE_EVERY = 60.0
 
 
 class Client:
-    def __init__(self, settings: ClientSettings) -> None:
+    def __init__(self, settings: ClientSettings, heartbeat: float | None = None) -> None:
         self.settings = settings
-        self.transport = Transport(settings)
+        self.transport = Transport(settings, heartbeat)
         self._anonymous: set[str] = set()
         self._mutex = threading.Lock()
         self._stop = threading.Event()

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import faiss
 import numpy as np
 
+from faissx_client import optimization as _opt
+from faissx_client.cache import vector_cache
 from faissx_core.errors import InvalidArgument, WrongType
 from faissx_core.selectors import IDS_FRAME, SelectorSpec
 from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType
@@ -44,6 +46,8 @@ class RemoteIndex:
         object.__setattr__(self, "_name", name or anon)
         object.__setattr__(self, "_info", info)
         object.__setattr__(self, "_create_lock", threading.Lock())
+        #: Client-side parameters (batch_size): they shape this proxy's calls.
+        object.__setattr__(self, "_values", {})
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _create(self, op: str = "create", data: np.ndarray | None = None) -> dict[str, Any]:
@@ -52,6 +56,7 @@ class RemoteIndex:
             if self._info is not None:
                 return self._info
             client = self._client
+            _opt.memory_manager.check_create(0 if data is None else int(data.nbytes), client)
             args: dict[str, Any] = {"ephemeral": not self._named}
             if self._spec.type != IMPORTED.name:  # an upload's spec is the server's to infer
                 args["spec"] = self._spec.model_dump()
@@ -108,6 +113,8 @@ class RemoteIndex:
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("_"):
             raise AttributeError(attr)
+        if attr in _opt.CLIENT_PARAMS:
+            return self.get_parameter(attr)
         params = self._runtime_params()
         if attr in params:
             return self.get_parameter(attr)
@@ -118,17 +125,64 @@ class RemoteIndex:
     def __setattr__(self, attr: str, value: Any) -> None:
         if attr in READ_ONLY:
             raise AttributeError(f"{attr!r} of a remote index is read-only")
-        if attr not in self._runtime_params():
+        if attr not in self._runtime_params() and attr not in _opt.CLIENT_PARAMS:
             raise AttributeError(
                 f"{type(self).__name__!r} remote index has no attribute {attr!r}")
         self.set_parameter(attr, value)
 
     def set_parameter(self, name: str, value: Any) -> None:
-        """Set a runtime parameter (``nprobe``, ``efSearch``, ...); the server validates it."""
+        """Set a runtime parameter (``nprobe``, ``efSearch``, ...) on the server, which
+        validates it, or the client-side ``batch_size``."""
+        if name in _opt.CLIENT_PARAMS:
+            self._values[name] = _opt.CLIENT_PARAMS[name].coerce(value)
+            return
+        if name not in self._runtime_params():
+            raise _opt.unknown(self, name, self._runtime_params())
         self._call("set_parameter", {"name": name, "value": value})
 
     def get_parameter(self, name: str) -> Any:
+        if name in _opt.CLIENT_PARAMS:
+            return self._values.get(name, _opt.get_default(name))
+        if name not in self._runtime_params():
+            raise _opt.unknown(self, name, self._runtime_params())
         return self._call("get_parameter", {"name": name})[0]["value"]
+
+    # -- client-side behaviour: chunked calls, vector cache ------------------------------------
+    def _cache_key(self) -> tuple[str, str]:
+        return (self._client.transport.session, self._name)
+
+    def _mutated(self) -> None:
+        """This client changed the index: its cached vectors are no longer true."""
+        vector_cache.invalidate(self._cache_key())
+
+    def _rows(self, x: np.ndarray, progress: bool | None, k: int | None = None
+              ) -> tuple[int, bool]:
+        """(rows per request, show a progress bar) for a call on the rows of ``x``."""
+        show = _opt.progress_wanted(progress)
+        rows = _opt.chunk_rows(len(x), x.itemsize * x.shape[1], _opt.batch_size_of(self._values),
+                               remote=True, progress=show, k=k)
+        return rows, show
+
+    def _add_rows(self, op: str, x: np.ndarray, ids: np.ndarray | None,
+                  progress: bool | None) -> None:
+        """``add`` / ``add_with_ids`` in requests of ``batch_size`` rows (64 MiB by default),
+        after the memory check; a failure part-way leaves the earlier chunks added."""
+        if self._info is None:
+            self._create()
+        rows, show = self._rows(x, progress)
+        _opt.memory_manager.check_add(self, len(x), chunked=rows < len(x))
+
+        def send(lo: int, hi: int) -> None:
+            arrays = {"x": x[lo:hi]} if ids is None else {"x": x[lo:hi], "ids": ids[lo:hi]}
+            self._call(op, arrays=arrays)
+
+        try:
+            if rows >= len(x) and not show:
+                send(0, len(x))
+            else:
+                _opt.for_chunks(len(x), rows, op, show, send)
+        finally:
+            self._mutated()
 
     # -- faiss methods -----------------------------------------------------------------------
     def _binary(self) -> bool:
@@ -147,20 +201,41 @@ class RemoteIndex:
             raise InvalidArgument(f"expected a 2-d array of vectors, got shape {x.shape}")
         return np.ascontiguousarray(x)
 
-    def add(self, x: Any) -> None:
-        self._call("add", arrays={"x": self._vectors(x)})
+    def add(self, x: Any, *, progress: bool | None = None) -> None:
+        self._add_rows("add", self._vectors(x), None, progress)
 
-    def add_with_ids(self, x: Any, ids: Any) -> None:
-        self._call("add_with_ids", arrays={"x": self._vectors(x), "ids": _ids(ids)})
+    def add_with_ids(self, x: Any, ids: Any, *, progress: bool | None = None) -> None:
+        x, ids = self._vectors(x), _ids(ids)
+        if len(ids) != len(x):
+            raise InvalidArgument(f"ids has {len(ids)} ids for {len(x)} vectors")
+        self._add_rows("add_with_ids", x, ids, progress)
 
     def train(self, x: Any) -> None:
-        self._call("train", arrays={"x": self._vectors(x)})
+        try:
+            self._call("train", arrays={"x": self._vectors(x)})
+        finally:
+            self._mutated()
 
     def search(self, x: Any, k: int, *, params: Any = None, D: np.ndarray | None = None,
-               I: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        args, arrays = _with_params({"k": _positive_k(k)}, {"x": self._vectors(x)}, params)
-        _, out = self._call("search", args, arrays)
-        return _into(D, out["D"]), _into(I, out["I"])
+               I: np.ndarray | None = None, progress: bool | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's search; queries go in requests of ``batch_size`` rows (automatic: at most
+        64 MiB of queries and 4M results each), with a progress bar when asked."""
+        x = self._vectors(x)
+        args, arrays = _with_params({"k": _positive_k(k)}, {"x": x}, params)
+        rows, show = self._rows(x, progress, k=args["k"])
+        if rows >= len(x) and not show:
+            out = self._call("search", args, arrays)[1]
+            return _into(D, out["D"]), _into(I, out["I"])
+        parts: list[tuple[np.ndarray, ...]] = []
+
+        def send(lo: int, hi: int) -> None:
+            out = self._call("search", args, {**arrays, "x": x[lo:hi]})[1]
+            parts.append((out["D"], out["I"]))
+
+        _opt.for_chunks(len(x), rows, "search", show, send)
+        Dall, Iall = _opt.stack_results(parts)
+        return _into(D, Dall), _into(I, Iall)
 
     def assign(self, x: Any, k: int, labels: np.ndarray | None = None) -> np.ndarray:
         _, out = self._call("assign", {"k": _positive_k(k)}, {"x": self._vectors(x)})
@@ -184,7 +259,15 @@ class RemoteIndex:
         return _into(D, out["D"]), _into(I, out["I"]), _into(R, out["R"])
 
     def reconstruct(self, key: int, x: np.ndarray | None = None) -> np.ndarray:
-        return _into(x, self._call("reconstruct", {"key": int(key)})[1]["x"])
+        """faiss's reconstruct; answered from the vector cache when it holds ``key``."""
+        cache, ids = self._cache_key(), np.array([int(key)], dtype=np.int64)
+        hit = vector_cache.get_many(cache, ids)[0]
+        if hit is not None:
+            return _into(x, hit.copy())
+        generation = vector_cache.generation(cache)
+        vector = self._call("reconstruct", {"key": int(key)})[1]["x"]
+        vector_cache.put_many(cache, ids, vector[None], generation)
+        return _into(x, vector)
 
     def reconstruct_n(self, n0: int = 0, ni: int = -1, x: np.ndarray | None = None) -> np.ndarray:
         if ni == -1:
@@ -195,17 +278,42 @@ class RemoteIndex:
         if self._binary():  # as on faiss's IndexBinary, which has no such method
             raise AttributeError(f"{type(self).__name__!r} object has no attribute "
                                  "'reconstruct_batch'")
-        return _into(x, self._call("reconstruct_batch", arrays={"ids": _ids(key)})[1]["x"])
+        ids, cache = _ids(key), self._cache_key()
+        if vector_cache.capacity <= 0:
+            return _into(x, self._call("reconstruct_batch", arrays={"ids": ids})[1]["x"])
+        cached = vector_cache.get_many(cache, ids)
+        missing = np.array([i for i, v in zip(ids.tolist(), cached, strict=True) if v is None],
+                           dtype=np.int64)
+        if len(missing) == len(ids):  # nothing cached (or the cache is off): one plain call
+            generation = vector_cache.generation(cache)
+            out = self._call("reconstruct_batch", arrays={"ids": ids})[1]["x"]
+            vector_cache.put_many(cache, ids, out, generation)
+            return _into(x, out)
+        if len(missing):
+            unique = np.unique(missing)
+            generation = vector_cache.generation(cache)
+            fetched = self._call("reconstruct_batch", arrays={"ids": unique})[1]["x"]
+            vector_cache.put_many(cache, unique, fetched, generation)
+            found = dict(zip(unique.tolist(), fetched, strict=True))
+            cached = [found[i] if v is None else v for i, v in zip(ids.tolist(), cached,
+                                                                   strict=True)]
+        return _into(x, np.stack(cached).astype(cached[0].dtype, copy=True))
 
     def remove_ids(self, x: Any) -> int:
         """Remove by id array or ``IDSelectorRange``/``Batch``/``Array``; returns the count."""
-        if isinstance(x, RemoteSelector | faiss.IDSelector):
-            selector, arrays = describe(x)
-            return int(self._call("remove_ids", {"selector": selector}, arrays)[0]["removed"])
-        return int(self._call("remove_ids", arrays={"ids": _ids(x)})[0]["removed"])
+        try:
+            if isinstance(x, RemoteSelector | faiss.IDSelector):
+                selector, arrays = describe(x)
+                return int(self._call("remove_ids", {"selector": selector}, arrays)[0]["removed"])
+            return int(self._call("remove_ids", arrays={"ids": _ids(x)})[0]["removed"])
+        finally:
+            self._mutated()
 
     def reset(self) -> None:
-        self._call("reset")
+        try:
+            self._call("reset")
+        finally:
+            self._mutated()
 
     def set_direct_map_type(self, map_type: int) -> None:
         """IVF: ``faiss.DirectMap.Array`` or ``Hashtable`` makes ``reconstruct`` possible."""
@@ -221,7 +329,11 @@ class RemoteIndex:
             raise InvalidArgument("merge_from needs another remote index on the same server")
         if other._info is None:
             other._create()
-        info, _ = self._call("merge_from", {"other": other.name, "add_id": int(add_id)})
+        try:
+            info, _ = self._call("merge_from", {"other": other.name, "add_id": int(add_id)})
+        finally:
+            self._mutated()
+            other._mutated()
         object.__setattr__(self, "_info", info)
 
     def serialize(self) -> np.ndarray:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from faissx_core.security import is_key, read_secret_key
 
 DEFAULT_SERVER = "tcp://localhost:45678"
 
@@ -18,6 +20,12 @@ class ClientSettings(BaseModel):
     tenant_id: str | None = None
     #: Seconds to wait for one reply before raising ServerUnavailable.
     timeout: float = Field(30.0, gt=0)
+    #: The server's CURVE public key (Z85, ``faissx keys curve``): encrypts the connection.
+    server_public_key: str | None = None
+    #: This client's CURVE key pair (Z85; the secret may be a file), for a server with an
+    #: allow-list. Without it each connection uses a fresh anonymous pair.
+    client_public_key: str | None = None
+    client_secret_key: str | None = Field(None, repr=False)
 
     @field_validator("server")
     @classmethod
@@ -27,6 +35,26 @@ class ClientSettings(BaseModel):
                 f"server must be a ZeroMQ endpoint like tcp://host:45678, got {server!r}")
         return server
 
+    @field_validator("server_public_key", "client_public_key")
+    @classmethod
+    def _public_key(cls, key: str | None) -> str | None:
+        if key is not None and not is_key(key):
+            raise ValueError("a CURVE public key is 40 Z85 characters (faissx keys curve)")
+        return key
+
+    @field_validator("client_secret_key", mode="before")
+    @classmethod
+    def _secret_key(cls, key: object) -> object:
+        return read_secret_key(key) if isinstance(key, str) else key
+
+    @model_validator(mode="after")
+    def _curve(self) -> ClientSettings:
+        if (self.client_public_key is None) != (self.client_secret_key is None):
+            raise ValueError("give both client_public_key and client_secret_key, or neither")
+        if self.client_public_key is not None and self.server_public_key is None:
+            raise ValueError("a client key pair needs the server_public_key")
+        return self
+
     @classmethod
     def from_env(cls, **given: Any) -> ClientSettings:
         """Explicit arguments win; missing ones come from FAISSX_SERVER / _API_KEY / _TENANT_ID."""
@@ -35,6 +63,9 @@ class ClientSettings(BaseModel):
             "api_key": os.environ.get("FAISSX_API_KEY"),
             "tenant_id": os.environ.get("FAISSX_TENANT_ID"),
             "timeout": os.environ.get("FAISSX_TIMEOUT"),
+            "server_public_key": os.environ.get("FAISSX_SERVER_PUBLIC_KEY"),
+            "client_public_key": os.environ.get("FAISSX_CLIENT_PUBLIC_KEY"),
+            "client_secret_key": os.environ.get("FAISSX_CLIENT_SECRET_KEY"),
         }
         values = {k: v for k, v in env.items() if v}
         values.update({k: v for k, v in given.items() if v is not None})

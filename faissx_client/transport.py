@@ -1,71 +1,195 @@
-"""Request/reply over DEALER sockets, one per calling thread.
+"""Request/reply over DEALER sockets, one per calling thread, with retries and heartbeats.
 
 ZeroMQ sockets must not be shared between threads, and a lock around one socket would make a
 web server's workers wait for each other. Each thread therefore gets its own DEALER, all under
 one session id (which owns the client's unnamed indices on the server). Every request carries an
 id; a reply with another id is a late answer to a request this thread gave up on, and is dropped.
+
+Reliability follows the zguide's patterns:
+
+* **Heartbeats** (``ZMQ_HEARTBEAT_IVL`` / ``_TIMEOUT`` / ``_TTL``): libzmq pings the server every
+  ``heartbeat`` seconds and drops a connection that stays silent for two more, so a server that
+  froze or vanished from the network is noticed without waiting for the call's timeout. A
+  server that was killed is noticed at once (its kernel closes the connection).
+* **A monitor** per socket reports each drop (``EVENT_DISCONNECTED``) while a reply is awaited:
+  the request went down with that connection, so the call is retried instead of waiting out
+  its timeout. ZeroMQ reconnects by itself; ``IMMEDIATE`` keeps a request from being queued
+  while no connection is up, so "not sent" and "sent, fate unknown" are told apart.
+* **Lazy-pirate retries** within the call's deadline (``timeout``): a request that was never
+  sent is always retried; one whose connection dropped is retried when it is a read or carries
+  an idempotency key (every mutating request does), which the server uses to apply it once.
+  The same request id is reused, so the reply to any attempt answers the call.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
+import struct
 import threading
 import time
 import uuid
+import weakref
 from typing import Any
 
 import numpy as np
 import zmq
 
+from faissx_client import recovery
 from faissx_client.settings import ClientSettings
 from faissx_core.errors import ServerUnavailable, from_wire
 from faissx_core.messages import PROTOCOL_VERSION
 from faissx_core.protocol import encode, recv_reply, send
+from faissx_core.security import configure_dealer
 
 log = logging.getLogger("faissx.client")
 
+#: Seconds between heartbeats when neither ``configure(heartbeat=...)`` nor
+#: ``FAISSX_HEARTBEAT`` says otherwise; 0 turns heartbeats off.
+DEFAULT_HEARTBEAT = 1.0
+#: A retry is not started with less than this many seconds of the call's timeout left.
+MIN_ATTEMPT = 0.05
+_MONITORED = zmq.EVENT_DISCONNECTED
+_EVENT = struct.Struct("=HI")  # a monitor event frame: u16 event, u32 value
+
+
+def heartbeat_from_env(heartbeat: float | None) -> float:
+    if heartbeat is None:
+        raw = os.environ.get("FAISSX_HEARTBEAT")
+        try:
+            heartbeat = float(raw) if raw else DEFAULT_HEARTBEAT
+        except ValueError:
+            raise ValueError(f"FAISSX_HEARTBEAT={raw!r} is not a number of seconds") from None
+    if not heartbeat >= 0:
+        raise ValueError(f"heartbeat must be >= 0 seconds, got {heartbeat!r}")
+    return float(heartbeat)
+
+
+class _Failure(Exception):
+    """One attempt failed; ``sent`` says whether the request may have reached the server."""
+
+    def __init__(self, reason: str, sent: bool, connection_lost: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sent = sent
+        #: the connection failed (as opposed to a live server not answering in time)
+        self.connection_lost = connection_lost
+
+
+class _Conn:
+    """One thread's DEALER, the monitor that reports its connection's drops, and a poller."""
+
+    def __init__(self, ctx: zmq.Context, settings: ClientSettings, heartbeat: float) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        configure_dealer(self.sock, settings)  # CURVE when a server public key is configured
+        self.sock.setsockopt(zmq.LINGER, 0)
+        # Queue nothing for a server we are not connected to: a request that could not be
+        # sent must fail now, not be delivered minutes later after we reported an error.
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        if heartbeat > 0:
+            ivl = max(1, int(heartbeat * 1000))
+            self.sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
+            self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 2 * ivl)
+            # the server drops our connection if it hears nothing for this long (ms, rounded
+            # down to tenths of a second by libzmq)
+            self.sock.setsockopt(zmq.HEARTBEAT_TTL, min(6_553_500, max(100, 4 * ivl)))
+        self.monitor = self.sock.get_monitor_socket(
+            _MONITORED, addr=f"inproc://faissx-monitor-{uuid.uuid4().hex}")
+        self.sock.connect(settings.server)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+        self.key = -1
+        self.sndtimeo = -1  # the socket's current ZMQ_SNDTIMEO (ms), set only when it changes
+
+    def events(self) -> bool:
+        """Read pending monitor events; True if a connection dropped since the last read."""
+        dropped = False
+        while self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = self.monitor.recv_multipart(zmq.NOBLOCK)
+            event, _ = _EVENT.unpack_from(frames[0])
+            dropped = dropped or event == zmq.EVENT_DISCONNECTED
+        return dropped
+
+
+class _OpenSockets:
+    """Every thread's sockets, so close() reaches them all; a thread's go when it ends."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.sockets: dict[int, tuple[zmq.Socket, ...]] = {}
+        self._keys = itertools.count()
+
+    def add(self, conn: _Conn) -> None:
+        with self.mutex:
+            key = next(self._keys)
+            self.sockets[key] = (conn.monitor, conn.sock)
+        conn.key = key
+        # runs when the thread ends and its thread-local connection is collected
+        weakref.finalize(conn, self.forget, key).atexit = False
+
+    def forget(self, key: int) -> None:
+        with self.mutex:
+            sockets = self.sockets.pop(key, None)
+        for sock in sockets or ():
+            try:
+                sock.close(0)
+            except Exception as exc:  # closing must never raise out of a finalizer
+                log.debug("closing a socket failed: %s", exc)
+
+    def forget_all(self) -> None:
+        with self.mutex:
+            keys = list(self.sockets)
+        for key in keys:
+            self.forget(key)
+
 
 class Transport:
-    def __init__(self, settings: ClientSettings) -> None:
+    def __init__(self, settings: ClientSettings, heartbeat: float | None = None) -> None:
         self.settings = settings
+        self.heartbeat = heartbeat_from_env(heartbeat)
+        #: How long one attempt waits for a connection before it counts as failed.
+        self.connect_wait = 2 * self.heartbeat if self.heartbeat > 0 else 2 * DEFAULT_HEARTBEAT
         self.session = uuid.uuid4().hex
         self._ctx = zmq.Context()
         self._local = threading.local()
         self._ids = itertools.count(1)
-        self._sockets: set[zmq.Socket] = set()
+        self._open = _OpenSockets()
         self._mutex = threading.Lock()
+        self._reached = False  # a reply has arrived at least once
+        self._lost = False  # ... and since then a connection dropped or could not be made
         self.closed = False
 
-    def _socket(self) -> zmq.Socket:
-        sock = getattr(self._local, "sock", None)
-        if sock is None:
-            if self.closed:
-                raise ServerUnavailable("this client has been closed", server=self.settings.server)
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            # Queue nothing for a server we are not connected to: a request that could not be
-            # sent must fail now, not be delivered minutes later after we reported an error.
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.connect(self.settings.server)
-            self._local.sock = sock
+    # -- sockets -----------------------------------------------------------------------------
+    def _conn(self) -> _Conn:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
             with self._mutex:
-                self._sockets.add(sock)
-        return sock
+                if self.closed:
+                    raise ServerUnavailable("this client has been closed",
+                                            server=self.settings.server)
+                conn = _Conn(self._ctx, self.settings, self.heartbeat)
+                self._open.add(conn)
+            self._local.conn = conn
+        return conn
 
-    def _discard_socket(self) -> None:
-        sock = self._local.__dict__.pop("sock", None)
-        if sock is not None:
-            with self._mutex:
-                self._sockets.discard(sock)
-            sock.close(0)
+    def _discard(self) -> None:
+        """Close this thread's sockets (anything still queued in them goes too)."""
+        conn = self._local.__dict__.pop("conn", None)
+        if conn is not None:
+            self._open.forget(conn.key)
 
+    # -- requests ----------------------------------------------------------------------------
     def header(self, op: str, index: str | None, args: dict[str, Any] | None) -> dict[str, Any]:
-        return {
+        header = {
             "v": PROTOCOL_VERSION, "id": next(self._ids), "op": op, "index": index,
             "args": args or {}, "api_key": self.settings.api_key,
             "tenant": self.settings.tenant_id, "session": self.session,
         }
+        if op in recovery.WRITE_OPS:
+            header["idem"] = recovery.new_idempotency_key()
+        return header
 
     def call(
         self,
@@ -75,53 +199,109 @@ class Transport:
         arrays: dict[str, np.ndarray] | None = None,
         timeout: float | None = None,
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Send one request and wait for its reply; raise the server's error as its type."""
+        """Send one request and return its reply; raise the server's error as its type.
+
+        Retried per :mod:`faissx_client.recovery` while ``timeout`` (the whole call's budget,
+        retries included) lasts; gives up with :class:`ServerUnavailable`.
+        """
         header = self.header(op, index, args)
         frames = encode(header, arrays)
         timeout = self.settings.timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        sock = self._socket()
+        start = time.monotonic()
+        deadline = start + timeout
+        policy = recovery.current_policy()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                conn = self._conn()
+                reply, out = self._attempt(conn, frames, header["id"], deadline)
+                break
+            except _Failure as failure:
+                last = failure
+            except zmq.ZMQError as exc:  # e.g. the context was terminated by close()
+                self._discard()
+                last = _Failure(f"socket error: {exc}", sent=True)
+                if self.closed:
+                    raise self._unavailable(op, index, attempts, start, last) from None
+            if self._reached and last.connection_lost:
+                self._lost = True
+            retryable = not last.sent or recovery.retry_safe(op)
+            remaining = deadline - time.monotonic()
+            if not retryable or attempts > policy.max_retries or remaining <= MIN_ATTEMPT:
+                if last.sent:
+                    # the request may still sit in this socket: never deliver it later
+                    self._discard()
+                raise self._unavailable(op, index, attempts, start, last)
+            pause = min(policy.delay(attempts), remaining - MIN_ATTEMPT)
+            log.debug("%s to %s failed (%s); attempt %d in %.2fs", op, self.settings.server,
+                      last.reason, attempts + 1, pause)
+            time.sleep(pause)
+        self._reached = True
+        if self._lost:
+            with self._mutex:
+                recovered, self._lost = self._lost, False
+            if recovered:
+                recovery.notify_reconnected(self.settings.server)
+        if not reply.ok:
+            raise from_wire(reply.error.model_dump() if reply.error else {})
+        return reply.result, out
+
+    def _attempt(self, conn: _Conn, frames: list[Any], rid: int, deadline: float) -> Any:
+        if conn.events() and self._reached:  # dropped while idle: the server went away
+            self._lost = True
+        wait = min(deadline - time.monotonic(), self.connect_wait)
         try:
-            sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
-            send(sock, frames)
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not sock.poll(remaining * 1000):
-                    raise zmq.Again()
-                reply, out = recv_reply(sock)
-                if reply.id != header["id"]:
-                    continue
-                if not reply.ok:
-                    raise from_wire(reply.error.model_dump() if reply.error else {})
-                return reply.result, out
+            sndtimeo = max(0, int(wait * 1000))
+            if sndtimeo != conn.sndtimeo:
+                conn.sock.setsockopt(zmq.SNDTIMEO, sndtimeo)
+                conn.sndtimeo = sndtimeo
+            send(conn.sock, frames)
         except zmq.Again:
-            # The socket may still hold this request or receive its reply: start afresh.
-            self._discard_socket()
-            raise ServerUnavailable(
-                f"no reply from {self.settings.server} to {op!r} within {timeout:g}s",
-                server=self.settings.server, op=op,
-            ) from None
-        except zmq.ZMQError as exc:
-            self._discard_socket()
-            raise ServerUnavailable(
-                f"{op!r} to {self.settings.server} failed: {exc}", server=self.settings.server,
-                op=op,
-            ) from None
+            raise _Failure(f"could not connect within {max(wait, 0):.1f}s", sent=False) from None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Failure("no reply before the timeout", sent=True, connection_lost=False)
+            ready = dict(conn.poller.poll(remaining * 1000))
+            if conn.sock in ready:
+                reply, out = recv_reply(conn.sock)
+                if reply.id == rid:
+                    return reply, out
+                continue  # a late reply to a request given up on
+            if conn.monitor in ready and conn.events():
+                # The connection our request went out on is gone. A reply that came in before
+                # the drop is still in the socket; otherwise it can never arrive.
+                while conn.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    reply, out = recv_reply(conn.sock)
+                    if reply.id == rid:
+                        return reply, out
+                raise _Failure("the connection dropped before the reply arrived", sent=True)
+
+    def _unavailable(self, op: str, index: str | None, attempts: int, start: float,
+                     last: _Failure) -> ServerUnavailable:
+        target = f" on index {index!r}" if index else ""
+        elapsed = time.monotonic() - start
+        return ServerUnavailable(
+            f"{op!r}{target} failed: no reply from {self.settings.server} after {attempts} "
+            f"attempt(s) in {elapsed:.1f}s ({last.reason})",
+            server=self.settings.server, op=op, index=index, attempts=attempts,
+            elapsed=round(elapsed, 3), reason=last.reason,
+        )
 
     def send_nowait(self, op: str, index: str | None = None) -> None:
         """Fire and forget (used from finalizers): never blocks, never raises."""
         try:
-            sock = self._socket()
+            sock = self._conn().sock
             send(sock, encode(self.header(op, index, None)), flags=zmq.NOBLOCK)
         except Exception as exc:
             log.debug("could not send %s for %s: %s", op, index, exc)
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
         with self._mutex:
-            sockets, self._sockets = self._sockets, set()
-        for sock in sockets:
-            sock.close(0)
+            if self.closed:
+                return
+            self.closed = True
+        self._open.forget_all()
+        self._local = threading.local()  # other threads' connections are closed already
         self._ctx.term()

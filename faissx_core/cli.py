@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from faissx_core import __version__
+from faissx_core.keys_cli import keys
 from faissx_core.logs import setup as setup_logging
 from faissx_core.settings import DEFAULT_PORT, ServerSettings, parse_auth_keys
 
@@ -53,6 +54,44 @@ def _serve_options(fn):
         click.option("--idle-ttl", type=float, default=600.0, show_default=True,
                      envvar="FAISSX_IDLE_TTL",
                      help="Seconds an unnamed index outlives its silent client."),
+        click.option("--max-memory", type=float, default=None, envvar="FAISSX_MAX_MEMORY",
+                     help="MiB all indices together may hold; a create or add that would go "
+                          "past it is refused with `quota_exceeded` (default: no limit)."),
+        click.option("--gpu", is_flag=True, default=False, envvar="FAISSX_GPU",
+                     help="Search on GPU copies of the indices faiss supports on GPU (needs "
+                          "faiss-gpu and a GPU)."),
+        # security and limits: docs/security.md
+        click.option("--curve-secret-key", default=None, envvar="FAISSX_CURVE_SECRET_KEY",
+                     help="Encrypt connections with CURVE: the server's Z85 secret key, or a "
+                          "file holding it (`faissx keys curve`; a file keeps it out of `ps`)."),
+        click.option("--curve-allow-keys", type=click.Path(path_type=Path), default=None,
+                     envvar="FAISSX_CURVE_ALLOW_KEYS",
+                     help="File of client CURVE public keys, one a line: only they connect."),
+        click.option("--max-message-mb", type=float, default=256.0, show_default=True,
+                     envvar="FAISSX_MAX_MESSAGE_MB",
+                     help="Largest frame accepted (a larger one drops the connection) and "
+                          "largest reply built; 0: no limit."),
+        click.option("--max-request-vectors", type=int, default=1_000_000, show_default=True,
+                     envvar="FAISSX_MAX_REQUEST_VECTORS",
+                     help="Most vectors one request may send or ask back; 0: no limit."),
+        click.option("--max-dimension", type=int, default=65536, show_default=True,
+                     envvar="FAISSX_MAX_DIMENSION",
+                     help="Largest dimension of a new or imported index; 0: no limit."),
+        click.option("--tenant-max-indices", type=int, default=1000, show_default=True,
+                     envvar="FAISSX_TENANT_MAX_INDICES",
+                     help="Indices (named and unnamed) per tenant; 0: no limit."),
+        click.option("--tenant-max-vectors", type=int, default=0, show_default=True,
+                     envvar="FAISSX_TENANT_MAX_VECTORS",
+                     help="Vectors stored per tenant; 0: no limit."),
+        click.option("--tenant-max-mb", type=float, default=0.0, show_default=True,
+                     envvar="FAISSX_TENANT_MAX_MB",
+                     help="MiB of stored vectors (n x d x 4, binary n x d / 8) per tenant; "
+                          "0: no limit."),
+        click.option("--rate-limit", type=float, default=10_000.0, show_default=True,
+                     envvar="FAISSX_RATE_LIMIT",
+                     help="Requests per second per API key (with --enable-auth); 0: no limit."),
+        click.option("--rate-burst", type=int, default=None, envvar="FAISSX_RATE_BURST",
+                     help="Requests an API key may send at once (default: 2 s of --rate-limit)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -62,12 +101,26 @@ def _serve_options(fn):
 def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None,
            fsync: str, snapshot_every_mb: float, plugins: str | None,
            enable_auth: bool, auth_keys: str | None, auth_file: Path | None, log_level: str,
-           workers: int | None, idle_ttl: float) -> None:
+           workers: int | None, idle_ttl: float, max_memory: float | None = None,
+           gpu: bool = False, curve_secret_key: str | None = None,
+           curve_allow_keys: Path | None = None, max_message_mb: float = 256.0,
+           max_request_vectors: int = 1_000_000, max_dimension: int = 65536,
+           tenant_max_indices: int = 1000, tenant_max_vectors: int = 0,
+           tenant_max_mb: float = 0.0, rate_limit: float = 10_000.0,
+           rate_burst: int | None = None) -> None:
     """Run the FAISSx server until SIGINT or SIGTERM."""
     from faissx_core.server import run_server  # keeps `faissx --help` quick
 
     try:
         extra = {"workers": workers} if workers is not None else {}
+        extra.update(max_memory_mb=max_memory, gpu=gpu)
+        extra.update(  # security and limits
+            curve_secret_key=curve_secret_key, curve_allow_keys=curve_allow_keys,
+            max_message_bytes=int(max_message_mb * (1 << 20)),
+            max_request_vectors=max_request_vectors, max_dimension=max_dimension,
+            tenant_max_indices=tenant_max_indices, tenant_max_vectors=tenant_max_vectors,
+            tenant_max_bytes=int(tenant_max_mb * (1 << 20)), rate_limit=rate_limit,
+            rate_burst=rate_burst)
         settings = ServerSettings(
             port=port, bind_address=bind_address, ipc=ipc, data_dir=data_dir, fsync=fsync,
             snapshot_bytes=int(snapshot_every_mb * (1 << 20)),
@@ -125,6 +178,7 @@ def plugins_cmd(markdown: bool) -> None:
 
 
 main.add_command(serve)
+main.add_command(keys)
 
 
 def types_markdown(registry: object) -> str:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 PROTOCOL_VERSION = 1
 
 #: The dtypes an array frame may carry. Everything else is refused before numpy sees it.
 DType = Literal["float32", "uint8", "int64", "uint64", "int32"]
+ITEM_SIZES = {"float32": 4, "uint8": 1, "int64": 8, "uint64": 8, "int32": 4}
 
 #: Upper bound on one array's element count: nothing larger is ever allocated from a header.
 MAX_ELEMENTS = 1 << 34
+#: Upper bound on a request's header frame: the header is msgpack, parsed before anything else.
+MAX_HEADER_BYTES = 1 << 20
 
 Name = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -33,6 +36,24 @@ class ArrayDesc(_Strict):
     name: Name
     dtype: DType
     shape: Annotated[list[Annotated[int, Field(ge=0, le=MAX_ELEMENTS)]], Field(max_length=3)]
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ArrayDesc:
+        """The element count, not only each dimension, is bounded."""
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        if count > MAX_ELEMENTS:
+            raise ValueError(f"{count} elements; an array holds at most {MAX_ELEMENTS}")
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the frame this descriptor announces (a scalar is one element)."""
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * ITEM_SIZES[self.dtype]
 
 
 class Request(_Strict):

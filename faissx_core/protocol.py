@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from faissx_core.errors import ProtocolError
-from faissx_core.messages import PROTOCOL_VERSION, ArrayDesc, Reply, Request
+from faissx_core.messages import MAX_HEADER_BYTES, PROTOCOL_VERSION, ArrayDesc, Reply, Request
 
 __all__ = [
     "PROTOCOL_VERSION", "decode", "decode_reply", "decode_request", "encode", "recv_reply", "send",
@@ -84,6 +84,9 @@ def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]
 
 
 def decode_request(frames: Sequence[Any]) -> tuple[Request, dict[str, np.ndarray]]:
+    if frames and len(_bytes(frames[0])) > MAX_HEADER_BYTES:  # never parse a huge header
+        raise ProtocolError(f"header frame of {len(_bytes(frames[0]))} bytes; at most "
+                            f"{MAX_HEADER_BYTES}")
     header, arrays = decode(frames)
     version = header.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:  # True == 1 in Python
@@ -105,27 +108,36 @@ def decode_reply(frames: Sequence[Any]) -> tuple[Reply, dict[str, np.ndarray]]:
 
 
 def recv_reply(socket: Any) -> tuple[Reply, dict[str, np.ndarray]]:
-    """Receive one reply from ``socket``, each array straight into a fresh writable ndarray.
+    """Receive one reply from ``socket``; each array wraps its received frame, without a copy.
 
-    The header frame arrives first and says what follows, so every array is allocated once at
-    its final size and ``recv_into`` fills it: results are ordinary writable arrays, as faiss
-    returns, without an extra copy out of the message buffer.
+    Every frame's length is checked against its descriptor before an array exists, so a reply
+    header announcing more than was sent allocates nothing (what arrived is all the memory a
+    reply takes). The arrays are writable views of the received frames, as faiss's are writable.
     """
-    reply = _reply_header(socket.recv())
+    try:
+        reply = _reply_header(socket.recv())
+    except ProtocolError:
+        while socket.rcvmore:  # the rest of a broken message must not pass for the next one
+            socket.recv(copy=False)
+        raise
     arrays: dict[str, np.ndarray] = {}
     problem = None
     for desc in reply.arrays:
         if not socket.rcvmore:
             problem = f"reply describes {len(reply.arrays)} arrays but fewer frames arrived"
             break
-        arr = np.empty(desc.shape, dtype=desc.dtype)
-        got = socket.recv_into(arr.reshape(-1).view(np.uint8) if arr.size else bytearray(1))
-        if got != arr.nbytes:
-            problem = f"array {desc.name!r}: expected {arr.nbytes} bytes, frame had {got}"
-        arrays[desc.name] = arr
+        frame = socket.recv(copy=False)
+        if problem is not None:
+            continue  # drain the message, keep the first problem
+        if len(frame) != desc.nbytes:
+            problem = f"array {desc.name!r}: expected {desc.nbytes} bytes, frame had {len(frame)}"
+            continue
+        buf = frame.buffer
+        arr = np.frombuffer(buf if not buf.readonly else bytearray(buf), dtype=desc.dtype)
+        arrays[desc.name] = arr.reshape(desc.shape) if desc.shape else arr.reshape(())
     extra = 0
     while socket.rcvmore:
-        socket.recv_into(bytearray())
+        socket.recv(copy=False)
         extra += 1
     if problem is None and extra:
         problem = f"{extra} undescribed frame(s) after the reply"
@@ -146,6 +158,8 @@ def _reply_header(frame: bytes) -> Reply:
 def request_id(frames: Sequence[Any]) -> int:
     """Best-effort id of a message that failed to decode, so its error reply can be matched."""
     try:
+        if len(_bytes(frames[0])) > MAX_HEADER_BYTES:
+            return 0  # refused for its size: not parsed here either
         header = msgpack.unpackb(_bytes(frames[0]), raw=False)
         rid = header.get("id") if isinstance(header, dict) else None
         return rid if type(rid) is int and 0 <= rid < 1 << 63 else 0  # bool is an int too

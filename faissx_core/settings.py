@@ -6,7 +6,6 @@ setting is validated in one place with one set of messages.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -42,6 +41,31 @@ class ServerSettings(BaseModel):
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     #: Seconds an unnamed index survives without its client showing signs of life.
     idle_ttl: float = Field(600.0, gt=0)
+    #: ``--max-memory``: MiB all indices together may hold; creates and adds past it are refused.
+    max_memory_mb: float | None = Field(None, gt=0)
+    #: ``--gpu``: searches run on GPU copies of the indices faiss supports on GPU.
+    gpu: bool = False
+
+    # -- transport security (faissx_core/security.py, docs/security.md) -------------------------
+    #: The server's CURVE secret key (Z85), or a file holding it: turns on encryption.
+    curve_secret_key: str | None = Field(None, repr=False)
+    #: A file of client public keys (Z85, one a line): only those clients may connect.
+    curve_allow_keys: Path | None = None
+
+    # -- limits (faissx_core/limits.py); 0 turns a limit off --------------------------------
+    #: Largest frame the socket accepts (zmq.MAXMSGSIZE) and largest reply an op may build.
+    max_message_bytes: int = Field(256 << 20, ge=0)
+    #: Most vectors one request may send (rows of ``x``) or ask back (reconstruct*).
+    max_request_vectors: int = Field(1_000_000, ge=0)
+    #: Largest vector dimension an index may be created or imported with.
+    max_dimension: int = Field(65536, ge=0)
+    #: Per tenant: indices (named and unnamed), stored vectors, bytes of stored vectors.
+    tenant_max_indices: int = Field(1000, ge=0)
+    tenant_max_vectors: int = Field(0, ge=0)
+    tenant_max_bytes: int = Field(0, ge=0)
+    #: Requests per second per API key (token bucket; only with auth), and the bucket size.
+    rate_limit: float = Field(10_000.0, ge=0)
+    rate_burst: int | None = Field(None, ge=1)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -57,6 +81,13 @@ class ServerSettings(BaseModel):
             check_name(tenant, "tenant id")
         return keys
 
+    @field_validator("curve_secret_key", mode="before")
+    @classmethod
+    def _curve_secret(cls, value: object) -> object:
+        from faissx_core.security import read_secret_key
+
+        return read_secret_key(value) if isinstance(value, str | Path) else value
+
     @model_validator(mode="after")
     def _consistent(self) -> ServerSettings:
         if self.auth_keys and self.auth_file:
@@ -65,6 +96,16 @@ class ServerSettings(BaseModel):
             raise ValueError("--enable-auth needs --auth-keys or --auth-file")
         if self.auth_file is not None and not self.auth_file.is_file():
             raise ValueError(f"auth file {self.auth_file} does not exist")
+        if self.auth_file is not None:
+            from faissx_core.auth import read_key_file
+
+            read_key_file(self.auth_file)  # a malformed file stops the server at start
+        if self.curve_allow_keys is not None:
+            from faissx_core.security import load_allow_list
+
+            if self.curve_secret_key is None:
+                raise ValueError("--curve-allow-keys needs --curve-secret-key")
+            load_allow_list(self.curve_allow_keys)  # raises ValueError with the reason
         if self.data_dir is not None:
             if self.data_dir.exists() and not self.data_dir.is_dir():
                 raise ValueError(f"data dir {self.data_dir} exists and is not a directory")
@@ -72,21 +113,6 @@ class ServerSettings(BaseModel):
             if not os.access(parent, os.W_OK):
                 raise ValueError(f"data dir {self.data_dir} is not writable")
         return self
-
-    def api_keys(self) -> dict[str, str]:
-        """Key -> tenant, from the inline mapping or the JSON file."""
-        if self.auth_file is None:
-            return dict(self.auth_keys)
-        try:
-            data = json.loads(self.auth_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read auth file {self.auth_file}: {exc}") from None
-        if not isinstance(data, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-        ):
-            raise ValueError(
-                f'auth file {self.auth_file} must be a JSON object {{"key": "tenant"}}')
-        return self._tenants_are_names(data)
 
     @property
     def endpoint(self) -> str:
@@ -102,9 +128,10 @@ class ServerSettings(BaseModel):
 def parse_auth_keys(text: str) -> dict[str, str]:
     """``"key1:tenant1,key2:tenant2"`` -> mapping; the CLI and env var spelling."""
     keys: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    items = filter(None, (part.strip() for part in text.split(",")))
+    for number, item in enumerate(items, 1):
         key, sep, tenant = item.rpartition(":")
-        if not sep or not key or not tenant:
-            raise ValueError(f"auth key entry {item!r} is not of the form key:tenant")
+        if not sep or not key or not tenant:  # the entry may be a key: never echo it
+            raise ValueError(f"auth key entry #{number} is not of the form key:tenant")
         keys[key] = tenant
     return keys

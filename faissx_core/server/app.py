@@ -34,10 +34,13 @@ from faissx_core.errors import (
     ProtocolError,
     UnsupportedOperation,
 )
+from faissx_core.limits import Limits
 from faissx_core.messages import PROTOCOL_VERSION, Request
 from faissx_core.plugins import PluginRegistry
 from faissx_core.protocol import decode_request, encode, request_id, send
+from faissx_core.security import configure_router
 from faissx_core.server.backend import LocalBackend, ManagedIndex
+from faissx_core.server.idempotency import IdempotencyTable, protects
 from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
@@ -84,8 +87,14 @@ class Server:
         self.registry = registry or PluginRegistry(settings.plugins)
         self.registry.manager.register(KeyStore(settings), name="builtin:keystore")
         store = self.registry.hook.faissx_open_store(settings=settings)
-        self.backend = LocalBackend(self.registry, store, settings.snapshot_bytes)
+        max_memory = (int(settings.max_memory_mb * (1 << 20))
+                      if settings.max_memory_mb is not None else None)
+        self.backend = LocalBackend(self.registry, store, settings.snapshot_bytes,
+                                    max_memory_bytes=max_memory, gpu=settings.gpu)
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="faissx-worker")
+        self.limits = Limits(settings)  # request sizes, tenant quotas, per-key rates
+        #: Replies of recent mutating requests by idempotency key: a retry is applied once.
+        self.idempotency = IdempotencyTable.from_env()
         self.ctx = zmq.Context()
         self._reply_endpoint = f"inproc://faissx-replies-{uuid.uuid4().hex}"
         self._local = threading.local()
@@ -108,6 +117,7 @@ class Server:
 
     def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
         router = self.ctx.socket(zmq.ROUTER)
+        configure_router(self.ctx, router, self.settings)  # MAXMSGSIZE; CURVE and its allow-list
         router.setsockopt(zmq.LINGER, 1000)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         for endpoint in self.settings.endpoints:
@@ -180,6 +190,7 @@ class Server:
                 return
             principal = self.registry.hook.faissx_authenticate(
                 api_key=request.api_key, tenant=request.tenant, settings=self.settings)
+            self.limits.admit(principal, request, arrays)
             if request.session:
                 self.backend.touch(request.session)
             if not self._inline(ident, principal, request, arrays, router):
@@ -217,8 +228,14 @@ class Server:
         return True
 
     def _work(self, ident: Any, principal: Principal, request: Request, arrays: Arrays) -> None:
-        frames = self._respond(request, lambda: self._execute(principal, request, arrays))
-        send(self._pusher(), [ident, *frames])
+        def execute() -> list[Any]:
+            return self._respond(request, lambda: self._execute(principal, request, arrays))
+
+        if request.idem is not None and protects(request.op):
+            self.idempotency.handle(principal.tenant, request, ident, execute,
+                                    lambda message: send(self._pusher(), message))
+            return
+        send(self._pusher(), [ident, *execute()])
 
     def _respond(self, request: Request, execute: Callable[[], list[Any]]) -> list[Any]:
         """Frames of the reply to ``request``: its result, or its error as a typed reply."""
@@ -241,10 +258,13 @@ class Server:
             raise PermissionDenied(f"a {principal.role} key may not {request.op}")
         if request.index is None:
             raise InvalidArgument(f"{request.op} needs an index name")
-        return self._run(op, self._get(principal, request), request, arrays)
+        managed = self._get(principal, request)
+        with self.limits.write(op.name, principal.tenant, self.backend, arrays):
+            return self._run(op, managed, request, arrays)
 
     def _run(self, op: IndexOp, managed: ManagedIndex, request: Request, arrays: Arrays,
              locked: bool = False) -> list[Any]:
+        self.limits.check_op(op.name, managed, request.args, arrays)
         job = op.prepare(managed, op.parse(request.args), arrays)
         if locked:
             result, out = job(managed.index)
@@ -256,11 +276,17 @@ class Server:
             result, out = self.backend.run(managed, op.write, job, record, small=small)
         return self._ok(request.id, result, out)
 
-    @staticmethod
-    def _replay(managed: ManagedIndex, record: LogRecord) -> None:
-        """Re-apply one logged write at start-up, through the same op code that applied it."""
+    def _replay(self, managed: ManagedIndex, record: LogRecord) -> None:
+        """Re-apply one logged write at start-up, through the same op code that applied it.
+
+        Its idempotency key is remembered with the reply it got, so a client retrying a write
+        whose reply the crash swallowed is answered without applying it twice.
+        """
         op = OPS[record.op]
-        op.prepare(managed, op.parse(record.args), record.arrays)(managed.index)
+        result, _ = op.prepare(managed, op.parse(record.args), record.arrays)(managed.index)
+        if record.idem:
+            self.idempotency.remember(managed.tenant, record.idem, record.op, managed.name,
+                                      self._ok(0, result))
 
     def _get(self, principal: Principal, request: Request, name: str | None = None
              ) -> ManagedIndex:
@@ -296,7 +322,8 @@ class Server:
         if args.ephemeral and not request.session:
             raise InvalidArgument("an unnamed index needs a client session")
         session = request.session if args.ephemeral else None
-        return self.backend.create(principal.tenant, name, args.spec, session).info()
+        with self.limits.new_index(principal.tenant, self.backend, spec=args.spec):
+            return self.backend.create(principal.tenant, name, args.spec, session).info()
 
     def _import(self, principal: Principal, request: Request, arrays: Arrays
                ) -> dict[str, Any]:
@@ -314,7 +341,8 @@ class Server:
         if args.ephemeral and not request.session:
             raise InvalidArgument("an unnamed index needs a client session")
         session = request.session if args.ephemeral else None
-        return self.backend.create(principal.tenant, name, spec, session, index=index).info()
+        with self.limits.new_index(principal.tenant, self.backend, index=index):
+            return self.backend.create(principal.tenant, name, spec, session, index=index).info()
 
     def _merge_from(self, principal: Principal, request: Request, arrays: Arrays
                    ) -> dict[str, Any]:
@@ -333,6 +361,7 @@ class Server:
                       target)
             # Both changed, and the source's vectors are not in any log: snapshot both.
             for managed in (target, source):
+                managed.measure()
                 if self.backend.store is not None and not managed.ephemeral:
                     self.backend._save(managed)
         return target.info()
@@ -363,7 +392,9 @@ class Server:
         return {"indexes": [
             m.info() for m in self.backend.list(principal.tenant)
             if not m.ephemeral or (args.all and m.session == request.session)
-        ]}
+        ], "memory_bytes": self.backend.memory_used(principal.tenant),
+            "memory_limit_bytes": self.backend.max_memory_bytes,
+            "memory_free_bytes": self.backend.memory_free()}
 
     def _touch(self, principal: Principal, request: Request, arrays: Arrays
               ) -> dict[str, Any]:
@@ -374,6 +405,8 @@ class Server:
     def _bye(self, principal: Principal, request: Request, arrays: Arrays
             ) -> dict[str, Any]:
         """A client going away: drop the unnamed indices of its session."""
+        if not principal.can_write:  # a read key owns no unnamed index, and drops none
+            raise PermissionDenied(f"a {principal.role} key may not drop indices")
         dropped = (self.backend.drop_session(request.session, principal.tenant)
                    if request.session else 0)
         return {"dropped": dropped}

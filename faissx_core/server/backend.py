@@ -18,7 +18,14 @@ from typing import Any, Protocol
 
 import faiss
 
-from faissx_core.errors import IndexExists, IndexNotFound, InternalError, InvalidArgument
+from faissx_core.errors import (
+    IndexExists,
+    IndexNotFound,
+    InternalError,
+    InvalidArgument,
+    QuotaExceeded,
+)
+from faissx_core.introspect import bytes_per_vector, core_params, index_bytes
 from faissx_core.plugins import PluginRegistry
 from faissx_core.server.locks import RWLock
 from faissx_core.specs import (
@@ -51,10 +58,52 @@ class ManagedIndex:
     broken: str | None = None
     #: The registry that built it: ops build search parameters and the like through it.
     registry: PluginRegistry | None = None
+    #: ``faiss.StandardGpuResources`` when the server runs with ``--gpu``: searches then run on
+    #: a GPU copy of the index (see :meth:`searcher`).
+    gpu: Any = None
     params: dict[str, RuntimeParam] = field(init=False)
+    #: Bytes the index holds and bytes one more vector adds (introspect.py); refreshed by
+    #: :meth:`measure` after every write, read by ``--max-memory`` checks and ``info``.
+    memory_bytes: int = field(init=False, default=0)
+    vector_bytes: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.params = self.itype.params_of(self.index, self.registry.types if self.registry else {})
+        self.params.update((p.name, p) for p in core_params(self.index)
+                           if p.name not in self.params)
+        self._gpu_mutex = threading.Lock()
+        self._gpu_copy: Any = None
+        self._gpu_failed = False
+        self.measure()
+
+    def measure(self) -> int:
+        """Recompute :attr:`memory_bytes` (the caller keeps writers out)."""
+        try:
+            self.memory_bytes = index_bytes(self.index)
+            self.vector_bytes = bytes_per_vector(self.index)
+        except Exception as exc:  # accounting must never fail a request; fall back to raw size
+            log.debug("%s/%s: cannot measure %s: %s", self.tenant, self.name,
+                      type(self.index).__name__, exc)
+            self.vector_bytes = self.row_width * (1 if self.binary else 4)
+            self.memory_bytes = int(self.index.ntotal) * self.vector_bytes
+        self._gpu_copy = None  # a write happened: the GPU copy is out of date
+        return self.memory_bytes
+
+    def searcher(self, index: Any) -> Any:
+        """What a search runs on: with ``--gpu``, a GPU copy of ``index`` made by faiss's
+        ``index_cpu_to_gpu`` (re-made after each write) when faiss supports the type on GPU;
+        otherwise ``index`` itself. The CPU index stays the one that is logged and saved."""
+        if self.gpu is None or self._gpu_failed:
+            return index
+        with self._gpu_mutex:
+            if self._gpu_copy is None and not self._gpu_failed:
+                try:
+                    self._gpu_copy = faiss.index_cpu_to_gpu(self.gpu, 0, index)
+                except (RuntimeError, AttributeError) as exc:
+                    self._gpu_failed = True
+                    log.info("%s/%s: %s stays on the CPU (%s)", self.tenant, self.name,
+                             faiss_class_name(index), exc)
+            return self._gpu_copy if self._gpu_copy is not None else index
 
     def runtime_param(self, name: str) -> RuntimeParam:
         return lookup_param(self.params, name, self.spec.type)
@@ -106,6 +155,8 @@ class ManagedIndex:
             "runtime_params": {n: p.path for n, p in self.params.items()},
             "ephemeral": self.ephemeral,
             "created": self.created,
+            "memory_bytes": self.memory_bytes,
+            "vector_bytes": self.vector_bytes,
         }
 
 
@@ -157,7 +208,8 @@ class LocalBackend:
     """All indices in this process, one readers-writer lock each."""
 
     def __init__(self, registry: PluginRegistry, store: IndexStore | None = None,
-                 snapshot_bytes: int = 256 << 20) -> None:
+                 snapshot_bytes: int = 256 << 20, max_memory_bytes: int | None = None,
+                 gpu: bool = False) -> None:
         self.registry = registry
         self.store = store
         self.snapshot_bytes = snapshot_bytes
@@ -165,6 +217,46 @@ class LocalBackend:
         self._indices: dict[tuple[str, str], ManagedIndex] = {}
         self._mutex = threading.Lock()
         self._sessions: dict[str, float] = {}
+        #: ``--max-memory``: creates and adds that would take the indices past it are refused.
+        self.max_memory_bytes = max_memory_bytes
+        self._reserved = 0  # bytes promised to creates and adds in progress
+        self._memory_mutex = threading.Lock()
+        self.gpu = gpu_resources() if gpu else None
+
+    # -- memory ------------------------------------------------------------------------------
+    def memory_used(self, tenant: str | None = None) -> int:
+        """Bytes held by every index (of ``tenant``, when given), as last measured."""
+        with self._mutex:
+            return sum(m.memory_bytes for (t, _), m in self._indices.items()
+                       if tenant in (None, t))
+
+    def memory_free(self) -> int | None:
+        """Bytes ``--max-memory`` still allows (None without a limit)."""
+        if self.max_memory_bytes is None:
+            return None
+        with self._memory_mutex:
+            return max(0, self.max_memory_bytes - self.memory_used() - self._reserved)
+
+    @contextmanager
+    def reserve(self, nbytes: int, what: str) -> Iterator[None]:
+        """Hold ``nbytes`` against ``--max-memory`` while a create or an add runs, or raise
+        QuotaExceeded before anything changes when they would not fit."""
+        if self.max_memory_bytes is None or nbytes <= 0:
+            yield
+            return
+        with self._memory_mutex:
+            used = self.memory_used() + self._reserved
+            if used + nbytes > self.max_memory_bytes:
+                raise QuotaExceeded(
+                    f"{what} needs {_mb(nbytes)} but the server holds {_mb(used)} of its "
+                    f"{_mb(self.max_memory_bytes)} limit (--max-memory)",
+                    used=used, limit=self.max_memory_bytes, needed=nbytes)
+            self._reserved += nbytes
+        try:
+            yield
+        finally:
+            with self._memory_mutex:
+                self._reserved -= nbytes
 
     # -- lifecycle ---------------------------------------------------------------------------
     def create(self, tenant: str, name: str, spec: IndexSpec, session: str | None,
@@ -176,8 +268,8 @@ class LocalBackend:
         if index is None:
             index = self.registry.build(spec, resolve=lambda ref: self._copy(tenant, ref))
         managed = ManagedIndex(tenant, name, spec, itype, index, session=session,
-                               registry=self.registry)
-        with self._mutex:
+                               registry=self.registry, gpu=self.gpu)
+        with self.reserve(managed.memory_bytes, f"creating {name!r}"), self._mutex:
             if (tenant, name) in self._indices:
                 raise IndexExists(f"index {name!r} already exists")
             self._indices[(tenant, name)] = managed
@@ -199,7 +291,7 @@ class LocalBackend:
         itype = self.registry.index_type(spec.type)
         with self._mutex:
             self._indices[(tenant, name)] = ManagedIndex(tenant, name, spec, itype, index, created,
-                                                         registry=self.registry)
+                                                         registry=self.registry, gpu=self.gpu)
 
     def get(self, tenant: str, name: str) -> ManagedIndex:
         with self._mutex:
@@ -236,7 +328,15 @@ class LocalBackend:
             if write and managed.broken:
                 raise InternalError(f"index {managed.name!r} refuses writes until the server "
                                     f"restarts and recovers it: {managed.broken}")
-            result = fn(managed.index)
+            if write:
+                with self.reserve(_growth(managed, record), f"{record.op if record else 'write'}"
+                                  f" on {managed.name!r}"):
+                    try:
+                        result = fn(managed.index)
+                    finally:
+                        managed.measure()
+            else:
+                result = fn(managed.index)
             if record is not None and self.store is not None and not managed.ephemeral:
                 try:
                     ticket = self.store.append(managed.tenant, managed.name, record)
@@ -307,6 +407,7 @@ class LocalBackend:
         if stored.dropped:
             log.warning("%s/%s: log tail dropped (never acknowledged): %s", stored.tenant,
                         stored.name, stored.dropped)
+        managed.measure()
         log.info("reopened %s/%s: snapshot + %d logged write(s), %d vectors", stored.tenant,
                  stored.name, len(stored.records), managed.index.ntotal)
 
@@ -333,3 +434,29 @@ class LocalBackend:
     def __iter__(self) -> Iterator[ManagedIndex]:
         with self._mutex:
             return iter(list(self._indices.values()))
+
+
+#: Ops that add vectors: the ones ``--max-memory`` checks before they run.
+_ADDS = ("add", "add_with_ids")
+
+
+def _growth(managed: ManagedIndex, record: LogRecord | None) -> int:
+    """Bytes a logged write will add: vectors x bytes per vector for an add, else 0."""
+    if record is None or record.op not in _ADDS:
+        return 0
+    x = record.arrays.get("x")
+    return 0 if x is None or x.ndim != 2 else int(x.shape[0]) * managed.vector_bytes
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):.1f} MiB"
+
+
+def gpu_resources() -> Any:
+    """faiss GPU resources for ``--gpu``, or ValueError saying why there are none."""
+    count = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if not count or not hasattr(faiss, "StandardGpuResources"):
+        raise ValueError(
+            "--gpu needs a GPU build of faiss (faiss-gpu) and a visible GPU; this faiss "
+            f"{faiss.__version__} sees {count} GPU(s)")
+    return faiss.StandardGpuResources()

@@ -34,6 +34,7 @@ from faissx_core.errors import (
     WrongType,
     faiss_reason,
 )
+from faissx_core.introspect import export_vectors, keeps_ids
 from faissx_core.selectors import SelectorSpec, build_selector
 from faissx_core.server.backend import ManagedIndex
 from faissx_core.specs import IndexSpec
@@ -218,6 +219,10 @@ class ParamValue(ParamName):
     value: StrictBool | StrictInt | StrictFloat
 
 
+class ExportArgs(Args):
+    vectors: bool = True
+
+
 class DirectMapArgs(Args):
     type: int = Field(ge=0, le=2, description="faiss.DirectMap.NoMap / Array / Hashtable")
 
@@ -274,7 +279,8 @@ def search(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
     sp = search_params(m, a.params, arrays)
 
     def job(index: Any) -> Result:
-        D, I = run_faiss(lambda: index.search(x, k, params=sp.params), "search", m)
+        on = m.searcher(index) if sp.params is None else index  # --gpu: a GPU copy
+        D, I = run_faiss(lambda: on.search(x, k, params=sp.params), "search", m)
         return {}, {"D": D, "I": I}
 
     return job
@@ -284,7 +290,8 @@ def search(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
 def assign(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
     k = _k(a.k, len(x))
-    return lambda index: ({}, {"I": run_faiss(lambda: index.assign(x, k), "assign", m)})
+    return lambda index: ({}, {"I": run_faiss(lambda: m.searcher(index).assign(x, k), "assign",
+                                              m)})
 
 
 @op("range_search", write=False, args=RangeArgs)
@@ -408,6 +415,19 @@ def serialize(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     """The index as ``faiss.serialize_index`` bytes: what pickling and ``write_index`` carry."""
     writer = faiss.serialize_index_binary if m.binary else faiss.serialize_index
     return lambda index: ({}, {"data": run_faiss(lambda: writer(index), "serialize", m)})
+
+
+@op("export", write=False, args=ExportArgs)
+def export(m: ManagedIndex, a: ExportArgs, arrays: Arrays) -> Job:
+    """Every stored id (and, with ``vectors``, its reconstructed vector), in stored order:
+    what merging and splitting need from an index faiss cannot merge or split by itself."""
+
+    def job(index: Any) -> Result:
+        ids, x = run_faiss(lambda: export_vectors(index, a.vectors), "export", m)
+        result = {"ntotal": int(ids.size), "keeps_ids": keeps_ids(index)}
+        return result, ({"ids": ids, "x": x} if x is not None else {"ids": ids})
+
+    return job
 
 
 @op("set_direct_map_type", write=True, args=DirectMapArgs)

@@ -1,0 +1,196 @@
+"""Mutating requests applied at most once per idempotency key.
+
+A client sends every mutating request (``add``, ``remove_ids``, ``create``, ...) with a key in the
+header's ``idem`` field and repeats the key when it retries, because a dropped connection leaves
+it unable to tell whether the first attempt was applied. The server remembers the reply to each
+key for a while, per tenant:
+
+* the first request with a key runs, and its reply (success or error) is remembered;
+* a repeat that arrives while the first is still running waits for it and gets the same reply;
+* a later repeat gets the remembered reply again, without running anything.
+
+Keys live in memory, at most :data:`PER_TENANT` per tenant and for :data:`KEEP_FOR` seconds
+(the oldest finished ones go first). With a data directory each logged write carries its key,
+so replaying the log at start-up remembers the keys again: a write applied just before a crash,
+whose reply never left, is still recognised when the client retries it against the restarted
+server. Keys of writes already folded into a snapshot are not rebuilt.
+
+Test hook (off unless the variable is set): with ``FAISSX_TEST_CRASH_AFTER_WRITES=N`` in its
+environment, the server exits abruptly (``os._exit``, like a ``kill -9``) right after the N-th
+successful index write that carries a key has been applied and logged, before its reply is sent:
+the "applied, reply lost" failure, made deterministic for tests/test_resilience.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from faissx_core.errors import InvalidArgument
+from faissx_core.messages import PROTOCOL_VERSION, Request
+from faissx_core.protocol import encode
+from faissx_core.server.ops import OPS
+
+log = logging.getLogger("faissx.server")
+
+#: Control operations that change state; with every index op marked ``write`` they are the
+#: requests an idempotency key protects.
+CONTROL_WRITES = frozenset({"create", "import", "delete", "merge_from"})
+#: Seconds a finished key is remembered at least, unless its tenant exceeds PER_TENANT.
+KEEP_FOR = 600.0
+#: Most keys remembered per tenant; past it the oldest finished ones are forgotten.
+PER_TENANT = 100_000
+CRASH_ENV = "FAISSX_TEST_CRASH_AFTER_WRITES"
+
+Frames = list[Any]
+Send = Callable[[Frames], None]
+
+
+def protects(op: str) -> bool:
+    """Does an idempotency key make ``op`` apply at most once?"""
+    if op in CONTROL_WRITES:
+        return True
+    index_op = OPS.get(op)
+    return index_op is not None and index_op.write
+
+
+def readdress(frames: Frames, rid: int) -> Frames:
+    """A remembered reply as the answer to request ``rid``."""
+    header = msgpack.unpackb(frames[0], raw=False)
+    header["id"] = rid
+    return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
+
+
+@dataclass
+class _Entry:
+    op: str
+    index: str | None
+    created: float = field(default_factory=time.monotonic)
+    #: The reply's frames; None while the first request is still running.
+    reply: Frames | None = None
+    #: Repeats that arrived while it ran: (routing id, request id).
+    waiters: list[tuple[Any, int]] = field(default_factory=list)
+
+
+class IdempotencyTable:
+    def __init__(self, keep_for: float = KEEP_FOR, per_tenant: int = PER_TENANT,
+                 crash_after: int | None = None) -> None:
+        self.keep_for = keep_for
+        self.per_tenant = per_tenant
+        self._tenants: dict[str, OrderedDict[str, _Entry]] = {}
+        self._mutex = threading.Lock()
+        self._claims = itertools.count(1)
+        self._crash_after = crash_after
+        self._writes = itertools.count(1)
+
+    @classmethod
+    def from_env(cls) -> IdempotencyTable:
+        raw = os.environ.get(CRASH_ENV)
+        crash_after = int(raw) if raw else None
+        if crash_after is not None:
+            log.warning("%s=%d: this server will exit abruptly after write %d (a test hook)",
+                        CRASH_ENV, crash_after, crash_after)
+        return cls(crash_after=crash_after)
+
+    def __len__(self) -> int:
+        with self._mutex:
+            return sum(len(keys) for keys in self._tenants.values())
+
+    # -- the request path ------------------------------------------------------------------
+    def handle(self, tenant: str, request: Request, ident: Any,
+               execute: Callable[[], Frames], send: Send) -> None:
+        """Answer ``request`` (which has an ``idem`` key): run it once, or repeat its reply."""
+        assert request.idem is not None
+        with self._mutex:
+            keys = self._tenants.setdefault(tenant, OrderedDict())
+            entry = keys.get(request.idem)
+            if entry is None:
+                keys[request.idem] = _Entry(request.op, request.index)
+                self._evict(keys)
+                if next(self._claims) % 1024 == 0:
+                    self._sweep()
+            elif (entry.op, entry.index) == (request.op, request.index):
+                if entry.reply is None:  # the first is still running: answer both at its end
+                    entry.waiters.append((ident, request.id))
+                    return
+                remembered = entry.reply
+        if entry is not None:
+            if (entry.op, entry.index) == (request.op, request.index):
+                send([ident, *readdress(remembered, request.id)])
+                return
+            error = InvalidArgument(
+                f"idempotency key {request.idem!r} was used for {entry.op} on {entry.index!r}; "
+                "a different request needs a new key")
+            send([ident, *encode({"v": PROTOCOL_VERSION, "id": request.id, "ok": False,
+                                  "error": error.to_wire()})])
+            return
+        reply: Frames | None = None
+        try:
+            reply = execute()
+            self._maybe_crash(request, reply)
+        finally:
+            waiters = self._finish(tenant, request.idem, reply)
+        send([ident, *reply])
+        for waiter, rid in waiters:
+            send([waiter, *readdress(reply, rid)])
+
+    def remember(self, tenant: str, key: str, op: str, index: str | None,
+                 reply: Frames) -> None:
+        """Record a key whose request was applied before (a logged write, at replay)."""
+        with self._mutex:
+            keys = self._tenants.setdefault(tenant, OrderedDict())
+            keys[key] = _Entry(op, index, reply=reply)
+            keys.move_to_end(key)
+            self._evict(keys)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _finish(self, tenant: str, key: str, reply: Frames | None) -> list[tuple[Any, int]]:
+        with self._mutex:
+            keys = self._tenants.get(tenant, {})
+            entry = keys.get(key)
+            if entry is None:
+                return []
+            if reply is None:  # it never produced a reply: let a repeat run it
+                del keys[key]
+                return []
+            entry.reply = reply
+            entry.created = time.monotonic()
+            waiters, entry.waiters = entry.waiters, []
+            return waiters
+
+    def _evict(self, keys: OrderedDict[str, _Entry]) -> None:
+        """Forget the oldest finished keys past the count or age limit (caller holds the lock)."""
+        cutoff = time.monotonic() - self.keep_for
+        while keys:
+            key, oldest = next(iter(keys.items()))
+            if oldest.reply is None or (len(keys) <= self.per_tenant
+                                        and oldest.created >= cutoff):
+                break  # a running request is never forgotten; the rest are younger
+            del keys[key]
+
+    def _sweep(self) -> None:
+        for tenant, keys in list(self._tenants.items()):
+            self._evict(keys)
+            if not keys:
+                del self._tenants[tenant]
+
+    def _maybe_crash(self, request: Request, reply: Frames) -> None:
+        if self._crash_after is None or request.op in CONTROL_WRITES:
+            return
+        if not msgpack.unpackb(reply[0], raw=False).get("ok"):
+            return
+        if next(self._writes) >= self._crash_after:
+            log.warning("%s: exiting after %s (idem %s) without replying", CRASH_ENV,
+                        request.op, request.idem)
+            logging.shutdown()
+            os._exit(75)
+
