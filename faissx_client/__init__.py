@@ -258,7 +258,8 @@ def read_index_binary(path: Any, io_flags: int = 0, *, name: str | None = None) 
 def _read_local(reader: Any, path: Any, io_flags: int) -> Any:
     manager = optimization.memory_manager
     flags = io_flags | manager.io_flags(path)
-    if not flags & faiss.IO_FLAG_MMAP and not flags & getattr(faiss, "IO_FLAG_MMAP_IFC", 0):
+    mapped = [f for f in (faiss.IO_FLAG_MMAP, getattr(faiss, "IO_FLAG_MMAP_IFC", 0)) if f]
+    if not any(flags & f == f for f in mapped):
         try:  # a mapped file is not loaded into memory: only a copied one counts
             manager.check_create(os.path.getsize(path))
         except (OSError, TypeError):

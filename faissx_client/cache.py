@@ -7,7 +7,7 @@ The cache is off until ``memory_manager.set_option("index_cache_size", n)`` give
 (``add``, ``add_with_ids``, ``train``, ``remove_ids``, ``reset``, ``merge_from``, deleting it)
 drops that index's entries first, so this client never reads back a vector it has changed.
 Changes made by *other* clients to a shared named index are not seen: keep the cache off for
-indices others write to, or call :meth:`VectorCache.invalidate` yourself.
+indices others write to, or empty it with :meth:`VectorCache.clear`.
 """
 
 from __future__ import annotations

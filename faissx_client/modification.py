@@ -34,6 +34,8 @@ from faissx_core.introspect import export_vectors, index_bytes, keeps_ids
 __all__ = ["merge_indices", "split_index"]
 
 SPLIT_METHODS = ("sequential", "cluster", "custom")
+#: Largest reply of one ``export`` request (ids and vectors) when fetching a remote index.
+EXPORT_PAGE_BYTES = 32 << 20
 #: k-means of ``split_method="cluster"``: fixed seed, so a split is reproducible.
 KMEANS_SEED = 1234
 KMEANS_ITERATIONS = 20
@@ -75,9 +77,19 @@ def _copy(index: Any, name: str | None = None) -> Any:
 def _export(index: Any, vectors: bool) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """(ids, vectors or None, whether the index keeps its ids): introspect.export_vectors,
     run where the index lives."""
-    if _remote(index):
-        result, arrays = index._call("export", {"vectors": vectors})
-        return arrays["ids"], arrays.get("x"), bool(result["keeps_ids"])
+    if _remote(index):  # in pages of at most EXPORT_PAGE_BYTES each
+        row = (index.d // 8 if _binary(index) else index.d * 4) if vectors else 0
+        page = max(1, EXPORT_PAGE_BYTES // (row + 8))
+        ids, xs, start, kept, total = [], [], 0, False, None
+        while total is None or start < total:
+            result, arrays = index._call("export", {"vectors": vectors, "start": start,
+                                                    "count": page})
+            total, kept = int(result["ntotal"]), bool(result["keeps_ids"])
+            ids.append(arrays["ids"])
+            if vectors:
+                xs.append(arrays["x"])
+            start += page
+        return (np.concatenate(ids), np.concatenate(xs) if vectors else None, kept)
     cpu = _cpu(index)
     ids, x = export_vectors(cpu, vectors)
     return ids, x, keeps_ids(cpu)

@@ -131,6 +131,9 @@ def local_params(index: Any) -> dict[str, RuntimeParam]:
     from faissx_client import _registry
 
     found = {p.name: p for p in params_by_structure(index, _registry.types)}
+    name = type(index).__name__
+    if name.startswith("Gpu") and name[3:] in _registry.types:  # GpuIndexIVFFlat: nprobe
+        found.update((p.name, p) for p in _registry.types[name[3:]].runtime_params)
     for param in core_params(index):
         found.setdefault(param.name, param)
     return found

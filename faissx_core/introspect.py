@@ -149,70 +149,83 @@ def keeps_ids(index: Any) -> bool:
     return inner is not None and keeps_ids(inner)
 
 
-def _ivf_lists(ivf: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(ids, codes) of each non-empty inverted list, copied out of faiss."""
-    invlists, code_size = ivf.invlists, int(ivf.code_size)
-    ids, codes = [], []
+def _ivf_entries(ivf: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every stored id of an IVF with its list number and offset, sorted by id."""
+    invlists = ivf.invlists
+    ids, lists, offsets = [], [], []
     for list_no in range(int(ivf.nlist)):
         n = int(invlists.list_size(list_no))
         if n == 0:
             continue
         ids.append(faiss.rev_swig_ptr(invlists.get_ids(list_no), n).copy())
-        raw = faiss.rev_swig_ptr(invlists.get_codes(list_no), n * code_size)
-        codes.append(np.array(raw, dtype=np.uint8).reshape(n, code_size))
-        codes[-1] = _with_list_no(ivf, list_no, codes[-1])
-    return ids, codes
+        lists.append(np.full(n, list_no, dtype=np.int64))
+        offsets.append(np.arange(n, dtype=np.int64))
+    if not ids:
+        empty = np.empty(0, np.int64)
+        return empty, empty, empty
+    all_ids = np.concatenate(ids)
+    order = np.argsort(all_ids, kind="stable")
+    return all_ids[order], np.concatenate(lists)[order], np.concatenate(offsets)[order]
 
 
-def _with_list_no(ivf: Any, list_no: int, codes: np.ndarray) -> np.ndarray:
-    """Float IVF codes prefixed with their list number: the standalone codes ``sa_decode``
-    reads (the residual's centroid comes from the list number)."""
+def _ivf_decode(ivf: Any, lists: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The vectors at (list, offset): binary IVF lists hold the vectors themselves; float IVF
+    codes are decoded with ``sa_decode`` after their list number (the residual's centroid)."""
+    code_size = int(ivf.code_size)
+    codes = np.empty((len(lists), code_size), dtype=np.uint8)
+    invlists = ivf.invlists
+    for list_no in np.unique(lists):
+        rows = np.flatnonzero(lists == list_no)
+        n = int(invlists.list_size(int(list_no)))
+        stored = faiss.rev_swig_ptr(invlists.get_codes(int(list_no)), n * code_size)
+        codes[rows] = np.asarray(stored).reshape(n, code_size)[offsets[rows]]
     if isinstance(ivf, faiss.IndexBinaryIVF):
-        return codes  # binary IVF lists hold the vectors themselves
+        return codes
+    if len(codes) == 0:
+        return _empty(ivf)
     width = int(ivf.coarse_code_size())
-    prefix = np.frombuffer(int(list_no).to_bytes(8, "little")[:width], dtype=np.uint8)
-    return np.hstack([np.broadcast_to(prefix, (len(codes), width)), codes])
+    prefix = np.zeros((len(codes), width), dtype=np.uint8)
+    for byte in range(width):  # list numbers, little-endian, as IndexIVF::encode_listno
+        prefix[:, byte] = (lists >> (8 * byte)) & 0xFF
+    return ivf.sa_decode(np.hstack([prefix, codes]))
 
 
-def export_vectors(index: Any, vectors: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Every stored vector with its id: ``(ids, x)``, ``x`` None unless ``vectors``.
+def export_vectors(index: Any, vectors: bool = True, start: int = 0,
+                   count: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stored vectors with their ids: ``(ids, x)`` for the entries ``start`` to
+    ``start + count`` (all by default) in stored order; ``x`` is None unless ``vectors``.
 
-    Order: insertion order where the index keeps one (positions of Flat, PQ, SQ, HNSW; an id
-    map's order), ascending ids for IVF (which keeps none). The ids are what ``search`` returns
-    and what ``remove_ids`` takes. Vectors are faiss's reconstructions (exact for Flat, decoded
-    codes for quantized indices).
+    Stored order: insertion order where the index keeps one (positions of Flat, PQ, SQ, HNSW; an
+    id map's order), ascending ids for IVF (which keeps none). The ids are what ``search``
+    returns and what ``remove_ids`` takes. Vectors are faiss's reconstructions (exact for Flat,
+    decoded codes for quantized indices).
     """
     idx = downcast(index)
+    ntotal = int(idx.ntotal)
+    start = min(max(int(start), 0), ntotal)
+    stop = ntotal if count is None else min(ntotal, start + max(int(count), 0))
     if hasattr(idx, "id_map"):
-        inner_ids, x = export_vectors(idx.index, vectors)
-        id_map = faiss.vector_to_array(idx.id_map).astype(np.int64)
-        return id_map[inner_ids], x
+        inner_ids, x = export_vectors(idx.index, vectors, start, stop - start)
+        id_map = faiss.rev_swig_ptr(idx.id_map.data(), ntotal) if ntotal else np.empty(0)
+        return np.asarray(id_map, dtype=np.int64)[inner_ids].copy(), x
     if isinstance(idx, faiss.IndexPreTransform):
-        ids, x = export_vectors(idx.index, vectors)
-        if x is not None:
+        ids, x = export_vectors(idx.index, vectors, start, stop - start)
+        if x is not None and len(x):
             for number in reversed(range(idx.chain.size())):
                 x = idx.chain.at(number).reverse_transform(x)
         return ids, x
     if _is_ivf(idx):
-        ids_by_list, codes_by_list = _ivf_lists(idx)
-        if not ids_by_list:
-            return np.empty(0, np.int64), _empty(idx) if vectors else None
-        ids = np.concatenate(ids_by_list)
-        order = np.argsort(ids, kind="stable")
-        x = None
-        if vectors:
-            codes = np.vstack(codes_by_list)
-            x = codes if isinstance(idx, faiss.IndexBinaryIVF) else idx.sa_decode(codes)
-            x = x[order]
-        return ids[order], x
-    ntotal = int(idx.ntotal)
-    ids = np.arange(ntotal, dtype=np.int64)
+        ids, lists, offsets = _ivf_entries(idx)
+        page = slice(start, stop)
+        x = _ivf_decode(idx, lists[page], offsets[page]) if vectors else None
+        return ids[page].copy(), x
+    ids = np.arange(start, stop, dtype=np.int64)
     if not vectors:
         return ids, None
-    if ntotal == 0:
+    if stop == start:
         return ids, _empty(idx)
     try:
-        return ids, idx.reconstruct_n(0, ntotal)
+        return ids, idx.reconstruct_n(start, stop - start)
     except RuntimeError as exc:
         raise UnsupportedOperation(
             f"{type(idx).__name__} cannot give its vectors back (faiss: reconstruct not "

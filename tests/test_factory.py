@@ -2,7 +2,9 @@
 
 Each case trains on the same data, adds the same vectors and runs the same queries on local
 faiss and through the server. faiss seeds its k-means, PCA/OPQ training and random rotations,
-so on identical input every string here trains to the same index: results must be identical.
+so on identical input every string here trains to the same index: results must be identical,
+except where training sums through multi-threaded BLAS (PCA, OPQ): there distances agree to
+1e-4 and at least 98% of ids are the same.
 HNSW graphs are built with several OpenMP threads, and insertion order between threads can
 differ run to run, so HNSW cases compare recall against exact search instead (tolerance below).
 """
@@ -40,6 +42,8 @@ FLOAT_CASES = [
     ("IDMap,Flat", faiss.METRIC_L2),
     ("L2norm,Flat", faiss.METRIC_INNER_PRODUCT),
 ]
+#: Strings whose training goes through multi-threaded BLAS (see the comparison below).
+TRAINED_BY_BLAS = {"OPQ8,IVF64,PQ8", "PCA16,Flat", "PCAR16,IVF32,SQ8"}
 HNSW_CASES = ["HNSW32", "IDMap2,HNSW32", "HNSW16,Flat"]
 
 
@@ -74,8 +78,14 @@ def test_factory_string_matches_local(remote, description, metric):
         assert proxy.nprobe == 8
     Dl, Il = local.search(QUERIES, K)
     Dr, Ir = proxy.search(QUERIES, K)
-    np.testing.assert_array_equal(Ir, Il)
-    np.testing.assert_array_equal(Dr, Dl)
+    if description in TRAINED_BY_BLAS:
+        # PCA/OPQ training sums in BLAS with as many threads as the process runs; the server
+        # may use another count than this test, so the last bits of a float can differ.
+        np.testing.assert_allclose(Dr, Dl, rtol=1e-4, atol=1e-4)
+        assert (Ir == Il).mean() >= 0.98
+    else:
+        np.testing.assert_array_equal(Ir, Il)
+        np.testing.assert_array_equal(Dr, Dl)
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:

@@ -513,3 +513,26 @@ def test_binary_parameters_local_and_remote(fx):
     index.set_parameter("nprobe", 4)
     plain.nprobe = 4
     np.testing.assert_array_equal(index.search(CODES[:20], K)[1], plain.search(CODES[:20], K)[1])
+
+
+def test_gpu_is_refused_for_a_remote_configure(server):
+    from faissx import client
+
+    with pytest.raises(InvalidArgument, match="faissx serve --gpu"):
+        client.configure(server=server.endpoint, gpu=True)
+    assert not client.is_remote()
+
+
+def test_seed_spellings_are_the_same_modules():
+    import faissx.client.cache
+    import faissx.client.modification
+    import faissx.client.optimization
+    from faissx.client.optimization import memory_manager as seed_manager
+
+    import faissx_client.cache
+    import faissx_client.modification
+
+    assert faissx.client.optimization is optimization
+    assert faissx.client.modification is faissx_client.modification
+    assert faissx.client.cache is faissx_client.cache
+    assert seed_manager is memory_manager

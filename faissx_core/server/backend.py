@@ -7,6 +7,7 @@ merging results like ``IndexShards``) is meant to be a second implementation of 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -56,6 +57,8 @@ class ManagedIndex:
     lock: RWLock = field(default_factory=RWLock)
     #: Why writes are refused: its log could not be written, so memory is ahead of disk.
     broken: str | None = None
+    #: Set (under the write lock) when the index is deleted: ops that raced the delete fail.
+    deleted: bool = False
     #: The registry that built it: ops build search parameters and the like through it.
     registry: PluginRegistry | None = None
     #: ``faiss.StandardGpuResources`` when the server runs with ``--gpu``: searches then run on
@@ -216,6 +219,8 @@ class LocalBackend:
         self.budget = ThreadBudget()
         self._indices: dict[tuple[str, str], ManagedIndex] = {}
         self._mutex = threading.Lock()
+        #: Serialises durable creates and deletes, which touch the same directories.
+        self._files = threading.Lock()
         self._sessions: dict[str, float] = {}
         #: ``--max-memory``: creates and adds that would take the indices past it are refused.
         self.max_memory_bytes = max_memory_bytes
@@ -269,14 +274,19 @@ class LocalBackend:
             index = self.registry.build(spec, resolve=lambda ref: self._copy(tenant, ref))
         managed = ManagedIndex(tenant, name, spec, itype, index, session=session,
                                registry=self.registry, gpu=self.gpu)
-        with self.reserve(managed.memory_bytes, f"creating {name!r}"), self._mutex:
-            if (tenant, name) in self._indices:
-                raise IndexExists(f"index {name!r} already exists")
-            self._indices[(tenant, name)] = managed
+        durable = session is None and self.store is not None
+        # A durable create publishes the index and writes its first snapshot as one step with
+        # respect to deletes of the same name (which remove its directory).
+        with self._files if durable else contextlib.nullcontext():
+            with self.reserve(managed.memory_bytes, f"creating {name!r}"), self._mutex:
+                if (tenant, name) in self._indices:
+                    raise IndexExists(f"index {name!r} already exists")
+                self._indices[(tenant, name)] = managed
+            if durable:
+                with managed.lock.write():
+                    self.store.save(tenant, name, spec, managed.created, index)
         if session is not None:
             self.touch(session)
-        elif self.store is not None:
-            self.store.save(tenant, name, spec, managed.created, index)
         return managed
 
     def _copy(self, tenant: str, name: str) -> Any:
@@ -301,13 +311,15 @@ class LocalBackend:
         return managed
 
     def delete(self, tenant: str, name: str) -> None:
-        with self._mutex:
-            managed = self._indices.pop((tenant, name), None)
-        if managed is None:
-            raise IndexNotFound(f"no index named {name!r}")
-        if self.store is not None and not managed.ephemeral:
+        with self._files:
+            with self._mutex:
+                managed = self._indices.pop((tenant, name), None)
+            if managed is None:
+                raise IndexNotFound(f"no index named {name!r}")
             with managed.lock.write():  # let in-flight ops on it finish first
-                self.store.delete(tenant, name)
+                managed.deleted = True
+                if self.store is not None and not managed.ephemeral:
+                    self.store.delete(tenant, name)
 
     def list(self, tenant: str) -> list[ManagedIndex]:
         with self._mutex:
@@ -325,6 +337,8 @@ class LocalBackend:
         """
         ticket = None
         with managed.lock.write() if write else managed.lock.read(), self.budget.share(small):
+            if managed.deleted:
+                raise IndexNotFound(f"no index named {managed.name!r}")
             if write and managed.broken:
                 raise InternalError(f"index {managed.name!r} refuses writes until the server "
                                     f"restarts and recovers it: {managed.broken}")

@@ -221,6 +221,8 @@ class ParamValue(ParamName):
 
 class ExportArgs(Args):
     vectors: bool = True
+    start: int = Field(0, ge=0, lt=1 << 62)
+    count: int | None = Field(None, ge=0, lt=1 << 62)
 
 
 class DirectMapArgs(Args):
@@ -419,12 +421,14 @@ def serialize(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
 
 @op("export", write=False, args=ExportArgs)
 def export(m: ManagedIndex, a: ExportArgs, arrays: Arrays) -> Job:
-    """Every stored id (and, with ``vectors``, its reconstructed vector), in stored order:
-    what merging and splitting need from an index faiss cannot merge or split by itself."""
+    """Stored ids (and, with ``vectors``, their reconstructed vectors) in stored order, entries
+    ``start`` to ``start + count``: what merging and splitting need from an index faiss cannot
+    merge or split by itself. ``ntotal`` in the result is the whole count, for paging."""
 
     def job(index: Any) -> Result:
-        ids, x = run_faiss(lambda: export_vectors(index, a.vectors), "export", m)
-        result = {"ntotal": int(ids.size), "keeps_ids": keeps_ids(index)}
+        ids, x = run_faiss(lambda: export_vectors(index, a.vectors, a.start, a.count),
+                           "export", m)
+        result = {"ntotal": int(index.ntotal), "keeps_ids": keeps_ids(index)}
         return result, ({"ids": ids, "x": x} if x is not None else {"ids": ids})
 
     return job
