@@ -54,8 +54,11 @@ def ping(endpoint: str, timeout: float = 0.5) -> bool:
 class ServerProcess:
     """A ``faissx serve`` subprocess on a free loopback port."""
 
-    def __init__(self, *args: str, port: int | None = None) -> None:
+    def __init__(self, *args: str, port: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.args = list(args)
+        #: Extra environment for the server (the harness strips the caller's FAISSX_* ones).
+        self.env = env or {}
         self.port = port or free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -65,16 +68,20 @@ class ServerProcess:
         cmd = [str(FAISSX), "serve", "--port", str(self.port), "--bind-address", "127.0.0.1",
                "--log-level", "DEBUG", *self.args]
         self._logfile = self.log.open("ab")
-        self.proc = subprocess.Popen(cmd, env=server_env(), stdout=self._logfile,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, env={**server_env(), **self.env},
+                                     stdout=self._logfile, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            if ping(self.endpoint):
+            if self.ready():
                 return self
         self.kill()
         raise RuntimeError(f"server did not answer within {timeout}s:\n{self.output()}")
+
+    def ready(self) -> bool:
+        """Whether the server answers yet (subclasses with other transports override it)."""
+        return ping(self.endpoint)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -38,7 +37,7 @@ import faissx_client as fx
 from faissx_client import recovery
 from faissx_core.errors import ServerUnavailable
 
-from .conftest import FAISSX, ServerProcess, ping, server_env
+from .conftest import ServerProcess
 
 D = 16
 RNG = np.random.default_rng(2024)
@@ -47,25 +46,6 @@ BASE = RNG.standard_normal((2000, D), dtype="float32")
 
 class Server(ServerProcess):
     """A server whose environment a test sets (the shared harness strips FAISSX_* variables)."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        super().__init__(*args)
-        self.env = env or {}
-
-    def start(self, timeout: float = 30.0) -> Server:
-        cmd = [str(FAISSX), "serve", "--port", str(self.port), "--bind-address", "127.0.0.1",
-               "--log-level", "DEBUG", *self.args]
-        self._logfile = self.log.open("ab")
-        self.proc = subprocess.Popen(cmd, env={**server_env(), **self.env},
-                                     stdout=self._logfile, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            if ping(self.endpoint):
-                return self
-        self.kill()
-        raise RuntimeError(f"server did not answer within {timeout}s:\n{self.output()}")
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
