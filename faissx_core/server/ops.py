@@ -347,7 +347,7 @@ def reconstruct_n(m: ManagedIndex, a: RangeOfKeys, arrays: Arrays) -> Job:
         if hasattr(index, "id_map"):
             # faiss's IDMap reconstruct_n throws inside an OpenMP loop, which aborts the
             # process; reconstruct_batch reports a missing id as an ordinary error instead
-            if not hasattr(index, "rev_map"):
+            if not isinstance(index, faiss.IndexIDMap2 | faiss.IndexBinaryIDMap2):
                 raise UnsupportedOperation(f"reconstruct_n is not supported by {m.spec.type}")
             keys = np.arange(a.n0, a.n0 + a.ni, dtype=np.int64)
             return {}, {"x": run_faiss(lambda: index.reconstruct_batch(keys), "reconstruct_n", m)}
