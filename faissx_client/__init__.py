@@ -34,6 +34,7 @@ from faissx_core.errors import (
     InvalidArgument,
     NotConfigured,
     PermissionDenied,
+    QuotaExceeded,
     ServerUnavailable,
     Unauthenticated,
     UnknownIndexType,
@@ -45,7 +46,7 @@ from faissx_core.specs import IMPORTED, IndexSpec
 
 __all__ = [
     "Client", "FaissxError", "IndexExists", "IndexNotFound", "InvalidArgument", "NotConfigured",
-    "PermissionDenied", "RemoteIndex", "ServerUnavailable", "Unauthenticated",
+    "PermissionDenied", "QuotaExceeded", "RemoteIndex", "ServerUnavailable", "Unauthenticated",
     "UnknownIndexType", "__version__", "configure", "configure_recovery", "delete_index",
     "disconnect", "get_client", "gpu", "is_remote", "list_indexes", "modification",
     "on_reconnect", "open_index", "optimization", "recovery", "with_retry",
