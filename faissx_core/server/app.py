@@ -318,10 +318,7 @@ class Server:
         if not principal.can_write:
             raise PermissionDenied(f"a {principal.role} key may not create indices")
         args = _parse(CreateArgs, request.args, "create")
-        name = check_name(request.index or "")
-        if args.ephemeral and not request.session:
-            raise InvalidArgument("an unnamed index needs a client session")
-        session = request.session if args.ephemeral else None
+        name, session = _target(request, args.ephemeral)
         with self.limits.new_index(principal.tenant, self.backend, spec=args.spec):
             return self.backend.create(principal.tenant, name, args.spec, session).info()
 
@@ -337,10 +334,7 @@ class Server:
         index = deserialize(data)
         spec = args.spec or IndexSpec(type=IMPORTED.name,
                                       params={"faiss_class": faiss_class_name(index)})
-        name = check_name(request.index or "")
-        if args.ephemeral and not request.session:
-            raise InvalidArgument("an unnamed index needs a client session")
-        session = request.session if args.ephemeral else None
+        name, session = _target(request, args.ephemeral)
         with self.limits.new_index(principal.tenant, self.backend, index=index):
             return self.backend.create(principal.tenant, name, spec, session, index=index).info()
 
@@ -410,6 +404,13 @@ class Server:
         dropped = (self.backend.drop_session(request.session, principal.tenant)
                    if request.session else 0)
         return {"dropped": dropped}
+
+
+def _target(request: Request, ephemeral: bool) -> tuple[str, str | None]:
+    """A new index's checked name, and the session owning it when it is unnamed."""
+    if ephemeral and not request.session:
+        raise InvalidArgument("an unnamed index needs a client session")
+    return check_name(request.index or ""), request.session if ephemeral else None
 
 
 def _parse(model: type[BaseModel], raw: dict[str, Any], op: str) -> Any:
