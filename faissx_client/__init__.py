@@ -27,6 +27,7 @@ from faissx_client.recovery import configure_recovery, on_reconnect, with_retry
 from faissx_client.settings import ClientSettings
 from faissx_core import __version__
 from faissx_core.errors import (
+    Aborted,
     FaissError,
     FaissxError,
     IndexExists,
@@ -45,10 +46,10 @@ from faissx_core.selectors import SelectorSpec
 from faissx_core.specs import IMPORTED, IndexSpec
 
 __all__ = [
-    "Client", "FaissxError", "IndexExists", "IndexNotFound", "InvalidArgument", "NotConfigured",
-    "PermissionDenied", "QuotaExceeded", "RemoteIndex", "ServerUnavailable", "Unauthenticated",
-    "UnknownIndexType", "__version__", "configure", "configure_recovery", "delete_index",
-    "disconnect", "get_client", "gpu", "is_remote", "list_indexes", "modification",
+    "Aborted", "Client", "FaissxError", "IndexExists", "IndexNotFound", "InvalidArgument",
+    "NotConfigured", "PermissionDenied", "QuotaExceeded", "RemoteIndex", "ServerUnavailable",
+    "Unauthenticated", "UnknownIndexType", "__version__", "configure", "configure_recovery",
+    "delete_index", "disconnect", "get_client", "gpu", "is_remote", "list_indexes", "modification",
     "on_reconnect", "open_index", "optimization", "recovery", "with_retry",
 ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,13 @@ class Client:
              arrays: dict[str, np.ndarray] | None = None, timeout: float | None = None
              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return self.transport.call(op, index, args, arrays, timeout)
+
+    def pipeline(self, op: str, index: str | None,
+                 parts: Sequence[tuple[dict[str, Any] | None, dict[str, np.ndarray]]],
+                 window: int, done: Callable[[int], None] | None = None,
+                 ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+        """One call sent as several requests in flight (:meth:`Transport.pipeline`)."""
+        return self.transport.pipeline(op, index, parts, window, done=done)
 
     # -- unnamed indices ---------------------------------------------------------------------
     def adopt_anonymous(self, name: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import faiss
@@ -165,24 +166,41 @@ class RemoteIndex:
 
     def _add_rows(self, op: str, x: np.ndarray, ids: np.ndarray | None,
                   progress: bool | None) -> None:
-        """``add`` / ``add_with_ids`` in requests of ``batch_size`` rows (64 MiB by default),
-        after the memory check; a failure part-way leaves the earlier chunks added."""
+        """``add`` / ``add_with_ids`` in parts of ``batch_size`` rows (automatic: 4 MiB parts
+        above 8 MiB), after the memory check. The parts are pipelined and applied in order; a
+        failure part-way leaves the earlier parts added and the later ones not."""
         if self._info is None:
             self._create()
         rows, show = self._rows(x, progress)
         _opt.memory_manager.check_add(self, len(x), chunked=rows < len(x))
-
-        def send(lo: int, hi: int) -> None:
-            arrays = {"x": x[lo:hi]} if ids is None else {"x": x[lo:hi], "ids": ids[lo:hi]}
-            self._call(op, arrays=arrays)
-
         try:
             if rows >= len(x) and not show:
-                send(0, len(x))
+                arrays = {"x": x} if ids is None else {"x": x, "ids": ids}
+                self._call(op, arrays=arrays)
             else:
-                _opt.for_chunks(len(x), rows, op, show, send)
+                # each add part says how many rows it and the rest bring: storage grows ahead
+                self._pipelined(op, None, x, rows, show,
+                                lambda lo, hi: {} if ids is None else {"ids": ids[lo:hi]},
+                                args_of=(lambda lo: {"reserve": len(x) - lo}) if op == "add"
+                                else None)
         finally:
             self._mutated()
+
+    def _pipelined(self, op: str, args: dict[str, Any] | None, x: np.ndarray, rows: int,
+                   show: bool, extra: Callable[[int, int], dict[str, np.ndarray]],
+                   args_of: Callable[[int], dict[str, Any]] | None = None
+                   ) -> list[dict[str, np.ndarray]]:
+        """``op`` on the rows of ``x`` in parts of ``rows``, several in flight; the parts'
+        result arrays in order. ``args_of(lo)``, when given, are the args of the part at row
+        ``lo`` (else ``args``)."""
+        bounds = [(lo, min(len(x), lo + rows)) for lo in range(0, len(x), rows)]
+        parts = [(args_of(lo) if args_of is not None else args,
+                  {"x": x[lo:hi], **extra(lo, hi)}) for lo, hi in bounds]
+        with _opt.progress_bar(len(x), op, show) as advance:
+            replies = self._client.pipeline(
+                op, self._name, parts, _opt.PIPELINE_WINDOW,
+                done=lambda i: advance(bounds[i][1] - bounds[i][0]))
+        return [out for _, out in replies]
 
     # -- faiss methods -----------------------------------------------------------------------
     def _binary(self) -> bool:
@@ -219,22 +237,20 @@ class RemoteIndex:
     def search(self, x: Any, k: int, *, params: Any = None, D: np.ndarray | None = None,
                I: np.ndarray | None = None, progress: bool | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
-        """faiss's search; queries go in requests of ``batch_size`` rows (automatic: at most
-        64 MiB of queries and 4M results each), with a progress bar when asked."""
+        """faiss's search; queries go in pipelined parts of ``batch_size`` rows (automatic:
+        4 MiB parts above 8 MiB of queries, at most 4M results each), with a progress bar when
+        asked."""
         x = self._vectors(x)
         args, arrays = _with_params({"k": _positive_k(k)}, {"x": x}, params)
         rows, show = self._rows(x, progress, k=args["k"])
         if rows >= len(x) and not show:
             out = self._call("search", args, arrays)[1]
             return _into(D, out["D"]), _into(I, out["I"])
-        parts: list[tuple[np.ndarray, ...]] = []
-
-        def send(lo: int, hi: int) -> None:
-            out = self._call("search", args, {**arrays, "x": x[lo:hi]})[1]
-            parts.append((out["D"], out["I"]))
-
-        _opt.for_chunks(len(x), rows, "search", show, send)
-        Dall, Iall = _opt.stack_results(parts)
+        if self._info is None:
+            self._create()
+        shared = {name: a for name, a in arrays.items() if name != "x"}  # a selector's ids
+        parts = self._pipelined("search", args, x, rows, show, lambda lo, hi: shared)
+        Dall, Iall = _opt.stack_results([(out["D"], out["I"]) for out in parts])
         return _into(D, Dall), _into(I, Iall)
 
     def assign(self, x: Any, k: int, labels: np.ndarray | None = None) -> np.ndarray:

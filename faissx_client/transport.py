@@ -31,6 +31,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,12 +70,15 @@ def heartbeat_from_env(heartbeat: float | None) -> float:
 class _Failure(Exception):
     """One attempt failed; ``sent`` says whether the request may have reached the server."""
 
-    def __init__(self, reason: str, sent: bool, connection_lost: bool = True) -> None:
+    def __init__(self, reason: str, sent: bool, connection_lost: bool = True,
+                 answered: list[tuple[Any, dict]] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.sent = sent
         #: the connection failed (as opposed to a live server not answering in time)
         self.connection_lost = connection_lost
+        #: replies that arrived before the connection dropped
+        self.answered = answered or []
 
 
 class _Conn:
@@ -205,7 +209,105 @@ class Transport:
         retries included) lasts; gives up with :class:`ServerUnavailable`.
         """
         header = self.header(op, index, args)
-        frames = encode(header, arrays)
+        reply, out = self._request(header, encode(header, arrays), timeout)
+        return self._result(reply), out
+
+    def pipeline(
+        self,
+        op: str,
+        index: str | None,
+        parts: Sequence[tuple[dict[str, Any] | None, dict[str, np.ndarray]]],
+        window: int,
+        timeout: float | None = None,
+        done: Callable[[int], None] | None = None,
+    ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+        """Send ``parts`` as requests of one call, ``window`` of them in flight at once.
+
+        The transfer of one part overlaps the server's work on the one before, which is what
+        makes a large ``add`` run near the socket's bandwidth. Writes to one index are applied
+        in arrival order, and each write part names the one before it (``after``): the server
+        applies it only if that one succeeded, so a failure stops the call where it happened,
+        as a sequential loop would. Replies are matched by request id; ``done(i)`` runs as part
+        ``i`` is answered. The first failure in part order is raised once the parts in flight
+        have been answered. A dropped connection falls back to :meth:`call`'s retries for the
+        parts still unanswered, in order, reusing their ids and idempotency keys.
+        """
+        requests = []
+        previous = None
+        for args, arrays in parts:
+            header = self.header(op, index, args)
+            if previous is not None:
+                header["after"] = previous
+            previous = header.get("idem")
+            requests.append((header, encode(header, arrays)))
+        timeout = self.settings.timeout if timeout is None else timeout
+        replies: dict[int, tuple[Any, dict[str, np.ndarray]]] = {}
+        try:
+            self._stream(requests, max(1, window), timeout, replies, done)
+        except _Failure as failure:
+            slot = {header["id"]: i for i, (header, _) in enumerate(requests)}
+            for reply, out in failure.answered:
+                replies[slot[reply.id]] = (reply, out)
+                if done is not None and reply.ok:
+                    done(slot[reply.id])
+            log.debug("pipelined %s to %s: %s; finishing part by part", op,
+                      self.settings.server, failure.reason)
+        for i, (header, frames) in enumerate(requests):
+            if i not in replies:
+                if any(not r.ok for r, _ in replies.values()):
+                    break  # a part failed: what follows it is not sent again
+                replies[i] = self._request(header, frames, timeout)
+                if done is not None:
+                    done(i)
+        results = []
+        for i in range(len(requests)):
+            if i not in replies:
+                break
+            reply, out = replies[i]
+            results.append((self._result(reply), out))
+        return results
+
+    def _stream(self, requests: list[tuple[dict[str, Any], list[Any]]], window: int,
+                timeout: float, replies: dict[int, tuple[Any, dict[str, np.ndarray]]],
+                done: Callable[[int], None] | None) -> None:
+        """Send with ``window`` in flight and collect replies, until all are answered or one
+        fails (then the ones in flight are still awaited); _Failure when the link fails."""
+        conn = self._conn()
+        if conn.events() and self._reached:
+            self._lost = True
+        slot = {header["id"]: i for i, (header, _) in enumerate(requests)}
+        waiting: dict[int, float] = {}  # request id -> its deadline
+        sent = 0
+        failed = False
+        while sent < len(requests) or waiting:
+            while sent < len(requests) and len(waiting) < window and not failed:
+                header, frames = requests[sent]
+                deadline = time.monotonic() + timeout
+                try:
+                    self._send(conn, frames, deadline)
+                except _Failure:
+                    if not waiting:
+                        raise
+                    break  # the parts in flight are answered first
+                waiting[header["id"]] = deadline
+                sent += 1
+            if not waiting:
+                return
+            reply, out = self._receive(conn, waiting)
+            i = slot[reply.id]
+            del waiting[reply.id]
+            replies[i] = (reply, out)
+            self._reached = True
+            failed = failed or not reply.ok
+            if done is not None and reply.ok:
+                done(i)
+            if failed and sent < len(requests) and not waiting:
+                return
+
+    def _request(self, header: dict[str, Any], frames: list[Any], timeout: float | None
+                 ) -> tuple[Any, dict[str, np.ndarray]]:
+        """One request, retried per the recovery policy; its reply, ok or not."""
+        op, index = header["op"], header["index"]
         timeout = self.settings.timeout if timeout is None else timeout
         start = time.monotonic()
         deadline = start + timeout
@@ -218,6 +320,9 @@ class Transport:
                 reply, out = self._attempt(conn, frames, header["id"], deadline)
                 break
             except _Failure as failure:
+                if failure.answered:  # its reply came in just before the connection dropped
+                    reply, out = failure.answered[0]
+                    break
                 last = failure
             except zmq.ZMQError as exc:  # e.g. the context was terminated by close()
                 self._discard()
@@ -243,11 +348,19 @@ class Transport:
                 recovered, self._lost = self._lost, False
             if recovered:
                 recovery.notify_reconnected(self.settings.server)
+        return reply, out
+
+    @staticmethod
+    def _result(reply: Any) -> dict[str, Any]:
         if not reply.ok:
             raise from_wire(reply.error.model_dump() if reply.error else {})
-        return reply.result, out
+        return reply.result
 
     def _attempt(self, conn: _Conn, frames: list[Any], rid: int, deadline: float) -> Any:
+        self._send(conn, frames, deadline)
+        return self._receive(conn, {rid: deadline})
+
+    def _send(self, conn: _Conn, frames: list[Any], deadline: float) -> None:
         if conn.events() and self._reached:  # dropped while idle: the server went away
             self._lost = True
         wait = min(deadline - time.monotonic(), self.connect_wait)
@@ -259,24 +372,29 @@ class Transport:
             send(conn.sock, frames)
         except zmq.Again:
             raise _Failure(f"could not connect within {max(wait, 0):.1f}s", sent=False) from None
+
+    def _receive(self, conn: _Conn, waiting: dict[int, float]) -> tuple[Any, dict]:
+        """The next reply to one of the requests ``waiting`` (request id -> its deadline)."""
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = min(waiting.values()) - time.monotonic()
             if remaining <= 0:
                 raise _Failure("no reply before the timeout", sent=True, connection_lost=False)
             ready = dict(conn.poller.poll(remaining * 1000))
             if conn.sock in ready:
                 reply, out = recv_reply(conn.sock)
-                if reply.id == rid:
+                if reply.id in waiting:
                     return reply, out
                 continue  # a late reply to a request given up on
             if conn.monitor in ready and conn.events():
-                # The connection our request went out on is gone. A reply that came in before
-                # the drop is still in the socket; otherwise it can never arrive.
+                # The connection our requests went out on is gone. Replies that came in before
+                # the drop are still in the socket; the others can never arrive.
+                answered = []
                 while conn.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     reply, out = recv_reply(conn.sock)
-                    if reply.id == rid:
-                        return reply, out
-                raise _Failure("the connection dropped before the reply arrived", sent=True)
+                    if reply.id in waiting:
+                        answered.append((reply, out))
+                raise _Failure("the connection dropped before the reply arrived", sent=True,
+                               answered=answered)
 
     def _unavailable(self, op: str, index: str | None, attempts: int, start: float,
                      last: _Failure) -> ServerUnavailable:

@@ -123,6 +123,13 @@ class QuotaExceeded(FaissxError, RuntimeError):
     code = "quota_exceeded"
 
 
+class Aborted(FaissxError, RuntimeError):
+    """A part of a pipelined call was not applied because the part before it was not: a large
+    ``add`` sent in several requests stops at its first failure, as a sequential one would."""
+
+    code = "aborted"
+
+
 class ServerUnavailable(FaissxError, ConnectionError):
     """Client side: the server did not answer in time (never sent by a server)."""
 
@@ -153,6 +160,7 @@ ERRORS: dict[str, type[FaissxError]] = {
         Unauthenticated,
         PermissionDenied,
         QuotaExceeded,
+        Aborted,
         ServerUnavailable,
         NotConfigured,
     )

@@ -71,6 +71,9 @@ class Request(_Strict):
     session: Annotated[str, Field(max_length=128)] | None = None
     #: Idempotency key of a mutating request (applied at most once per tenant).
     idem: Annotated[str, Field(max_length=128)] | None = None
+    #: Idempotency key of the write this one must follow: applied only if that one succeeded
+    #: (the parts of a pipelined call, so a failure part-way stops the rest).
+    after: Annotated[str, Field(max_length=128)] | None = None
 
 
 class ErrorBody(_Strict):

@@ -71,13 +71,18 @@ def counting(monkeypatch, fx, index) -> list[str]:
     """The ops one index sends (remote), or the faiss calls it makes (local): one per chunk."""
     calls: list[str] = []
     if is_remote(index):
-        real = index._client.call
+        real, real_pipeline = index._client.call, index._client.pipeline
 
         def call(op, *args, **kwargs):
             calls.append(op)
             return real(op, *args, **kwargs)
 
+        def pipeline(op, index, parts, *args, **kwargs):
+            calls.extend(op for _ in parts)  # one request per part
+            return real_pipeline(op, index, parts, *args, **kwargs)
+
         monkeypatch.setattr(index._client, "call", call)
+        monkeypatch.setattr(index._client, "pipeline", pipeline)
     else:  # below FAISSx's wrapper: the calls that reach faiss's own method
         originals = optimization._ORIGINALS[type(index)]
         for name, real_method in list(originals.items()):
@@ -263,9 +268,10 @@ def test_add_with_ids_in_chunks_keeps_ids(fx, monkeypatch):
 
 
 def test_remote_add_is_chunked_automatically(remote, monkeypatch):
-    """Without a batch size, a large add is still cut into bounded messages (here the bound is
-    lowered so 1000 vectors count as large)."""
-    monkeypatch.setattr(optimization, "AUTO_CHUNK_BYTES", 200 * D * 4)
+    """Without a batch size, a large add is still cut into bounded, pipelined messages (here the
+    bounds are lowered so 1000 vectors count as large)."""
+    monkeypatch.setattr(optimization, "PIPELINE_FROM", 500 * D * 4)
+    monkeypatch.setattr(optimization, "PIPELINE_PART_BYTES", 200 * D * 4)
     index = remote.IndexFlatL2(D)
     calls = counting(monkeypatch, remote, index)
     index.add(BASE)

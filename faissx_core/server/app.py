@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from faissx_core import __version__
 from faissx_core.auth import KeyStore
 from faissx_core.errors import (
+    Aborted,
     FaissxError,
     IndexNotFound,
     InternalError,
@@ -42,6 +43,7 @@ from faissx_core.security import configure_router
 from faissx_core.server.backend import LocalBackend, ManagedIndex
 from faissx_core.server.idempotency import IdempotencyTable, protects
 from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
+from faissx_core.server.ordering import SerialQueues
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
 from faissx_core.storage import LogRecord
@@ -92,6 +94,7 @@ class Server:
         self.backend = LocalBackend(self.registry, store, settings.snapshot_bytes,
                                     max_memory_bytes=max_memory, gpu=settings.gpu)
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="faissx-worker")
+        self.writes = SerialQueues(self.pool)  # each index's writes, in arrival order
         self.limits = Limits(settings)  # request sizes, tenant quotas, per-key rates
         #: Replies of recent mutating requests by idempotency key: a retry is applied once.
         self.idempotency = IdempotencyTable.from_env()
@@ -193,7 +196,14 @@ class Server:
             self.limits.admit(principal, request, arrays)
             if request.session:
                 self.backend.touch(request.session)
-            if not self._inline(ident, principal, request, arrays, router):
+            if self._inline(ident, principal, request, arrays, router):
+                return
+            op = OPS.get(request.op)
+            if op is not None and op.write and request.index is not None:
+                # in arrival order per index: a pipelined add's parts must not overtake
+                self.writes.submit((principal.tenant, request.index),
+                                   lambda: self._work(ident, principal, request, arrays))
+            else:
                 self.pool.submit(self._work, ident, principal, request, arrays)
         except FaissxError as exc:
             send(router, [ident, *self._error(rid or request_id(frames), exc)])
@@ -259,6 +269,10 @@ class Server:
         if request.index is None:
             raise InvalidArgument(f"{request.op} needs an index name")
         managed = self._get(principal, request)
+        if request.after is not None and not self.idempotency.succeeded(principal.tenant,
+                                                                         request.after):
+            raise Aborted(f"{request.op} on {managed.name!r}: not applied, because the part "
+                          "of this call before it was not")
         with self.limits.write(op.name, principal.tenant, self.backend, arrays):
             return self._run(op, managed, request, arrays)
 

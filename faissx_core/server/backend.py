@@ -69,6 +69,8 @@ class ManagedIndex:
     #: :meth:`measure` after every write, read by ``--max-memory`` checks and ``info``.
     memory_bytes: int = field(init=False, default=0)
     vector_bytes: int = field(init=False, default=0)
+    #: Bytes of flat storage made room for ahead of a pipelined add (ops.grow_storage).
+    storage_capacity: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.params = self.itype.params_of(self.index, self.registry.types if self.registry else {})

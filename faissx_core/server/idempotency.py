@@ -63,6 +63,10 @@ def protects(op: str) -> bool:
     return index_op is not None and index_op.write
 
 
+def _ok(reply: Frames) -> bool:
+    return bool(msgpack.unpackb(reply[0], raw=False).get("ok"))
+
+
 def readdress(frames: Frames, rid: int) -> Frames:
     """A remembered reply as the answer to request ``rid``."""
     header = msgpack.unpackb(frames[0], raw=False)
@@ -77,6 +81,8 @@ class _Entry:
     created: float = field(default_factory=time.monotonic)
     #: The reply's frames; None while the first request is still running.
     reply: Frames | None = None
+    #: Whether that reply reports success (what a pipelined call's next part asks).
+    ok: bool = False
     #: Repeats that arrived while it ran: (routing id, request id).
     waiters: list[tuple[Any, int]] = field(default_factory=list)
 
@@ -143,12 +149,23 @@ class IdempotencyTable:
         for waiter, rid in waiters:
             send([waiter, *readdress(reply, rid)])
 
+    def succeeded(self, tenant: str, key: str) -> bool:
+        """Was the request with this key applied, with a success reply?
+
+        A pipelined call's part names the part before it (``after``); the server applies it
+        only if this holds. Writes to one index run in arrival order, so the part before has
+        finished by the time the next one asks.
+        """
+        with self._mutex:
+            entry = self._tenants.get(tenant, {}).get(key)
+            return entry is not None and entry.reply is not None and entry.ok
+
     def remember(self, tenant: str, key: str, op: str, index: str | None,
                  reply: Frames) -> None:
         """Record a key whose request was applied before (a logged write, at replay)."""
         with self._mutex:
             keys = self._tenants.setdefault(tenant, OrderedDict())
-            keys[key] = _Entry(op, index, reply=reply)
+            keys[key] = _Entry(op, index, reply=reply, ok=True)
             keys.move_to_end(key)
             self._evict(keys)
 
@@ -163,6 +180,7 @@ class IdempotencyTable:
                 del keys[key]
                 return []
             entry.reply = reply
+            entry.ok = _ok(reply)
             entry.created = time.monotonic()
             waiters, entry.waiters = entry.waiters, []
             return waiters
@@ -184,9 +202,7 @@ class IdempotencyTable:
                 del self._tenants[tenant]
 
     def _maybe_crash(self, request: Request, reply: Frames) -> None:
-        if self._crash_after is None or request.op in CONTROL_WRITES:
-            return
-        if not msgpack.unpackb(reply[0], raw=False).get("ok"):
+        if self._crash_after is None or request.op in CONTROL_WRITES or not _ok(reply):
             return
         if next(self._writes) >= self._crash_after:
             log.warning("%s: exiting after %s (idem %s) without replying", CRASH_ENV,

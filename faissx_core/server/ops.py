@@ -37,7 +37,7 @@ from faissx_core.errors import (
 from faissx_core.introspect import export_vectors, keeps_ids
 from faissx_core.selectors import SelectorSpec, build_selector
 from faissx_core.server.backend import ManagedIndex
-from faissx_core.specs import IndexSpec
+from faissx_core.specs import IndexSpec, downcast
 
 Arrays = dict[str, np.ndarray]
 Result = tuple[dict[str, Any], Arrays]
@@ -236,13 +236,46 @@ def info(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     return lambda index: (m.info(), {})
 
 
-@op("add", write=True)
-def add(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
+class AddArgs(Args):
+    #: Rows this request and the rest of its call add (each part of a pipelined add says so):
+    #: flat storage then grows ahead instead of reallocating, and copying everything so far,
+    #: part after part.
+    reserve: int = Field(0, ge=0, lt=1 << 40)
+
+
+#: Storage grows ahead by at most this many times the rows of the request asking, so a request
+#: cannot make the server hold much more memory than it sends.
+RESERVE_AHEAD = 16
+
+
+def grow_storage(m: ManagedIndex, index: Any, rows: int, reserve: int) -> None:
+    """Before adding ``rows`` vectors, make room for up to ``reserve`` in a flat code store.
+
+    faiss appends by resizing a ``std::vector``, which reallocates whenever an add overflows
+    its capacity. Resizing up once and back down keeps the capacity (a vector does not shrink),
+    so the later parts of a call copy each vector once. ``m.storage_capacity`` remembers how far
+    room was made; other structures grow as they always do.
+    """
+    flat = downcast(index)
+    if not isinstance(flat, faiss.IndexFlatCodes) or not flat.codes.is_owned:
+        return
+    have = flat.ntotal * flat.code_size
+    if have + rows * flat.code_size <= m.storage_capacity:
+        return
+    m.storage_capacity = have + min(reserve, RESERVE_AHEAD * rows) * flat.code_size
+    flat.codes.resize(m.storage_capacity)
+    flat.codes.resize(have)
+
+
+@op("add", write=True, args=AddArgs)
+def add(m: ManagedIndex, a: AddArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
 
     def job(index: Any) -> Result:
         if not index.is_trained:
             raise NotTrained(f"{m.spec.type} must be trained before add")
+        if a.reserve > len(x):
+            run_faiss(lambda: grow_storage(m, index, len(x), a.reserve), "add", m)
         run_faiss(lambda: index.add(x), "add", m)
         return _info(index), {}
 
