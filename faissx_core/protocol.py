@@ -9,11 +9,13 @@ array exists.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NoReturn
 
 import msgpack
 import numpy as np
+import zmq
 from pydantic import ValidationError
 
 from faissx_core.errors import ProtocolError
@@ -26,8 +28,16 @@ __all__ = [
 _DTYPES = {"float32", "uint8", "int64", "uint64", "int32"}
 #: dtype -> wire name; ``ndarray.dtype.name`` is surprisingly slow on the hot path.
 _WIRE_NAMES = {np.dtype(name): name for name in _DTYPES}
+#: wire name -> dtype, so wrapping a frame does not parse a dtype string each time.
+_NP_DTYPES = {name: np.dtype(name) for name in _DTYPES}
 #: Below this many bytes a message is copied into ZeroMQ: tracking a zero-copy frame costs more.
 COPY_BELOW = 1 << 16
+#: Frames whose size is ``nbytes``; for the others (bytes, ``zmq.Frame``) it is ``len``.
+_SIZED = (memoryview, np.ndarray)
+
+#: One msgpack Packer per thread: ``packb`` builds a new one per call, which costs more than the
+#: packing of a small header (a Packer is not thread-safe, hence one each).
+_packers = threading.local()
 
 
 def encode(header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> list[Any]:
@@ -46,65 +56,46 @@ def encode(header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None = Non
             raise ProtocolError(f"array {name!r} is not C-contiguous")
         descs.append({"name": name, "dtype": wire_name, "shape": list(arr.shape)})
         frames.append(arr if arr.ndim else arr.reshape(1))
-    header = {**header, "arrays": descs}
-    frames[0] = msgpack.packb(header, use_bin_type=True)
+    frames[0] = _packer().pack({**header, "arrays": descs})
     return frames
 
 
 def send(socket: Any, frames: list[Any], flags: int = 0) -> None:
     """Send a message's frames: by reference when large, copied when small."""
-    small = sum(getattr(f, "nbytes", None) or len(f) for f in frames) < COPY_BELOW
-    socket.send_multipart(frames, flags=flags, copy=small)
+    size = 0
+    for frame in frames:  # inline: this runs for every reply
+        size += frame.nbytes if isinstance(frame, _SIZED) else len(frame)
+    socket.send_multipart(frames, flags=flags, copy=size < COPY_BELOW)
 
 
 def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Split frames into the raw header dict and named arrays (read-only views of the frames)."""
-    if not frames:
-        raise ProtocolError("empty message")
-    try:
-        header = msgpack.unpackb(_bytes(frames[0]), raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types for garbage
-        raise ProtocolError(f"header is not valid msgpack: {type(exc).__name__}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("header must be a msgpack map")
-    raw_descs = header.get("arrays", [])
-    if not isinstance(raw_descs, list) or len(raw_descs) != len(frames) - 1:
-        got = len(raw_descs) if isinstance(raw_descs, list) else "?"
-        raise ProtocolError(f"header describes {got} arrays but {len(frames) - 1} frames follow")
-    arrays: dict[str, np.ndarray] = {}
-    for raw, frame in zip(raw_descs, frames[1:], strict=True):
-        try:
-            desc = ArrayDesc.model_validate(raw)
-        except ValidationError as exc:
-            raise ProtocolError(f"bad array descriptor: {_first_error(exc)}") from None
-        if desc.name in arrays:
-            raise ProtocolError(f"two arrays are named {desc.name!r}")
-        arrays[desc.name] = _wrap(desc, frame)
-    return header, arrays
+    header = _header(frames)
+    return header, _arrays(map(_desc, header.get("arrays", [])), frames)
 
 
 def decode_request(frames: Sequence[Any]) -> tuple[Request, dict[str, np.ndarray]]:
-    if frames and len(_bytes(frames[0])) > MAX_HEADER_BYTES:  # never parse a huge header
-        raise ProtocolError(f"header frame of {len(_bytes(frames[0]))} bytes; at most "
+    """The request and its arrays; the header is validated once, descriptors included."""
+    if frames and _nbytes(frames[0]) > MAX_HEADER_BYTES:  # never parse a huge header
+        raise ProtocolError(f"header frame of {_nbytes(frames[0])} bytes; at most "
                             f"{MAX_HEADER_BYTES}")
-    header, arrays = decode(frames)
-    version = header.get("v")
-    if type(version) is not int or version != PROTOCOL_VERSION:  # True == 1 in Python
-        raise ProtocolError(
-            f"protocol version {version!r} not supported (server speaks {PROTOCOL_VERSION})"
-        )
+    header = _header(frames)
     try:
-        return Request.model_validate(header), arrays
+        request = Request.model_validate(header)
     except ValidationError as exc:
-        raise ProtocolError(f"bad request header: {_first_error(exc)}") from None
+        _refuse(header, frames, exc, "bad request header", version=True)
+    arrays = _arrays(request.arrays, frames)
+    _check_version(header)
+    return request, arrays
 
 
 def decode_reply(frames: Sequence[Any]) -> tuple[Reply, dict[str, np.ndarray]]:
-    header, arrays = decode(frames)
+    header = _header(frames)
     try:
-        return Reply.model_validate(header), arrays
+        reply = Reply.model_validate(header)
     except ValidationError as exc:
-        raise ProtocolError(f"bad reply header: {_first_error(exc)}") from None
+        _refuse(header, frames, exc, "bad reply header", version=False)
+    return reply, _arrays(reply.arrays, frames)
 
 
 def recv_reply(socket: Any) -> tuple[Reply, dict[str, np.ndarray]]:
@@ -114,16 +105,18 @@ def recv_reply(socket: Any) -> tuple[Reply, dict[str, np.ndarray]]:
     header announcing more than was sent allocates nothing (what arrived is all the memory a
     reply takes). The arrays are writable views of the received frames, as faiss's are writable.
     """
+    # getsockopt, not the ``rcvmore`` attribute: pyzmq resolves that by name, three times slower
+    getsockopt = socket.getsockopt
     try:
         reply = _reply_header(socket.recv())
     except ProtocolError:
-        while socket.rcvmore:  # the rest of a broken message must not pass for the next one
+        while getsockopt(zmq.RCVMORE):  # the rest of a broken message must not pass for the next
             socket.recv(copy=False)
         raise
     arrays: dict[str, np.ndarray] = {}
     problem = None
     for desc in reply.arrays:
-        if not socket.rcvmore:
+        if not getsockopt(zmq.RCVMORE):
             problem = f"reply describes {len(reply.arrays)} arrays but fewer frames arrived"
             break
         frame = socket.recv(copy=False)
@@ -132,11 +125,12 @@ def recv_reply(socket: Any) -> tuple[Reply, dict[str, np.ndarray]]:
         if len(frame) != desc.nbytes:
             problem = f"array {desc.name!r}: expected {desc.nbytes} bytes, frame had {len(frame)}"
             continue
-        buf = frame.buffer
-        arr = np.frombuffer(buf if not buf.readonly else bytearray(buf), dtype=desc.dtype)
+        arr = np.frombuffer(frame, dtype=_NP_DTYPES[desc.dtype])
+        if not arr.flags.writeable:
+            arr = arr.copy()
         arrays[desc.name] = arr.reshape(desc.shape) if desc.shape else arr.reshape(())
     extra = 0
-    while socket.rcvmore:
+    while getsockopt(zmq.RCVMORE):
         socket.recv(copy=False)
         extra += 1
     if problem is None and extra:
@@ -158,33 +152,92 @@ def _reply_header(frame: bytes) -> Reply:
 def request_id(frames: Sequence[Any]) -> int:
     """Best-effort id of a message that failed to decode, so its error reply can be matched."""
     try:
-        if len(_bytes(frames[0])) > MAX_HEADER_BYTES:
+        if _nbytes(frames[0]) > MAX_HEADER_BYTES:
             return 0  # refused for its size: not parsed here either
-        header = msgpack.unpackb(_bytes(frames[0]), raw=False)
+        header = msgpack.unpackb(frames[0], raw=False)
         rid = header.get("id") if isinstance(header, dict) else None
         return rid if type(rid) is int and 0 <= rid < 1 << 63 else 0  # bool is an int too
     except Exception:
         return 0
 
 
+def _header(frames: Sequence[Any]) -> dict[str, Any]:
+    """The header frame as a dict whose ``arrays`` list (if any) matches the frames in count."""
+    if not frames:
+        raise ProtocolError("empty message")
+    try:
+        header = msgpack.unpackb(frames[0], raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise ProtocolError(f"header is not valid msgpack: {type(exc).__name__}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header must be a msgpack map")
+    raw_descs = header.get("arrays", [])
+    if not isinstance(raw_descs, list) or len(raw_descs) != len(frames) - 1:
+        got = len(raw_descs) if isinstance(raw_descs, list) else "?"
+        raise ProtocolError(f"header describes {got} arrays but {len(frames) - 1} frames follow")
+    return header
+
+
+def _refuse(header: dict[str, Any], frames: Sequence[Any], exc: ValidationError, what: str,
+            version: bool) -> NoReturn:
+    """Raise for a header the model refused, reporting what the checks that come before the
+    model (each descriptor against its frame, then the version) find first, as they always did."""
+    _arrays(map(_desc, header.get("arrays", [])), frames)
+    if version:
+        _check_version(header)
+    raise ProtocolError(f"{what}: {_first_error(exc)}") from None
+
+
+def _check_version(header: dict[str, Any]) -> None:
+    version = header.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # True == 1 in Python
+        raise ProtocolError(
+            f"protocol version {version!r} not supported (server speaks {PROTOCOL_VERSION})"
+        )
+
+
+def _desc(raw: Any) -> ArrayDesc:
+    try:
+        return ArrayDesc.model_validate(raw)
+    except ValidationError as exc:
+        raise ProtocolError(f"bad array descriptor: {_first_error(exc)}") from None
+
+
+def _arrays(descs: Iterable[ArrayDesc], frames: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Each frame after the header wrapped by its descriptor (``descs`` may be lazy: a bad
+    descriptor then stops the walk where it stands, after the frames before it were checked)."""
+    arrays: dict[str, np.ndarray] = {}
+    for desc, frame in zip(descs, frames[1:], strict=False):  # _header matched the counts
+        if desc.name in arrays:
+            raise ProtocolError(f"two arrays are named {desc.name!r}")
+        arrays[desc.name] = _wrap(desc, frame)
+    return arrays
+
+
 def _wrap(desc: ArrayDesc, frame: Any) -> np.ndarray:
-    dtype = np.dtype(desc.dtype)
-    count = 1
-    for dim in desc.shape:
-        count *= dim
-    buf = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
-    expected = (count or 0) * dtype.itemsize if desc.shape else dtype.itemsize
-    if buf.nbytes != expected:
+    expected = desc.nbytes
+    size = _nbytes(frame)
+    if size != expected:
         raise ProtocolError(
             f"array {desc.name!r}: descriptor {desc.dtype}{desc.shape} needs {expected} bytes, "
-            f"frame has {buf.nbytes}"
+            f"frame has {size}"
         )
-    arr = np.frombuffer(buf, dtype=dtype)
+    arr = np.frombuffer(frame, dtype=_NP_DTYPES[desc.dtype])
     return arr.reshape(desc.shape) if desc.shape else arr.reshape(())
 
 
-def _bytes(frame: Any) -> bytes | memoryview:
-    return frame.buffer if hasattr(frame, "buffer") else frame
+def _nbytes(frame: Any) -> int:
+    """Bytes in a frame: ``len`` of bytes or a ``zmq.Frame``, ``nbytes`` of an array or view
+    (``getattr`` with a default is slow on a ``zmq.Frame``, which has no ``nbytes``)."""
+    return frame.nbytes if isinstance(frame, _SIZED) else len(frame)
+
+
+def _packer() -> msgpack.Packer:
+    try:
+        return _packers.packer
+    except AttributeError:
+        _packers.packer = msgpack.Packer(use_bin_type=True)
+        return _packers.packer
 
 
 def _first_error(exc: ValidationError) -> str:

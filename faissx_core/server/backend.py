@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import faiss
 
@@ -40,6 +40,38 @@ from faissx_core.specs import (
 from faissx_core.storage import IndexStore, LogRecord, StoredIndex
 
 log = logging.getLogger(__name__)
+
+
+class _Layout(NamedTuple):
+    """What the per-request checks read from one faiss object, worked out once for it.
+
+    faiss's downcast and SWIG's ``hasattr`` cost microseconds, which a one-vector search pays
+    several times over; none of this changes for a given object. Knobs (``nprobe``,
+    ``efSearch``) and ``ntotal`` are not in here: they change, so they are read live.
+    """
+
+    #: The object described: a layout is stale once the managed index is another object.
+    index: Any
+    binary: bool
+    #: Numbers per vector on the wire: floats, or bytes of a binary code.
+    row_width: int
+    #: The object (seen through wrappers) whose ``nprobe``/``nlist`` a search uses, if any.
+    ivf: Any
+    #: Its ``hnsw`` struct, whose ``efSearch`` a search uses, if it has one.
+    hnsw: Any
+
+    @classmethod
+    def of(cls, index: Any) -> _Layout:
+        binary = isinstance(index, faiss.IndexBinary)
+        tuned = downcast(index)
+        while hasattr(tuned, "index") and not hasattr(tuned, "nprobe"):  # see through wrappers
+            inner = getattr(tuned, "index", None)
+            if not isinstance(inner, faiss.Index | faiss.IndexBinary):
+                break
+            tuned = downcast(inner)
+        ivf = tuned if hasattr(tuned, "nprobe") and hasattr(tuned, "nlist") else None
+        hnsw = tuned.hnsw if hasattr(tuned, "hnsw") else None
+        return cls(index, binary, index.d // 8 if binary else index.d, ivf, hnsw)
 
 
 @dataclass(eq=False)
@@ -71,6 +103,7 @@ class ManagedIndex:
     vector_bytes: int = field(init=False, default=0)
     #: Bytes of flat storage made room for ahead of a pipelined add (ops.grow_storage).
     storage_capacity: int = field(init=False, default=0)
+    _layout: _Layout | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.params = self.itype.params_of(self.index, self.registry.types if self.registry else {})
@@ -120,18 +153,21 @@ class ManagedIndex:
         an HNSW about ``efSearch`` times its neighbours per level. Only the order of magnitude
         matters: it decides whether a call is small enough to answer without a thread hop.
         """
-        index = downcast(self.index)
-        while hasattr(index, "index") and not hasattr(index, "nprobe"):  # see through wrappers
-            inner = getattr(index, "index", None)
-            if not isinstance(inner, faiss.Index | faiss.IndexBinary):
-                break
-            index = downcast(inner)
+        layout = self.layout()
         stored = max(int(self.index.ntotal), 1)
-        if hasattr(index, "nprobe") and getattr(index, "nlist", 0):
-            stored = stored * min(index.nprobe, index.nlist) // index.nlist + index.nlist
-        elif hasattr(index, "hnsw"):
-            stored = min(stored, 64 * max(index.hnsw.efSearch, 16))
-        return float(queries) * stored * self.row_width
+        nlist = layout.ivf.nlist if layout.ivf is not None else 0
+        if nlist:
+            stored = stored * min(layout.ivf.nprobe, nlist) // nlist + nlist
+        elif layout.hnsw is not None:
+            stored = min(stored, 64 * max(layout.hnsw.efSearch, 16))
+        return float(queries) * stored * layout.row_width
+
+    def layout(self) -> _Layout:
+        """The cached :class:`_Layout` of :attr:`index`, re-made if ``index`` was replaced."""
+        layout = self._layout
+        if layout is None or layout.index is not self.index:
+            layout = self._layout = _Layout.of(self.index)
+        return layout
 
     @property
     def ephemeral(self) -> bool:
@@ -139,12 +175,12 @@ class ManagedIndex:
 
     @property
     def binary(self) -> bool:
-        return isinstance(self.index, faiss.IndexBinary)
+        return self.layout().binary
 
     @property
     def row_width(self) -> int:
         """Numbers per vector on the wire: floats, or bytes of a binary code."""
-        return self.index.d // 8 if self.binary else self.index.d
+        return self.layout().row_width
 
     def info(self) -> dict[str, Any]:
         return {

@@ -9,6 +9,7 @@ families lives in the plugins' specs, not here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -109,18 +110,33 @@ def vectors(m: ManagedIndex, arrays: Arrays, name: str = "x") -> np.ndarray:
     x = arrays.get(name)
     if x is None:
         raise InvalidArgument(f"missing array {name!r}")
-    want = np.uint8 if m.binary else np.float32
+    binary = m.binary
+    want = _UINT8 if binary else _FLOAT32
     if x.dtype != want:
-        error = WrongType if m.binary else InvalidArgument
-        raise error(f"{name} must be {np.dtype(want).name} for {m.spec.type}, got {x.dtype}")
-    if x.ndim != 2 or x.shape[1] != m.row_width:
+        error = WrongType if binary else InvalidArgument
+        raise error(f"{name} must be {want.name} for {m.spec.type}, got {x.dtype}")
+    width = m.row_width
+    if x.ndim != 2 or x.shape[1] != width:
         raise InvalidArgument(
             f"{name} has shape {tuple(x.shape)}; {m.spec.type} (d={m.index.d}) expects "
-            f"(n, {m.row_width})"
+            f"(n, {width})"
         )
-    if not m.binary and x.size and not (np.isfinite(x.min()) and np.isfinite(x.max())):
+    if not binary and x.size and not _finite(x):
         raise InvalidArgument(f"{name} contains NaN or infinity")
     return x
+
+
+_FLOAT32, _UINT8 = np.dtype(np.float32), np.dtype(np.uint8)
+#: Up to this many numbers, one ``isfinite`` pass is the cheapest check (a one-query search
+#: pays it every time); past it, min and max spare the temporary array of one bool each.
+_FINITE_IN_ONE_PASS = 1 << 16
+
+
+def _finite(x: np.ndarray) -> bool:
+    """Whether no entry of ``x`` is NaN or infinite (a NaN makes min and max NaN)."""
+    if x.size <= _FINITE_IN_ONE_PASS:
+        return bool(np.isfinite(x).all())
+    return math.isfinite(x.min()) and math.isfinite(x.max())
 
 
 def id_array(arrays: Arrays, name: str, n: int | None = None) -> np.ndarray:
@@ -176,10 +192,14 @@ class SearchParams(NamedTuple):
     held: Any
 
 
+#: A call without ``params``: one shared value, as it holds nothing.
+_NO_PARAMS = SearchParams(None, None)
+
+
 def search_params(m: ManagedIndex, spec: IndexSpec | None, arrays: Arrays) -> SearchParams:
     """Build a ``SearchParameters*`` component (and its selector) for one call."""
     if spec is None:
-        return SearchParams(None, None)
+        return _NO_PARAMS
     assert m.registry is not None
     itype = m.registry.index_type(spec.type)
     if itype.kind != "component" or not spec.type.startswith("SearchParameters"):
