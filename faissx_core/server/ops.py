@@ -99,8 +99,8 @@ def deserialize(data: np.ndarray) -> Any:
     for reader in (faiss.deserialize_index, faiss.deserialize_index_binary):
         try:
             return reader(data)
-        except RuntimeError as exc:
-            errors.append(faiss_reason(str(exc)))
+        except (RuntimeError, MemoryError) as exc:  # corrupt sizes can ask for huge buffers
+            errors.append(faiss_reason(str(exc)) or type(exc).__name__)
     raise InvalidArgument(f"not a faiss index: {errors[0]}")
 
 
