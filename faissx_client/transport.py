@@ -241,24 +241,30 @@ class Transport:
             previous = header.get("idem")
             requests.append((header, encode(header, arrays)))
         timeout = self.settings.timeout if timeout is None else timeout
+        slot = {header["id"]: i for i, (header, _) in enumerate(requests)}
         replies: dict[int, tuple[Any, dict[str, np.ndarray]]] = {}
+
+        def record(reply: Any, out: dict[str, np.ndarray]) -> bool:
+            """Keep part ``slot[reply.id]``'s reply; False when it reports a failure."""
+            i = slot[reply.id]
+            replies[i] = (reply, out)
+            if done is not None and reply.ok:
+                done(i)
+            return bool(reply.ok)
+
         try:
-            self._stream(requests, max(1, window), timeout, replies, done)
+            self._stream(requests, max(1, window), timeout, record)
         except _Failure as failure:
-            slot = {header["id"]: i for i, (header, _) in enumerate(requests)}
             for reply, out in failure.answered:
-                replies[slot[reply.id]] = (reply, out)
-                if done is not None and reply.ok:
-                    done(slot[reply.id])
+                record(reply, out)
             log.debug("pipelined %s to %s: %s; finishing part by part", op,
                       self.settings.server, failure.reason)
+        ok = all(reply.ok for reply, _ in replies.values())
         for i, (header, frames) in enumerate(requests):
+            if not ok:
+                break  # a part failed: what follows it is not sent again
             if i not in replies:
-                if any(not r.ok for r, _ in replies.values()):
-                    break  # a part failed: what follows it is not sent again
-                replies[i] = self._request(header, frames, timeout)
-                if done is not None:
-                    done(i)
+                ok = record(*self._request(header, frames, timeout))
         results = []
         for i in range(len(requests)):
             if i not in replies:
@@ -268,14 +274,12 @@ class Transport:
         return results
 
     def _stream(self, requests: list[tuple[dict[str, Any], list[Any]]], window: int,
-                timeout: float, replies: dict[int, tuple[Any, dict[str, np.ndarray]]],
-                done: Callable[[int], None] | None) -> None:
-        """Send with ``window`` in flight and collect replies, until all are answered or one
-        fails (then the ones in flight are still awaited); _Failure when the link fails."""
+                timeout: float, record: Callable[[Any, dict[str, np.ndarray]], bool]) -> None:
+        """Send with ``window`` in flight and ``record`` each reply, until all are answered or
+        one fails (the ones then in flight are still awaited); _Failure when the link fails."""
         conn = self._conn()
         if conn.events() and self._reached:
             self._lost = True
-        slot = {header["id"]: i for i, (header, _) in enumerate(requests)}
         waiting: dict[int, float] = {}  # request id -> its deadline
         sent = 0
         failed = False
@@ -294,15 +298,9 @@ class Transport:
             if not waiting:
                 return
             reply, out = self._receive(conn, waiting)
-            i = slot[reply.id]
             del waiting[reply.id]
-            replies[i] = (reply, out)
             self._reached = True
-            failed = failed or not reply.ok
-            if done is not None and reply.ok:
-                done(i)
-            if failed and sent < len(requests) and not waiting:
-                return
+            failed = not record(reply, out) or failed
 
     def _request(self, header: dict[str, Any], frames: list[Any], timeout: float | None
                  ) -> tuple[Any, dict[str, np.ndarray]]:
