@@ -33,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from faissx_core import operations
+
 __all__ = [
     "RecoveryPolicy", "configure_recovery", "current_policy", "on_reconnect",
     "remove_reconnect_callback", "reset_recovery", "with_retry",
@@ -41,25 +43,17 @@ __all__ = [
 log = logging.getLogger("faissx.client")
 T = TypeVar("T")
 
-#: Requests whose repetition changes nothing: safe to send again when the reply was lost.
-READ_OPS = frozenset({
-    "ping", "touch", "info", "list", "search", "assign", "range_search",
-    "search_and_reconstruct", "reconstruct", "reconstruct_n", "reconstruct_batch",
-    "get_parameter", "serialize",
-    # not reads, but repeating them is harmless: a second bye drops nothing, a second
-    # snapshot writes the same state again
-    "bye", "snapshot",
-})
-#: Mutating requests: each carries an idempotency key, so the server applies a repeat once.
-WRITE_OPS = frozenset({
-    "add", "add_with_ids", "train", "remove_ids", "reset", "set_parameter",
-    "set_direct_map_type", "create", "import", "delete", "merge_from",
-})
-
-
 def retry_safe(op: str) -> bool:
-    """May ``op`` be sent again when it may already have reached the server?"""
-    return op in READ_OPS or op in WRITE_OPS
+    """May ``op`` be sent again when it may already have reached the server? (Reads and
+    repeatable control operations, and writes, which carry an idempotency key: the contract's
+    table in faissx_core/operations.py says which is which.)"""
+    return operations.retry_safe(op)
+
+
+def keyed(op: str) -> bool:
+    """Does ``op`` carry an idempotency key (is it a mutating request)?"""
+    decl = operations.OPERATIONS.get(op)
+    return decl is not None and decl.keyed
 
 
 @dataclass(frozen=True)

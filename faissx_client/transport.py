@@ -191,7 +191,7 @@ class Transport:
             "args": args or {}, "api_key": self.settings.api_key,
             "tenant": self.settings.tenant_id, "session": self.session,
         }
-        if op in recovery.WRITE_OPS:
+        if recovery.keyed(op):
             header["idem"] = recovery.new_idempotency_key()
         return header
 

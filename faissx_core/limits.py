@@ -33,12 +33,11 @@ from faissx_core.specs import REF_TYPE
 
 if TYPE_CHECKING:
     from faissx_core.messages import Request
+    from faissx_core.operations import Operation
     from faissx_core.server.backend import LocalBackend, ManagedIndex
     from faissx_core.settings import ServerSettings
     from faissx_core.tenancy import Principal
 
-#: Ops that add vectors to an index, and ops whose reply holds vectors.
-ADDS = {"add", "add_with_ids"}
 #: Buckets kept before full (idle) ones are forgotten; a full bucket equals a fresh one.
 MAX_BUCKETS = 1 << 16
 
@@ -202,11 +201,11 @@ class Limits:
             nbytes += int(managed.index.ntotal) * vector_bytes(managed)
         return count, vectors, nbytes
 
-    def write(self, op: str, tenant: str, backend: LocalBackend, arrays: dict[str, Any]
-              ) -> Any:
+    def write(self, op: Operation, tenant: str, backend: LocalBackend,
+              arrays: dict[str, Any]) -> Any:
         """The reservation an index op needs: the vectors it adds (others need none)."""
         x = arrays.get("x")
-        if op not in ADDS or not isinstance(x, np.ndarray):
+        if not op.adds_vectors or not isinstance(x, np.ndarray):
             return self.reserve(tenant, backend)
         return self.reserve(tenant, backend, vectors=_rows(x), nbytes=int(x.nbytes))
 

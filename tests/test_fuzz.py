@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 import faissx_client as fx
 from faissx_core.auth import hash_key
 from faissx_core.errors import ERRORS
-from faissx_core.server.ops import OPS
+from faissx_core.operations import OPERATIONS
 from faissx_core.tenancy import check_name
 
 from .conftest import ServerProcess
@@ -55,8 +55,7 @@ D = 8
 RNG = np.random.default_rng(77)
 BASE = RNG.standard_normal((60, D)).astype("float32")
 QUERIES = RNG.standard_normal((5, D)).astype("float32")
-CONTROL = ["create", "import", "delete", "list", "touch", "bye", "merge_from", "snapshot"]
-ALL_OPS = sorted(set(OPS) | set(CONTROL) | {"ping"})
+ALL_OPS = sorted(OPERATIONS)
 NAMES = ["target", "target-ivf", "fz", "fz2", "../x", "/abs", "a/../../b", "a\x00b", "..",
          ".hidden", "n" * 300, "tenants", "x" * 129, "../../../tmp/owned", "anon-1"]
 DTYPES = ["float32", "uint8", "int64", "uint64", "int32", "float64", "object", "<f4", "V8"]

@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faiss
+import msgpack
 import numpy as np
 import zmq
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from faissx_core import __version__
 from faissx_core.auth import KeyStore
@@ -32,24 +32,27 @@ from faissx_core.errors import (
     InternalError,
     InvalidArgument,
     PermissionDenied,
-    ProtocolError,
     UnsupportedOperation,
 )
 from faissx_core.limits import Limits
 from faissx_core.messages import PROTOCOL_VERSION, Request
+from faissx_core.operations import OPERATIONS, Operation, operation
 from faissx_core.plugins import PluginRegistry
 from faissx_core.protocol import decode_request, encode, request_id, send
 from faissx_core.security import configure_router
 from faissx_core.server.backend import LocalBackend, ManagedIndex
-from faissx_core.server.idempotency import IdempotencyTable, protects
+from faissx_core.server.idempotency import IdempotencyTable
 from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
 from faissx_core.server.ordering import SerialQueues
+from faissx_core.server.pipeline import Call, Observers
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
 from faissx_core.storage import LogRecord
 from faissx_core.tenancy import Principal, check_name
 
 log = logging.getLogger("faissx.server")
+#: A control operation's function: (caller, request, parsed args, arrays) -> result.
+Control = Callable[[Principal, Request, Any, Arrays], dict[str, Any]]
 
 #: Seconds between sweeps for idle unnamed indices.
 SWEEP_EVERY = 5.0
@@ -60,27 +63,8 @@ INLINE_WORK = 1 << 22
 SMALL_WORK = 1 << 24
 
 
-class CreateArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    spec: IndexSpec
-    ephemeral: bool = False
 
 
-class ImportArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    spec: IndexSpec | None = None
-    ephemeral: bool = False
-
-
-class MergeArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    other: str
-    add_id: int = Field(0, ge=0, lt=1 << 62)
-
-
-class ListArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    all: bool = Field(False, description="include this session's unnamed indices")
 
 
 class Server:
@@ -102,16 +86,27 @@ class Server:
         self._reply_endpoint = f"inproc://faissx-replies-{uuid.uuid4().hex}"
         self._local = threading.local()
         self._stopping = threading.Event()
-        self.control: dict[str, Callable[[Principal, Request, Arrays], dict[str, Any]]] = {
-            "create": self._create,
-            "delete": self._delete,
-            "list": self._list,
-            "bye": self._bye,
-            "touch": self._touch,
-            "import": self._import,
-            "merge_from": self._merge_from,
-            "snapshot": self._snapshot,
-        }
+        #: Completed requests are reported here (metrics, request logs): see pipeline.py.
+        self.observers = Observers()
+        self.control, self.index_ops = self._implementations()
+
+    def _implementations(self) -> tuple[dict[str, Control], dict[str, IndexOp]]:
+        """Each declared operation's function: ``_<name>`` here for a control operation, the
+        ``@op`` of ops.py for an index one. A declaration without one is a bug: fail at start."""
+        control: dict[str, Control] = {}
+        missing = []
+        for decl in OPERATIONS.values():
+            if decl.target == "control":
+                fn = getattr(self, f"_{decl.name}", None)
+                if fn is None:
+                    missing.append(decl.name)
+                else:
+                    control[decl.name] = fn
+            elif decl.name not in OPS:
+                missing.append(decl.name)
+        if missing:
+            raise RuntimeError(f"operations declared without an implementation: {missing}")
+        return control, dict(OPS)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -180,42 +175,56 @@ class Server:
         while replies.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             router.send_multipart(replies.recv_multipart(copy=False), copy=False)
 
-    # -- requests ----------------------------------------------------------------------------
+    # -- the pipeline ------------------------------------------------------------------------
+    # Every request takes the same path: decode, look up its declaration, authenticate,
+    # authorize by the declaration's access, admit (request limits), then either answer inline
+    # (a small read, or ping) or queue it: in arrival order per index when the declaration says
+    # ``ordered``, else on the pool. There, a keyed request goes through the idempotency table,
+    # and the operation runs: a control method, or an index op under the backend's locks, log
+    # and acknowledgement. Every answer leaves through :meth:`_finish`, which tells observers.
+
     def handle(self, ident: Any, frames: list[Any], router: zmq.Socket) -> None:
         """Validate, authenticate and dispatch one request. Never raises."""
-        rid = 0
+        call = Call(ident, 0, sum(_frame_bytes(f) for f in frames))
         try:
             request, arrays = decode_request(frames)
-            rid = request.id
-            if request.op == "ping":
-                send(router, [ident, *self._ok(rid, {
-                    "version": __version__, "protocol": PROTOCOL_VERSION})])
+            call.request_id, call.index = request.id, request.index
+            op = call.op = operation(request.op)
+            if op.access == "none":  # ping: no key, nothing to look up
+                call.inline = True
+                self._finish(call, router, self._ok(request.id, self._ping(
+                    None, request, op.parse(request.args), arrays)))
                 return
             principal = self.registry.hook.faissx_authenticate(
                 api_key=request.api_key, tenant=request.tenant, settings=self.settings)
+            call.tenant = principal.tenant
+            if op.access == "write" and not principal.can_write:
+                raise PermissionDenied(f"a {principal.role} key may not {op.name}")
+            if op.target == "index" and request.index is None:
+                raise InvalidArgument(f"{op.name} needs an index name")
             self.limits.admit(principal, request, arrays)
             if request.session:
                 self.backend.touch(request.session)
-            if self._inline(ident, principal, request, arrays, router):
+            if self._inline(call, principal, op, request, arrays, router):
                 return
-            op = OPS.get(request.op)
-            if op is not None and op.write and request.index is not None:
+            if op.ordered and request.index is not None:
                 # in arrival order per index: a pipelined add's parts must not overtake
                 self.writes.submit((principal.tenant, request.index),
-                                   lambda: self._work(ident, principal, request, arrays))
+                                   lambda: self._work(call, principal, op, request, arrays))
             else:
-                self.pool.submit(self._work, ident, principal, request, arrays)
+                self.pool.submit(self._work, call, principal, op, request, arrays)
         except FaissxError as exc:
-            send(router, [ident, *self._error(rid or request_id(frames), exc)])
+            call.request_id = call.request_id or request_id(frames)
+            self._finish(call, router, self._error(call.request_id, exc), exc.code)
         except Exception as exc:  # a bug must cost one request, not the server
             log.exception("unexpected error decoding a request")
-            send(router, [ident, *self._error(rid, InternalError(str(exc)))])
+            self._finish(call, router, self._error(call.request_id, InternalError(str(exc))),
+                         InternalError.code)
 
-    def _inline(self, ident: Any, principal: Principal, request: Request, arrays: Arrays,
-                router: zmq.Socket) -> bool:
+    def _inline(self, call: Call, principal: Principal, op: Operation, request: Request,
+                arrays: Arrays, router: zmq.Socket) -> bool:
         """Answer a small read right here if its index is free; False sends it to the pool."""
-        op = OPS.get(request.op)
-        if op is None or op.write or request.index is None:
+        if op.target != "index" or op.mutates:
             return False
         x = arrays.get("x")
         if x is not None and x.nbytes > 1 << 16:
@@ -229,52 +238,70 @@ class Server:
             return False
         if not managed.lock.acquire_read(blocking=False):
             return False
+        call.inline = True
         try:
-            frames = self._respond(request, lambda: self._run(op, managed, request, arrays,
-                                                               locked=True))
+            frames, outcome = self._respond(
+                request, lambda: self._run(self.index_ops[op.name], managed, request, arrays,
+                                           locked=True))
         finally:
             managed.lock.release_read()
-        send(router, [ident, *frames])
+        self._finish(call, router, frames, outcome)
         return True
 
-    def _work(self, ident: Any, principal: Principal, request: Request, arrays: Arrays) -> None:
+    def _work(self, call: Call, principal: Principal, op: Operation, request: Request,
+              arrays: Arrays) -> None:
+        """On the pool: run the request (once per idempotency key) and send its reply."""
+        outcome: str | None = None
+
         def execute() -> list[Any]:
-            return self._respond(request, lambda: self._execute(principal, request, arrays))
+            nonlocal outcome
+            frames, outcome = self._respond(
+                request, lambda: self._execute(principal, op, request, arrays))
+            return frames
 
-        if request.idem is not None and protects(request.op):
-            self.idempotency.handle(principal.tenant, request, ident, execute,
-                                    lambda message: send(self._pusher(), message))
+        if request.idem is not None and op.keyed:
+            def reply(token: Call, frames: list[Any], deduplicated: bool) -> None:
+                token.deduplicated = deduplicated
+                self._finish(token, self._pusher(), frames,
+                             outcome if token is call and not deduplicated else None)
+
+            self.idempotency.handle(principal.tenant, request, call, execute, reply)
             return
-        send(self._pusher(), [ident, *execute()])
+        self._finish(call, self._pusher(), execute(), outcome)
 
-    def _respond(self, request: Request, execute: Callable[[], list[Any]]) -> list[Any]:
-        """Frames of the reply to ``request``: its result, or its error as a typed reply."""
+    def _finish(self, call: Call, sock: zmq.Socket, frames: list[Any],
+                outcome: str | None = "ok") -> None:
+        """Send a request's reply, then tell the observers: the one exit of the pipeline.
+        ``outcome`` None means: read it from the reply (one the idempotency table made)."""
+        send(sock, [call.ident, *frames])
+        if self.observers:
+            self.observers.notify(call.event(frames, outcome or _outcome(frames)))
+
+    def _respond(self, request: Request, execute: Callable[[], list[Any]]
+                 ) -> tuple[list[Any], str]:
+        """Frames of the reply to ``request`` (its result, or its error as a typed reply), and
+        its outcome: ``ok`` or the error's code."""
         try:
-            return execute()
+            return execute(), "ok"
         except FaissxError as exc:
-            return self._error(request.id, exc)
+            return self._error(request.id, exc), exc.code
         except Exception as exc:
             log.exception("op %s failed unexpectedly", request.op)
-            return self._error(request.id, InternalError(f"{type(exc).__name__}: {exc}"))
+            return (self._error(request.id, InternalError(f"{type(exc).__name__}: {exc}")),
+                    InternalError.code)
 
-    def _execute(self, principal: Principal, request: Request, arrays: Arrays) -> list[Any]:
-        control = self.control.get(request.op)
-        if control is not None:
-            return self._ok(request.id, control(principal, request, arrays))
-        op = OPS.get(request.op)
-        if op is None:
-            raise ProtocolError(f"unknown op {request.op!r}")
-        if op.write and not principal.can_write:
-            raise PermissionDenied(f"a {principal.role} key may not {request.op}")
-        if request.index is None:
-            raise InvalidArgument(f"{request.op} needs an index name")
+    def _execute(self, principal: Principal, op: Operation, request: Request, arrays: Arrays
+                 ) -> list[Any]:
+        if op.target == "control":
+            return self._ok(request.id, self.control[op.name](
+                principal, request, op.parse(request.args), arrays))
         managed = self._get(principal, request)
         if request.after is not None and not self.idempotency.succeeded(principal.tenant,
                                                                          request.after):
             raise Aborted(f"{request.op} on {managed.name!r}: not applied, because the part "
                           "of this call before it was not")
-        with self.limits.write(op.name, principal.tenant, self.backend, arrays):
-            return self._run(op, managed, request, arrays)
+        with self.limits.write(op, principal.tenant, self.backend, arrays):
+            return self._run(self.index_ops[op.name], managed, request, arrays)
 
     def _run(self, op: IndexOp, managed: ManagedIndex, request: Request, arrays: Arrays,
              locked: bool = False) -> list[Any]:
@@ -283,7 +310,8 @@ class Server:
         if locked:
             result, out = job(managed.index)
         else:
-            record = LogRecord(op.name, request.args, arrays, request.idem) if op.write else None
+            record = (LogRecord(op.name, request.args, arrays, request.idem)
+                      if op.decl.logged else None)
             x = arrays.get("x")
             queries = x.shape[0] if x is not None and x.ndim else 1
             small = not op.write and managed.search_work(queries) <= SMALL_WORK
@@ -296,7 +324,7 @@ class Server:
         Its idempotency key is remembered with the reply it got, so a client retrying a write
         whose reply the crash swallowed is answered without applying it twice.
         """
-        op = OPS[record.op]
+        op = self.index_ops[record.op]
         result, _ = op.prepare(managed, op.parse(record.args), record.arrays)(managed.index)
         if record.idem:
             self.idempotency.remember(managed.tenant, record.idem, record.op, managed.name,
@@ -327,21 +355,15 @@ class Server:
         return encode({"v": PROTOCOL_VERSION, "id": rid, "ok": False, "error": exc.to_wire()})
 
     # -- control ops -------------------------------------------------------------------------
-    def _create(self, principal: Principal, request: Request, arrays: Arrays
-               ) -> dict[str, Any]:
-        if not principal.can_write:
-            raise PermissionDenied(f"a {principal.role} key may not create indices")
-        args = _parse(CreateArgs, request.args, "create")
+    def _create(self, principal: Principal, request: Request, args: Any,
+               arrays: Arrays) -> dict[str, Any]:
         name, session = _target(request, args.ephemeral)
         with self.limits.new_index(principal.tenant, self.backend, spec=args.spec):
             return self.backend.create(principal.tenant, name, args.spec, session).info()
 
-    def _import(self, principal: Principal, request: Request, arrays: Arrays
-               ) -> dict[str, Any]:
+    def _import(self, principal: Principal, request: Request, args: Any,
+               arrays: Arrays) -> dict[str, Any]:
         """Create an index from ``faiss.serialize_index`` bytes in the ``data`` frame."""
-        if not principal.can_write:
-            raise PermissionDenied(f"a {principal.role} key may not create indices")
-        args = _parse(ImportArgs, request.args, "import")
         data = arrays.get("data")
         if data is None or data.dtype != np.uint8 or data.ndim != 1:
             raise InvalidArgument("import needs the index bytes as a 1-d uint8 array 'data'")
@@ -352,12 +374,9 @@ class Server:
         with self.limits.new_index(principal.tenant, self.backend, index=index):
             return self.backend.create(principal.tenant, name, spec, session, index=index).info()
 
-    def _merge_from(self, principal: Principal, request: Request, arrays: Arrays
-                   ) -> dict[str, Any]:
+    def _merge_from(self, principal: Principal, request: Request, args: Any,
+                   arrays: Arrays) -> dict[str, Any]:
         """``target.merge_from(source, add_id)``: faiss moves the vectors, emptying the source."""
-        if not principal.can_write:
-            raise PermissionDenied(f"a {principal.role} key may not merge indices")
-        args = _parse(MergeArgs, request.args, "merge_from")
         target = self._get(principal, request)
         source = self._get(principal, request, args.other)
         if source is target:
@@ -374,11 +393,9 @@ class Server:
                     self.backend._save(managed)
         return target.info()
 
-    def _snapshot(self, principal: Principal, request: Request, arrays: Arrays
-                  ) -> dict[str, Any]:
+    def _snapshot(self, principal: Principal, request: Request, args: Any,
+                 arrays: Arrays) -> dict[str, Any]:
         """Snapshot one named index (``index``) or all of the tenant's, emptying their logs."""
-        if not principal.can_write:
-            raise PermissionDenied(f"a {principal.role} key may not snapshot indices")
         if self.backend.store is None:
             raise UnsupportedOperation("this server has no data directory to snapshot into")
         targets = ([self._get(principal, request)] if request.index
@@ -387,16 +404,13 @@ class Server:
             self.backend.snapshot(managed)
         return {"snapshotted": [m.name for m in targets if not m.ephemeral]}
 
-    def _delete(self, principal: Principal, request: Request, arrays: Arrays
-               ) -> dict[str, Any]:
-        if not principal.can_write:
-            raise PermissionDenied(f"a {principal.role} key may not delete indices")
+    def _delete(self, principal: Principal, request: Request, args: Any,
+               arrays: Arrays) -> dict[str, Any]:
         self.backend.delete(principal.tenant, self._get(principal, request).name)
         return {}
 
-    def _list(self, principal: Principal, request: Request, arrays: Arrays
-             ) -> dict[str, Any]:
-        args = _parse(ListArgs, request.args, "list")
+    def _list(self, principal: Principal, request: Request, args: Any,
+             arrays: Arrays) -> dict[str, Any]:
         return {"indexes": [
             m.info() for m in self.backend.list(principal.tenant)
             if not m.ephemeral or (args.all and m.session == request.session)
@@ -404,17 +418,20 @@ class Server:
             "memory_limit_bytes": self.backend.max_memory_bytes,
             "memory_free_bytes": self.backend.memory_free()}
 
-    def _touch(self, principal: Principal, request: Request, arrays: Arrays
-              ) -> dict[str, Any]:
+    def _ping(self, principal: Principal | None, request: Request, args: Any,
+              arrays: Arrays) -> dict[str, Any]:
+        """Liveness: answered on the socket thread, without a key."""
+        return {"version": __version__, "protocol": PROTOCOL_VERSION}
+
+    def _touch(self, principal: Principal, request: Request, args: Any,
+              arrays: Arrays) -> dict[str, Any]:
         """Keep-alive (and, from configure(), a check that the key works)."""
         return {"tenant": principal.tenant, "version": __version__,
                 "idle_ttl": self.settings.idle_ttl}
 
-    def _bye(self, principal: Principal, request: Request, arrays: Arrays
-            ) -> dict[str, Any]:
+    def _bye(self, principal: Principal, request: Request, args: Any,
+            arrays: Arrays) -> dict[str, Any]:
         """A client going away: drop the unnamed indices of its session."""
-        if not principal.can_write:  # a read key owns no unnamed index, and drops none
-            raise PermissionDenied(f"a {principal.role} key may not drop indices")
         dropped = (self.backend.drop_session(request.session, principal.tenant)
                    if request.session else 0)
         return {"dropped": dropped}
@@ -427,13 +444,14 @@ def _target(request: Request, ephemeral: bool) -> tuple[str, str | None]:
     return check_name(request.index or ""), request.session if ephemeral else None
 
 
-def _parse(model: type[BaseModel], raw: dict[str, Any], op: str) -> Any:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or "args"
-        raise InvalidArgument(f"{op}: {where}: {err.get('msg')}") from None
+def _outcome(frames: list[Any]) -> str:
+    """``ok`` or the error code of an encoded reply (one remembered by the idempotency table)."""
+    header = msgpack.unpackb(frames[0], raw=False)
+    return "ok" if header.get("ok") else str(header.get("error", {}).get("code", "internal"))
+
+
+def _frame_bytes(frame: Any) -> int:
+    return len(frame.buffer) if hasattr(frame, "buffer") else len(frame)
 
 
 def run_server(settings: ServerSettings) -> None:

@@ -27,6 +27,7 @@ from faissx_core.errors import (
     QuotaExceeded,
 )
 from faissx_core.introspect import bytes_per_vector, core_params, index_bytes
+from faissx_core.operations import OPERATIONS
 from faissx_core.plugins import PluginRegistry
 from faissx_core.server.locks import RWLock
 from faissx_core.specs import (
@@ -488,13 +489,9 @@ class LocalBackend:
             return iter(list(self._indices.values()))
 
 
-#: Ops that add vectors: the ones ``--max-memory`` checks before they run.
-_ADDS = ("add", "add_with_ids")
-
-
 def _growth(managed: ManagedIndex, record: LogRecord | None) -> int:
     """Bytes a logged write will add: vectors x bytes per vector for an add, else 0."""
-    if record is None or record.op not in _ADDS:
+    if record is None or not OPERATIONS[record.op].adds_vectors:
         return 0
     x = record.arrays.get("x")
     return 0 if x is None or x.ndim != 2 else int(x.shape[0]) * managed.vector_bytes

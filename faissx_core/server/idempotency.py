@@ -37,14 +37,11 @@ import msgpack
 
 from faissx_core.errors import InvalidArgument
 from faissx_core.messages import PROTOCOL_VERSION, Request
+from faissx_core.operations import OPERATIONS
 from faissx_core.protocol import encode
-from faissx_core.server.ops import OPS
 
 log = logging.getLogger("faissx.server")
 
-#: Control operations that change state; with every index op marked ``write`` they are the
-#: requests an idempotency key protects.
-CONTROL_WRITES = frozenset({"create", "import", "delete", "merge_from"})
 #: Seconds a finished key is remembered at least, unless its tenant exceeds PER_TENANT.
 KEEP_FOR = 600.0
 #: Most keys remembered per tenant; past it the oldest finished ones are forgotten.
@@ -52,15 +49,8 @@ PER_TENANT = 100_000
 CRASH_ENV = "FAISSX_TEST_CRASH_AFTER_WRITES"
 
 Frames = list[Any]
-Send = Callable[[Frames], None]
-
-
-def protects(op: str) -> bool:
-    """Does an idempotency key make ``op`` apply at most once?"""
-    if op in CONTROL_WRITES:
-        return True
-    index_op = OPS.get(op)
-    return index_op is not None and index_op.write
+#: How the table answers a caller: (the caller's token, reply frames, deduplicated).
+Reply = Callable[[Any, Frames, bool], None]
 
 
 def _ok(reply: Frames) -> bool:
@@ -112,9 +102,13 @@ class IdempotencyTable:
             return sum(len(keys) for keys in self._tenants.values())
 
     # -- the request path ------------------------------------------------------------------
-    def handle(self, tenant: str, request: Request, ident: Any,
-               execute: Callable[[], Frames], send: Send) -> None:
-        """Answer ``request`` (which has an ``idem`` key): run it once, or repeat its reply."""
+    def handle(self, tenant: str, request: Request, token: Any,
+               execute: Callable[[], Frames], reply: Reply) -> None:
+        """Answer ``request`` (which has an ``idem`` key): run it once, or repeat its reply.
+
+        ``token`` stands for the caller (the server's record of the request); every answer is
+        ``reply(token, frames, deduplicated)``, ``deduplicated`` when it repeats an earlier one.
+        """
         assert request.idem is not None
         with self._mutex:
             keys = self._tenants.setdefault(tenant, OrderedDict())
@@ -126,28 +120,28 @@ class IdempotencyTable:
                     self._sweep()
             elif (entry.op, entry.index) == (request.op, request.index):
                 if entry.reply is None:  # the first is still running: answer both at its end
-                    entry.waiters.append((ident, request.id))
+                    entry.waiters.append((token, request.id))
                     return
                 remembered = entry.reply
         if entry is not None:
             if (entry.op, entry.index) == (request.op, request.index):
-                send([ident, *readdress(remembered, request.id)])
+                reply(token, readdress(remembered, request.id), True)
                 return
             error = InvalidArgument(
                 f"idempotency key {request.idem!r} was used for {entry.op} on {entry.index!r}; "
                 "a different request needs a new key")
-            send([ident, *encode({"v": PROTOCOL_VERSION, "id": request.id, "ok": False,
-                                  "error": error.to_wire()})])
+            reply(token, encode({"v": PROTOCOL_VERSION, "id": request.id, "ok": False,
+                                 "error": error.to_wire()}), False)
             return
-        reply: Frames | None = None
+        frames: Frames | None = None
         try:
-            reply = execute()
-            self._maybe_crash(request, reply)
+            frames = execute()
+            self._maybe_crash(request, frames)
         finally:
-            waiters = self._finish(tenant, request.idem, reply)
-        send([ident, *reply])
+            waiters = self._finish(tenant, request.idem, frames)
+        reply(token, frames, False)
         for waiter, rid in waiters:
-            send([waiter, *readdress(reply, rid)])
+            reply(waiter, readdress(frames, rid), True)
 
     def succeeded(self, tenant: str, key: str) -> bool:
         """Was the request with this key applied, with a success reply?
@@ -202,7 +196,8 @@ class IdempotencyTable:
                 del self._tenants[tenant]
 
     def _maybe_crash(self, request: Request, reply: Frames) -> None:
-        if self._crash_after is None or request.op in CONTROL_WRITES or not _ok(reply):
+        if (self._crash_after is None or OPERATIONS[request.op].target == "control"
+                or not _ok(reply)):
             return
         if next(self._writes) >= self._crash_after:
             log.warning("%s: exiting after %s (idem %s) without replying", CRASH_ENV,

@@ -17,12 +17,6 @@ from typing import Any, NamedTuple
 import faiss
 import numpy as np
 from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
     ValidationError,
 )
 
@@ -36,6 +30,21 @@ from faissx_core.errors import (
     faiss_reason,
 )
 from faissx_core.introspect import export_vectors, keeps_ids
+from faissx_core.operations import (
+    OPERATIONS,
+    AddArgs,
+    Args,
+    DirectMapArgs,
+    ExportArgs,
+    KeyArgs,
+    Operation,
+    ParamName,
+    ParamValue,
+    RangeArgs,
+    RangeOfKeys,
+    RemoveArgs,
+    SearchArgs,
+)
 from faissx_core.selectors import SelectorSpec, build_selector
 from faissx_core.server.backend import ManagedIndex
 from faissx_core.specs import IndexSpec, downcast
@@ -48,33 +57,39 @@ Job = Callable[[Any], Result]
 MAX_RESULTS = 1 << 25
 
 
-class Args(BaseModel):
-    # strict: "1" is not a k, as a header field of the wrong type is not a header
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
 @dataclass(frozen=True)
 class IndexOp:
-    name: str
-    write: bool
-    args: type[Args]
+    """An index operation's declaration (the contract's table) with its server function."""
+
+    decl: Operation
     prepare: Callable[[ManagedIndex, Any, Arrays], Job]
 
-    def parse(self, raw: dict[str, Any]) -> Args:
-        try:
-            return self.args.model_validate(raw)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err.get("loc", ())) or "args"
-            raise InvalidArgument(f"{self.name}: {where}: {err.get('msg')}") from None
+    @property
+    def name(self) -> str:
+        return self.decl.name
+
+    @property
+    def write(self) -> bool:
+        return self.decl.write
+
+    def parse(self, raw: dict[str, Any]) -> Any:
+        return self.decl.parse(raw)
 
 
+#: The function of every index operation, by name; each is declared in faissx_core/operations.py.
 OPS: dict[str, IndexOp] = {}
 
 
-def op(name: str, *, write: bool, args: type[Args] = Args) -> Callable:
+def op(name: str) -> Callable:
+    """Register the function that prepares ``name``'s job; ``name`` must be declared in the
+    contract (faissx_core/operations.py) as an index operation."""
+    decl = OPERATIONS.get(name)
+    if decl is None or decl.target != "index":
+        raise LookupError(f"op {name!r}: declare it as an index operation in "
+                          "faissx_core/operations.py first")
+
     def register(fn: Callable[[ManagedIndex, Any, Arrays], Job]) -> Callable:
-        OPS[name] = IndexOp(name, write, args, fn)
+        OPS[name] = IndexOp(decl, fn)
         return fn
 
     return register
@@ -172,14 +187,8 @@ def _info(index: Any) -> dict[str, Any]:
 
 # -- argument models ---------------------------------------------------------------------------
 
-class SearchArgs(Args):
-    k: int = Field(ge=1, le=1 << 20)
-    params: IndexSpec | None = None
 
 
-class RangeArgs(Args):
-    radius: float
-    params: IndexSpec | None = None
 
 
 class SearchParams(NamedTuple):
@@ -218,49 +227,27 @@ def search_params(m: ManagedIndex, spec: IndexSpec | None, arrays: Arrays) -> Se
     return SearchParams(params, held)
 
 
-class KeyArgs(Args):
-    key: int = Field(ge=-(1 << 63), lt=1 << 63)
 
 
-class RangeOfKeys(Args):
-    n0: int = Field(0, ge=0)
-    ni: int = Field(ge=0)
 
 
-class RemoveArgs(Args):
-    selector: SelectorSpec | None = None
 
 
-class ParamName(Args):
-    name: str = Field(max_length=64)
 
 
-class ParamValue(ParamName):
-    value: StrictBool | StrictInt | StrictFloat
 
 
-class ExportArgs(Args):
-    vectors: bool = True
-    start: int = Field(0, ge=0, lt=1 << 62)
-    count: int | None = Field(None, ge=0, lt=1 << 62)
 
 
-class DirectMapArgs(Args):
-    type: int = Field(ge=0, le=2, description="faiss.DirectMap.NoMap / Array / Hashtable")
 
 
 # -- operations --------------------------------------------------------------------------------
 
-@op("info", write=False)
+@op("info")
 def info(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     return lambda index: (m.info(), {})
 
 
-class AddArgs(Args):
-    #: Rows this request and the rest of its call add (each part of a pipelined add says so):
-    #: flat storage then grows ahead instead of reallocating, and copying everything so far,
-    #: part after part.
-    reserve: int = Field(0, ge=0, lt=1 << 40)
 
 
 #: Storage grows ahead by at most this many times the rows of the request asking, so a request
@@ -287,7 +274,7 @@ def grow_storage(m: ManagedIndex, index: Any, rows: int, reserve: int) -> None:
     flat.codes.resize(have)
 
 
-@op("add", write=True, args=AddArgs)
+@op("add")
 def add(m: ManagedIndex, a: AddArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
 
@@ -302,7 +289,7 @@ def add(m: ManagedIndex, a: AddArgs, arrays: Arrays) -> Job:
     return job
 
 
-@op("add_with_ids", write=True)
+@op("add_with_ids")
 def add_with_ids(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
     ids = id_array(arrays, "ids", len(x))
@@ -316,7 +303,7 @@ def add_with_ids(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     return job
 
 
-@op("train", write=True)
+@op("train")
 def train(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
 
@@ -327,7 +314,7 @@ def train(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     return job
 
 
-@op("search", write=False, args=SearchArgs)
+@op("search")
 def search(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
     k = _k(a.k, len(x))
@@ -341,7 +328,7 @@ def search(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
     return job
 
 
-@op("assign", write=False, args=SearchArgs)
+@op("assign")
 def assign(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
     k = _k(a.k, len(x))
@@ -349,7 +336,7 @@ def assign(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
                                               m)})
 
 
-@op("range_search", write=False, args=RangeArgs)
+@op("range_search")
 def range_search(m: ManagedIndex, a: RangeArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
     if m.binary and a.radius != int(a.radius):
@@ -369,7 +356,7 @@ def range_search(m: ManagedIndex, a: RangeArgs, arrays: Arrays) -> Job:
     return job
 
 
-@op("search_and_reconstruct", write=False, args=SearchArgs)
+@op("search_and_reconstruct")
 def search_and_reconstruct(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
     k = _k(a.k, len(x))
@@ -383,7 +370,7 @@ def search_and_reconstruct(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Jo
     return job
 
 
-@op("reconstruct", write=False, args=KeyArgs)
+@op("reconstruct")
 def reconstruct(m: ManagedIndex, a: KeyArgs, arrays: Arrays) -> Job:
     def job(index: Any) -> Result:
         key = _key(m, index, a.key)
@@ -392,7 +379,7 @@ def reconstruct(m: ManagedIndex, a: KeyArgs, arrays: Arrays) -> Job:
     return job
 
 
-@op("reconstruct_n", write=False, args=RangeOfKeys)
+@op("reconstruct_n")
 def reconstruct_n(m: ManagedIndex, a: RangeOfKeys, arrays: Arrays) -> Job:
     def job(index: Any) -> Result:
         if a.n0 + a.ni > index.ntotal:
@@ -410,7 +397,7 @@ def reconstruct_n(m: ManagedIndex, a: RangeOfKeys, arrays: Arrays) -> Job:
     return job
 
 
-@op("reconstruct_batch", write=False)
+@op("reconstruct_batch")
 def reconstruct_batch(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     ids = id_array(arrays, "ids")
 
@@ -422,7 +409,7 @@ def reconstruct_batch(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     return job
 
 
-@op("remove_ids", write=True, args=RemoveArgs)
+@op("remove_ids")
 def remove_ids(m: ManagedIndex, a: RemoveArgs, arrays: Arrays) -> Job:
     if a.selector is None:
         ids = id_array(arrays, "ids")
@@ -438,7 +425,7 @@ def remove_ids(m: ManagedIndex, a: RemoveArgs, arrays: Arrays) -> Job:
     return job
 
 
-@op("reset", write=True)
+@op("reset")
 def reset(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     def job(index: Any) -> Result:
         run_faiss(index.reset, "reset", m)
@@ -447,13 +434,13 @@ def reset(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     return job
 
 
-@op("get_parameter", write=False, args=ParamName)
+@op("get_parameter")
 def get_parameter(m: ManagedIndex, a: ParamName, arrays: Arrays) -> Job:
     param = m.runtime_param(a.name)
     return lambda index: ({"value": param.read(index)}, {})
 
 
-@op("set_parameter", write=True, args=ParamValue)
+@op("set_parameter")
 def set_parameter(m: ManagedIndex, a: ParamValue, arrays: Arrays) -> Job:
     param = m.runtime_param(a.name)
     value = param.coerce(a.value)
@@ -465,14 +452,14 @@ def set_parameter(m: ManagedIndex, a: ParamValue, arrays: Arrays) -> Job:
     return job
 
 
-@op("serialize", write=False)
+@op("serialize")
 def serialize(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     """The index as ``faiss.serialize_index`` bytes: what pickling and ``write_index`` carry."""
     writer = faiss.serialize_index_binary if m.binary else faiss.serialize_index
     return lambda index: ({}, {"data": run_faiss(lambda: writer(index), "serialize", m)})
 
 
-@op("export", write=False, args=ExportArgs)
+@op("export")
 def export(m: ManagedIndex, a: ExportArgs, arrays: Arrays) -> Job:
     """Stored ids (and, with ``vectors``, their reconstructed vectors) in stored order, entries
     ``start`` to ``start + count``: what merging and splitting need from an index faiss cannot
@@ -487,7 +474,7 @@ def export(m: ManagedIndex, a: ExportArgs, arrays: Arrays) -> Job:
     return job
 
 
-@op("set_direct_map_type", write=True, args=DirectMapArgs)
+@op("set_direct_map_type")
 def set_direct_map_type(m: ManagedIndex, a: DirectMapArgs, arrays: Arrays) -> Job:
     """IVF only: keep an id -> list position map so ``reconstruct`` works."""
 

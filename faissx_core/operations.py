@@ -1,0 +1,243 @@
+"""Every wire operation, declared once.
+
+This table is the contract between client and server for *what* an operation is; the server's
+pipeline (``faissx_core/server/pipeline.py``) and the client's retry rules
+(``faissx_client/recovery.py``) read it, and nothing else lists operation names. An entry says:
+
+* ``access``: the least key role allowed to send it (``none`` for ``ping``, which needs no key;
+  ``read``; ``write``).
+* ``target``: ``index`` for an operation on one existing index (run by the backend under that
+  index's lock: a job from ``faissx_core/server/ops.py``), ``control`` for one the server runs
+  itself (create, delete, import, merge, list, ...: a method of the server's control table).
+* ``mutates``: it changes state. A mutating request carries an idempotency key (``idem``), so a
+  retry of it is applied at most once, and it is refused to read-only keys.
+* ``logged``: an index write that is appended to the index's write-ahead log and replayed at start.
+* ``ordered``: requests on one index run in arrival order (the parts of a pipelined add).
+* ``repeatable``: not mutating in a way a repeat could double (``bye``, ``snapshot``), so the client
+  may resend it without a key.
+* ``adds_vectors`` / ``creates_index``: what a tenant quota counts for it.
+* ``args``: the pydantic model of its arguments, validated before it touches faiss.
+
+Adding an operation is one :class:`Operation` here plus its function on the server (an ``@op`` in
+ops.py for an index operation, a control method for a control one); the server refuses to start
+if either is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+)
+
+from faissx_core.errors import InvalidArgument, ProtocolError
+from faissx_core.selectors import SelectorSpec
+from faissx_core.specs import IndexSpec
+
+Access = Literal["none", "read", "write"]
+Target = Literal["index", "control"]
+
+
+# -- argument models -------------------------------------------------------------------------
+
+class Args(BaseModel):
+    """Arguments of an index operation: strict, as a header field of the wrong type is not a
+    header (``"1"`` is not a ``k``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ControlArgs(BaseModel):
+    """Arguments of a control operation (specs arrive as plain maps, so not strict)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchArgs(Args):
+    k: int = Field(ge=1, le=1 << 20)
+    params: IndexSpec | None = None
+
+
+class RangeArgs(Args):
+    radius: float
+    params: IndexSpec | None = None
+
+
+class KeyArgs(Args):
+    key: int = Field(ge=-(1 << 63), lt=1 << 63)
+
+
+class RangeOfKeys(Args):
+    n0: int = Field(0, ge=0)
+    ni: int = Field(ge=0)
+
+
+class RemoveArgs(Args):
+    selector: SelectorSpec | None = None
+
+
+class ParamName(Args):
+    name: str = Field(max_length=64)
+
+
+class ParamValue(ParamName):
+    value: StrictBool | StrictInt | StrictFloat
+
+
+class ExportArgs(Args):
+    vectors: bool = True
+    start: int = Field(0, ge=0, lt=1 << 62)
+    count: int | None = Field(None, ge=0, lt=1 << 62)
+
+
+class DirectMapArgs(Args):
+    type: int = Field(ge=0, le=2, description="faiss.DirectMap.NoMap / Array / Hashtable")
+
+
+class AddArgs(Args):
+    #: Rows this request and the rest of its call add (each part of a pipelined add says so):
+    #: flat storage then grows ahead instead of reallocating, part after part.
+    reserve: int = Field(0, ge=0, lt=1 << 40)
+
+
+class CreateArgs(ControlArgs):
+    spec: IndexSpec
+    ephemeral: bool = False
+
+
+class ImportArgs(ControlArgs):
+    spec: IndexSpec | None = None
+    ephemeral: bool = False
+
+
+class MergeArgs(ControlArgs):
+    other: str
+    add_id: int = Field(0, ge=0, lt=1 << 62)
+
+
+class ListArgs(ControlArgs):
+    all: bool = Field(False, description="include this session's unnamed indices")
+
+
+# -- the table -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Operation:
+    """What one wire operation is, independent of how the server carries it out."""
+
+    name: str
+    access: Access
+    target: Target
+    args: type[BaseModel] = Args
+    mutates: bool = False
+    logged: bool = False
+    ordered: bool = False
+    repeatable: bool = False
+    adds_vectors: bool = False
+    creates_index: bool = False
+    doc: str = ""
+
+    @property
+    def write(self) -> bool:
+        """Needs a write key and the index's write lock."""
+        return self.mutates
+
+    @property
+    def keyed(self) -> bool:
+        """Carries an idempotency key; the server applies it at most once per key."""
+        return self.mutates
+
+    @property
+    def retry_safe(self) -> bool:
+        """May the client resend it when it may already have reached the server?"""
+        return not self.mutates or self.keyed or self.repeatable
+
+    def parse(self, raw: Mapping[str, Any]) -> Any:
+        """The validated arguments, or InvalidArgument naming the first bad field."""
+        try:
+            return self.args.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err.get("loc", ())) or "args"
+            raise InvalidArgument(f"{self.name}: {where}: {err.get('msg')}") from None
+
+
+def _read(name: str, args: type[BaseModel] = Args, doc: str = "") -> Operation:
+    return Operation(name, "read", "index", args, doc=doc)
+
+
+def _write(name: str, args: type[BaseModel] = Args, doc: str = "", **more: Any) -> Operation:
+    return Operation(name, "write", "index", args, mutates=True, logged=True, ordered=True,
+                     doc=doc, **more)
+
+
+_TABLE = (
+    # -- control ----------------------------------------------------------------------------
+    Operation("ping", "none", "control", ControlArgs, repeatable=True,
+              doc="liveness and protocol version; needs no key"),
+    Operation("touch", "read", "control", ControlArgs, repeatable=True,
+              doc="keep-alive for the session's unnamed indices; checks the key"),
+    Operation("list", "read", "control", ListArgs, repeatable=True,
+              doc="the tenant's indices and memory use"),
+    Operation("bye", "write", "control", ControlArgs, repeatable=True,
+              doc="drop the session's unnamed indices (a second bye drops nothing)"),
+    Operation("create", "write", "control", CreateArgs, mutates=True, ordered=True,
+              creates_index=True,
+              doc="build an index from a spec"),
+    Operation("import", "write", "control", ImportArgs, mutates=True, ordered=True,
+              creates_index=True, adds_vectors=True,
+              doc="an index from faiss.serialize_index bytes"),
+    Operation("delete", "write", "control", ControlArgs, mutates=True, ordered=True,
+              doc="drop an index and its files"),
+    Operation("merge_from", "write", "control", MergeArgs, mutates=True, ordered=True,
+              doc="move another index's vectors into this one (faiss merge_from)"),
+    Operation("snapshot", "write", "control", ControlArgs, repeatable=True, ordered=True,
+              doc="snapshot one named index, or all of the tenant's"),
+    # -- reads on one index -----------------------------------------------------------------
+    _read("info", doc="d, ntotal, is_trained, metric, type, runtime parameters"),
+    _read("search", SearchArgs),
+    _read("assign", SearchArgs),
+    _read("range_search", RangeArgs),
+    _read("search_and_reconstruct", SearchArgs),
+    _read("reconstruct", KeyArgs),
+    _read("reconstruct_n", RangeOfKeys),
+    _read("reconstruct_batch"),
+    _read("get_parameter", ParamName),
+    _read("serialize", doc="faiss.serialize_index bytes"),
+    _read("export", ExportArgs, doc="stored ids (and vectors), one page"),
+    # -- writes on one index ----------------------------------------------------------------
+    _write("add", AddArgs, adds_vectors=True),
+    _write("add_with_ids", adds_vectors=True),
+    _write("train"),
+    _write("remove_ids", RemoveArgs),
+    _write("reset"),
+    _write("set_parameter", ParamValue),
+    _write("set_direct_map_type", DirectMapArgs),
+)
+
+#: Every operation by name (read-only).
+OPERATIONS: Mapping[str, Operation] = MappingProxyType({o.name: o for o in _TABLE})
+
+
+def operation(name: str) -> Operation:
+    """The declaration of ``name``, or ProtocolError: an unknown op is a malformed request."""
+    found = OPERATIONS.get(name)
+    if found is None:
+        raise ProtocolError(f"unknown op {name!r}")
+    return found
+
+
+def retry_safe(name: str) -> bool:
+    """May the client resend ``name`` when it may already have reached the server?"""
+    found = OPERATIONS.get(name)
+    return found is not None and found.retry_safe
