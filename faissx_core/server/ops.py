@@ -99,6 +99,13 @@ def run_faiss(fn: Callable[[], Any], what: str, managed: ManagedIndex) -> Any:
     """Call into faiss, turning its C++ exceptions into typed errors."""
     try:
         return fn()
+    except TypeError as exc:  # SWIG found no overload for these values: faiss refuses them
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WrongType(f"{what} on {managed.spec.type}: faiss refused the arguments "
+                        f"({first})") from None
+    except AttributeError as exc:  # the faiss class has no such method
+        raise UnsupportedOperation(f"{what} is not supported by {managed.spec.type} "
+                                   f"({exc})") from None
     except RuntimeError as exc:
         text = str(exc)
         if "not implemented" in text.lower() or "not supported" in text.lower():
@@ -341,6 +348,9 @@ def range_search(m: ManagedIndex, a: RangeArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
     if m.binary and a.radius != int(a.radius):
         raise WrongType(f"a Hamming radius is an integer, got {a.radius}")
+    if m.binary and not -(1 << 31) <= a.radius < 1 << 31:
+        # faiss takes it as a C int (its Python call raises TypeError past that)
+        raise WrongType(f"a Hamming radius must fit a 32-bit int, got {int(a.radius)}")
     radius = int(a.radius) if m.binary else float(a.radius)
     sp = search_params(m, a.params, arrays)
 
@@ -363,11 +373,28 @@ def search_and_reconstruct(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Jo
     sp = search_params(m, a.params, arrays)
 
     def job(index: Any) -> Result:
+        if m.binary:
+            return {}, binary_search_and_reconstruct(m, index, x, k, sp.params)
         D, I, R = run_faiss(lambda: index.search_and_reconstruct(x, k, params=sp.params),
                             "search_and_reconstruct", m)
         return {}, {"D": D, "I": I, "R": R}
 
     return job
+
+
+def binary_search_and_reconstruct(m: ManagedIndex, index: Any, x: np.ndarray, k: int,
+                                  params: Any) -> Arrays:
+    """faiss's C++ ``IndexBinary::search_and_reconstruct``, which its Python wrapper does not
+    expose (a call to it fails with TypeError): called through SWIG pointers instead, so the
+    result is faiss's own, a label of -1 reconstructed as all 0xff bytes."""
+    n = len(x)
+    D = np.empty((n, k), dtype=np.int32)
+    I = np.empty((n, k), dtype=np.int64)
+    R = np.empty((n, k, index.code_size), dtype=np.uint8)
+    run_faiss(lambda: index.search_and_reconstruct(
+        n, faiss.swig_ptr(x), k, faiss.swig_ptr(D), faiss.swig_ptr(I), faiss.swig_ptr(R),
+        params), "search_and_reconstruct", m)
+    return {"D": D, "I": I, "R": R}
 
 
 @op("reconstruct")
@@ -404,6 +431,12 @@ def reconstruct_batch(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     def job(index: Any) -> Result:
         if not _has_id_map(index) and ids.size and (ids.min() < 0 or ids.max() >= index.ntotal):
             raise OutOfRange(f"ids out of range [0, {index.ntotal})")
+        if m.binary:  # faiss's IndexBinary has no reconstruct_batch: one key at a time
+            out = np.empty((ids.size, index.code_size), dtype=np.uint8)
+            for row, key in enumerate(ids.tolist()):
+                out[row] = run_faiss(lambda key=key: index.reconstruct(key), "reconstruct_batch",
+                                     m)
+            return {}, {"x": out}
         return {}, {"x": run_faiss(lambda: index.reconstruct_batch(ids), "reconstruct_batch", m)}
 
     return job
