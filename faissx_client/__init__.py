@@ -150,6 +150,12 @@ for _itype in _registry.types.values():
         _classes[_itype.name] = globals()[_itype.name] = make_class(_itype, _registry, get_client)
 
 
+#: The seed lists ``IndexHNSW``; faiss's class of that name is abstract (it has no storage and
+#: refuses ``add``), so the drop-in name builds what it describes: an ``IndexHNSWFlat``.
+if "IndexHNSWFlat" in _classes:
+    IndexHNSW = _classes["IndexHNSWFlat"]
+
+
 def _proxy_class(info: dict[str, Any]) -> type:
     """The proxy class for a server-side index: its own type's, else its faiss class's name."""
     for name in (info["type"], info.get("faiss_class")):

@@ -39,9 +39,14 @@ def _connection(fn):
 @contextmanager
 def connect(server: str, api_key: str | None, tenant: str | None, timeout: float
             ) -> Iterator[Client]:
-    client = Client(ClientSettings(server=server, api_key=api_key, tenant_id=tenant,
-                                   timeout=timeout))
     try:
+        settings = ClientSettings.checked(server=server, api_key=api_key, tenant_id=tenant,
+                                          timeout=timeout)
+    except FaissxError as exc:
+        raise click.ClickException(str(exc)) from None
+    client = Client(settings)
+    try:
+        client.hello()  # checks the key, and learns the server's message limit
         yield client
     except FaissxError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
@@ -118,6 +123,18 @@ def export_cmd(name: str, path: Path, server: str, api_key: str | None, tenant: 
     console.print(f"wrote {name} ({data.nbytes} bytes) to {path}")
 
 
+def is_faiss_file(data: np.ndarray) -> bool:
+    """Whether faiss reads ``data`` as an index (float or binary); faiss raises RuntimeError,
+    or MemoryError for sizes a damaged header makes up, on anything else."""
+    for reader in (faiss.deserialize_index, faiss.deserialize_index_binary):
+        try:
+            reader(data)
+            return True
+        except (RuntimeError, MemoryError, ValueError):
+            continue
+    return False
+
+
 @indexes.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("name")
@@ -126,10 +143,11 @@ def import_cmd(path: Path, name: str, server: str, api_key: str | None, tenant: 
                timeout: float) -> None:
     """Upload the faiss file PATH as a new named index NAME."""
     data = np.fromfile(path, dtype=np.uint8)
-    try:  # refuse what faiss itself cannot read before sending it anywhere
-        faiss.deserialize_index(data)
-    except RuntimeError:
-        faiss.deserialize_index_binary(data)
+    if not is_faiss_file(data):  # refuse what faiss itself cannot read before sending it
+        raise click.ClickException(f"{path} is not a faiss index file (faiss.write_index "
+                                   "writes one; `faissx indexes export` too)")
     with connect(server, api_key, tenant, timeout) as client:
-        info = client.call("import", name, {"ephemeral": False}, {"data": data})[0]
+        info = client.upload(name, data, ephemeral=False)
     console.print(f"imported {path} as {name}: {info['faiss_class']}, {info['ntotal']} vectors")
+    for line in info.get("warnings") or ():
+        console.print(f"warning: {line}")

@@ -15,7 +15,7 @@ import faiss
 
 from faissx_client.proxy import RemoteComponent, RemoteIndex, describe
 from faissx_core.plugins import PluginRegistry
-from faissx_core.specs import IndexType
+from faissx_core.specs import IndexSpec, IndexType
 
 
 def _build_here(build: Callable[[tuple, dict], Any], args: tuple, kwargs: dict) -> Any:
@@ -38,7 +38,14 @@ class DropIn(type):
     def __call__(cls, *args: Any, name: str | None = None, **kwargs: Any) -> Any:
         client = cls._current()
         itype = cls.itype
+        if itype.shorthand is not None:  # e.g. IndexIVFFlat(d, nlist=100): no quantizer
+            rewritten = itype.shorthand(args, kwargs)
+            if rewritten is not None:
+                args, kwargs = rewritten
         if client is None:
+            # parts the shorthand describes (a quantizer) are built here, as faiss objects
+            args = tuple(cls._registry.build(a) if isinstance(a, IndexSpec) else a for a in args)
+
             def build(args: tuple, kwargs: dict) -> Any:
                 if cls._faiss_cls is not None:  # faiss's own class, with all its overloads
                     return cls._faiss_cls(*args, **kwargs)

@@ -18,6 +18,8 @@ log = logging.getLogger("faissx.client")
 #: Most seconds between keep-alives while this client owns unnamed indices; a server with a
 #: short ``--idle-ttl`` gets them three times per TTL.
 KEEPALIVE_EVERY = 60.0
+#: Most bytes of an upload (``import``) sent in one request.
+UPLOAD_PART = 64 << 20
 
 
 class Client:
@@ -37,6 +39,31 @@ class Client:
         ttl = info.get("idle_ttl")
         if isinstance(ttl, int | float) and ttl > 0:
             self.keepalive_every = min(KEEPALIVE_EVERY, ttl / 3)
+        limit = info.get("max_message_bytes")
+        if type(limit) is int and limit > 0:
+            self.transport.max_frame = limit
+        return info
+
+    def part_bytes(self) -> int:
+        """Bytes of array data one request may carry: the server's ``--max-message-mb`` less
+        room for the header, and never more than :data:`UPLOAD_PART` (0: no limit)."""
+        limit = self.transport.max_frame
+        return min(UPLOAD_PART, limit * 3 // 4) if limit else UPLOAD_PART
+
+    def upload(self, name: str, data: np.ndarray, ephemeral: bool,
+               spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``import`` faiss bytes as index ``name``, in parts when they exceed one message
+        (the server assembles them: faissx_core/server/uploads.py); the new index's info."""
+        args: dict[str, Any] = {"ephemeral": ephemeral}
+        if spec is not None:
+            args["spec"] = spec
+        total, part = int(data.nbytes), max(1, self.part_bytes())
+        if total <= part:
+            return self.call("import", name, args, {"data": data})[0]
+        info: dict[str, Any] = {}
+        for offset in range(0, total, part):
+            info, _ = self.call("import", name, {**args, "offset": offset, "total": total},
+                                {"data": data[offset:offset + part]})
         return info
 
     @property

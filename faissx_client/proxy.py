@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -20,7 +21,7 @@ import numpy as np
 
 from faissx_client import optimization as _opt
 from faissx_client.cache import vector_cache
-from faissx_core.errors import InvalidArgument, WrongType
+from faissx_core.errors import FaissxWarning, InvalidArgument, WrongType
 from faissx_core.selectors import IDS_FRAME, SelectorSpec
 from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType
 
@@ -61,8 +62,13 @@ class RemoteIndex:
             args: dict[str, Any] = {"ephemeral": not self._named}
             if self._spec.type != IMPORTED.name:  # an upload's spec is the server's to infer
                 args["spec"] = self._spec.model_dump()
-            info, _ = client.call(op, self._name, args,
-                                  {"data": data} if data is not None else None)
+            if op == "import" and data is not None:  # in parts when over one message
+                info = client.upload(self._name, data, args["ephemeral"], args.get("spec"))
+            else:
+                info, _ = client.call(op, self._name, args,
+                                      {"data": data} if data is not None else None)
+            for line in info.pop("warnings", None) or ():  # the server's hints, e.g. volatile
+                warnings.warn(line, FaissxWarning, stacklevel=4)
             object.__setattr__(self, "_spec", IndexSpec.model_validate(info["spec"]))
             object.__setattr__(self, "_info", info)
             if not self._named:
@@ -160,9 +166,12 @@ class RemoteIndex:
               ) -> tuple[int, bool]:
         """(rows per request, show a progress bar) for a call on the rows of ``x``."""
         show = _opt.progress_wanted(progress)
-        rows = _opt.chunk_rows(len(x), x.itemsize * x.shape[1], _opt.batch_size_of(self._values),
+        row_bytes = x.itemsize * x.shape[1]
+        rows = _opt.chunk_rows(len(x), row_bytes, _opt.batch_size_of(self._values),
                                remote=True, progress=show, k=k)
-        return rows, show
+        # no part over the server's message limit, whatever batch_size asks for
+        fits = max(1, self._client.part_bytes() // max(1, row_bytes))
+        return min(rows, fits), show
 
     def _add_rows(self, op: str, x: np.ndarray, ids: np.ndarray | None,
                   progress: bool | None) -> None:
@@ -451,6 +460,8 @@ def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
     Local faiss objects cannot be described (their contents are C++), so passing one in remote
     mode is refused rather than silently sent as something else.
     """
+    if isinstance(value, IndexSpec):  # a part a shorthand constructor made up (a quantizer)
+        return value.model_dump(), {}
     if isinstance(value, RemoteIndex) and value._info is not None:
         return IndexSpec(type=REF_TYPE, params={"name": value.name}).model_dump(), {}
     if isinstance(value, RemoteIndex | RemoteComponent):

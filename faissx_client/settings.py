@@ -3,13 +3,46 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from faissx_core.errors import InvalidArgument
 from faissx_core.security import is_key, read_secret_key
 
 DEFAULT_SERVER = "tcp://localhost:45678"
+#: ``host:port`` with no scheme: what people type first, taken as ``tcp://host:port``.
+_BARE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_TCP = re.compile(r"^tcp://(\[[0-9a-fA-F:]+\]|[^:/\[\]]+|\*)(:(\d+))?$")
+
+
+def normalize_endpoint(server: str) -> str:
+    """The ZeroMQ endpoint for ``server``: ``host:port`` gains ``tcp://``; a TCP endpoint must
+    name its port (ZeroMQ would only fail at connect, with "Invalid argument", on every retry).
+    """
+    server = server.strip()
+    if _BARE.match(server):
+        server = f"tcp://{server}"
+    if server.startswith("tcp://"):
+        match = _TCP.match(server)
+        if match is None or match.group(3) is None:
+            raise ValueError(f"server {server!r} has no port: write it as tcp://HOST:PORT, "
+                             "e.g. tcp://localhost:45678")
+        if not 0 < int(match.group(3)) < 65536:
+            raise ValueError(f"server {server!r}: port {match.group(3)} is not in 1-65535")
+        return server
+    if not server.startswith(("ipc://", "inproc://")):
+        raise ValueError(f"server {server!r} is not a ZeroMQ endpoint: write it as "
+                         "tcp://HOST:PORT (e.g. tcp://localhost:45678) or ipc:///path/to/socket")
+    return server
 
 
 class ClientSettings(BaseModel):
@@ -30,10 +63,7 @@ class ClientSettings(BaseModel):
     @field_validator("server")
     @classmethod
     def _endpoint(cls, server: str) -> str:
-        if not server.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ValueError(
-                f"server must be a ZeroMQ endpoint like tcp://host:45678, got {server!r}")
-        return server
+        return normalize_endpoint(server)
 
     @field_validator("server_public_key", "client_public_key")
     @classmethod
@@ -69,4 +99,17 @@ class ClientSettings(BaseModel):
         }
         values = {k: v for k, v in env.items() if v}
         values.update({k: v for k, v in given.items() if v is not None})
-        return cls(**values)
+        return cls.checked(**values)
+
+    @classmethod
+    def checked(cls, **values: Any) -> ClientSettings:
+        """The settings, or one :class:`InvalidArgument` line naming the bad value (a pydantic
+        report, with its URL, tells a newcomer less than the sentence inside it)."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err.get("loc", ()))
+            msg = str(err.get("msg", exc)).removeprefix("Value error, ")
+            raise InvalidArgument(f"configure(): {where + ': ' if where else ''}{msg}",
+                                  field=where) from None

@@ -39,7 +39,7 @@ import zmq
 
 from faissx_client import recovery
 from faissx_client.settings import ClientSettings
-from faissx_core.errors import ServerUnavailable, from_wire
+from faissx_core.errors import QuotaExceeded, ServerUnavailable, from_wire
 from faissx_core.messages import PROTOCOL_VERSION
 from faissx_core.protocol import encode, recv_reply, send
 from faissx_core.security import configure_dealer
@@ -53,6 +53,19 @@ DEFAULT_HEARTBEAT = 1.0
 MIN_ATTEMPT = 0.05
 _MONITORED = zmq.EVENT_DISCONNECTED
 _EVENT = struct.Struct("=HI")  # a monitor event frame: u16 event, u32 value
+#: A request this large whose connection dropped may have been over the server's message limit.
+LARGE_REQUEST = 1 << 20
+
+
+def _size(frames: Sequence[Any]) -> int:
+    """Bytes of a request's frames."""
+    return sum(f.nbytes if isinstance(f, np.ndarray) else len(f) for f in frames)
+
+
+def _port_flag(server: str) -> str:
+    """`` --port N`` for a tcp:// endpoint, so the hint names the command that would serve it."""
+    port = server.rpartition(":")[2] if server.startswith("tcp://") else ""
+    return f" --port {port}" if port.isdigit() else ""
 
 
 def heartbeat_from_env(heartbeat: float | None) -> float:
@@ -161,6 +174,8 @@ class Transport:
         self._ids = itertools.count(1)
         self._open = _OpenSockets()
         self._mutex = threading.Lock()
+        #: The server's largest frame (``--max-message-mb``), learnt at configure(); None: unknown.
+        self.max_frame: int | None = None
         self._reached = False  # a reply has arrived at least once
         self._lost = False  # ... and since then a connection dropped or could not be made
         self.closed = False
@@ -209,8 +224,26 @@ class Transport:
         retries included) lasts; gives up with :class:`ServerUnavailable`.
         """
         header = self.header(op, index, args)
-        reply, out = self._request(header, encode(header, arrays), timeout)
+        frames = encode(header, arrays)
+        self._check_size(op, index, frames)
+        reply, out = self._request(header, frames, timeout)
         return self._result(reply), out
+
+    def _check_size(self, op: str, index: str | None, frames: Sequence[Any]) -> None:
+        """Refuse, before sending, a frame the server would drop the connection for: ZeroMQ
+        gives the sender no error, only a connection that goes away."""
+        limit = self.max_frame
+        if not limit:
+            return
+        largest = max(_size([f]) for f in frames)
+        if largest > limit:
+            target = f" on index {index!r}" if index else ""
+            raise QuotaExceeded(
+                f"{op!r}{target}: a message of {largest / (1 << 20):,.1f} MiB is over the "
+                f"server's limit of {limit / (1 << 20):,.1f} MiB (--max-message-mb); send less "
+                "at once (a smaller batch_size, fewer training vectors) or start the server "
+                "with a larger --max-message-mb; nothing was sent",
+                size=largest, limit=limit)
 
     def pipeline(
         self,
@@ -239,7 +272,9 @@ class Transport:
             if previous is not None:
                 header["after"] = previous
             previous = header.get("idem")
-            requests.append((header, encode(header, arrays)))
+            frames = encode(header, arrays)
+            self._check_size(op, index, frames)
+            requests.append((header, frames))
         timeout = self.settings.timeout if timeout is None else timeout
         slot = {header["id"]: i for i, (header, _) in enumerate(requests)}
         replies: dict[int, tuple[Any, dict[str, np.ndarray]]] = {}
@@ -335,7 +370,7 @@ class Transport:
                 if last.sent:
                     # the request may still sit in this socket: never deliver it later
                     self._discard()
-                raise self._unavailable(op, index, attempts, start, last)
+                raise self._unavailable(op, index, attempts, start, last, _size(frames))
             pause = min(policy.delay(attempts), remaining - MIN_ATTEMPT)
             log.debug("%s to %s failed (%s); attempt %d in %.2fs", op, self.settings.server,
                       last.reason, attempts + 1, pause)
@@ -395,12 +430,25 @@ class Transport:
                                answered=answered)
 
     def _unavailable(self, op: str, index: str | None, attempts: int, start: float,
-                     last: _Failure) -> ServerUnavailable:
+                     last: _Failure, size: int = 0) -> ServerUnavailable:
+        """The error of a call that got no reply: what happened, and what to check."""
         target = f" on index {index!r}" if index else ""
         elapsed = time.monotonic() - start
+        server = self.settings.server
+        if not last.sent and not self._reached:
+            # never connected: the likeliest cause is no server at that address
+            hint = (f"; check that a FAISSx server is running at {server} (`faissx serve`"
+                    f"{_port_flag(server)}) and that this machine can reach it")
+        elif last.sent and last.connection_lost and size > LARGE_REQUEST:
+            # ZeroMQ drops a connection whose message is over the peer's MAXMSGSIZE
+            hint = (f"; the request was {size / (1 << 20):,.1f} MiB: if it is over the "
+                    "server's --max-message-mb, send it in parts (batch_size) or raise that "
+                    "limit")
+        else:
+            hint = ""
         return ServerUnavailable(
-            f"{op!r}{target} failed: no reply from {self.settings.server} after {attempts} "
-            f"attempt(s) in {elapsed:.1f}s ({last.reason})",
+            f"{op!r}{target} failed: no reply from {server} after {attempts} "
+            f"attempt(s) in {elapsed:.1f}s ({last.reason}){hint}",
             server=self.settings.server, op=op, index=index, attempts=attempts,
             elapsed=round(elapsed, 3), reason=last.reason,
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
 import rich_click as click
+import zmq
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -135,6 +137,8 @@ def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None
         run_server(settings)
     except ValueError as exc:  # e.g. an unknown plugin name, found at discovery
         raise click.UsageError(str(exc)) from None
+    except (OSError, zmq.ZMQError) as exc:  # the port is taken, the data dir unusable
+        raise click.ClickException(_start_failure(exc, settings)) from None
 
 
 def _serve_command(name: str) -> click.Command:
@@ -236,6 +240,24 @@ def seed_main() -> None:
 
 
 seed_main.add_command(run)
+
+
+def _start_failure(exc: OSError | zmq.ZMQError, settings: ServerSettings) -> str:
+    """One line saying why the server could not start, and what to do about it."""
+    code = getattr(exc, "errno", None)
+    if code == errno.EADDRINUSE:
+        return (f"cannot listen on {settings.bind_address}:{settings.port}: the address is "
+                "already in use (another faissx server, perhaps `make serve`, runs there); stop "
+                "it or choose another --port")
+    if code == errno.EADDRNOTAVAIL:
+        return (f"cannot listen on {settings.bind_address}:{settings.port}: no network "
+                "interface of this machine has that address (check --bind-address)")
+    if getattr(exc, "filename", None):
+        reason = exc.strerror or str(exc)
+        where = "the data dir" if settings.data_dir is not None and str(exc.filename).startswith(
+            str(settings.data_dir)) else "a file"
+        return f"cannot use {where} {exc.filename}: {reason}"
+    return f"the server could not start: {exc}"
 
 
 def _reason(exc: Exception) -> str:

@@ -142,6 +142,11 @@ class NotConfigured(FaissxError, RuntimeError):
     code = "not_configured"
 
 
+class FaissxWarning(UserWarning):
+    """Something worked but may not do what the caller expects (the server says why, in the
+    ``warnings`` list of a reply): a named index on a server that keeps nothing on disk."""
+
+
 ERRORS: dict[str, type[FaissxError]] = {
     cls.code: cls
     for cls in (

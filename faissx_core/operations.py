@@ -118,6 +118,9 @@ class CreateArgs(ControlArgs):
 class ImportArgs(ControlArgs):
     spec: IndexSpec | None = None
     ephemeral: bool = False
+    #: A multi-part upload (faissx_core/server/uploads.py): this part's place and the whole size.
+    offset: int = Field(0, ge=0)
+    total: int | None = Field(None, gt=0)
 
 
 class MergeArgs(ControlArgs):

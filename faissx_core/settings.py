@@ -6,6 +6,7 @@ setting is validated in one place with one set of messages.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from faissx_core.tenancy import check_name
 
 DEFAULT_PORT = 45678
+#: Bind addresses that keep the server to this machine.
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class ServerSettings(BaseModel):
@@ -113,6 +116,24 @@ class ServerSettings(BaseModel):
             if not os.access(parent, os.W_OK):
                 raise ValueError(f"data dir {self.data_dir} is not writable")
         return self
+
+    def notices(self) -> list[tuple[int, str]]:
+        """(log level, line) for settings that are legal but surprising or unsafe, logged at
+        start so an operator sees them before a client does."""
+        out: list[tuple[int, str]] = []
+        if (self.auth_keys or self.auth_file) and not self.enable_auth:
+            out.append((logging.WARNING, "API keys were given but --enable-auth was not: the keys "
+                        "are NOT enforced, and any client can read, change and delete every "
+                        "tenant's indices (add --enable-auth)"))
+        if self.bind_address not in LOOPBACK and not self.enable_auth and (
+                self.curve_secret_key is None):
+            out.append((logging.WARNING, f"listening on {self.bind_address} with neither "
+                        "--enable-auth nor --curve-secret-key: anyone who can reach this port "
+                        "can read, change and delete every index (docs/security.md)"))
+        if self.data_dir is None:
+            out.append((logging.INFO, "no --data-dir: indices are kept in memory only and "
+                        "are lost when the server stops (give --data-dir to keep named indices)"))
+        return out
 
     @property
     def endpoint(self) -> str:

@@ -131,6 +131,12 @@ class IndexType(BaseModel):
     runtime_params: tuple[RuntimeParam, ...] = ()
     kind: Literal["index", "component"] = "index"
     dynamic_params: Callable[[Any, Mapping[str, IndexType]], Sequence[RuntimeParam]] | None = None
+    #: Rewrites a shorter spelling of the constructor call into faiss's own, or returns None:
+    #: ``(args, kwargs) -> (args, kwargs)``, where an argument may be an :class:`IndexSpec`
+    #: (a part the client builds locally or describes remotely). The seed's
+    #: ``IndexIVFFlat(d, nlist=100)``, with no quantizer, is one.
+    shorthand: Callable[[tuple[Any, ...], dict[str, Any]],
+                        tuple[tuple[Any, ...], dict[str, Any]] | None] | None = None
     doc: str = ""
 
     def params_of(self, index: Any, types: Mapping[str, IndexType]) -> dict[str, RuntimeParam]:

@@ -78,6 +78,42 @@ def _search_params_ivf(p: SearchParamsIVF) -> faiss.SearchParametersIVF:
     return out
 
 
+def own_quantizer(params: type[IVFParams]) -> Any:
+    """The shorthand without a quantizer, ``IndexIVFFlat(d, nlist=100)`` (the seed README's
+    spelling): a flat quantizer of the same metric is made for it, ``IndexFlat(d, metric)``, as
+    the original FAISSx and faiss's ``index_factory`` do. The call comes back positional, in
+    faiss's order, because faiss's constructors take no keyword arguments."""
+    fields = [name for name in params.model_fields if name != "quantizer"]
+
+    def rewrite(args: tuple[Any, ...], kwargs: dict[str, Any]
+                ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        first = args[0] if args else kwargs.get("d")
+        if "quantizer" in kwargs or type(first) is not int:
+            return None  # faiss's own spelling: a quantizer comes first
+        if len(args) > len(fields):
+            raise TypeError(f"at most {len(fields)} arguments without a quantizer "
+                            f"({', '.join(fields)}); {len(args)} given")
+        values = dict(zip(fields, args, strict=False))
+        for key, value in kwargs.items():
+            if key in values:
+                raise TypeError(f"got multiple values for argument {key!r}")
+            if key not in fields:
+                raise TypeError(f"unexpected keyword argument {key!r} (known: "
+                                f"{', '.join(fields)})")
+            values[key] = value
+        last = max(fields.index(key) for key in values)
+        ordered = []
+        for name in fields[: last + 1]:
+            if name not in values and params.model_fields[name].is_required():
+                raise TypeError(f"missing required argument {name!r}")
+            ordered.append(values.get(name, params.model_fields[name].default))
+        metric = values.get("metric", faiss.METRIC_L2)
+        quantizer = IndexSpec(type="IndexFlat", params={"d": values.get("d"), "metric": metric})
+        return (quantizer, *ordered), {}
+
+    return rewrite
+
+
 def _quantizer(params: IVFParams, build_nested: BuildNested) -> Any:
     """Build the nested quantizer and check it can serve as one before faiss sees it."""
     quantizer = build_nested(IndexSpec.model_validate(params.quantizer))
@@ -143,6 +179,7 @@ def faissx_index_types() -> list[IndexType]:
             name="IndexIVFFlat",
             family="ivf",
             params=IVFFlatParams,
+            shorthand=own_quantizer(IVFFlatParams),
             build=_build_ivf_flat,
             requires_training=True,
             runtime_params=IVF_RUNTIME,
@@ -152,6 +189,7 @@ def faissx_index_types() -> list[IndexType]:
             name="IndexIVFPQ",
             family="ivf",
             params=IVFPQParams,
+            shorthand=own_quantizer(IVFPQParams),
             build=_build_ivf_pq,
             requires_training=True,
             runtime_params=IVFPQ_RUNTIME,
@@ -161,6 +199,7 @@ def faissx_index_types() -> list[IndexType]:
             name="IndexIVFScalarQuantizer",
             family="ivf",
             params=IVFSQParams,
+            shorthand=own_quantizer(IVFSQParams),
             build=_build_ivf_sq,
             requires_training=True,
             runtime_params=IVF_RUNTIME,

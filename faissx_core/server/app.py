@@ -45,6 +45,7 @@ from faissx_core.server.idempotency import IdempotencyTable
 from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
 from faissx_core.server.ordering import SerialQueues
 from faissx_core.server.pipeline import Call, Observers
+from faissx_core.server.uploads import Uploads
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
 from faissx_core.storage import LogRecord
@@ -80,6 +81,7 @@ class Server:
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="faissx-worker")
         self.writes = SerialQueues(self.pool)  # each index's writes, in arrival order
         self.limits = Limits(settings)  # request sizes, tenant quotas, per-key rates
+        self.uploads = Uploads(self.backend)  # imports larger than one message, being assembled
         #: Replies of recent mutating requests by idempotency key: a retry is applied once.
         self.idempotency = IdempotencyTable.from_env()
         self.ctx = zmq.Context()
@@ -152,6 +154,7 @@ class Server:
                         self.handle(frames[0], frames[1:], router)
                 if time.monotonic() >= next_sweep:
                     self.backend.expire(self.settings.idle_ttl)
+                    self.uploads.expire(self.settings.idle_ttl)
                     next_sweep = time.monotonic() + sweep_every
         finally:
             log.info("shutting down: finishing in-flight requests")
@@ -359,7 +362,8 @@ class Server:
                arrays: Arrays) -> dict[str, Any]:
         name, session = _target(request, args.ephemeral)
         with self.limits.new_index(principal.tenant, self.backend, spec=args.spec):
-            return self.backend.create(principal.tenant, name, args.spec, session).info()
+            info = self.backend.create(principal.tenant, name, args.spec, session).info()
+        return self._hint_volatile(info, args.ephemeral)
 
     def _import(self, principal: Principal, request: Request, args: Any,
                arrays: Arrays) -> dict[str, Any]:
@@ -367,12 +371,28 @@ class Server:
         data = arrays.get("data")
         if data is None or data.dtype != np.uint8 or data.ndim != 1:
             raise InvalidArgument("import needs the index bytes as a 1-d uint8 array 'data'")
+        if args.total is not None and (args.offset or args.total != data.nbytes):
+            key = (principal.tenant, request.session, check_name(request.index or ""))
+            data = self.uploads.part(key, args.offset, args.total, data)
+            if data is None:
+                return {"received": args.offset + int(arrays["data"].nbytes),
+                        "total": args.total}
         index = deserialize(data)
         spec = args.spec or IndexSpec(type=IMPORTED.name,
                                       params={"faiss_class": faiss_class_name(index)})
         name, session = _target(request, args.ephemeral)
         with self.limits.new_index(principal.tenant, self.backend, index=index):
-            return self.backend.create(principal.tenant, name, spec, session, index=index).info()
+            info = self.backend.create(principal.tenant, name, spec, session, index=index).info()
+        return self._hint_volatile(info, args.ephemeral)
+
+    def _hint_volatile(self, info: dict[str, Any], ephemeral: bool) -> dict[str, Any]:
+        """A named index on a server without a data directory is lost when it stops: say so
+        in the reply (the client shows it as a warning)."""
+        if ephemeral or self.backend.store is not None:
+            return info
+        return {**info, "warnings": [
+            f"index {info['name']!r} is named, but this server keeps indices in memory only "
+            "(no --data-dir): it will not survive a server restart"]}
 
     def _merge_from(self, principal: Principal, request: Request, args: Any,
                    arrays: Arrays) -> dict[str, Any]:
@@ -427,13 +447,18 @@ class Server:
               arrays: Arrays) -> dict[str, Any]:
         """Keep-alive (and, from configure(), a check that the key works)."""
         return {"tenant": principal.tenant, "version": __version__,
-                "idle_ttl": self.settings.idle_ttl}
+                "idle_ttl": self.settings.idle_ttl,
+                # the client splits what it sends to fit (0: no limit)
+                "max_message_bytes": self.settings.max_message_bytes,
+                "max_request_vectors": self.settings.max_request_vectors}
 
     def _bye(self, principal: Principal, request: Request, args: Any,
             arrays: Arrays) -> dict[str, Any]:
         """A client going away: drop the unnamed indices of its session."""
         dropped = (self.backend.drop_session(request.session, principal.tenant)
                    if request.session else 0)
+        if request.session:
+            self.uploads.drop_session(request.session)
         return {"dropped": dropped}
 
 
@@ -456,6 +481,8 @@ def _frame_bytes(frame: Any) -> int:
 
 def run_server(settings: ServerSettings) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly."""
+    for level, line in settings.notices():  # unsafe or surprising settings, said at start
+        log.log(level, line)
     server = Server(settings)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, server.stop)
