@@ -272,7 +272,10 @@ def _read_local(reader: Any, path: Any, io_flags: int) -> Any:
             manager.check_create(os.path.getsize(path))
         except (OSError, TypeError):
             manager.check_create()
-    return optimization.adopt_local(reader(path, flags))
+    index = optimization.adopt_local(reader(path, flags))
+    if any(flags & f == f for f in mapped):
+        optimization.mark_mapped(index)  # its first write copies it into memory
+    return index
 
 
 def _upload(client: Client, data: Any, name: str | None, spec: Any) -> RemoteIndex:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,7 +60,12 @@ import numpy as np
 
 from faissx_client import gpu as _gpu
 from faissx_client.cache import vector_cache
-from faissx_core.errors import InvalidArgument, QuotaExceeded, UnknownParameter
+from faissx_core.errors import (
+    InvalidArgument,
+    QuotaExceeded,
+    UnknownParameter,
+    UnsupportedOperation,
+)
 from faissx_core.introspect import bytes_per_vector, core_params, index_bytes
 from faissx_core.specs import RuntimeParam, params_by_structure
 
@@ -263,6 +269,27 @@ def progress_bar(total: int, label: str, enabled: bool) -> Iterator[Callable[[in
         yield lambda rows: bar.advance(task, rows)
 
 
+@contextmanager
+def progress_spinner(label: str, enabled: bool) -> Iterator[None]:
+    """A spinner with the time elapsed, on stderr, for one long call whose share done nobody
+    can report (``train``: faiss's k-means runs as one call, locally or on the server); it
+    ends with the time the call took."""
+    if not enabled:
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        start = time.monotonic()
+        yield
+        bar.update(task, completed=1, total=1)
+    console.print(f"{label}: done in {time.monotonic() - start:.1f}s")
+
+
 def for_chunks(n: int, rows: int, label: str, progress: bool,
                step: Callable[[int, int], None]) -> None:
     """``step(lo, hi)`` for each run of ``rows`` rows of ``n``, advancing the progress bar."""
@@ -337,6 +364,17 @@ def _patched_method(cls: type, name: str) -> Callable:
             if progress is not None:
                 kwargs["progress"] = progress  # refused by faiss as it would be
             return original(self, *args, **kwargs)
+        if name in WRITES and name != "train":  # training leaves mapped lists alone
+            before_write(self, name)
+        if name == "train":
+            n = len(args[0]) if args and hasattr(args[0], "__len__") else 0
+            with progress_spinner(f"train {type(self).__name__} on {n:,} vectors",
+                                  progress_wanted(progress)):
+                return original(self, *args, **kwargs)
+        if name not in ("search", "add", "add_with_ids"):
+            if progress is not None:
+                raise TypeError(f"{name}() takes no progress argument")
+            return original(self, *args, **kwargs)
         if name == "search":
             (x, k), rest = _take(args, kwargs, ("x", "k"))
             return _local_search(self, original, x, k, rest, kwargs, progress)
@@ -371,11 +409,57 @@ def _patch_class(cls: type) -> None:
     with _patch_mutex:
         if cls in _ORIGINALS:
             return
-        originals = {name: getattr(cls, name) for name in ("add", "add_with_ids", "search")
+        originals = {name: getattr(cls, name) for name in ("search", *WRITES)
                      if callable(getattr(cls, name, None))}
         _ORIGINALS[cls] = originals
         for name in originals:
             setattr(cls, name, _patched_method(cls, name))
+
+
+#: Methods that change an index: a memory-mapped one is copied into memory first
+#: (:func:`before_write`); ``train`` also takes ``progress=True``.
+WRITES = ("add", "add_with_ids", "remove_ids", "reset", "merge_from", "train")
+#: Local indices read with ``use_memory_mapping``: faiss maps their file read-only.
+_mapped: weakref.WeakSet = weakref.WeakSet()
+
+
+def mark_mapped(index: Any) -> None:
+    """Remember that ``index`` was read memory-mapped (see :func:`before_write`)."""
+    _mapped.add(index)
+
+
+def before_write(index: Any, op: str) -> None:
+    """Copy-on-write for a memory-mapped index, before ``op`` changes it.
+
+    faiss maps a file read-only and aborts the whole process (a C++ exception thrown in an
+    OpenMP thread) when a mapped index is changed. The first write to an index read with
+    ``use_memory_mapping`` therefore copies its mapped inverted lists into memory, once; the
+    file is never touched. A mapped index whose contents faiss cannot copy like that (flat
+    codes mapped with ``IO_FLAG_MMAP_IFC``) refuses the write with ``UnsupportedOperation``.
+    """
+    if index not in _mapped:
+        return
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    lists = ivf.invlists if ivf is not None else None
+    if lists is None or not isinstance(faiss.downcast_InvertedLists(lists),
+                                       faiss.OnDiskInvertedLists):
+        raise UnsupportedOperation(
+            f"{op} on this {type(index).__name__}: it was read with use_memory_mapping, and "
+            "faiss maps its file read-only and cannot change it; read it with "
+            "memory_manager.set_option('use_memory_mapping', False) to change it")
+    nbytes = sum(lists.list_size(i) * (lists.code_size + 8) for i in range(lists.nlist))
+    memory_manager.check_create(nbytes)
+    copy = faiss.ArrayInvertedLists(lists.nlist, lists.code_size)
+    for i in range(lists.nlist):
+        n = lists.list_size(i)
+        if n:
+            copy.add_entries(i, n, lists.get_ids(i), lists.get_codes(i))
+    ivf.replace_invlists(copy, True)
+    copy.this.disown()  # owned by the index now
+    _mapped.discard(index)
 
 
 def adopt_local(index: Any) -> Any:

@@ -237,9 +237,14 @@ class RemoteIndex:
             raise InvalidArgument(f"ids has {len(ids)} ids for {len(x)} vectors")
         self._add_rows("add_with_ids", x, ids, progress)
 
-    def train(self, x: Any) -> None:
+    def train(self, x: Any, *, progress: bool | None = None) -> None:
+        """faiss's train, on the server in one request; ``progress=True`` shows a spinner with
+        the time elapsed meanwhile (faiss reports no share done)."""
+        x = self._vectors(x)
         try:
-            self._call("train", arrays={"x": self._vectors(x)})
+            with _opt.progress_spinner(f"train {type(self).__name__} on {len(x):,} vectors",
+                                       _opt.progress_wanted(progress)):
+                self._call("train", arrays={"x": x})
         finally:
             self._mutated()
 
