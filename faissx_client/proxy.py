@@ -21,7 +21,7 @@ import numpy as np
 
 from faissx_client import optimization as _opt
 from faissx_client.cache import vector_cache
-from faissx_core.errors import FaissxWarning, InvalidArgument, WrongType
+from faissx_core.errors import FaissxWarning, InvalidArgument, ServerUnavailable, WrongType
 from faissx_core.selectors import IDS_FRAME, SelectorSpec
 from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType
 
@@ -188,12 +188,33 @@ class RemoteIndex:
                 self._call(op, arrays=arrays)
             else:
                 # each add part says how many rows it and the rest bring: storage grows ahead
-                self._pipelined(op, None, x, rows, show,
-                                lambda lo, hi: {} if ids is None else {"ids": ids[lo:hi]},
-                                args_of=(lambda lo: {"reserve": len(x) - lo}) if op == "add"
-                                else None)
+                try:
+                    self._pipelined(op, None, x, rows, show,
+                                    lambda lo, hi: {} if ids is None else {"ids": ids[lo:hi]},
+                                    args_of=(lambda lo: {"reserve": len(x) - lo})
+                                    if op == "add" else None)
+                except ServerUnavailable as exc:
+                    raise self._interrupted(op, exc, len(x), rows) from None
         finally:
             self._mutated()
+
+    def _interrupted(self, op: str, exc: ServerUnavailable, n: int, rows: int
+                     ) -> ServerUnavailable:
+        """A pipelined add cut short by a lost server: say what was acknowledged, and so
+        what ``ntotal`` was, rather than only that the connection failed."""
+        parts = int(exc.details.get("parts") or -(-n // rows))
+        acked = list(exc.details.get("acknowledged") or [])
+        done = sum(min(n, (i + 1) * rows) - i * rows for i in acked)
+        last = exc.details.get("last_result") or {}
+        ntotal = last.get("ntotal")
+        where = (f"ntotal was {ntotal:,} after the last acknowledged part" if ntotal is not None
+                 else "nothing was acknowledged, so ntotal is what it was before the call")
+        return ServerUnavailable(
+            f"{op} of {n:,} rows to {self._name!r} was interrupted: the server acknowledged "
+            f"{len(acked)} of {parts} parts ({done:,} rows), and {where}; the other "
+            f"{n - done:,} rows are not confirmed (a part in flight may still have been "
+            f"applied: read index.ntotal once the server is back, then add what is missing). "
+            f"Cause: {exc}", **exc.details, rows_acknowledged=done, ntotal=ntotal)
 
     def _pipelined(self, op: str, args: dict[str, Any] | None, x: np.ndarray, rows: int,
                    show: bool, extra: Callable[[int, int], dict[str, np.ndarray]],

@@ -295,11 +295,18 @@ class Transport:
             log.debug("pipelined %s to %s: %s; finishing part by part", op,
                       self.settings.server, failure.reason)
         ok = all(reply.ok for reply, _ in replies.values())
-        for i, (header, frames) in enumerate(requests):
-            if not ok:
-                break  # a part failed: what follows it is not sent again
-            if i not in replies:
-                ok = record(*self._request(header, frames, timeout))
+        try:
+            for i, (header, frames) in enumerate(requests):
+                if not ok:
+                    break  # a part failed: what follows it is not sent again
+                if i not in replies:
+                    ok = record(*self._request(header, frames, timeout))
+        except ServerUnavailable as exc:
+            # what was acknowledged before the link failed, for the caller to report
+            acked = sorted(i for i, (reply, _) in replies.items() if reply.ok)
+            exc.details.update(parts=len(requests), acknowledged=acked,
+                               last_result=replies[acked[-1]][0].result if acked else None)
+            raise
         results = []
         for i in range(len(requests)):
             if i not in replies:
@@ -437,8 +444,8 @@ class Transport:
         server = self.settings.server
         if not last.sent and not self._reached:
             # never connected: the likeliest cause is no server at that address
-            hint = (f"; check that a FAISSx server is running at {server} (`faissx serve`"
-                    f"{_port_flag(server)}) and that this machine can reach it")
+            hint = (f"; check that a FAISSx server is running at {server} (`faissx serve"
+                    f"{_port_flag(server)}`) and that this machine can reach it")
         elif last.sent and last.connection_lost and size > LARGE_REQUEST:
             # ZeroMQ drops a connection whose message is over the peer's MAXMSGSIZE
             hint = (f"; the request was {size / (1 << 20):,.1f} MiB: if it is over the "
