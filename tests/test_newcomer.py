@@ -28,12 +28,12 @@ ROOT = Path(__file__).parents[1]
 
 def run(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
     env = {**server_env(), "COLUMNS": "200", **kw.pop("env", {})}  # fewer wrapped lines
-    return subprocess.run([*args], capture_output=True, text=True, timeout=timeout, env=env,
-                          **kw)
+    return subprocess.run([*args], capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 
-def python(code: str, timeout: float = 60, env: dict[str, str] | None = None
-           ) -> subprocess.CompletedProcess[str]:
+def python(
+    code: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter, as a user's script would run."""
     return run(sys.executable, "-c", textwrap.dedent(code), timeout=timeout, env=env or {})
 
@@ -63,6 +63,7 @@ def vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 
 # -- 1. uploads over the message limit ------------------------------------------------------------
+
 
 def test_read_index_larger_than_a_message_is_uploaded_in_parts(small_messages, tmp_path):
     x = vectors(6000, 64)  # 1.5 MiB of vectors: over the 1 MiB limit
@@ -99,8 +100,9 @@ def test_cli_import_larger_than_a_message(small_messages, tmp_path):
     local.add(vectors(6000, 64))
     path = tmp_path / "big.index"
     real_faiss.write_index(local, str(path))
-    out = run(str(FAISSX), "indexes", "import", str(path), "big", "--server",
-              small_messages.endpoint)
+    out = run(
+        str(FAISSX), "indexes", "import", str(path), "big", "--server", small_messages.endpoint
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "6000 vectors" in out.stdout
     assert faiss.open_index("big").ntotal == 6000
@@ -126,6 +128,7 @@ def test_an_upload_over_max_memory_is_refused_before_its_parts_are_sent(tmp_path
 
 # -- 2. the seed's spellings ----------------------------------------------------------------------
 
+
 def _ivf_without_quantizer() -> tuple[str, list[list[int]], str, list[list[int]]]:
     x = vectors(400, 16)
     ivf = faiss.IndexIVFFlat(16, nlist=8)  # the seed README's tuning example
@@ -134,8 +137,12 @@ def _ivf_without_quantizer() -> tuple[str, list[list[int]], str, list[list[int]]
     ivf.nprobe = 8
     hnsw = faiss.IndexHNSW(16, 16)  # from the seed's list of index types
     hnsw.add(x)
-    return (type(ivf).__name__, ivf.search(x[:4], 3)[1].tolist(),
-            type(hnsw).__name__, hnsw.search(x[:4], 3)[1].tolist())
+    return (
+        type(ivf).__name__,
+        ivf.search(x[:4], 3)[1].tolist(),
+        type(hnsw).__name__,
+        hnsw.search(x[:4], 3)[1].tolist(),
+    )
 
 
 def test_seed_spellings_work_locally_and_remotely(server):
@@ -158,6 +165,7 @@ def test_ivf_without_quantizer_takes_the_metric_and_refuses_unknown_keywords():
 
 
 # -- 3. memory mapping then add --------------------------------------------------------------------
+
 
 def test_add_to_a_memory_mapped_ivf_never_aborts(tmp_path):
     out = python(f"""
@@ -191,31 +199,36 @@ def test_add_to_a_memory_mapped_ivf_never_aborts(tmp_path):
 
 # -- 4. one clear line instead of a traceback -----------------------------------------------------
 
+
 def test_port_in_use_is_one_message(server):
     port = server.endpoint.rpartition(":")[2]
     text = one_message(run(str(FAISSX), "serve", "--port", port))
     assert f"cannot listen on 127.0.0.1:{port}: the address is already in use" in text
     assert "--port" in text
-    seed = one_message(run(str(Path(sys.executable).parent / "faissx.server"), "run", "--port",
-                           port))
+    seed = one_message(
+        run(str(Path(sys.executable).parent / "faissx.server"), "run", "--port", port)
+    )
     assert "already in use" in seed
 
 
 def test_unusable_data_dir_is_one_message():
-    text = one_message(run(str(FAISSX), "serve", "--port", str(free_port()), "--data-dir",
-                           "/proc/nope"))
+    text = one_message(
+        run(str(FAISSX), "serve", "--port", str(free_port()), "--data-dir", "/proc/nope")
+    )
     assert "/proc/nope" in text
 
 
 def test_importing_a_file_that_is_not_faiss_is_one_message(server, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("not an index\n")
-    text = one_message(run(str(FAISSX), "indexes", "import", str(path), "notes", "--server",
-                           server.endpoint))
+    text = one_message(
+        run(str(FAISSX), "indexes", "import", str(path), "notes", "--server", server.endpoint)
+    )
     assert "is not a faiss index file" in text
 
 
 # -- 6. unsafe or surprising settings are said out loud -------------------------------------------
+
 
 def _startup_log(*args: str) -> str:
     srv = ServerProcess(*args).start()
@@ -259,17 +272,37 @@ def test_durable_server_gives_no_volatility_hint(tmp_path):
 def test_exposed_without_auth_or_curve_warns():
     # --plugins nosuch stops the server after its start-up notices and before it binds: the
     # warning is shown by the real command without exposing anything
-    out = run(str(FAISSX), "serve", "--port", str(free_port()), "--bind-address", "0.0.0.0",
-              "--plugins", "nosuch")
+    out = run(
+        str(FAISSX),
+        "serve",
+        "--port",
+        str(free_port()),
+        "--bind-address",
+        "0.0.0.0",
+        "--plugins",
+        "nosuch",
+    )
     text = " ".join((out.stdout + out.stderr).split())
     assert out.returncode != 0 and "nosuch" in text
     assert "listening on 0.0.0.0 with neither --enable-auth nor --curve-secret-key" in text
-    out = run(str(FAISSX), "serve", "--port", str(free_port()), "--bind-address", "0.0.0.0",
-              "--enable-auth", "--auth-keys", "k:t", "--plugins", "nosuch")
+    out = run(
+        str(FAISSX),
+        "serve",
+        "--port",
+        str(free_port()),
+        "--bind-address",
+        "0.0.0.0",
+        "--enable-auth",
+        "--auth-keys",
+        "k:t",
+        "--plugins",
+        "nosuch",
+    )
     assert "with neither --enable-auth" not in out.stdout + out.stderr
 
 
 # -- 7. an unreachable or mistyped server ---------------------------------------------------------
+
 
 def test_unreachable_server_fails_within_the_timeout_and_says_what_to_check():
     port = free_port()
@@ -289,11 +322,14 @@ def test_endpoint_without_scheme_is_taken_as_tcp(server):
         faiss.disconnect()
 
 
-@pytest.mark.parametrize(("server_arg", "message"), [
-    ("tcp://localhost", "has no port: write it as tcp://HOST:PORT"),
-    ("http://localhost:45678", "is not a ZeroMQ endpoint"),
-    ("tcp://localhost:99999", "not in 1-65535"),
-])
+@pytest.mark.parametrize(
+    ("server_arg", "message"),
+    [
+        ("tcp://localhost", "has no port: write it as tcp://HOST:PORT"),
+        ("http://localhost:45678", "is not a ZeroMQ endpoint"),
+        ("tcp://localhost:99999", "not in 1-65535"),
+    ],
+)
 def test_bad_endpoints_are_one_line_at_configure(server_arg, message):
     with pytest.raises(InvalidArgument) as caught:
         faiss.configure(server=server_arg, timeout=30)
@@ -305,6 +341,7 @@ def test_bad_endpoints_are_one_line_at_configure(server_arg, message):
 
 # -- 8. a partial add interrupted by a server stop -------------------------------------------------
 
+
 def test_interrupted_add_says_what_was_acknowledged(tmp_path):
     srv = ServerProcess(env={"FAISSX_TEST_CRASH_AFTER_WRITES": "5"}).start()
     try:
@@ -314,8 +351,11 @@ def test_interrupted_add_says_what_was_acknowledged(tmp_path):
         with pytest.raises(ServerUnavailable) as caught:
             index.add(vectors(2000, 16))  # 20 parts; the server dies after the 5th write
         message = str(caught.value)
-        found = re.search(r"acknowledged (\d+) of 20 parts \(([\d,]+) rows\), and ntotal was "
-                          r"([\d,]+) after the last acknowledged part", message)
+        found = re.search(
+            r"acknowledged (\d+) of 20 parts \(([\d,]+) rows\), and ntotal was "
+            r"([\d,]+) after the last acknowledged part",
+            message,
+        )
         assert found, message
         parts, rows, ntotal = (int(g.replace(",", "")) for g in found.groups())
         assert 1 <= parts < 20 and rows == 100 * parts and ntotal == rows
@@ -327,6 +367,7 @@ def test_interrupted_add_says_what_was_acknowledged(tmp_path):
 
 
 # -- 9. training progress --------------------------------------------------------------------------
+
 
 def test_train_progress_locally_and_remotely(server):
     code = f"""

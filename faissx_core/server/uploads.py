@@ -59,22 +59,27 @@ class Uploads:
         """
         size = int(data.nbytes)
         if total <= 0 or offset < 0 or offset + size > total:
-            raise InvalidArgument(f"import: part of {size} bytes at offset {offset} does not fit "
-                                  f"an upload of {total} bytes")
+            raise InvalidArgument(
+                f"import: part of {size} bytes at offset {offset} does not fit "
+                f"an upload of {total} bytes"
+            )
         with self._mutex:
             if offset == 0:
                 self._drop(key)
                 self._start(key, total)
             staging = self._staging.get(key)
             if staging is None:
-                raise InvalidArgument(f"import of {key[2]!r}: no upload in progress (it expired "
-                                      "or was replaced); send it again from offset 0")
+                raise InvalidArgument(
+                    f"import of {key[2]!r}: no upload in progress (it expired "
+                    "or was replaced); send it again from offset 0"
+                )
             if staging.total != total or len(staging.buffer) != offset:
                 have = len(staging.buffer)
                 self._drop(key)
                 raise InvalidArgument(
                     f"import of {key[2]!r}: part at offset {offset} of {total} bytes, but the "
-                    f"upload holds {have} of {staging.total}; send it again from offset 0")
+                    f"upload holds {have} of {staging.total}; send it again from offset 0"
+                )
             staging.buffer += np.ascontiguousarray(data).data
             staging.touched = time.monotonic()
             if len(staging.buffer) < total:
@@ -86,8 +91,10 @@ class Uploads:
     def _start(self, key: Key, total: int) -> None:
         tenant = key[0]
         if sum(1 for k in self._staging if k[0] == tenant) >= PER_TENANT:
-            raise QuotaExceeded(f"import: tenant {tenant!r} already has {PER_TENANT} uploads in "
-                                "progress", limit=PER_TENANT)
+            raise QuotaExceeded(
+                f"import: tenant {tenant!r} already has {PER_TENANT} uploads in progress",
+                limit=PER_TENANT,
+            )
         staging = Staging(total)
         # held until the last part arrives: several uploads cannot together overrun the limit
         staging.hold.enter_context(self.backend.reserve(total, f"an upload of {key[2]!r}"))
