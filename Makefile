@@ -3,16 +3,31 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Set-up holds this lock (flock, util-linux): `make serve` and `make test` started together on a
+# fresh clone install once, one after the other, instead of both writing into one .venv.
+LOCK   ?= $(VENV).lock
 PORT   ?= 45678
 BIND   ?= 127.0.0.1
 DATA_DIR ?=
+# `make bench` writes here (ignored by git) and keeps the original package's venv in BENCH_CACHE.
+BENCH_OUT   ?= benchmarks/out
+BENCH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/faissx-bench
 
 .PHONY: install serve test lint bench clean
 
+# The recipe runs under the lock and checks again inside it: whoever waited finds the stamp
+# newer than pyproject.toml and installs nothing.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@flock $(LOCK) $(MAKE) --no-print-directory _locked-install
+
+.PHONY: _locked-install
+_locked-install:
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then exit 0; fi; \
+	set -e; \
+	echo "setting up $(VENV) (once; takes a minute)"; \
+	$(PYTHON) -m venv $(VENV); \
+	$(BIN)/pip install --quiet --upgrade pip; \
+	$(BIN)/pip install --quiet -e '.[dev]'; \
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,8 +43,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python -m benchmarks
+	flock $(LOCK) $(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks --out $(BENCH_OUT) --cache $(BENCH_CACHE)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LOCK) build *.egg-info .pytest_cache

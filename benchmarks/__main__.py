@@ -9,9 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from benchmarks import report, runner
-from benchmarks.config import FULL, QUICK
-
-HERE = Path(__file__).resolve().parent
+from benchmarks.config import CACHE_DIR, FULL, OUT_DIR, QUICK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,10 +21,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiny sizes (seconds; for the smoke test), not for reporting")
     parser.add_argument("--no-original", action="store_true",
                         help="leave out the original faissx package from PyPI")
-    parser.add_argument("--out", type=Path, default=HERE / "results",
-                        help="where latest.json, <date>.json and latest.png go")
-    parser.add_argument("--cache", type=Path, default=HERE / ".cache",
-                        help="the original faissx's virtualenv and the run logs")
+    parser.add_argument("--out", type=Path, default=OUT_DIR,
+                        help="where latest.json, <date>.json and latest.png go (default "
+                             "benchmarks/out, ignored by git; or FAISSX_BENCH_OUT)")
+    parser.add_argument("--cache", type=Path, default=CACHE_DIR,
+                        help="the original faissx's virtualenv and the run logs (default "
+                             "~/.cache/faissx-bench; or FAISSX_BENCH_CACHE)")
     args = parser.parse_args(argv)
 
     console = Console()

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+#: Where a run writes its figures: ignored by git, so ``make bench`` never rewrites the results
+#: published in ``benchmarks/results/`` (copy a run there on purpose to publish it).
+OUT_DIR = Path(os.environ.get("FAISSX_BENCH_OUT") or Path(__file__).resolve().parent / "out")
+#: The original package's virtualenv (about 170 MB) and the run logs: outside the tree.
+CACHE_DIR = Path(os.environ.get("FAISSX_BENCH_CACHE") or Path(
+    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "faissx-bench")
 
 #: The release of the original package compared against (installed from the package index).
 ORIGINAL_VERSION = "0.20260422.2"

@@ -4,7 +4,7 @@ Run: ``.venv/bin/python -m benchmarks.durability [--batches N] [--writers W]``. 
 configuration gets a fresh server; W threads share one client and each adds N batches of
 1000x128 float32 vectors to its own named index (unnamed indices are never logged). Prints
 vectors/s and MB/s per mode and the ratio to in-memory, and writes
-``benchmarks/results/durability.json``.
+``durability.json`` in ``benchmarks/out/`` (``FAISSX_BENCH_OUT``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).parent
+from benchmarks.config import OUT_DIR
+
 FAISSX = Path(sys.executable).parent / "faissx"
 
 
@@ -86,8 +87,8 @@ def main() -> None:
     print(f"{'mode':<10} {'vectors/s':>12} {'MB/s':>8} {'vs memory':>10}")
     for label, rate in results.items():
         print(f"{label:<10} {rate:12.0f} {rate * 512 / 1e6:8.1f} {rate / base:10.2f}")
-    out = HERE / "results" / "durability.json"
-    out.parent.mkdir(exist_ok=True)
+    out = OUT_DIR / "durability.json"  # ignored by git: the published figures stay as they are
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},

@@ -15,7 +15,7 @@ searched for k=10. Columns:
 
 Local faiss runs on one OpenMP thread so that the numbers do not depend on what else the
 machine runs; the server runs with its defaults. Prints a Markdown table (pasted into
-docs/tuning.md) and writes ``benchmarks/results/tuning.json``.
+docs/tuning.md) and writes ``tuning.json`` to ``benchmarks/out/`` (``FAISSX_BENCH_OUT``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-HERE = Path(__file__).parent
+from benchmarks.config import OUT_DIR
+
 FAISSX = Path(sys.executable).parent / "faissx"
 D, K = 64, 10
 REPEAT = 3
@@ -166,8 +167,8 @@ def main() -> None:
     print(f"nb={args.nb} nq={args.nq} d={D} k={K}; faiss {faiss.__version__}; "
           f"{platform.processor() or platform.machine()}, {_cores()} cores")
     print(text)
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
+    results = OUT_DIR  # ignored by git: the published tuning.json is not rewritten
+    results.mkdir(parents=True, exist_ok=True)
     (results / "tuning.json").write_text(json.dumps(
         {"nb": args.nb, "nq": args.nq, "d": D, "k": K, "local": local, "remote": remote},
         indent=2))

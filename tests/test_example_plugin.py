@@ -8,6 +8,7 @@ and a client script run with that directory on their path: exactly what a user w
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,9 +24,13 @@ EXAMPLE = Path(__file__).parents[1] / "examples" / "faissx-cosine"
 @pytest.fixture(scope="module")
 def cosine_site(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
+    # pip builds in the source tree (build/, *.egg-info): build a copy, so the test leaves
+    # examples/ as it found it
+    source = tmp_path_factory.mktemp("src") / EXAMPLE.name
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     out = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(EXAMPLE)],
+         "--target", str(target), str(source)],
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr
@@ -36,6 +41,12 @@ def env_with(site: Path) -> dict[str, str]:
     env = server_env()
     env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
     return env
+
+
+def test_installing_the_example_leaves_no_build_folders_in_the_tree(cosine_site):
+    assert (cosine_site / "faissx_cosine").exists() or any(cosine_site.iterdir())
+    left = [p.name for p in EXAMPLE.rglob("*") if p.name == "build" or p.suffix == ".egg-info"]
+    assert left == [], f"pip left {left} in {EXAMPLE}"
 
 
 def test_installed_example_is_listed(cosine_site):
