@@ -263,6 +263,7 @@ class Run:
                       "train_n": plan.train_n, "params": plan.params}
             local = w0.call("build", timeout=900, key=hkey(plan.key, "local"), mode="local",
                             save=str(tmp / f"{plan.key}.index"), **common)
+            self.progress(f"  {plan.key}: built locally; now on FAISSx")
             remote = w0.call("build", timeout=900, key=hkey(plan.key, "tcp"), mode="ours",
                              endpoint=tcp, name=f"bench-{plan.key}", **common)
             w0.call("attach", key=hkey(plan.key, "ipc"), mode="ours", endpoint=ipc,
@@ -313,6 +314,8 @@ class Run:
                   rounds: int, reps: int, warmup: int, summary: Any) -> None:
         samples: dict[str, list[float]] = {system: [] for system in SINGLE}
         for r in range(rounds):
+            if rounds > 1:  # a phase may take a minute: say where it is
+                self.progress(f"  {kind} {workload.replace('_', ' ')}: round {r + 1}/{rounds}")
             order = SINGLE[r % len(SINGLE):] + SINGLE[: r % len(SINGLE)]
             for system in order:
                 samples[system] += w0.call(
@@ -326,6 +329,7 @@ class Run:
         big: dict[str, list[float]] = {system: [] for system in SINGLE}
         small: dict[str, list[float]] = {system: [] for system in SINGLE}
         for r in range(s.add_rounds):
+            self.progress(f"  flat adds: round {r + 1}/{s.add_rounds}")
             order = SINGLE[r % len(SINGLE):] + SINGLE[: r % len(SINGLE)]
             for system in order:
                 mode, endpoint = self.where[system]

@@ -26,6 +26,10 @@ def test_quick_benchmark_writes_its_json(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Ratios and goals" in done.stdout
+    # every phase says what it is doing as it goes (a full run takes minutes)
+    for phase in ("building", "built locally; now on FAISSx", "flat adds: round 1/",
+                  "nq=1 latency"):
+        assert phase in done.stdout, phase
 
     results = json.loads((out / "latest.json").read_text())
     assert {"meta", "machine", "sizes", "workloads", "ratios", "goals", "summary",
