@@ -28,7 +28,9 @@ local mode (its classes, ``index_factory``, ``read_index``, ``deserialize_index`
 objects faiss builds (``type(index) is faiss.IndexFlatL2``); the first time it builds one of a
 class, that class's ``add``, ``add_with_ids`` and ``search`` are wrapped (:func:`_patch_class`) so
 that, for the objects FAISSx built, they honour ``batch_size``, take ``progress=True`` and check
-``max_memory_usage_mb`` before calling faiss's own method. Any other object of the class (built
+``max_memory_usage_mb`` before calling faiss's own method; ``train`` (``progress=True``),
+``remove_ids``, ``reset`` and ``merge_from`` are wrapped too, for the copy-on-write of
+memory-mapped indices (:func:`before_write`). Any other object of the class (built
 by plain ``faiss``, or a new wrapper from ``downcast_index``) calls straight through to faiss.
 No other faiss attribute changes, and nothing is patched until the drop-in module is imported.
 
@@ -403,9 +405,9 @@ def _take(args: tuple, kwargs: dict, names: tuple[str, ...]) -> tuple[list[Any],
 
 
 def _patch_class(cls: type) -> None:
-    """Wrap ``add``, ``add_with_ids`` and ``search`` of one faiss class (once). faiss gives every
-    index class its own copies of these methods, so this touches ``cls`` alone; objects the
-    drop-in module did not build call straight through to faiss's method."""
+    """Wrap ``search`` and the :data:`WRITES` of one faiss class (once). The wrappers are set on
+    ``cls`` itself, so no other class changes; objects the drop-in module did not build call
+    straight through to faiss's method."""
     with _patch_mutex:
         if cls in _ORIGINALS:
             return
