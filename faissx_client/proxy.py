@@ -10,6 +10,7 @@ away.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import warnings
 import weakref
@@ -68,7 +69,7 @@ class RemoteIndex:
                 info, _ = client.call(op, self._name, args,
                                       {"data": data} if data is not None else None)
             for line in info.pop("warnings", None) or ():  # the server's hints, e.g. volatile
-                warnings.warn(line, FaissxWarning, stacklevel=4)
+                warnings.warn(line, FaissxWarning, stacklevel=_caller_level())
             object.__setattr__(self, "_spec", IndexSpec.model_validate(info["spec"]))
             object.__setattr__(self, "_info", info)
             if not self._named:
@@ -475,6 +476,16 @@ class RemoteSelector:
         if self.spec.kind == "range":
             return self.spec.imin <= i < self.spec.imax
         return bool(self.ids is not None and np.isin(i, self.ids))
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside FAISSx (the user's
+    line that created the index, however many of our frames lie between)."""
+    level, frame = 1, sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+            ("faissx_client", "faissx_core", "faissx.")):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:

@@ -384,3 +384,21 @@ def test_train_progress_locally_and_remotely(server):
     assert out.returncode == 0, out.stderr
     assert "trained True" in out.stdout
     assert out.stderr.count("train IndexIVFFlat on 500 vectors: done in") == 2, out.stderr
+
+
+def test_upload_parts_out_of_order_are_refused_and_change_nothing(small_messages):
+    client = faiss.get_client()
+    local = real_faiss.IndexFlatL2(8)
+    local.add(vectors(100, 8))
+    data = real_faiss.serialize_index(local)
+    total, half = int(data.nbytes), int(data.nbytes) // 2
+    args = {"ephemeral": False, "total": total}
+    with pytest.raises(InvalidArgument, match="no upload in progress"):
+        client.call("import", "parts", {**args, "offset": half}, {"data": data[half:]})
+    client.call("import", "parts", {**args, "offset": 0}, {"data": data[:half]})
+    with pytest.raises(InvalidArgument, match="send it again from offset 0"):
+        client.call("import", "parts", {**args, "offset": half + 1}, {"data": data[half + 1 :]})
+    assert faiss.list_indexes() == []  # nothing exists until the last byte is in
+    client.call("import", "parts", {**args, "offset": 0}, {"data": data[:half]})
+    info = client.call("import", "parts", {**args, "offset": half}, {"data": data[half:]})[0]
+    assert info["ntotal"] == 100
