@@ -141,6 +141,10 @@ class RemoteIndex:
             raise _opt.unknown(self, name, self._runtime_params())
         self._call("set_parameter", {"name": name, "value": value})
 
+    def set_nprobe(self, nprobe: int) -> None:
+        """The original FAISSx's spelling of ``set_parameter("nprobe", nprobe)``."""
+        self.set_parameter("nprobe", nprobe)
+
     def get_parameter(self, name: str) -> Any:
         if name in _opt.CLIENT_PARAMS:
             return self._values.get(name, _opt.get_default(name))
