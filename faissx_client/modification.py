@@ -103,6 +103,12 @@ def _not_supported(exc: Exception) -> bool:
                                               or "not supported" in text)
 
 
+def _incompatible(exc: Exception) -> bool:
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("same type" in text
+                                              or "check_compatible_for_merge" in text)
+
+
 def _merge_from(target: Any, source: Any) -> None:
     """faiss's ``target.merge_from(source)`` (which empties ``source``)."""
     target.merge_from(source, 0)
@@ -166,7 +172,9 @@ def merge_into(target: Any, sources: Sequence[Any], batch_size: int | None = Non
                 _merge_from(target, copy)
                 continue
             except Exception as exc:
-                if not _not_supported(exc):
+                # faiss checks compatibility before it moves anything: an IndexFlat and the
+                # IndexFlatL2 its bytes load as are "not the same type" to it
+                if not (_not_supported(exc) or _incompatible(exc)):
                     raise
             finally:
                 del copy  # a remote copy is dropped from the server when collected

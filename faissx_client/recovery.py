@@ -36,8 +36,9 @@ from typing import Any, TypeVar
 from faissx_core import operations
 
 __all__ = [
-    "RecoveryPolicy", "configure_recovery", "current_policy", "on_reconnect",
-    "remove_reconnect_callback", "reset_recovery", "with_retry",
+    "RecoveryPolicy", "configure_recovery", "current_policy", "is_connected", "on_disconnect",
+    "on_reconnect", "remove_disconnect_callback", "remove_reconnect_callback", "reset_recovery",
+    "with_retry",
 ]
 
 log = logging.getLogger("faissx.client")
@@ -112,6 +113,7 @@ class RecoveryPolicy:
 
 _policy: RecoveryPolicy | None = None
 _callbacks: list[Callable[[], Any]] = []
+_disconnect_callbacks: list[Callable[[], Any]] = []
 _mutex = threading.Lock()
 
 
@@ -185,6 +187,49 @@ def notify_reconnected(server: str) -> None:
             callback()
         except Exception:
             log.exception("on_reconnect callback %r failed", callback)
+
+
+def on_disconnect(callback: Callable[[], Any]) -> Callable[[], Any]:
+    """Run ``callback()`` each time a client loses its server (the original FAISSx's name).
+
+    It runs once per loss, in the thread that noticed it (a connection that dropped or could
+    not be made, after the server had answered), before that call's retries; the matching
+    :func:`on_reconnect` callbacks run when the server answers again. An exception it raises is
+    logged, not propagated. Returns ``callback`` (usable as a decorator).
+    """
+    if not callable(callback):
+        raise TypeError(f"on_disconnect needs a callable, got {callback!r}")
+    with _mutex:
+        _disconnect_callbacks.append(callback)
+    return callback
+
+
+def remove_disconnect_callback(callback: Callable[[], Any]) -> None:
+    """Stop running a callback registered with :func:`on_disconnect` (no error if absent)."""
+    with _mutex:
+        if callback in _disconnect_callbacks:
+            _disconnect_callbacks.remove(callback)
+
+
+def notify_disconnected(server: str) -> None:
+    """Called by the transport when it loses a server that had answered."""
+    log.warning("lost the connection to %s", server)
+    with _mutex:
+        callbacks = list(_disconnect_callbacks)
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("on_disconnect callback %r failed", callback)
+
+
+def is_connected() -> bool:
+    """Is the configured client's server answering (as far as its last call knows)? False in
+    local mode."""
+    from faissx_client import get_client
+
+    client = get_client()
+    return client is not None and client.transport is not None and client.transport.connected
 
 
 # -- idempotency keys and with_retry ------------------------------------------------------------
