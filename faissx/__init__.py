@@ -25,8 +25,15 @@ aliases.install()
 
 #: The original FAISSx's top-level names (its ``faissx.__all__``), served by the client.
 ORIGINAL_TOP_LEVEL = (
-    "configure", "IndexFlatL2", "IndexIVFFlat", "IndexHNSWFlat", "IndexPQ", "IndexIVFPQ",
-    "IndexScalarQuantizer", "IndexIDMap", "IndexIDMap2",
+    "configure",
+    "IndexFlatL2",
+    "IndexIVFFlat",
+    "IndexHNSWFlat",
+    "IndexPQ",
+    "IndexIVFPQ",
+    "IndexScalarQuantizer",
+    "IndexIDMap",
+    "IndexIDMap2",
 )
 
 __all__ = ["__version__", "client", "server", *ORIGINAL_TOP_LEVEL]

@@ -26,8 +26,17 @@ from typing import Any
 #: alias prefix -> the real package it names
 ROOTS = {"faissx.client": "faissx_client", "faissx.server": "faissx_core.server"}
 
-_INDEX_CLASSES = ("IndexFlatL2", "IndexIVFFlat", "IndexHNSWFlat", "IndexPQ", "IndexIVFPQ",
-                  "IndexScalarQuantizer", "IndexIVFScalarQuantizer", "IndexIDMap", "IndexIDMap2")
+_INDEX_CLASSES = (
+    "IndexFlatL2",
+    "IndexIVFFlat",
+    "IndexHNSWFlat",
+    "IndexPQ",
+    "IndexIVFPQ",
+    "IndexScalarQuantizer",
+    "IndexIVFScalarQuantizer",
+    "IndexIDMap",
+    "IndexIDMap2",
+)
 
 #: The original's modules that are not modules here: name -> {attribute: "module:attribute"}.
 #: ``faissx.client.indices.ivf_sq`` is the name its README's project structure gives to the
@@ -42,32 +51,41 @@ ORIGINAL_MODULES: dict[str, dict[str, str]] = {
         "split_index": "faissx_client.modification:split_index",
     },
     "faissx.client.index": {
-        name: f"faissx_client:{name}" for name in _INDEX_CLASSES
-        if name != "IndexIVFScalarQuantizer"},
+        name: f"faissx_client:{name}"
+        for name in _INDEX_CLASSES
+        if name != "IndexIVFScalarQuantizer"
+    },
     "faissx.client.indices.flat": {"IndexFlatL2": "faissx_client:IndexFlatL2"},
     "faissx.client.indices.hnsw_flat": {"IndexHNSWFlat": "faissx_client:IndexHNSWFlat"},
     "faissx.client.indices.ivf_flat": {"IndexIVFFlat": "faissx_client:IndexIVFFlat"},
     "faissx.client.indices.pq": {"IndexPQ": "faissx_client:IndexPQ"},
     "faissx.client.indices.ivf_pq": {"IndexIVFPQ": "faissx_client:IndexIVFPQ"},
     "faissx.client.indices.scalar_quantizer": {
-        "IndexScalarQuantizer": "faissx_client:IndexScalarQuantizer"},
+        "IndexScalarQuantizer": "faissx_client:IndexScalarQuantizer"
+    },
     "faissx.client.indices.ivf_scalar_quantizer": {
-        "IndexIVFScalarQuantizer": "faissx_client:IndexIVFScalarQuantizer"},
+        "IndexIVFScalarQuantizer": "faissx_client:IndexIVFScalarQuantizer"
+    },
     "faissx.client.indices.ivf_sq": {
-        "IndexIVFScalarQuantizer": "faissx_client:IndexIVFScalarQuantizer"},
-    "faissx.client.indices.id_map": {"IndexIDMap": "faissx_client:IndexIDMap",
-                                     "IndexIDMap2": "faissx_client:IndexIDMap2"},
+        "IndexIVFScalarQuantizer": "faissx_client:IndexIVFScalarQuantizer"
+    },
+    "faissx.client.indices.id_map": {
+        "IndexIDMap": "faissx_client:IndexIDMap",
+        "IndexIDMap2": "faissx_client:IndexIDMap2",
+    },
     "faissx.client.indices.binary_flat": {"IndexBinaryFlat": "faissx_client:IndexBinaryFlat"},
     "faissx.client.indices.binary_ivf": {"IndexBinaryIVF": "faissx_client:IndexBinaryIVF"},
     "faissx.client.indices.binary_hash": {"IndexBinaryHash": "faissx_client:IndexBinaryHash"},
-    "faissx.client.indices.pre_transform": {
-        "IndexPreTransform": "faissx_client:IndexPreTransform"},
+    "faissx.client.indices.pre_transform": {"IndexPreTransform": "faissx_client:IndexPreTransform"},
     "faissx.client.indices.factory": {"index_factory": "faissx_client:index_factory"},
-    "faissx.client.indices.io": {"read_index": "faissx_client:read_index",
-                                 "write_index": "faissx_client:write_index"},
+    "faissx.client.indices.io": {
+        "read_index": "faissx_client:read_index",
+        "write_index": "faissx_client:write_index",
+    },
     "faissx.client.indices.modification": {
         "merge_indices": "faissx_client.modification:merge_indices",
-        "split_index": "faissx_client.modification:split_index"},
+        "split_index": "faissx_client.modification:split_index",
+    },
 }
 
 
@@ -75,7 +93,7 @@ def real_name(fullname: str) -> str | None:
     """The real module an alias names (``faissx.client.cache`` -> ``faissx_client.cache``)."""
     for alias, real in ROOTS.items():
         if fullname == alias or fullname.startswith(alias + "."):
-            return real + fullname[len(alias):]
+            return real + fullname[len(alias) :]
     return None
 
 
@@ -120,8 +138,12 @@ class AliasFinder(importlib.abc.MetaPathFinder):
     """Finds ``faissx.client[.*]`` and ``faissx.server[.*]`` before the path finder would load a
     second copy of a real module under the alias's name."""
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
-                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None = None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
         real = real_name(fullname)
         if real is None:
             return None
@@ -135,7 +157,8 @@ class AliasFinder(importlib.abc.MetaPathFinder):
         if found is None:
             return None
         return importlib.util.spec_from_loader(
-            fullname, _Alias(real), is_package=found.submodule_search_locations is not None)
+            fullname, _Alias(real), is_package=found.submodule_search_locations is not None
+        )
 
 
 def install() -> None:

@@ -34,9 +34,14 @@ DEFAULT_BATCH_SIZE_ADD = 1000
 DEFAULT_BATCH_SIZE_SEARCH = 100
 
 
-def configure_url(url: str | None = None, api_key: str | None = None,
-                  tenant_id: str | None = None, connection_timeout: int | None = None,
-                  request_timeout: int | None = None, **more: Any) -> Client | None:
+def configure_url(
+    url: str | None = None,
+    api_key: str | None = None,
+    tenant_id: str | None = None,
+    connection_timeout: int | None = None,
+    request_timeout: int | None = None,
+    **more: Any,
+) -> Client | None:
     """The original's top-level ``faissx.configure(url=..., ...)`` (timeouts in milliseconds).
 
     Our one ``timeout`` bounds each call, connecting included; it is the larger of the two
@@ -52,13 +57,16 @@ def configure_url(url: str | None = None, api_key: str | None = None,
     given = [t for t in (connection_timeout, request_timeout) if t is not None]
     if given:
         if "timeout" in more:
-            raise InvalidArgument("give timeout= (seconds) or connection_timeout= / "
-                                  "request_timeout= (milliseconds), not both")
+            raise InvalidArgument(
+                "give timeout= (seconds) or connection_timeout= / "
+                "request_timeout= (milliseconds), not both"
+            )
         more["timeout"] = max(given) / 1000.0
     return configure(api_key=api_key, tenant_id=tenant_id, **more)
 
 
 # -- the original's index_type strings -----------------------------------------------------------
+
 
 def factory_description(index_type: str) -> tuple[str, int, bool]:
     """(``index_factory`` description, metric, binary) for the original's ``index_type``.
@@ -70,13 +78,13 @@ def factory_description(index_type: str) -> tuple[str, int, bool]:
     """
     text = index_type.strip()
     if text.upper().startswith("BINARY"):
-        rest = text[len("BINARY"):].lstrip("_:,")
+        rest = text[len("BINARY") :].lstrip("_:,")
         return ("BFlat" if rest.upper() in ("", "FLAT") else rest), faiss.METRIC_L2, True
     metric = faiss.METRIC_L2
     wrappers = []
     while (m := re.match(r"(?i)IDMap(2?):", text)) is not None:
         wrappers.append("IDMap" + m.group(1))
-        text = text[m.end():]
+        text = text[m.end() :]
     parts = []
     for part in (p.strip() for p in text.split(",")):
         if part.upper() == "IP":
@@ -95,6 +103,7 @@ def factory_description(index_type: str) -> tuple[str, int, bool]:
 
 # -- the client ----------------------------------------------------------------------------------
 
+
 class FaissXClient(Client):
     """Our client plus the original FAISSx's by-name methods.
 
@@ -104,8 +113,9 @@ class FaissXClient(Client):
     :meth:`delete_index`.
     """
 
-    def __init__(self, settings: ClientSettings | None = None,
-                 heartbeat: float | None = None) -> None:
+    def __init__(
+        self, settings: ClientSettings | None = None, heartbeat: float | None = None
+    ) -> None:
         self._indices: dict[str, Any] = {}
         self._heartbeat = heartbeat
         if settings is None:
@@ -136,13 +146,19 @@ class FaissXClient(Client):
     def timeout(self) -> float | None:
         return self.settings.timeout if self.settings is not None else None
 
-    def configure(self, server: str | None = None, api_key: str | None = None,
-                  tenant_id: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def configure(
+        self,
+        server: str | None = None,
+        api_key: str | None = None,
+        tenant_id: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
         """Connect this client (and only this one) to ``server``; arguments not given come from
         ``FAISSX_*`` as for :func:`faissx_client.configure`. Raises if the server does not
         answer or refuses the key."""
-        settings = ClientSettings.from_env(server=server, api_key=api_key, tenant_id=tenant_id,
-                                           timeout=timeout)
+        settings = ClientSettings.from_env(
+            server=server, api_key=api_key, tenant_id=tenant_id, timeout=timeout
+        )
         self.disconnect()
         super().__init__(settings, self._heartbeat)
         try:
@@ -154,10 +170,15 @@ class FaissXClient(Client):
     def connect(self) -> None:
         """(Re)connect with the configured settings and check the server answers."""
         if self.settings is None:
-            raise NotConfigured("FaissXClient.connect: no server configured; call "
-                                "configure(server=...) first")
-        self.configure(self.settings.server, self.settings.api_key, self.settings.tenant_id,
-                       self.settings.timeout)
+            raise NotConfigured(
+                "FaissXClient.connect: no server configured; call configure(server=...) first"
+            )
+        self.configure(
+            self.settings.server,
+            self.settings.api_key,
+            self.settings.tenant_id,
+            self.settings.timeout,
+        )
 
     def disconnect(self) -> None:
         if self.transport is not None:
@@ -172,9 +193,14 @@ class FaissXClient(Client):
         """This client if it is connected, else None (as in the original)."""
         return self if self.mode == "remote" else None
 
-    def call(self, op: str, index: str | None = None, args: dict[str, Any] | None = None,
-             arrays: dict[str, np.ndarray] | None = None, timeout: float | None = None
-             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def call(
+        self,
+        op: str,
+        index: str | None = None,
+        args: dict[str, Any] | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if self.transport is None:
             raise NotConfigured("this FaissXClient is not connected: call configure() first")
         return super().call(op, index, args, arrays, timeout)
@@ -183,7 +209,8 @@ class FaissXClient(Client):
         raise UnsupportedOperation(
             "FaissXClient._send_request sends the original FAISSx's wire messages "
             f"(action {request.get('action')!r}), which this server does not speak; use the "
-            "FaissXClient methods (create_index, add_vectors, search, ...) or the index classes")
+            "FaissXClient methods (create_index, add_vectors, search, ...) or the index classes"
+        )
 
     # -- indices by name -----------------------------------------------------------------------
     def _index(self, index_id: str) -> Any:
@@ -202,13 +229,20 @@ class FaissXClient(Client):
         description, metric, binary = factory_description(index_type)
         if binary:
             spec = _registry.index_type("index_binary_factory").bind(
-                (int(dimension), description), {})
+                (int(dimension), description), {}
+            )
         else:
             spec = _registry.index_type("index_factory").bind(
-                (int(dimension), description, metric), {})
+                (int(dimension), description, metric), {}
+            )
         self._indices[name] = index = _attach(self, spec, name)
-        return {"success": True, "index_id": name, "dimension": index.d,
-                "index_type": index_type, "description": description}
+        return {
+            "success": True,
+            "index_id": name,
+            "dimension": index.d,
+            "index_type": index_type,
+            "description": description,
+        }
 
     def add_vectors(self, index_id: str, vectors: Any) -> dict[str, Any]:
         index = self._index(index_id)
@@ -216,12 +250,13 @@ class FaissXClient(Client):
         index.add(x)
         return {"success": True, "count": len(x), "total": index.ntotal}
 
-    def batch_add_vectors(self, index_id: str, vectors: Any,
-                          batch_size: int = DEFAULT_BATCH_SIZE_ADD) -> dict[str, Any]:
+    def batch_add_vectors(
+        self, index_id: str, vectors: Any, batch_size: int = DEFAULT_BATCH_SIZE_ADD
+    ) -> dict[str, Any]:
         index = self._index(index_id)
         x = _rows(index, vectors)
         for start in range(0, len(x), _batch(batch_size)):
-            index.add(x[start:start + batch_size])
+            index.add(x[start : start + batch_size])
         return {"success": True, "count": len(x), "total": index.ntotal}
 
     def train_index(self, index_id: str, training_vectors: Any) -> dict[str, Any]:
@@ -229,53 +264,82 @@ class FaissXClient(Client):
         index.train(_rows(index, training_vectors))
         return {"success": True, "index_id": index_id, "is_trained": index.is_trained}
 
-    def search(self, index_id: str, query_vectors: Any, k: int = 10,
-               params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def search(
+        self, index_id: str, query_vectors: Any, k: int = 10, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """k nearest neighbours; ``params`` (``nprobe``, ``efSearch``, ...) for this search only."""
-        return self._searched(index_id, query_vectors, params,
-                              lambda index, x: _knn(index.search(x, k)))
+        return self._searched(
+            index_id, query_vectors, params, lambda index, x: _knn(index.search(x, k))
+        )
 
-    def batch_search(self, index_id: str, query_vectors: Any, k: int = 10,
-                     batch_size: int = DEFAULT_BATCH_SIZE_SEARCH,
-                     params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def batch_search(
+        self,
+        index_id: str,
+        query_vectors: Any,
+        k: int = 10,
+        batch_size: int = DEFAULT_BATCH_SIZE_SEARCH,
+        params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         results: list[dict[str, Any]] = []
         x = _rows(self._index(index_id), query_vectors)
         for start in range(0, len(x), _batch(batch_size)):
-            results += self.search(index_id, x[start:start + batch_size], k, params)["results"]
+            results += self.search(index_id, x[start : start + batch_size], k, params)["results"]
         return {"success": True, "results": results}
 
     def range_search(self, index_id: str, query_vectors: Any, radius: float) -> dict[str, Any]:
         def run(index: Any, x: np.ndarray) -> list[dict[str, Any]]:
             lims, distances, ids = index.range_search(x, float(radius))
-            return [{"query_index": i, "num_results": int(lims[i + 1] - lims[i]),
-                     "indices": ids[lims[i]:lims[i + 1]].tolist(),
-                     "distances": distances[lims[i]:lims[i + 1]].tolist()}
-                    for i in range(len(x))]
+            return [
+                {
+                    "query_index": i,
+                    "num_results": int(lims[i + 1] - lims[i]),
+                    "indices": ids[lims[i] : lims[i + 1]].tolist(),
+                    "distances": distances[lims[i] : lims[i + 1]].tolist(),
+                }
+                for i in range(len(x))
+            ]
 
         return self._searched(index_id, query_vectors, None, run)
 
-    def batch_range_search(self, index_id: str, query_vectors: Any, radius: float,
-                           batch_size: int = DEFAULT_BATCH_SIZE_SEARCH) -> dict[str, Any]:
+    def batch_range_search(
+        self,
+        index_id: str,
+        query_vectors: Any,
+        radius: float,
+        batch_size: int = DEFAULT_BATCH_SIZE_SEARCH,
+    ) -> dict[str, Any]:
         results: list[dict[str, Any]] = []
         x = _rows(self._index(index_id), query_vectors)
         for start in range(0, len(x), _batch(batch_size)):
-            part = self.range_search(index_id, x[start:start + batch_size], radius)["results"]
+            part = self.range_search(index_id, x[start : start + batch_size], radius)["results"]
             for item in part:
                 item["query_index"] += start
             results += part
         return {"success": True, "results": results}
 
-    def search_and_reconstruct(self, index_id: str, query_vectors: Any, k: int = 10,
-                               params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def search_and_reconstruct(
+        self, index_id: str, query_vectors: Any, k: int = 10, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         def run(index: Any, x: np.ndarray) -> list[dict[str, Any]]:
             distances, ids, vectors = index.search_and_reconstruct(x, k)
-            return [{"distances": distances[i].tolist(), "indices": ids[i].tolist(),
-                     "vectors": vectors[i].tolist()} for i in range(len(x))]
+            return [
+                {
+                    "distances": distances[i].tolist(),
+                    "indices": ids[i].tolist(),
+                    "vectors": vectors[i].tolist(),
+                }
+                for i in range(len(x))
+            ]
 
         return self._searched(index_id, query_vectors, params, run)
 
-    def _searched(self, index_id: str, query_vectors: Any, params: dict[str, Any] | None,
-                  run: Callable[[Any, np.ndarray], list[dict[str, Any]]]) -> dict[str, Any]:
+    def _searched(
+        self,
+        index_id: str,
+        query_vectors: Any,
+        params: dict[str, Any] | None,
+        run: Callable[[Any, np.ndarray], list[dict[str, Any]]],
+    ) -> dict[str, Any]:
         index = self._index(index_id)
         x = _rows(index, query_vectors)
         if not params:
@@ -290,13 +354,19 @@ class FaissXClient(Client):
                 index.set_parameter(name, value)
 
     def reconstruct(self, index_id: str, vector_id: int) -> dict[str, Any]:
-        return {"success": True, "vector": self._index(index_id).reconstruct(
-            int(vector_id)).tolist()}
+        return {
+            "success": True,
+            "vector": self._index(index_id).reconstruct(int(vector_id)).tolist(),
+        }
 
     def reconstruct_n(self, index_id: str, start_idx: int, n: int) -> dict[str, Any]:
         vectors = self._index(index_id).reconstruct_n(int(start_idx), int(n))
-        return {"success": True, "vectors": vectors.tolist(), "start_idx": int(start_idx),
-                "num_vectors": len(vectors)}
+        return {
+            "success": True,
+            "vectors": vectors.tolist(),
+            "start_idx": int(start_idx),
+            "num_vectors": len(vectors),
+        }
 
     def get_index_stats(self, index_id: str) -> dict[str, Any]:
         info, _ = self.call("info", index_id)
@@ -314,8 +384,7 @@ class FaissXClient(Client):
         _delete(self, index_id)
         return {"success": True, "message": f"index {index_id!r} deleted"}
 
-    def merge_indices(self, target_index_id: str, source_index_ids: list[str]
-                      ) -> dict[str, Any]:
+    def merge_indices(self, target_index_id: str, source_index_ids: list[str]) -> dict[str, Any]:
         """Add the vectors of the source indices to the target; the sources stay as they are
         (faiss's ``merge_from`` of server-side copies, or their vectors added where faiss
         cannot merge the two types)."""
@@ -339,5 +408,6 @@ def _batch(size: int) -> int:
 
 def _knn(result: tuple[np.ndarray, np.ndarray]) -> list[dict[str, Any]]:
     distances, ids = result
-    return [{"distances": distances[i].tolist(), "indices": ids[i].tolist()}
-            for i in range(len(ids))]
+    return [
+        {"distances": distances[i].tolist(), "indices": ids[i].tolist()} for i in range(len(ids))
+    ]

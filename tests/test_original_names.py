@@ -47,29 +47,44 @@ def remote(index) -> bool:
 
 # -- the client never loads the server ---------------------------------------------------------
 
-SERVER_MODULES = ("faissx_core.server", "faissx_core.storage", "faissx_core.auth",
-                  "faissx_core.limits")
+SERVER_MODULES = (
+    "faissx_core.server",
+    "faissx_core.storage",
+    "faissx_core.auth",
+    "faissx_core.limits",
+)
 
 
 def _fresh(code: str) -> str:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=Path(__file__).parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
 
-@pytest.mark.parametrize("statement", [
-    "from faissx import client",
-    "import faissx.client.recovery, faissx.client.optimization, faissx.client.modification",
-    "from faissx.client.indices.flat import IndexFlatL2",
-    "from faissx.client.client import FaissXClient, get_client",
-    "import faissx; faissx.IndexFlatL2; faissx.configure",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "from faissx import client",
+        "import faissx.client.recovery, faissx.client.optimization, faissx.client.modification",
+        "from faissx.client.indices.flat import IndexFlatL2",
+        "from faissx.client.client import FaissXClient, get_client",
+        "import faissx; faissx.IndexFlatL2; faissx.configure",
+    ],
+)
 def test_client_imports_no_server_code(statement):
     loaded = _fresh(f"{statement}\nimport sys\nprint('\\n'.join(sys.modules))").split()
     assert "faissx_client" in loaded
-    leaked = [m for m in loaded if m == "faissx.server" or any(
-        m == s or m.startswith(s + ".") for s in SERVER_MODULES)]
+    leaked = [
+        m
+        for m in loaded
+        if m == "faissx.server" or any(m == s or m.startswith(s + ".") for s in SERVER_MODULES)
+    ]
     assert leaked == []
 
 
@@ -84,7 +99,8 @@ def test_server_alias_is_the_same_module_when_asked():
         "assert faissx_core.server.__spec__.name == 'faissx_core.server'\n"
         "import faissx.client.recovery as a, faissx_client.recovery as b\n"
         "assert a is b and sys.modules['faissx.client'] is sys.modules['faissx_client']\n"
-        "print('ok')")
+        "print('ok')"
+    )
     assert out.strip() == "ok"
 
 
@@ -138,10 +154,10 @@ def test_original_modules_hold_our_objects(module):
 
 def test_indices_modification_module():
     from faissx.client.indices.modification import merge_indices, split_index
+
     from faissx_client import modification
 
-    assert (merge_indices, split_index) == (modification.merge_indices,
-                                            modification.split_index)
+    assert (merge_indices, split_index) == (modification.merge_indices, modification.split_index)
 
 
 def test_class_from_original_module_searches_like_faiss(fx):
@@ -176,12 +192,21 @@ def test_set_nprobe_validates_and_is_refused_where_there_is_none(fx):
 
 # -- top level -----------------------------------------------------------------------------------
 
+
 def test_top_level_names(server):
     import faissx
     import faissx_client
 
-    for name in ("IndexFlatL2", "IndexIVFFlat", "IndexHNSWFlat", "IndexPQ", "IndexIVFPQ",
-                 "IndexScalarQuantizer", "IndexIDMap", "IndexIDMap2"):
+    for name in (
+        "IndexFlatL2",
+        "IndexIVFFlat",
+        "IndexHNSWFlat",
+        "IndexPQ",
+        "IndexIVFPQ",
+        "IndexScalarQuantizer",
+        "IndexIDMap",
+        "IndexIDMap2",
+    ):
         assert getattr(faissx, name) is getattr(faissx_client, name)
         assert name in faissx.__all__
     from faissx import configure
@@ -201,6 +226,7 @@ def test_top_level_names(server):
 
 
 # -- FaissXClient --------------------------------------------------------------------------------
+
 
 def test_get_client_is_none_locally_and_a_faissx_client_remotely(server):
     from faissx.client.client import FaissXClient, get_client
@@ -243,11 +269,11 @@ def test_faissx_client_by_name_against_faiss(server):
         np.testing.assert_allclose([r["distances"] for r in found["results"]], dist, rtol=1e-5)
         batched = client.batch_search(name, XQ, k=3, batch_size=2)
         assert [r["indices"] for r in batched["results"]] == ids.tolist()
-        lims, rdist, rids = ref.range_search(XQ, 6.0)
+        lims, _, rids = ref.range_search(XQ, 6.0)
         ranged = client.batch_range_search(name, XQ, 6.0, batch_size=2)["results"]
         assert [r["query_index"] for r in ranged] == list(range(len(XQ)))
         for i, r in enumerate(ranged):
-            assert sorted(r["indices"]) == sorted(rids[lims[i]:lims[i + 1]].tolist())
+            assert sorted(r["indices"]) == sorted(rids[lims[i] : lims[i + 1]].tolist())
         assert client.reconstruct(name, 17)["vector"] == pytest.approx(XB[17].tolist())
         many = client.reconstruct_n(name, 20, 5)["vectors"]
         np.testing.assert_allclose(many, XB[20:25])
@@ -328,8 +354,10 @@ def test_faissx_client_merge_indices_keeps_sources(server):
 
 # -- recovery and server -------------------------------------------------------------------------
 
+
 def test_on_disconnect_and_is_connected(start_server):
     from faissx.client import recovery
+
     from faissx_client import configure, disconnect
 
     events: list[str] = []
@@ -400,6 +428,7 @@ def test_cli_expands_home_in_data_dir(tmp_path, monkeypatch):
 
 # -- merge / split keywords ----------------------------------------------------------------------
 
+
 def _three(fx):
     flat = fx.IndexFlatL2(D)
     flat.add(XB[:10])
@@ -462,8 +491,9 @@ def test_split_keywords(fx):
     def by_parity(x):
         return [int(i) % 2 for i in range(len(x))]
 
-    parts = split_index(index, num_parts=2, split_method="custom", custom_split_fn=by_parity,
-                        batch_size=16)
+    parts = split_index(
+        index, num_parts=2, split_method="custom", custom_split_fn=by_parity, batch_size=16
+    )
     assert [p.ntotal for p in parts] == [100, 100]
     np.testing.assert_allclose(parts[1].reconstruct(1001), XB[1])  # ids kept
 
