@@ -27,8 +27,9 @@ from faissx_core.errors import InvalidArgument, NotConfigured, UnsupportedOperat
 
 __all__ = ["FaissXClient", "configure_url", "factory_description"]
 
-#: The original's ``create_index`` default for ``timeout`` (seconds).
-DEFAULT_TIMEOUT = 5.0
+#: The original server's sizes for a bare "IVF" / "HNSW" index type.
+DEFAULT_NLIST = 100
+DEFAULT_HNSW_M = 32
 #: Rows per request of ``batch_add_vectors`` / queries per request of ``batch_search``.
 DEFAULT_BATCH_SIZE_ADD = 1000
 DEFAULT_BATCH_SIZE_SEARCH = 100
@@ -74,7 +75,8 @@ def factory_description(index_type: str) -> tuple[str, int, bool]:
     The original spelled types its own way: ``"L2"``, ``"IP"``, ``"IVF16"``, ``"IVF16_IP"``,
     ``"IVF4_SQ8"``, ``"HNSW32"``, ``"HNSW16_IP"``, ``"PQ4x8"``, ``"IDMap:L2"``,
     ``"IDMap2:L2"``, ``"PCA4,L2"``, ``"NORM,L2"``, ``"BINARY_FLAT"``. Parts it did not
-    rename pass through, so an ``index_factory`` string works as well.
+    rename pass through, so an ``index_factory`` string works as well. A bare ``"IVF"`` has
+    the original server's 100 lists, a bare ``"HNSW"`` its 32 neighbours.
     """
     text = index_type.strip()
     if text.upper().startswith("BINARY"):
@@ -95,8 +97,10 @@ def factory_description(index_type: str) -> tuple[str, int, bool]:
             part = "Flat"
         elif part.upper() == "NORM":
             part = "L2norm"
-        elif (ivf := re.fullmatch(r"(?i)IVF(\d+)(?:_(.+))?", part)) is not None:
-            part = f"IVF{ivf.group(1)},{ivf.group(2) or 'Flat'}"
+        elif (ivf := re.fullmatch(r"(?i)IVF(\d*)(?:_(.+))?", part)) is not None:
+            part = f"IVF{ivf.group(1) or DEFAULT_NLIST},{ivf.group(2) or 'Flat'}"
+        elif part.upper() == "HNSW":
+            part = f"HNSW{DEFAULT_HNSW_M}"
         parts.append(part)
     return ",".join([*wrappers, *parts]), metric, False
 
@@ -151,11 +155,13 @@ class FaissXClient(Client):
         server: str | None = None,
         api_key: str | None = None,
         tenant_id: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float | None = None,
     ) -> None:
         """Connect this client (and only this one) to ``server``; arguments not given come from
         ``FAISSX_*`` as for :func:`faissx_client.configure`. Raises if the server does not
-        answer or refuses the key."""
+        answer or refuses the key. ``timeout`` bounds each call, retries included (the
+        original's default of 5 s was too short for training on a busy server; ours is
+        ``FAISSX_TIMEOUT`` or 30 s)."""
         settings = ClientSettings.from_env(
             server=server, api_key=api_key, tenant_id=tenant_id, timeout=timeout
         )
@@ -248,7 +254,8 @@ class FaissXClient(Client):
         index = self._index(index_id)
         x = _rows(index, vectors)
         index.add(x)
-        return {"success": True, "count": len(x), "total": index.ntotal}
+        total = index.ntotal
+        return {"success": True, "count": len(x), "total": total, "ntotal": total}
 
     def batch_add_vectors(
         self, index_id: str, vectors: Any, batch_size: int = DEFAULT_BATCH_SIZE_ADD
@@ -257,7 +264,8 @@ class FaissXClient(Client):
         x = _rows(index, vectors)
         for start in range(0, len(x), _batch(batch_size)):
             index.add(x[start : start + batch_size])
-        return {"success": True, "count": len(x), "total": index.ntotal}
+        total = index.ntotal
+        return {"success": True, "count": len(x), "total": total, "ntotal": total}
 
     def train_index(self, index_id: str, training_vectors: Any) -> dict[str, Any]:
         index = self._index(index_id)

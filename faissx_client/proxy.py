@@ -82,6 +82,11 @@ class RemoteIndex:
         return self._name
 
     @property
+    def index_id(self) -> str:
+        """The original FAISSx's name for :attr:`name`."""
+        return self._name
+
+    @property
     def spec(self) -> IndexSpec:
         return self._spec
 

@@ -178,6 +178,13 @@ class Transport:
         if first:
             recovery.notify_disconnected(self.settings.server)
 
+    def reconnect(self) -> None:
+        """Close this thread's sockets and reach the server on new ones (``force_reconnect``)."""
+        self._discard()
+        if self._reached:
+            self._mark_lost()
+        self.call("touch")
+
     # -- sockets -----------------------------------------------------------------------------
     def _conn(self) -> _Conn:
         conn = getattr(self._local, "conn", None)
@@ -344,7 +351,7 @@ class Transport:
                 self._mark_lost()
             retryable = not last.sent or recovery.retry_safe(op)
             remaining = deadline - time.monotonic()
-            if not retryable or attempts > policy.max_retries or remaining <= MIN_ATTEMPT:
+            if not retryable or attempts > policy.retries or remaining <= MIN_ATTEMPT:
                 if last.sent:
                     # the request may still sit in this socket: never deliver it later
                     self._discard()

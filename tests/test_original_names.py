@@ -515,3 +515,56 @@ def test_split_keywords(fx):
         split_index(index, 2, "custom", by_parity, custom_fn=by_parity)
     with pytest.raises(InvalidArgument):
         split_index(index, 2, preserve_ids="yes")
+
+
+def test_recovery_switches_and_force_reconnect(start_server):
+    from faissx.client import recovery
+
+    from faissx_client import configure, disconnect, get_client
+    from faissx_core.errors import ServerUnavailable
+
+    with pytest.raises(ValueError, match="auto_reconnect"):
+        recovery.configure_recovery(auto_reconnect=False)
+    with pytest.raises(NotConfigured):
+        recovery.force_reconnect()
+    events: list[str] = []
+    down = recovery.on_disconnect(lambda: events.append("down"))
+    up = recovery.on_reconnect(lambda: events.append("up"))
+    proc = start_server()
+    try:
+        configure(server=proc.endpoint, timeout=10)
+        policy = recovery.configure_recovery(max_retries=7, enabled=True, auto_reconnect=True)
+        assert (policy.retries, policy.enabled) == (7, True)
+        recovery.force_reconnect()
+        assert events == ["down", "up"] and recovery.is_connected()
+        policy = recovery.configure_recovery(enabled=False, initial_backoff=0.01)
+        assert (policy.max_retries, policy.retries) == (7, 0)
+        proc.kill()
+        with pytest.raises(ServerUnavailable, match="after 1 attempt"):
+            get_client().call("touch", timeout=5)
+    finally:
+        recovery.remove_disconnect_callback(down)
+        recovery.remove_reconnect_callback(up)
+        recovery.reset_recovery()
+        disconnect()
+
+
+def test_faissx_client_original_details(server):
+    from faissx_client.original import FaissXClient, factory_description
+
+    assert factory_description("IVF") == ("IVF100,Flat", faiss.METRIC_L2, False)
+    assert factory_description("HNSW") == ("HNSW32", faiss.METRIC_L2, False)
+    client = FaissXClient()
+    with pytest.raises(NotConfigured):
+        client.connect()
+    client.configure(server=server.endpoint)
+    try:
+        client.create_index("orig-details", D, "L2")
+        added = client.add_vectors("orig-details", XB[:4])
+        assert added["ntotal"] == added["total"] == 4
+        assert client._index("orig-details").index_id == "orig-details"
+        client.connect()  # reconnects with the same settings
+        assert client.get_index_stats("orig-details")["ntotal"] == 4
+    finally:
+        client.delete_index("orig-details")
+        client.close()
