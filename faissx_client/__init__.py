@@ -22,6 +22,7 @@ from faissx_client import modification, optimization, recovery
 from faissx_client.cache import vector_cache
 from faissx_client.classes import make_class
 from faissx_client.client import Client
+from faissx_client.original import FaissXClient
 from faissx_client.proxy import ParamNamespace, RemoteIndex, RemoteSelector, _ids
 from faissx_client.recovery import configure_recovery, on_reconnect, with_retry
 from faissx_client.settings import ClientSettings
@@ -46,8 +47,9 @@ from faissx_core.selectors import SelectorSpec
 from faissx_core.specs import IMPORTED, IndexSpec
 
 __all__ = [
-    "Aborted", "Client", "FaissxError", "IndexExists", "IndexNotFound", "InvalidArgument",
-    "NotConfigured", "PermissionDenied", "QuotaExceeded", "RemoteIndex", "ServerUnavailable",
+    "Aborted", "Client", "FaissXClient", "FaissxError", "IndexExists", "IndexNotFound",
+    "InvalidArgument", "NotConfigured", "PermissionDenied", "QuotaExceeded", "RemoteIndex",
+    "ServerUnavailable",
     "Unauthenticated", "UnknownIndexType", "__version__", "configure", "configure_recovery",
     "delete_index", "disconnect", "get_client", "gpu", "is_remote", "list_indexes", "modification",
     "on_reconnect", "open_index", "optimization", "recovery", "with_retry",
@@ -94,7 +96,7 @@ def configure(server: str | None = None, api_key: str | None = None,
                                        timeout=timeout, server_public_key=server_public_key,
                                        client_public_key=client_public_key,
                                        client_secret_key=client_secret_key)
-    client = Client(settings, heartbeat)
+    client = FaissXClient(settings, heartbeat)  # our client plus the original FAISSx's API
     try:
         client.hello()
     except Exception:
@@ -118,8 +120,11 @@ def disconnect() -> None:
     vector_cache.clear()
 
 
-def get_client() -> Client | None:
-    """The configured client, configuring from ``FAISSX_SERVER`` on first use if it is set."""
+def get_client() -> FaissXClient | None:
+    """The configured client, configuring from ``FAISSX_SERVER`` on first use if it is set.
+
+    It is a :class:`FaissXClient`: our client, with the original FAISSx's by-name methods
+    (``create_index``, ``add_vectors``, ``search``, ...) too. None in local mode."""
     if _client is None and os.environ.get("FAISSX_SERVER"):
         with _lock:
             if _client is not None:
@@ -176,7 +181,10 @@ def _attach(client: Client, spec: IndexSpec, name: str | None, info: dict | None
 
 def open_index(name: str) -> RemoteIndex:
     """Re-attach to the named index ``name`` of this tenant."""
-    client = _require_client("open_index")
+    return _open(_require_client("open_index"), name)
+
+
+def _open(client: Client, name: str) -> RemoteIndex:
     info, _ = client.call("info", name)
     return _attach(client, IndexSpec.model_validate(info["spec"]), name, info)
 
@@ -348,12 +356,19 @@ def extract_index_ivf(index: Any) -> Any:
 
 def list_indexes() -> list[dict[str, Any]]:
     """This tenant's named indices: name, type, d, ntotal, ... per index."""
-    return _require_client("list_indexes").call("list")[0]["indexes"]
+    return _list(_require_client("list_indexes"))
+
+
+def _list(client: Client) -> list[dict[str, Any]]:
+    return client.call("list")[0]["indexes"]
 
 
 def delete_index(name: str) -> None:
     """Delete the named index ``name`` (and, with a data directory, its files)."""
-    client = _require_client("delete_index")
+    _delete(_require_client("delete_index"), name)
+
+
+def _delete(client: Client, name: str) -> None:
     try:
         client.call("delete", name)
     finally:

@@ -120,3 +120,17 @@ class Client:
                 log.debug("bye failed: %s", exc)
         self.transport.close()
         atexit.unregister(self.close)
+
+
+def __getattr__(name: str) -> Any:
+    """The original FAISSx's names of this module (``faissx.client.client``): its
+    ``FaissXClient`` class and the module's ``get_client`` / ``configure``."""
+    if name == "FaissXClient":
+        from faissx_client.original import FaissXClient
+
+        return FaissXClient
+    if name in ("get_client", "configure"):
+        import faissx_client
+
+        return getattr(faissx_client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -103,21 +103,83 @@ def _not_supported(exc: Exception) -> bool:
                                               or "not supported" in text)
 
 
+def _incompatible(exc: Exception) -> bool:
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("same type" in text
+                                              or "check_compatible_for_merge" in text)
+
+
 def _merge_from(target: Any, source: Any) -> None:
     """faiss's ``target.merge_from(source)`` (which empties ``source``)."""
     target.merge_from(source, 0)
 
 
-def _add(target: Any, x: np.ndarray, ids: np.ndarray) -> None:
-    """Add with the given ids where the target stores ids; by position otherwise."""
-    if len(x) == 0:
-        return
-    try:
-        target.add_with_ids(x, ids)
-    except Exception as exc:
-        if not _not_supported(exc):
-            raise
-        target.add(x)  # a positional type: the vectors take the next positions
+def _add(target: Any, x: np.ndarray, ids: np.ndarray, batch_size: int | None = None) -> None:
+    """Add with the given ids where the target stores ids; by position otherwise; in requests
+    of at most ``batch_size`` rows when given (else the index's own batching applies)."""
+    step = batch_size or max(len(x), 1)
+    for start in range(0, len(x), step):
+        part, part_ids = x[start:start + step], ids[start:start + step]
+        try:
+            target.add_with_ids(part, part_ids)
+        except Exception as exc:
+            if not _not_supported(exc):
+                raise
+            target.add(part)  # a positional type: the vectors take the next positions
+
+
+def _kind(index: Any) -> str:
+    """The faiss class an index is (``IndexIDMap2``, ``IndexFlatL2``, ...): faiss merges only
+    indices of one class (its ``check_compatible_for_merge``)."""
+    if _remote(index):
+        info = index._info or index._fetch()
+        return str(info.get("faiss_class") or type(index).__name__)
+    cpu = _cpu(index)
+    down = (faiss.downcast_IndexBinary(cpu) if isinstance(cpu, faiss.IndexBinary)
+            else faiss.downcast_index(cpu))
+    return type(down).__name__
+
+
+def _is_id_map(index: Any) -> bool:
+    return _kind(index) in ("IndexIDMap", "IndexIDMap2", "IndexBinaryIDMap",
+                            "IndexBinaryIDMap2")
+
+
+def _check_batch_size(batch_size: Any) -> int | None:
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
+            or batch_size < 1:
+        raise InvalidArgument(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
+
+
+def merge_into(target: Any, sources: Sequence[Any], batch_size: int | None = None) -> None:
+    """Add the vectors of ``sources`` (left unchanged) to ``target``, in place.
+
+    A source of the target's faiss class is merged with faiss's ``merge_from`` (of a copy, on
+    the server for remote indices), which keeps stored ids; any other source, or one whose type
+    faiss cannot merge (HNSW), has its vectors added: with its own ids where it stores ids,
+    else numbered by position after the vectors already there (as the original FAISSx did for
+    an id-mapped result)."""
+    sources = list(sources)
+    _check_same([target, *sources])
+    kind = _kind(target)
+    for source in sources:
+        if _kind(source) == kind:
+            copy = _copy(source)
+            try:
+                _merge_from(target, copy)
+                continue
+            except Exception as exc:
+                # faiss checks compatibility before it moves anything: an IndexFlat and the
+                # IndexFlatL2 its bytes load as are "not the same type" to it
+                if not (_not_supported(exc) or _incompatible(exc)):
+                    raise
+            finally:
+                del copy  # a remote copy is dropped from the server when collected
+        ids, x, kept = _export(source, True)
+        _add(target, x, ids if kept else ids + target.ntotal, batch_size)
 
 
 def _check_same(indices: Sequence[Any]) -> None:
@@ -143,46 +205,61 @@ def _check_same(indices: Sequence[Any]) -> None:
 
 # -- merge -------------------------------------------------------------------------------------
 
-def merge_indices(indices: Sequence[Any], output_type: Any = None, *,
+def merge_indices(indices: Sequence[Any], output_type: Any = None, id_map: bool = False,
+                  id_map2: bool = False, batch_size: int | None = None, *,
                   name: str | None = None) -> Any:
     """A new index holding the vectors of every index in ``indices`` (which stay unchanged).
 
     ``output_type=None``: the result has the structure of the first index (a copy of it, into
-    which copies of the others are merged with faiss's ``merge_from``; for types faiss cannot
-    merge, such as HNSW, their vectors are added instead). IVF indices must share their coarse
-    quantizer, as for ``merge_from`` (parts of one split do). ``output_type`` may instead be an
-    ``index_factory`` description (``"IVF256,PQ16"``; trained on the merged vectors when it
-    needs training) or an index object to fill. ``name`` names a remote result.
+    which the others go as :func:`merge_into` says: faiss's ``merge_from`` for indices of the
+    first one's class, their vectors added for other classes, such as a flat index merged
+    with id maps). IVF indices merged with ``merge_from`` must share their coarse quantizer
+    (parts of one split do). ``output_type`` may instead be an ``index_factory`` description
+    (``"IVF256,PQ16"``; trained on the merged vectors when it needs training) or an index
+    object to fill. ``name`` names a remote result.
+
+    The original FAISSx's keywords: ``id_map=True`` / ``id_map2=True`` wrap the result in an
+    ``IndexIDMap`` / ``IndexIDMap2`` that keeps the inputs' ids (vectors of inputs without
+    ids are numbered by their position in the result); when ``output_type`` is None and the
+    first index already is an id map, the result is of its class and these are not needed.
+    ``batch_size`` is the most rows sent in one add request where vectors are added.
     """
     indices = list(indices)
     _check_same(indices)
+    batch_size = _check_batch_size(batch_size)
+    if (id_map or id_map2) and not (output_type is None and _is_id_map(indices[0])):
+        return _merge_into(indices, _id_map_target(indices[0], output_type, id_map2, name),
+                           None, batch_size)
     if output_type is None:
-        return _merge_same(indices, name)
-    return _merge_into(indices, output_type, name)
+        result = _copy(indices[0], name)
+        merge_into(result, indices[1:], batch_size)
+        return result
+    return _merge_into(indices, output_type, name, batch_size)
 
 
-def _merge_same(indices: list[Any], name: str | None) -> Any:
-    result = _copy(indices[0], name)
-    for number, source in enumerate(indices[1:], 1):
-        copy = _copy(source)
-        try:
-            _merge_from(result, copy)
-        except Exception as exc:
-            if not _not_supported(exc):
-                raise
-            # faiss cannot merge this type: add the remaining sources' vectors instead
-            offset = result.ntotal
-            for rest in indices[number:]:
-                ids, x, kept = _export(rest, True)
-                _add(result, x, ids if kept else ids + offset)
-                offset += len(ids)
-            break
-        finally:
-            del copy  # a remote copy is dropped from the server when collected
-    return result
+def _id_map_target(first: Any, output_type: Any, id_map2: bool, name: str | None) -> Any:
+    """An empty IndexIDMap(2) over ``output_type`` (default: the first index's structure)."""
+    import faissx_client
+
+    if output_type is None:
+        base = _copy(first)
+        base.reset()  # the structure and training of the first index, without its vectors
+    elif isinstance(output_type, str):
+        base = (faissx_client.index_binary_factory(first.d, output_type) if _binary(first)
+                else faissx_client.index_factory(first.d, output_type, first.metric_type))
+    else:
+        raise InvalidArgument("with id_map / id_map2, output_type must be None or an "
+                              f"index_factory description, not {type(output_type).__name__}")
+    if _binary(first):
+        wrapper = faissx_client.IndexBinaryIDMap2 if id_map2 else faissx_client.IndexBinaryIDMap
+    else:
+        wrapper = faissx_client.IndexIDMap2 if id_map2 else faissx_client.IndexIDMap
+    named = {"name": name} if name is not None and _remote(first) else {}
+    return wrapper(base, **named)
 
 
-def _merge_into(indices: list[Any], output_type: Any, name: str | None) -> Any:
+def _merge_into(indices: list[Any], output_type: Any, name: str | None,
+                batch_size: int | None = None) -> Any:
     first = indices[0]
     if isinstance(output_type, str):
         from faissx_client import index_binary_factory, index_factory
@@ -207,14 +284,16 @@ def _merge_into(indices: list[Any], output_type: Any, name: str | None) -> Any:
     all_x = np.concatenate([x for _, x in exported])
     if not target.is_trained:
         target.train(all_x)
-    _add(target, all_x, np.concatenate([ids for ids, _ in exported]))
+    _add(target, all_x, np.concatenate([ids for ids, _ in exported]), batch_size)
     return target
 
 
 # -- split -------------------------------------------------------------------------------------
 
-def split_index(index: Any, num_parts: int, split_method: str = "sequential",
-                custom_fn: Callable[..., Any] | None = None, *,
+def split_index(index: Any, num_parts: int = 2, split_method: str = "sequential",
+                custom_split_fn: Callable[..., Any] | None = None, output_type: str | None = None,
+                preserve_ids: bool = True, batch_size: int | None = None, *,
+                custom_fn: Callable[..., Any] | None = None,
                 names: Sequence[str] | None = None) -> list[Any]:
     """``num_parts`` new indices that share out the vectors of ``index`` (left unchanged).
 
@@ -229,7 +308,23 @@ def split_index(index: Any, num_parts: int, split_method: str = "sequential",
 
     Each part is a copy of ``index`` (same structure and training) with the other parts'
     vectors removed; ``names`` names remote parts.
+
+    The original FAISSx's keywords: ``custom_split_fn`` is ``custom_fn`` (the function to
+    split with); ``output_type`` (an ``index_factory`` description) makes each part an index of
+    that type instead, trained on all the vectors of ``index`` (so the parts share their
+    training); ``preserve_ids=False`` numbers each part's vectors from 0 even where the index
+    stores ids; ``batch_size`` is the most rows sent in one add request.
     """
+    if custom_split_fn is not None:
+        if custom_fn is not None:
+            raise InvalidArgument("give custom_fn or custom_split_fn, not both")
+        custom_fn = custom_split_fn
+    batch_size = _check_batch_size(batch_size)
+    if not isinstance(preserve_ids, bool | np.bool_):
+        raise InvalidArgument(f"preserve_ids must be True or False, got {preserve_ids!r}")
+    if output_type is not None and not isinstance(output_type, str):
+        raise InvalidArgument("output_type must be None or an index_factory description, not "
+                              f"{type(output_type).__name__}")
     if not (_remote(index) or isinstance(index, _LOCAL)):
         raise InvalidArgument(f"expected a faiss or remote index, got {type(index).__name__}")
     if isinstance(num_parts, bool) or not isinstance(num_parts, int | np.integer) or num_parts < 1:
@@ -252,12 +347,42 @@ def split_index(index: Any, num_parts: int, split_method: str = "sequential",
         return exported
 
     parts = []
+    if output_type is not None or not preserve_ids:
+        _, x, kept = with_vectors()
+        assert x is not None
+        template = _split_template(index, output_type, x)
+        for part in range(int(num_parts)):
+            copy = _copy(template, names[part] if names is not None else None)
+            keep = labels == part
+            part_ids = ids[keep] if kept and preserve_ids else np.arange(int(keep.sum()))
+            _add(copy, x[keep], part_ids.astype(np.int64), batch_size)
+            parts.append(copy)
+        return parts
     for part in range(int(num_parts)):
         copy = _copy(index, names[part] if names is not None else None)
         if (labels != part).any():
-            _remove(copy, ids, labels == part, with_vectors)
+            _remove(copy, ids, labels == part, with_vectors, batch_size)
         parts.append(copy)
     return parts
+
+
+def _split_template(index: Any, output_type: str | None, x: np.ndarray) -> Any:
+    """An empty, trained index each part of a split is a copy of."""
+    if output_type is None:
+        template = _copy(index)
+        template.reset()
+        return template
+    import faissx_client
+
+    if _binary(index):
+        template = faissx_client.index_binary_factory(index.d, output_type)
+    else:
+        template = faissx_client.index_factory(index.d, output_type, index.metric_type)
+    if _remote(template) != _remote(index):
+        raise InvalidArgument("split_index of a remote index needs remote mode (configure())")
+    if not template.is_trained:
+        template.train(x)
+    return template
 
 
 def _labels(method: str, num_parts: int, ids: np.ndarray, x: np.ndarray | None,
@@ -293,7 +418,8 @@ def _labels(method: str, num_parts: int, ids: np.ndarray, x: np.ndarray | None,
 
 
 def _remove(copy: Any, ids: np.ndarray, keep: np.ndarray,
-            exported: Callable[[], tuple[np.ndarray, np.ndarray | None, bool]]) -> None:
+            exported: Callable[[], tuple[np.ndarray, np.ndarray | None, bool]],
+            batch_size: int | None = None) -> None:
     """Cut a part out of a full copy: ``remove_ids`` of the other parts' ids, or, where faiss
     cannot remove (HNSW), empty the copy and add the part's vectors back."""
     try:
@@ -306,4 +432,5 @@ def _remove(copy: Any, ids: np.ndarray, keep: np.ndarray,
     assert x is not None
     copy.reset()
     part_ids = ids[keep]
-    _add(copy, x[keep], part_ids if kept else np.arange(len(part_ids), dtype=np.int64))
+    _add(copy, x[keep], part_ids if kept else np.arange(len(part_ids), dtype=np.int64),
+         batch_size)

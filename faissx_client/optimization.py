@@ -204,6 +204,11 @@ def _method_set_parameter(self: Any, name: str, value: Any) -> None:
     set_parameter(self, name, value)
 
 
+def _method_set_nprobe(self: Any, nprobe: int) -> None:
+    """``set_parameter("nprobe", nprobe)``: the original FAISSx's spelling. Added by FAISSx."""
+    set_parameter(self, "nprobe", nprobe)
+
+
 def _method_get_parameter(self: Any, name: str) -> Any:
     """Read a runtime parameter by name. Added by FAISSx (faissx_client.optimization)."""
     return get_parameter(self, name)
@@ -211,12 +216,15 @@ def _method_get_parameter(self: Any, name: str) -> Any:
 
 def install_faiss_methods() -> None:
     """Give faiss's ``Index`` and ``IndexBinary`` the seed's ``set_parameter`` /
-    ``get_parameter`` methods (two new attributes; nothing existing is replaced)."""
+    ``get_parameter`` methods and the original FAISSx's ``set_nprobe`` (three new attributes;
+    nothing existing is replaced)."""
     for cls in _INDEX:
         if "set_parameter" not in cls.__dict__:
             cls.set_parameter = _method_set_parameter
         if "get_parameter" not in cls.__dict__:
             cls.get_parameter = _method_get_parameter
+        if "set_nprobe" not in cls.__dict__:
+            cls.set_nprobe = _method_set_nprobe
 
 
 # -- chunking and progress -----------------------------------------------------------------------

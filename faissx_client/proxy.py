@@ -89,6 +89,11 @@ class RemoteIndex:
         return self._name
 
     @property
+    def index_id(self) -> str:
+        """The original FAISSx's name for :attr:`name`."""
+        return self._name
+
+    @property
     def spec(self) -> IndexSpec:
         return self._spec
 
@@ -147,6 +152,10 @@ class RemoteIndex:
         if name not in self._runtime_params():
             raise _opt.unknown(self, name, self._runtime_params())
         self._call("set_parameter", {"name": name, "value": value})
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """The original FAISSx's spelling of ``set_parameter("nprobe", nprobe)``."""
+        self.set_parameter("nprobe", nprobe)
 
     def get_parameter(self, name: str) -> Any:
         if name in _opt.CLIENT_PARAMS:

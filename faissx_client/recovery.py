@@ -36,8 +36,10 @@ from typing import Any, TypeVar
 from faissx_core import operations
 
 __all__ = [
-    "RecoveryPolicy", "configure_recovery", "current_policy", "on_reconnect",
-    "remove_reconnect_callback", "reset_recovery", "with_retry",
+    "RecoveryPolicy", "configure_recovery", "current_policy", "force_reconnect", "is_connected",
+    "on_disconnect",
+    "on_reconnect", "remove_disconnect_callback", "remove_reconnect_callback", "reset_recovery",
+    "with_retry",
 ]
 
 log = logging.getLogger("faissx.client")
@@ -71,6 +73,13 @@ class RecoveryPolicy:
     backoff_factor: float = 2.0
     max_backoff: float = 8.0
     jitter: float = 0.5
+    #: False: no call is retried (``max_retries`` is kept for when it is turned back on).
+    enabled: bool = True
+
+    @property
+    def retries(self) -> int:
+        """Retries a call may make now: ``max_retries``, or 0 while disabled."""
+        return self.max_retries if self.enabled else 0
 
     def __post_init__(self) -> None:
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) \
@@ -83,6 +92,8 @@ class RecoveryPolicy:
             raise ValueError(f"backoff_factor must be >= 1, got {self.backoff_factor!r}")
         if not 0 <= float(self.jitter) <= 1:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"enabled must be True or False, got {self.enabled!r}")
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first), jitter applied."""
@@ -112,6 +123,7 @@ class RecoveryPolicy:
 
 _policy: RecoveryPolicy | None = None
 _callbacks: list[Callable[[], Any]] = []
+_disconnect_callbacks: list[Callable[[], Any]] = []
 _mutex = threading.Lock()
 
 
@@ -129,14 +141,23 @@ def current_policy() -> RecoveryPolicy:
 
 def configure_recovery(max_retries: int | None = None, initial_backoff: float | None = None,
                        backoff_factor: float | None = None, max_backoff: float | None = None,
-                       *, jitter: float | None = None) -> RecoveryPolicy:
+                       *, jitter: float | None = None, enabled: bool | None = None,
+                       auto_reconnect: bool | None = None) -> RecoveryPolicy:
     """Change how calls are retried; arguments left out keep their current value.
 
     Takes effect for every call that starts afterwards, on every client. Returns the new policy.
+    ``enabled=False`` turns retries off (and ``True`` back on). ``auto_reconnect`` is the
+    original FAISSx's switch: connections are always re-made here (ZeroMQ reconnects by
+    itself), so only ``True`` is accepted.
     """
     global _policy
+    if auto_reconnect is not None and auto_reconnect is not True:
+        raise ValueError("auto_reconnect=False is not supported: the connection is always "
+                         "re-made when the server comes back (use enabled=False to stop "
+                         "retrying calls)")
     given = {"max_retries": max_retries, "initial_backoff": initial_backoff,
-             "backoff_factor": backoff_factor, "max_backoff": max_backoff, "jitter": jitter}
+             "backoff_factor": backoff_factor, "max_backoff": max_backoff, "jitter": jitter,
+             "enabled": enabled}
     changes = {k: v for k, v in given.items() if v is not None}
     policy = dataclasses.replace(current_policy(), **changes)
     with _mutex:
@@ -185,6 +206,63 @@ def notify_reconnected(server: str) -> None:
             callback()
         except Exception:
             log.exception("on_reconnect callback %r failed", callback)
+
+
+def on_disconnect(callback: Callable[[], Any]) -> Callable[[], Any]:
+    """Run ``callback()`` each time a client loses its server (the original FAISSx's name).
+
+    It runs once per loss, in the thread that noticed it (a connection that dropped or could
+    not be made, after the server had answered), before that call's retries; the matching
+    :func:`on_reconnect` callbacks run when the server answers again. An exception it raises is
+    logged, not propagated. Returns ``callback`` (usable as a decorator).
+    """
+    if not callable(callback):
+        raise TypeError(f"on_disconnect needs a callable, got {callback!r}")
+    with _mutex:
+        _disconnect_callbacks.append(callback)
+    return callback
+
+
+def remove_disconnect_callback(callback: Callable[[], Any]) -> None:
+    """Stop running a callback registered with :func:`on_disconnect` (no error if absent)."""
+    with _mutex:
+        if callback in _disconnect_callbacks:
+            _disconnect_callbacks.remove(callback)
+
+
+def notify_disconnected(server: str) -> None:
+    """Called by the transport when it loses a server that had answered."""
+    log.warning("lost the connection to %s", server)
+    with _mutex:
+        callbacks = list(_disconnect_callbacks)
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("on_disconnect callback %r failed", callback)
+
+
+def force_reconnect() -> None:
+    """Drop this thread's connection to the configured server and make a new one now (the
+    original FAISSx's name): the ``on_disconnect`` callbacks run, then, once the server
+    answers, the ``on_reconnect`` ones. Raises ``NotConfigured`` in local mode and
+    ``ServerUnavailable`` if the server does not answer within the call timeout."""
+    from faissx_client import get_client
+    from faissx_core.errors import NotConfigured
+
+    client = get_client()
+    if client is None or client.transport is None:
+        raise NotConfigured("force_reconnect needs a server: call faissx.client.configure()")
+    client.transport.reconnect()
+
+
+def is_connected() -> bool:
+    """Is the configured client's server answering (as far as its last call knows)? False in
+    local mode."""
+    from faissx_client import get_client
+
+    client = get_client()
+    return client is not None and client.transport is not None and client.transport.connected
 
 
 # -- idempotency keys and with_retry ------------------------------------------------------------
@@ -241,7 +319,7 @@ def with_retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             try:
                 return fn(*args, **kwargs)
             except ConnectionError as exc:
-                if retry >= policy.max_retries:
+                if retry >= policy.retries:
                     raise
                 retry += 1
                 pause = policy.delay(retry)

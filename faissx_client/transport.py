@@ -180,6 +180,26 @@ class Transport:
         self._lost = False  # ... and since then a connection dropped or could not be made
         self.closed = False
 
+    @property
+    def connected(self) -> bool:
+        """The server has answered, and no connection has dropped since its last answer."""
+        return self._reached and not self._lost and not self.closed
+
+    def _mark_lost(self) -> None:
+        """A connection dropped or could not be made: on_disconnect callbacks run once per
+        loss (before the retries), on_reconnect ones once the server answers again."""
+        with self._mutex:
+            first, self._lost = not self._lost, True
+        if first:
+            recovery.notify_disconnected(self.settings.server)
+
+    def reconnect(self) -> None:
+        """Close this thread's sockets and reach the server on new ones (``force_reconnect``)."""
+        self._discard()
+        if self._reached:
+            self._mark_lost()
+        self.call("touch")
+
     # -- sockets -----------------------------------------------------------------------------
     def _conn(self) -> _Conn:
         conn = getattr(self._local, "conn", None)
@@ -321,7 +341,7 @@ class Transport:
         one fails (the ones then in flight are still awaited); _Failure when the link fails."""
         conn = self._conn()
         if conn.events() and self._reached:
-            self._lost = True
+            self._mark_lost()
         waiting: dict[int, float] = {}  # request id -> its deadline
         sent = 0
         failed = False
@@ -370,10 +390,10 @@ class Transport:
                 if self.closed:
                     raise self._unavailable(op, index, attempts, start, last) from None
             if self._reached and last.connection_lost:
-                self._lost = True
+                self._mark_lost()
             retryable = not last.sent or recovery.retry_safe(op)
             remaining = deadline - time.monotonic()
-            if not retryable or attempts > policy.max_retries or remaining <= MIN_ATTEMPT:
+            if not retryable or attempts > policy.retries or remaining <= MIN_ATTEMPT:
                 if last.sent:
                     # the request may still sit in this socket: never deliver it later
                     self._discard()
@@ -402,7 +422,7 @@ class Transport:
 
     def _send(self, conn: _Conn, frames: list[Any], deadline: float) -> None:
         if conn.events() and self._reached:  # dropped while idle: the server went away
-            self._lost = True
+            self._mark_lost()
         wait = min(deadline - time.monotonic(), self.connect_wait)
         try:
             sndtimeo = max(0, int(wait * 1000))

@@ -250,10 +250,10 @@ class KeyStore:
         if not self.enabled:
             return Principal(tenant=check_name(tenant, "tenant id") if tenant else DEFAULT_TENANT)
         if not api_key:
-            raise Unauthenticated("this server requires an API key")
+            raise Unauthenticated("API key required: this server requires an API key")
         owner = self.lookup(api_key)
         if owner is None:
-            raise Unauthenticated("unknown API key")
+            raise Unauthenticated("Invalid API key: unknown API key")
         if tenant and tenant != owner.tenant:
             raise PermissionDenied("this API key does not belong to the requested tenant")
         return owner

@@ -1,8 +1,10 @@
 """Plugin discovery: entry points in, a registry of index types out.
 
 Every plugin, the built-in families included, arrives through the ``faissx.plugins`` entry-point
-group. All discovered plugins are imported so that an error can name the plugin providing a
-type; only the enabled ones (``--plugins``) contribute types that can be built.
+group (the server adds its own built-ins, the filesystem store and the key store, itself, so
+that the client, which builds a registry too, never imports server code). All discovered
+plugins are imported so that an error can name the plugin providing a type; only the enabled
+ones (``--plugins``) contribute types that can be built.
 """
 
 from __future__ import annotations
@@ -11,20 +13,16 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from types import ModuleType
 from typing import Any
 
 import pluggy
 
-from faissx_core import hookspecs, storage
+from faissx_core import hookspecs
 from faissx_core.errors import FaissxError, InvalidArgument, UnknownIndexType, faiss_reason
 from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType
 
 ENTRY_POINT_GROUP = "faissx.plugins"
 log = logging.getLogger(__name__)
-
-#: Core plugins: always registered, first, so that any entry-point plugin is asked before them.
-BUILTINS: tuple[ModuleType, ...] = (storage,)
 
 
 @dataclass
@@ -42,8 +40,6 @@ class PluginRegistry:
     def __init__(self, only: Iterable[str] | None = None, group: str = ENTRY_POINT_GROUP) -> None:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT)
         self.manager.add_hookspecs(hookspecs)
-        for module in BUILTINS:
-            self.manager.register(module, name=f"builtin:{module.__name__}")
         wanted = set(only) if only is not None else None
         self.plugins: dict[str, PluginInfo] = {}
         self.types: dict[str, IndexType] = {IMPORTED.name: IMPORTED}

@@ -70,6 +70,13 @@ class ServerSettings(BaseModel):
     rate_limit: float = Field(10_000.0, ge=0)
     rate_burst: int | None = Field(None, ge=1)
 
+    @field_validator("data_dir", "auth_file", "ipc", mode="before")
+    @classmethod
+    def _home(cls, value: object) -> object:
+        """``~`` means the home directory, whoever passes the path (the shell expands it only
+        at the start of a word, so ``--data-dir=~/x`` and ``FAISSX_DATA_DIR=~/x`` need this)."""
+        return Path(value).expanduser() if isinstance(value, str | Path) else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from faissx_core.logs import setup as setup_logging
 from faissx_core.server.app import Server, run_server
 from faissx_core.settings import DEFAULT_PORT, ServerSettings
 
-__all__ = ["Server", "ServerSettings", "configure", "run"]
+__all__ = ["Server", "ServerSettings", "configure", "get_config", "run"]
 
 _settings: ServerSettings | None = None
 
@@ -35,6 +36,20 @@ def configure(
         auth_file=auth_file, enable_auth=enable_auth, **more,
     )
     return _settings
+
+
+def get_config() -> dict[str, Any]:
+    """The settings :func:`run` will use, as a new dict (changing it changes nothing): the
+    original FAISSx's ``faissx.server.get_config()``. Secrets are not included in clear:
+    ``auth_keys`` maps a fingerprint of each key (``sha256:`` and 12 hex digits) to its tenant,
+    and ``curve_secret_key`` is ``"(set)"`` when one is."""
+    config = (_settings or ServerSettings()).model_dump(mode="json")
+    config["auth_keys"] = {
+        f"sha256:{hashlib.sha256(key.encode()).hexdigest()[:12]}": tenant
+        for key, tenant in config.get("auth_keys", {}).items()}
+    if config.get("curve_secret_key") is not None:
+        config["curve_secret_key"] = "(set)"
+    return config
 
 
 def run() -> None:

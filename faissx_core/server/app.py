@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from faissx_core import __version__
+from faissx_core import __version__, storage
 from faissx_core.auth import KeyStore
 from faissx_core.errors import (
     Aborted,
@@ -72,6 +72,9 @@ class Server:
     def __init__(self, settings: ServerSettings, registry: PluginRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry or PluginRegistry(settings.plugins)
+        # the server's built-in plugins: registered here, not by PluginRegistry, which the
+        # client also builds (and which must not import storage); their hooks are trylast
+        self.registry.manager.register(storage, name="builtin:faissx_core.storage")
         self.registry.manager.register(KeyStore(settings), name="builtin:keystore")
         store = self.registry.hook.faissx_open_store(settings=settings)
         max_memory = (int(settings.max_memory_mb * (1 << 20))

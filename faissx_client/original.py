@@ -1,0 +1,421 @@
+"""The original FAISSx's client API (github.com/muxi-ai/faissx), over this client.
+
+Code written for the original imports ``FaissXClient`` and ``get_client`` from
+``faissx.client.client`` and calls index operations by index name, getting dicts back
+(``{"success": True, "results": [...]}``). :class:`FaissXClient` is our :class:`Client` with
+those methods added, each a few lines over the same proxies the drop-in classes use: the client
+``configure()`` makes is a ``FaissXClient``, so ``get_client()`` answers both APIs.
+
+What is deliberately not copied (docs/client.md lists it): failures raise the typed errors of
+:mod:`faissx_core.errors` instead of returning ``{"success": False}``; ``_send_request`` (the
+original's wire format) is refused with an error naming it; binary dimensions are in bits, as
+in faiss (the original took bytes).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import faiss
+import numpy as np
+
+from faissx_client.client import Client
+from faissx_client.settings import ClientSettings
+from faissx_core.errors import InvalidArgument, NotConfigured, UnsupportedOperation
+
+__all__ = ["FaissXClient", "configure_url", "factory_description"]
+
+#: The original server's sizes for a bare "IVF" / "HNSW" index type.
+DEFAULT_NLIST = 100
+DEFAULT_HNSW_M = 32
+#: Rows per request of ``batch_add_vectors`` / queries per request of ``batch_search``.
+DEFAULT_BATCH_SIZE_ADD = 1000
+DEFAULT_BATCH_SIZE_SEARCH = 100
+
+
+def configure_url(
+    url: str | None = None,
+    api_key: str | None = None,
+    tenant_id: str | None = None,
+    connection_timeout: int | None = None,
+    request_timeout: int | None = None,
+    **more: Any,
+) -> Client | None:
+    """The original's top-level ``faissx.configure(url=..., ...)`` (timeouts in milliseconds).
+
+    Our one ``timeout`` bounds each call, connecting included; it is the larger of the two
+    given. Other keywords (``server=``, ``timeout=`` in seconds, ...) are
+    :func:`faissx_client.configure`'s.
+    """
+    from faissx_client import configure
+
+    if url is not None:
+        if more.get("server") not in (None, url):
+            raise InvalidArgument("give the server address once: url= or server=")
+        more["server"] = url
+    given = [t for t in (connection_timeout, request_timeout) if t is not None]
+    if given:
+        if "timeout" in more:
+            raise InvalidArgument(
+                "give timeout= (seconds) or connection_timeout= / "
+                "request_timeout= (milliseconds), not both"
+            )
+        more["timeout"] = max(given) / 1000.0
+    return configure(api_key=api_key, tenant_id=tenant_id, **more)
+
+
+# -- the original's index_type strings -----------------------------------------------------------
+
+
+def factory_description(index_type: str) -> tuple[str, int, bool]:
+    """(``index_factory`` description, metric, binary) for the original's ``index_type``.
+
+    The original spelled types its own way: ``"L2"``, ``"IP"``, ``"IVF16"``, ``"IVF16_IP"``,
+    ``"IVF4_SQ8"``, ``"HNSW32"``, ``"HNSW16_IP"``, ``"PQ4x8"``, ``"IDMap:L2"``,
+    ``"IDMap2:L2"``, ``"PCA4,L2"``, ``"NORM,L2"``, ``"BINARY_FLAT"``. Parts it did not
+    rename pass through, so an ``index_factory`` string works as well. A bare ``"IVF"`` has
+    the original server's 100 lists, a bare ``"HNSW"`` its 32 neighbours.
+    """
+    text = index_type.strip()
+    if text.upper().startswith("BINARY"):
+        rest = text[len("BINARY") :].lstrip("_:,")
+        return ("BFlat" if rest.upper() in ("", "FLAT") else rest), faiss.METRIC_L2, True
+    metric = faiss.METRIC_L2
+    wrappers = []
+    while (m := re.match(r"(?i)IDMap(2?):", text)) is not None:
+        wrappers.append("IDMap" + m.group(1))
+        text = text[m.end() :]
+    parts = []
+    for part in (p.strip() for p in text.split(",")):
+        if part.upper() == "IP":
+            metric, part = faiss.METRIC_INNER_PRODUCT, "Flat"
+        elif part.upper().endswith("_IP"):
+            metric, part = faiss.METRIC_INNER_PRODUCT, part[:-3]
+        if part.upper() in ("L2", "FLAT"):
+            part = "Flat"
+        elif part.upper() == "NORM":
+            part = "L2norm"
+        elif (ivf := re.fullmatch(r"(?i)IVF(\d*)(?:_(.+))?", part)) is not None:
+            part = f"IVF{ivf.group(1) or DEFAULT_NLIST},{ivf.group(2) or 'Flat'}"
+        elif part.upper() == "HNSW":
+            part = f"HNSW{DEFAULT_HNSW_M}"
+        parts.append(part)
+    return ",".join([*wrappers, *parts]), metric, False
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+
+class FaissXClient(Client):
+    """Our client plus the original FAISSx's by-name methods.
+
+    ``FaissXClient()`` with no arguments is unconnected (``mode == "local"``), as in the
+    original; :meth:`configure` connects it. Index ids are server-side index names of this
+    tenant; indices made by :meth:`create_index` are named and stay until
+    :meth:`delete_index`.
+    """
+
+    def __init__(
+        self, settings: ClientSettings | None = None, heartbeat: float | None = None
+    ) -> None:
+        self._indices: dict[str, Any] = {}
+        self._heartbeat = heartbeat
+        if settings is None:
+            self.settings = None  # type: ignore[assignment]
+            self.transport = None  # type: ignore[assignment]
+            return
+        super().__init__(settings, heartbeat)
+
+    # -- connection ----------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """``"remote"`` once connected, ``"local"`` before (the original's attribute)."""
+        return "local" if self.transport is None or self.transport.closed else "remote"
+
+    @property
+    def server(self) -> str:
+        return self.settings.server if self.settings is not None else ""
+
+    @property
+    def api_key(self) -> str | None:
+        return self.settings.api_key if self.settings is not None else None
+
+    @property
+    def tenant_id(self) -> str | None:
+        return self.settings.tenant_id if self.settings is not None else None
+
+    @property
+    def timeout(self) -> float | None:
+        return self.settings.timeout if self.settings is not None else None
+
+    def configure(
+        self,
+        server: str | None = None,
+        api_key: str | None = None,
+        tenant_id: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Connect this client (and only this one) to ``server``; arguments not given come from
+        ``FAISSX_*`` as for :func:`faissx_client.configure`. Raises if the server does not
+        answer or refuses the key. ``timeout`` bounds each call, retries included (the
+        original's default of 5 s was too short for training on a busy server; ours is
+        ``FAISSX_TIMEOUT`` or 30 s)."""
+        settings = ClientSettings.from_env(
+            server=server, api_key=api_key, tenant_id=tenant_id, timeout=timeout
+        )
+        self.disconnect()
+        super().__init__(settings, self._heartbeat)
+        try:
+            self.hello()
+        except Exception:
+            self.close()
+            raise
+
+    def connect(self) -> None:
+        """(Re)connect with the configured settings and check the server answers."""
+        if self.settings is None:
+            raise NotConfigured(
+                "FaissXClient.connect: no server configured; call configure(server=...) first"
+            )
+        self.configure(
+            self.settings.server,
+            self.settings.api_key,
+            self.settings.tenant_id,
+            self.settings.timeout,
+        )
+
+    def disconnect(self) -> None:
+        if self.transport is not None:
+            self.close()
+        self._indices.clear()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            super().close()
+
+    def get_client(self) -> FaissXClient | None:
+        """This client if it is connected, else None (as in the original)."""
+        return self if self.mode == "remote" else None
+
+    def call(
+        self,
+        op: str,
+        index: str | None = None,
+        args: dict[str, Any] | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        if self.transport is None:
+            raise NotConfigured("this FaissXClient is not connected: call configure() first")
+        return super().call(op, index, args, arrays, timeout)
+
+    def _send_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        raise UnsupportedOperation(
+            "FaissXClient._send_request sends the original FAISSx's wire messages "
+            f"(action {request.get('action')!r}), which this server does not speak; use the "
+            "FaissXClient methods (create_index, add_vectors, search, ...) or the index classes"
+        )
+
+    # -- indices by name -----------------------------------------------------------------------
+    def _index(self, index_id: str) -> Any:
+        index = self._indices.get(index_id)
+        if index is None:
+            from faissx_client import _open
+
+            index = self._indices[index_id] = _open(self, index_id)
+        return index
+
+    def create_index(self, name: str, dimension: int, index_type: str = "L2") -> dict[str, Any]:
+        """Create the named index ``name``; ``index_type`` in the original's spelling
+        (:func:`factory_description`) or an ``index_factory`` string."""
+        from faissx_client import _attach, _registry
+
+        description, metric, binary = factory_description(index_type)
+        if binary:
+            spec = _registry.index_type("index_binary_factory").bind(
+                (int(dimension), description), {}
+            )
+        else:
+            spec = _registry.index_type("index_factory").bind(
+                (int(dimension), description, metric), {}
+            )
+        self._indices[name] = index = _attach(self, spec, name)
+        return {
+            "success": True,
+            "index_id": name,
+            "dimension": index.d,
+            "index_type": index_type,
+            "description": description,
+        }
+
+    def add_vectors(self, index_id: str, vectors: Any) -> dict[str, Any]:
+        index = self._index(index_id)
+        x = _rows(index, vectors)
+        index.add(x)
+        total = index.ntotal
+        return {"success": True, "count": len(x), "total": total, "ntotal": total}
+
+    def batch_add_vectors(
+        self, index_id: str, vectors: Any, batch_size: int = DEFAULT_BATCH_SIZE_ADD
+    ) -> dict[str, Any]:
+        index = self._index(index_id)
+        x = _rows(index, vectors)
+        for start in range(0, len(x), _batch(batch_size)):
+            index.add(x[start : start + batch_size])
+        total = index.ntotal
+        return {"success": True, "count": len(x), "total": total, "ntotal": total}
+
+    def train_index(self, index_id: str, training_vectors: Any) -> dict[str, Any]:
+        index = self._index(index_id)
+        index.train(_rows(index, training_vectors))
+        return {"success": True, "index_id": index_id, "is_trained": index.is_trained}
+
+    def search(
+        self, index_id: str, query_vectors: Any, k: int = 10, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """k nearest neighbours; ``params`` (``nprobe``, ``efSearch``, ...) for this search only."""
+        return self._searched(
+            index_id, query_vectors, params, lambda index, x: _knn(index.search(x, k))
+        )
+
+    def batch_search(
+        self,
+        index_id: str,
+        query_vectors: Any,
+        k: int = 10,
+        batch_size: int = DEFAULT_BATCH_SIZE_SEARCH,
+        params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        results: list[dict[str, Any]] = []
+        x = _rows(self._index(index_id), query_vectors)
+        for start in range(0, len(x), _batch(batch_size)):
+            results += self.search(index_id, x[start : start + batch_size], k, params)["results"]
+        return {"success": True, "results": results}
+
+    def range_search(self, index_id: str, query_vectors: Any, radius: float) -> dict[str, Any]:
+        def run(index: Any, x: np.ndarray) -> list[dict[str, Any]]:
+            lims, distances, ids = index.range_search(x, float(radius))
+            return [
+                {
+                    "query_index": i,
+                    "num_results": int(lims[i + 1] - lims[i]),
+                    "indices": ids[lims[i] : lims[i + 1]].tolist(),
+                    "distances": distances[lims[i] : lims[i + 1]].tolist(),
+                }
+                for i in range(len(x))
+            ]
+
+        return self._searched(index_id, query_vectors, None, run)
+
+    def batch_range_search(
+        self,
+        index_id: str,
+        query_vectors: Any,
+        radius: float,
+        batch_size: int = DEFAULT_BATCH_SIZE_SEARCH,
+    ) -> dict[str, Any]:
+        results: list[dict[str, Any]] = []
+        x = _rows(self._index(index_id), query_vectors)
+        for start in range(0, len(x), _batch(batch_size)):
+            part = self.range_search(index_id, x[start : start + batch_size], radius)["results"]
+            for item in part:
+                item["query_index"] += start
+            results += part
+        return {"success": True, "results": results}
+
+    def search_and_reconstruct(
+        self, index_id: str, query_vectors: Any, k: int = 10, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        def run(index: Any, x: np.ndarray) -> list[dict[str, Any]]:
+            distances, ids, vectors = index.search_and_reconstruct(x, k)
+            return [
+                {
+                    "distances": distances[i].tolist(),
+                    "indices": ids[i].tolist(),
+                    "vectors": vectors[i].tolist(),
+                }
+                for i in range(len(x))
+            ]
+
+        return self._searched(index_id, query_vectors, params, run)
+
+    def _searched(
+        self,
+        index_id: str,
+        query_vectors: Any,
+        params: dict[str, Any] | None,
+        run: Callable[[Any, np.ndarray], list[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        index = self._index(index_id)
+        x = _rows(index, query_vectors)
+        if not params:
+            return {"success": True, "results": run(index, x), "num_queries": len(x)}
+        old = {name: index.get_parameter(name) for name in params}
+        try:
+            for name, value in params.items():
+                index.set_parameter(name, value)
+            return {"success": True, "results": run(index, x), "num_queries": len(x)}
+        finally:
+            for name, value in old.items():
+                index.set_parameter(name, value)
+
+    def reconstruct(self, index_id: str, vector_id: int) -> dict[str, Any]:
+        return {
+            "success": True,
+            "vector": self._index(index_id).reconstruct(int(vector_id)).tolist(),
+        }
+
+    def reconstruct_n(self, index_id: str, start_idx: int, n: int) -> dict[str, Any]:
+        vectors = self._index(index_id).reconstruct_n(int(start_idx), int(n))
+        return {
+            "success": True,
+            "vectors": vectors.tolist(),
+            "start_idx": int(start_idx),
+            "num_vectors": len(vectors),
+        }
+
+    def get_index_stats(self, index_id: str) -> dict[str, Any]:
+        info, _ = self.call("info", index_id)
+        return {"success": True, "index_id": index_id, "dimension": info["d"], **info}
+
+    def list_indexes(self) -> dict[str, Any]:
+        from faissx_client import _list
+
+        return {"success": True, "indexes": _list(self)}
+
+    def delete_index(self, index_id: str) -> dict[str, Any]:
+        from faissx_client import _delete
+
+        self._indices.pop(index_id, None)
+        _delete(self, index_id)
+        return {"success": True, "message": f"index {index_id!r} deleted"}
+
+    def merge_indices(self, target_index_id: str, source_index_ids: list[str]) -> dict[str, Any]:
+        """Add the vectors of the source indices to the target; the sources stay as they are
+        (faiss's ``merge_from`` of server-side copies, or their vectors added where faiss
+        cannot merge the two types)."""
+        from faissx_client.modification import merge_into
+
+        target = self._index(target_index_id)
+        merge_into(target, [self._index(name) for name in source_index_ids])
+        return {"success": True, "index_id": target_index_id, "ntotal": target.ntotal}
+
+
+def _rows(index: Any, vectors: Any) -> np.ndarray:
+    dtype = np.uint8 if index._binary() else np.float32
+    return np.ascontiguousarray(np.atleast_2d(np.asarray(vectors, dtype=dtype)))
+
+
+def _batch(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise InvalidArgument(f"batch_size must be an integer >= 1, got {size!r}")
+    return int(size)
+
+
+def _knn(result: tuple[np.ndarray, np.ndarray]) -> list[dict[str, Any]]:
+    distances, ids = result
+    return [
+        {"distances": distances[i].tolist(), "indices": ids[i].tolist()} for i in range(len(ids))
+    ]
