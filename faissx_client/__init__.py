@@ -31,6 +31,7 @@ from faissx_core.errors import (
     Aborted,
     FaissError,
     FaissxError,
+    IndexDamaged,
     IndexExists,
     IndexNotFound,
     InvalidArgument,
@@ -47,12 +48,12 @@ from faissx_core.selectors import SelectorSpec
 from faissx_core.specs import IMPORTED, IndexSpec
 
 __all__ = [
-    "Aborted", "Client", "FaissXClient", "FaissxError", "IndexExists", "IndexNotFound",
-    "InvalidArgument", "NotConfigured", "PermissionDenied", "QuotaExceeded", "RemoteIndex",
-    "ServerUnavailable",
-    "Unauthenticated", "UnknownIndexType", "__version__", "configure", "configure_recovery",
-    "delete_index", "disconnect", "get_client", "gpu", "is_remote", "list_indexes", "modification",
-    "on_reconnect", "open_index", "optimization", "recovery", "with_retry",
+    "Aborted", "Client", "FaissXClient", "FaissxError", "IndexDamaged", "IndexExists",
+    "IndexNotFound", "InvalidArgument", "NotConfigured", "PermissionDenied", "QuotaExceeded",
+    "RemoteIndex", "ServerUnavailable", "Unauthenticated", "UnknownIndexType", "__version__",
+    "configure", "configure_recovery", "delete_index", "disconnect", "get_client", "gpu",
+    "is_remote", "list_indexes", "modification", "on_reconnect", "open_index", "optimization",
+    "recovery", "with_retry",
 ]
 
 # Local mode: indices built here honour batch_size / progress / the memory limit and GPU mode;

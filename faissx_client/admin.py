@@ -66,11 +66,16 @@ def list_cmd(server: str, api_key: str | None, tenant: str | None, timeout: floa
     with connect(server, api_key, tenant, timeout) as client:
         rows = client.call("list")[0]["indexes"]
     table = Table(title=f"indices on {server}")
-    for column in ("name", "type", "class", "d", "ntotal", "trained"):
+    for column in ("name", "type", "class", "d", "ntotal", "trained", "state"):
         table.add_column(column)
     for info in rows:
+        if info.get("state") == "damaged":  # quarantined: only its name and why are known
+            table.add_row(info["name"], "-", "-", "-", "-", "-",
+                          f"DAMAGED: {info.get('damaged', '')} (files kept in {info['path']})")
+            continue
         table.add_row(info["name"], info["type"], info.get("faiss_class", ""), str(info["d"]),
-                      str(info["ntotal"]), "yes" if info["is_trained"] else "no")
+                      str(info["ntotal"]), "yes" if info["is_trained"] else "no",
+                      info.get("state", "ok"))
     console.print(table)
 
 
@@ -151,3 +156,36 @@ def import_cmd(path: Path, name: str, server: str, api_key: str | None, tenant: 
     console.print(f"imported {path} as {name}: {info['faiss_class']}, {info['ntotal']} vectors")
     for line in info.get("warnings") or ():
         console.print(f"warning: {line}")
+
+
+@indexes.command("repair")
+@click.argument("name")
+@_connection
+def repair_cmd(name: str, server: str, api_key: str | None, tenant: str | None,
+               timeout: float) -> None:
+    """Rebuild the damaged (quarantined) index NAME from its intact part.
+
+    The server first copies every file of the index, byte for byte, to
+    `<data-dir>/damaged/<tenant>/NAME-<time>/`; it then serves the newest readable snapshot plus
+    the log records before the first damaged one. Nothing is deleted without that copy.
+    """
+    with connect(server, api_key, tenant, timeout) as client:
+        info = client.call("repair", name)[0]
+    console.print(f"repaired {name}: {info['ntotal']} vectors ({info['records']} logged "
+                  f"write(s) replayed); {info['notes']}")
+    console.print(f"the damaged files are kept in {info['backup']}")
+
+
+@indexes.command("drop")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_connection
+def drop_cmd(name: str, yes: bool, server: str, api_key: str | None, tenant: str | None,
+             timeout: float) -> None:
+    """Delete the damaged (quarantined) index NAME and all its files, for good."""
+    if not yes:
+        click.confirm(f"Delete the damaged index {name!r} and every file it has on {server}?",
+                      abort=True)
+    with connect(server, api_key, tenant, timeout) as client:
+        done = client.call("drop", name)[0]
+    console.print(f"dropped {name} (its files were in {done['path']})")

@@ -27,6 +27,8 @@ def backup(data_dir: Path, dest: Path) -> list[str]:
         raise ValueError(f"{dest} already exists; back up into a new directory")
     copied = []
     for folder in sorted((data_dir / "tenants").glob("*/*")):
+        if folder.name.startswith("."):  # a create or delete in progress, or a commit intent
+            continue
         target = dest / "tenants" / folder.parent.name / folder.name
         for _ in range(ATTEMPTS):
             if _copy_index(folder, target):
@@ -45,9 +47,11 @@ def _copy_index(folder: Path, target: Path) -> bool:
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
         shutil.copyfile(folder / f"snapshot-{gen}.faiss", target / f"snapshot-{gen}.faiss")
+        keys = folder / f"keys-{gen}.msgpack"  # idempotency keys folded into the snapshot
+        if json.loads(meta_text).get("keys"):
+            shutil.copyfile(keys, target / keys.name)
         log = folder / f"wal-{gen}.log"
-        if log.exists():
-            shutil.copyfile(log, target / f"wal-{gen}.log")
+        shutil.copyfile(log, target / f"wal-{gen}.log")
     except FileNotFoundError:
         return False  # a snapshot replaced these files while we copied
     (target / "meta.json").write_text(meta_text)

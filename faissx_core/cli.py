@@ -134,11 +134,13 @@ def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None
         raise click.BadParameter(_reason(exc)) from None
     setup_logging(settings.log_level)
     try:
-        run_server(settings)
+        status = run_server(settings)
     except ValueError as exc:  # e.g. an unknown plugin name, found at discovery
         raise click.UsageError(str(exc)) from None
     except (OSError, zmq.ZMQError) as exc:  # the port is taken, the data dir unusable
         raise click.ClickException(_start_failure(exc, settings)) from None
+    if status:  # 3: a log could not be synced at shutdown (docs/durability.md)
+        sys.exit(status)
 
 
 def _serve_command(name: str) -> click.Command:

@@ -87,6 +87,17 @@ class IndexExists(FaissxError, ValueError):
     code = "index_exists"
 
 
+class IndexDamaged(FaissxError, RuntimeError):
+    """The index's files on the server are damaged: it is quarantined, every byte kept.
+
+    ``details`` name the ``path`` of the kept files and the ``reason``; the message says what
+    to do (``faissx indexes repair NAME`` or ``faissx indexes drop NAME``). Every operation on
+    the index, and creating another index of its name, answers this until then.
+    """
+
+    code = "index_damaged"
+
+
 class UnknownIndexType(FaissxError, ValueError):
     """The server has no plugin providing this index type (named in ``details['plugin']``)."""
 
@@ -159,6 +170,7 @@ ERRORS: dict[str, type[FaissxError]] = {
         UnknownParameter,
         IndexNotFound,
         IndexExists,
+        IndexDamaged,
         UnknownIndexType,
         UnsupportedOperation,
         FaissError,

@@ -206,6 +206,10 @@ _TABLE = (
               doc="move another index's vectors into this one (faiss merge_from)"),
     Operation("snapshot", "write", "control", ControlArgs, repeatable=True, ordered=True,
               doc="snapshot one named index, or all of the tenant's"),
+    Operation("repair", "write", "control", ControlArgs, mutates=True, ordered=True,
+              doc="rebuild a quarantined index from its intact part, its files copied aside"),
+    Operation("drop", "write", "control", ControlArgs, mutates=True, ordered=True,
+              doc="delete a quarantined index and its files, on request"),
     # -- reads on one index -----------------------------------------------------------------
     _read("info", doc="d, ntotal, is_trained, metric, type, runtime parameters"),
     _read("search", SearchArgs),

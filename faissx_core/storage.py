@@ -5,18 +5,28 @@ Layout under the data directory::
     <data_dir>/tenants/<tenant>/<index>/meta.json           {"format", "spec", "generation", ...}
     <data_dir>/tenants/<tenant>/<index>/snapshot-<G>.faiss  faiss.write_index output
     <data_dir>/tenants/<tenant>/<index>/wal-<G>.log         every mutation since snapshot G
+    <data_dir>/tenants/<tenant>/<index>/keys-<G>.msgpack    idempotency keys folded into snapshot G
+    <data_dir>/damaged/<tenant>/<index>-<UTC time>/         what ``repair`` set aside, byte for byte
 
 The promise: a mutation is acknowledged only after its log record is written (and, with
 ``fsync="always"`` or ``"batch"``, on disk), so recovery = load snapshot G + replay log G gives
-back every acknowledged write. A snapshot is a new generation: snapshot G+1 and an empty log
-G+1 are written and fsynced first, then ``meta.json`` is atomically replaced to name G+1 (the
-commit point), then generation G's files are removed. A crash anywhere leaves ``meta.json``
-naming a complete pair: never a new snapshot with the old log replayed on top of it.
+back every acknowledged write. A snapshot is a new generation: snapshot G+1, its keys and an
+empty log G+1 are written and fsynced first, then ``meta.json`` is atomically replaced to name
+G+1 (the commit point), then generation G's files are removed. A change to several indices at
+once (``merge_from``) commits through one intent file naming every new generation, which
+recovery rolls forward. A create is built in a hidden directory renamed into place; a delete
+renames the directory out of sight before removing it: neither is ever seen half done.
 
 A log record is ``MAGIC | u32 length | u32 crc32 | payload``; the payload is a msgpack header
 (op, args, array descriptors, idempotency key) followed by the raw array bytes, the same shape
-as a wire message. A torn or corrupt tail (from a crash mid-append) fails its length or checksum
-and is dropped with everything after it: such a record was never acknowledged.
+as a wire message. Recovery tells two failures apart:
+
+* a **torn tail** -- nothing valid follows the first bad record -- is what a crash mid-append
+  leaves; that record was never acknowledged, so it is cut off;
+* **damage** -- a valid record follows the bad one -- means acknowledged writes sit behind
+  garbage. Nothing is cut: the index is quarantined (:class:`Damage`) with every byte kept,
+  until an operator repairs or drops it. The same goes for a missing or unreadable
+  ``meta.json``, snapshot, keys file or log, and for an unreadable index directory.
 
 Tenant and index names are validated identifiers (``tenancy.check_name``) before they become
 path components.
@@ -24,14 +34,17 @@ path components.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,7 +58,7 @@ import numpy as np
 from faissx_core.hookspecs import hookimpl
 from faissx_core.protocol import decode, encode
 from faissx_core.settings import ServerSettings
-from faissx_core.specs import IndexSpec
+from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
 from faissx_core.tenancy import check_name
 
 FORMAT_VERSION = 1
@@ -53,7 +66,14 @@ MAGIC = b"FXL1"
 #: Held (flock) by the server that owns a data directory: a second server, or a restore, is
 #: refused instead of interleaving writes with it.
 LOCK_FILE = ".lock"
+#: Where ``repair`` sets a damaged index's files aside (outside ``tenants/``: never loaded).
+DAMAGED_DIR = "damaged"
 _PREFIX = struct.Struct("<4sII")  # magic, payload length, crc32 of payload
+#: Files of generation N in an index directory; anything else there is left alone.
+_GENERATION_FILE = re.compile(r"^(snapshot|wal|keys)-(\d+)\.(faiss|log|msgpack)(\.tmp)?$")
+#: Test hook: ``FAISSX_TEST_CRASH_AT=point:N`` exits abruptly at the N-th pass through a named
+#: point of a commit (see :class:`CrashPoints`); unset in production.
+CRASH_AT_ENV = "FAISSX_TEST_CRASH_AT"
 FsyncMode = Literal["always", "batch", "off"]
 log = logging.getLogger(__name__)
 
@@ -69,6 +89,18 @@ class LogRecord:
 
 
 @dataclass
+class RememberedKey:
+    """An idempotency key whose write is folded into a snapshot, with the reply it got."""
+
+    key: str
+    op: str
+    #: ``time.time()`` when the write was applied (old keys are not carried forever).
+    saved: float
+    #: The reply's frames (header first), as the server sent them.
+    reply: list[bytes]
+
+
+@dataclass
 class StoredIndex:
     tenant: str
     name: str
@@ -76,15 +108,48 @@ class StoredIndex:
     created: float
     index: Any
     records: list[LogRecord]
-    #: What recovery dropped from the log's tail, if anything (for the operator's log).
+    #: What recovery cut from the log's torn tail, if anything (for the operator's log).
     dropped: str | None = None
+    #: Keys folded into the snapshot (records' own keys come with the records).
+    keys: list[RememberedKey] = field(default_factory=list)
+
+
+@dataclass
+class Damage:
+    """A stored index that cannot be served as it is: quarantined, every byte kept."""
+
+    tenant: str
+    name: str
+    path: Path
+    reason: str
+    #: (key, op) of every write found intact in its files: a retry must not apply them anew.
+    keys: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class LogScan:
+    """What a log holds: the valid prefix, why it ends, and valid records beyond the end."""
+
+    records: list[LogRecord]
+    good: int
+    problem: str | None
+    #: Valid records after the problem: when there are any, the log is damaged, not torn.
+    later: list[LogRecord] = field(default_factory=list)
 
 
 class IndexStore(Protocol):
     """What the server needs from a store. Calls for one index are serialised by its lock."""
 
-    def save(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any) -> None:
+    def create(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
+               keys: list[RememberedKey]) -> None:
+        """Write a new index's first generation; nothing is left behind if this raises."""
+
+    def save(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
+             keys: list[RememberedKey]) -> None:
         """Snapshot ``index`` atomically and empty its log (caller excludes writers)."""
+
+    def save_many(self, tenant: str, entries: list[SaveEntry]) -> None:
+        """Snapshot several indices of one tenant as one commit (all or none)."""
 
     def append(self, tenant: str, name: str, record: LogRecord) -> int:
         """Write ``record`` to the index's log; returns a ticket for :meth:`wait`."""
@@ -98,11 +163,53 @@ class IndexStore(Protocol):
     def delete(self, tenant: str, name: str) -> None:
         """Forget the index; a later ``load_all`` must not return it."""
 
-    def load_all(self) -> Iterator[StoredIndex]:
-        """Every stored index with the log records to replay, for the server to reopen."""
+    def load_all(self) -> Iterator[StoredIndex | Damage]:
+        """Every stored index with the log records to replay, or why it is quarantined."""
+
+    def salvage(self, tenant: str, name: str) -> tuple[StoredIndex, str]:
+        """A damaged index's intact part, and what was left out of it."""
+
+    def replace(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
+                keys: list[RememberedKey]) -> Path:
+        """Back a damaged index's files up, then commit ``index`` as its new generation."""
 
     def close(self) -> None:
         """Flush and close logs."""
+
+
+@dataclass
+class SaveEntry:
+    """One index's part of a multi-index commit."""
+
+    name: str
+    spec: IndexSpec
+    created: float
+    index: Any
+    keys: list[RememberedKey]
+
+
+class CrashPoints:
+    """Deterministic crashes for tests: ``FAISSX_TEST_CRASH_AT=create:staged:1`` makes the
+    process exit abruptly (``os._exit``, as ``kill -9`` would stop it) the first time a
+    create has staged its files. Off unless the variable is set."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.point: str | None = None
+        self.count = 0
+        if spec:
+            point, _, nth = spec.rpartition(":")
+            self.point, self.count = point, int(nth)
+            log.warning("%s=%s: this server will exit abruptly there (a test hook)",
+                        CRASH_AT_ENV, spec)
+
+    def __call__(self, point: str) -> None:
+        if self.point != point:
+            return
+        self.count -= 1
+        if self.count <= 0:
+            log.warning("%s: exiting at %s", CRASH_AT_ENV, point)
+            logging.shutdown()
+            os._exit(75)
 
 
 def encode_record(record: LogRecord) -> list[Any]:
@@ -140,6 +247,46 @@ def read_records(data: memoryview) -> tuple[list[LogRecord], int, str | None]:
     return records, pos, None
 
 
+def scan_log(data: bytes) -> LogScan:
+    """Read a log and look past its first bad record for later valid ones.
+
+    A crash mid-append leaves garbage only at the very end. A valid record (marker, length and
+    CRC-32 all right) anywhere after a bad one means the bad bytes sit in the middle of
+    acknowledged history: damage, which must be kept, not cut.
+    """
+    view = memoryview(data)
+    records, good, problem = read_records(view)
+    scan = LogScan(records, good, problem)
+    if problem is None:
+        return scan
+    pos = data.find(MAGIC, good + 1)
+    while pos >= 0:
+        found = _record_at(view, pos)
+        if found is None:
+            pos = data.find(MAGIC, pos + 1)
+            continue
+        record, size = found
+        scan.later.append(record)
+        pos += size
+        if pos < len(data) and data[pos: pos + len(MAGIC)] != MAGIC:
+            pos = data.find(MAGIC, pos + 1)
+    return scan
+
+
+def _record_at(data: memoryview, pos: int) -> tuple[LogRecord, int] | None:
+    """The valid record starting at ``pos`` and its size, or None."""
+    if len(data) - pos < _PREFIX.size:
+        return None
+    magic, length, crc = _PREFIX.unpack_from(data, pos)
+    body = data[pos + _PREFIX.size: pos + _PREFIX.size + length]
+    if magic != MAGIC or len(body) < length or zlib.crc32(body) != crc:
+        return None
+    try:
+        return _parse(body), _PREFIX.size + length
+    except Exception:
+        return None
+
+
 def _parse(body: memoryview) -> LogRecord:
     (hlen,) = struct.unpack_from("<I", body, 0)
     header_bytes = body[4: 4 + hlen]
@@ -154,6 +301,15 @@ def _parse(body: memoryview) -> LogRecord:
     # copies: the log's buffer is released after recovery, the replayed index keeps nothing
     return LogRecord(header["op"], header.get("args") or {},
                      {k: np.array(v) for k, v in arrays.items()}, header.get("idem"))
+
+
+def encode_keys(keys: list[RememberedKey]) -> bytes:
+    return msgpack.packb([[k.key, k.op, k.saved, k.reply] for k in keys], use_bin_type=True)
+
+
+def decode_keys(data: bytes) -> list[RememberedKey]:
+    return [RememberedKey(str(k), str(op), float(saved), [bytes(f) for f in reply])
+            for k, op, saved, reply in msgpack.unpackb(data, raw=False)]
 
 
 class FileStore:
@@ -180,39 +336,178 @@ class FileStore:
         self._cond = threading.Condition(self._mutex)
         self._flusher: threading.Thread | None = None
         self._closing = False
+        self.crash = CrashPoints(os.environ.get(CRASH_AT_ENV))
 
     def _dir(self, tenant: str, name: str) -> Path:
         return self.root / "tenants" / check_name(tenant, "tenant id") / check_name(name)
 
-    # -- snapshots ---------------------------------------------------------------------------
-    def save(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any) -> None:
-        key = (tenant, name)
-        folder = self._dir(tenant, name)
-        folder.mkdir(parents=True, exist_ok=True)
-        old = self._generations.get(key)
-        gen = (old or 0) + 1
+    def path_of(self, tenant: str, name: str) -> Path:
+        """Where the index's files are (for messages to the operator)."""
+        return self._dir(tenant, name)
+
+    # -- generations -------------------------------------------------------------------------
+    def _write_generation(self, folder: Path, gen: int, spec: IndexSpec, created: float,
+                          index: Any, keys: list[RememberedKey]) -> dict[str, Any]:
+        """Snapshot, keys and an empty log of generation ``gen``, all on disk; the meta.json
+        that would commit them is returned, not written."""
         binary = isinstance(index, faiss.IndexBinary)
         tmp = folder / f"snapshot-{gen}.faiss.tmp"
         (faiss.write_index_binary if binary else faiss.write_index)(index, str(tmp))
-        _fsync_rename(tmp, folder / f"snapshot-{gen}.faiss")
-        new_log = os.open(folder / f"wal-{gen}.log",
-                          os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
-        os.fsync(new_log)
-        meta = {"format": FORMAT_VERSION, "spec": spec.model_dump(), "created": created,
-                "binary": binary, "generation": gen, "saved": time.time()}
+        _fsync_rename(tmp, folder / f"snapshot-{gen}.faiss", sync_dir=False)
+        tmp = folder / f"keys-{gen}.msgpack.tmp"
+        _write_synced(tmp, encode_keys(keys))
+        _fsync_rename(tmp, folder / f"keys-{gen}.msgpack", sync_dir=False)
+        fd = os.open(folder / f"wal-{gen}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(folder)
+        return {"format": FORMAT_VERSION, "spec": spec.model_dump(), "created": created,
+                "binary": binary, "generation": gen, "keys": True, "saved": time.time()}
+
+    @staticmethod
+    def _commit_meta(folder: Path, meta: dict[str, Any]) -> None:
         tmp = folder / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta))
+        _write_synced(tmp, json.dumps(meta).encode())
         _fsync_rename(tmp, folder / "meta.json")  # the commit point
+
+    def _remove_generation(self, folder: Path, gen: int) -> None:
+        for stem in (f"snapshot-{gen}.faiss", f"keys-{gen}.msgpack", f"wal-{gen}.log"):
+            for path in (folder / stem, folder / f"{stem}.tmp"):
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+
+    def _switch(self, key: tuple[str, str], gen: int) -> int | None:
+        """Point appends at generation ``gen``'s (empty) log; returns the old generation."""
         with self._mutex:
-            old_log = self._logs.pop(key, None)
-            self._logs[key] = new_log
+            old_fd = self._logs.pop(key, None)
             self._sizes[key] = 0
+            old = self._generations.get(key)
             self._generations[key] = gen
-        if old_log is not None:
-            os.close(old_log)
-        if old is not None:
-            for stale in (f"snapshot-{old}.faiss", f"wal-{old}.log"):
-                (folder / stale).unlink(missing_ok=True)
+        if old_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(old_fd)
+        return old
+
+    # -- create, snapshot, multi-index commit --------------------------------------------
+    def create(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
+               keys: list[RememberedKey]) -> None:
+        final = self._dir(tenant, name)
+        if os.path.lexists(final):
+            raise FileExistsError(f"{final} already exists")
+        parent = final.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = parent / f".creating-{name}-{uuid.uuid4().hex[:8]}"
+        renamed = False
+        try:
+            staging.mkdir()
+            self._commit_meta(staging, self._write_generation(staging, 1, spec, created, index,
+                                                              keys))
+            self.crash("create:staged")
+            os.rename(staging, final)
+            renamed = True
+            _fsync_dir(parent)
+            self.crash("create:committed")
+        except BaseException:
+            if renamed:  # on disk but not durably: take it back, the create is refused
+                self._discard(final)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._switch((tenant, name), 1)
+
+    def save(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
+             keys: list[RememberedKey]) -> None:
+        key = (tenant, name)
+        folder = self._dir(tenant, name)
+        old = self._generations.get(key)
+        if old is None or not folder.is_dir():
+            raise FileNotFoundError(f"{tenant}/{name} has no directory to snapshot into")
+        gen = old + 1
+        committed = False
+        try:
+            meta = self._write_generation(folder, gen, spec, created, index, keys)
+            self.crash("save:prepared")
+            self._commit_meta(folder, meta)
+            committed = True
+        except BaseException:
+            if not committed:
+                self._remove_generation(folder, gen)
+            raise
+        self.crash("save:committed")
+        self._switch(key, gen)
+        self._remove_generation(folder, old)
+
+    def save_many(self, tenant: str, entries: list[SaveEntry]) -> None:
+        """One commit for several indices: each new generation is written, then one intent
+        file names them all (the commit point), then each ``meta.json`` is switched.
+        Recovery finishes an intent it finds (:meth:`_finish_commits`)."""
+        if len(entries) == 1:
+            e = entries[0]
+            self.save(tenant, e.name, e.spec, e.created, e.index, e.keys)
+            return
+        tenant_dir = self.root / "tenants" / check_name(tenant, "tenant id")
+        plan: list[tuple[str, Path, int, int, dict[str, Any]]] = []
+        intent = tenant_dir / f".commit-{uuid.uuid4().hex[:12]}.json"
+        try:
+            for e in entries:
+                folder = self._dir(tenant, e.name)
+                old = self._generations.get((tenant, e.name))
+                if old is None or not folder.is_dir():
+                    raise FileNotFoundError(f"{tenant}/{e.name} has no directory to write into")
+                plan.append((e.name, folder, old, old + 1, {}))
+                plan[-1][4].update(self._write_generation(folder, old + 1, e.spec, e.created,
+                                                          e.index, e.keys))
+            self.crash("commit:prepared")
+            tmp = intent.with_name(intent.name + ".tmp")
+            _write_synced(tmp, json.dumps({"indices": [
+                {"name": n, "meta": m} for n, _, _, _, m in plan]}).encode())
+            _fsync_rename(tmp, intent)  # the commit point for all of them
+        except BaseException:
+            for _, folder, _, gen, _ in plan:
+                self._remove_generation(folder, gen)
+            with contextlib.suppress(OSError):
+                intent.with_name(intent.name + ".tmp").unlink(missing_ok=True)
+            raise
+        self.crash("commit:intent")
+        # Committed: from here on failures are logged, and the next start finishes the job.
+        for name, _, _, gen, _ in plan:
+            self._switch((tenant, name), gen)
+        try:
+            for number, (_, folder, _, _, meta) in enumerate(plan):
+                self._commit_meta(folder, meta)
+                if number == 0:
+                    self.crash("commit:meta")
+            intent.unlink()
+            _fsync_dir(tenant_dir)
+        except OSError as exc:
+            log.error("%s: a committed multi-index change is not fully switched over yet "
+                      "(%s); %s finishes it at the next start", tenant, exc, intent)
+            return
+        for _, folder, old, _, _ in plan:
+            self._remove_generation(folder, old)
+
+    def _finish_commits(self, tenant_dir: Path) -> None:
+        """Roll committed multi-index changes forward; drop ones that never committed."""
+        for tmp in tenant_dir.glob(".commit-*.json.tmp"):
+            tmp.unlink()
+        for intent in sorted(tenant_dir.glob(".commit-*.json")):
+            plan = json.loads(intent.read_text())
+            for item in plan["indices"]:
+                folder = tenant_dir / check_name(item["name"])
+                meta = item["meta"]
+                try:
+                    current = json.loads((folder / "meta.json").read_text())["generation"]
+                except (OSError, ValueError, KeyError, TypeError):
+                    current = None
+                if not folder.is_dir() or (current is not None
+                                           and current >= meta["generation"]):
+                    continue  # deleted since, or already switched (and maybe snapshotted on)
+                self._commit_meta(folder, meta)
+                log.info("%s: finished a committed change (generation %d)", folder,
+                         meta["generation"])
+            intent.unlink()
+            _fsync_dir(tenant_dir)
 
     # -- the log -----------------------------------------------------------------------------
     def _log_fd(self, tenant: str, name: str) -> int:
@@ -223,7 +518,7 @@ class FileStore:
             if gen is None:
                 raise RuntimeError(f"{tenant}/{name} has no snapshot to log against")
             path = self._dir(tenant, name) / f"wal-{gen}.log"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND, 0o600)
             with self._mutex:
                 self._logs[key] = fd
                 self._sizes.setdefault(key, os.fstat(fd).st_size)
@@ -288,7 +583,7 @@ class FileStore:
     def log_bytes(self, tenant: str, name: str) -> int:
         return self._sizes.get((tenant, name), 0)
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- delete ------------------------------------------------------------------------------
     def delete(self, tenant: str, name: str) -> None:
         with self._mutex:
             fd = self._logs.pop((tenant, name), None)
@@ -296,40 +591,251 @@ class FileStore:
             self._generations.pop((tenant, name), None)
         if fd is not None:
             os.close(fd)
-        shutil.rmtree(self._dir(tenant, name), ignore_errors=True)
+        self._discard(self._dir(tenant, name))
 
-    def load_all(self) -> Iterator[StoredIndex]:
-        for folder in sorted((self.root / "tenants").glob("*/*")):
-            try:
-                meta = json.loads((folder / "meta.json").read_text())
-                gen = int(meta["generation"])
-                reader = faiss.read_index_binary if meta.get("binary") else faiss.read_index
-                index = reader(str(folder / f"snapshot-{gen}.faiss"))
-                records, _, dropped = self._read_log(folder / f"wal-{gen}.log")
-                for stale in folder.iterdir():  # leftovers of a snapshot that never committed
-                    if stale.name not in ("meta.json", f"snapshot-{gen}.faiss", f"wal-{gen}.log"):
-                        stale.unlink()
-                self._generations[(folder.parent.name, folder.name)] = gen
-                yield StoredIndex(folder.parent.name, folder.name,
-                                  IndexSpec.model_validate(meta["spec"]), meta["created"], index,
-                                  records, dropped)
-            except Exception as exc:  # one bad directory must not keep the others offline
-                log.error("skipping stored index %s: %s", folder, exc)
+    def _discard(self, folder: Path) -> None:
+        """Remove an index directory as one step: renamed out of sight (the commit), then
+        removed; a crash in between leaves a hidden ``.deleting-*`` that the next start
+        finishes removing."""
+        if not os.path.lexists(folder):
+            return
+        gone = folder.with_name(f".deleting-{folder.name}-{uuid.uuid4().hex[:8]}")
+        os.rename(folder, gone)
+        _fsync_dir(folder.parent)
+        self.crash("delete:renamed")
+        if gone.is_dir() and not gone.is_symlink():
+            shutil.rmtree(gone, ignore_errors=True)
+        else:
+            gone.unlink()
 
-    @staticmethod
-    def _read_log(path: Path) -> tuple[list[LogRecord], int, str | None]:
-        if not path.exists():
-            return [], 0, None
-        data = path.read_bytes()
-        records, good, dropped = read_records(memoryview(data))
-        if dropped is not None:
-            # Cut the bad tail so new records never follow garbage.
-            with open(path, "r+b") as f:
-                f.truncate(good)
+    # -- start-up ----------------------------------------------------------------------------
+    def load_all(self) -> Iterator[StoredIndex | Damage]:
+        for tenant_dir in sorted((self.root / "tenants").iterdir()):
+            if not tenant_dir.is_dir():
+                continue
+            self._finish_commits(tenant_dir)
+            for entry in sorted(tenant_dir.iterdir()):
+                if entry.name.startswith((".creating-", ".deleting-")):
+                    # a create that never committed, or a delete that did
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    continue
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    check_name(entry.name)
+                except Exception:
+                    log.warning("ignoring %s: not an index name", entry)
+                    continue
+                yield self._open(tenant_dir.name, entry)
+
+    def _open(self, tenant: str, folder: Path) -> StoredIndex | Damage:
+        name = folder.name
+        try:
+            files = {p.name for p in folder.iterdir()}
+        except OSError as exc:
+            return Damage(tenant, name, folder, f"the index directory cannot be read: {exc}")
+        try:
+            meta = self._meta(folder, files)
+            gen = int(meta["generation"])
+            spec = IndexSpec.model_validate(meta["spec"])
+        except Exception as exc:
+            return self._damage(tenant, folder, files, str(exc))
+        try:
+            index = self._snapshot(folder, gen, bool(meta.get("binary")))
+            keys = self._keys(folder, gen) if meta.get("keys") else []
+            wal = folder / f"wal-{gen}.log"
+            if not wal.is_file():
+                raise ValueError(f"{wal.name} (the log of generation {gen}) is missing")
+            data = wal.read_bytes()
+            scan = scan_log(data)
+            if scan.later:
+                raise ValueError(
+                    f"{wal.name} is damaged in the middle: {scan.problem}, and "
+                    f"{len(scan.later)} valid record(s) follow it (acknowledged writes "
+                    "behind the damage; nothing was cut)")
+            stray = self._stray_logs(folder, files, gen)
+            if stray:
+                raise ValueError(f"{', '.join(stray)} hold records but meta.json names "
+                                 f"generation {gen}")
+        except Exception as exc:
+            return self._damage(tenant, folder, files, str(exc))
+        dropped = None
+        if scan.problem is not None:  # a torn tail: never acknowledged, cut it off
+            with open(wal, "r+b") as f:
+                f.truncate(scan.good)
                 f.flush()
                 os.fsync(f.fileno())
-            dropped += f"; {len(data) - good} byte(s) dropped"
-        return records, good, dropped
+            dropped = f"{scan.problem}; {len(data) - scan.good} byte(s) dropped"
+        self._clean_leftovers(folder, files, gen)
+        self._generations[(tenant, name)] = gen
+        return StoredIndex(tenant, name, spec, meta["created"], index, scan.records, dropped,
+                           keys)
+
+    @staticmethod
+    def _meta(folder: Path, files: set[str]) -> dict[str, Any]:
+        if "meta.json" not in files:
+            raise ValueError("meta.json is missing")
+        text = (folder / "meta.json").read_text()
+        if not text.strip():
+            raise ValueError("meta.json is empty")
+        try:
+            meta = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"meta.json is not valid JSON: {exc}") from None
+        if not isinstance(meta, dict) or "generation" not in meta or "spec" not in meta:
+            raise ValueError("meta.json lacks its generation or spec")
+        return meta
+
+    @staticmethod
+    def _snapshot(folder: Path, gen: int, binary: bool) -> Any:
+        path = folder / f"snapshot-{gen}.faiss"
+        if not path.is_file():
+            raise ValueError(f"{path.name} (the snapshot meta.json names) is missing")
+        try:
+            return (faiss.read_index_binary if binary else faiss.read_index)(str(path))
+        except RuntimeError as exc:
+            raise ValueError(f"{path.name} cannot be read by faiss: {exc}") from None
+
+    @staticmethod
+    def _keys(folder: Path, gen: int) -> list[RememberedKey]:
+        path = folder / f"keys-{gen}.msgpack"
+        try:
+            return decode_keys(path.read_bytes())
+        except FileNotFoundError:
+            raise ValueError(f"{path.name} (named by meta.json) is missing") from None
+        except Exception as exc:
+            raise ValueError(f"{path.name} is unreadable: {exc}") from None
+
+    @staticmethod
+    def _stray_logs(folder: Path, files: set[str], gen: int) -> list[str]:
+        """Logs of a later generation that hold bytes: writes meta.json does not account for."""
+        stray = []
+        for name in files:
+            match = _GENERATION_FILE.match(name)
+            if (match and match.group(1) == "wal" and int(match.group(2)) > gen
+                    and (folder / name).stat().st_size > 0):
+                stray.append(name)
+        return sorted(stray)
+
+    def _clean_leftovers(self, folder: Path, files: set[str], gen: int) -> None:
+        """Remove files of other generations: older ones are folded into snapshot ``gen``,
+        newer ones never committed (their logs are empty: :meth:`_stray_logs` checked).
+        Files of any other name are left alone."""
+        for name in files:
+            match = _GENERATION_FILE.match(name)
+            if (match and int(match.group(2)) != gen) or name == "meta.json.tmp" or (
+                    match and match.group(4)):
+                (folder / name).unlink(missing_ok=True)
+
+    def _damage(self, tenant: str, folder: Path, files: set[str], reason: str) -> Damage:
+        """Quarantine: nothing in ``folder`` is changed; keys of intact writes are gathered."""
+        keys: dict[str, str] = {}
+        for name in sorted(files):
+            match = _GENERATION_FILE.match(name)
+            if not match or match.group(4):
+                continue
+            try:
+                if match.group(1) == "keys":
+                    keys.update((k.key, k.op) for k in decode_keys((folder / name).read_bytes()))
+                elif match.group(1) == "wal":
+                    scan = scan_log((folder / name).read_bytes())
+                    keys.update((r.idem, r.op) for r in scan.records + scan.later if r.idem)
+            except Exception as exc:
+                log.debug("%s: no keys from %s: %s", folder, name, exc)
+        return Damage(tenant, folder.name, folder, reason, list(keys.items()))
+
+    # -- repair ------------------------------------------------------------------------------
+    def salvage(self, tenant: str, name: str) -> tuple[StoredIndex, str]:
+        """The intact part of a damaged index: the newest readable snapshot, its keys, and
+        its log's records up to the first bad one. Raises ValueError when there is no
+        snapshot to start from."""
+        folder = self._dir(tenant, name)
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is not a readable directory: nothing to rebuild from")
+        files = {p.name for p in folder.iterdir()}
+        notes = []
+        try:
+            meta = self._meta(folder, files)
+            gens = [int(meta["generation"])]
+            spec = IndexSpec.model_validate(meta["spec"])
+            created = float(meta.get("created", time.time()))
+        except Exception as exc:
+            notes.append(f"{exc}: rebuilt as an imported index")
+            meta, spec, created = {}, None, time.time()
+            gens = sorted({int(m.group(2)) for m in map(_GENERATION_FILE.match, files)
+                           if m and m.group(1) == "snapshot" and not m.group(4)}, reverse=True)
+        for gen in gens:
+            try:
+                index = self._snapshot(folder, gen, bool(meta.get("binary")))
+                break
+            except ValueError:
+                try:
+                    index = self._snapshot(folder, gen, not meta.get("binary"))
+                    break
+                except ValueError as exc:
+                    notes.append(str(exc))
+        else:
+            raise ValueError(f"no readable snapshot in {folder}: nothing to rebuild from "
+                             f"({'; '.join(notes) or 'no snapshot file'})")
+        if spec is None:
+            spec = IndexSpec(type=IMPORTED.name, params={"faiss_class": faiss_class_name(index)})
+        try:
+            keys = self._keys(folder, gen) if f"keys-{gen}.msgpack" in files else []
+        except ValueError as exc:
+            notes.append(str(exc))
+            keys = []
+        records: list[LogRecord] = []
+        wal = folder / f"wal-{gen}.log"
+        if wal.is_file():
+            scan = scan_log(wal.read_bytes())
+            records = scan.records
+            if scan.problem:
+                notes.append(f"{wal.name}: kept {len(scan.records)} record(s) before "
+                             f"{scan.problem}; left out {len(scan.later)} valid record(s) "
+                             "after it")
+        else:
+            notes.append(f"{wal.name} is missing: the snapshot alone is rebuilt")
+        stored = StoredIndex(tenant, name, spec, created, index, records, None, keys)
+        return stored, "; ".join(notes) or "nothing was damaged"
+
+    def replace(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
+                keys: list[RememberedKey]) -> Path:
+        """Copy every file of the index into ``damaged/<tenant>/<name>-<time>/`` (synced),
+        then commit ``index`` as a new generation in place; returns the backup's path."""
+        folder = self._dir(tenant, name)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        backup = self.root / DAMAGED_DIR / check_name(tenant, "tenant id") / f"{name}-{stamp}"
+        suffix = 1
+        while backup.exists():
+            suffix += 1
+            backup = backup.with_name(f"{name}-{stamp}-{suffix}")
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(folder, backup)
+        for path in backup.rglob("*"):
+            if path.is_file():
+                _sync_file(path)
+        _fsync_dir(backup)
+        _fsync_dir(backup.parent)
+        files = {p.name for p in folder.iterdir()}
+        gens = [int(m.group(2)) for m in map(_GENERATION_FILE.match, files) if m]
+        gen = max(gens, default=0) + 1
+        try:
+            meta = self._write_generation(folder, gen, spec, created, index, keys)
+            self._commit_meta(folder, meta)
+        except BaseException:
+            self._remove_generation(folder, gen)
+            raise
+        for file in files:  # every one of them is in the backup
+            if file != "meta.json" and (folder / file).is_file():
+                (folder / file).unlink()
+        _fsync_dir(folder)
+        self._switch((tenant, name), gen)
+        return backup
+
+    def drop(self, tenant: str, name: str) -> None:
+        """Delete a quarantined index's files: the operator asked for it by name."""
+        self.delete(tenant, name)
 
     def close(self) -> None:
         with self._cond:
@@ -339,26 +845,52 @@ class FileStore:
             self._flusher.join(5)
         with self._mutex:
             fds, self._logs = list(self._logs.values()), {}
+        failures = []
         for fd in fds:
             try:
                 os.fdatasync(fd)
+            except OSError as exc:
+                failures.append(str(exc))
             finally:
                 os.close(fd)
         self._lock_file.close()  # releases the flock
+        if failures:
+            raise OSError(f"{len(failures)} write-ahead log(s) could not be synced at "
+                          f"shutdown: {failures[0]}")
 
 
-def _fsync_rename(tmp: Path, final: Path) -> None:
-    fd = os.open(tmp, os.O_RDONLY)
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, final)
-    dfd = os.open(final.parent, os.O_RDONLY)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dfd)
+        os.fsync(fd)
     finally:
-        os.close(dfd)
+        os.close(fd)
+
+
+def _fsync_rename(tmp: Path, final: Path, sync_dir: bool = True) -> None:
+    _sync_file(tmp)
+    os.replace(tmp, final)
+    if sync_dir:
+        _fsync_dir(final.parent)
 
 
 @hookimpl(trylast=True)

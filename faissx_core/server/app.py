@@ -55,6 +55,8 @@ log = logging.getLogger("faissx.server")
 #: A control operation's function: (caller, request, parsed args, arrays) -> result.
 Control = Callable[[Principal, Request, Any, Arrays], dict[str, Any]]
 
+#: Exit status when a write-ahead log could not be synced at shutdown (docs/durability.md).
+EXIT_UNSYNCED = 3
 #: Seconds between sweeps for idle unnamed indices.
 SWEEP_EVERY = 5.0
 #: A read whose work (queries x vectors x width) is below this runs on the socket thread when
@@ -87,6 +89,9 @@ class Server:
         self.uploads = Uploads(self.backend)  # imports larger than one message, being assembled
         #: Replies of recent mutating requests by idempotency key: a retry is applied once.
         self.idempotency = IdempotencyTable.from_env()
+        self.backend.keys = self.idempotency  # keys recovered from snapshots go back in here
+        #: The process's exit status once serve_forever returns (docs/durability.md).
+        self.exit_code = 0
         self.ctx = zmq.Context()
         self._reply_endpoint = f"inproc://faissx-replies-{uuid.uuid4().hex}"
         self._local = threading.local()
@@ -167,7 +172,12 @@ class Server:
             if saved:
                 log.info("snapshotted %d named index(es)", saved)
             if self.backend.store is not None:
-                self.backend.store.close()
+                try:
+                    self.backend.store.close()
+                except OSError as exc:  # e.g. a full disk: say so plainly, no traceback
+                    log.critical("shutdown: %s; writes acknowledged since the last fsync may "
+                                 "be lost on power failure", exc)
+                    self.exit_code = EXIT_UNSYNCED
             router.close()
             replies.close()
             for sock in getattr(self, "_pushers", []):
@@ -324,7 +334,7 @@ class Server:
             result, out = self.backend.run(managed, op.write, job, record, small=small)
         return self._ok(request.id, result, out)
 
-    def _replay(self, managed: ManagedIndex, record: LogRecord) -> None:
+    def _replay(self, managed: ManagedIndex, record: LogRecord) -> Any:
         """Re-apply one logged write at start-up, through the same op code that applied it.
 
         Its idempotency key is remembered with the reply it got, so a client retrying a write
@@ -335,6 +345,7 @@ class Server:
         if record.idem:
             self.idempotency.remember(managed.tenant, record.idem, record.op, managed.name,
                                       self._ok(0, result))
+        return result
 
     def _get(self, principal: Principal, request: Request, name: str | None = None
              ) -> ManagedIndex:
@@ -365,7 +376,8 @@ class Server:
                arrays: Arrays) -> dict[str, Any]:
         name, session = _target(request, args.ephemeral)
         with self.limits.new_index(principal.tenant, self.backend, spec=args.spec):
-            info = self.backend.create(principal.tenant, name, args.spec, session).info()
+            info = self.backend.create(principal.tenant, name, args.spec, session,
+                                       idem=request.idem).info()
         return self._hint_volatile(info, args.ephemeral)
 
     def _import(self, principal: Principal, request: Request, args: Any,
@@ -385,7 +397,8 @@ class Server:
                                       params={"faiss_class": faiss_class_name(index)})
         name, session = _target(request, args.ephemeral)
         with self.limits.new_index(principal.tenant, self.backend, index=index):
-            info = self.backend.create(principal.tenant, name, spec, session, index=index).info()
+            info = self.backend.create(principal.tenant, name, spec, session, index=index,
+                                       idem=request.idem).info()
         return self._hint_volatile(info, args.ephemeral)
 
     def _hint_volatile(self, info: dict[str, Any], ephemeral: bool) -> dict[str, Any]:
@@ -404,17 +417,9 @@ class Server:
         source = self._get(principal, request, args.other)
         if source is target:
             raise InvalidArgument("an index cannot be merged into itself")
-        # one lock order for every pair of indices: no deadlock
-        first, second = sorted((target, source), key=lambda m: m.name)
-        with first.lock.write(), second.lock.write():
-            run_faiss(lambda: target.index.merge_from(source.index, args.add_id), "merge_from",
-                      target)
-            # Both changed, and the source's vectors are not in any log: snapshot both.
-            for managed in (target, source):
-                managed.measure()
-                if self.backend.store is not None and not managed.ephemeral:
-                    self.backend._save(managed)
-        return target.info()
+        # one commit for both (the moved vectors are in no log), applied once per key
+        return self.backend.merge(target, source, lambda into, other: run_faiss(
+            lambda: into.merge_from(other, args.add_id), "merge_from", target), request.idem)
 
     def _snapshot(self, principal: Principal, request: Request, args: Any,
                  arrays: Arrays) -> dict[str, Any]:
@@ -423,9 +428,7 @@ class Server:
             raise UnsupportedOperation("this server has no data directory to snapshot into")
         targets = ([self._get(principal, request)] if request.index
                    else [m for m in self.backend.list(principal.tenant) if not m.ephemeral])
-        for managed in targets:
-            self.backend.snapshot(managed)
-        return {"snapshotted": [m.name for m in targets if not m.ephemeral]}
+        return {"snapshotted": [m.name for m in targets if self.backend.snapshot(m)]}
 
     def _delete(self, principal: Principal, request: Request, args: Any,
                arrays: Arrays) -> dict[str, Any]:
@@ -437,7 +440,8 @@ class Server:
         return {"indexes": [
             m.info() for m in self.backend.list(principal.tenant)
             if not m.ephemeral or (args.all and m.session == request.session)
-        ], "memory_bytes": self.backend.memory_used(principal.tenant),
+        ] + [d.info() for d in self.backend.damaged(principal.tenant)],
+            "memory_bytes": self.backend.memory_used(principal.tenant),
             "memory_limit_bytes": self.backend.max_memory_bytes,
             "memory_free_bytes": self.backend.memory_free()}
 
@@ -445,6 +449,17 @@ class Server:
               arrays: Arrays) -> dict[str, Any]:
         """Liveness: answered on the socket thread, without a key."""
         return {"version": __version__, "protocol": PROTOCOL_VERSION}
+
+    def _repair(self, principal: Principal, request: Request, args: Any,
+                arrays: Arrays) -> dict[str, Any]:
+        """Rebuild a quarantined index from its intact part; its files are copied aside."""
+        return self.backend.repair(principal.tenant, check_name(request.index or ""),
+                                   self._replay)
+
+    def _drop(self, principal: Principal, request: Request, args: Any,
+              arrays: Arrays) -> dict[str, Any]:
+        """Delete a quarantined index and its files, on the operator's explicit request."""
+        return self.backend.drop(principal.tenant, check_name(request.index or ""))
 
     def _touch(self, principal: Principal, request: Request, args: Any,
               arrays: Arrays) -> dict[str, Any]:
@@ -482,8 +497,8 @@ def _frame_bytes(frame: Any) -> int:
     return len(frame.buffer) if hasattr(frame, "buffer") else len(frame)
 
 
-def run_server(settings: ServerSettings) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down cleanly."""
+def run_server(settings: ServerSettings) -> int:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly; returns the exit status."""
     for level, line in settings.notices():  # unsafe or surprising settings, said at start
         log.log(level, line)
     server = Server(settings)
@@ -491,3 +506,4 @@ def run_server(settings: ServerSettings) -> None:
         signal.signal(signal.SIGINT, server.stop)
         signal.signal(signal.SIGTERM, server.stop)
     server.serve_forever()
+    return server.exit_code

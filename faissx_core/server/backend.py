@@ -15,11 +15,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import faiss
+import numpy as np
 
 from faissx_core.errors import (
+    FaissxError,
+    IndexDamaged,
     IndexExists,
     IndexNotFound,
     InternalError,
@@ -27,8 +31,10 @@ from faissx_core.errors import (
     QuotaExceeded,
 )
 from faissx_core.introspect import bytes_per_vector, core_params, index_bytes
+from faissx_core.messages import PROTOCOL_VERSION
 from faissx_core.operations import OPERATIONS
 from faissx_core.plugins import PluginRegistry
+from faissx_core.protocol import encode
 from faissx_core.server.locks import RWLock
 from faissx_core.specs import (
     IndexSpec,
@@ -38,7 +44,14 @@ from faissx_core.specs import (
     faiss_class_name,
     lookup_param,
 )
-from faissx_core.storage import IndexStore, LogRecord, StoredIndex
+from faissx_core.storage import (
+    Damage,
+    IndexStore,
+    LogRecord,
+    RememberedKey,
+    SaveEntry,
+    StoredIndex,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +105,13 @@ class ManagedIndex:
     broken: str | None = None
     #: Set (under the write lock) when the index is deleted: ops that raced the delete fail.
     deleted: bool = False
+    #: Idempotency keys the next snapshot carries: those of the writes in the current log and
+    #: those carried from earlier snapshots that are still young enough (oldest first).
+    keys: dict[str, RememberedKey] = field(default_factory=dict)
+    #: The log passed ``--snapshot-every-mb`` but the snapshot failed: retried by a later write
+    #: (not before ``snapshot_retry_at``, a ``time.monotonic()``).
+    snapshot_due: bool = False
+    snapshot_retry_at: float = 0.0
     #: The registry that built it: ops build search parameters and the like through it.
     registry: PluginRegistry | None = None
     #: ``faiss.StandardGpuResources`` when the server runs with ``--gpu``: searches then run on
@@ -199,7 +219,54 @@ class ManagedIndex:
             "created": self.created,
             "memory_bytes": self.memory_bytes,
             "vector_bytes": self.vector_bytes,
+            "state": "broken" if self.broken else "ok",
+            **({"broken": self.broken} if self.broken else {}),
         }
+
+
+@dataclass(eq=False)
+class DamagedIndex:
+    """A stored index recovery could not serve: listed, its name blocked, its files kept."""
+
+    tenant: str
+    name: str
+    path: Path
+    reason: str
+    session: None = None
+    ephemeral: bool = False
+
+    def error(self) -> IndexDamaged:
+        return IndexDamaged(
+            f"index {self.name!r} is damaged and quarantined: {self.reason}. Every byte of its "
+            f"files is kept in {self.path}. Rebuild it from its intact part with `faissx "
+            f"indexes repair {self.name}` (the damaged files are copied aside first), or "
+            f"delete it with `faissx indexes drop {self.name}`.",
+            path=str(self.path), reason=self.reason)
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "state": "damaged", "damaged": self.reason,
+                "path": str(self.path), "ephemeral": False}
+
+
+def reply_frames(result: Any) -> list[bytes]:
+    """The success reply to a write whose job returned ``result``, as remembered bytes."""
+    body, arrays = result if isinstance(result, tuple) and len(result) == 2 else (result, None)
+    frames = encode({"v": PROTOCOL_VERSION, "id": 0, "ok": True, "result": body}, arrays)
+    return [f if isinstance(f, bytes) else np.ascontiguousarray(f).tobytes() for f in frames]
+
+
+def error_frames(error: Exception) -> list[bytes]:
+    wire = error.to_wire()  # type: ignore[attr-defined]
+    return [bytes(f) for f in encode({"v": PROTOCOL_VERSION, "id": 0, "ok": False,
+                                      "error": wire})]
+
+
+class KeyMemory(Protocol):
+    """Where recovered idempotency keys go (the server's idempotency table)."""
+
+    def remember(self, tenant: str, key: str, op: str, index: str | None,
+                 reply: list[Any]) -> None:
+        ...
 
 
 class Backend(Protocol):
@@ -266,6 +333,14 @@ class LocalBackend:
         self._reserved = 0  # bytes promised to creates and adds in progress
         self._memory_mutex = threading.Lock()
         self.gpu = gpu_resources() if gpu else None
+        #: Quarantined indices (damaged files), by (tenant, name): listed, never served.
+        self._damaged: dict[tuple[str, str], DamagedIndex] = {}
+        #: The server's idempotency table, which recovered keys are put back into.
+        self.keys: KeyMemory | None = None
+        #: Idempotency keys a snapshot carries: younger than this many seconds, at most this
+        #: many per index (the idempotency table's own limits).
+        self.keep_keys_for = 600.0
+        self.keys_per_index = 100_000
 
     # -- memory ------------------------------------------------------------------------------
     def memory_used(self, tenant: str | None = None) -> int:
@@ -304,29 +379,56 @@ class LocalBackend:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def create(self, tenant: str, name: str, spec: IndexSpec, session: str | None,
-               index: Any = None) -> ManagedIndex:
-        """Register a new index, built from ``spec`` unless an ``index`` is given (an import)."""
+               index: Any = None, idem: str | None = None) -> ManagedIndex:
+        """Register a new index, built from ``spec`` unless an ``index`` is given (an import).
+
+        A durable create is published only once its first generation is on disk; if writing
+        it fails (disk full, no descriptors) nothing is left behind, in memory or on disk.
+        """
         itype = self.registry.index_type(spec.type)
         if itype.kind != "index":
             raise InvalidArgument(f"{spec.type} is a component, not an index: pass it to one")
+        self._refuse_damaged(tenant, name)
         if index is None:
             index = self.registry.build(spec, resolve=lambda ref: self._copy(tenant, ref))
         managed = ManagedIndex(tenant, name, spec, itype, index, session=session,
                                registry=self.registry, gpu=self.gpu)
         durable = session is None and self.store is not None
-        # A durable create publishes the index and writes its first snapshot as one step with
-        # respect to deletes of the same name (which remove its directory).
+        # A durable create publishes the index and writes its first generation as one step
+        # with respect to deletes of the same name (which remove its directory).
         with self._files if durable else contextlib.nullcontext():
             with self.reserve(managed.memory_bytes, f"creating {name!r}"), self._mutex:
+                self._refuse_damaged(tenant, name, locked=True)
                 if (tenant, name) in self._indices:
                     raise IndexExists(f"index {name!r} already exists")
                 self._indices[(tenant, name)] = managed
             if durable:
-                with managed.lock.write():
-                    self.store.save(tenant, name, spec, managed.created, index)
+                try:
+                    with managed.lock.write():
+                        if idem:
+                            self._carry(managed, idem, "create", managed.info())
+                        self.store.create(tenant, name, spec, managed.created, index,
+                                          self._carried(managed))
+                except BaseException as exc:
+                    with self._mutex:
+                        self._indices.pop((tenant, name), None)
+                    managed.deleted = True
+                    if isinstance(exc, FileExistsError):
+                        raise IndexExists(f"index {name!r} already exists on disk") from None
+                    if isinstance(exc, OSError):
+                        log.error("%s/%s: create failed, nothing kept: %s", tenant, name, exc)
+                        raise InternalError(f"create of {name!r} failed and left nothing "
+                                            f"behind: {exc}") from None
+                    raise
         if session is not None:
             self.touch(session)
         return managed
+
+    def _refuse_damaged(self, tenant: str, name: str, locked: bool = False) -> None:
+        with contextlib.nullcontext() if locked else self._mutex:
+            damaged = self._damaged.get((tenant, name))
+        if damaged is not None:
+            raise damaged.error()
 
     def _copy(self, tenant: str, name: str) -> Any:
         """A copy of one of ``tenant``'s indices, as a nested part of a new one."""
@@ -335,27 +437,34 @@ class LocalBackend:
             clone = faiss.clone_binary_index if source.binary else faiss.clone_index
             return clone(source.index)
 
-    def adopt(self, tenant: str, name: str, spec: IndexSpec, index: Any, created: float) -> None:
+    def adopt(self, tenant: str, name: str, spec: IndexSpec, index: Any, created: float
+              ) -> ManagedIndex:
         """Register an index loaded from the store at start-up."""
         itype = self.registry.index_type(spec.type)
+        managed = ManagedIndex(tenant, name, spec, itype, index, created,
+                               registry=self.registry, gpu=self.gpu)
         with self._mutex:
-            self._indices[(tenant, name)] = ManagedIndex(tenant, name, spec, itype, index, created,
-                                                         registry=self.registry, gpu=self.gpu)
+            self._indices[(tenant, name)] = managed
+        return managed
 
     def get(self, tenant: str, name: str) -> ManagedIndex:
         with self._mutex:
             managed = self._indices.get((tenant, name))
+            damaged = self._damaged.get((tenant, name)) if managed is None else None
+        if damaged is not None:
+            raise damaged.error()
         if managed is None:
             raise IndexNotFound(f"no index named {name!r}")
         return managed
 
     def delete(self, tenant: str, name: str) -> None:
         with self._files:
+            self._refuse_damaged(tenant, name)
             with self._mutex:
                 managed = self._indices.pop((tenant, name), None)
             if managed is None:
                 raise IndexNotFound(f"no index named {name!r}")
-            with managed.lock.write():  # let in-flight ops on it finish first
+            with managed.lock.write():  # let in-flight ops (and snapshots) on it finish first
                 managed.deleted = True
                 if self.store is not None and not managed.ephemeral:
                     self.store.delete(tenant, name)
@@ -366,13 +475,20 @@ class LocalBackend:
                 (m for (t, _), m in self._indices.items() if t == tenant), key=lambda m: m.name
             )
 
+    def damaged(self, tenant: str) -> list[DamagedIndex]:
+        """The tenant's quarantined indices (listed with the others, served by none)."""
+        with self._mutex:
+            return sorted((d for (t, _), d in self._damaged.items() if t == tenant),
+                          key=lambda d: d.name)
+
     def run(self, managed: ManagedIndex, write: bool, fn: Callable[[Any], Any],
             record: LogRecord | None = None, small: bool = False) -> Any:
         """Run ``fn(index)`` under the index's lock; log ``record`` if the index is durable.
 
         The record is appended after ``fn`` succeeded and before the lock is released, so the
         log's order is the order writes were applied; the caller acknowledges only after this
-        returns, which (fsync policy permitting) is after the record is on disk.
+        returns, which (fsync policy permitting) is after the record is on disk. A snapshot
+        the log's size calls for never fails the write: the write is durable in the log.
         """
         ticket = None
         with managed.lock.write() if write else managed.lock.read(), self.budget.share(small):
@@ -381,6 +497,8 @@ class LocalBackend:
             if write and managed.broken:
                 raise InternalError(f"index {managed.name!r} refuses writes until the server "
                                     f"restarts and recovers it: {managed.broken}")
+            if write and managed.snapshot_due and time.monotonic() >= managed.snapshot_retry_at:
+                self._threshold_snapshot(managed)
             if write:
                 with self.reserve(_growth(managed, record), f"{record.op if record else 'write'}"
                                   f" on {managed.name!r}"):
@@ -393,21 +511,128 @@ class LocalBackend:
             if record is not None and self.store is not None and not managed.ephemeral:
                 try:
                     ticket = self.store.append(managed.tenant, managed.name, record)
-                    if self.store.log_bytes(managed.tenant, managed.name) > self.snapshot_bytes:
-                        self._save(managed)
                 except OSError as exc:
-                    # The change is in memory but not on disk: refuse further writes rather
-                    # than acknowledge a history the log does not hold.
+                    # The change is in memory but not on disk: refuse further writes (and
+                    # snapshots) rather than acknowledge a history the log does not hold.
                     managed.broken = f"write-ahead log failed: {exc}"
-                    log.critical("%s/%s: %s", managed.tenant, managed.name, managed.broken)
+                    log.critical("%s/%s: %s; it is not snapshotted, and a restart recovers "
+                                 "its last durable state", managed.tenant, managed.name,
+                                 managed.broken)
                     raise InternalError(f"{record.op} was applied but could not be logged: "
                                         f"{exc}") from None
+                if record.idem:
+                    self._carry(managed, record.idem, record.op, result)
+                if self.store.log_bytes(managed.tenant, managed.name) > self.snapshot_bytes:
+                    self._threshold_snapshot(managed)
         if ticket is not None:
             try:
                 self.store.wait(ticket)
             except OSError as exc:
                 raise InternalError(f"{record.op} could not be made durable: {exc}") from None
         return result
+
+    def merge(self, target: ManagedIndex, source: ManagedIndex,
+              merge: Callable[[Any, Any], None], idem: str | None = None) -> dict[str, Any]:
+        """``merge(target, source)`` (faiss's merge_from: moves the vectors) as one commit.
+
+        For durable indices the merge runs on copies, both new generations are committed
+        together (:meth:`FileStore.save_many`), and only then do the copies replace the
+        served objects: a crash or a failure at any point leaves the vectors in exactly one
+        of the two indices, and the merge's key is in the target's new generation.
+        """
+        first, second = sorted((target, source), key=lambda m: m.name)
+        with first.lock.write(), second.lock.write():
+            for managed in (target, source):
+                if managed.deleted:
+                    raise IndexNotFound(f"no index named {managed.name!r}")
+                if managed.broken:
+                    raise InternalError(f"index {managed.name!r} refuses writes until the "
+                                        f"server restarts and recovers it: {managed.broken}")
+            durable = [m for m in (target, source)
+                       if self.store is not None and not m.ephemeral]
+            if not durable:
+                merge(target.index, source.index)
+                target.measure()
+                source.measure()
+                return target.info()
+            new_target, new_source = _clone(target.index), _clone(source.index)
+            merge(new_target, new_source)
+            preview = ManagedIndex(target.tenant, target.name, target.spec, target.itype,
+                                   new_target, target.created, registry=target.registry)
+            reply = preview.info()
+            if idem:
+                self._carry(target, idem, "merge_from", reply)
+            entries = [SaveEntry(m.name, m.spec, m.created,
+                                 new_target if m is target else new_source, self._carried(m))
+                       for m in durable]
+            try:
+                self.store.save_many(target.tenant, entries)
+            except BaseException:
+                if idem:
+                    target.keys.pop(idem, None)
+                raise
+            for managed, index in ((target, new_target), (source, new_source)):
+                managed.index = index
+                managed.storage_capacity = 0
+                managed.snapshot_due = False
+                managed.measure()
+            return target.info()
+
+    def repair(self, tenant: str, name: str,
+               replay: Callable[[ManagedIndex, LogRecord], Any]) -> dict[str, Any]:
+        """Rebuild a quarantined index from its intact part (the newest readable snapshot and
+        the log records before the first bad one), after copying every file aside."""
+        with self._files:
+            with self._mutex:
+                damaged = self._damaged.get((tenant, name))
+            if damaged is None:
+                self.get(tenant, name)  # IndexNotFound when there is no such index
+                raise InvalidArgument(f"index {name!r} is not damaged: nothing to repair")
+            try:
+                stored, notes = self.store.salvage(tenant, name)
+                itype = self.registry.index_type(stored.spec.type)
+            except (ValueError, FaissxError) as exc:
+                raise IndexDamaged(f"index {name!r} cannot be repaired: {exc}. Its files are "
+                                   f"kept in {damaged.path}; `faissx indexes drop {name}` "
+                                   "deletes them.", path=str(damaged.path),
+                                   reason=damaged.reason) from None
+            managed = ManagedIndex(tenant, name, stored.spec, itype, stored.index,
+                                   stored.created, registry=self.registry, gpu=self.gpu)
+            self._restore_keys(managed, stored.keys)
+            for number, record in enumerate(stored.records):
+                try:
+                    result = replay(managed, record)
+                except Exception as exc:
+                    raise IndexDamaged(f"index {name!r} cannot be repaired: replaying log "
+                                       f"record {number} ({record.op}) failed: {exc}",
+                                       path=str(damaged.path), reason=damaged.reason) from None
+                if record.idem:
+                    self._carry(managed, record.idem, record.op, result)
+            managed.measure()
+            backup = self.store.replace(tenant, name, stored.spec, stored.created,
+                                        managed.index, self._carried(managed))
+            with self._mutex:
+                self._damaged.pop((tenant, name), None)
+                self._indices[(tenant, name)] = managed
+        log.warning("%s/%s repaired: %s; the damaged files are kept in %s", tenant, name, notes,
+                    backup)
+        return {**managed.info(), "backup": str(backup), "notes": notes,
+                "records": len(stored.records)}
+
+    def drop(self, tenant: str, name: str) -> dict[str, Any]:
+        """Delete a quarantined index and its files: the one path that removes damaged data,
+        taken only on an operator's explicit request."""
+        with self._files:
+            with self._mutex:
+                damaged = self._damaged.get((tenant, name))
+            if damaged is None:
+                self.get(tenant, name)
+                raise InvalidArgument(f"index {name!r} is not damaged: use delete")
+            self.store.drop(tenant, name)
+            with self._mutex:
+                self._damaged.pop((tenant, name), None)
+        log.warning("%s/%s: dropped on request with its files (%s)", tenant, name, damaged.path)
+        return {"dropped": name, "path": str(damaged.path)}
 
     # -- unnamed indices ---------------------------------------------------------------------
     def touch(self, session: str) -> None:
@@ -434,59 +659,153 @@ class LocalBackend:
         return dropped
 
     # -- persistence -------------------------------------------------------------------------
-    def load(self, replay: Callable[[ManagedIndex, LogRecord], None]) -> int:
-        """Reopen every stored index: its snapshot, then ``replay`` of each logged write."""
+    def load(self, replay: Callable[[ManagedIndex, LogRecord], Any]) -> int:
+        """Reopen every stored index: its snapshot, then ``replay`` of each logged write.
+
+        An index whose files are damaged, or that cannot be rebuilt from them, is quarantined
+        (listed, name blocked, every op answering IndexDamaged) with its files untouched.
+        """
         if self.store is None:
             return 0
         count = 0
         for stored in self.store.load_all():
+            if isinstance(stored, Damage):
+                self._quarantine(stored)
+                continue
             try:
                 self._recover(stored, replay)
                 count += 1
             except Exception as exc:
-                log.error("cannot reopen %s/%s: %s", stored.tenant, stored.name, exc)
+                with self._mutex:
+                    self._indices.pop((stored.tenant, stored.name), None)
+                keys = [(k.key, k.op) for k in stored.keys] + [
+                    (r.idem, r.op) for r in stored.records if r.idem]
+                self._quarantine(Damage(stored.tenant, stored.name,
+                                        self.store.path_of(stored.tenant, stored.name),
+                                        f"it cannot be reopened: {exc}", keys))
         return count
 
-    def _recover(self, stored: StoredIndex, replay: Callable[[ManagedIndex, LogRecord], None]
+    def _recover(self, stored: StoredIndex, replay: Callable[[ManagedIndex, LogRecord], Any]
                  ) -> None:
-        self.adopt(stored.tenant, stored.name, stored.spec, stored.index, stored.created)
-        managed = self.get(stored.tenant, stored.name)
+        managed = self.adopt(stored.tenant, stored.name, stored.spec, stored.index,
+                             stored.created)
+        self._restore_keys(managed, stored.keys)
         for number, record in enumerate(stored.records):
             try:
-                replay(managed, record)
-            except Exception as exc:  # it succeeded once; report loudly, keep the rest
-                log.error("%s/%s: replaying log record %d (%s) failed: %s", stored.tenant,
-                          stored.name, number, record.op, exc)
+                result = replay(managed, record)
+            except Exception as exc:  # it succeeded once: the files do not hold what we wrote
+                raise RuntimeError(f"replaying log record {number} ({record.op}) failed: "
+                                   f"{exc}") from None
+            if record.idem:
+                self._carry(managed, record.idem, record.op, result)
         if stored.dropped:
-            log.warning("%s/%s: log tail dropped (never acknowledged): %s", stored.tenant,
+            log.warning("%s/%s: torn log tail cut (never acknowledged): %s", stored.tenant,
                         stored.name, stored.dropped)
         managed.measure()
         log.info("reopened %s/%s: snapshot + %d logged write(s), %d vectors", stored.tenant,
                  stored.name, len(stored.records), managed.index.ntotal)
 
+    def _quarantine(self, damage: Damage) -> None:
+        item = DamagedIndex(damage.tenant, damage.name, damage.path, damage.reason)
+        with self._mutex:
+            self._damaged[(damage.tenant, damage.name)] = item
+        log.error("%s/%s QUARANTINED: %s. Its files are kept untouched in %s; run `faissx "
+                  "indexes repair %s` or `faissx indexes drop %s`.", damage.tenant, damage.name,
+                  damage.reason, damage.path, damage.name, damage.name)
+        if self.keys is not None:  # a retry of a write found in its files is never re-applied
+            reply = error_frames(item.error())
+            for key, op in damage.keys:
+                self.keys.remember(damage.tenant, key, op, damage.name, reply)
+
+    def _restore_keys(self, managed: ManagedIndex, keys: list[RememberedKey]) -> None:
+        for key in keys:
+            managed.keys[key.key] = key
+            if self.keys is not None:
+                self.keys.remember(managed.tenant, key.key, key.op, managed.name, key.reply)
+
+    def _carry(self, managed: ManagedIndex, key: str, op: str, result: Any) -> None:
+        """Remember a write's key and reply for the index's next snapshot."""
+        managed.keys.pop(key, None)
+        managed.keys[key] = RememberedKey(key, op, time.time(), reply_frames(result))
+        while len(managed.keys) > self.keys_per_index:
+            del managed.keys[next(iter(managed.keys))]
+
+    def _carried(self, managed: ManagedIndex) -> list[RememberedKey]:
+        """The keys a new snapshot keeps: those younger than ``keep_keys_for`` seconds."""
+        cutoff = time.time() - self.keep_keys_for
+        for key in [k for k, v in managed.keys.items() if v.saved < cutoff]:
+            del managed.keys[key]
+        return list(managed.keys.values())
+
     def _save(self, managed: ManagedIndex) -> None:
         """Snapshot (caller holds the write lock or otherwise excludes writers)."""
         assert self.store is not None
+        if managed.broken:
+            raise InternalError(f"index {managed.name!r} is not snapshotted: its memory is "
+                                f"ahead of its log ({managed.broken})")
         self.store.save(managed.tenant, managed.name, managed.spec, managed.created,
-                        managed.index)
+                        managed.index, self._carried(managed))
+        managed.snapshot_due = False
 
-    def snapshot(self, managed: ManagedIndex) -> None:
-        if self.store is not None and not managed.ephemeral:
-            with managed.lock.write():
-                self._save(managed)
+    def _threshold_snapshot(self, managed: ManagedIndex) -> None:
+        """The snapshot a long log calls for; a failure is logged and retried later, never
+        reported to the write that triggered it (that write is durable in the log)."""
+        managed.snapshot_due = True
+        try:
+            self._save(managed)
+        except Exception as exc:
+            managed.snapshot_retry_at = time.monotonic() + SNAPSHOT_RETRY
+            log.error("%s/%s: snapshot failed (%s); the log still holds every write, retrying "
+                      "in %.0f s or more", managed.tenant, managed.name, exc, SNAPSHOT_RETRY)
+
+    def snapshot(self, managed: ManagedIndex) -> bool:
+        """Snapshot a named index now; False when it is unnamed or was deleted meanwhile."""
+        if self.store is None or managed.ephemeral:
+            return False
+        with managed.lock.write():
+            if managed.deleted:  # a delete that won the lock: never write it back
+                return False
+            self._save(managed)
+        return True
 
     def snapshot_all(self) -> int:
+        """Snapshot every healthy named index (at shutdown); failures are logged, not raised:
+        each index's log still holds its writes. Broken indices are never snapshotted."""
         if self.store is None:
             return 0
         with self._mutex:
             named = [m for m in self._indices.values() if not m.ephemeral]
+        saved = 0
         for managed in named:
-            self.snapshot(managed)
-        return len(named)
+            if managed.broken:
+                log.error("%s/%s: not snapshotted (%s); its log holds its last durable state",
+                          managed.tenant, managed.name, managed.broken)
+                continue
+            try:
+                saved += self.snapshot(managed)
+            except Exception as exc:
+                log.error("%s/%s: snapshot failed (%s); its log still holds every "
+                          "acknowledged write", managed.tenant, managed.name, exc)
+        return saved
 
     def __iter__(self) -> Iterator[ManagedIndex]:
         with self._mutex:
             return iter(list(self._indices.values()))
+
+
+#: Seconds before a failed threshold snapshot is tried again.
+SNAPSHOT_RETRY = 30.0
+
+
+def _clone(index: Any) -> Any:
+    """A deep copy of a faiss index (through its serialized bytes when clone refuses it)."""
+    binary = isinstance(index, faiss.IndexBinary)
+    try:
+        return (faiss.clone_binary_index if binary else faiss.clone_index)(index)
+    except RuntimeError:
+        if binary:
+            return faiss.deserialize_index_binary(faiss.serialize_index_binary(index))
+        return faiss.deserialize_index(faiss.serialize_index(index))
 
 
 def _growth(managed: ManagedIndex, record: LogRecord | None) -> int:

@@ -13,7 +13,8 @@ Keys live in memory, at most :data:`PER_TENANT` per tenant and for :data:`KEEP_F
 (the oldest finished ones go first). With a data directory each logged write carries its key,
 so replaying the log at start-up remembers the keys again: a write applied just before a crash,
 whose reply never left, is still recognised when the client retries it against the restarted
-server. Keys of writes already folded into a snapshot are not rebuilt.
+server. Keys of writes folded into a snapshot are kept with it (``keys-G.msgpack``, committed
+with the snapshot's ``meta.json``) and come back from there.
 
 Test hook (off unless the variable is set): with ``FAISSX_TEST_CRASH_AFTER_WRITES=N`` in its
 environment, the server exits abruptly (``os._exit``, like a ``kill -9``) right after the N-th
@@ -156,10 +157,12 @@ class IdempotencyTable:
 
     def remember(self, tenant: str, key: str, op: str, index: str | None,
                  reply: Frames) -> None:
-        """Record a key whose request was applied before (a logged write, at replay)."""
+        """Record a key whose request was applied before (a logged write, at replay; a key
+        kept in a snapshot; or a write in a quarantined index's files, whose reply is then
+        the IndexDamaged error)."""
         with self._mutex:
             keys = self._tenants.setdefault(tenant, OrderedDict())
-            keys[key] = _Entry(op, index, reply=reply, ok=True)
+            keys[key] = _Entry(op, index, reply=reply, ok=_ok(reply))
             keys.move_to_end(key)
             self._evict(keys)
 
