@@ -55,6 +55,7 @@ import faiss
 import msgpack
 import numpy as np
 
+from faissx_core.errors import faiss_reason
 from faissx_core.hookspecs import hookimpl
 from faissx_core.protocol import decode, encode
 from faissx_core.settings import ServerSettings
@@ -352,7 +353,10 @@ class FileStore:
         that would commit them is returned, not written."""
         binary = isinstance(index, faiss.IndexBinary)
         tmp = folder / f"snapshot-{gen}.faiss.tmp"
-        (faiss.write_index_binary if binary else faiss.write_index)(index, str(tmp))
+        try:
+            (faiss.write_index_binary if binary else faiss.write_index)(index, str(tmp))
+        except RuntimeError as exc:  # faiss reports a failed write (EFBIG, ENOSPC) this way
+            raise OSError(f"cannot write {tmp.name}: {faiss_reason(str(exc))}") from None
         _fsync_rename(tmp, folder / f"snapshot-{gen}.faiss", sync_dir=False)
         tmp = folder / f"keys-{gen}.msgpack.tmp"
         _write_synced(tmp, encode_keys(keys))
@@ -371,6 +375,20 @@ class FileStore:
         tmp = folder / "meta.json.tmp"
         _write_synced(tmp, json.dumps(meta).encode())
         _fsync_rename(tmp, folder / "meta.json")  # the commit point
+
+    def _unstage(self, staging: Path) -> None:
+        """Remove a create's staging directory by the names it can hold: listing a directory
+        takes a file descriptor, which a create that failed for lack of them does not have."""
+        self._remove_generation(staging, 1)
+        for name in ("meta.json", "meta.json.tmp"):
+            with contextlib.suppress(OSError):
+                (staging / name).unlink(missing_ok=True)
+        try:
+            staging.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _remove_generation(self, folder: Path, gen: int) -> None:
         for stem in (f"snapshot-{gen}.faiss", f"keys-{gen}.msgpack", f"wal-{gen}.log"):
@@ -412,7 +430,7 @@ class FileStore:
         except BaseException:
             if renamed:  # on disk but not durably: take it back, the create is refused
                 self._discard(final)
-            shutil.rmtree(staging, ignore_errors=True)
+            self._unstage(staging)
             raise
         self._switch((tenant, name), 1)
 
