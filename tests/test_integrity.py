@@ -56,6 +56,7 @@ PRLIMIT = shutil.which("prlimit")
 
 # -- harness -----------------------------------------------------------------------------------
 
+
 class Raw:
     """A bare DEALER speaking the wire protocol, so a test chooses each idempotency key."""
 
@@ -66,8 +67,14 @@ class Raw:
         self.sock.connect(srv.endpoint)
         self.ids = iter(range(1, 1 << 30))
 
-    def send(self, op: str, index: str | None = None, args: dict | None = None,
-             arrays: dict | None = None, idem: str | None = None) -> int:
+    def send(
+        self,
+        op: str,
+        index: str | None = None,
+        args: dict | None = None,
+        arrays: dict | None = None,
+        idem: str | None = None,
+    ) -> int:
         rid = next(self.ids)
         header = {"v": 1, "id": rid, "op": op, "index": index, "args": args or {}}
         if idem:
@@ -88,8 +95,14 @@ class Raw:
                 return None
         raise AssertionError(f"no reply to request {rid} in {timeout}s")
 
-    def call(self, op: str, index: str | None = None, args: dict | None = None,
-             arrays: dict | None = None, idem: str | None = None) -> tuple[dict, dict]:
+    def call(
+        self,
+        op: str,
+        index: str | None = None,
+        args: dict | None = None,
+        arrays: dict | None = None,
+        idem: str | None = None,
+    ) -> tuple[dict, dict]:
         reply = self.recv(self.send(op, index, args, arrays, idem))
         assert reply is not None, f"the server died during {op}:\n{self.srv.output()[-3000:]}"
         return reply
@@ -104,8 +117,7 @@ class Raw:
 
 
 def start(data: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
-    return ServerProcess("--data-dir", str(data), "--log-level", "INFO", *args,
-                         env=env).start()
+    return ServerProcess("--data-dir", str(data), "--log-level", "INFO", *args, env=env).start()
 
 
 @pytest.fixture
@@ -150,8 +162,9 @@ def files_of(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (or the file itself), by relative path, with its bytes."""
     if folder.is_file():
         return {".": folder.read_bytes()}
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def folder_of(data: Path, name: str) -> Path:
@@ -163,15 +176,20 @@ def record_spans(log: Path) -> list[tuple[int, int]]:
     data = log.read_bytes()
     spans, pos = [], 0
     while pos < len(data):
-        (length,) = np.frombuffer(data[pos + 4: pos + 8], dtype="<u4")
+        (length,) = np.frombuffer(data[pos + 4 : pos + 8], dtype="<u4")
         spans.append((pos, pos + 12 + int(length)))
         pos += 12 + int(length)
     return spans
 
 
 def admin(srv: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(FAISSX), "indexes", *args, "--server", srv.endpoint],
-                          env=server_env(), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(FAISSX), "indexes", *args, "--server", srv.endpoint],
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def limit(srv: ServerProcess, **limits: int | str) -> None:
@@ -188,6 +206,7 @@ def error_code(header: dict) -> str:
 
 
 # -- 1. mid-log damage vs torn tail ------------------------------------------------------------
+
 
 def test_mid_log_damage_quarantines_keeps_every_byte_and_repairs(servers, tmp_path):
     data = tmp_path / "data"
@@ -215,8 +234,13 @@ def test_mid_log_damage_quarantines_keeps_every_byte_and_repairs(servers, tmp_pa
     assert "damaged in the middle" in listed["mid"]["damaged"]
     for op, args in (("info", {}), ("search", {"k": 1}), ("add", {})):
         arrays = {"x": tagged(np.arange(1, dtype="float32"))}
-        header, _ = raw.call(op, "mid", args, arrays if op != "info" else None,
-                             idem=uuid.uuid4().hex if op == "add" else None)
+        header, _ = raw.call(
+            op,
+            "mid",
+            args,
+            arrays if op != "info" else None,
+            idem=uuid.uuid4().hex if op == "add" else None,
+        )
         assert error_code(header) == "index_damaged", header
         assert str(folder) in header["error"]["message"]
         assert "faissx indexes repair mid" in header["error"]["message"]
@@ -225,8 +249,9 @@ def test_mid_log_damage_quarantines_keeps_every_byte_and_repairs(servers, tmp_pa
     header, _ = raw.call("delete", "mid", idem="del")
     assert error_code(header) == "index_damaged"
     # a retry of a write recorded intact in the damaged log is not applied anywhere
-    header, _ = raw.call("add", "mid", {}, {"x": tagged(np.arange(30, 40, dtype="float32"))},
-                         idem="k-3")
+    header, _ = raw.call(
+        "add", "mid", {}, {"x": tagged(np.arange(30, 40, dtype="float32"))}, idem="k-3"
+    )
     assert error_code(header) == "index_damaged"
     # the drop-in module raises the typed error
     fx.configure(server=srv.endpoint, timeout=30)
@@ -248,10 +273,13 @@ def test_mid_log_damage_quarantines_keeps_every_byte_and_repairs(servers, tmp_pa
     assert backup.name.startswith("mid-")
     assert files_of(backup) == before, "the backup is not a byte-for-byte copy"
     assert tags_of(raw, "mid") == list(range(150))
-    assert raw.ok("add", "mid", {}, {"x": tagged(np.arange(30, 40, dtype="float32"))},
-                  idem="k-3") is not None  # remembered: not applied again
-    header, _ = raw.call("add", "mid", {}, {"x": tagged(np.arange(200, 210, dtype="float32"))},
-                         idem="k-20")  # in the damaged part: kept in the backup, not applied
+    assert (
+        raw.ok("add", "mid", {}, {"x": tagged(np.arange(30, 40, dtype="float32"))}, idem="k-3")
+        is not None
+    )  # remembered: not applied again
+    header, _ = raw.call(
+        "add", "mid", {}, {"x": tagged(np.arange(200, 210, dtype="float32"))}, idem="k-20"
+    )  # in the damaged part: kept in the backup, not applied
     assert error_code(header) == "index_damaged"
     assert raw.ok("info", "mid")["ntotal"] == 150
     add(raw, "mid", range(1000, 1010), idem="after-repair")
@@ -292,7 +320,7 @@ def test_torn_tail_is_cut_but_damage_before_it_is_not(servers, tmp_path):
     srv.stop(signal.SIGKILL)
     # a zeroed stretch (as a lost page leaves) in record 2 with records 3 and 4 valid after it
     hurt = bytearray(log.read_bytes())
-    hurt[spans[2][0] + 20: spans[2][0] + 60] = bytes(40)
+    hurt[spans[2][0] + 20 : spans[2][0] + 60] = bytes(40)
     log.write_bytes(bytes(hurt))
     srv.start()
     raw = Raw(srv)
@@ -304,8 +332,10 @@ def test_torn_tail_is_cut_but_damage_before_it_is_not(servers, tmp_path):
 
 # -- 2. missing snapshot, empty meta.json, unreadable directory --------------------------------
 
+
 def test_missing_snapshot_empty_meta_unreadable_dir_are_quarantined_never_deleted(
-        servers, tmp_path):
+    servers, tmp_path
+):
     data = tmp_path / "data"
     srv = servers(data)
     raw = Raw(srv)
@@ -328,14 +358,16 @@ def test_missing_snapshot_empty_meta_unreadable_dir_are_quarantined_never_delete
         raw = Raw(srv)
         listed = {i["name"]: i for i in raw.ok("list")["indexes"]}
         assert listed["fine"]["ntotal"] == 300
-        for name, why in (("nosnap", "snapshot-1.faiss"), ("nometa", "meta.json is empty"),
-                          ("nodir", "cannot be read")):
+        for name, why in (
+            ("nosnap", "snapshot-1.faiss"),
+            ("nometa", "meta.json is empty"),
+            ("nodir", "cannot be read"),
+        ):
             assert listed[name]["state"] == "damaged"
             assert why in listed[name]["damaged"], listed[name]
             header, _ = raw.call("create", name, {"spec": SPEC}, idem=f"re-{restart}-{name}")
             assert error_code(header) == "index_damaged"
-            header, _ = raw.call("search", name, {"k": 1},
-                                 {"x": tagged(np.zeros(1, "float32"))})
+            header, _ = raw.call("search", name, {"k": 1}, {"x": tagged(np.zeros(1, "float32"))})
             assert error_code(header) == "index_damaged"
         raw.close()
         srv.stop(signal.SIGKILL)
@@ -365,10 +397,12 @@ def test_missing_snapshot_empty_meta_unreadable_dir_are_quarantined_never_delete
 
 # -- 3. merge_from is one commit ---------------------------------------------------------------
 
-@pytest.mark.parametrize(("point", "committed"), [
-    ("commit:prepared", False), ("commit:intent", True), ("commit:meta", True)])
-def test_merge_from_crash_leaves_vectors_in_exactly_one_index(servers, tmp_path, point,
-                                                              committed):
+
+@pytest.mark.parametrize(
+    ("point", "committed"),
+    [("commit:prepared", False), ("commit:intent", True), ("commit:meta", True)],
+)
+def test_merge_from_crash_leaves_vectors_in_exactly_one_index(servers, tmp_path, point, committed):
     data = tmp_path / "data"
     srv = servers(data, env={"FAISSX_TEST_CRASH_AT": f"{point}:1"})
     raw = Raw(srv)
@@ -399,6 +433,7 @@ def test_merge_from_crash_leaves_vectors_in_exactly_one_index(servers, tmp_path,
 
 # -- 4. delete during a tenant-wide snapshot ---------------------------------------------------
 
+
 def test_delete_during_tenant_snapshot_is_not_resurrected(servers, tmp_path):
     data = tmp_path / "data"
     srv = servers(data)
@@ -425,6 +460,7 @@ def test_delete_during_tenant_snapshot_is_not_resurrected(servers, tmp_path):
 
 
 # -- 5. idempotency keys survive snapshots ------------------------------------------------------
+
 
 def test_idempotency_keys_survive_snapshots_and_creates(servers, tmp_path):
     data = tmp_path / "data"
@@ -458,6 +494,7 @@ def test_idempotency_keys_survive_snapshots_and_creates(servers, tmp_path):
 
 # -- 6. a write that could not be logged -------------------------------------------------------
 
+
 @pytest.mark.skipif(PRLIMIT is None, reason="needs prlimit")
 def test_unlogged_write_is_never_snapshotted_and_its_retry_applies_once(servers, tmp_path):
     data = tmp_path / "data"
@@ -468,15 +505,16 @@ def test_unlogged_write_is_never_snapshotted_and_its_retry_applies_once(servers,
         add(raw, "full", range(500 * i, 500 * i + 500), idem=f"w{i}")
     (log,) = folder_of(data, "full").glob("wal-*.log")
     limit(srv, fsize=log.stat().st_size + 5000)  # the disk fills up mid-record
-    header, _ = raw.call("add", "full", {}, {"x": tagged(np.arange(20000, 20500,
-                                                                     dtype="float32"))},
-                         idem="lost")
+    header, _ = raw.call(
+        "add", "full", {}, {"x": tagged(np.arange(20000, 20500, dtype="float32"))}, idem="lost"
+    )
     assert error_code(header) == "internal"
     assert "could not be logged" in header["error"]["message"]
     info = raw.ok("info", "full")
     assert info["state"] == "broken"
-    header, _ = raw.call("add", "full", {}, {"x": tagged(np.arange(1, dtype="float32"))},
-                         idem="refused")
+    header, _ = raw.call(
+        "add", "full", {}, {"x": tagged(np.arange(1, dtype="float32"))}, idem="refused"
+    )
     assert "refuses writes" in header["error"]["message"]
     header, _ = raw.call("snapshot", "full")
     assert not header["ok"] and "not snapshotted" in header["error"]["message"]
@@ -499,6 +537,7 @@ def test_unlogged_write_is_never_snapshotted_and_its_retry_applies_once(servers,
 
 # -- 7. failed create, failed threshold snapshot, shutdown on a full disk ----------------------
 
+
 @pytest.mark.skipif(PRLIMIT is None, reason="needs prlimit")
 def test_failed_durable_create_leaves_nothing_behind(servers, tmp_path):
     data = tmp_path / "data"
@@ -510,8 +549,9 @@ def test_failed_durable_create_leaves_nothing_behind(servers, tmp_path):
     big = np.ascontiguousarray(np.frombuffer(_flat_bytes(40000), dtype="uint8"))
     limit(srv, fsize=600_000)
     header, _ = raw.call("import", "big", {"ephemeral": False}, {"data": big}, idem="imp")
-    assert error_code(header) == "internal" and "left nothing behind" in \
-        header["error"]["message"], header
+    assert (
+        error_code(header) == "internal" and "left nothing behind" in header["error"]["message"]
+    ), header
     # a disk with no room at all: even the empty index's small files fail
     limit(srv, fsize=1)
     header, _ = raw.call("create", "tiny", {"spec": SPEC}, idem="tiny")
@@ -550,7 +590,8 @@ def _flat_bytes(n: int) -> bytes:
 
 @pytest.mark.skipif(PRLIMIT is None, reason="needs prlimit")
 def test_failed_threshold_snapshot_acknowledges_the_write_and_shutdown_exits_cleanly(
-        servers, tmp_path):
+    servers, tmp_path
+):
     data = tmp_path / "data"
     srv = servers(data, "--snapshot-every-mb", "0.25")
     raw = Raw(srv)
@@ -578,8 +619,16 @@ def test_failed_threshold_snapshot_acknowledges_the_write_and_shutdown_exits_cle
 
 # -- the crash test ----------------------------------------------------------------------------
 
-CRASH_POINTS = ["create:staged", "create:committed", "save:prepared", "save:committed",
-                "commit:prepared", "commit:intent", "commit:meta", "delete:renamed"]
+CRASH_POINTS = [
+    "create:staged",
+    "create:committed",
+    "save:prepared",
+    "save:committed",
+    "commit:prepared",
+    "commit:intent",
+    "commit:meta",
+    "delete:renamed",
+]
 
 
 class Model:
@@ -632,7 +681,8 @@ def _check(raw: Raw, model: Model, cycle: int) -> None:
     assert not [i for i in listed if i.get("state") == "damaged"], (cycle, listed)
     assert sorted(i["name"] for i in listed) == sorted(model.indices), (
         f"cycle {cycle}: indices {sorted(i['name'] for i in listed)} != "
-        f"{sorted(model.indices)} (lost, ghost or resurrected)")
+        f"{sorted(model.indices)} (lost, ghost or resurrected)"
+    )
     for name, tags in model.indices.items():
         assert tags_of(raw, name) == tags, f"cycle {cycle}: {name} lost or duplicated vectors"
 
@@ -644,9 +694,11 @@ def test_kill_9_at_random_points_of_create_delete_snapshot_and_merge(tmp_path):
     rng = random.Random(12)
     data = tmp_path / "data"
     model = Model()
-    srv = ServerProcess("--data-dir", str(data), "--log-level", "INFO",
-                        "--snapshot-every-mb", "0.0625")
+    srv = ServerProcess(
+        "--data-dir", str(data), "--log-level", "INFO", "--snapshot-every-mb", "0.0625"
+    )
     kills = 0
+    died: list[tuple[str, str]] = []
     doubt: tuple[str, str | None, dict, list[int], str] | None = None
     try:
         for cycle in range(22):
@@ -657,10 +709,18 @@ def test_kill_9_at_random_points_of_create_delete_snapshot_and_merge(tmp_path):
             raw = Raw(srv)
             if doubt is not None:  # after the restart: retry the write in doubt, same key
                 op, name, args, tags, idem = doubt
-                header, _ = raw.call(op, name, args, {"x": tagged(np.asarray(
-                    tags, dtype="float32"))} if op == "add" else None, idem)
-                gone = op == "delete" and not header["ok"] and \
-                    header["error"]["code"] == "index_not_found"
+                header, _ = raw.call(
+                    op,
+                    name,
+                    args,
+                    {"x": tagged(np.asarray(tags, dtype="float32"))} if op == "add" else None,
+                    idem,
+                )
+                gone = (
+                    op == "delete"
+                    and not header["ok"]
+                    and header["error"]["code"] == "index_not_found"
+                )
                 assert header["ok"] or gone, (cycle, doubt, header)
                 model.apply(op, name, args, tags)
                 doubt = None
@@ -674,6 +734,7 @@ def test_kill_9_at_random_points_of_create_delete_snapshot_and_merge(tmp_path):
                     srv.kill()
                 reply = raw.recv(rid)
                 if reply is None:
+                    died.append((op, point if hooked else "kill -9"))
                     if op != "snapshot":
                         doubt = (op, name, args, tags, idem)
                     break
@@ -688,8 +749,13 @@ def test_kill_9_at_random_points_of_create_delete_snapshot_and_merge(tmp_path):
         raw = Raw(srv)
         if doubt is not None:
             op, name, args, tags, idem = doubt
-            header, _ = raw.call(op, name, args, {"x": tagged(np.asarray(
-                tags, dtype="float32"))} if op == "add" else None, idem)
+            header, _ = raw.call(
+                op,
+                name,
+                args,
+                {"x": tagged(np.asarray(tags, dtype="float32"))} if op == "add" else None,
+                idem,
+            )
             if header["ok"]:
                 model.apply(op, name, args, tags)
         _check(raw, model, -1)
@@ -697,6 +763,8 @@ def test_kill_9_at_random_points_of_create_delete_snapshot_and_merge(tmp_path):
     finally:
         srv.kill()
     assert kills >= 20
+    print(f"{kills} kills; died during: {died}; doubt retried: {len(died)}")
+    assert len(died) >= 10, f"too few crashes inside an operation: {died}"
     assert sum(len(t) for t in model.indices.values()) > 0, "the test wrote nothing"
 
 
