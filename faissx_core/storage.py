@@ -505,27 +505,41 @@ class FileStore:
         for _, folder, old, _, _ in plan:
             self._remove_generation(folder, old)
 
-    def _finish_commits(self, tenant_dir: Path) -> None:
-        """Roll committed multi-index changes forward; drop ones that never committed."""
+    def _finish_commits(self, tenant_dir: Path) -> bool:
+        """Roll committed multi-index changes forward; drop ones that never committed.
+        False when an intent cannot be read: then no newer-generation file in the tenant may
+        be taken for an uncommitted leftover."""
         for tmp in tenant_dir.glob(".commit-*.json.tmp"):
             tmp.unlink()
+        sure = True
         for intent in sorted(tenant_dir.glob(".commit-*.json")):
-            plan = json.loads(intent.read_text())
-            for item in plan["indices"]:
-                folder = tenant_dir / check_name(item["name"])
-                meta = item["meta"]
-                try:
-                    current = json.loads((folder / "meta.json").read_text())["generation"]
-                except (OSError, ValueError, KeyError, TypeError):
-                    current = None
-                if not folder.is_dir() or (current is not None
-                                           and current >= meta["generation"]):
-                    continue  # deleted since, or already switched (and maybe snapshotted on)
-                self._commit_meta(folder, meta)
-                log.info("%s: finished a committed change (generation %d)", folder,
-                         meta["generation"])
+            try:
+                plan = json.loads(intent.read_text())
+                self._finish_commit(tenant_dir, plan)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("%s cannot be finished (%s): kept, with every newer-generation file "
+                          "of %s", intent, exc, tenant_dir)
+                sure = False
+                continue
             intent.unlink()
             _fsync_dir(tenant_dir)
+        return sure
+
+    def _finish_commit(self, tenant_dir: Path, plan: dict[str, Any]) -> None:
+        """Switch each index the intent names forward to its committed generation."""
+        for item in plan["indices"]:
+            folder = tenant_dir / check_name(item["name"])
+            meta = item["meta"]
+            try:
+                current = json.loads((folder / "meta.json").read_text())["generation"]
+            except (OSError, ValueError, KeyError, TypeError):
+                current = None
+            if not folder.is_dir() or (current is not None
+                                       and current >= meta["generation"]):
+                continue  # deleted since, or already switched (and maybe snapshotted on)
+            self._commit_meta(folder, meta)
+            log.info("%s: finished a committed change (generation %d)", folder,
+                     meta["generation"])
 
     # -- the log -----------------------------------------------------------------------------
     def _log_fd(self, tenant: str, name: str) -> int:
@@ -631,7 +645,7 @@ class FileStore:
         for tenant_dir in sorted((self.root / "tenants").iterdir()):
             if not tenant_dir.is_dir():
                 continue
-            self._finish_commits(tenant_dir)
+            sure = self._finish_commits(tenant_dir)
             for entry in sorted(tenant_dir.iterdir()):
                 if entry.name.startswith((".creating-", ".deleting-")):
                     # a create that never committed, or a delete that did
@@ -645,9 +659,9 @@ class FileStore:
                 except Exception:
                     log.warning("ignoring %s: not an index name", entry)
                     continue
-                yield self._open(tenant_dir.name, entry)
+                yield self._open(tenant_dir.name, entry, sure)
 
-    def _open(self, tenant: str, folder: Path) -> StoredIndex | Damage:
+    def _open(self, tenant: str, folder: Path, sure: bool = True) -> StoredIndex | Damage:
         name = folder.name
         try:
             files = {p.name for p in folder.iterdir()}
@@ -685,7 +699,7 @@ class FileStore:
                 f.flush()
                 os.fsync(f.fileno())
             dropped = f"{scan.problem}; {len(data) - scan.good} byte(s) dropped"
-        self._clean_leftovers(folder, files, gen)
+        self._clean_leftovers(folder, files, gen, newer=sure)
         self._generations[(tenant, name)] = gen
         return StoredIndex(tenant, name, spec, meta["created"], index, scan.records, dropped,
                            keys)
@@ -736,14 +750,15 @@ class FileStore:
                 stray.append(name)
         return sorted(stray)
 
-    def _clean_leftovers(self, folder: Path, files: set[str], gen: int) -> None:
+    def _clean_leftovers(self, folder: Path, files: set[str], gen: int, newer: bool) -> None:
         """Remove files of other generations: older ones are folded into snapshot ``gen``,
-        newer ones never committed (their logs are empty: :meth:`_stray_logs` checked).
-        Files of any other name are left alone."""
+        newer ones never committed (their logs are empty: :meth:`_stray_logs` checked; kept
+        unless ``newer``). Files of any other name are left alone."""
         for name in files:
             match = _GENERATION_FILE.match(name)
-            if (match and int(match.group(2)) != gen) or name == "meta.json.tmp" or (
-                    match and match.group(4)):
+            number = int(match.group(2)) if match else gen
+            if (number < gen or (number > gen and newer) or name == "meta.json.tmp"
+                    or (match and match.group(4) and (number <= gen or newer))):
                 (folder / name).unlink(missing_ok=True)
 
     def _damage(self, tenant: str, folder: Path, files: set[str], reason: str) -> Damage:

@@ -398,7 +398,7 @@ class Server:
         name, session = _target(request, args.ephemeral)
         with self.limits.new_index(principal.tenant, self.backend, index=index):
             info = self.backend.create(principal.tenant, name, spec, session, index=index,
-                                       idem=request.idem).info()
+                                       idem=request.idem, op="import").info()
         return self._hint_volatile(info, args.ephemeral)
 
     def _hint_volatile(self, info: dict[str, Any], ephemeral: bool) -> dict[str, Any]:
@@ -428,7 +428,9 @@ class Server:
             raise UnsupportedOperation("this server has no data directory to snapshot into")
         targets = ([self._get(principal, request)] if request.index
                    else [m for m in self.backend.list(principal.tenant) if not m.ephemeral])
-        return {"snapshotted": [m.name for m in targets if self.backend.snapshot(m)]}
+        # tenant-wide: deleted and broken indices are skipped (a named broken one is an error)
+        return {"snapshotted": [m.name for m in targets
+                                if self.backend.snapshot(m, strict=bool(request.index))]}
 
     def _delete(self, principal: Principal, request: Request, args: Any,
                arrays: Arrays) -> dict[str, Any]:

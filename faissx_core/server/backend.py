@@ -379,7 +379,7 @@ class LocalBackend:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def create(self, tenant: str, name: str, spec: IndexSpec, session: str | None,
-               index: Any = None, idem: str | None = None) -> ManagedIndex:
+               index: Any = None, idem: str | None = None, op: str = "create") -> ManagedIndex:
         """Register a new index, built from ``spec`` unless an ``index`` is given (an import).
 
         A durable create is published only once its first generation is on disk; if writing
@@ -406,7 +406,7 @@ class LocalBackend:
                 try:
                     with managed.lock.write():
                         if idem:
-                            self._carry(managed, idem, "create", managed.info())
+                            self._carry(managed, idem, op, managed.info())
                         self.store.create(tenant, name, spec, managed.created, index,
                                           self._carried(managed))
                 except BaseException as exc:
@@ -758,12 +758,15 @@ class LocalBackend:
             log.error("%s/%s: snapshot failed (%s); the log still holds every write, retrying "
                       "in %.0f s or more", managed.tenant, managed.name, exc, SNAPSHOT_RETRY)
 
-    def snapshot(self, managed: ManagedIndex) -> bool:
-        """Snapshot a named index now; False when it is unnamed or was deleted meanwhile."""
+    def snapshot(self, managed: ManagedIndex, strict: bool = True) -> bool:
+        """Snapshot a named index now; False when it is unnamed or was deleted meanwhile, or
+        (unless ``strict``, which raises instead) when it is broken."""
         if self.store is None or managed.ephemeral:
             return False
         with managed.lock.write():
             if managed.deleted:  # a delete that won the lock: never write it back
+                return False
+            if managed.broken and not strict:
                 return False
             self._save(managed)
         return True
