@@ -6,6 +6,7 @@ length. If the server snapshots the index mid-copy (the generation moves on and 
 go), that index is copied again. A log copied mid-append ends in a torn record, which recovery
 drops exactly like the tail of a crash: the copy holds a prefix of the index's history. Each
 index is consistent on its own; different indices may be copied at slightly different moments.
+An index the server quarantines (damaged files) is copied byte for byte as it is.
 """
 
 from __future__ import annotations
@@ -31,12 +32,28 @@ def backup(data_dir: Path, dest: Path) -> list[str]:
             continue
         target = dest / "tenants" / folder.parent.name / folder.name
         for _ in range(ATTEMPTS):
-            if _copy_index(folder, target):
+            try:
+                done = _copy_index(folder, target)
+            except (OSError, ValueError, KeyError, TypeError):
+                # damaged (the server quarantines it): every byte is copied as it is
+                _copy_as_is(folder, target)
+                copied.append(f"{folder.parent.name}/{folder.name} (damaged: copied as is)")
+                break
+            if done:
                 copied.append(f"{folder.parent.name}/{folder.name}")
                 break
         else:
             raise RuntimeError(f"{folder} kept changing generation; try again")
     return copied
+
+
+def _copy_as_is(folder: Path, target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if folder.is_dir():
+        shutil.copytree(folder, target)
+    else:
+        shutil.copy2(folder, target)
 
 
 def _copy_index(folder: Path, target: Path) -> bool:
@@ -52,7 +69,9 @@ def _copy_index(folder: Path, target: Path) -> bool:
             shutil.copyfile(keys, target / keys.name)
         log = folder / f"wal-{gen}.log"
         shutil.copyfile(log, target / f"wal-{gen}.log")
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        if json.loads((folder / "meta.json").read_text())["generation"] == gen:
+            raise ValueError(f"{exc.filename} is missing") from None  # damaged, not moving
         return False  # a snapshot replaced these files while we copied
     (target / "meta.json").write_text(meta_text)
     return json.loads((folder / "meta.json").read_text())["generation"] == gen

@@ -376,6 +376,17 @@ def test_missing_snapshot_empty_meta_unreadable_dir_are_quarantined_never_delete
 
     srv.start()
     raw = Raw(srv)
+    # a live backup copies the quarantined indices byte for byte, as they are
+    copy = subprocess.run(
+        [str(FAISSX), "backup", str(data), str(tmp_path / "copy")],
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert copy.returncode == 0, copy.stderr + copy.stdout
+    for name, files in before.items():
+        assert files_of(tmp_path / "copy" / "tenants" / "default" / name) == files
     # nothing to rebuild from without the snapshot: repair refuses and keeps everything
     result = admin(srv, "repair", "nosnap")
     assert result.returncode != 0 and "cannot be repaired" in result.stderr + result.stdout
