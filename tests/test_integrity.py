@@ -20,8 +20,9 @@ deleted comes back.
 
 Disk faults are made with ``prlimit --fsize`` on the running server (RLIMIT_FSIZE: a write past
 the limit fails with EFBIG, which Python sees as OSError because it ignores SIGXFSZ) and
-``prlimit --nofile`` (no file descriptors). As root, ``chmod`` cannot make a directory
-unwritable, and a tmpfs needs privileges this container lacks. Crash points are the server's
+``prlimit --nofile`` (no file descriptors); a read-only directory with ``chattr +i`` (as root
+``chmod`` cannot make one; the step is skipped where the immutable attribute is refused). A small
+tmpfs would need privileges this container lacks. Crash points are the server's
 ``FAISSX_TEST_CRASH_AT=point:N`` hook (faissx_core/storage.py, off by default).
 """
 
@@ -574,9 +575,16 @@ def test_failed_durable_create_leaves_nothing_behind(servers, tmp_path):
     header, _ = raw.call("create", "nofd", {"spec": SPEC}, idem="nofd")
     assert error_code(header) == "internal", header
     limit(srv, nofile=4096)
+    # a read-only directory: as root only the immutable attribute makes one (chmod does not)
+    if _immutable(tenant_dir, True):
+        try:
+            header, _ = raw.call("create", "ro", {"spec": SPEC}, idem="ro")
+            assert error_code(header) == "internal", header
+        finally:
+            _immutable(tenant_dir, False)
     names = [i["name"] for i in raw.ok("list")["indexes"]]
     assert names == ["before"], f"a ghost index is listed: {names}"
-    for name in ("big", "tiny", "nofd"):
+    for name in ("big", "tiny", "nofd", "ro"):
         header, _ = raw.call("info", name)
         assert error_code(header) == "index_not_found"
     assert sorted(p.name for p in tenant_dir.iterdir()) == ["before"], "a half directory"
@@ -589,6 +597,15 @@ def test_failed_durable_create_leaves_nothing_behind(servers, tmp_path):
     assert sorted(i["name"] for i in raw.ok("list")["indexes"]) == ["before", "tiny"]
     assert tags_of(raw, "tiny") == list(range(5))
     raw.close()
+
+
+def _immutable(path: Path, on: bool) -> bool:
+    """``chattr +i``/``-i``; False where the filesystem or the container does not allow it."""
+    chattr = shutil.which("chattr")
+    if chattr is None:
+        return False
+    done = subprocess.run([chattr, "+i" if on else "-i", str(path)], capture_output=True)
+    return done.returncode == 0
 
 
 def _flat_bytes(n: int) -> bytes:
