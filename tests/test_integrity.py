@@ -388,6 +388,8 @@ def test_missing_snapshot_empty_meta_unreadable_dir_are_quarantined_never_delete
     assert copy.returncode == 0, copy.stderr + copy.stdout
     for name, files in before.items():
         assert files_of(tmp_path / "copy" / "tenants" / "default" / name) == files
+    shown = admin(srv, "list")
+    assert shown.returncode == 0 and shown.stdout.count("DAMAGED") == 3, shown.stdout
     # nothing to rebuild from without the snapshot: repair refuses and keeps everything
     result = admin(srv, "repair", "nosnap")
     assert result.returncode != 0 and "cannot be repaired" in result.stderr + result.stdout
