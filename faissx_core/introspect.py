@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 
 from faissx_core.errors import UnsupportedOperation
+from faissx_core.estimate import IVF_LIST_BYTES
 from faissx_core.specs import RuntimeParam, downcast
 
 #: ``IndexRefine``'s knob: the base index is searched for ``k * k_factor`` candidates, which the
@@ -83,6 +84,7 @@ def index_bytes(index: Any) -> int:
     if _is_ivf(idx):
         invlists = idx.invlists
         total += int(invlists.compute_ntotal()) * (int(idx.code_size) + 8)  # codes + ids
+        total += int(idx.nlist) * IVF_LIST_BYTES  # every list's (empty) containers
         total += _size(getattr(idx, "precomputed_table", None)) * 4
     for attr in ("pq", "sq", "refine_pq"):
         sub = getattr(idx, attr, None)

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from faissx_core.errors import QuotaExceeded
-from faissx_core.specs import REF_TYPE
+from faissx_core.errors import IndexNotFound, QuotaExceeded
+from faissx_core.estimate import refs, walk
 
 if TYPE_CHECKING:
     from faissx_core.messages import Request
@@ -107,7 +107,9 @@ class Limits:
                                 f"server takes at most {most:,} (--max-request-vectors)",
                                 limit=most)
         if request.op == "create":
-            self._dimensions(request.args.get("spec"))
+            spec = request.args.get("spec")
+            refs(spec)  # every ref names an index by a string, at any depth (or InvalidArgument)
+            self._dimensions(spec)
 
     def _rate(self, api_key: str) -> None:
         key = hashlib.sha256(api_key.encode("utf-8")).digest()
@@ -128,7 +130,7 @@ class Limits:
     def _dimensions(self, spec: Any) -> None:
         """Every ``d`` in a (possibly nested) index spec is within ``max_dimension``."""
         most = self.settings.max_dimension
-        for params in _specs(spec) if most else ():
+        for params, _ in walk(spec) if most else ():
             d = _int(params.get("d"))
             if d is not None and d > most:
                 raise QuotaExceeded(f"dimension {d:,} exceeds this server's limit of {most:,} "
@@ -137,27 +139,52 @@ class Limits:
     # -- per request, once the index is known (both the pool and the socket thread) ----------
     def check_op(self, op: str, managed: ManagedIndex, args: dict[str, Any],
                  arrays: dict[str, Any]) -> None:
-        """Bound the vectors a reply would hold: nothing is allocated past these limits."""
-        if op == "reconstruct_n":
-            rows = _int(args.get("ni"))
-        elif op == "reconstruct_batch":
-            ids = arrays.get("ids")
-            rows = int(ids.size) if isinstance(ids, np.ndarray) else None
-        elif op == "search_and_reconstruct":
-            k = _int(args.get("k"))
-            rows = _rows(arrays["x"]) * k if k is not None and "x" in arrays else None
-        else:
-            return
-        if rows is None or rows <= 0:
-            return  # the op's own validation reports malformed arguments
+        """Bound what a reply would hold before it is built: nothing is allocated past these
+        limits. ``range_search``, whose size is known only as it runs, is bounded while it runs
+        (ops.range_search, from :attr:`reply_bytes`)."""
+        rows, size = self.reply(op, managed, args, arrays)
         most, cap = self.settings.max_request_vectors, self.settings.max_message_bytes
-        size = rows * vector_bytes(managed)
         if most and rows > most:
             raise QuotaExceeded(f"{op}: a reply of {rows:,} vectors; this server returns at "
                                 f"most {most:,} per request (--max-request-vectors)", limit=most)
         if cap and size > cap:
             raise QuotaExceeded(f"{op}: a reply of {_mib(size)}; this server's messages are at "
-                                f"most {_mib(cap)} (--max-message-mb)", limit=cap)
+                                f"most {_mib(cap)} (--max-message-mb)", limit=cap, needed=size)
+
+    @property
+    def reply_bytes(self) -> int:
+        """The largest reply an op may build (0: no limit)."""
+        return self.settings.max_message_bytes
+
+    @staticmethod
+    def reply(op: str, managed: ManagedIndex, args: dict[str, Any], arrays: dict[str, Any]
+              ) -> tuple[int, int]:
+        """``(vectors, bytes)`` the reply to ``op`` would hold, from its arguments alone
+        (0, 0 when malformed arguments leave it unknown: the op's validation reports them)."""
+        width = vector_bytes(managed)
+        x = arrays.get("x")
+        queries = _rows(x) if x is not None else 0
+        k = _int(args.get("k")) or 0
+        if op == "reconstruct_n":
+            rows = max(_int(args.get("ni")) or 0, 0)
+            return rows, rows * width
+        if op == "reconstruct_batch":
+            ids = arrays.get("ids")
+            rows = int(ids.size) if isinstance(ids, np.ndarray) else 0
+            return rows, rows * width
+        if op in ("search", "assign", "search_and_reconstruct"):
+            results = max(queries * k, 0)
+            per = {"search": 12, "assign": 8}.get(op, 12 + width)
+            return (results if op == "search_and_reconstruct" else 0), results * per
+        if op == "export":
+            ntotal = int(managed.index.ntotal)
+            start = min(max(_int(args.get("start")) or 0, 0), ntotal)
+            count = args.get("count")
+            rows = ntotal - start if type(count) is not int else min(max(count, 0), ntotal - start)
+            return 0, rows * (8 + (width if args.get("vectors", True) is not False else 0))
+        if op == "serialize":
+            return 0, int(managed.memory_bytes)
+        return 0, 0
 
     # -- per tenant ----------------------------------------------------------------------------
     @contextmanager
@@ -210,8 +237,10 @@ class Limits:
         return self.reserve(tenant, backend, vectors=_rows(x), nbytes=int(x.nbytes))
 
     def new_index(self, tenant: str, backend: LocalBackend, spec: Any = None,
-                  index: Any = None) -> Any:
-        """The reservation of a create (vectors of indices its spec copies) or an import."""
+                  index: Any = None, session: str | None = None) -> Any:
+        """The reservation of a create (vectors of every index its spec copies, at any depth:
+        estimate.refs) or an import; ``session`` is the caller's, whose unnamed indices a ref
+        may name."""
         vectors = nbytes = 0
         if index is not None:
             import faiss  # the server has it loaded; keeps `faissx keys` light
@@ -222,35 +251,11 @@ class Limits:
                                     f"{most:,} (--max-dimension)", limit=most)
             width = index.d // 8 if isinstance(index, faiss.IndexBinary) else index.d * 4
             vectors, nbytes = int(index.ntotal), int(index.ntotal) * width
-        for name in _refs(spec):
+        for name in refs(spec) if spec is not None else ():
             try:
-                source = backend.get(tenant, name)
-            except Exception:
+                source = backend.source(tenant, name, session)
+            except IndexNotFound:
                 continue  # the create itself reports the missing index
             vectors += int(source.index.ntotal)
             nbytes += int(source.index.ntotal) * vector_bytes(source)
         return self.reserve(tenant, backend, indices=1, vectors=vectors, nbytes=nbytes)
-
-
-def _specs(spec: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
-    """The ``params`` of a spec and of every spec nested in it (in maps or lists)."""
-    if depth > 32:
-        return
-    if hasattr(spec, "model_dump"):
-        spec = spec.model_dump()
-    if isinstance(spec, list):
-        for item in spec:
-            yield from _specs(item, depth + 1)
-    elif isinstance(spec, dict):
-        params = spec.get("params")
-        if isinstance(params, dict) and isinstance(spec.get("type"), str):
-            yield {**params, "__type__": spec["type"]}
-            for value in params.values():
-                yield from _specs(value, depth + 1)
-
-
-def _refs(spec: Any) -> Iterator[str]:
-    """Names of existing indices a spec copies (``{"type": "ref", "params": {"name": ...}}``)."""
-    for params in _specs(spec):
-        if params["__type__"] == REF_TYPE and isinstance(params.get("name"), str):
-            yield params["name"]

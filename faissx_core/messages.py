@@ -74,6 +74,9 @@ class Request(_Strict):
     #: Idempotency key of the write this one must follow: applied only if that one succeeded
     #: (the parts of a pipelined call, so a failure part-way stops the rest).
     after: Annotated[str, Field(max_length=128)] | None = None
+    #: The client understands ``working`` heartbeat replies: while this request runs, the
+    #: server sends one every ``--progress-every`` seconds, so its timeout bounds silence.
+    progress: bool = False
 
 
 class ErrorBody(_Strict):
@@ -91,3 +94,6 @@ class Reply(_Strict):
     result: dict[str, Any] = Field(default_factory=dict)
     arrays: list[ArrayDesc] = Field(default_factory=list)
     error: ErrorBody | None = None
+    #: A heartbeat, not the answer: the request ``id`` is still being worked on (sent to
+    #: requests that asked with ``progress``); the client keeps waiting.
+    working: bool = False

@@ -34,6 +34,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -55,6 +56,9 @@ class Args(BaseModel):
     header (``"1"`` is not a ``k``)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+    #: The largest reply this call may build (--max-message-mb; 0: no limit), set by the
+    #: server, never by the client: ops whose reply size is known only as they run read it.
+    _reply_bytes: int = PrivateAttr(0)
 
 
 class ControlArgs(BaseModel):

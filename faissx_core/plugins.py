@@ -96,7 +96,11 @@ class PluginRegistry:
         if spec.type == REF_TYPE:
             if resolve is None:
                 raise InvalidArgument("a reference to an existing index cannot be built here")
-            return resolve(str(spec.params.get("name", "")))
+            name = spec.params.get("name")
+            if not isinstance(name, str) or not name:  # str(7) would name index "7" uncounted
+                raise InvalidArgument(f"a ref names an index by a non-empty string, got "
+                                      f"{type(name).__name__}")
+            return resolve(name)
         itype = self.index_type(spec.type)
         params = itype.validate_params(spec.params)
 

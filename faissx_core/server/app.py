@@ -322,7 +322,9 @@ class Server:
     def _run(self, op: IndexOp, managed: ManagedIndex, request: Request, arrays: Arrays,
              locked: bool = False) -> list[Any]:
         self.limits.check_op(op.name, managed, request.args, arrays)
-        job = op.prepare(managed, op.parse(request.args), arrays)
+        args = op.parse(request.args)
+        args._reply_bytes = self.limits.reply_bytes
+        job = op.prepare(managed, args, arrays)
         if locked:
             result, out = job(managed.index)
         else:
@@ -375,9 +377,10 @@ class Server:
     def _create(self, principal: Principal, request: Request, args: Any,
                arrays: Arrays) -> dict[str, Any]:
         name, session = _target(request, args.ephemeral)
-        with self.limits.new_index(principal.tenant, self.backend, spec=args.spec):
+        with self.limits.new_index(principal.tenant, self.backend, spec=args.spec,
+                                   session=request.session):
             info = self.backend.create(principal.tenant, name, args.spec, session,
-                                       idem=request.idem).info()
+                                       idem=request.idem, caller=request.session).info()
         return self._hint_volatile(info, args.ephemeral)
 
     def _import(self, principal: Principal, request: Request, args: Any,
@@ -392,7 +395,8 @@ class Server:
             if data is None:
                 return {"received": args.offset + int(arrays["data"].nbytes),
                         "total": args.total}
-        index = deserialize(data)
+        with self.backend.reserve(int(data.nbytes), f"importing {request.index!r}"):
+            index = deserialize(data)  # faiss builds about what the bytes hold
         spec = args.spec or IndexSpec(type=IMPORTED.name,
                                       params={"faiss_class": faiss_class_name(index)})
         name, session = _target(request, args.ephemeral)

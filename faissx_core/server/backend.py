@@ -30,6 +30,7 @@ from faissx_core.errors import (
     InvalidArgument,
     QuotaExceeded,
 )
+from faissx_core.estimate import build_bytes, refs, train_bytes
 from faissx_core.introspect import bytes_per_vector, core_params, index_bytes
 from faissx_core.messages import PROTOCOL_VERSION
 from faissx_core.operations import OPERATIONS
@@ -379,18 +380,24 @@ class LocalBackend:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def create(self, tenant: str, name: str, spec: IndexSpec, session: str | None,
-               index: Any = None, idem: str | None = None, op: str = "create") -> ManagedIndex:
+               index: Any = None, idem: str | None = None, op: str = "create",
+               caller: str | None = None) -> ManagedIndex:
         """Register a new index, built from ``spec`` unless an ``index`` is given (an import).
 
         A durable create is published only once its first generation is on disk; if writing
         it fails (disk full, no descriptors) nothing is left behind, in memory or on disk.
+        A build is first reserved against ``--max-memory`` at its estimated size (estimate.py),
+        so faiss never allocates what the limit refuses. ``caller`` is the requesting client's
+        session: refs may copy its unnamed indices, never another session's.
         """
         itype = self.registry.index_type(spec.type)
         if itype.kind != "index":
             raise InvalidArgument(f"{spec.type} is a component, not an index: pass it to one")
         self._refuse_damaged(tenant, name)
         if index is None:
-            index = self.registry.build(spec, resolve=lambda ref: self._copy(tenant, ref))
+            with self.reserve(self.estimate(tenant, spec, caller), f"creating {name!r}"):
+                index = self.registry.build(
+                    spec, resolve=lambda ref: self._copy(tenant, ref, caller))
         managed = ManagedIndex(tenant, name, spec, itype, index, session=session,
                                registry=self.registry, gpu=self.gpu)
         durable = session is None and self.store is not None
@@ -430,9 +437,24 @@ class LocalBackend:
         if damaged is not None:
             raise damaged.error()
 
-    def _copy(self, tenant: str, name: str) -> Any:
-        """A copy of one of ``tenant``'s indices, as a nested part of a new one."""
+    def estimate(self, tenant: str, spec: IndexSpec, caller: str | None) -> int:
+        """Bytes building ``spec`` will take: its own structures plus the indices it copies."""
+        total = build_bytes(spec)
+        for name in refs(spec):
+            with contextlib.suppress(IndexNotFound):  # the build reports it
+                total += self.source(tenant, name, caller).memory_bytes
+        return total
+
+    def source(self, tenant: str, name: str, caller: str | None) -> ManagedIndex:
+        """An index a ref may name: the tenant's named ones, and the caller's unnamed ones."""
         source = self.get(tenant, name)
+        if source.ephemeral and source.session != caller:
+            raise IndexNotFound(f"no index named {name!r}")
+        return source
+
+    def _copy(self, tenant: str, name: str, caller: str | None) -> Any:
+        """A copy of one of ``tenant``'s indices, as a nested part of a new one."""
+        source = self.source(tenant, name, caller)
         with source.lock.read():
             clone = faiss.clone_binary_index if source.binary else faiss.clone_index
             return clone(source.index)
@@ -812,11 +834,16 @@ def _clone(index: Any) -> Any:
 
 
 def _growth(managed: ManagedIndex, record: LogRecord | None) -> int:
-    """Bytes a logged write will add: vectors x bytes per vector for an add, else 0."""
-    if record is None or not OPERATIONS[record.op].adds_vectors:
+    """Bytes a logged write will add: vectors x bytes per vector for an add, what training
+    keeps and works in for a train (estimate.train_bytes), else 0."""
+    if record is None or not (OPERATIONS[record.op].adds_vectors or record.op == "train"):
         return 0
     x = record.arrays.get("x")
-    return 0 if x is None or x.ndim != 2 else int(x.shape[0]) * managed.vector_bytes
+    if x is None or x.ndim != 2:
+        return 0
+    if record.op == "train":
+        return train_bytes(managed.index, int(x.shape[0]))
+    return int(x.shape[0]) * managed.vector_bytes
 
 
 def _mb(nbytes: int) -> str:

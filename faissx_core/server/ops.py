@@ -25,6 +25,7 @@ from faissx_core.errors import (
     InvalidArgument,
     NotTrained,
     OutOfRange,
+    QuotaExceeded,
     UnsupportedOperation,
     WrongType,
     faiss_reason,
@@ -359,11 +360,51 @@ def range_search(m: ManagedIndex, a: RangeArgs, arrays: Arrays) -> Job:
             lims = np.zeros(len(x) + 1, dtype=np.uint64)
             dist = np.empty(0, dtype=np.int32 if m.binary else np.float32)
             return {}, {"lims": lims, "D": dist, "I": np.empty(0, dtype=np.int64)}
-        lims, D, I = run_faiss(
-            lambda: index.range_search(x, radius, params=sp.params), "range_search", m)
+        lims, D, I = bounded_range_search(m, index, x, radius, sp.params, a._reply_bytes)
         return {}, {"lims": lims, "D": D, "I": I}
 
     return job
+
+
+#: A range_search batch may overshoot the reply limit by at most this share of it.
+RANGE_BATCH_SHARE = 8
+#: Bytes of one range_search result on the wire: a distance (float32 or int32) and an id.
+RANGE_RESULT_BYTES = 12
+
+
+def bounded_range_search(m: ManagedIndex, index: Any, x: np.ndarray, radius: float,
+                         params: Any, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """faiss's range_search, in query batches, stopped with QuotaExceeded as soon as the
+    results so far make a reply larger than ``cap`` bytes.
+
+    A faiss ``RangeSearchResult`` cannot be capped while faiss fills it, so each batch is sized
+    for its worst case (every stored vector within the radius of every query) to stay under
+    ``cap / RANGE_BATCH_SHARE``: memory never goes much past the limit, whatever the radius.
+    """
+    nq = len(x)
+    if not cap or not nq:
+        return run_faiss(lambda: index.range_search(x, radius, params=params),
+                         "range_search", m)
+    worst = max(int(index.ntotal), 1) * RANGE_RESULT_BYTES
+    batch = max(1, min(nq, cap // (RANGE_BATCH_SHARE * worst)))
+    lims_parts, dists, ids = [np.zeros(1, dtype=np.uint64)], [], []
+    found = 0
+    for start in range(0, nq, batch):
+        part = x[start:start + batch]
+        lims, D, I = run_faiss(lambda part=part: index.range_search(part, radius, params=params),
+                               "range_search", m)
+        lims_parts.append(lims[1:] + np.uint64(found))
+        dists.append(D)
+        ids.append(I)
+        found += len(I)
+        size = found * RANGE_RESULT_BYTES + (nq + 1) * 8
+        if size > cap:
+            raise QuotaExceeded(
+                f"range_search: the results of the first {start + len(part):,} of {nq:,} "
+                f"queries already exceed this server's message limit of {cap / (1 << 20):,.1f} "
+                "MiB (--max-message-mb); use a smaller radius or fewer queries per call",
+                limit=cap, queries_done=start + len(part))
+    return np.concatenate(lims_parts), np.concatenate(dists), np.concatenate(ids)
 
 
 @op("search_and_reconstruct")

@@ -1,0 +1,212 @@
+"""No single request or client can exhaust the server (issue 13), one test per reported case.
+
+Each test starts a real server through the CLI, plays the hostile request or client with raw
+ZeroMQ frames or the real client, and asserts the bound: the typed error, and the server's
+memory (VmHWM / VmRSS read from ``/proc/<pid>/status``) or file descriptors staying within a
+stated margin. Sizes are small: the margins are set by the flags each test starts with.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from faissx_core.protocol import encode, recv_reply
+from tests.conftest import ServerProcess
+
+MiB = 1 << 20
+_ids = itertools.count(1)
+
+
+def status(proc: ServerProcess, field: str) -> int:
+    """A ``VmRSS``/``VmHWM``-style field of the server's /proc status, in bytes."""
+    with open(f"/proc/{proc.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc status")
+
+
+def fds(proc: ServerProcess) -> int:
+    return len(os.listdir(f"/proc/{proc.proc.pid}/fd"))
+
+
+class Raw:
+    """A bare DEALER speaking the wire protocol: what a hostile or foreign client sends."""
+
+    def __init__(self, endpoint: str, session: str | None = None, **header: Any) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.session = session or uuid.uuid4().hex
+        self.extra = header
+
+    def send(self, op: str, index: str | None = None, args: dict | None = None,
+             arrays: dict | None = None, **header: Any) -> int:
+        rid = next(_ids)
+        head = {"v": 1, "id": rid, "op": op, "index": index, "args": args or {},
+                "session": self.session, **self.extra, **header}
+        self.sock.send_multipart(encode(head, arrays))
+        return rid
+
+    def reply(self, timeout: float = 30.0) -> tuple[Any, dict]:
+        assert self.sock.poll(int(timeout * 1000)), "no reply"
+        return recv_reply(self.sock)
+
+    def call(self, op: str, index: str | None = None, args: dict | None = None,
+             arrays: dict | None = None, timeout: float = 30.0, **header: Any) -> tuple:
+        rid = self.send(op, index, args, arrays, **header)
+        while True:
+            reply, out = self.reply(timeout)
+            if reply.id == rid and not reply.working:
+                return reply, out
+
+    def error(self, *args: Any, **kwargs: Any) -> Any:
+        reply, _ = self.call(*args, **kwargs)
+        assert not reply.ok, reply.result
+        return reply.error
+
+    def ok(self, *args: Any, **kwargs: Any) -> tuple[dict, dict]:
+        reply, out = self.call(*args, **kwargs)
+        assert reply.ok, reply.error
+        return reply.result, out
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+def flat(d: int = 8) -> dict:
+    return {"type": "IndexFlatL2", "params": {"d": d}}
+
+
+def ivf(quantizer: dict, nlist: int, d: int = 8) -> dict:
+    return {"type": "IndexIVFFlat", "params": {"quantizer": quantizer, "d": d, "nlist": nlist}}
+
+
+def ref(name: Any) -> dict:
+    return {"type": "ref", "params": {"name": name}}
+
+
+def vectors(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, d), dtype=np.float32)
+
+
+@pytest.fixture
+def raw_clients() -> Any:
+    made: list[Raw] = []
+
+    def make(*args: Any, **kwargs: Any) -> Raw:
+        made.append(Raw(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
+# -- case 1: create bombs are refused from the spec, before faiss allocates -------------------
+
+def test_create_bomb_refused_before_allocation(start_server: Any, raw_clients: Any) -> None:
+    server = start_server("--max-memory", "1024")
+    raw = raw_clients(server.endpoint)
+    base = status(server, "VmHWM")
+    for spec in (ivf(flat(), 1 << 24),
+                 {"type": "index_factory", "params": {"d": 8, "description": "IVF40000000,Flat"}},
+                 {"type": "IndexPQ", "params": {"d": 8192, "M": 8, "nbits": 16}}):
+        error = raw.error("create", "bomb", {"spec": spec})
+        assert error.code == "quota_exceeded", error
+        assert "--max-memory" in error.message
+    # nothing was built: the peak stayed far below the 2.6 GB one such create used to take
+    assert status(server, "VmHWM") - base < 200 * MiB
+    # what the server reports after a create is what faiss holds: 100k empty lists
+    info, _ = raw.ok("create", "lists", {"spec": ivf(flat(), 100_000)})
+    assert info["memory_bytes"] >= 100_000 * 100
+    listing, _ = raw.ok("list")
+    assert listing["memory_bytes"] >= 100_000 * 100
+
+
+# -- case 2: replies are bounded before they are built ----------------------------------------
+
+def test_reply_caps(start_server: Any, raw_clients: Any) -> None:
+    server = start_server("--max-message-mb", "1")
+    raw = raw_clients(server.endpoint)
+    raw.ok("create", "v", {"spec": flat()})
+    raw.ok("add", "v", arrays={"x": vectors(4000)}, idem="a1")
+    queries = vectors(4000, seed=1)
+    base = status(server, "VmHWM")
+    # 4000 x 4000 results (190 MB) within the radius: stopped and reported, never built
+    error = raw.error("range_search", "v", {"radius": 1e30}, {"x": queries})
+    assert error.code == "quota_exceeded" and "--max-message-mb" in error.message
+    assert error.details["limit"] == 1 * MiB
+    assert status(server, "VmHWM") - base < 60 * MiB
+    # a range_search that fits still answers exactly as faiss does
+    result, out = raw.ok("range_search", "v", {"radius": 0.05}, {"x": queries[:50]})
+    import faiss
+
+    local = faiss.IndexFlatL2(8)
+    local.add(vectors(4000))
+    lims, D, I = local.range_search(queries[:50], 0.05)
+    np.testing.assert_array_equal(out["lims"], lims)
+    np.testing.assert_array_equal(out["I"], I)
+    # search: 100 queries x k=2000 is 2.3 MiB of D and I
+    error = raw.error("search", "v", {"k": 2000}, {"x": queries[:100]})
+    assert error.code == "quota_exceeded" and "--max-message-mb" in error.message
+    # export and serialize of 34k vectors (1.1 MiB): refused whole, served in pages
+    raw.ok("create", "e", {"spec": flat()})
+    for part in range(2):
+        raw.ok("add", "e", arrays={"x": vectors(17_000, seed=part)}, idem=f"e{part}")
+    for op, args in (("export", {"vectors": True}), ("serialize", {})):
+        error = raw.error(op, "e", args)
+        assert error.code == "quota_exceeded" and "--max-message-mb" in error.message
+    result, out = raw.ok("export", "e", {"vectors": True, "count": 1000})
+    assert len(out["ids"]) == 1000 and result["ntotal"] == 34_000
+
+
+# -- case 5: every ref is counted, whatever its nesting or type --------------------------------
+
+def test_refs_are_counted_and_typed(start_server: Any, raw_clients: Any) -> None:
+    server = start_server("--tenant-max-vectors", "1000")
+    raw = raw_clients(server.endpoint)
+    raw.ok("create", "src", {"spec": flat()})
+    raw.ok("add", "src", arrays={"x": vectors(800)}, idem="s1")
+    raw.ok("create", "7", {"spec": flat()})
+    # an integer name: refused with a typed error, not read as the index "7"
+    error = raw.error("create", "int", {"spec": {"type": "IndexIDMap",
+                                                 "params": {"index": ref(7)}}})
+    assert error.code == "invalid_argument" and "string" in error.message
+    # deeper than the limit: refused, not walked past
+    deep: dict = ref("src")
+    for _ in range(40):
+        deep = {"type": "IndexIDMap", "params": {"index": deep}}
+    error = raw.error("create", "deep", {"spec": deep})
+    assert error.code == "invalid_argument" and "nested" in error.message
+    # a ref under a quantizer under an id map: its 800 vectors are counted
+    nested = {"type": "IndexIDMap", "params": {"index": ivf(ref("src"), 4)}}
+    error = raw.error("create", "copy", {"spec": nested})
+    assert error.code == "quota_exceeded", error
+    listing, _ = raw.ok("list")
+    assert sum(i["ntotal"] for i in listing["indexes"]) == 800
+
+
+# -- case 6: another session's unnamed index is not there for a ref ---------------------------
+
+def test_unnamed_index_is_private_to_its_session(start_server: Any, raw_clients: Any) -> None:
+    server = start_server()
+    a, b = raw_clients(server.endpoint), raw_clients(server.endpoint)
+    a.ok("create", "anon-1", {"spec": flat(), "ephemeral": True})
+    secret = vectors(10, seed=5)
+    a.ok("add", "anon-1", arrays={"x": secret}, idem="x1")
+    error = b.error("create", "steal", {"spec": ivf(ref("anon-1"), 1)})
+    assert error.code == "index_not_found", error
+    error = b.error("create", "steal2", {"spec": {"type": "IndexIDMap",
+                                                  "params": {"index": ref("anon-1")}}})
+    assert error.code == "index_not_found", error
+    # its own session may build on it
+    a.ok("create", "mine", {"spec": ivf(ref("anon-1"), 1)})
