@@ -225,6 +225,7 @@ class Transport:
             "v": PROTOCOL_VERSION, "id": next(self._ids), "op": op, "index": index,
             "args": args or {}, "api_key": self.settings.api_key,
             "tenant": self.settings.tenant_id, "session": self.session,
+            "progress": True,  # heartbeats while it runs: the timeout bounds silence, not work
         }
         if recovery.keyed(op):
             header["idem"] = recovery.new_idempotency_key()
@@ -359,7 +360,7 @@ class Transport:
                 sent += 1
             if not waiting:
                 return
-            reply, out = self._receive(conn, waiting)
+            reply, out = self._receive(conn, waiting, timeout)
             del waiting[reply.id]
             self._reached = True
             failed = not record(reply, out) or failed
@@ -377,7 +378,7 @@ class Transport:
             attempts += 1
             try:
                 conn = self._conn()
-                reply, out = self._attempt(conn, frames, header["id"], deadline)
+                reply, out = self._attempt(conn, frames, header["id"], deadline, timeout)
                 break
             except _Failure as failure:
                 if failure.answered:  # its reply came in just before the connection dropped
@@ -416,9 +417,10 @@ class Transport:
             raise from_wire(reply.error.model_dump() if reply.error else {})
         return reply.result
 
-    def _attempt(self, conn: _Conn, frames: list[Any], rid: int, deadline: float) -> Any:
+    def _attempt(self, conn: _Conn, frames: list[Any], rid: int, deadline: float,
+                 silence: float) -> Any:
         self._send(conn, frames, deadline)
-        return self._receive(conn, {rid: deadline})
+        return self._receive(conn, {rid: deadline}, silence)
 
     def _send(self, conn: _Conn, frames: list[Any], deadline: float) -> None:
         if conn.events() and self._reached:  # dropped while idle: the server went away
@@ -433,8 +435,13 @@ class Transport:
         except zmq.Again:
             raise _Failure(f"could not connect within {max(wait, 0):.1f}s", sent=False) from None
 
-    def _receive(self, conn: _Conn, waiting: dict[int, float]) -> tuple[Any, dict]:
-        """The next reply to one of the requests ``waiting`` (request id -> its deadline)."""
+    def _receive(self, conn: _Conn, waiting: dict[int, float], silence: float
+                 ) -> tuple[Any, dict]:
+        """The next reply to one of the requests ``waiting`` (request id -> its deadline).
+
+        A ``working`` heartbeat from the server moves that request's deadline to ``silence``
+        seconds from now: a call fails when the server goes quiet, not while it works.
+        """
         while True:
             remaining = min(waiting.values()) - time.monotonic()
             if remaining <= 0:
@@ -442,6 +449,9 @@ class Transport:
             ready = dict(conn.poller.poll(remaining * 1000))
             if conn.sock in ready:
                 reply, out = recv_reply(conn.sock)
+                if reply.id in waiting and reply.working:
+                    waiting[reply.id] = max(waiting[reply.id], time.monotonic() + silence)
+                    continue
                 if reply.id in waiting:
                     return reply, out
                 continue  # a late reply to a request given up on
@@ -451,7 +461,7 @@ class Transport:
                 answered = []
                 while conn.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     reply, out = recv_reply(conn.sock)
-                    if reply.id in waiting:
+                    if reply.id in waiting and not reply.working:
                         answered.append((reply, out))
                 raise _Failure("the connection dropped before the reply arrived", sent=True,
                                answered=answered)

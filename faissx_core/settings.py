@@ -48,6 +48,8 @@ class ServerSettings(BaseModel):
     max_memory_mb: float | None = Field(None, gt=0)
     #: ``--gpu``: searches run on GPU copies of the indices faiss supports on GPU.
     gpu: bool = False
+    #: Seconds between ``working`` heartbeats to a request still running (server/progress.py).
+    progress_every: float = Field(1.0, gt=0, le=3600)
 
     # -- transport security (faissx_core/security.py, docs/security.md) -------------------------
     #: The server's CURVE secret key (Z85), or a file holding it: turns on encryption.

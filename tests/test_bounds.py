@@ -210,3 +210,33 @@ def test_unnamed_index_is_private_to_its_session(start_server: Any, raw_clients:
     assert error.code == "index_not_found", error
     # its own session may build on it
     a.ok("create", "mine", {"spec": ivf(ref("anon-1"), 1)})
+
+
+# -- case 8: a call outlives its timeout while the server works on it -------------------------
+
+def test_long_train_outlives_the_client_timeout(start_server: Any) -> None:
+    from faissx import client as faiss
+
+    server = start_server("--progress-every", "0.1")
+    timeout = 0.5
+    faiss.configure(server=server.endpoint, timeout=timeout)
+    try:
+        index = faiss.index_factory(32, "IVF1024,Flat")
+        x = vectors(40_000, 32)
+        started = time.monotonic()
+        index.train(x)  # k-means over 40k x 1024 centroids: seconds, not half a second
+        took = time.monotonic() - started
+        assert index.is_trained
+        assert took > timeout, "the train was too quick to test anything; make it bigger"
+        # silence still fails within the timeout: a server that stops answering is noticed
+        server.proc.send_signal(19)  # SIGSTOP
+        try:
+            from faissx_core.errors import ServerUnavailable
+
+            started = time.monotonic()
+            with pytest.raises(ServerUnavailable):
+                index.search(x[:1], 1)
+        finally:
+            server.proc.send_signal(18)  # SIGCONT
+    finally:
+        faiss.disconnect()

@@ -46,6 +46,7 @@ from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
 from faissx_core.server.ordering import SerialQueues
 from faissx_core.server.pipeline import Call, Observers
 from faissx_core.server.uploads import Uploads
+from faissx_core.server.progress import Progress
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
 from faissx_core.storage import LogRecord
@@ -87,6 +88,7 @@ class Server:
         self.writes = SerialQueues(self.pool)  # each index's writes, in arrival order
         self.limits = Limits(settings)  # request sizes, tenant quotas, per-key rates
         self.uploads = Uploads(self.backend)  # imports larger than one message, being assembled
+        self.progress = Progress(settings.progress_every)  # heartbeats of long requests
         #: Replies of recent mutating requests by idempotency key: a retry is applied once.
         self.idempotency = IdempotencyTable.from_env()
         self.backend.keys = self.idempotency  # keys recovered from snapshots go back in here
@@ -152,7 +154,9 @@ class Server:
         next_sweep = time.monotonic() + sweep_every
         try:
             while not self._stopping.is_set():
-                if poller.poll(200):
+                polled = poller.poll(min(200, max(10, int(self.settings.progress_every * 1000))))
+                self.progress.beat(lambda frames: send(router, frames))
+                if polled:
                     self._forward(replies, router)
                     # drain a burst of requests, then let finished replies through again
                     for _ in range(64):
@@ -223,6 +227,8 @@ class Server:
                 self.backend.touch(request.session)
             if self._inline(call, principal, op, request, arrays, router):
                 return
+            if request.progress:
+                self.progress.start(call.ident, call.request_id)
             if op.ordered and request.index is not None:
                 # in arrival order per index: a pipelined add's parts must not overtake
                 self.writes.submit((principal.tenant, request.index),
@@ -289,6 +295,7 @@ class Server:
                 outcome: str | None = "ok") -> None:
         """Send a request's reply, then tell the observers: the one exit of the pipeline.
         ``outcome`` None means: read it from the reply (one the idempotency table made)."""
+        self.progress.finish(call.ident, call.request_id)  # no heartbeat after the answer
         send(sock, [call.ident, *frames])
         if self.observers:
             self.observers.notify(call.event(frames, outcome or _outcome(frames)))
