@@ -153,6 +153,7 @@ def test_reply_caps(start_server: Any, raw_clients: Any) -> None:
     local = faiss.IndexFlatL2(8)
     local.add(vectors(4000))
     lims, D, I = local.range_search(queries[:50], 0.05)
+    np.testing.assert_allclose(out["D"], D, rtol=1e-5)
     np.testing.assert_array_equal(out["lims"], lims)
     np.testing.assert_array_equal(out["I"], I)
     # search: 100 queries x k=2000 is 2.3 MiB of D and I
@@ -240,3 +241,44 @@ def test_long_train_outlives_the_client_timeout(start_server: Any) -> None:
             server.proc.send_signal(18)  # SIGCONT
     finally:
         faiss.disconnect()
+
+
+# -- case 3: one tenant's heavy reads do not hold up another's light ones ----------------------
+
+def test_heavy_tenant_does_not_queue_ahead_of_a_light_one(start_server: Any,
+                                                          raw_clients: Any) -> None:
+    server = start_server("--workers", "2")
+    a = raw_clients(server.endpoint, tenant="heavy")
+    b = raw_clients(server.endpoint, tenant="light")
+    d = 32
+    a.ok("create", "big", {"spec": ivf(flat(d), 64, d)})
+    data = vectors(60_000, d)
+    a.ok("train", "big", arrays={"x": data[:5000]}, idem="t")
+    a.ok("add", "big", arrays={"x": data}, idem="a")
+    b.ok("create", "small", {"spec": flat(d)})
+    b.ok("add", "small", arrays={"x": vectors(10, d)}, idem="b")
+    # per-call nprobe=64 scans every list: 500 queries x 60k vectors each; the x frame is small,
+    # so only counting the call's own nprobe keeps these off the socket thread
+    heavy = {"k": 10, "params": {"type": "SearchParametersIVF", "params": {"nprobe": 64}}}
+    sent = [a.send("search", "big", heavy, {"x": vectors(500, d, seed=s)}) for s in range(4)]
+    # a light read too big to answer inline (600 queries), sent once the four heavy ones are
+    # in (a ROUTER reads its peers in turn: sent at once, it would be read second)
+    time.sleep(0.1)
+    light = b.send("search", "small", {"k": 1}, {"x": vectors(600, d, seed=9)})
+    order: list[str] = []
+    poller = zmq.Poller()
+    poller.register(a.sock, zmq.POLLIN)
+    poller.register(b.sock, zmq.POLLIN)
+    while len(order) < 5:
+        ready = dict(poller.poll(60_000))
+        assert ready, f"no reply; got {order}"
+        for who, client in (("a", a), ("b", b)):
+            if client.sock in ready:
+                reply, _ = client.reply()
+                assert reply.ok, reply.error
+                assert reply.id in (*sent, light)
+                order.append(who)
+    # at most one heavy search of "heavy" may finish before the light one: one worker stays
+    # free for other tenants (a FIFO pool starts it only once two have finished, the socket
+    # thread, running them inline, after all four)
+    assert order.index("b") <= 1, order

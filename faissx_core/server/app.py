@@ -43,6 +43,7 @@ from faissx_core.security import configure_router
 from faissx_core.server.backend import LocalBackend, ManagedIndex
 from faissx_core.server.idempotency import IdempotencyTable
 from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
+from faissx_core.server.fairness import FairScheduler
 from faissx_core.server.ordering import SerialQueues
 from faissx_core.server.pipeline import Call, Observers
 from faissx_core.server.uploads import Uploads
@@ -86,6 +87,8 @@ class Server:
                                     max_memory_bytes=max_memory, gpu=settings.gpu)
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="faissx-worker")
         self.writes = SerialQueues(self.pool)  # each index's writes, in arrival order
+        self.fair = FairScheduler(self.pool, settings.workers, heavy=SMALL_WORK,
+                                  quantum=INLINE_WORK)  # reads: one tenant cannot starve others
         self.limits = Limits(settings)  # request sizes, tenant quotas, per-key rates
         self.uploads = Uploads(self.backend)  # imports larger than one message, being assembled
         self.progress = Progress(settings.progress_every)  # heartbeats of long requests
@@ -233,8 +236,9 @@ class Server:
                 # in arrival order per index: a pipelined add's parts must not overtake
                 self.writes.submit((principal.tenant, request.index),
                                    lambda: self._work(call, principal, op, request, arrays))
-            else:
-                self.pool.submit(self._work, call, principal, op, request, arrays)
+            else:  # reads and control ops: fair queueing per tenant (fairness.py)
+                self.fair.submit(principal.tenant, self._cost(principal, op, request, arrays),
+                                 lambda: self._work(call, principal, op, request, arrays))
         except FaissxError as exc:
             call.request_id = call.request_id or request_id(frames)
             self._finish(call, router, self._error(call.request_id, exc), exc.code)
@@ -256,7 +260,7 @@ class Server:
         except FaissxError:
             return False  # the pool reports it, with the same code path as every other error
         queries = x.shape[0] if x is not None and x.ndim else 1
-        if managed.search_work(queries) > INLINE_WORK:
+        if managed.search_work(queries, request.args) > INLINE_WORK:
             return False
         if not managed.lock.acquire_read(blocking=False):
             return False
@@ -269,6 +273,18 @@ class Server:
             managed.lock.release_read()
         self._finish(call, router, frames, outcome)
         return True
+
+    def _cost(self, principal: Principal, op: Operation, request: Request, arrays: Arrays
+              ) -> float:
+        """Estimated work of a pooled read (what fair queueing weighs it by); 0 for others."""
+        if op.target != "index" or op.mutates:
+            return 0.0
+        try:
+            managed = self._get(principal, request)
+        except FaissxError:
+            return 0.0  # its error is reported when it runs
+        x = arrays.get("x")
+        return managed.search_work(x.shape[0] if x is not None and x.ndim else 1, request.args)
 
     def _work(self, call: Call, principal: Principal, op: Operation, request: Request,
               arrays: Arrays) -> None:
@@ -339,7 +355,7 @@ class Server:
                       if op.decl.logged else None)
             x = arrays.get("x")
             queries = x.shape[0] if x is not None and x.ndim else 1
-            small = not op.write and managed.search_work(queries) <= SMALL_WORK
+            small = not op.write and managed.search_work(queries, request.args) <= SMALL_WORK
             result, out = self.backend.run(managed, op.write, job, record, small=small)
         return self._ok(request.id, result, out)
 

@@ -168,21 +168,28 @@ class ManagedIndex:
     def runtime_param(self, name: str) -> RuntimeParam:
         return lookup_param(self.params, name, self.spec.type)
 
-    def search_work(self, queries: int) -> float:
+    def search_work(self, queries: int, args: dict[str, Any] | None = None) -> float:
         """Rough count of vector components one read touches: how heavy the call is.
 
         Brute force touches every stored vector; an IVF the ``nprobe / nlist`` share of them;
-        an HNSW about ``efSearch`` times its neighbours per level. Only the order of magnitude
-        matters: it decides whether a call is small enough to answer without a thread hop.
+        an HNSW about ``efSearch`` times its neighbours per level. The call's own ``args``
+        count too: ``nprobe`` / ``efSearch`` of its search parameters replace the index's, and
+        ``k`` results per query are kept in a heap. Only the order of magnitude matters: it
+        decides whether a call is small enough to answer without a thread hop.
         """
         layout = self.layout()
         stored = max(int(self.index.ntotal), 1)
+        per_call = _call_params(args)
         nlist = layout.ivf.nlist if layout.ivf is not None else 0
         if nlist:
-            stored = stored * min(layout.ivf.nprobe, nlist) // nlist + nlist
+            nprobe = per_call.get("nprobe", layout.ivf.nprobe)
+            stored = stored * min(nprobe, nlist) // nlist + nlist
         elif layout.hnsw is not None:
-            stored = min(stored, 64 * max(layout.hnsw.efSearch, 16))
-        return float(queries) * stored * layout.row_width
+            ef = per_call.get("efSearch", layout.hnsw.efSearch)
+            stored = min(stored, 64 * max(ef, 16))
+        k = args.get("k") if args else None
+        heap = queries * k * 8 if type(k) is int and k > 0 else 0
+        return float(queries) * stored * layout.row_width + heap
 
     def layout(self) -> _Layout:
         """The cached :class:`_Layout` of :attr:`index`, re-made if ``index`` was replaced."""
@@ -831,6 +838,16 @@ def _clone(index: Any) -> Any:
         if binary:
             return faiss.deserialize_index_binary(faiss.serialize_index_binary(index))
         return faiss.deserialize_index(faiss.serialize_index(index))
+
+
+def _call_params(args: dict[str, Any] | None) -> dict[str, int]:
+    """The work knobs (``nprobe``, ``efSearch``) a call's search parameters set, if any."""
+    spec = args.get("params") if args else None
+    params = spec.get("params") if isinstance(spec, dict) else None
+    if not isinstance(params, dict):
+        return {}
+    return {name: value for name in ("nprobe", "efSearch")
+            if type(value := params.get(name)) is int and value > 0}
 
 
 def _growth(managed: ManagedIndex, record: LogRecord | None) -> int:
