@@ -41,9 +41,9 @@ from faissx_core.plugins import PluginRegistry
 from faissx_core.protocol import decode_request, encode, request_id, send
 from faissx_core.security import configure_router
 from faissx_core.server.backend import LocalBackend, ManagedIndex
+from faissx_core.server.fairness import FairScheduler
 from faissx_core.server.idempotency import IdempotencyTable
 from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
-from faissx_core.server.fairness import FairScheduler
 from faissx_core.server.ordering import SerialQueues
 from faissx_core.server.pipeline import Call, Observers
 from faissx_core.server.uploads import Uploads
