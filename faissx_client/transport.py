@@ -51,7 +51,13 @@ log = logging.getLogger("faissx.client")
 DEFAULT_HEARTBEAT = 1.0
 #: A retry is not started with less than this many seconds of the call's timeout left.
 MIN_ATTEMPT = 0.05
-_MONITORED = zmq.EVENT_DISCONNECTED
+_MONITORED = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+#: What a ZAP status in a refused handshake means (faissx_core/security.py answers them).
+_REFUSALS = {
+    400: "the server refused this client's CURVE key (not on its --curve-allow-keys list)",
+    500: "the server turned the connection away: it is at its connection limit "
+         "(--max-connections)",
+}
 _EVENT = struct.Struct("=HI")  # a monitor event frame: u16 event, u32 value
 #: A request this large whose connection dropped may have been over the server's message limit.
 LARGE_REQUEST = 1 << 20
@@ -118,6 +124,8 @@ class _Conn:
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
         self.key = -1
+        #: ZAP status of the last handshake the server refused (None: none was)
+        self.refused: int | None = None
         self.sndtimeo = -1  # the socket's current ZMQ_SNDTIMEO (ms), set only when it changes
 
     def events(self) -> bool:
@@ -125,8 +133,10 @@ class _Conn:
         dropped = False
         while self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             frames = self.monitor.recv_multipart(zmq.NOBLOCK)
-            event, _ = _EVENT.unpack_from(frames[0])
+            event, value = _EVENT.unpack_from(frames[0])
             dropped = dropped or event == zmq.EVENT_DISCONNECTED
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.refused = value
         return dropped
 
 
@@ -433,6 +443,12 @@ class Transport:
                 conn.sndtimeo = sndtimeo
             send(conn.sock, frames)
         except zmq.Again:
+            conn.events()
+            if conn.refused is not None:  # libzmq does not retry a refused handshake: a new
+                status = conn.refused     # socket (next attempt) connects afresh
+                self._discard()
+                raise _Failure(_REFUSALS.get(status, f"the server refused the connection "
+                                             f"(ZAP status {status})"), sent=False) from None
             raise _Failure(f"could not connect within {max(wait, 0):.1f}s", sent=False) from None
 
     def _receive(self, conn: _Conn, waiting: dict[int, float], silence: float

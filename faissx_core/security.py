@@ -25,6 +25,7 @@ import zmq
 from zmq.utils import z85
 
 if TYPE_CHECKING:
+    from faissx_core.server.connections import ConnectionCount
     from faissx_core.settings import ServerSettings
 
 log = logging.getLogger("faissx.security")
@@ -32,6 +33,9 @@ log = logging.getLogger("faissx.security")
 #: Where libzmq looks for the ZAP handler of a context (fixed by RFC 27).
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"faissx"
+#: ZAP status of a handshake turned away at the connection limit: libzmq sends it to the peer
+#: in a ZMTP ERROR (400 is a refused CURVE key; 300 would send nothing and let it retry at once).
+CONNECTION_LIMIT_STATUS = b"500"
 _Z85 = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 # a pyzmq certificate file (zmq.auth.create_certificates) spells keys this way
 _CERT_LINE = re.compile(r'^\s*(public|secret)-key\s*=\s*"([^"]*)"\s*$')
@@ -114,18 +118,22 @@ def public_key_of(secret_key: str) -> str:
     return zmq.curve_public(secret_key.encode("ascii")).decode("ascii")
 
 
-def configure_router(ctx: zmq.Context, sock: zmq.Socket, settings: ServerSettings) -> None:
-    """Secure the server's ROUTER; call before ``bind``."""
+def configure_router(ctx: zmq.Context, sock: zmq.Socket, settings: ServerSettings,
+                     connections: ConnectionCount | None = None) -> None:
+    """Secure the server's ROUTER; call before ``bind``. With ``connections`` every handshake
+    also goes through the ZAP handler, which turns away peers past the connection limit."""
     if settings.max_message_bytes:
         sock.setsockopt(zmq.MAXMSGSIZE, settings.max_message_bytes)
+    allowed = (load_allow_list(settings.curve_allow_keys)
+               if settings.curve_allow_keys is not None else None)
+    if allowed is not None or connections is not None:
+        # bound before the socket sees its first handshake
+        ZapHandler(ctx, allowed, connections).start()
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
     if settings.curve_secret_key is None:
         return
     if not zmq.has("curve"):
         raise ValueError("this libzmq was built without CURVE support")
-    allowed = (load_allow_list(settings.curve_allow_keys)
-               if settings.curve_allow_keys is not None else None)
-    if allowed is not None:
-        ZapHandler(ctx, allowed).start()  # bound before the socket sees its first handshake
     sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, settings.curve_secret_key.encode("ascii"))
@@ -150,31 +158,46 @@ def configure_dealer(sock: zmq.Socket, settings: Any) -> None:
 
 
 class ZapHandler(threading.Thread):
-    """Answers libzmq's ZAP requests: a CURVE client is admitted iff its key is listed.
+    """Answers libzmq's ZAP requests: past the connection limit (``connections``) a peer is
+    turned away with status 500; otherwise, with an allow-list, a CURVE client is admitted iff
+    its key is listed, and without one every peer is.
 
     The REP socket is bound in the constructor (so the handler exists before any handshake)
-    and then used only by this thread. When the context terminates, the blocking receive
-    fails with ETERM and the thread closes its socket, so ``ctx.term()`` never waits on it.
+    and then used only by this thread, which also reads the ROUTER's monitor events (so none
+    pile up). When the context terminates, the poll fails with ETERM and the thread closes its
+    sockets, so ``ctx.term()`` never waits on it.
     """
 
-    def __init__(self, ctx: zmq.Context, allowed: frozenset[str]) -> None:
+    def __init__(self, ctx: zmq.Context, allowed: frozenset[str] | None,
+                 connections: ConnectionCount | None = None) -> None:
         super().__init__(name="faissx-zap", daemon=True)
-        self.allowed = frozenset(z85.decode(k) for k in allowed)
+        self.allowed = (frozenset(z85.decode(k) for k in allowed) if allowed is not None
+                        else None)
+        self.connections = connections
         self.sock = ctx.socket(zmq.REP)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(ZAP_ENDPOINT)
 
     def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        if self.connections is not None:
+            poller.register(self.connections.monitor, zmq.POLLIN)
         try:
             while True:
-                request = self.sock.recv_multipart()
-                self.sock.send_multipart(self.answer(request))
+                ready = dict(poller.poll())
+                if self.connections is not None and self.connections.monitor in ready:
+                    self.connections.drain()
+                if self.sock in ready:
+                    self.sock.send_multipart(self.answer(self.sock.recv_multipart()))
         except zmq.ContextTerminated:
             pass
         except zmq.ZMQError as exc:  # pragma: no cover - nothing else is expected
             log.error("ZAP handler stopped: %s", exc)
         finally:
             self.sock.close(0)
+            if self.connections is not None:
+                self.connections.close()
 
     def answer(self, request: list[bytes]) -> list[bytes]:
         """``[version, id, domain, address, identity, mechanism, *credentials]`` -> reply."""
@@ -182,6 +205,11 @@ class ZapHandler(threading.Thread):
             rid = request[1] if len(request) > 1 else b""
             return [b"1.0", rid, b"500", b"malformed ZAP request", b"", b""]
         rid, mechanism, credentials = request[1], request[5], request[6:]
+        if self.connections is not None and not self.connections.admit():
+            return [b"1.0", rid, CONNECTION_LIMIT_STATUS, b"connection limit reached", b"", b""]
+        if self.allowed is None:
+            user = z85.encode(credentials[0]) if mechanism == b"CURVE" and credentials else b""
+            return [b"1.0", rid, b"200", b"OK", user, b""]
         if mechanism == b"CURVE" and credentials and credentials[0] in self.allowed:
             return [b"1.0", rid, b"200", b"OK", z85.encode(credentials[0]), b""]
         log.debug("refused a connection from an unlisted CURVE key (%s)",

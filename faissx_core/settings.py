@@ -48,6 +48,9 @@ class ServerSettings(BaseModel):
     max_memory_mb: float | None = Field(None, gt=0)
     #: ``--gpu``: searches run on GPU copies of the indices faiss supports on GPU.
     gpu: bool = False
+    #: Connections open at once (server/connections.py); None: half the open-file limit, 0: no
+    #: limit. Past it a handshake is turned away with a ZMTP ERROR.
+    max_connections: int | None = Field(None, ge=0)
     #: Seconds between ``working`` heartbeats to a request still running (server/progress.py).
     progress_every: float = Field(1.0, gt=0, le=3600)
 

@@ -282,3 +282,49 @@ def test_heavy_tenant_does_not_queue_ahead_of_a_light_one(start_server: Any,
     # free for other tenants (a FIFO pool starts it only once two have finished, the socket
     # thread, running them inline, after all four)
     assert order.index("b") <= 1, order
+
+
+# -- case 4: idle connections cannot take every file descriptor -------------------------------
+
+def test_connection_limit_turns_peers_away(start_server: Any) -> None:
+    from faissx import client as faiss
+    from faissx_core.errors import ServerUnavailable
+
+    limit = 20
+    server = start_server("--max-connections", str(limit))
+    time.sleep(0.5)  # the readiness probe's connection is closed
+    base = fds(server)
+    ctx = zmq.Context()
+    idle = []
+    try:
+        for number in range(1, 3 * limit + 1):  # no key, no request: only connections
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(server.endpoint)
+            idle.append(sock)
+            # one at a time, as a patient attacker would (a burst is turned away whole)
+            deadline = time.monotonic() + (3 if number <= limit else 0.05)
+            while time.monotonic() < deadline and fds(server) < base + min(number, limit):
+                time.sleep(0.02)
+        time.sleep(1.0)  # let any late accept show up
+        assert fds(server) <= base + limit + 2, (fds(server), base)
+        assert fds(server) >= base + limit  # the limit was reached: the bound was tested
+        # the next client is told why, not left to time out in silence
+        with pytest.raises(ServerUnavailable, match="connection limit"):
+            faiss.configure(server=server.endpoint, timeout=3)
+        faiss.disconnect()
+    finally:
+        for sock in idle:
+            sock.close(0)
+        ctx.term()
+    # once the idle peers are gone, clients are served again
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and fds(server) > base + 2:
+        time.sleep(0.2)
+    faiss.configure(server=server.endpoint, timeout=10)
+    try:
+        index = faiss.IndexFlatL2(8)
+        index.add(vectors(5))
+        assert index.ntotal == 5
+    finally:
+        faiss.disconnect()

@@ -41,6 +41,12 @@ from faissx_core.plugins import PluginRegistry
 from faissx_core.protocol import decode_request, encode, request_id, send
 from faissx_core.security import configure_router
 from faissx_core.server.backend import LocalBackend, ManagedIndex
+from faissx_core.server.connections import (
+    ConnectionCount,
+    default_max_connections,
+    harden_router,
+    raise_fd_limit,
+)
 from faissx_core.server.fairness import FairScheduler
 from faissx_core.server.idempotency import IdempotencyTable
 from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
@@ -130,7 +136,9 @@ class Server:
 
     def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
         router = self.ctx.socket(zmq.ROUTER)
-        configure_router(self.ctx, router, self.settings)  # MAXMSGSIZE; CURVE and its allow-list
+        connections = self._connection_limit(router)
+        # MAXMSGSIZE; CURVE and its allow-list; the connection limit, in the ZAP handler
+        configure_router(self.ctx, router, self.settings, connections)
         router.setsockopt(zmq.LINGER, 1000)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         for endpoint in self.settings.endpoints:
@@ -191,6 +199,18 @@ class Server:
                 sock.close(0)
             self.ctx.term()
             log.info("stopped")
+
+    def _connection_limit(self, router: zmq.Socket) -> ConnectionCount | None:
+        """Raise the descriptor limit, time out handshakes and silent peers, and count the
+        ROUTER's connections against ``--max-connections`` (server/connections.py)."""
+        fd_limit = raise_fd_limit()
+        harden_router(router)
+        limit = self.settings.max_connections
+        if limit is None:
+            limit = default_max_connections(fd_limit)
+        log.info("open-file limit %d; at most %s client connection(s)", fd_limit,
+                 limit or "unlimited")
+        return ConnectionCount(router, limit) if limit else None
 
     @staticmethod
     def _forward(replies: zmq.Socket, router: zmq.Socket) -> None:
