@@ -94,6 +94,10 @@ def _serve_options(fn):
                      help="Requests per second per API key (with --enable-auth); 0: no limit."),
         click.option("--rate-burst", type=int, default=None, envvar="FAISSX_RATE_BURST",
                      help="Requests an API key may send at once (default: 2 s of --rate-limit)."),
+        click.option("--max-peer-output-mb", type=float, default=256.0, show_default=True,
+                     envvar="FAISSX_MAX_PEER_OUTPUT_MB",
+                     help="Reply MiB held for one client that reads slowly; past it its replies "
+                          "are dropped; 0: no limit."),
         click.option("--max-connections", type=int, default=None,
                      envvar="FAISSX_MAX_CONNECTIONS",
                      help="Client connections open at once; past it a new one is turned away "
@@ -119,7 +123,7 @@ def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None
            tenant_max_indices: int = 1000, tenant_max_vectors: int = 0,
            tenant_max_mb: float = 0.0, rate_limit: float = 10_000.0,
            rate_burst: int | None = None, progress_every: float = 1.0,
-           max_connections: int | None = None) -> None:
+           max_connections: int | None = None, max_peer_output_mb: float = 256.0) -> None:
     """Run the FAISSx server until SIGINT or SIGTERM."""
     from faissx_core.server import run_server  # keeps `faissx --help` quick
 
@@ -133,7 +137,8 @@ def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None
             tenant_max_indices=tenant_max_indices, tenant_max_vectors=tenant_max_vectors,
             tenant_max_bytes=int(tenant_max_mb * (1 << 20)), rate_limit=rate_limit,
             rate_burst=rate_burst, progress_every=progress_every,
-            max_connections=max_connections)
+            max_connections=max_connections,
+            max_peer_output_bytes=int(max_peer_output_mb * (1 << 20)))
         settings = ServerSettings(
             port=port, bind_address=bind_address, ipc=ipc, data_dir=data_dir, fsync=fsync,
             snapshot_bytes=int(snapshot_every_mb * (1 << 20)),

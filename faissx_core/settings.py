@@ -48,6 +48,9 @@ class ServerSettings(BaseModel):
     max_memory_mb: float | None = Field(None, gt=0)
     #: ``--gpu``: searches run on GPU copies of the indices faiss supports on GPU.
     gpu: bool = False
+    #: Reply bytes the server holds for one peer that does not read them (server/outbound.py);
+    #: past it that peer's replies are dropped. 0: no limit.
+    max_peer_output_bytes: int = Field(256 << 20, ge=0)
     #: Connections open at once (server/connections.py); None: half the open-file limit, 0: no
     #: limit. Past it a handshake is turned away with a ZMTP ERROR.
     max_connections: int | None = Field(None, ge=0)

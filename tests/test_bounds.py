@@ -328,3 +328,34 @@ def test_connection_limit_turns_peers_away(start_server: Any) -> None:
         assert index.ntotal == 5
     finally:
         faiss.disconnect()
+
+
+def test_slow_reader_backlog_is_bounded(start_server: Any, raw_clients: Any) -> None:
+    server = start_server("--max-peer-output-mb", "8")
+    owner = raw_clients(server.endpoint)
+    owner.ok("create", "v", {"spec": flat(64)})
+    owner.ok("add", "v", arrays={"x": vectors(20_000, 64)}, idem="v1")
+    # a reader that takes one message and leaves the rest in the server
+    slow = zmq.Context.instance().socket(zmq.DEALER)
+    slow.setsockopt(zmq.LINGER, 0)
+    slow.setsockopt(zmq.RCVHWM, 1)
+    slow.setsockopt(zmq.RCVBUF, 4096)
+    slow.connect(server.endpoint)
+    try:
+        base = status(server, "VmRSS")
+        queries = vectors(200, 64, seed=3)
+        for number in range(30):  # 30 replies of 2.3 MiB (200 x k=1000): 69 MiB if all queued
+            slow.send_multipart(encode({"v": 1, "id": number + 1, "op": "search", "index": "v",
+                                        "args": {"k": 1000}}, {"x": queries}))
+        # the server answers everyone else meanwhile, and drops the slow peer's excess
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "reads its replies too slowly" not in \
+                server.output():
+            owner.ok("info", "v")
+            time.sleep(0.2)
+        assert "reads its replies too slowly" in server.output()
+        for _ in range(10):  # its replies are all computed and sent or dropped by now
+            owner.ok("search", "v", {"k": 1}, {"x": queries[:1]})
+        assert status(server, "VmRSS") - base < 40 * MiB
+    finally:
+        slow.close(0)

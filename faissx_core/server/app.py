@@ -51,6 +51,7 @@ from faissx_core.server.fairness import FairScheduler
 from faissx_core.server.idempotency import IdempotencyTable
 from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
 from faissx_core.server.ordering import SerialQueues
+from faissx_core.server.outbound import SNDHWM, PeerOutput
 from faissx_core.server.pipeline import Call, Observers
 from faissx_core.server.uploads import Uploads
 from faissx_core.server.progress import Progress
@@ -98,6 +99,9 @@ class Server:
         self.limits = Limits(settings)  # request sizes, tenant quotas, per-key rates
         self.uploads = Uploads(self.backend)  # imports larger than one message, being assembled
         self.progress = Progress(settings.progress_every)  # heartbeats of long requests
+        #: Reply bytes held per peer that reads slowly, bounded (outbound.py).
+        self.output = PeerOutput(settings.max_peer_output_bytes)
+        self._router: zmq.Socket | None = None
         #: Replies of recent mutating requests by idempotency key: a retry is applied once.
         self.idempotency = IdempotencyTable.from_env()
         self.backend.keys = self.idempotency  # keys recovered from snapshots go back in here
@@ -140,6 +144,8 @@ class Server:
         # MAXMSGSIZE; CURVE and its allow-list; the connection limit, in the ZAP handler
         configure_router(self.ctx, router, self.settings, connections)
         router.setsockopt(zmq.LINGER, 1000)
+        router.setsockopt(zmq.SNDHWM, SNDHWM)
+        self._router = router
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         for endpoint in self.settings.endpoints:
             router.bind(endpoint)
@@ -178,6 +184,7 @@ class Server:
                 if time.monotonic() >= next_sweep:
                     self.backend.expire(self.settings.idle_ttl)
                     self.uploads.expire(self.settings.idle_ttl)
+                    self.output.sweep()
                     next_sweep = time.monotonic() + sweep_every
         finally:
             log.info("shutting down: finishing in-flight requests")
@@ -212,11 +219,15 @@ class Server:
                  limit or "unlimited")
         return ConnectionCount(router, limit) if limit else None
 
-    @staticmethod
-    def _forward(replies: zmq.Socket, router: zmq.Socket) -> None:
-        """Pass the workers' finished replies to the ROUTER (frames as received, no copy)."""
+    def _forward(self, replies: zmq.Socket, router: zmq.Socket) -> None:
+        """Pass the workers' finished replies to the ROUTER (frames as received, no copy),
+        each within its peer's output bound (outbound.py)."""
         while replies.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            router.send_multipart(replies.recv_multipart(copy=False), copy=False)
+            frames = replies.recv_multipart(copy=False)
+            try:
+                self.output.send(router, frames)
+            except (zmq.ZMQError, ValueError, TypeError):  # one reply lost, not the server
+                log.exception("could not send a reply")
 
     # -- the pipeline ------------------------------------------------------------------------
     # Every request takes the same path: decode, look up its declaration, authenticate,
@@ -332,7 +343,10 @@ class Server:
         """Send a request's reply, then tell the observers: the one exit of the pipeline.
         ``outcome`` None means: read it from the reply (one the idempotency table made)."""
         self.progress.finish(call.ident, call.request_id)  # no heartbeat after the answer
-        send(sock, [call.ident, *frames])
+        if sock is self._router:
+            self.output.send(sock, [call.ident, *frames])
+        else:
+            send(sock, [call.ident, *frames])
         if self.observers:
             self.observers.notify(call.event(frames, outcome or _outcome(frames)))
 
