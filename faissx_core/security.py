@@ -185,9 +185,12 @@ class ZapHandler(threading.Thread):
             poller.register(self.connections.monitor, zmq.POLLIN)
         try:
             while True:
-                ready = dict(poller.poll())
-                if self.connections is not None and self.connections.monitor in ready:
-                    self.connections.drain()
+                wait = self.connections.wait_ms() if self.connections is not None else None
+                ready = dict(poller.poll(wait))
+                if self.connections is not None:
+                    if self.connections.monitor in ready:
+                        self.connections.drain()
+                    self.connections.trim()
                 if self.sock in ready:
                     self.sock.send_multipart(self.answer(self.sock.recv_multipart()))
         except zmq.ContextTerminated:

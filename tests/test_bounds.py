@@ -359,3 +359,51 @@ def test_slow_reader_backlog_is_bounded(start_server: Any, raw_clients: Any) -> 
         assert status(server, "VmRSS") - base < 40 * MiB
     finally:
         slow.close(0)
+
+
+# -- case 7: a half-sent multipart message is freed with its connection ------------------------
+
+def _zmtp_peer(port: int) -> Any:
+    """A raw ZMTP 3.0 peer (NULL mechanism, DEALER) that can send frames libzmq never would."""
+    import socket
+    import struct
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"\xff" + b"\x00" * 8 + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\x00")
+                 + b"\x00" * 32)
+    greeting = b""
+    while len(greeting) < 64:
+        greeting += sock.recv(64 - len(greeting))
+    body = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+    sock.sendall(b"\x04" + bytes([len(body)]) + body)
+    return sock
+
+
+def test_partial_multipart_memory_is_released(start_server: Any) -> None:
+    server = start_server()
+    time.sleep(0.5)
+    base = status(server, "VmRSS")
+    peer = _zmtp_peer(server.port)
+    chunk = (b"\x01\xff" + b"x" * 255) * 4000  # frames with MORE set, and never a last one
+    sent = 0
+    try:
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end and sent < 200 * MiB:
+            peer.sendall(chunk)
+            sent += len(chunk)
+        time.sleep(0.5)
+        grown = status(server, "VmRSS") - base
+        assert grown > 20 * MiB, "too little was sent to test anything"
+    finally:
+        peer.close()
+    # libzmq frees the half message with its connection; the server hands the pages back
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and status(server, "VmRSS") - base > 30 * MiB:
+        time.sleep(0.2)
+    assert status(server, "VmRSS") - base <= 30 * MiB, (grown, status(server, "VmRSS") - base)
+    # and it still serves
+    client = Raw(server.endpoint)
+    try:
+        client.ok("list")
+    finally:
+        client.close()

@@ -18,10 +18,14 @@ open files. Three measures:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import resource
 import struct
 import threading
+import time
+from collections.abc import Callable
 
 import zmq
 
@@ -74,6 +78,9 @@ class ConnectionCount:
         self.refused = 0
         self.monitor = router.get_monitor_socket(EVENTS)
         self._mutex = threading.Lock()
+        #: When to give freed memory back to the OS (after a disconnect), or None.
+        self.trim_at: float | None = None
+        self._trim = _malloc_trim()
 
     def drain(self) -> None:
         """Apply every pending monitor event (call before deciding a handshake)."""
@@ -85,6 +92,25 @@ class ConnectionCount:
                     self.open += 1
                 elif event == zmq.EVENT_DISCONNECTED:
                     self.open = max(0, self.open - 1)
+                    if self._trim is not None and self.trim_at is None:
+                        self.trim_at = time.monotonic() + TRIM_DELAY
+
+    def trim(self) -> None:
+        """Give the heap's free pages back to the OS, once due.
+
+        A disconnected peer's buffers (a half-sent multipart message can be hundreds of MB
+        of small frames) are freed by libzmq, but glibc keeps freed small blocks in its arenas:
+        without this the server's RSS stays at its peak.
+        """
+        if self.trim_at is not None and time.monotonic() >= self.trim_at:
+            self.trim_at = None
+            self._trim(0)
+
+    def wait_ms(self) -> int | None:
+        """How long the ZAP thread may block before :meth:`trim` is due (None: forever)."""
+        if self.trim_at is None:
+            return None
+        return max(0, int((self.trim_at - time.monotonic()) * 1000))
 
     def admit(self) -> bool:
         """Whether the connection now in its handshake may stay."""
@@ -101,6 +127,19 @@ class ConnectionCount:
 
     def close(self) -> None:
         self.monitor.close(0)
+
+
+#: Seconds after a disconnect before freed memory is returned (disconnects come in bursts).
+TRIM_DELAY = 0.5
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None on other C libraries, where nothing needs doing)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
 
 
 def harden_router(router: zmq.Socket) -> None:
