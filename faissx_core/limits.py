@@ -149,7 +149,8 @@ class Limits:
                                 f"most {most:,} per request (--max-request-vectors)", limit=most)
         if cap and size > cap:
             raise QuotaExceeded(f"{op}: a reply of {_mib(size)}; this server's messages are at "
-                                f"most {_mib(cap)} (--max-message-mb)", limit=cap, needed=size)
+                                f"most {_mib(cap)} (--max-message-mb)", limit=cap,
+                                needed=min(size, (1 << 63) - 1))  # msgpack: 64-bit ints
 
     @property
     def reply_bytes(self) -> int:

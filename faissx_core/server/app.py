@@ -378,8 +378,8 @@ class Server:
 
     def _run(self, op: IndexOp, managed: ManagedIndex, request: Request, arrays: Arrays,
              locked: bool = False) -> list[Any]:
+        args = op.parse(request.args)  # malformed arguments are invalid_argument, first
         self.limits.check_op(op.name, managed, request.args, arrays)
-        args = op.parse(request.args)
         args._reply_bytes = self.limits.reply_bytes
         job = op.prepare(managed, args, arrays)
         if locked:
