@@ -51,12 +51,24 @@ class Client:
         self.sock.connect(endpoint)
         self.tenant = tenant
 
-    def call(self, op: str, index: str, args: dict | None = None,
-             arrays: dict | None = None, timeout: float = 120.0) -> dict:
+    def call(
+        self,
+        op: str,
+        index: str,
+        args: dict | None = None,
+        arrays: dict | None = None,
+        timeout: float = 120.0,
+    ) -> dict:
         rid = next(self._ids)
-        header = {"v": 1, "id": rid, "op": op, "index": index, "args": args or {},
-                  "tenant": self.tenant, "idem": f"{self.tenant}-{rid}" if op in (
-                      "add", "train") else None}
+        header = {
+            "v": 1,
+            "id": rid,
+            "op": op,
+            "index": index,
+            "args": args or {},
+            "tenant": self.tenant,
+            "idem": f"{self.tenant}-{rid}" if op in ("add", "train") else None,
+        }
         self.sock.send_multipart(encode(header, arrays))
         while True:
             if not self.sock.poll(int(timeout * 1000)):
@@ -75,8 +87,11 @@ def _setup(endpoint: str) -> None:
     rng = np.random.default_rng(0)
     heavy, light = Client(endpoint, "heavy"), Client(endpoint, "light")
     quantizer = {"type": "IndexFlatL2", "params": {"d": D}}
-    heavy.call("create", "big", {"spec": {"type": "IndexIVFFlat", "params": {
-        "quantizer": quantizer, "d": D, "nlist": 64}}})
+    heavy.call(
+        "create",
+        "big",
+        {"spec": {"type": "IndexIVFFlat", "params": {"quantizer": quantizer, "d": D, "nlist": 64}}},
+    )
     data = rng.random((100_000, D), dtype=np.float32)
     heavy.call("train", "big", arrays={"x": data[:5000]})
     heavy.call("add", "big", arrays={"x": data})
@@ -111,24 +126,33 @@ def _heavy_loop(endpoint: str, stop: threading.Event, done: list[int]) -> None:
 
 def _summary(latencies: list[float], seconds: float) -> dict[str, Any]:
     ms = np.array(latencies) * 1000
-    return {"searches": len(ms), "per_s": round(len(ms) / seconds, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+    return {
+        "searches": len(ms),
+        "per_s": round(len(ms) / seconds, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--heavy-clients", type=int, default=4)
-    parser.add_argument("--light-queries", type=int, default=1,
-                        help="queries per light search: 1 is answered on the socket thread, "
-                             "100 (32M components of work) goes through the pool's fair queue")
+    parser.add_argument(
+        "--light-queries",
+        type=int,
+        default=1,
+        help="queries per light search: 1 is answered on the socket thread, "
+        "100 (32M components of work) goes through the pool's fair queue",
+    )
     opts = parser.parse_args()
     port = _free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
-    server = subprocess.Popen([str(FAISSX), "serve", "--port", str(port), "--log-level",
-                               "WARNING", "--workers", "2"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(FAISSX), "serve", "--port", str(port), "--log-level", "WARNING", "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(1.0)
         for _ in range(60):
@@ -139,24 +163,30 @@ def main() -> None:
                 time.sleep(0.5)
         alone = _summary(_light_loop(endpoint, opts.seconds, opts.light_queries), opts.seconds)
         stop, done = threading.Event(), []
-        threads = [threading.Thread(target=_heavy_loop, args=(endpoint, stop, done))
-                   for _ in range(opts.heavy_clients)]
+        threads = [
+            threading.Thread(target=_heavy_loop, args=(endpoint, stop, done))
+            for _ in range(opts.heavy_clients)
+        ]
         for thread in threads:
             thread.start()
         time.sleep(1.0)  # the heavy tenant's queue fills up
-        loaded = _summary(_light_loop(endpoint, opts.seconds, opts.light_queries),
-                          opts.seconds)
+        loaded = _summary(_light_loop(endpoint, opts.seconds, opts.light_queries), opts.seconds)
         stop.set()
         for thread in threads:
             thread.join()
     finally:
         server.terminate()
         server.wait(30)
-    result = {"alone": alone, "with_heavy_tenant": loaded,
-              "heavy_searches": len(done), "heavy_clients": opts.heavy_clients,
-              "light_queries": opts.light_queries,
-              "p99_factor": round(loaded["p99_ms"] / max(alone["p99_ms"], 1e-9), 1),
-              "machine": platform.platform(), "seconds": opts.seconds}
+    result = {
+        "alone": alone,
+        "with_heavy_tenant": loaded,
+        "heavy_searches": len(done),
+        "heavy_clients": opts.heavy_clients,
+        "light_queries": opts.light_queries,
+        "p99_factor": round(loaded["p99_ms"] / max(alone["p99_ms"], 1e-9), 1),
+        "machine": platform.platform(),
+        "seconds": opts.seconds,
+    }
     print(json.dumps(result, indent=2))
     out = HERE / "results" / f"fairness-{opts.light_queries}q.json"
     out.parent.mkdir(exist_ok=True)

@@ -72,8 +72,10 @@ def refs(spec: Any) -> list[str]:
         if kind == REF_TYPE:
             name = params.get("name")
             if not isinstance(name, str) or not name:
-                raise InvalidArgument(f"a ref names an index by a non-empty string, got "
-                                      f"{type(name).__name__} {name!r:.40}")
+                raise InvalidArgument(
+                    f"a ref names an index by a non-empty string, got "
+                    f"{type(name).__name__} {name!r:.40}"
+                )
             names.append(name)
     return names
 

@@ -48,11 +48,25 @@ class Raw:
         self.session = session or uuid.uuid4().hex
         self.extra = header
 
-    def send(self, op: str, index: str | None = None, args: dict | None = None,
-             arrays: dict | None = None, **header: Any) -> int:
+    def send(
+        self,
+        op: str,
+        index: str | None = None,
+        args: dict | None = None,
+        arrays: dict | None = None,
+        **header: Any,
+    ) -> int:
         rid = next(_ids)
-        head = {"v": 1, "id": rid, "op": op, "index": index, "args": args or {},
-                "session": self.session, **self.extra, **header}
+        head = {
+            "v": 1,
+            "id": rid,
+            "op": op,
+            "index": index,
+            "args": args or {},
+            "session": self.session,
+            **self.extra,
+            **header,
+        }
         self.sock.send_multipart(encode(head, arrays))
         return rid
 
@@ -60,8 +74,15 @@ class Raw:
         assert self.sock.poll(int(timeout * 1000)), "no reply"
         return recv_reply(self.sock)
 
-    def call(self, op: str, index: str | None = None, args: dict | None = None,
-             arrays: dict | None = None, timeout: float = 30.0, **header: Any) -> tuple:
+    def call(
+        self,
+        op: str,
+        index: str | None = None,
+        args: dict | None = None,
+        arrays: dict | None = None,
+        timeout: float = 30.0,
+        **header: Any,
+    ) -> tuple:
         rid = self.send(op, index, args, arrays, **header)
         while True:
             reply, out = self.reply(timeout)
@@ -113,13 +134,16 @@ def raw_clients() -> Any:
 
 # -- case 1: create bombs are refused from the spec, before faiss allocates -------------------
 
+
 def test_create_bomb_refused_before_allocation(start_server: Any, raw_clients: Any) -> None:
     server = start_server("--max-memory", "1024")
     raw = raw_clients(server.endpoint)
     base = status(server, "VmHWM")
-    for spec in (ivf(flat(), 1 << 24),
-                 {"type": "index_factory", "params": {"d": 8, "description": "IVF40000000,Flat"}},
-                 {"type": "IndexPQ", "params": {"d": 8192, "M": 8, "nbits": 16}}):
+    for spec in (
+        ivf(flat(), 1 << 24),
+        {"type": "index_factory", "params": {"d": 8, "description": "IVF40000000,Flat"}},
+        {"type": "IndexPQ", "params": {"d": 8192, "M": 8, "nbits": 16}},
+    ):
         error = raw.error("create", "bomb", {"spec": spec})
         assert error.code == "quota_exceeded", error
         assert "--max-memory" in error.message
@@ -133,6 +157,7 @@ def test_create_bomb_refused_before_allocation(start_server: Any, raw_clients: A
 
 
 # -- case 2: replies are bounded before they are built ----------------------------------------
+
 
 def test_reply_caps(start_server: Any, raw_clients: Any) -> None:
     server = start_server("--max-message-mb", "1")
@@ -172,6 +197,7 @@ def test_reply_caps(start_server: Any, raw_clients: Any) -> None:
 
 # -- case 5: every ref is counted, whatever its nesting or type --------------------------------
 
+
 def test_refs_are_counted_and_typed(start_server: Any, raw_clients: Any) -> None:
     server = start_server("--tenant-max-vectors", "1000")
     raw = raw_clients(server.endpoint)
@@ -179,8 +205,9 @@ def test_refs_are_counted_and_typed(start_server: Any, raw_clients: Any) -> None
     raw.ok("add", "src", arrays={"x": vectors(800)}, idem="s1")
     raw.ok("create", "7", {"spec": flat()})
     # an integer name: refused with a typed error, not read as the index "7"
-    error = raw.error("create", "int", {"spec": {"type": "IndexIDMap",
-                                                 "params": {"index": ref(7)}}})
+    error = raw.error(
+        "create", "int", {"spec": {"type": "IndexIDMap", "params": {"index": ref(7)}}}
+    )
     assert error.code == "invalid_argument" and "string" in error.message
     # deeper than the limit: refused, not walked past
     deep: dict = ref("src")
@@ -198,6 +225,7 @@ def test_refs_are_counted_and_typed(start_server: Any, raw_clients: Any) -> None
 
 # -- case 6: another session's unnamed index is not there for a ref ---------------------------
 
+
 def test_unnamed_index_is_private_to_its_session(start_server: Any, raw_clients: Any) -> None:
     server = start_server()
     a, b = raw_clients(server.endpoint), raw_clients(server.endpoint)
@@ -206,14 +234,16 @@ def test_unnamed_index_is_private_to_its_session(start_server: Any, raw_clients:
     a.ok("add", "anon-1", arrays={"x": secret}, idem="x1")
     error = b.error("create", "steal", {"spec": ivf(ref("anon-1"), 1)})
     assert error.code == "index_not_found", error
-    error = b.error("create", "steal2", {"spec": {"type": "IndexIDMap",
-                                                  "params": {"index": ref("anon-1")}}})
+    error = b.error(
+        "create", "steal2", {"spec": {"type": "IndexIDMap", "params": {"index": ref("anon-1")}}}
+    )
     assert error.code == "index_not_found", error
     # its own session may build on it
     a.ok("create", "mine", {"spec": ivf(ref("anon-1"), 1)})
 
 
 # -- case 8: a call outlives its timeout while the server works on it -------------------------
+
 
 def test_long_train_outlives_the_client_timeout(start_server: Any) -> None:
     from faissx import client as faiss
@@ -245,8 +275,10 @@ def test_long_train_outlives_the_client_timeout(start_server: Any) -> None:
 
 # -- case 3: one tenant's heavy reads do not hold up another's light ones ----------------------
 
-def test_heavy_tenant_does_not_queue_ahead_of_a_light_one(start_server: Any,
-                                                          raw_clients: Any) -> None:
+
+def test_heavy_tenant_does_not_queue_ahead_of_a_light_one(
+    start_server: Any, raw_clients: Any
+) -> None:
     server = start_server("--workers", "2")
     a = raw_clients(server.endpoint, tenant="heavy")
     b = raw_clients(server.endpoint, tenant="light")
@@ -285,6 +317,7 @@ def test_heavy_tenant_does_not_queue_ahead_of_a_light_one(start_server: Any,
 
 
 # -- case 4: idle connections cannot take every file descriptor -------------------------------
+
 
 def test_connection_limit_turns_peers_away(start_server: Any) -> None:
     from faissx import client as faiss
@@ -345,12 +378,15 @@ def test_slow_reader_backlog_is_bounded(start_server: Any, raw_clients: Any) -> 
         base = status(server, "VmRSS")
         queries = vectors(200, 64, seed=3)
         for number in range(30):  # 30 replies of 2.3 MiB (200 x k=1000): 69 MiB if all queued
-            slow.send_multipart(encode({"v": 1, "id": number + 1, "op": "search", "index": "v",
-                                        "args": {"k": 1000}}, {"x": queries}))
+            slow.send_multipart(
+                encode(
+                    {"v": 1, "id": number + 1, "op": "search", "index": "v", "args": {"k": 1000}},
+                    {"x": queries},
+                )
+            )
         # the server answers everyone else meanwhile, and drops the slow peer's excess
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "reads its replies too slowly" not in \
-                server.output():
+        while time.monotonic() < deadline and "reads its replies too slowly" not in server.output():
             owner.ok("info", "v")
             time.sleep(0.2)
         assert "reads its replies too slowly" in server.output()
@@ -363,14 +399,16 @@ def test_slow_reader_backlog_is_bounded(start_server: Any, raw_clients: Any) -> 
 
 # -- case 7: a half-sent multipart message is freed with its connection ------------------------
 
+
 def _zmtp_peer(port: int) -> Any:
     """A raw ZMTP 3.0 peer (NULL mechanism, DEALER) that can send frames libzmq never would."""
     import socket
     import struct
 
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"\xff" + b"\x00" * 8 + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\x00")
-                 + b"\x00" * 32)
+    sock.sendall(
+        b"\xff" + b"\x00" * 8 + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32
+    )
     greeting = b""
     while len(greeting) < 64:
         greeting += sock.recv(64 - len(greeting))

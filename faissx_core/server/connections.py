@@ -121,8 +121,12 @@ class ConnectionCount:
             self.refused += 1
             refused = self.refused
         if refused == 1 or refused % 1000 == 0:
-            log.warning("connection limit (%d, --max-connections) reached: turned away %d "
-                        "connection(s) so far", self.limit, refused)
+            log.warning(
+                "connection limit (%d, --max-connections) reached: turned away %d "
+                "connection(s) so far",
+                self.limit,
+                refused,
+            )
         return False
 
     def close(self) -> None:

@@ -74,8 +74,11 @@ class FairScheduler:
         while self._running < self.slots:
             best: tuple[str, _Tenant] | None = None
             for name, state in self._tenants.items():
-                if (state.queue and self._may_start(state, state.queue[0][0])
-                        and (best is None or state.clock < best[1].clock)):
+                if (
+                    state.queue
+                    and self._may_start(state, state.queue[0][0])
+                    and (best is None or state.clock < best[1].clock)
+                ):
                     best = (name, state)
             if best is None:
                 break
@@ -103,8 +106,9 @@ class FairScheduler:
                 started = self._pick()
             self._launch(started)
 
-    def _launch(self, started: list[tuple[Callable[..., None], str, float, Callable[[], None]]]
-                ) -> None:
+    def _launch(
+        self, started: list[tuple[Callable[..., None], str, float, Callable[[], None]]]
+    ) -> None:
         for run, *args in started:
             try:
                 self.pool.submit(run, *args)

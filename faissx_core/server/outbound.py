@@ -56,10 +56,16 @@ class PeerOutput:
             self.dropped += 1
             # the first drop and then every power of two: a stalled peer must not flood the log
             level = logging.WARNING if self.dropped & (self.dropped - 1) == 0 else logging.DEBUG
-            log.log(level, "peer %s reads its replies too slowly: %.1f MiB queued; dropped a "
-                    "reply of %.1f MiB (--max-peer-output-mb %.0f; %d dropped since start)",
-                    ident.hex()[:12], held / (1 << 20), size / (1 << 20),
-                    self.limit / (1 << 20), self.dropped)
+            log.log(
+                level,
+                "peer %s reads its replies too slowly: %.1f MiB queued; dropped a "
+                "reply of %.1f MiB (--max-peer-output-mb %.0f; %d dropped since start)",
+                ident.hex()[:12],
+                held / (1 << 20),
+                size / (1 << 20),
+                self.limit / (1 << 20),
+                self.dropped,
+            )
             return False
         tracked = [ident, *(zmq.Frame(_buffer(f), track=True) for f in frames[1:])]
         tracker = router.send_multipart(tracked, copy=False, track=True)

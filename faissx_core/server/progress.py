@@ -52,6 +52,5 @@ class Progress:
                     entry[1] = now + self.every
                     due.append((entry[0], rid))
         for ident, rid in due:
-            send([ident, *encode({"v": PROTOCOL_VERSION, "id": rid, "ok": True,
-                                  "working": True})])
+            send([ident, *encode({"v": PROTOCOL_VERSION, "id": rid, "ok": True, "working": True})])
         return len(due)
