@@ -432,6 +432,9 @@ def test_partial_multipart_memory_is_released(start_server: Any) -> None:
         time.sleep(0.5)
         grown = status(server, "VmRSS") - base
         assert grown > 20 * MiB, "too little was sent to test anything"
+    except ConnectionError:  # the server dropping such a peer is a bound too
+        grown = 0
+        assert sent > 0 and server.alive, server.output()[-2000:]
     finally:
         peer.close()
     # libzmq frees the half message with its connection; the server hands the pages back

@@ -53,8 +53,8 @@ from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
 from faissx_core.server.ordering import SerialQueues
 from faissx_core.server.outbound import SNDHWM, PeerOutput
 from faissx_core.server.pipeline import Call, Observers
-from faissx_core.server.uploads import Uploads
 from faissx_core.server.progress import Progress
+from faissx_core.server.uploads import Uploads
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
 from faissx_core.storage import LogRecord
