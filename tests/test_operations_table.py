@@ -104,9 +104,17 @@ class _Running:
                 "session": "s1", "arrays": [
                     {"name": n, "dtype": str(a.dtype), "shape": list(a.shape)}
                     for n, a in arrays.items()], **header}
+        before = len(self.events)
         self.sock.send_multipart([msgpack.packb(head), *(a.tobytes() for a in arrays.values())])
         assert self.sock.poll(30_000), f"no reply to {op}"
-        return msgpack.unpackb(self.sock.recv_multipart()[0], raw=False)
+        reply = msgpack.unpackb(self.sock.recv_multipart()[0], raw=False)
+        # the event follows the reply out (from whichever thread sent it): wait for exactly one
+        deadline = time.monotonic() + 10
+        while len(self.events) == before and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.02)  # a second event for the same request would land by now
+        assert len(self.events) == before + 1, self.events[before:]
+        return reply
 
     def close(self) -> None:
         self.sock.close(0)
@@ -133,9 +141,6 @@ def test_each_request_ends_in_one_event_whatever_its_path(running: _Running) -> 
         "index_not_found"
     assert running.call("frobnicate")["error"]["code"] == "protocol_error"
     assert running.call("info", "ev")["result"]["ntotal"] == 20
-    deadline = time.monotonic() + 10  # the event follows the reply out: let the last one land
-    while len(running.events) < 8 and time.monotonic() < deadline:
-        time.sleep(0.01)
     seen = [(e.op, e.outcome, e.deduplicated) for e in running.events]
     assert seen == [
         ("ping", "ok", False), ("create", "ok", False), ("add", "ok", False),
