@@ -13,7 +13,7 @@ DATA_DIR ?=
 BENCH_OUT   ?= benchmarks/out
 BENCH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/faissx-bench
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench clean faiss-suite
 
 # The recipe runs under the lock and checks again inside it: whoever waited finds the stamp
 # newer than pyproject.toml and installs nothing.
@@ -45,6 +45,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	flock $(LOCK) $(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks --out $(BENCH_OUT) --cache $(BENCH_CACHE)
+
+# FAISS's own tests, local vs through the remote client (not part of `make test`):
+#   make faiss-suite FAISS_SRC=/path/to/faiss   (its source tree at the installed faiss's tag)
+faiss-suite: $(STAMP)
+	@test -n "$(FAISS_SRC)" || (echo "usage: make faiss-suite FAISS_SRC=/path/to/faiss"; exit 2)
+	$(BIN)/python scripts/faiss_suite.py $(FAISS_SRC) $(FAISS_SUITE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCK) build *.egg-info .pytest_cache
