@@ -20,7 +20,7 @@ from faissx_client import classes as _classes_module
 from faissx_client import gpu as gpu_module
 from faissx_client import modification, optimization, recovery
 from faissx_client.cache import vector_cache
-from faissx_client.classes import make_class
+from faissx_client.classes import make_class, make_generic_class
 from faissx_client.client import Client
 from faissx_client.original import FaissXClient
 from faissx_client.proxy import ParamNamespace, RemoteIndex, RemoteSelector, _ids
@@ -162,22 +162,62 @@ if "IndexHNSWFlat" in _classes:
     IndexHNSW = _classes["IndexHNSWFlat"]
 
 
-def _proxy_class(info: dict[str, Any]) -> type:
-    """The proxy class for a server-side index: its own type's, else its faiss class's name."""
-    for name in (info["type"], info.get("faiss_class")):
-        if name in _classes:
-            return _classes[name]
-    name = str(info.get("faiss_class") or "RemoteIndex")
-    _classes[name] = type(name, (RemoteIndex,), {"__module__": __name__})
+#: The type name of the generic family (faissx_plugins/generic.py), the backstop for faiss
+#: index classes no named family declares.
+GENERIC_TYPE = "faiss_index"
+
+
+def _generic_class(name: str) -> type | None:
+    """The drop-in class of faiss's index class ``name`` when the generic family serves it."""
+    if name in _classes:
+        return _classes[name]
+    value = getattr(faiss, name, None)
+    if (GENERIC_TYPE not in _registry.types or not isinstance(value, type)
+            or not issubclass(value, faiss.Index | faiss.IndexBinary)):
+        return None
+    _classes[name] = make_generic_class(name, _registry.types[GENERIC_TYPE], _registry,
+                                        get_client)
     return _classes[name]
 
 
+def _proxy_class(info: dict[str, Any]) -> type:
+    """The proxy class for a server-side index: its own type's, else its faiss class's name."""
+    spec_cls = info.get("spec", {}).get("params", {}).get("cls") if info["type"] == GENERIC_TYPE \
+        else None
+    for name in (spec_cls, info["type"], info.get("faiss_class")):
+        if name in _classes:
+            return _classes[name]
+    name = str(info.get("faiss_class") or "RemoteIndex")
+    cls = _generic_class(name)
+    if cls is None:
+        cls = _classes[name] = type(name, (RemoteIndex,), {"__module__": __name__})
+    return cls
+
+
 def _attach(client: Client, spec: IndexSpec, name: str | None, info: dict | None = None,
-            op: str = "create", data: Any = None) -> RemoteIndex:
-    """A proxy created on the server now (``create`` or ``import``), typed after what it is."""
+            op: str = "create", data: Any = None, extra: dict | None = None) -> RemoteIndex:
+    """A proxy created on the server now (``create``, ``import`` or ``clone``), typed after
+    what it is."""
     proxy = type.__call__(RemoteIndex, client, spec, name=name, info=info)
-    object.__setattr__(proxy, "__class__", _proxy_class(info or proxy._create(op=op, data=data)))
+    info = info or proxy._create(op=op, data=data, extra=extra)
+    object.__setattr__(proxy, "__class__", _proxy_class(info))
     return proxy
+
+
+def clone_index(index: Any, *, name: str | None = None) -> Any:
+    """faiss.clone_index; a remote index is copied on the server into a new remote index
+    (unnamed unless ``name``), its vectors and parameters included."""
+    if not isinstance(index, RemoteIndex):
+        return faiss.clone_index(index)
+    if index._info is None:
+        index._create()
+    return _attach(index._client, index.spec, name, op="clone", extra={"source": index.name})
+
+
+def clone_binary_index(index: Any, *, name: str | None = None) -> Any:
+    if not isinstance(index, RemoteIndex):
+        return faiss.clone_binary_index(index)
+    return clone_index(index, name=name)
 
 
 def open_index(name: str) -> RemoteIndex:
@@ -412,7 +452,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'faissx_client' (faiss) has no attribute {name!r}") from None
     if (isinstance(value, type) and issubclass(value, faiss.Index | faiss.IndexBinary)
             and get_client() is not None):
-        return _not_served(name)
+        return _generic_class(name) or _not_served(name)
     return value
 
 
@@ -421,7 +461,8 @@ def _not_served(name: str) -> Any:
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise UnsupportedOperation(
-            f"{name} is not available in remote mode: no plugin on this client provides it "
+            f"{name} is not available in remote mode: no plugin on this client provides it, "
+            "and the generic family is not installed "
             "(index_factory may build it on the server, or call disconnect() for local mode)")
 
     refuse.__name__ = refuse.__qualname__ = name

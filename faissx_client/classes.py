@@ -64,7 +64,7 @@ class DropIn(type):
         for key, arg in given.items():
             kwargs[key], more = describe(arg)
             arrays.update(more)
-        spec = itype.bind(tuple(described), kwargs)
+        spec = cls._bind(tuple(described), kwargs)
         if itype.kind == "component":
             if name is not None:
                 raise TypeError(f"{itype.name} is a component; only indices take name=")
@@ -81,6 +81,9 @@ class DropIn(type):
             proxy._create()
         return proxy
 
+    def _bind(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> IndexSpec:
+        return cls.itype.bind(args, kwargs)
+
     def __instancecheck__(cls, obj: Any) -> bool:
         return type.__instancecheck__(cls, obj) or (
             cls._faiss_cls is not None and isinstance(obj, cls._faiss_cls))
@@ -95,5 +98,38 @@ def make_class(itype: IndexType, registry: PluginRegistry, current: Callable[[],
         "_registry": registry,
         "_current": staticmethod(current),
         "__doc__": itype.doc or f"{itype.name} from plugin family {itype.family!r}.",
+        "__module__": "faissx_client",
+    })
+
+
+class GenericDropIn(DropIn):
+    """Metaclass of faiss index classes no family declares, served by the generic family.
+
+    The spec names the faiss class and carries the constructor's positional arguments as given
+    (proxies described as specs), so the server calls the same constructor faiss would.
+    """
+
+    _faiss_name: str
+
+    def _bind(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> IndexSpec:
+        if kwargs:
+            raise TypeError(f"{cls._faiss_name}() takes positional arguments only in remote mode")
+        params = {"cls": cls._faiss_name, "args": list(args)}
+        return IndexSpec(type=cls.itype.name, params=cls.itype.validate_params(params)
+                         .model_dump())
+
+
+def make_generic_class(faiss_name: str, itype: IndexType, registry: PluginRegistry,
+                       current: Callable[[], Any]) -> type:
+    """The drop-in class for faiss's ``faiss_name``, built remotely by the generic ``itype``."""
+    faiss_cls = getattr(faiss, faiss_name)
+    kind = "binary" if issubclass(faiss_cls, faiss.IndexBinary) else "float"
+    return GenericDropIn(faiss_name, (RemoteIndex,), {
+        "itype": itype.model_copy(update={"vector_kind": kind}),
+        "_faiss_cls": faiss_cls,
+        "_faiss_name": faiss_name,
+        "_registry": registry,
+        "_current": staticmethod(current),
+        "__doc__": f"faiss.{faiss_name}, served remotely by the {itype.family!r} family.",
         "__module__": "faissx_client",
     })

@@ -53,15 +53,17 @@ class RemoteIndex:
         object.__setattr__(self, "_values", {})
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def _create(self, op: str = "create", data: np.ndarray | None = None) -> dict[str, Any]:
-        """Create the server-side index (``import`` uploads ``data`` instead of building)."""
+    def _create(self, op: str = "create", data: np.ndarray | None = None,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create the server-side index (``import`` uploads ``data`` instead of building;
+        ``clone`` copies the index named in ``extra``)."""
         with self._create_lock:  # threads sharing a fresh proxy create it once
             if self._info is not None:
                 return self._info
             client = self._client
             _opt.memory_manager.check_create(0 if data is None else int(data.nbytes), client)
-            args: dict[str, Any] = {"ephemeral": not self._named}
-            if self._spec.type != IMPORTED.name:  # an upload's spec is the server's to infer
+            args: dict[str, Any] = {"ephemeral": not self._named, **(extra or {})}
+            if self._spec.type != IMPORTED.name and op != "clone":  # an upload's spec is the server's to infer
                 args["spec"] = self._spec.model_dump()
             if op == "import" and data is not None:  # in parts when over one message
                 info = client.upload(self._name, data, args["ephemeral"], args.get("spec"))

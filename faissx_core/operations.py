@@ -127,6 +127,11 @@ class ImportArgs(ControlArgs):
     total: int | None = Field(None, gt=0)
 
 
+class CloneArgs(ControlArgs):
+    source: str
+    ephemeral: bool = False
+
+
 class MergeArgs(ControlArgs):
     other: str
     add_id: int = Field(0, ge=0, lt=1 << 62)
@@ -204,6 +209,9 @@ _TABLE = (
     Operation("import", "write", "control", ImportArgs, mutates=True, ordered=True,
               creates_index=True, adds_vectors=True,
               doc="an index from faiss.serialize_index bytes"),
+    Operation("clone", "write", "control", CloneArgs, mutates=True, ordered=True,
+              creates_index=True, adds_vectors=True,
+              doc="a new index, faiss.clone_index of another of the tenant's (source)"),
     Operation("delete", "write", "control", ControlArgs, mutates=True, ordered=True,
               doc="drop an index and its files"),
     Operation("merge_from", "write", "control", MergeArgs, mutates=True, ordered=True,

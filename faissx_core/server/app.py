@@ -471,6 +471,18 @@ class Server:
             f"index {info['name']!r} is named, but this server keeps indices in memory only "
             "(no --data-dir): it will not survive a server restart"]}
 
+    def _clone(self, principal: Principal, request: Request, args: Any,
+               arrays: Arrays) -> dict[str, Any]:
+        """``faiss.clone_index`` of ``source`` as a new index (``index``), state included."""
+        source = self._get(principal, request, args.source)
+        with source.lock.read():
+            copy = faiss.clone_binary_index if source.binary else faiss.clone_index
+            index = run_faiss(lambda: copy(source.index), "clone", source)
+        name, session = _target(request, args.ephemeral)
+        with self.limits.new_index(principal.tenant, self.backend, index=index):
+            return self.backend.create(principal.tenant, name, source.spec, session,
+                                       index=index).info()
+
     def _merge_from(self, principal: Principal, request: Request, args: Any,
                    arrays: Arrays) -> dict[str, Any]:
         """``target.merge_from(source, add_id)``: faiss moves the vectors, emptying the source."""
