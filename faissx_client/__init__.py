@@ -18,7 +18,7 @@ import numpy as np
 
 from faissx_client import classes as _classes_module
 from faissx_client import gpu as gpu_module
-from faissx_client import modification, optimization, recovery
+from faissx_client import modification, optimization, recovery, views
 from faissx_client.cache import vector_cache
 from faissx_client.classes import make_class, make_generic_class
 from faissx_client.client import Client
@@ -26,6 +26,7 @@ from faissx_client.original import FaissXClient
 from faissx_client.proxy import ParamNamespace, RemoteIndex, RemoteSelector, _ids
 from faissx_client.recovery import configure_recovery, on_reconnect, with_retry
 from faissx_client.settings import ClientSettings
+from faissx_client.views import RemoteVector, RemoteView, class_of
 from faissx_core import __version__
 from faissx_core.errors import (
     Aborted,
@@ -379,20 +380,60 @@ class ParameterSpace(faiss.ParameterSpace):
             index.set_parameter(key.strip(), float(value) if "." in value else int(value))
 
 
-def downcast_index(index: Any) -> Any:
-    """Proxies (and their nested ``index.index`` namespaces) are already what they are."""
-    if isinstance(index, RemoteIndex | ParamNamespace):
-        return index
-    return faiss.downcast_index(index)
+_REMOTE = (RemoteIndex, ParamNamespace, RemoteView)
+
+
+def _downcaster(name: str) -> Any:
+    def downcast(obj: Any) -> Any:
+        """Proxies and remote views already are their server-side object's class."""
+        return obj if isinstance(obj, _REMOTE) else getattr(faiss, name)(obj)
+
+    downcast.__name__ = downcast.__qualname__ = name
+    return downcast
+
+
+downcast_index = _downcaster("downcast_index")
+downcast_IndexBinary = _downcaster("downcast_IndexBinary")
+downcast_InvertedLists = _downcaster("downcast_InvertedLists")
+downcast_VectorTransform = _downcaster("downcast_VectorTransform")
 
 
 def extract_index_ivf(index: Any) -> Any:
-    """A remote IVF-bearing index is its own handle for ``nprobe`` and friends."""
-    if not isinstance(index, RemoteIndex):
+    """The IVF index inside ``index``; for a remote one, the proxy itself when it is the IVF
+    (so ``nprobe`` and friends stay runtime parameters), else a remote view of the IVF."""
+    if not isinstance(index, _REMOTE):
         return faiss.extract_index_ivf(index)
-    if "nprobe" not in index._runtime_params():
-        raise RuntimeError(f"{type(index).__name__} is not an IVF index")
-    return index
+    if isinstance(index, RemoteIndex) and issubclass(class_of(index) or object, faiss.IndexIVF):
+        return index
+    proxy, path = ((index, "") if isinstance(index, RemoteIndex)
+                   else (index._proxy, index._path if isinstance(index, RemoteView)
+                         else index._prefix))
+    try:
+        return views.fetch(proxy, views.join(path, "@ivf"))
+    except UnsupportedOperation as exc:
+        raise RuntimeError(str(exc)) from None  # what faiss raises for a non-IVF index
+
+
+def try_extract_index_ivf(index: Any) -> Any:
+    if not isinstance(index, _REMOTE):
+        return faiss.try_extract_index_ivf(index)
+    try:
+        return extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def vector_to_array(v: Any) -> Any:
+    """faiss.vector_to_array; a vector read from a remote index is already numpy inside."""
+    return v.array.copy() if isinstance(v, RemoteVector) else faiss.vector_to_array(v)
+
+
+def rev_swig_ptr(ptr: Any, n: int) -> Any:
+    """faiss.rev_swig_ptr; remote views hand out arrays (``get_ids``) where faiss has
+    pointers, so those are cut to ``n`` here."""
+    if isinstance(ptr, np.ndarray):
+        return ptr[:n]
+    return faiss.rev_swig_ptr(ptr, n)
 
 
 def list_indexes() -> list[dict[str, Any]]:

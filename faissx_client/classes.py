@@ -14,6 +14,7 @@ from typing import Any
 import faiss
 
 from faissx_client.proxy import RemoteComponent, RemoteIndex, describe
+from faissx_client.views import RemoteView, class_of
 from faissx_core.plugins import PluginRegistry
 from faissx_core.specs import IndexSpec, IndexType
 
@@ -85,8 +86,15 @@ class DropIn(type):
         return cls.itype.bind(args, kwargs)
 
     def __instancecheck__(cls, obj: Any) -> bool:
-        return type.__instancecheck__(cls, obj) or (
-            cls._faiss_cls is not None and isinstance(obj, cls._faiss_cls))
+        if type.__instancecheck__(cls, obj):
+            return True
+        if cls._faiss_cls is None:
+            return False
+        if isinstance(obj, cls._faiss_cls):
+            return True
+        # a proxy or a view whose server-side object is of (a subclass of) this faiss class
+        remote = class_of(obj) if isinstance(obj, RemoteIndex | RemoteView) else None
+        return remote is not None and issubclass(remote, cls._faiss_cls)
 
 
 def make_class(itype: IndexType, registry: PluginRegistry, current: Callable[[], Any]) -> type:

@@ -21,6 +21,7 @@ import faiss
 import numpy as np
 
 from faissx_client import optimization as _opt
+from faissx_client import views
 from faissx_client.cache import vector_cache
 from faissx_core.errors import FaissxWarning, InvalidArgument, ServerUnavailable, WrongType
 from faissx_core.selectors import IDS_FRAME, SelectorSpec
@@ -63,7 +64,8 @@ class RemoteIndex:
             client = self._client
             _opt.memory_manager.check_create(0 if data is None else int(data.nbytes), client)
             args: dict[str, Any] = {"ephemeral": not self._named, **(extra or {})}
-            if self._spec.type != IMPORTED.name and op != "clone":  # an upload's spec is the server's to infer
+            # an upload's spec is the server's to infer; a clone's is its source's
+            if self._spec.type != IMPORTED.name and op != "clone":
                 args["spec"] = self._spec.model_dump()
             if op == "import" and data is not None:  # in parts when over one message
                 info = client.upload(self._name, data, args["ephemeral"], args.get("spec"))
@@ -135,15 +137,20 @@ class RemoteIndex:
             return self.get_parameter(attr)
         if any(path.startswith(f"{attr}.") for path in params.values()):
             return ParamNamespace(self, attr)  # index.hnsw.efSearch, as in faiss
-        raise AttributeError(f"{type(self).__name__!r} remote index has no attribute {attr!r}")
+        return views.fetch(self, attr)  # structure: index.nlist, index.pq, index.invlists
 
     def __setattr__(self, attr: str, value: Any) -> None:
         if attr in READ_ONLY:
             raise AttributeError(f"{attr!r} of a remote index is read-only")
-        if attr not in self._runtime_params() and attr not in _opt.CLIENT_PARAMS:
-            raise AttributeError(
-                f"{type(self).__name__!r} remote index has no attribute {attr!r}")
-        self.set_parameter(attr, value)
+        if attr in self._runtime_params() or attr in _opt.CLIENT_PARAMS:
+            self.set_parameter(attr, value)
+            return
+        if attr in views.WRITABLE:
+            views.set_value(self, attr, attr, value)
+            return
+        raise AttributeError(
+            f"{type(self).__name__!r} remote index: {attr!r} cannot be set (not a runtime "
+            "parameter or tuning knob)")
 
     def set_parameter(self, name: str, value: Any) -> None:
         """Set a runtime parameter (``nprobe``, ``efSearch``, ...) on the server, which
@@ -368,7 +375,9 @@ class RemoteIndex:
             if isinstance(x, RemoteSelector | faiss.IDSelector):
                 selector, arrays = describe(x)
                 return int(self._call("remove_ids", {"selector": selector}, arrays)[0]["removed"])
-            return int(self._call("remove_ids", arrays={"ids": _ids(x)})[0]["removed"])
+            ids = np.asarray(x, dtype="int64")
+            ids = ids.reshape(1) if ids.ndim == 0 else ids  # faiss takes one id as a scalar
+            return int(self._call("remove_ids", arrays={"ids": _ids(ids)})[0]["removed"])
         finally:
             self._mutated()
 
@@ -435,10 +444,23 @@ class ParamNamespace:
         deeper = f"{self._prefix}.{attr}."
         if any(p.startswith(deeper) for p in self._proxy._runtime_params().values()):
             return ParamNamespace(self._proxy, f"{self._prefix}.{attr}")  # idmap.index.hnsw
-        return self._proxy.get_parameter(self._param(attr))
+        try:
+            name = self._param(attr)
+        except AttributeError:  # not a runtime parameter: the structure, as a remote view
+            return views.RemoteView(self._proxy, self._prefix, {}).__getattr__(attr)
+        return self._proxy.get_parameter(name)
 
     def __setattr__(self, attr: str, value: Any) -> None:
-        self._proxy.set_parameter(self._param(attr), value)
+        try:
+            name = self._param(attr)
+        except AttributeError:
+            views.set_value(self._proxy, f"{self._prefix}.{attr}", attr, value)
+            return
+        self._proxy.set_parameter(name, value)
+
+    @property
+    def faiss_class(self) -> str:
+        return str(self._proxy._call("get_attr", {"path": self._prefix})[0].get("class"))
 
 
 class RemoteComponent:

@@ -108,6 +108,21 @@ class DirectMapArgs(Args):
     type: int = Field(ge=0, le=2, description="faiss.DirectMap.NoMap / Array / Hashtable")
 
 
+class AttrPath(Args):
+    """A dotted path from an index to a member (faissx_core/attrs.py says what it may name)."""
+
+    path: str = Field("", max_length=512)
+
+
+class AttrCall(AttrPath):
+    method: str = Field(max_length=64)
+    args: list[StrictInt] = Field(default_factory=list, max_length=4)
+
+
+class AttrValue(AttrPath):
+    value: StrictBool | StrictInt | StrictFloat | str
+
+
 class AddArgs(Args):
     #: Rows this request and the rest of its call add (each part of a pipelined add says so):
     #: flat storage then grows ahead instead of reallocating, part after part.
@@ -234,6 +249,8 @@ _TABLE = (
     _read("get_parameter", ParamName),
     _read("serialize", doc="faiss.serialize_index bytes"),
     _read("export", ExportArgs, doc="stored ids (and vectors), one page"),
+    _read("get_attr", AttrPath, doc="a structural member at a path, as a value or a view"),
+    _read("call_attr", AttrCall, doc="a read-only method of the object at a path"),
     # -- writes on one index ----------------------------------------------------------------
     _write("add", AddArgs, adds_vectors=True),
     _write("add_with_ids", adds_vectors=True),
@@ -242,6 +259,7 @@ _TABLE = (
     _write("reset"),
     _write("set_parameter", ParamValue),
     _write("set_direct_map_type", DirectMapArgs),
+    _write("set_attr", AttrValue, doc="a tuning knob at a path (attrs.WRITABLE)"),
 )
 
 #: Every operation by name (read-only).

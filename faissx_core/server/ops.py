@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
 )
 
+from faissx_core import attrs
 from faissx_core.errors import (
     FaissError,
     InvalidArgument,
@@ -35,6 +36,9 @@ from faissx_core.operations import (
     OPERATIONS,
     AddArgs,
     Args,
+    AttrCall,
+    AttrPath,
+    AttrValue,
     DirectMapArgs,
     ExportArgs,
     KeyArgs,
@@ -557,5 +561,59 @@ def set_direct_map_type(m: ManagedIndex, a: DirectMapArgs, arrays: Arrays) -> Jo
             raise UnsupportedOperation(f"{m.spec.type} has no direct map (it is not an IVF)")
         run_faiss(lambda: index.set_direct_map_type(a.type), "set_direct_map_type", m)
         return _info(index), {}
+
+    return job
+
+
+# -- structural attributes as remote views (faissx_core/attrs.py says what a path may name) ----
+
+@op("get_attr")
+def get_attr(m: ManagedIndex, a: AttrPath, arrays: Arrays) -> Job:
+    """The value at a dotted path from the index: a scalar, an array, or an object to view."""
+    attrs.check_path(a.path)
+    return lambda index: run_faiss(lambda: attrs.describe(attrs.walk(index, a.path)),
+                                   "get_attr", m)
+
+
+@op("call_attr")
+def call_attr(m: ManagedIndex, a: AttrCall, arrays: Arrays) -> Job:
+    """A read-only method (attrs.READ_METHODS) of the object at a path."""
+    attrs.check_path(a.path)
+    if a.method not in attrs.READ_METHODS:
+        raise InvalidArgument(f"{a.method!r} is not a read-only method a view may call")
+    x = arrays.get("x")
+
+    def job(index: Any) -> Result:
+        obj = attrs.walk(index, a.path)
+        if x is not None:
+            width = obj.d
+            vectors(_Shape(obj, width), {"x": x})  # type: ignore[arg-type]
+        return run_faiss(lambda: attrs.call(obj, a.method, list(a.args), x), "call_attr", m)
+
+    return job
+
+
+class _Shape:
+    """What :func:`vectors` needs to check ``x`` against a nested object (not the index)."""
+
+    def __init__(self, obj: Any, width: int) -> None:
+        self.binary = isinstance(obj, faiss.IndexBinary)
+        self.row_width = int(width) // 8 if self.binary else int(width)
+        self.spec = IndexSpec(type=type(obj).__name__)
+        self.index = obj
+
+
+@op("set_attr")
+def set_attr(m: ManagedIndex, a: AttrValue, arrays: Arrays) -> Job:
+    """Set a tuning knob (attrs.WRITABLE) at a path; logged like every write."""
+    *parents, leaf = attrs.check_path(a.path) or [""]
+    if leaf not in attrs.WRITABLE:
+        raise UnsupportedOperation(f"{leaf!r} cannot be set on a remote index (it is not a "
+                                   "tuning knob; sizes and pointers stay the server's)")
+
+    def job(index: Any) -> Result:
+        obj = attrs.walk(index, ".".join(parents))
+        run_faiss(lambda: attrs.set_member(obj, leaf, a.value), "set_attr", m)
+        return attrs.describe(attrs.walk(index, a.path))
 
     return job

@@ -1,0 +1,165 @@
+"""Remote views: the structure inside a remote index, read and tuned as faiss users do.
+
+``index.invlists``, ``index.pq``, ``index.quantizer``, ``index.hnsw.levels`` on a proxy are
+not local objects: each read asks the server (``get_attr``) for the value at that dotted path.
+Scalars come back as Python values, numeric ``std::vector``s as :class:`RemoteVector` (which
+``faiss.vector_to_array`` turns into numpy, as faiss does), and objects as :class:`RemoteView`,
+which reads further, calls read-only methods (``list_size``, ``get_ids``, ``search`` on a
+quantizer, ...; ``call_attr``) and sets tuning knobs (``set_attr``). faissx_core/attrs.py says
+what the server lets a path reach. A view is live: it re-reads on every access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+
+from faissx_core.attrs import READ_METHODS, WRITABLE
+from faissx_core.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from faissx_client.proxy import RemoteIndex
+
+
+class RemoteVector:
+    """A numeric ``std::vector`` read from a remote index: ``size()``, ``at(i)``, numpy."""
+
+    def __init__(self, array: np.ndarray, cls: str) -> None:
+        self.array = array
+        self.faiss_class = cls
+
+    def size(self) -> int:
+        return len(self.array)
+
+    def at(self, i: int) -> Any:
+        return self.array[i].item()
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.array[i]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.array)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.array if dtype is None else self.array.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"<remote {self.faiss_class} of {len(self.array)}>"
+
+
+def join(path: str, step: str) -> str:
+    return f"{path}.{step}" if path else step
+
+
+def fetch(proxy: RemoteIndex, path: str) -> Any:
+    """The value at ``path`` of ``proxy``'s server-side index, as faiss would hand it out."""
+    try:
+        result, arrays = proxy._call("get_attr", {"path": path})
+    except InvalidArgument as exc:  # not a data member: what getattr says in faiss
+        raise AttributeError(str(exc)) from None
+    return _value(proxy, path, result, arrays)
+
+
+def _value(proxy: RemoteIndex, path: str, result: dict[str, Any], arrays: dict) -> Any:
+    kind = result["kind"]
+    if kind == "scalar":
+        return result["value"]
+    if kind == "none":
+        return None
+    if kind == "array":
+        return arrays["value"]
+    if kind == "pair":
+        return arrays["D"], arrays["I"]
+    if kind == "vector":
+        return RemoteVector(arrays["value"], result["class"])
+    return RemoteView(proxy, path, result)
+
+
+class RemoteView:
+    """An object at a dotted path inside a remote index (an ``IndexIVF``'s ``invlists``...).
+
+    ``faiss_class`` names what it is on the server; ``isinstance(view, faiss.IndexFlatL2)``
+    answers by that class. Attribute reads and method calls go to the server each time.
+    """
+
+    def __init__(self, proxy: RemoteIndex, path: str, described: dict[str, Any]) -> None:
+        object.__setattr__(self, "_proxy", proxy)
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_described", described)
+
+    @property
+    def faiss_class(self) -> str:
+        return str(self._described.get("class", "?"))
+
+    def _method(self, name: str) -> Any:
+        def call(*args: Any) -> Any:
+            arrays: dict[str, np.ndarray] = {}
+            ints = list(args)
+            if READ_METHODS[name] is None:  # search(x, k), assign(x, k), compute_codes(x)
+                x = np.ascontiguousarray(args[0], dtype="uint8" if
+                                         self._described.get("binary") else "float32")
+                arrays, ints = {"x": x}, list(args[1:2])
+            result, out = self._proxy._call(
+                "call_attr", {"path": self._path, "method": name,
+                              "args": [int(i) for i in ints]}, arrays)
+            return _value(self._proxy, self._path, result, out)
+
+        call.__name__ = name
+        return call
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        if attr in READ_METHODS:
+            return self._method(attr)
+        return fetch(self._proxy, join(self._path, attr))
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        set_value(self._proxy, join(self._path, attr), attr, value)
+
+    # a std::vector of objects (an IndexPreTransform's chain)
+    def at(self, i: int) -> Any:
+        return fetch(self._proxy, join(self._path, f"#{int(i)}"))
+
+    def __len__(self) -> int:
+        if self._described.get("kind") != "list":
+            raise TypeError(f"remote {self.faiss_class} has no len()")
+        return int(self._described["size"])
+
+    def __getitem__(self, i: int) -> Any:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self.at(i % len(self))
+
+    def __repr__(self) -> str:
+        return f"<remote view {self.faiss_class} at {self._path or '.'} of {self._proxy!r}>"
+
+
+def set_value(proxy: RemoteIndex, path: str, leaf: str, value: Any) -> None:
+    """Set a tuning knob at ``path``; faiss-typed values only, other members refused."""
+    if leaf not in WRITABLE:
+        raise AttributeError(f"{leaf!r} cannot be set on a remote index: only tuning knobs "
+                             f"can ({', '.join(sorted(WRITABLE)[:6])}, ...)")
+    if isinstance(value, np.generic):
+        value = value.item()
+    try:
+        proxy._call("set_attr", {"path": path, "value": value})
+    finally:
+        proxy._mutated()
+
+
+def class_of(obj: Any) -> type | None:
+    """faiss's class for a proxy or a view (by the name the server reported), else None."""
+    if isinstance(obj, RemoteView):
+        name = obj.faiss_class
+    else:
+        info = getattr(obj, "_info", None)
+        name = info.get("faiss_class") if isinstance(info, dict) else None
+    cls = getattr(faiss, str(name), None) if name else None
+    return cls if isinstance(cls, type) else None

@@ -1,0 +1,222 @@
+"""Structural attributes of a faiss index as remote views: the contract and the server's walk.
+
+faiss users read an index's structure (``index.nlist``, ``index.pq.centroids``,
+``index.invlists.list_size(l)``, ``index.hnsw.levels``, ``index.quantizer.ntotal``) and set
+some of its knobs (``index.cp.min_points_per_centroid``, ``index.use_heap``). A remote proxy
+serves these through three index ops -- ``get_attr``, ``call_attr`` and ``set_attr`` -- that
+take a dotted *path* from the index. This module fixes what a path may name and walks it on
+the server's faiss object; the client imports only the constants.
+
+What may be reached, and why it is safe:
+
+- A step reads a C++ data member only: SWIG exposes those as ``property`` objects on the
+  class, so a name that is not one (a method, ``this``, anything private) is refused. Two
+  special steps exist: ``@ivf`` (``faiss.extract_index_ivf``) and ``#i`` (element ``i`` of a
+  vector of objects, such as an ``IndexPreTransform``'s ``chain``).
+- A method is called only if it is in :data:`READ_METHODS`: read-only by faiss's contract,
+  with integer arguments (and, for searches, the request's ``x``).
+- A write sets a scalar member named in :data:`WRITABLE`: tuning and training knobs that
+  faiss reads at call time. Sizes, counts and pointers (``d``, ``ntotal``, ``code_size``,
+  ``nlist``, ``own_fields``) are never written: a wrong value corrupts memory.
+- Arrays come back through ``faiss.vector_to_array`` and are bounded by :data:`MAX_BYTES`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import faiss
+import numpy as np
+
+from faissx_core.errors import InvalidArgument, OutOfRange, UnsupportedOperation
+
+#: Largest array one view read returns (a whole flat index's codes fit; a runaway read not).
+MAX_BYTES = 256 << 20
+#: Deepest path (``index.index.quantizer.invlists`` is 4).
+MAX_DEPTH = 8
+_STEP = re.compile(r"^(?:[A-Za-z][A-Za-z0-9_]{0,63}|@ivf|#\d{1,9})$")
+
+#: Read-only methods a view may call: name -> number of integer arguments (None: the call
+#: takes the request's ``x`` and an integer ``k``, as a search does).
+READ_METHODS: dict[str, int | None] = {
+    "list_size": 1, "get_ids": 1, "get_codes": 1, "sa_code_size": 0, "imbalance_factor": 0,
+    "reconstruct": 1, "reconstruct_n": 2, "search": None, "assign": None, "size": 0,
+    "get_list_size": 1, "compute_codes": None, "is_trained": 0,
+}
+
+#: Scalar members a remote client may set: knobs faiss reads when it trains, adds or searches.
+WRITABLE = frozenset({
+    # IVF and its quantizer / training
+    "nprobe", "max_codes", "parallel_mode", "use_heap", "quantizer_trains_alone",
+    "clustering_index_none", "verbose", "niter", "nredo", "seed", "spherical", "int_centroids",
+    "update_index", "frozen_centroids", "min_points_per_centroid", "max_points_per_centroid",
+    "decode_block_size", "check_input_data_for_NaNs", "use_faster_subsampling",
+    # HNSW / NSG / NNDescent
+    "efSearch", "efConstruction", "check_relative_distance", "search_bounded_queue",
+    "search_L", "build_type", "nndescent_S", "nndescent_R", "nndescent_L", "nndescent_iter",
+    # PQ, polysemous, fast-scan, refine, additive quantizers
+    "polysemous_ht", "search_type", "do_polysemous_training", "scan_table_threshold",
+    "k_factor", "implem", "qbs", "skip", "max_beam_size", "use_beam_LUT", "encode_ils_iters",
+    "train_iters", "lsq_lambda", "norm_max", "norm_min", "train_type",
+})
+
+SCALAR = (bool, int, float, str)
+
+
+def check_path(path: str) -> list[str]:
+    """The steps of ``path``, or InvalidArgument (empty means the index itself)."""
+    steps = path.split(".") if path else []
+    if len(steps) > MAX_DEPTH or not all(_STEP.match(s) for s in steps):
+        raise InvalidArgument(f"{path!r} is not an attribute path (names, @ivf, #i; at most "
+                              f"{MAX_DEPTH} steps)")
+    return steps
+
+
+def downcast_any(obj: Any) -> Any:
+    """The most derived class of a SWIG object faiss hands out as a base pointer."""
+    for base, down in ((faiss.Index, faiss.downcast_index),
+                       (faiss.IndexBinary, faiss.downcast_IndexBinary),
+                       (faiss.InvertedLists, faiss.downcast_InvertedLists),
+                       (faiss.VectorTransform, faiss.downcast_VectorTransform),
+                       (faiss.Quantizer, getattr(faiss, "downcast_Quantizer", None)),
+                       (faiss.AdditiveQuantizer, getattr(faiss, "downcast_AdditiveQuantizer",
+                                                         None))):
+        if isinstance(obj, base):
+            return down(obj) if down is not None else obj
+    return obj
+
+
+def _member(obj: Any, name: str) -> Any:
+    if name == "@ivf":
+        try:
+            return faiss.extract_index_ivf(obj)
+        except (RuntimeError, TypeError):
+            raise UnsupportedOperation(f"{type(obj).__name__} holds no IVF index") from None
+    if name.startswith("#"):
+        size = obj.size() if hasattr(obj, "size") and hasattr(obj, "at") else None
+        if size is None:
+            raise InvalidArgument(f"{type(obj).__name__} is not a vector of objects")
+        i = int(name[1:])
+        if i >= size:
+            raise OutOfRange(f"element {i} of a vector of {size}")
+        return obj.at(i)
+    if not isinstance(getattr(type(obj), name, None), property) or name in ("this", "thisown"):
+        raise InvalidArgument(f"{type(obj).__name__} has no data member {name!r}")
+    return getattr(obj, name)
+
+
+def walk(root: Any, path: str) -> Any:
+    """The object at ``path`` from ``root`` (the server's index), downcast at every step."""
+    obj = downcast_any(root)
+    for step in check_path(path):
+        if obj is None:
+            raise InvalidArgument(f"{path!r} passes through a null pointer")
+        obj = downcast_any(_member(obj, step))
+    return obj
+
+
+def as_vector(obj: Any) -> np.ndarray | None:
+    """A SWIG std::vector of numbers as a numpy copy; None for anything else."""
+    name = type(obj).__name__
+    if not (name.endswith("Vector") or name.startswith("MaybeOwnedVector")):
+        return None
+    try:
+        size = obj.size()
+    except (AttributeError, TypeError):
+        return None
+    if size > MAX_BYTES:  # at least a byte each: too big whatever the type
+        raise InvalidArgument(f"{name} of {size} elements exceeds the {MAX_BYTES} byte limit")
+    try:
+        arr = faiss.vector_to_array(obj)
+    except (TypeError, AttributeError, KeyError):
+        return None
+    if arr.nbytes > MAX_BYTES:
+        raise InvalidArgument(f"{name} of {arr.nbytes} bytes exceeds the {MAX_BYTES} limit")
+    return arr
+
+
+def describe(obj: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """What the client needs to stand in for ``obj``: a value, an array or an object view."""
+    if obj is None:
+        return {"kind": "none"}, {}
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, SCALAR):
+        return {"kind": "scalar", "value": obj}, {}
+    if isinstance(obj, np.ndarray):
+        return {"kind": "array"}, {"value": obj}
+    arr = as_vector(obj)
+    if arr is not None:
+        return {"kind": "vector", "class": type(obj).__name__}, {"value": arr}
+    if callable(obj):
+        raise InvalidArgument("a method is not an attribute value")
+    out: dict[str, Any] = {"kind": "object", "class": type(obj).__name__}
+    if isinstance(obj, faiss.Index | faiss.IndexBinary):
+        out.update(kind="index", d=int(obj.d), ntotal=int(obj.ntotal),
+                   is_trained=bool(obj.is_trained), metric_type=int(obj.metric_type),
+                   binary=isinstance(obj, faiss.IndexBinary))
+    elif hasattr(obj, "size") and hasattr(obj, "at"):
+        out.update(kind="list", size=int(obj.size()))
+    return out, {}
+
+
+def call(obj: Any, method: str, args: list[int], x: np.ndarray | None
+         ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A read-only method of the object at a path, its result described."""
+    if method not in READ_METHODS:
+        raise InvalidArgument(f"{method!r} is not a read-only method a view may call")
+    want = READ_METHODS[method]
+    fn = getattr(obj, method, None)
+    if fn is None or not callable(fn):
+        raise InvalidArgument(f"{type(obj).__name__} has no method {method!r}")
+    if want is None:
+        if x is None or len(args) > 1:
+            raise InvalidArgument(f"{method} takes the array x (and k)")
+        if method == "compute_codes":
+            return {"kind": "array"}, {"value": obj.sa_encode(x) if hasattr(obj, "sa_encode")
+                                       else fn(x)}
+        if method == "assign":
+            return {"kind": "array"}, {"value": fn(x, *args)}
+        D, I = fn(x, *args)
+        return {"kind": "pair"}, {"D": D, "I": I}
+    if len(args) != want:
+        raise InvalidArgument(f"{method} takes {want} integer argument(s)")
+    if method in ("list_size", "get_ids", "get_codes", "get_list_size"):
+        nlist = int(obj.nlist)
+        if not 0 <= args[0] < nlist:
+            raise OutOfRange(f"list {args[0]} out of range [0, {nlist})")
+    if isinstance(obj, faiss.Index | faiss.IndexBinary) and method.startswith("reconstruct"):
+        hi = args[0] + (args[1] if method == "reconstruct_n" else 1)
+        if not 0 <= args[0] <= hi <= obj.ntotal:
+            raise OutOfRange(f"keys [{args[0]}, {hi}) out of range [0, {obj.ntotal})")
+    if method in ("get_ids", "get_codes"):
+        n = int(obj.list_size(args[0]))
+        if method == "get_ids":
+            ptr = obj.get_ids(args[0])
+            out = faiss.rev_swig_ptr(ptr, n).copy() if n else np.empty(0, np.int64)
+            obj.release_ids(args[0], ptr)
+        else:
+            ptr = obj.get_codes(args[0])
+            size = n * int(obj.code_size)
+            out = faiss.rev_swig_ptr(ptr, size).copy() if size else np.empty(0, np.uint8)
+            obj.release_codes(args[0], ptr)
+        return {"kind": "array"}, {"value": out}
+    return describe(fn(*args))
+
+
+def set_member(obj: Any, name: str, value: Any) -> None:
+    """Set a knob in :data:`WRITABLE` on the object at a path, with faiss's own type."""
+    if name not in WRITABLE:
+        raise UnsupportedOperation(f"{name!r} cannot be set on a remote index (it is not a "
+                                   "tuning knob; sizes and pointers stay the server's)")
+    current = _member(obj, name)
+    if not isinstance(current, SCALAR) or isinstance(value, str) != isinstance(current, str):
+        raise InvalidArgument(f"{name} is a {type(current).__name__}, not {value!r}")
+    if isinstance(current, bool) or (isinstance(current, int) and not isinstance(current, bool)):
+        if isinstance(value, float) and value != int(value):
+            raise InvalidArgument(f"{name} is an integer, got {value!r}")
+        value = type(current)(value)
+    elif isinstance(current, float):
+        value = float(value)
+    setattr(obj, name, value)
