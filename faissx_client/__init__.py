@@ -23,6 +23,7 @@ from faissx_client.cache import vector_cache
 from faissx_client.classes import make_class, make_generic_class
 from faissx_client.client import Client
 from faissx_client.original import FaissXClient
+from faissx_client.pointers import pointers
 from faissx_client.proxy import ParamNamespace, RemoteIndex, RemoteSelector, _ids
 from faissx_client.recovery import configure_recovery, on_reconnect, with_retry
 from faissx_client.settings import ClientSettings
@@ -423,6 +424,15 @@ def try_extract_index_ivf(index: Any) -> Any:
         return None
 
 
+def swig_ptr(array: Any) -> Any:
+    """faiss.swig_ptr; in remote mode the array is remembered, so a selector built on the
+    pointer can send its ids (faissx_client/pointers.py)."""
+    ptr = faiss.swig_ptr(array)
+    if get_client() is not None:
+        pointers.remember(ptr, array)
+    return ptr
+
+
 def vector_to_array(v: Any) -> Any:
     """faiss.vector_to_array; a vector read from a remote index is already numpy inside."""
     return v.array.copy() if isinstance(v, RemoteVector) else faiss.vector_to_array(v)
@@ -479,7 +489,8 @@ def IDSelectorArray(*args: Any) -> Any:
 def _id_set(kind: str, local: Any, args: tuple[Any, ...]) -> Any:
     if get_client() is None:
         return local(*args)
-    ids = _ids(args[-1])
+    behind = pointers.array(args[-1])  # IDSelectorArray(n, faiss.swig_ptr(ids))
+    ids = _ids(behind if behind is not None else args[-1])
     if len(args) == 2:
         ids = ids[: int(args[0])]
     return RemoteSelector(SelectorSpec(kind=kind), ids)

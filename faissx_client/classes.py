@@ -85,6 +85,14 @@ class DropIn(type):
     def _bind(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> IndexSpec:
         return cls.itype.bind(args, kwargs)
 
+    def __getattr__(cls, name: str) -> Any:
+        """Class constants of faiss's class (``IndexPQ.ST_polysemous``), in both modes."""
+        faiss_cls = type.__getattribute__(cls, "_faiss_cls")
+        value = getattr(faiss_cls, name, None) if not name.startswith("_") else None
+        if isinstance(value, int | float | str):
+            return value
+        raise AttributeError(f"type object {cls.__name__!r} has no attribute {name!r}")
+
     def __instancecheck__(cls, obj: Any) -> bool:
         if type.__instancecheck__(cls, obj):
             return True

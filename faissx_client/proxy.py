@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 _anon = itertools.count(1)
 
 #: Attributes every proxy answers from the server; faiss lets you read, not meaningfully set them.
-READ_ONLY = frozenset({"d", "ntotal", "is_trained", "metric_type", "name", "spec"})
+READ_ONLY = frozenset({"d", "ntotal", "is_trained", "name", "spec"})
 
 
 class RemoteIndex:
@@ -147,6 +147,8 @@ class RemoteIndex:
             return
         if attr in views.WRITABLE:
             views.set_value(self, attr, attr, value)
+            if attr == "metric_type":
+                self._fetch()  # the cached info holds it
             return
         raise AttributeError(
             f"{type(self).__name__!r} remote index: {attr!r} cannot be set (not a runtime "

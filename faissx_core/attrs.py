@@ -55,11 +55,18 @@ WRITABLE = frozenset({
     # HNSW / NSG / NNDescent
     "efSearch", "efConstruction", "check_relative_distance", "search_bounded_queue",
     "search_L", "build_type", "nndescent_S", "nndescent_R", "nndescent_L", "nndescent_iter",
+    "S", "R", "L", "iter",  # an NNDescent's build parameters
+    "by_residual", "n_iter", "max_memory",  # IVF encoding choice, polysemous training
     # PQ, polysemous, fast-scan, refine, additive quantizers
     "polysemous_ht", "search_type", "do_polysemous_training", "scan_table_threshold",
     "k_factor", "implem", "qbs", "skip", "max_beam_size", "use_beam_LUT", "encode_ils_iters",
     "train_iters", "lsq_lambda", "norm_max", "norm_min", "train_type",
+    # faiss branches on it at search time; only known metrics are accepted (set_member)
+    "metric_type",
 })
+#: faiss's metrics by value: what ``metric_type`` may be set to.
+METRICS = frozenset(getattr(faiss, n) for n in dir(faiss)
+                    if n.startswith("METRIC_") and isinstance(getattr(faiss, n), int))
 
 SCALAR = (bool, int, float, str)
 
@@ -211,6 +218,8 @@ def set_member(obj: Any, name: str, value: Any) -> None:
         raise UnsupportedOperation(f"{name!r} cannot be set on a remote index (it is not a "
                                    "tuning knob; sizes and pointers stay the server's)")
     current = _member(obj, name)
+    if name == "metric_type" and value not in METRICS:
+        raise InvalidArgument(f"metric_type must be a faiss.METRIC_* value, got {value!r}")
     if not isinstance(current, SCALAR) or isinstance(value, str) != isinstance(current, str):
         raise InvalidArgument(f"{name} is a {type(current).__name__}, not {value!r}")
     if isinstance(current, bool) or (isinstance(current, int) and not isinstance(current, bool)):

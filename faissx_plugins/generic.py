@@ -36,7 +36,7 @@ Scalar = StrictBool | StrictInt | StrictFloat | str
 class GenericParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    cls: str = Field(pattern=r"^Index[A-Za-z0-9_]{1,64}$", description="the faiss class")
+    cls: str = Field(pattern=r"^[A-Z][A-Za-z0-9_]{1,64}$", description="the faiss class")
     args: list[Scalar | IndexSpec] = Field(default_factory=list, max_length=16,
                                            description="its positional constructor arguments")
 
@@ -83,11 +83,15 @@ def build(p: GenericParams, build_nested: BuildNested) -> Any:
                 f"{p.cls} cannot be served remotely: faiss cannot serialize it, so the server "
                 f"could not snapshot it ({reason})") from None
         # Some classes serialize only once trained (an additive quantizer's codebooks): the
-        # object is kept as built, unless it points into nested parts nothing would own.
-        if any(isinstance(a, faiss.Index | faiss.IndexBinary) for a in args):
+        # object is kept as built. A nested part it points to must then be owned by it.
+        nested = [a for a in args if isinstance(a, faiss.Index | faiss.IndexBinary)]
+        if len(nested) > 1 or (nested and not hasattr(built, "own_fields")):
             raise UnsupportedOperation(
                 f"{p.cls} with nested indices cannot be served remotely before it is trained: "
                 f"faiss cannot copy it yet ({reason})") from None
+        for part in nested:
+            part.this.disown()
+            built.own_fields = True
         return built
 
 
