@@ -24,8 +24,9 @@ from faissx_client.classes import make_class, make_generic_class
 from faissx_client.client import Client
 from faissx_client.original import FaissXClient
 from faissx_client.pointers import pointers
-from faissx_client.proxy import ParamNamespace, RemoteIndex, RemoteSelector, _ids
+from faissx_client.proxy import ParamNamespace, RemoteIndex, _ids
 from faissx_client.recovery import configure_recovery, on_reconnect, with_retry
+from faissx_client.selection import RemoteSelector, combination
 from faissx_client.settings import ClientSettings
 from faissx_client.views import RemoteVector, RemoteView, class_of
 from faissx_core import __version__
@@ -473,7 +474,40 @@ def IDSelectorRange(imin: int, imax: int, assume_sorted: bool = False) -> Any:
     """Ids in ``[imin, imax)``."""
     if get_client() is None:
         return faiss.IDSelectorRange(imin, imax, assume_sorted)
-    return RemoteSelector(SelectorSpec(kind="range", imin=imin, imax=imax))
+    return RemoteSelector(SelectorSpec(kind="range", imin=imin, imax=imax,
+                                       assume_sorted=bool(assume_sorted)))
+
+
+def IDSelectorBitmap(*args: Any) -> Any:
+    """Ids whose bit is set: ``IDSelectorBitmap(bitmap)`` or ``IDSelectorBitmap(n, bitmap)``
+    (``n`` bytes; bit ``i % 8`` of byte ``i // 8`` is id ``i``)."""
+    if get_client() is None:
+        return faiss.IDSelectorBitmap(*args)
+    behind = pointers.array(args[-1])
+    bitmap = np.asarray(behind if behind is not None else args[-1])
+    if bitmap.dtype != np.uint8 or bitmap.ndim != 1:
+        raise InvalidArgument("IDSelectorBitmap takes a 1-d uint8 array (np.packbits, "
+                              "bitorder='little')")
+    if len(args) == 2:
+        bitmap = bitmap[: int(args[0])]
+    return RemoteSelector(SelectorSpec(kind="bitmap"), np.ascontiguousarray(bitmap))
+
+
+def IDSelectorNot(sel: Any) -> Any:
+    """Ids ``sel`` does not select."""
+    return combination("not", faiss.IDSelectorNot, (sel,), get_client() is not None)
+
+
+def IDSelectorAnd(lhs: Any, rhs: Any) -> Any:
+    return combination("and", faiss.IDSelectorAnd, (lhs, rhs), get_client() is not None)
+
+
+def IDSelectorOr(lhs: Any, rhs: Any) -> Any:
+    return combination("or", faiss.IDSelectorOr, (lhs, rhs), get_client() is not None)
+
+
+def IDSelectorXOr(lhs: Any, rhs: Any) -> Any:
+    return combination("xor", faiss.IDSelectorXOr, (lhs, rhs), get_client() is not None)
 
 
 def IDSelectorBatch(*args: Any) -> Any:

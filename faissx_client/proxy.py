@@ -23,8 +23,8 @@ import numpy as np
 from faissx_client import optimization as _opt
 from faissx_client import views
 from faissx_client.cache import vector_cache
+from faissx_client.selection import RemoteSelector, describe_selector
 from faissx_core.errors import FaissxWarning, InvalidArgument, ServerUnavailable, WrongType
-from faissx_core.selectors import IDS_FRAME, SelectorSpec
 from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType
 
 if TYPE_CHECKING:
@@ -137,6 +137,8 @@ class RemoteIndex:
             return self.get_parameter(attr)
         if any(path.startswith(f"{attr}.") for path in params.values()):
             return ParamNamespace(self, attr)  # index.hnsw.efSearch, as in faiss
+        if attr in views.READ_METHODS:  # index.check_ids_sorted(), index.sa_code_size()
+            return views.RemoteView(self, "", {}).__getattr__(attr)
         return views.fetch(self, attr)  # structure: index.nlist, index.pq, index.invlists
 
     def __setattr__(self, attr: str, value: Any) -> None:
@@ -500,19 +502,6 @@ class RemoteComponent:
         return f"<remote {self._spec.type} {self._spec.params}>"
 
 
-class RemoteSelector:
-    """A remote-mode ``IDSelectorRange``/``IDSelectorBatch``/``IDSelectorArray``: data, not C++."""
-
-    def __init__(self, spec: SelectorSpec, ids: np.ndarray | None = None) -> None:
-        self.spec = spec
-        self.ids = ids
-
-    def is_member(self, i: int) -> bool:
-        if self.spec.kind == "range":
-            return self.spec.imin <= i < self.spec.imax
-        return bool(self.ids is not None and np.isin(i, self.ids))
-
-
 def _caller_level() -> int:
     """The ``stacklevel`` that points a warning at the first frame outside FAISSx (the user's
     line that created the index, however many of our frames lie between)."""
@@ -539,13 +528,11 @@ def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
     if isinstance(value, RemoteIndex | RemoteComponent):
         arrays = value._arrays if isinstance(value, RemoteComponent) else {}
         return value.spec.model_dump(), arrays
-    if isinstance(value, RemoteSelector):
-        return value.spec.model_dump(), ({IDS_FRAME: value.ids} if value.ids is not None else {})
-    if isinstance(value, faiss.IDSelectorRange):
-        spec = SelectorSpec(kind="range", imin=int(value.imin), imax=int(value.imax))
-        return spec.model_dump(), {}
+    if isinstance(value, RemoteSelector | faiss.IDSelector):
+        spec, arrays = describe_selector(value)
+        return spec.model_dump(), arrays
     if isinstance(value, faiss.Index | faiss.IndexBinary | faiss.VectorTransform
-                  | faiss.SearchParameters | faiss.IDSelector):
+                  | faiss.SearchParameters):
         raise InvalidArgument(
             f"a local faiss {type(value).__name__} cannot be sent to the server; create it after "
             "configure() so FAISSx can describe it")

@@ -42,7 +42,7 @@ _STEP = re.compile(r"^(?:[A-Za-z][A-Za-z0-9_]{0,63}|@ivf|#\d{1,9})$")
 READ_METHODS: dict[str, int | None] = {
     "list_size": 1, "get_ids": 1, "get_codes": 1, "sa_code_size": 0, "imbalance_factor": 0,
     "reconstruct": 1, "reconstruct_n": 2, "search": None, "assign": None, "size": 0,
-    "get_list_size": 1, "compute_codes": None, "is_trained": 0,
+    "get_list_size": 1, "compute_codes": None, "check_ids_sorted": 0, "check_consistency": 0,
 }
 
 #: Scalar members a remote client may set: knobs faiss reads when it trains, adds or searches.
@@ -56,7 +56,7 @@ WRITABLE = frozenset({
     "efSearch", "efConstruction", "check_relative_distance", "search_bounded_queue",
     "search_L", "build_type", "nndescent_S", "nndescent_R", "nndescent_L", "nndescent_iter",
     "S", "R", "L", "iter",  # an NNDescent's build parameters
-    "by_residual", "n_iter", "max_memory",  # IVF encoding choice, polysemous training
+    "by_residual", "n_iter", "n_redo", "max_memory",  # IVF encoding choice, polysemous training
     # PQ, polysemous, fast-scan, refine, additive quantizers
     "polysemous_ht", "search_type", "do_polysemous_training", "scan_table_threshold",
     "k_factor", "implem", "qbs", "skip", "max_beam_size", "use_beam_LUT", "encode_ils_iters",

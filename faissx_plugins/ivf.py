@@ -69,6 +69,9 @@ class SearchParamsIVF(SearchParams):
     nprobe: int = Field(1, ge=1, le=NPROBE_MAX, description="inverted lists visited per query")
     max_codes: int = Field(0, ge=0, le=MAX_CODES_MAX,
                            description="codes visited per query at most (0: no limit)")
+    quantizer_params: IndexSpec | None = Field(
+        None, description="SearchParameters for the coarse quantizer's search (a nested "
+                          "component, e.g. SearchParametersHNSW(efSearch=...))")
 
 
 def _search_params_ivf(p: SearchParamsIVF) -> faiss.SearchParametersIVF:

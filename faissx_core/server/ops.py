@@ -217,7 +217,8 @@ class SearchParams(NamedTuple):
 _NO_PARAMS = SearchParams(None, None)
 
 
-def search_params(m: ManagedIndex, spec: IndexSpec | None, arrays: Arrays) -> SearchParams:
+def search_params(m: ManagedIndex, spec: IndexSpec | None, arrays: Arrays, depth: int = 0
+                  ) -> SearchParams:
     """Build a ``SearchParameters*`` component (and its selector) for one call."""
     if spec is None:
         return _NO_PARAMS
@@ -227,15 +228,23 @@ def search_params(m: ManagedIndex, spec: IndexSpec | None, arrays: Arrays) -> Se
         raise InvalidArgument(f"params must be a SearchParameters object, not {spec.type}")
     values = dict(spec.params)
     sel = values.pop("sel", None)
+    nested = values.pop("quantizer_params", None)
     params = itype.build(itype.validate_params(values), m.registry.build)
-    held = None
+    held: list[Any] = []
     if sel is not None:
         try:
             sel_spec = SelectorSpec.model_validate(sel)
         except ValidationError as exc:
             raise InvalidArgument(f"params.sel: {exc.errors()[0].get('msg')}") from None
-        held = build_selector(sel_spec, arrays)
-        params.sel = held[0]
+        built = build_selector(sel_spec, arrays)
+        params.sel = built[0]
+        held.append(built)
+    if nested is not None:  # SearchParametersIVF(quantizer_params=...): the coarse search's
+        if depth >= 2:
+            raise InvalidArgument("quantizer_params nest at most 2 deep")
+        inner = search_params(m, IndexSpec.model_validate(nested), arrays, depth + 1)
+        params.quantizer_params = inner.params
+        held.append(inner)
     return SearchParams(params, held)
 
 
