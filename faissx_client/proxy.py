@@ -379,9 +379,7 @@ class RemoteIndex:
             if isinstance(x, RemoteSelector | faiss.IDSelector):
                 selector, arrays = describe(x)
                 return int(self._call("remove_ids", {"selector": selector}, arrays)[0]["removed"])
-            ids = np.asarray(x, dtype="int64")
-            ids = ids.reshape(1) if ids.ndim == 0 else ids  # faiss takes one id as a scalar
-            return int(self._call("remove_ids", arrays={"ids": _ids(ids)})[0]["removed"])
+            return int(self._call("remove_ids", arrays={"ids": _ids(x)})[0]["removed"])
         finally:
             self._mutated()
 

@@ -49,8 +49,12 @@ class RemoteSelector:
                                   "faiss.swig_ptr (from this module)")
         sorted_ids, lo, hi = arrays
         sorted_ids = sorted_ids[: int(n)]
-        j0 = int(np.searchsorted(sorted_ids, self.spec.imin, side="left"))
-        j1 = int(np.searchsorted(sorted_ids, self.spec.imax, side="left"))
+        imin, imax = self.spec.imin, self.spec.imax
+        if not len(sorted_ids) or imax <= sorted_ids[0] or imin > sorted_ids[-1]:
+            lo[0] = hi[0] = 0  # as faiss answers a range outside the list
+            return
+        j0 = int(np.searchsorted(sorted_ids, imin, side="left"))
+        j1 = int(np.searchsorted(sorted_ids, imax, side="left"))
         lo[0], hi[0] = j0, max(j0, j1)
 
     def __repr__(self) -> str:
@@ -73,6 +77,8 @@ def _member(spec: SelectorSpec, arrays: dict[str, np.ndarray], i: int) -> bool:
 
 def _referenced(value: Any, count: int) -> list[Any]:
     refs = list(getattr(value, "referenced_objects", []) or [])
+    if len(refs) == 1 and isinstance(refs[0], tuple):  # faiss keeps (lhs, rhs) as one entry
+        refs = list(refs[0])
     if len(refs) != count:
         raise InvalidArgument(f"the parts of a local {type(value).__name__} cannot be read")
     return refs

@@ -1,0 +1,300 @@
+"""Drop-in fidelity: what FAISS's own tests use, remote against local faiss, value for value.
+
+Each test runs the same code on plain faiss and through ``faissx.client`` configured against a
+real server, and compares what comes back: clones, index classes only the generic family serves,
+structural attributes read as remote views (``nlist``, ``invlists``, ``pq``, ``hnsw``,
+``quantizer``, ``storage``, ``chain``), knobs written through them, selector combinations and
+nested search parameters. Where faiss trains (k-means), both sides train on the same data with
+the same seed and thread count, so results match exactly unless stated.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from faissx_core.errors import InvalidArgument, UnsupportedOperation
+
+D = 16
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, np.ndarray]:
+    rs = np.random.RandomState(7)
+    return {"xt": rs.rand(600, D).astype("float32"), "xb": rs.rand(300, D).astype("float32"),
+            "xq": rs.rand(10, D).astype("float32")}
+
+
+def both(remote, build):
+    """(local faiss object, remote proxy) built by the same function of a faiss module."""
+    return build(faiss), build(remote)
+
+
+def fill(index, data, ids=None):
+    if not index.is_trained:
+        index.train(data["xt"])
+    if ids is None:
+        index.add(data["xb"])
+    else:
+        index.add_with_ids(data["xb"], ids)
+    return index
+
+
+def assert_same_search(local, proxy, xq, k=5):
+    Dl, Il = local.search(xq, k)
+    Dr, Ir = proxy.search(xq, k)
+    np.testing.assert_array_equal(Il, Ir)
+    np.testing.assert_allclose(Dl, Dr, rtol=1e-5)
+
+
+# -- clone_index ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["Flat", "IVF8,Flat", "IDMap2,Flat", "PCA8,IVF4,PQ4x4"])
+def test_clone_is_a_server_side_copy(remote, data, key):
+    ids = np.arange(300, dtype="int64") * 7 if "IDMap" in key else None
+    local, proxy = both(remote, lambda f: fill(f.index_factory(D, key), data, ids))
+    lclone, rclone = faiss.clone_index(local), remote.clone_index(proxy)
+    assert isinstance(rclone, remote.RemoteIndex) and rclone.name != proxy.name
+    assert rclone.ntotal == lclone.ntotal == 300
+    assert_same_search(lclone, rclone, data["xq"])
+    proxy.reset()  # the copy is independent of its source, as in faiss
+    assert rclone.ntotal == 300
+
+
+def test_clone_of_a_local_index_stays_faiss(remote):
+    copy = remote.clone_index(faiss.IndexFlatL2(D))
+    assert isinstance(copy, faiss.IndexFlatL2)
+
+
+# -- classes only the generic family serves ------------------------------------------------
+
+GENERIC = {
+    "IndexLSH": lambda f: f.IndexLSH(D, 32),
+    "IndexRefineFlat": lambda f: f.IndexRefineFlat(f.IndexLSH(D, 32)),
+    "IndexPQFastScan": lambda f: f.IndexPQFastScan(D, 4, 4),
+    "IndexResidualQuantizer": lambda f: f.IndexResidualQuantizer(D, 2, 4),
+    "IndexNNDescentFlat": lambda f: f.IndexNNDescentFlat(D, 8),
+    "IndexIVFResidualQuantizer": lambda f: f.IndexIVFResidualQuantizer(
+        f.IndexFlatL2(D), D, 4, 2, 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GENERIC))
+def test_generic_family_builds_on_the_server(remote, data, name):
+    local, proxy = both(remote, lambda f: fill(GENERIC[name](f), data))
+    assert isinstance(proxy, remote.RemoteIndex)
+    assert type(proxy).__name__ == name and isinstance(proxy, getattr(remote, name))
+    assert proxy.spec.type == "faiss_index" and proxy.spec.params["cls"] == name
+    if name == "IndexNNDescentFlat":  # graph construction is randomised per thread
+        assert proxy.ntotal == local.ntotal
+        return
+    assert_same_search(local, proxy, data["xq"])
+
+
+def test_generic_binary_hnsw(remote):
+    codes = np.random.RandomState(3).randint(0, 256, (200, 8)).astype("uint8")
+    local, proxy = both(remote, lambda f: f.IndexBinaryHNSW(64, 8))
+    for index in (local, proxy):
+        index.add(codes)
+    Dl, Il = local.search(codes[:5], 3)
+    Dr, Ir = proxy.search(codes[:5], 3)
+    np.testing.assert_array_equal(Dl, Dr)
+    np.testing.assert_array_equal(Il[:, 0], Ir[:, 0])
+
+
+def test_factory_result_is_typed_after_its_faiss_class(remote):
+    proxy = remote.index_factory(D, "LSH")
+    assert type(proxy).__name__ == "IndexLSH" and isinstance(proxy, remote.IndexLSH)
+
+
+def test_generic_refuses_what_faiss_cannot_serialize(remote):
+    with pytest.raises(UnsupportedOperation, match="cannot serialize"):
+        remote.IndexShards(D).ntotal  # noqa: B018 (the first use creates it)
+
+
+def test_generic_bounds_and_class_checks(remote):
+    with pytest.raises(InvalidArgument, match="outside"):
+        remote.IndexLSH(D, 1 << 30).ntotal  # noqa: B018
+    client = remote.get_client()
+    for params in ({"cls": "IDSelectorRange", "args": [0, 1]},
+                   {"cls": "GpuIndexFlatL2", "args": [D]}):
+        with pytest.raises(InvalidArgument):
+            client.call("create", "nope", {"spec": {"type": "faiss_index", "params": params},
+                                           "ephemeral": False})
+
+
+def test_undeclared_class_in_remote_mode_never_builds_locally(remote):
+    proxy = remote.IndexLSH(D, 16)
+    assert not isinstance(proxy, faiss.Index)
+
+
+# -- structural attributes as remote views -------------------------------------------------
+
+def ivfpq(f, data):
+    index = f.IndexIVFPQ(f.IndexFlatL2(D), D, 8, 4, 4)
+    index.cp.min_points_per_centroid = 5  # a knob written through a view
+    return fill(index, data)
+
+
+def test_ivf_views_match_faiss(remote, data):
+    local, proxy = both(remote, lambda f: ivfpq(f, data))
+    assert proxy.cp.min_points_per_centroid == local.cp.min_points_per_centroid == 5
+    assert proxy.nlist == local.nlist and proxy.code_size == local.code_size
+    assert (proxy.pq.M, proxy.pq.nbits) == (local.pq.M, local.pq.nbits)
+    np.testing.assert_array_equal(remote.vector_to_array(proxy.pq.centroids),
+                                  faiss.vector_to_array(local.pq.centroids))
+    linv, rinv = local.invlists, proxy.invlists
+    for i in range(local.nlist):
+        n = linv.list_size(i)
+        assert rinv.list_size(i) == n
+        np.testing.assert_array_equal(remote.rev_swig_ptr(rinv.get_ids(i), n),
+                                      faiss.rev_swig_ptr(linv.get_ids(i), n))
+    lq, rq = faiss.downcast_index(local.quantizer), remote.downcast_index(proxy.quantizer)
+    assert isinstance(rq, remote.IndexFlatL2) and rq.ntotal == lq.ntotal == 8
+    np.testing.assert_array_equal(rq.search(data["xq"], 2)[1], lq.search(data["xq"], 2)[1])
+    np.testing.assert_array_equal(rq.reconstruct_n(0, 8), lq.reconstruct_n(0, 8))
+    assert remote.extract_index_ivf(proxy) is proxy
+
+
+def test_hnsw_and_storage_views(remote, data):
+    local, proxy = both(remote, lambda f: fill(f.IndexHNSWFlat(D, 8), data))
+    np.testing.assert_array_equal(remote.vector_to_array(proxy.hnsw.levels),
+                                  faiss.vector_to_array(local.hnsw.levels))
+    np.testing.assert_array_equal(remote.vector_to_array(proxy.hnsw.neighbors),
+                                  faiss.vector_to_array(local.hnsw.neighbors))
+    assert proxy.hnsw.max_level == local.hnsw.max_level
+    storage = remote.downcast_index(proxy.storage)
+    assert isinstance(storage, remote.IndexFlatL2) and storage.ntotal == 300
+    assert storage.sa_code_size() == faiss.downcast_index(local.storage).sa_code_size()
+
+
+def test_chain_and_ivf_inside_a_pretransform(remote, data):
+    local, proxy = both(remote, lambda f: fill(f.index_factory(D, "PCA8,IVF4,Flat"), data))
+    assert proxy.chain.size() == local.chain.size() == 1
+    pca = proxy.chain.at(0)
+    assert pca.faiss_class == "PCAMatrix" and (pca.d_in, pca.d_out) == (D, 8)
+    lpca = faiss.downcast_VectorTransform(local.chain.at(0))
+    np.testing.assert_allclose(remote.vector_to_array(pca.A), faiss.vector_to_array(lpca.A))
+    livf, rivf = faiss.extract_index_ivf(local), remote.extract_index_ivf(proxy)
+    assert rivf.nlist == livf.nlist == 4
+    livf.nprobe = rivf.nprobe = 3
+    assert rivf.nprobe == 3
+    assert_same_search(local, proxy, data["xq"])
+
+
+def test_view_writes_go_to_the_server_and_are_checked(remote, data):
+    proxy = remote.IndexIVFFlat(remote.IndexFlatL2(D), D, 4)
+    proxy.train(data["xt"])
+    proxy.metric_type = faiss.METRIC_INNER_PRODUCT
+    assert proxy.metric_type == faiss.METRIC_INNER_PRODUCT
+    proxy.by_residual = False
+    assert proxy.by_residual is False
+    for attr in ("code_size", "nlist", "own_fields"):  # sizes and pointers stay the server's
+        with pytest.raises(AttributeError, match="cannot be set"):
+            setattr(proxy, attr, 1)
+    with pytest.raises(AttributeError, match="read-only"):
+        proxy.d = 3
+    with pytest.raises(InvalidArgument, match="METRIC"):
+        proxy.metric_type = 12345
+    with pytest.raises(AttributeError):
+        proxy.no_such_member  # noqa: B018
+    assert not hasattr(proxy, "id_map")
+
+
+def test_view_paths_refuse_methods_and_internals(remote):
+    proxy = remote.IndexFlatL2(D)
+    proxy.add(np.zeros((1, D), "float32"))
+    for path in ("train", "this", "__class__", "a..b", "x" * 70, ".".join(["codes"] * 9)):
+        with pytest.raises(InvalidArgument):
+            proxy._call("get_attr", {"path": path})
+    with pytest.raises(InvalidArgument, match="read-only method"):
+        proxy._call("call_attr", {"path": "", "method": "reset", "args": []})
+    with pytest.raises(UnsupportedOperation, match="tuning knob"):
+        proxy._call("set_attr", {"path": "ntotal", "value": 5})
+    assert proxy.ntotal == 1
+
+
+# -- selectors -----------------------------------------------------------------------------
+
+def selector_cases(f, nb):
+    rs = np.random.RandomState(5)
+    a = rs.choice(nb, 60, replace=False).astype("int64")
+    b = rs.choice(nb, 40, replace=False).astype("int64")
+    bitmap = np.zeros(nb, dtype=bool)
+    bitmap[a] = True
+    return {
+        "not": f.IDSelectorNot(f.IDSelectorBatch(a)),
+        "and": f.IDSelectorAnd(f.IDSelectorBatch(a), f.IDSelectorArray(b)),
+        "or": f.IDSelectorOr(f.IDSelectorRange(10, 50), f.IDSelectorBatch(b)),
+        "xor": f.IDSelectorXOr(f.IDSelectorBatch(a), f.IDSelectorBatch(b)),
+        "bitmap": f.IDSelectorBitmap(np.packbits(bitmap, bitorder="little")),
+        "nested": f.IDSelectorNot(f.IDSelectorOr(f.IDSelectorRange(0, 100),
+                                                 f.IDSelectorArray(b))),
+    }
+
+
+@pytest.mark.parametrize("kind", ["not", "and", "or", "xor", "bitmap", "nested"])
+def test_selector_combinations_filter_like_faiss(remote, data, kind):
+    local, proxy = both(remote, lambda f: fill(f.IndexFlatL2(D), data))
+    lsel = selector_cases(faiss, 300)[kind]
+    rsel = selector_cases(remote, 300)[kind]
+    Dl, Il = local.search(data["xq"], 8, params=faiss.SearchParameters(sel=lsel))
+    Dr, Ir = proxy.search(data["xq"], 8, params=remote.SearchParameters(sel=rsel))
+    np.testing.assert_array_equal(Il, Ir)
+    assert rsel.is_member(int(Ir[0, 0])) and lsel.is_member(int(Il[0, 0]))
+    assert proxy.remove_ids(rsel) == local.remove_ids(lsel)
+
+
+def test_local_readable_selectors_cross_the_wire(remote, data):
+    """A bitmap / array / range selector built by faiss itself (before configure) is read."""
+    bitmap = np.packbits(np.arange(300) % 3 == 0, bitorder="little")
+    lsel = faiss.IDSelectorOr(faiss.IDSelectorBitmap(bitmap), faiss.IDSelectorRange(0, 5))
+    local, proxy = both(remote, lambda f: fill(f.IndexFlatL2(D), data))
+    Dl, Il = local.search(data["xq"], 6, params=faiss.SearchParameters(sel=lsel))
+    Dr, Ir = proxy.search(data["xq"], 6, params=remote.SearchParameters(sel=lsel))
+    np.testing.assert_array_equal(Il, Ir)
+    with pytest.raises(InvalidArgument, match="cannot be sent"):
+        proxy.remove_ids(faiss.IDSelectorBatch(np.arange(3)))  # a C++ hash set: unreadable
+
+
+@pytest.mark.parametrize("imin,imax", [(10, 20), (-10, 20), (12, 92), (40, 50)])
+def test_find_sorted_ids_bounds(remote, imin, imax):
+    ids = np.sort(np.random.RandomState(1).choice(30, 100).astype("int64"))
+    out = {}
+    for name, f in (("local", faiss), ("remote", remote)):
+        j01 = np.zeros(2, dtype="uint64")
+        f.IDSelectorRange(imin, imax, True).find_sorted_ids_bounds(
+            len(ids), f.swig_ptr(ids), f.swig_ptr(j01[:1]), f.swig_ptr(j01[1:]))
+        out[name] = j01.tolist()
+    assert out["local"] == out["remote"]
+
+
+def test_selector_array_from_swig_ptr(remote, data):
+    """``IDSelectorArray(n, faiss.swig_ptr(ids))``, as FAISS's tests write it."""
+    local, proxy = both(remote, lambda f: fill(f.IndexFlatL2(D), data))
+    ids = np.arange(0, 60, 3, dtype="int64")
+    for f, index in ((faiss, local), (remote, proxy)):
+        assert index.remove_ids(f.IDSelectorArray(10, f.swig_ptr(ids))) == 10
+    with pytest.raises(AssertionError):  # faiss takes ids as a 1-d array only ...
+        local.remove_ids(np.array(200, dtype="int64"))
+    with pytest.raises(InvalidArgument, match="1-d"):  # ... and so does the proxy
+        proxy.remove_ids(np.array(200, dtype="int64"))
+    assert proxy.ntotal == local.ntotal == 290
+    assert_same_search(local, proxy, data["xq"])
+
+
+# -- nested search parameters --------------------------------------------------------------
+
+def test_search_parameters_ivf_with_quantizer_params(remote, data):
+    def build(f):
+        return fill(f.IndexIVFFlat(f.IndexHNSWFlat(D, 8), D, 16), data)
+
+    local, proxy = both(remote, build)
+    for ef in (2, 16):
+        lp = faiss.SearchParametersIVF(nprobe=4,
+                                       quantizer_params=faiss.SearchParametersHNSW(efSearch=ef))
+        rp = remote.SearchParametersIVF(
+            nprobe=4, quantizer_params=remote.SearchParametersHNSW(efSearch=ef))
+        np.testing.assert_array_equal(local.search(data["xq"], 5, params=lp)[1],
+                                      proxy.search(data["xq"], 5, params=rp)[1])
