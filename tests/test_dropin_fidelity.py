@@ -242,6 +242,7 @@ def test_selector_combinations_filter_like_faiss(remote, data, kind):
     Dl, Il = local.search(data["xq"], 8, params=faiss.SearchParameters(sel=lsel))
     Dr, Ir = proxy.search(data["xq"], 8, params=remote.SearchParameters(sel=rsel))
     np.testing.assert_array_equal(Il, Ir)
+    np.testing.assert_allclose(Dl, Dr, rtol=1e-5)
     assert rsel.is_member(int(Ir[0, 0])) and lsel.is_member(int(Il[0, 0]))
     assert proxy.remove_ids(rsel) == local.remove_ids(lsel)
 
@@ -254,6 +255,7 @@ def test_local_readable_selectors_cross_the_wire(remote, data):
     Dl, Il = local.search(data["xq"], 6, params=faiss.SearchParameters(sel=lsel))
     Dr, Ir = proxy.search(data["xq"], 6, params=remote.SearchParameters(sel=lsel))
     np.testing.assert_array_equal(Il, Ir)
+    np.testing.assert_allclose(Dl, Dr, rtol=1e-5)
     with pytest.raises(InvalidArgument, match="cannot be sent"):
         proxy.remove_ids(faiss.IDSelectorBatch(np.arange(3)))  # a C++ hash set: unreadable
 
