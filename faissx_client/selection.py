@@ -24,8 +24,12 @@ Described = tuple[SelectorSpec, dict[str, np.ndarray]]
 class RemoteSelector:
     """A remote-mode ID selector: a :class:`SelectorSpec` and the arrays its leaves name."""
 
-    def __init__(self, spec: SelectorSpec, ids: np.ndarray | None = None,
-                 arrays: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        spec: SelectorSpec,
+        ids: np.ndarray | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
+    ) -> None:
         self.spec = spec
         self.arrays = dict(arrays or {})
         if ids is not None:
@@ -45,8 +49,10 @@ class RemoteSelector:
             raise AttributeError("find_sorted_ids_bounds is a method of IDSelectorRange")
         arrays = [pointers.array(p) for p in (ids, jmin, jmax)]
         if any(a is None for a in arrays):
-            raise InvalidArgument("find_sorted_ids_bounds needs arrays passed through "
-                                  "faiss.swig_ptr (from this module)")
+            raise InvalidArgument(
+                "find_sorted_ids_bounds needs arrays passed through "
+                "faiss.swig_ptr (from this module)"
+            )
         sorted_ids, lo, hi = arrays
         sorted_ids = sorted_ids[: int(n)]
         imin, imax = self.spec.imin, self.spec.imax
@@ -71,8 +77,12 @@ def _member(spec: SelectorSpec, arrays: dict[str, np.ndarray], i: int) -> bool:
         bitmap = arrays[spec.frame]
         return 0 <= i < 8 * len(bitmap) and bool(bitmap[i >> 3] >> (i & 7) & 1)
     values = [_member(c, arrays, i) for c in spec.children]
-    return {"not": lambda: not values[0], "and": lambda: values[0] and values[1],
-            "or": lambda: values[0] or values[1], "xor": lambda: values[0] != values[1]}[kind]()
+    return {
+        "not": lambda: not values[0],
+        "and": lambda: values[0] and values[1],
+        "or": lambda: values[0] or values[1],
+        "xor": lambda: values[0] != values[1],
+    }[kind]()
 
 
 def _referenced(value: Any, count: int) -> list[Any]:
@@ -90,23 +100,33 @@ def describe_selector(value: Any) -> Described:
     if isinstance(value, RemoteSelector):
         return value.spec, value.arrays
     if isinstance(value, faiss.IDSelectorRange):
-        return SelectorSpec(kind="range", imin=int(value.imin), imax=int(value.imax),
-                            assume_sorted=bool(value.assume_sorted)), {}
+        return SelectorSpec(
+            kind="range",
+            imin=int(value.imin),
+            imax=int(value.imax),
+            assume_sorted=bool(value.assume_sorted),
+        ), {}
     if isinstance(value, faiss.IDSelectorArray):
         ids = faiss.rev_swig_ptr(value.ids, value.n).copy() if value.n else np.empty(0, "int64")
         return SelectorSpec(kind="array"), {IDS_FRAME: ids}
     if isinstance(value, faiss.IDSelectorBitmap):
-        bitmap = (faiss.rev_swig_ptr(value.bitmap, value.n).copy() if value.n
-                  else np.empty(0, "uint8"))
+        bitmap = (
+            faiss.rev_swig_ptr(value.bitmap, value.n).copy() if value.n else np.empty(0, "uint8")
+        )
         return SelectorSpec(kind="bitmap"), {IDS_FRAME: bitmap}
-    for kind, cls in (("not", faiss.IDSelectorNot), ("and", faiss.IDSelectorAnd),
-                      ("or", faiss.IDSelectorOr), ("xor", faiss.IDSelectorXOr)):
+    for kind, cls in (
+        ("not", faiss.IDSelectorNot),
+        ("and", faiss.IDSelectorAnd),
+        ("or", faiss.IDSelectorOr),
+        ("xor", faiss.IDSelectorXOr),
+    ):
         if isinstance(value, cls):
             count = 1 if kind == "not" else 2
             return combine(kind, [describe_selector(v) for v in _referenced(value, count)])
     raise InvalidArgument(
         f"a local faiss {type(value).__name__} cannot be sent to the server; create it after "
-        "configure() so FAISSx can describe it")
+        "configure() so FAISSx can describe it"
+    )
 
 
 def remote_selector(value: Any) -> bool:

@@ -102,12 +102,15 @@ class RemoteView:
             arrays: dict[str, np.ndarray] = {}
             ints = list(args)
             if READ_METHODS[name] is None:  # search(x, k), assign(x, k), compute_codes(x)
-                x = np.ascontiguousarray(args[0], dtype="uint8" if
-                                         self._described.get("binary") else "float32")
+                x = np.ascontiguousarray(
+                    args[0], dtype="uint8" if self._described.get("binary") else "float32"
+                )
                 arrays, ints = {"x": x}, list(args[1:2])
             result, out = self._proxy._call(
-                "call_attr", {"path": self._path, "method": name,
-                              "args": [int(i) for i in ints]}, arrays)
+                "call_attr",
+                {"path": self._path, "method": name, "args": [int(i) for i in ints]},
+                arrays,
+            )
             return _value(self._proxy, self._path, result, out)
 
         call.__name__ = name
@@ -144,8 +147,10 @@ class RemoteView:
 def set_value(proxy: RemoteIndex, path: str, leaf: str, value: Any) -> None:
     """Set a tuning knob at ``path``; faiss-typed values only, other members refused."""
     if leaf not in WRITABLE:
-        raise AttributeError(f"{leaf!r} cannot be set on a remote index: only tuning knobs "
-                             f"can ({', '.join(sorted(WRITABLE)[:6])}, ...)")
+        raise AttributeError(
+            f"{leaf!r} cannot be set on a remote index: only tuning knobs "
+            f"can ({', '.join(sorted(WRITABLE)[:6])}, ...)"
+        )
     if isinstance(value, np.generic):
         value = value.item()
     try:

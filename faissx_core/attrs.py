@@ -40,33 +40,91 @@ _STEP = re.compile(r"^(?:[A-Za-z][A-Za-z0-9_]{0,63}|@ivf|#\d{1,9})$")
 #: Read-only methods a view may call: name -> number of integer arguments (None: the call
 #: takes the request's ``x`` and an integer ``k``, as a search does).
 READ_METHODS: dict[str, int | None] = {
-    "list_size": 1, "get_ids": 1, "get_codes": 1, "sa_code_size": 0, "imbalance_factor": 0,
-    "reconstruct": 1, "reconstruct_n": 2, "search": None, "assign": None, "size": 0,
-    "get_list_size": 1, "compute_codes": None, "check_ids_sorted": 0, "check_consistency": 0,
+    "list_size": 1,
+    "get_ids": 1,
+    "get_codes": 1,
+    "sa_code_size": 0,
+    "imbalance_factor": 0,
+    "reconstruct": 1,
+    "reconstruct_n": 2,
+    "search": None,
+    "assign": None,
+    "size": 0,
+    "get_list_size": 1,
+    "compute_codes": None,
+    "check_ids_sorted": 0,
+    "check_consistency": 0,
 }
 
 #: Scalar members a remote client may set: knobs faiss reads when it trains, adds or searches.
-WRITABLE = frozenset({
-    # IVF and its quantizer / training
-    "nprobe", "max_codes", "parallel_mode", "use_heap", "quantizer_trains_alone",
-    "clustering_index_none", "verbose", "niter", "nredo", "seed", "spherical", "int_centroids",
-    "update_index", "frozen_centroids", "min_points_per_centroid", "max_points_per_centroid",
-    "decode_block_size", "check_input_data_for_NaNs", "use_faster_subsampling",
-    # HNSW / NSG / NNDescent
-    "efSearch", "efConstruction", "check_relative_distance", "search_bounded_queue",
-    "search_L", "build_type", "nndescent_S", "nndescent_R", "nndescent_L", "nndescent_iter",
-    "S", "R", "L", "iter",  # an NNDescent's build parameters
-    "by_residual", "n_iter", "n_redo", "max_memory",  # IVF encoding choice, polysemous training
-    # PQ, polysemous, fast-scan, refine, additive quantizers
-    "polysemous_ht", "search_type", "do_polysemous_training", "scan_table_threshold",
-    "k_factor", "implem", "qbs", "skip", "max_beam_size", "use_beam_LUT", "encode_ils_iters",
-    "train_iters", "lsq_lambda", "norm_max", "norm_min", "train_type",
-    # faiss branches on it at search time; only known metrics are accepted (set_member)
-    "metric_type",
-})
+WRITABLE = frozenset(
+    {
+        # IVF and its quantizer / training
+        "nprobe",
+        "max_codes",
+        "parallel_mode",
+        "use_heap",
+        "quantizer_trains_alone",
+        "clustering_index_none",
+        "verbose",
+        "niter",
+        "nredo",
+        "seed",
+        "spherical",
+        "int_centroids",
+        "update_index",
+        "frozen_centroids",
+        "min_points_per_centroid",
+        "max_points_per_centroid",
+        "decode_block_size",
+        "check_input_data_for_NaNs",
+        "use_faster_subsampling",
+        # HNSW / NSG / NNDescent
+        "efSearch",
+        "efConstruction",
+        "check_relative_distance",
+        "search_bounded_queue",
+        "search_L",
+        "build_type",
+        "nndescent_S",
+        "nndescent_R",
+        "nndescent_L",
+        "nndescent_iter",
+        "S",
+        "R",
+        "L",
+        "iter",  # an NNDescent's build parameters
+        "by_residual",
+        "n_iter",
+        "n_redo",
+        "max_memory",  # IVF encoding choice, polysemous training
+        # PQ, polysemous, fast-scan, refine, additive quantizers
+        "polysemous_ht",
+        "search_type",
+        "do_polysemous_training",
+        "scan_table_threshold",
+        "k_factor",
+        "implem",
+        "qbs",
+        "skip",
+        "max_beam_size",
+        "use_beam_LUT",
+        "encode_ils_iters",
+        "train_iters",
+        "lsq_lambda",
+        "norm_max",
+        "norm_min",
+        "train_type",
+        # faiss branches on it at search time; only known metrics are accepted (set_member)
+        "metric_type",
+    }
+)
 #: faiss's metrics by value: what ``metric_type`` may be set to.
-METRICS = frozenset(getattr(faiss, n) for n in dir(faiss)
-                    if n.startswith("METRIC_") and isinstance(getattr(faiss, n), int))
+METRICS = frozenset(
+    getattr(faiss, n)
+    for n in dir(faiss)
+    if n.startswith("METRIC_") and isinstance(getattr(faiss, n), int)
+)
 
 SCALAR = (bool, int, float, str)
 
@@ -75,20 +133,22 @@ def check_path(path: str) -> list[str]:
     """The steps of ``path``, or InvalidArgument (empty means the index itself)."""
     steps = path.split(".") if path else []
     if len(steps) > MAX_DEPTH or not all(_STEP.match(s) for s in steps):
-        raise InvalidArgument(f"{path!r} is not an attribute path (names, @ivf, #i; at most "
-                              f"{MAX_DEPTH} steps)")
+        raise InvalidArgument(
+            f"{path!r} is not an attribute path (names, @ivf, #i; at most {MAX_DEPTH} steps)"
+        )
     return steps
 
 
 def downcast_any(obj: Any) -> Any:
     """The most derived class of a SWIG object faiss hands out as a base pointer."""
-    for base, down in ((faiss.Index, faiss.downcast_index),
-                       (faiss.IndexBinary, faiss.downcast_IndexBinary),
-                       (faiss.InvertedLists, faiss.downcast_InvertedLists),
-                       (faiss.VectorTransform, faiss.downcast_VectorTransform),
-                       (faiss.Quantizer, getattr(faiss, "downcast_Quantizer", None)),
-                       (faiss.AdditiveQuantizer, getattr(faiss, "downcast_AdditiveQuantizer",
-                                                         None))):
+    for base, down in (
+        (faiss.Index, faiss.downcast_index),
+        (faiss.IndexBinary, faiss.downcast_IndexBinary),
+        (faiss.InvertedLists, faiss.downcast_InvertedLists),
+        (faiss.VectorTransform, faiss.downcast_VectorTransform),
+        (faiss.Quantizer, getattr(faiss, "downcast_Quantizer", None)),
+        (faiss.AdditiveQuantizer, getattr(faiss, "downcast_AdditiveQuantizer", None)),
+    ):
         if isinstance(obj, base):
             return down(obj) if down is not None else obj
     return obj
@@ -160,16 +220,22 @@ def describe(obj: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise InvalidArgument("a method is not an attribute value")
     out: dict[str, Any] = {"kind": "object", "class": type(obj).__name__}
     if isinstance(obj, faiss.Index | faiss.IndexBinary):
-        out.update(kind="index", d=int(obj.d), ntotal=int(obj.ntotal),
-                   is_trained=bool(obj.is_trained), metric_type=int(obj.metric_type),
-                   binary=isinstance(obj, faiss.IndexBinary))
+        out.update(
+            kind="index",
+            d=int(obj.d),
+            ntotal=int(obj.ntotal),
+            is_trained=bool(obj.is_trained),
+            metric_type=int(obj.metric_type),
+            binary=isinstance(obj, faiss.IndexBinary),
+        )
     elif hasattr(obj, "size") and hasattr(obj, "at"):
         out.update(kind="list", size=int(obj.size()))
     return out, {}
 
 
-def call(obj: Any, method: str, args: list[int], x: np.ndarray | None
-         ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def call(
+    obj: Any, method: str, args: list[int], x: np.ndarray | None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A read-only method of the object at a path, its result described."""
     if method not in READ_METHODS:
         raise InvalidArgument(f"{method!r} is not a read-only method a view may call")
@@ -181,8 +247,9 @@ def call(obj: Any, method: str, args: list[int], x: np.ndarray | None
         if x is None or len(args) > 1:
             raise InvalidArgument(f"{method} takes the array x (and k)")
         if method == "compute_codes":
-            return {"kind": "array"}, {"value": obj.sa_encode(x) if hasattr(obj, "sa_encode")
-                                       else fn(x)}
+            return {"kind": "array"}, {
+                "value": obj.sa_encode(x) if hasattr(obj, "sa_encode") else fn(x)
+            }
         if method == "assign":
             return {"kind": "array"}, {"value": fn(x, *args)}
         D, I = fn(x, *args)
@@ -215,8 +282,10 @@ def call(obj: Any, method: str, args: list[int], x: np.ndarray | None
 def set_member(obj: Any, name: str, value: Any) -> None:
     """Set a knob in :data:`WRITABLE` on the object at a path, with faiss's own type."""
     if name not in WRITABLE:
-        raise UnsupportedOperation(f"{name!r} cannot be set on a remote index (it is not a "
-                                   "tuning knob; sizes and pointers stay the server's)")
+        raise UnsupportedOperation(
+            f"{name!r} cannot be set on a remote index (it is not a "
+            "tuning knob; sizes and pointers stay the server's)"
+        )
     current = _member(obj, name)
     if name == "metric_type" and value not in METRICS:
         raise InvalidArgument(f"metric_type must be a faiss.METRIC_* value, got {value!r}")

@@ -37,15 +37,20 @@ class GenericParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cls: str = Field(pattern=r"^[A-Z][A-Za-z0-9_]{1,64}$", description="the faiss class")
-    args: list[Scalar | IndexSpec] = Field(default_factory=list, max_length=16,
-                                           description="its positional constructor arguments")
+    args: list[Scalar | IndexSpec] = Field(
+        default_factory=list, max_length=16, description="its positional constructor arguments"
+    )
 
 
 def index_class(name: str) -> type:
     """The faiss index class ``name``, or InvalidArgument when it is not one we may build."""
     cls = getattr(faiss, name, None)
-    if (not isinstance(cls, type) or not issubclass(cls, faiss.Index | faiss.IndexBinary)
-            or "Gpu" in name or "GPU" in name):
+    if (
+        not isinstance(cls, type)
+        or not issubclass(cls, faiss.Index | faiss.IndexBinary)
+        or "Gpu" in name
+        or "GPU" in name
+    ):
         raise InvalidArgument(f"{name} is not a faiss CPU index class")
     return cls
 
@@ -81,14 +86,16 @@ def build(p: GenericParams, build_nested: BuildNested) -> Any:
         if "don't know how to serialize" in reason or "not supported" in reason:
             raise UnsupportedOperation(
                 f"{p.cls} cannot be served remotely: faiss cannot serialize it, so the server "
-                f"could not snapshot it ({reason})") from None
+                f"could not snapshot it ({reason})"
+            ) from None
         # Some classes serialize only once trained (an additive quantizer's codebooks): the
         # object is kept as built. A nested part it points to must then be owned by it.
         nested = [a for a in args if isinstance(a, faiss.Index | faiss.IndexBinary)]
         if len(nested) > 1 or (nested and not hasattr(built, "own_fields")):
             raise UnsupportedOperation(
                 f"{p.cls} with nested indices cannot be served remotely before it is trained: "
-                f"faiss cannot copy it yet ({reason})") from None
+                f"faiss cannot copy it yet ({reason})"
+            ) from None
         for part in nested:
             part.this.disown()
             built.own_fields = True
@@ -105,6 +112,6 @@ def faissx_index_types() -> list[IndexType]:
             build=build,
             dynamic_params=params_by_structure,
             doc="Any faiss index class faiss can serialize, from its constructor arguments "
-                "(the backstop for classes no named family declares).",
+            "(the backstop for classes no named family declares).",
         ),
     ]

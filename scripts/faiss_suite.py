@@ -95,7 +95,10 @@ class Server:
         self.logfile = log.open("wb")
         self.proc = subprocess.Popen(
             [str(faissx), "serve", "--port", str(self.port), "--bind-address", "127.0.0.1"],
-            env=env, stdout=self.logfile, stderr=subprocess.STDOUT)
+            env=env,
+            stdout=self.logfile,
+            stderr=subprocess.STDOUT,
+        )
 
     def __enter__(self) -> Server:
         deadline = time.monotonic() + 60
@@ -121,13 +124,25 @@ class Server:
 Result = collections.namedtuple("Result", "passed failed errors skipped failures")
 
 
-def run_file(path: Path, work: Path, remote: str | None, timeout: float,
-             select: str | None) -> Result:
+def run_file(
+    path: Path, work: Path, remote: str | None, timeout: float, select: str | None
+) -> Result:
     """One pytest process on one FAISS test file; counts from its JUnit XML."""
     xml = work / f"{path.stem}-{'remote' if remote else 'local'}.xml"
     xml.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
-           "addopts=", f"--rootdir={path.parent}", f"--junitxml={xml}", str(path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        f"--rootdir={path.parent}",
+        f"--junitxml={xml}",
+        str(path),
+    ]
     if select:
         cmd += ["-k", select]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAISSX_")}
@@ -137,8 +152,14 @@ def run_file(path: Path, work: Path, remote: str | None, timeout: float,
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(work), env.get("PYTHONPATH")]))
         env["FAISSX_SUITE_SERVER"] = remote
     with contextlib.suppress(subprocess.TimeoutExpired):  # a hung file counts what it wrote
-        subprocess.run(cmd, cwd=path.parent, env=env, timeout=timeout,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            cmd,
+            cwd=path.parent,
+            env=env,
+            timeout=timeout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     if not xml.exists():
         return Result(0, 0, 1, 0, [("<whole file>", "no result (crash or timeout)")])
     passed = failed = errors = skipped = 0
@@ -151,8 +172,12 @@ def run_file(path: Path, work: Path, remote: str | None, timeout: float,
             failed += "failure" in kinds
             errors += "failure" not in kinds
             node = next(c for c in case if c.tag in ("failure", "error"))
-            failures.append((f"{case.get('classname')}.{case.get('name')}",
-                             _first_line(node.get("message") or node.text or "")))
+            failures.append(
+                (
+                    f"{case.get('classname')}.{case.get('name')}",
+                    _first_line(node.get("message") or node.text or ""),
+                )
+            )
         else:
             passed += 1
     return Result(passed, failed, errors, skipped, failures)
@@ -170,8 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("both", "local", "remote"), default="both")
     parser.add_argument("-k", dest="select", help="pytest -k expression")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per file and mode")
-    parser.add_argument("--failures", action="store_true",
-                        help="list remote failures (grouped by message) after the table")
+    parser.add_argument(
+        "--failures",
+        action="store_true",
+        help="list remote failures (grouped by message) after the table",
+    )
     args = parser.parse_args(argv)
     tests = args.faiss_src / "tests"
     if not (tests / "common_faiss_tests.py").exists():
@@ -187,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'file':34} {'local':>7} {'remote':>7}   (passed; remote failed+errors)")
         for name in args.files:
             path = tests / name
-            local = (run_file(path, work, None, args.timeout, args.select)
-                     if args.mode != "remote" else None)
+            local = (
+                run_file(path, work, None, args.timeout, args.select)
+                if args.mode != "remote"
+                else None
+            )
             remote = None
             if args.mode != "local":
                 with Server(work / f"{path.stem}-server.log") as server:
@@ -197,9 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                     groups[message].append(test)
             totals["local"] += local.passed if local else 0
             totals["remote"] += remote.passed if remote else 0
-            print(f"{name:34} {local.passed if local else '-':>7} "
-                  f"{remote.passed if remote else '-':>7}   "
-                  f"{'' if remote is None else remote.failed + remote.errors}", flush=True)
+            print(
+                f"{name:34} {local.passed if local else '-':>7} "
+                f"{remote.passed if remote else '-':>7}   "
+                f"{'' if remote is None else remote.failed + remote.errors}",
+                flush=True,
+            )
     share = f"{100 * totals['remote'] / totals['local']:.0f}%" if totals["local"] else "-"
     print(f"{'total':34} {totals['local']:>7} {totals['remote']:>7}   remote/local = {share}")
     if args.failures:

@@ -22,8 +22,11 @@ D = 16
 @pytest.fixture(scope="module")
 def data() -> dict[str, np.ndarray]:
     rs = np.random.RandomState(7)
-    return {"xt": rs.rand(600, D).astype("float32"), "xb": rs.rand(300, D).astype("float32"),
-            "xq": rs.rand(10, D).astype("float32")}
+    return {
+        "xt": rs.rand(600, D).astype("float32"),
+        "xb": rs.rand(300, D).astype("float32"),
+        "xq": rs.rand(10, D).astype("float32"),
+    }
 
 
 def both(remote, build):
@@ -49,6 +52,7 @@ def assert_same_search(local, proxy, xq, k=5):
 
 
 # -- clone_index ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("key", ["Flat", "IVF8,Flat", "IDMap2,Flat", "PCA8,IVF4,PQ4x4"])
 def test_clone_is_a_server_side_copy(remote, data, key):
@@ -76,7 +80,8 @@ GENERIC = {
     "IndexResidualQuantizer": lambda f: f.IndexResidualQuantizer(D, 2, 4),
     "IndexNNDescentFlat": lambda f: f.IndexNNDescentFlat(D, 8),
     "IndexIVFResidualQuantizer": lambda f: f.IndexIVFResidualQuantizer(
-        f.IndexFlatL2(D), D, 4, 2, 4),
+        f.IndexFlatL2(D), D, 4, 2, 4
+    ),
 }
 
 
@@ -117,11 +122,16 @@ def test_generic_bounds_and_class_checks(remote):
     with pytest.raises(InvalidArgument, match="outside"):
         remote.IndexLSH(D, 1 << 30).ntotal  # noqa: B018
     client = remote.get_client()
-    for params in ({"cls": "IDSelectorRange", "args": [0, 1]},
-                   {"cls": "GpuIndexFlatL2", "args": [D]}):
+    for params in (
+        {"cls": "IDSelectorRange", "args": [0, 1]},
+        {"cls": "GpuIndexFlatL2", "args": [D]},
+    ):
         with pytest.raises(InvalidArgument):
-            client.call("create", "nope", {"spec": {"type": "faiss_index", "params": params},
-                                           "ephemeral": False})
+            client.call(
+                "create",
+                "nope",
+                {"spec": {"type": "faiss_index", "params": params}, "ephemeral": False},
+            )
 
 
 def test_undeclared_class_in_remote_mode_never_builds_locally(remote):
@@ -130,6 +140,7 @@ def test_undeclared_class_in_remote_mode_never_builds_locally(remote):
 
 
 # -- structural attributes as remote views -------------------------------------------------
+
 
 def ivfpq(f, data):
     index = f.IndexIVFPQ(f.IndexFlatL2(D), D, 8, 4, 4)
@@ -142,14 +153,16 @@ def test_ivf_views_match_faiss(remote, data):
     assert proxy.cp.min_points_per_centroid == local.cp.min_points_per_centroid == 5
     assert proxy.nlist == local.nlist and proxy.code_size == local.code_size
     assert (proxy.pq.M, proxy.pq.nbits) == (local.pq.M, local.pq.nbits)
-    np.testing.assert_array_equal(remote.vector_to_array(proxy.pq.centroids),
-                                  faiss.vector_to_array(local.pq.centroids))
+    np.testing.assert_array_equal(
+        remote.vector_to_array(proxy.pq.centroids), faiss.vector_to_array(local.pq.centroids)
+    )
     linv, rinv = local.invlists, proxy.invlists
     for i in range(local.nlist):
         n = linv.list_size(i)
         assert rinv.list_size(i) == n
-        np.testing.assert_array_equal(remote.rev_swig_ptr(rinv.get_ids(i), n),
-                                      faiss.rev_swig_ptr(linv.get_ids(i), n))
+        np.testing.assert_array_equal(
+            remote.rev_swig_ptr(rinv.get_ids(i), n), faiss.rev_swig_ptr(linv.get_ids(i), n)
+        )
     lq, rq = faiss.downcast_index(local.quantizer), remote.downcast_index(proxy.quantizer)
     assert isinstance(rq, remote.IndexFlatL2) and rq.ntotal == lq.ntotal == 8
     np.testing.assert_array_equal(rq.search(data["xq"], 2)[1], lq.search(data["xq"], 2)[1])
@@ -159,10 +172,12 @@ def test_ivf_views_match_faiss(remote, data):
 
 def test_hnsw_and_storage_views(remote, data):
     local, proxy = both(remote, lambda f: fill(f.IndexHNSWFlat(D, 8), data))
-    np.testing.assert_array_equal(remote.vector_to_array(proxy.hnsw.levels),
-                                  faiss.vector_to_array(local.hnsw.levels))
-    np.testing.assert_array_equal(remote.vector_to_array(proxy.hnsw.neighbors),
-                                  faiss.vector_to_array(local.hnsw.neighbors))
+    np.testing.assert_array_equal(
+        remote.vector_to_array(proxy.hnsw.levels), faiss.vector_to_array(local.hnsw.levels)
+    )
+    np.testing.assert_array_equal(
+        remote.vector_to_array(proxy.hnsw.neighbors), faiss.vector_to_array(local.hnsw.neighbors)
+    )
     assert proxy.hnsw.max_level == local.hnsw.max_level
     storage = remote.downcast_index(proxy.storage)
     assert isinstance(storage, remote.IndexFlatL2) and storage.ntotal == 300
@@ -217,6 +232,7 @@ def test_view_paths_refuse_methods_and_internals(remote):
 
 # -- selectors -----------------------------------------------------------------------------
 
+
 def selector_cases(f, nb):
     rs = np.random.RandomState(5)
     a = rs.choice(nb, 60, replace=False).astype("int64")
@@ -229,8 +245,7 @@ def selector_cases(f, nb):
         "or": f.IDSelectorOr(f.IDSelectorRange(10, 50), f.IDSelectorBatch(b)),
         "xor": f.IDSelectorXOr(f.IDSelectorBatch(a), f.IDSelectorBatch(b)),
         "bitmap": f.IDSelectorBitmap(np.packbits(bitmap, bitorder="little")),
-        "nested": f.IDSelectorNot(f.IDSelectorOr(f.IDSelectorRange(0, 100),
-                                                 f.IDSelectorArray(b))),
+        "nested": f.IDSelectorNot(f.IDSelectorOr(f.IDSelectorRange(0, 100), f.IDSelectorArray(b))),
     }
 
 
@@ -267,7 +282,8 @@ def test_find_sorted_ids_bounds(remote, imin, imax):
     for name, f in (("local", faiss), ("remote", remote)):
         j01 = np.zeros(2, dtype="uint64")
         f.IDSelectorRange(imin, imax, True).find_sorted_ids_bounds(
-            len(ids), f.swig_ptr(ids), f.swig_ptr(j01[:1]), f.swig_ptr(j01[1:]))
+            len(ids), f.swig_ptr(ids), f.swig_ptr(j01[:1]), f.swig_ptr(j01[1:])
+        )
         out[name] = j01.tolist()
     assert out["local"] == out["remote"]
 
@@ -288,15 +304,19 @@ def test_selector_array_from_swig_ptr(remote, data):
 
 # -- nested search parameters --------------------------------------------------------------
 
+
 def test_search_parameters_ivf_with_quantizer_params(remote, data):
     def build(f):
         return fill(f.IndexIVFFlat(f.IndexHNSWFlat(D, 8), D, 16), data)
 
     local, proxy = both(remote, build)
     for ef in (2, 16):
-        lp = faiss.SearchParametersIVF(nprobe=4,
-                                       quantizer_params=faiss.SearchParametersHNSW(efSearch=ef))
+        lp = faiss.SearchParametersIVF(
+            nprobe=4, quantizer_params=faiss.SearchParametersHNSW(efSearch=ef)
+        )
         rp = remote.SearchParametersIVF(
-            nprobe=4, quantizer_params=remote.SearchParametersHNSW(efSearch=ef))
-        np.testing.assert_array_equal(local.search(data["xq"], 5, params=lp)[1],
-                                      proxy.search(data["xq"], 5, params=rp)[1])
+            nprobe=4, quantizer_params=remote.SearchParametersHNSW(efSearch=ef)
+        )
+        np.testing.assert_array_equal(
+            local.search(data["xq"], 5, params=lp)[1], proxy.search(data["xq"], 5, params=rp)[1]
+        )
