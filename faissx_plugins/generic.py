@@ -38,7 +38,7 @@ class GenericParams(BaseModel):
 
     cls: str = Field(pattern=r"^[A-Z][A-Za-z0-9_]{1,64}$", description="the faiss class")
     args: list[Scalar | IndexSpec] = Field(
-        default_factory=list, max_length=16, description="its positional constructor arguments"
+        [], max_length=16, description="its positional constructor arguments"
     )
 
 
