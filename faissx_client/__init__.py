@@ -183,6 +183,10 @@ def _generic_class(name: str) -> type | None:
     return _classes[name]
 
 
+if "SearchParametersIVF" in _classes:  # faiss's other spelling of it
+    IVFSearchParameters = _classes["SearchParametersIVF"]
+
+
 def _proxy_class(info: dict[str, Any]) -> type:
     """The proxy class for a server-side index: its own type's, else its faiss class's name."""
     spec_cls = info.get("spec", {}).get("params", {}).get("cls") if info["type"] == GENERIC_TYPE \

@@ -389,6 +389,17 @@ class RemoteIndex:
         finally:
             self._mutated()
 
+    def get_distance_computer(self) -> views.RemoteDistanceComputer:
+        """faiss's distance computer of this index, run on the server (views.py)."""
+        if self._binary():
+            raise AttributeError(f"{type(self).__name__!r} has no distance computer")
+        return views.RemoteDistanceComputer(self, "", flat=False)
+
+    def get_FlatCodesDistanceComputer(self) -> views.RemoteDistanceComputer:
+        if not issubclass(views.class_of(self) or object, faiss.IndexFlatCodes):
+            raise AttributeError(f"{type(self).__name__!r} is not an IndexFlatCodes")
+        return views.RemoteDistanceComputer(self, "", flat=True)
+
     def set_direct_map_type(self, map_type: int) -> None:
         """IVF: ``faiss.DirectMap.Array`` or ``Hashtable`` makes ``reconstruct`` possible."""
         self._call("set_direct_map_type", {"type": int(map_type)})

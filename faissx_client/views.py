@@ -168,3 +168,55 @@ def class_of(obj: Any) -> type | None:
         name = info.get("faiss_class") if isinstance(info, dict) else None
     cls = getattr(faiss, str(name), None) if name else None
     return cls if isinstance(cls, type) else None
+
+
+class _Owned:
+    """``dc.this``: the Python object owns what it stands for (faiss's tests check it)."""
+
+    @staticmethod
+    def own() -> bool:
+        return True
+
+
+class RemoteDistanceComputer:
+    """``index.get_distance_computer()`` of a remote index: ``set_query(x)``, ``dc(i)``,
+    ``dc.symmetric_dis(i, j)``, each distance computed on the server by faiss's own
+    distance computer (so codes are compared as the index compares them)."""
+
+    this = _Owned()
+
+    def __init__(self, proxy: RemoteIndex, path: str, flat: bool) -> None:
+        self._proxy, self._path, self._flat = proxy, path, flat
+        self._query: np.ndarray | None = None
+
+    def set_query(self, x: Any) -> None:
+        from faissx_client.pointers import pointers  # the array behind faiss.swig_ptr(x)
+
+        behind = pointers.array(x)
+        query = np.asarray(behind if behind is not None else x, dtype="float32").reshape(-1)
+        self._query = np.ascontiguousarray(query[None, :])
+
+    def _ask(self, method: str, ids: list[int], query: np.ndarray | None) -> np.ndarray:
+        arrays = {"ids": np.asarray(ids, dtype="int64")}
+        if query is not None:
+            arrays["x"] = query
+        _, out = self._proxy._call(
+            "call_attr",
+            {"path": self._path, "method": method, "args": [int(self._flat)]},
+            arrays,
+        )
+        return out["value"]
+
+    def __call__(self, i: int) -> float:
+        if self._query is None:
+            raise InvalidArgument("set_query() first")
+        return float(self._ask("distances", [int(i)], self._query)[0])
+
+    def distances(self, ids: Any) -> np.ndarray:
+        """Distances of the query to many stored ids in one request (FAISSx's addition)."""
+        if self._query is None:
+            raise InvalidArgument("set_query() first")
+        return self._ask("distances", list(np.asarray(ids).reshape(-1)), self._query)
+
+    def symmetric_dis(self, i: int, j: int) -> float:
+        return float(self._ask("symmetric_dis", [int(i), int(j)], None)[0])

@@ -298,3 +298,36 @@ def set_member(obj: Any, name: str, value: Any) -> None:
     elif isinstance(current, float):
         value = float(value)
     setattr(obj, name, value)
+
+
+#: Distance-computer calls (``index.get_distance_computer()`` on the client): ``distances``
+#: of the query ``x`` to stored ids, ``symmetric_dis`` between stored pairs.
+DC_METHODS = frozenset({"distances", "symmetric_dis"})
+#: Most distances one call computes.
+MAX_DC_IDS = 1 << 20
+
+
+def distance_computer_call(
+    obj: Any, method: str, flat: bool, x: np.ndarray | None, ids: np.ndarray | None
+) -> np.ndarray:
+    """faiss's distance computer of the index at a path, used once: the ids are checked
+    against ``ntotal`` first (a distance computer reads out of bounds otherwise)."""
+    if not isinstance(obj, faiss.Index):
+        raise InvalidArgument("a distance computer belongs to a float index")
+    if flat and not isinstance(obj, faiss.IndexFlatCodes):
+        raise UnsupportedOperation(f"{type(obj).__name__} is not an IndexFlatCodes")
+    if ids is None or ids.dtype != np.int64 or ids.ndim != 1 or ids.size > MAX_DC_IDS:
+        raise InvalidArgument("a distance computer call needs a 1-d int64 array 'ids'")
+    if ids.size and (ids.min() < 0 or ids.max() >= obj.ntotal):
+        raise OutOfRange(f"ids out of range [0, {obj.ntotal})")
+    dc = obj.get_FlatCodesDistanceComputer() if flat else obj.get_distance_computer()
+    if method == "symmetric_dis":
+        if ids.size % 2:
+            raise InvalidArgument("symmetric_dis takes pairs of ids")
+        pairs = ids.reshape(-1, 2)
+        return np.array([dc.symmetric_dis(int(i), int(j)) for i, j in pairs], dtype="float32")
+    if x is None or x.dtype != np.float32 or x.shape != (1, obj.d):
+        raise InvalidArgument(f"the query must be one float32 vector of d={obj.d}")
+    query = np.ascontiguousarray(x[0])
+    dc.set_query(faiss.swig_ptr(query))
+    return np.array([dc(int(i)) for i in ids], dtype="float32")

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from faissx_core.errors import InvalidArgument, UnsupportedOperation, faiss_reason
 from faissx_core.hookspecs import hookimpl
 from faissx_core.specs import BuildNested, IndexSpec, IndexType, params_by_structure
+from faissx_plugins.flat import SearchParams
 
 #: The spec type of generic indices; the faiss class is in ``params["cls"]``.
 GENERIC = "faiss_index"
@@ -102,9 +103,33 @@ def build(p: GenericParams, build_nested: BuildNested) -> Any:
         return built
 
 
+class RefineSearchParams(SearchParams):
+    """``faiss.IndexRefineSearchParameters(k_factor=1, base_index_params=None)``."""
+
+    k_factor: float = Field(1.0, ge=1.0, le=1 << 10, description="base results per result")
+    base_index_params: IndexSpec | None = Field(
+        None, description="SearchParameters for the base index's search (a nested component)"
+    )
+
+
+def _refine_params(p: RefineSearchParams) -> Any:
+    out = faiss.IndexRefineSearchParameters()
+    out.k_factor = p.k_factor  # base_index_params and sel are set where the call is built
+    return out
+
+
 @hookimpl
 def faissx_index_types() -> list[IndexType]:
     return [
+        IndexType(
+            name="IndexRefineSearchParameters",
+            family="generic",
+            kind="component",
+            params=RefineSearchParams,
+            build=lambda p, _: _refine_params(p),
+            doc="Per-call IndexRefine parameters: k_factor, and the base index's own "
+            "parameters in base_index_params.",
+        ),
         IndexType(
             name=GENERIC,
             family="generic",

@@ -320,3 +320,52 @@ def test_search_parameters_ivf_with_quantizer_params(remote, data):
         np.testing.assert_array_equal(
             local.search(data["xq"], 5, params=lp)[1], proxy.search(data["xq"], 5, params=rp)[1]
         )
+
+
+# -- distance computers and refine parameters ----------------------------------------------
+
+DC_INDICES = {
+    "Flat": lambda f: f.IndexFlatL2(D),
+    "SQ8": lambda f: f.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_8bit),
+    "PQ": lambda f: f.IndexPQ(D, 4, 4),
+}
+
+
+@pytest.mark.parametrize("key", sorted(DC_INDICES))
+@pytest.mark.parametrize("flat", [False, True])
+def test_distance_computer_matches_faiss(remote, data, key, flat):
+    local, proxy = both(remote, lambda f: fill(DC_INDICES[key](f), data))
+    get = "get_FlatCodesDistanceComputer" if flat else "get_distance_computer"
+    dl, dr = getattr(local, get)(), getattr(proxy, get)()
+    assert dr.this.own()
+    xq = data["xq"]
+    dl.set_query(faiss.swig_ptr(xq[2]))
+    dr.set_query(remote.swig_ptr(xq[2]))
+    np.testing.assert_allclose([dr(i) for i in range(5)], [dl(i) for i in range(5)], rtol=1e-5)
+    np.testing.assert_allclose(dr.distances(range(5)), [dl(i) for i in range(5)], rtol=1e-5)
+    if key != "PQ":  # faiss's PQ computer has no symmetric distance ('sdc' failed) ...
+        assert dr.symmetric_dis(1, 2) == pytest.approx(dl.symmetric_dis(1, 2), rel=1e-5)
+    else:  # ... and the remote one says so the same way
+        with pytest.raises(RuntimeError, match="sdc"):
+            dr.symmetric_dis(1, 2)
+    with pytest.raises(Exception, match="out of range"):
+        dr(300)
+
+
+def test_refine_search_parameters_nest_the_base_params(remote, data):
+    def build(f):
+        index = f.IndexRefineFlat(f.IndexIVFFlat(f.IndexFlatL2(D), D, 8))
+        return fill(index, data)
+
+    local, proxy = both(remote, build)
+    for k_factor, nprobe in ((1.0, 1), (2.0, 8)):
+        lp = faiss.IndexRefineSearchParameters(
+            k_factor=k_factor, base_index_params=faiss.IVFSearchParameters(nprobe=nprobe)
+        )
+        rp = remote.IndexRefineSearchParameters(
+            k_factor=k_factor, base_index_params=remote.IVFSearchParameters(nprobe=nprobe)
+        )
+        Dl, Il = local.search(data["xq"], 5, params=lp)
+        Dr, Ir = proxy.search(data["xq"], 5, params=rp)
+        np.testing.assert_array_equal(Il, Ir)
+        np.testing.assert_allclose(Dl, Dr, rtol=1e-5)

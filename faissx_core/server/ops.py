@@ -224,11 +224,11 @@ def search_params(m: ManagedIndex, spec: IndexSpec | None, arrays: Arrays, depth
         return _NO_PARAMS
     assert m.registry is not None
     itype = m.registry.index_type(spec.type)
-    if itype.kind != "component" or not spec.type.startswith("SearchParameters"):
+    if itype.kind != "component" or "SearchParameters" not in spec.type:
         raise InvalidArgument(f"params must be a SearchParameters object, not {spec.type}")
     values = dict(spec.params)
     sel = values.pop("sel", None)
-    nested = values.pop("quantizer_params", None)
+    nested = {key: values.pop(key) for key in NESTED_PARAMS if values.get(key) is not None}
     params = itype.build(itype.validate_params(values), m.registry.build)
     held: list[Any] = []
     if sel is not None:
@@ -239,15 +239,17 @@ def search_params(m: ManagedIndex, spec: IndexSpec | None, arrays: Arrays, depth
         built = build_selector(sel_spec, arrays)
         params.sel = built[0]
         held.append(built)
-    if nested is not None:  # SearchParametersIVF(quantizer_params=...): the coarse search's
+    for key, inner_spec in nested.items():  # the coarse quantizer's, a refine base's
         if depth >= 2:
-            raise InvalidArgument("quantizer_params nest at most 2 deep")
-        inner = search_params(m, IndexSpec.model_validate(nested), arrays, depth + 1)
-        params.quantizer_params = inner.params
+            raise InvalidArgument(f"{key} nest at most 2 deep")
+        inner = search_params(m, IndexSpec.model_validate(inner_spec), arrays, depth + 1)
+        setattr(params, key, inner.params)
         held.append(inner)
     return SearchParams(params, held)
 
 
+#: SearchParameters fields that hold the parameters of a nested search.
+NESTED_PARAMS = ("quantizer_params", "base_index_params")
 
 
 
@@ -588,12 +590,18 @@ def get_attr(m: ManagedIndex, a: AttrPath, arrays: Arrays) -> Job:
 def call_attr(m: ManagedIndex, a: AttrCall, arrays: Arrays) -> Job:
     """A read-only method (attrs.READ_METHODS) of the object at a path."""
     attrs.check_path(a.path)
-    if a.method not in attrs.READ_METHODS:
+    if a.method not in attrs.READ_METHODS and a.method not in attrs.DC_METHODS:
         raise InvalidArgument(f"{a.method!r} is not a read-only method a view may call")
     x = arrays.get("x")
 
     def job(index: Any) -> Result:
         obj = attrs.walk(index, a.path)
+        if a.method in attrs.DC_METHODS:  # args: [1] for get_FlatCodesDistanceComputer
+            flat = bool(a.args and a.args[0])
+            return run_faiss(
+                lambda: ({"kind": "array"}, {"value": attrs.distance_computer_call(
+                    obj, a.method, flat, x, arrays.get("ids"))}),
+                "distance computer", m)
         if x is not None:
             width = obj.d
             vectors(_Shape(obj, width), {"x": x})  # type: ignore[arg-type]
