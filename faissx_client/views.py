@@ -74,8 +74,8 @@ def _value(proxy: RemoteIndex, path: str, result: dict[str, Any], arrays: dict) 
         return None
     if kind == "array":
         return arrays["value"]
-    if kind == "pair":
-        return arrays["D"], arrays["I"]
+    if kind == "tuple":
+        return tuple(arrays[str(i)] for i in range(int(result["n"])))
     if kind == "vector":
         return RemoteVector(arrays["value"], result["class"])
     return RemoteView(proxy, path, result)
@@ -98,14 +98,15 @@ class RemoteView:
         return str(self._described.get("class", "?"))
 
     def _method(self, name: str) -> Any:
-        def call(*args: Any) -> Any:
+        def call(*args: Any, include_listnos: bool | None = None) -> Any:
             arrays: dict[str, np.ndarray] = {}
             ints = list(args)
-            if READ_METHODS[name] is None:  # search(x, k), assign(x, k), compute_codes(x)
-                x = np.ascontiguousarray(
-                    args[0], dtype="uint8" if self._described.get("binary") else "float32"
-                )
-                arrays, ints = {"x": x}, list(args[1:2])
+            if READ_METHODS[name] is None:  # search(x, k), assign(x, k), sa_encode(x), ...
+                binary = self._described.get("binary") or name == "sa_decode"
+                x = np.ascontiguousarray(args[0], dtype="uint8" if binary else "float32")
+                arrays, ints = {"x": x}, list(args[1:3])
+                if include_listnos is not None:  # search_and_return_codes
+                    ints = [*ints[:1], int(include_listnos)]
             result, out = self._proxy._call(
                 "call_attr",
                 {"path": self._path, "method": name, "args": [int(i) for i in ints]},

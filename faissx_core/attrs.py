@@ -33,6 +33,8 @@ from faissx_core.errors import InvalidArgument, OutOfRange, UnsupportedOperation
 
 #: Largest array one view read returns (a whole flat index's codes fit; a runaway read not).
 MAX_BYTES = 256 << 20
+#: Most results (queries x k) one search through a view returns, as for a plain search.
+MAX_RESULTS = 1 << 25
 #: Deepest path (``index.index.quantizer.invlists`` is 4).
 MAX_DEPTH = 8
 _STEP = re.compile(r"^(?:[A-Za-z][A-Za-z0-9_]{0,63}|@ivf|#\d{1,9})$")
@@ -52,6 +54,9 @@ READ_METHODS: dict[str, int | None] = {
     "size": 0,
     "get_list_size": 1,
     "compute_codes": None,
+    "search_and_return_codes": None,
+    "sa_encode": None,
+    "sa_decode": None,
     "check_ids_sorted": 0,
     "check_consistency": 0,
 }
@@ -79,6 +84,7 @@ WRITABLE = frozenset(
         "decode_block_size",
         "check_input_data_for_NaNs",
         "use_faster_subsampling",
+        "per_invlist_search",
         # HNSW / NSG / NNDescent
         "efSearch",
         "efConstruction",
@@ -244,16 +250,29 @@ def call(
     if fn is None or not callable(fn):
         raise InvalidArgument(f"{type(obj).__name__} has no method {method!r}")
     if want is None:
-        if x is None or len(args) > 1:
+        if x is None or len(args) > (2 if method == "search_and_return_codes" else 1):
             raise InvalidArgument(f"{method} takes the array x (and k)")
+        if args and not (1 <= args[0] <= 1 << 20 and len(x) * args[0] <= MAX_RESULTS):
+            raise InvalidArgument(f"k={args[0]} for {len(x)} queries is out of bounds")
+        if method == "sa_decode":  # x is codes here, not vectors
+            size = int(obj.sa_code_size())
+            if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != size:
+                raise InvalidArgument(f"sa_decode takes uint8 codes of shape (n, {size})")
+            return {"kind": "array"}, {"value": fn(x)}
+        if method == "sa_encode":
+            return {"kind": "array"}, {"value": fn(x)}
         if method == "compute_codes":
             return {"kind": "array"}, {
                 "value": obj.sa_encode(x) if hasattr(obj, "sa_encode") else fn(x)
             }
         if method == "assign":
             return {"kind": "array"}, {"value": fn(x, *args)}
-        D, I = fn(x, *args)
-        return {"kind": "pair"}, {"D": D, "I": I}
+        if method == "search_and_return_codes":
+            listnos = bool(args[1:] and args[1])
+            out = fn(x, args[0], include_listnos=listnos)
+        else:
+            out = fn(x, *args)  # search: (D, I)
+        return {"kind": "tuple", "n": len(out)}, {str(i): a for i, a in enumerate(out)}
     if len(args) != want:
         raise InvalidArgument(f"{method} takes {want} integer argument(s)")
     if method in ("list_size", "get_ids", "get_codes", "get_list_size"):

@@ -369,3 +369,20 @@ def test_refine_search_parameters_nest_the_base_params(remote, data):
         Dr, Ir = proxy.search(data["xq"], 5, params=rp)
         np.testing.assert_array_equal(Il, Ir)
         np.testing.assert_allclose(Dl, Dr, rtol=1e-5)
+
+
+def test_search_and_return_codes_and_standalone_codec(remote, data):
+    local, proxy = both(remote, lambda f: fill(f.index_factory(D, "IVF8,PQ4x4np"), data))
+    local.nprobe = proxy.nprobe = 4
+    xq = data["xq"]
+    Dl, Il, Cl = local.search_and_return_codes(xq, 5, include_listnos=True)
+    Dr, Ir, Cr = proxy.search_and_return_codes(xq, 5, include_listnos=True)
+    np.testing.assert_array_equal(Il, Ir)
+    np.testing.assert_array_equal(Cl, Cr)
+    np.testing.assert_allclose(Dl, Dr, rtol=1e-5)
+    np.testing.assert_array_equal(proxy.sa_encode(xq), local.sa_encode(xq))
+    np.testing.assert_array_equal(proxy.sa_decode(Cr[0]), local.sa_decode(Cl[0]))
+    with pytest.raises(InvalidArgument, match="uint8 codes"):
+        proxy.sa_decode(np.zeros((2, 99), dtype="uint8"))
+    with pytest.raises(InvalidArgument, match="out of bounds"):
+        proxy.search_and_return_codes(xq, 1 << 21)

@@ -602,7 +602,7 @@ def call_attr(m: ManagedIndex, a: AttrCall, arrays: Arrays) -> Job:
                 lambda: ({"kind": "array"}, {"value": attrs.distance_computer_call(
                     obj, a.method, flat, x, arrays.get("ids"))}),
                 "distance computer", m)
-        if x is not None:
+        if x is not None and a.method != "sa_decode":  # sa_decode's x is codes
             width = obj.d
             vectors(_Shape(obj, width), {"x": x})  # type: ignore[arg-type]
         return run_faiss(lambda: attrs.call(obj, a.method, list(a.args), x), "call_attr", m)
