@@ -369,11 +369,25 @@ class ParameterSpace(faiss.ParameterSpace):
             super().set_index_parameter(index, name, value)
             return
         param = self.ALIASES.get(name, name)
+        if param not in index._runtime_params() and name.startswith("quantizer_"):
+            # as faiss does: the rest of the name is a parameter of the IVF's quantizer
+            self._set_on_quantizer(index, name.removeprefix("quantizer_"), value)
+            return
         if param not in index._runtime_params():
             raise FaissError(f"could not set parameter {name} on {type(index).__name__}")
         if name == "ht" and "search_type" in index._runtime_params():
             index.set_parameter("search_type", faiss.IndexPQ.ST_polysemous)  # as faiss does
         index.set_parameter(param, value)
+
+    @staticmethod
+    def _set_on_quantizer(index: RemoteIndex, name: str, value: Any) -> None:
+        for path in (f"@ivf.quantizer.{name}", f"@ivf.quantizer.hnsw.{name}"):
+            try:
+                views.set_value(index, path, name, value)
+                return
+            except (InvalidArgument, AttributeError, UnsupportedOperation):
+                continue
+        raise FaissError(f"could not set parameter quantizer_{name} on {type(index).__name__}")
 
     def set_index_parameters(self, index: Any, description: str) -> None:
         if not isinstance(index, RemoteIndex):

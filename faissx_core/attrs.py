@@ -56,6 +56,9 @@ READ_METHODS: dict[str, int | None] = {
     "compute_codes": None,
     "search_and_return_codes": None,
     "sa_encode": None,
+    "nb_neighbors": 1,
+    # recomputes a flat index's cached norms: no result changes, nothing to log
+    "sync_l2norms": 0,
     "sa_decode": None,
     "check_ids_sorted": 0,
     "check_consistency": 0,
@@ -85,6 +88,8 @@ WRITABLE = frozenset(
         "check_input_data_for_NaNs",
         "use_faster_subsampling",
         "per_invlist_search",
+        "threshold_type",
+        "period",
         # HNSW / NSG / NNDescent
         "efSearch",
         "efConstruction",
@@ -308,6 +313,15 @@ def set_member(obj: Any, name: str, value: Any) -> None:
     current = _member(obj, name)
     if name == "metric_type" and value not in METRICS:
         raise InvalidArgument(f"metric_type must be a faiss.METRIC_* value, got {value!r}")
+    if isinstance(current, str) and len(current) <= 1 and isinstance(value, bool | int):
+        value = int(value)  # a C++ char flag (quantizer_trains_alone): SWIG takes 0..255
+        if not 0 <= value <= 255:
+            raise InvalidArgument(f"{name} is a char flag, not {value!r}")
+        try:
+            setattr(obj, name, value)
+        except TypeError:
+            setattr(obj, name, chr(value))
+        return
     if not isinstance(current, SCALAR) or isinstance(value, str) != isinstance(current, str):
         raise InvalidArgument(f"{name} is a {type(current).__name__}, not {value!r}")
     if isinstance(current, bool) or (isinstance(current, int) and not isinstance(current, bool)):

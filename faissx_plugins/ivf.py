@@ -69,6 +69,11 @@ class SearchParamsIVF(SearchParams):
     nprobe: int = Field(1, ge=1, le=NPROBE_MAX, description="inverted lists visited per query")
     max_codes: int = Field(0, ge=0, le=MAX_CODES_MAX,
                            description="codes visited per query at most (0: no limit)")
+    max_lists_num: int = Field(0, ge=0, le=NPROBE_MAX, description="lists scanned at most "
+                               "(0: nprobe)")
+    ensure_topk_full: bool = Field(False, description="keep scanning until k results")
+    max_empty_result_buckets: int = Field(0, ge=0, le=NPROBE_MAX, description="range search: "
+                                          "stop after this many lists without a hit (0: never)")
     quantizer_params: IndexSpec | None = Field(
         None, description="SearchParameters for the coarse quantizer's search (a nested "
                           "component, e.g. SearchParametersHNSW(efSearch=...))")
@@ -78,6 +83,9 @@ def _search_params_ivf(p: SearchParamsIVF) -> faiss.SearchParametersIVF:
     out = faiss.SearchParametersIVF()
     out.nprobe = p.nprobe
     out.max_codes = p.max_codes
+    out.max_lists_num = p.max_lists_num
+    out.ensure_topk_full = p.ensure_topk_full
+    out.max_empty_result_buckets = p.max_empty_result_buckets
     return out
 
 

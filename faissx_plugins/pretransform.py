@@ -64,6 +64,8 @@ class OPQParams(TransformParams):
     d: Dimension
     M: int = Field(1, gt=0, le=1 << 12, validation_alias=_alias("M", "M_in"))
     d2: int = Field(-1, ge=-1, le=1 << 16, description="output dimension; -1: same as d")
+    niter: int = Field(50, ge=0, le=1 << 12, description="OPQ training iterations")
+    niter_pq: int = Field(4, ge=0, le=1 << 12, description="PQ iterations per OPQ iteration")
 
     @model_validator(mode="after")
     def _splits(self) -> OPQParams:
@@ -79,6 +81,12 @@ class RandomRotationParams(TransformParams):
 
     d_in: Dimension
     d_out: Dimension
+
+
+def _opq(p: OPQParams, _: BuildNested) -> Any:
+    opq = faiss.OPQMatrix(p.d, p.M, p.d2)
+    opq.niter, opq.niter_pq = p.niter, p.niter_pq
+    return opq
 
 
 def _out(p: OPQParams) -> int:
@@ -192,7 +200,7 @@ def faissx_index_types() -> list[IndexType]:
                    "PCA projection to d_out dimensions, optionally whitened and rotated."),
         _component("NormalizationTransform", NormalizationParams, _build_normalization,
                    "Divides each vector by its L2 norm."),
-        _component("OPQMatrix", OPQParams, lambda p, _: faiss.OPQMatrix(p.d, p.M, p.d2),
+        _component("OPQMatrix", OPQParams, _opq,
                    "Rotation learnt to suit a product quantizer with M sub-quantizers."),
         _component("RandomRotationMatrix", RandomRotationParams,
                    lambda p, _: faiss.RandomRotationMatrix(p.d_in, p.d_out),

@@ -386,3 +386,43 @@ def test_search_and_return_codes_and_standalone_codec(remote, data):
         proxy.sa_decode(np.zeros((2, 99), dtype="uint8"))
     with pytest.raises(InvalidArgument, match="out of bounds"):
         proxy.search_and_return_codes(xq, 1 << 21)
+
+
+def test_quantizer_parameters_char_flags_and_hashtable_removal(remote, data):
+    def build(f):
+        index = f.IndexIVFFlat(f.IndexHNSWFlat(D, 8), D, 8)
+        index.quantizer_trains_alone = 2  # a C++ char member (2: k-means, then fill it)
+        return fill(index, data)
+
+    local, proxy = both(remote, build)
+    assert proxy.quantizer_trains_alone == local.quantizer_trains_alone == "\x02"
+    faiss.ParameterSpace().set_index_parameter(local, "quantizer_efSearch", 5)
+    remote.ParameterSpace().set_index_parameter(proxy, "quantizer_efSearch", 5)
+    assert remote.downcast_index(proxy.quantizer).hnsw.efSearch == 5
+    lq = faiss.downcast_index(local.quantizer)
+    assert proxy.quantizer.hnsw.nb_neighbors(0) == lq.hnsw.nb_neighbors(0) == 16
+    for index in (local, proxy):
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        assert index.remove_ids(np.arange(0, 30, 3, dtype="int64")) == 10
+    assert_same_search(local, proxy, data["xq"])
+
+
+def test_ivf_early_termination_params_and_opq_knobs(remote, data):
+    for f in (faiss, remote):
+        p = f.SearchParametersIVF(nprobe=4)
+        assert (p.max_lists_num, p.ensure_topk_full, p.max_empty_result_buckets) == (0, False, 0)
+        p.max_lists_num, p.ensure_topk_full = 2, True
+        assert (p.max_lists_num, p.ensure_topk_full) == (2, True)
+
+    def build(f):
+        opq = f.OPQMatrix(D, 4)
+        opq.niter, opq.niter_pq = 3, 2
+        return fill(f.IndexPreTransform(opq, f.IndexIVFFlat(f.IndexFlatL2(D), D, 8)), data)
+
+    local, proxy = both(remote, build)
+    assert proxy.chain.at(0).niter == 3
+    lp = faiss.SearchParametersIVF(nprobe=8, max_lists_num=2, ensure_topk_full=True)
+    rp = remote.SearchParametersIVF(nprobe=8, max_lists_num=2, ensure_topk_full=True)
+    np.testing.assert_array_equal(
+        local.search(data["xq"], 5, params=lp)[1], proxy.search(data["xq"], 5, params=rp)[1]
+    )

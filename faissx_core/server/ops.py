@@ -501,8 +501,10 @@ def reconstruct_batch(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
 @op("remove_ids")
 def remove_ids(m: ManagedIndex, a: RemoveArgs, arrays: Arrays) -> Job:
     if a.selector is None:
+        # faiss's own remove_ids picks the selector (IDSelectorArray for a hashtable
+        # direct map, IDSelectorBatch otherwise)
         ids = id_array(arrays, "ids")
-        held = faiss.IDSelectorBatch(ids.size, faiss.swig_ptr(ids)), ids
+        held = ids, None
     else:
         held = build_selector(a.selector, arrays)
 
