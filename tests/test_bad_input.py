@@ -197,12 +197,22 @@ def test_unknown_attribute(loaded):
     loaded.assert_unchanged()
 
 
-@pytest.mark.parametrize("attr", ["ntotal", "d", "is_trained", "metric_type"])
+@pytest.mark.parametrize("attr", ["ntotal", "d", "is_trained"])
 def test_read_only_attributes_cannot_be_set(loaded, attr):
     before = getattr(loaded.index, attr)
     with pytest.raises(AttributeError):
         setattr(loaded.index, attr, 99)
     assert getattr(loaded.index, attr) == before
+    loaded.assert_unchanged()
+
+
+def test_metric_type_takes_only_faiss_metrics(loaded, remote):
+    """faiss lets ``metric_type`` be set (FAISS's own tests do); a value that is no
+    ``faiss.METRIC_*`` is refused and changes nothing."""
+    before = loaded.index.metric_type
+    with pytest.raises(remote.InvalidArgument, match="METRIC"):
+        loaded.index.metric_type = 99
+    assert loaded.index.metric_type == before
     loaded.assert_unchanged()
 
 
