@@ -423,7 +423,8 @@ def extract_index_ivf(index: Any) -> Any:
     (so ``nprobe`` and friends stay runtime parameters), else a remote view of the IVF."""
     if not isinstance(index, _REMOTE):
         return faiss.extract_index_ivf(index)
-    if isinstance(index, RemoteIndex) and issubclass(class_of(index) or object, faiss.IndexIVF):
+    ivf_classes = (faiss.IndexIVF, faiss.IndexBinaryIVF)
+    if isinstance(index, RemoteIndex) and issubclass(class_of(index) or object, ivf_classes):
         return index
     proxy, path = ((index, "") if isinstance(index, RemoteIndex)
                    else (index._proxy, index._path if isinstance(index, RemoteView)

@@ -29,7 +29,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from faissx_core.errors import InvalidArgument, OutOfRange, UnsupportedOperation
+from faissx_core.errors import InvalidArgument, OutOfRange, UnknownParameter, UnsupportedOperation
 
 #: Largest array one view read returns (a whole flat index's codes fit; a runaway read not).
 MAX_BYTES = 256 << 20
@@ -180,7 +180,7 @@ def _member(obj: Any, name: str) -> Any:
             raise OutOfRange(f"element {i} of a vector of {size}")
         return obj.at(i)
     if not isinstance(getattr(type(obj), name, None), property) or name in ("this", "thisown"):
-        raise InvalidArgument(f"{type(obj).__name__} has no data member {name!r}")
+        raise UnknownParameter(f"{type(obj).__name__} has no data member {name!r}")
     return getattr(obj, name)
 
 

@@ -220,9 +220,14 @@ def test_view_writes_go_to_the_server_and_are_checked(remote, data):
 def test_view_paths_refuse_methods_and_internals(remote):
     proxy = remote.IndexFlatL2(D)
     proxy.add(np.zeros((1, D), "float32"))
-    for path in ("train", "this", "__class__", "a..b", "x" * 70, ".".join(["codes"] * 9)):
+    for path in ("__class__", "a..b", "x" * 70, ".".join(["codes"] * 9)):  # not paths
         with pytest.raises(InvalidArgument):
             proxy._call("get_attr", {"path": path})
+    for path in ("train", "this", "nprobe"):  # a method, SWIG's pointer, another class's
+        with pytest.raises(AttributeError, match="no data member"):
+            proxy._call("get_attr", {"path": path})
+    with pytest.raises(AttributeError):
+        proxy.nprobe = 2  # a flat index has no inverted lists to probe
     with pytest.raises(InvalidArgument, match="read-only method"):
         proxy._call("call_attr", {"path": "", "method": "reset", "args": []})
     with pytest.raises(UnsupportedOperation, match="tuning knob"):

@@ -614,7 +614,8 @@ def test_transforms_are_components_described_by_the_client(remote):
     # faiss's keyword spellings work too
     assert remote.PCAMatrix(din=D, dout=4, eigen_power_in=-0.5).spec == remote.PCAMatrix(
         D, 4, -0.5).spec
-    assert remote.OPQMatrix(D, M_in=4).spec.params == {"d": D, "M": 4, "d2": -1}
+    assert remote.OPQMatrix(D, M_in=4).spec.params == {"d": D, "M": 4, "d2": -1, "niter": 50,
+                                                        "niter_pq": 4}
     assert remote.NormalizationTransform(D).norm == 2.0
     t.eigen_power = -0.5  # attributes write like faiss's
     assert t.spec.params["eigen_power"] == -0.5

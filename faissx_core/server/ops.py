@@ -23,6 +23,7 @@ from pydantic import (
 from faissx_core import attrs
 from faissx_core.errors import (
     FaissError,
+    FaissxError,
     InvalidArgument,
     NotTrained,
     OutOfRange,
@@ -104,6 +105,8 @@ def run_faiss(fn: Callable[[], Any], what: str, managed: ManagedIndex) -> Any:
     """Call into faiss, turning its C++ exceptions into typed errors."""
     try:
         return fn()
+    except FaissxError:  # already typed (UnknownParameter is also an AttributeError)
+        raise
     except TypeError as exc:  # SWIG found no overload for these values: faiss refuses them
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WrongType(f"{what} on {managed.spec.type}: faiss refused the arguments "
