@@ -170,7 +170,9 @@ def _member(obj: Any, name: str) -> Any:
         try:
             return faiss.extract_index_ivf(obj)
         except (RuntimeError, TypeError):
-            raise UnsupportedOperation(f"{type(obj).__name__} holds no IVF index") from None
+            raise UnsupportedOperation(
+                f"{type(obj).__name__} is not an IVF index and holds none"
+            ) from None
     if name.startswith("#"):
         size = obj.size() if hasattr(obj, "size") and hasattr(obj, "at") else None
         if size is None:
