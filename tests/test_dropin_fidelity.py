@@ -431,3 +431,29 @@ def test_ivf_early_termination_params_and_opq_knobs(remote, data):
     np.testing.assert_array_equal(
         local.search(data["xq"], 5, params=lp)[1], proxy.search(data["xq"], 5, params=rp)[1]
     )
+
+
+def test_view_writes_and_clones_survive_a_restart(start_server, tmp_path, data):
+    """set_attr is a logged write: a knob faiss does not serialize (ClusteringParameters) is
+    replayed from the log; a named clone is durable like any named index."""
+    from faissx import client as fx
+
+    data_dir = tmp_path / "data"
+    srv = start_server("--data-dir", str(data_dir))
+    fx.configure(server=srv.endpoint, timeout=60)
+    try:
+        index = fx.IndexIVFFlat(fx.IndexFlatL2(D), D, 4, name="knobs")
+        index.cp.min_points_per_centroid = 7
+        index.train(data["xt"])
+        index.add(data["xb"])
+        fx.clone_index(index, name="knobs-copy")
+        srv.kill()
+        srv = start_server("--data-dir", str(data_dir))
+        fx.configure(server=srv.endpoint, timeout=60)
+        again = fx.open_index("knobs")
+        assert again.cp.min_points_per_centroid == 7
+        copy = fx.open_index("knobs-copy")
+        assert copy.ntotal == again.ntotal == 300
+        np.testing.assert_array_equal(copy.search(data["xq"], 3)[1], again.search(data["xq"], 3)[1])
+    finally:
+        fx.disconnect()
