@@ -57,8 +57,9 @@ READ_METHODS: dict[str, int | None] = {
     "search_and_return_codes": None,
     "sa_encode": None,
     "nb_neighbors": 1,
-    # recomputes a flat index's cached norms: no result changes, nothing to log
+    # recompute / drop a flat index's cached norms: no result changes, nothing to log
     "sync_l2norms": 0,
+    "clear_l2norms": 0,
     "sa_decode": None,
     "check_ids_sorted": 0,
     "check_consistency": 0,

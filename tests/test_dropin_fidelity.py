@@ -181,6 +181,9 @@ def test_hnsw_and_storage_views(remote, data):
     assert proxy.hnsw.max_level == local.hnsw.max_level
     storage = remote.downcast_index(proxy.storage)
     assert isinstance(storage, remote.IndexFlatL2) and storage.ntotal == 300
+    storage.sync_l2norms()  # the norms cache: results unchanged
+    assert_same_search(local, proxy, data["xq"])
+    storage.clear_l2norms()
     assert storage.sa_code_size() == faiss.downcast_index(local.storage).sa_code_size()
 
 
