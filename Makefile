@@ -13,7 +13,7 @@ DATA_DIR ?=
 BENCH_OUT   ?= benchmarks/out
 BENCH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/faissx-bench
 
-.PHONY: install serve test lint bench clean faiss-suite
+.PHONY: install serve test test-ray lint bench bench-ray clean faiss-suite
 
 # The recipe runs under the lock and checks again inside it: whoever waited finds the stamp
 # newer than pyproject.toml and installs nothing.
@@ -38,6 +38,12 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# The Ray step of CI: installs the `ray` extra and runs the tests that need a Ray cluster
+# (tests/test_ray.py starts a two-node one on 127.0.0.1; without Ray those tests skip).
+test-ray: $(STAMP)
+	flock $(LOCK) $(BIN)/pip install --quiet -e '.[dev,ray]'
+	$(BIN)/pytest -q tests/test_ray.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -51,6 +57,10 @@ bench: $(STAMP)
 faiss-suite: $(STAMP)
 	@test -n "$(FAISS_SRC)" || (echo "usage: make faiss-suite FAISS_SRC=/path/to/faiss"; exit 2)
 	$(BIN)/python scripts/faiss_suite.py $(FAISS_SRC) $(FAISS_SUITE_ARGS)
+
+bench-ray: $(STAMP)
+	flock $(LOCK) $(BIN)/pip install --quiet -e '.[dev,ray]'
+	$(BIN)/python -m benchmarks.ray_bench --out $(BENCH_OUT)
 
 clean:
 	rm -rf $(VENV) $(LOCK) build *.egg-info .pytest_cache

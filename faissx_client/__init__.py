@@ -20,7 +20,7 @@ from faissx_client import classes as _classes_module
 from faissx_client import gpu as gpu_module
 from faissx_client import modification, optimization, recovery, views
 from faissx_client.cache import vector_cache
-from faissx_client.classes import make_class, make_generic_class
+from faissx_client.classes import _placement, make_class, make_generic_class
 from faissx_client.client import Client
 from faissx_client.original import FaissXClient
 from faissx_client.pointers import pointers
@@ -42,6 +42,7 @@ from faissx_core.errors import (
     PermissionDenied,
     QuotaExceeded,
     ServerUnavailable,
+    ShardUnavailable,
     Unauthenticated,
     UnknownIndexType,
     UnsupportedOperation,
@@ -53,7 +54,8 @@ from faissx_core.specs import IMPORTED, IndexSpec
 __all__ = [
     "Aborted", "Client", "FaissXClient", "FaissxError", "IndexDamaged", "IndexExists",
     "IndexNotFound", "InvalidArgument", "NotConfigured", "PermissionDenied", "QuotaExceeded",
-    "RemoteIndex", "ServerUnavailable", "Unauthenticated", "UnknownIndexType", "__version__",
+    "RemoteIndex", "ServerUnavailable", "ShardUnavailable", "Unauthenticated", "UnknownIndexType",
+    "__version__",
     "configure", "configure_recovery", "delete_index", "disconnect", "get_client", "gpu",
     "is_remote", "list_indexes", "modification", "on_reconnect", "open_index", "optimization",
     "recovery", "with_retry",
@@ -202,10 +204,11 @@ def _proxy_class(info: dict[str, Any]) -> type:
 
 
 def _attach(client: Client, spec: IndexSpec, name: str | None, info: dict | None = None,
-            op: str = "create", data: Any = None, extra: dict | None = None) -> RemoteIndex:
+            op: str = "create", data: Any = None, extra: dict | None = None,
+            placement: dict | None = None) -> RemoteIndex:
     """A proxy created on the server now (``create``, ``import`` or ``clone``), typed after
     what it is."""
-    proxy = type.__call__(RemoteIndex, client, spec, name=name, info=info)
+    proxy = type.__call__(RemoteIndex, client, spec, name=name, info=info, placement=placement)
     info = info or proxy._create(op=op, data=data, extra=extra)
     object.__setattr__(proxy, "__class__", _proxy_class(info))
     return proxy
@@ -238,14 +241,16 @@ def _open(client: Client, name: str) -> RemoteIndex:
 
 
 def index_factory(d: int, description: str, metric: int = faiss.METRIC_L2, *,
-                  name: str | None = None) -> Any:
-    """faiss.index_factory; in remote mode the server builds the index from the same string."""
+                  name: str | None = None, shards: int | None = None,
+                  replicas: int | None = None) -> Any:
+    """faiss.index_factory; in remote mode the server builds the index from the same string
+    (``shards``/``replicas``: its placement with ``--backend ray``)."""
     client = get_client()
     if client is None:
         return optimization.build_local(
             lambda a, _k: faiss.index_factory(*a), (d, description, metric), {})
     spec = _registry.index_type("index_factory").bind((d, description, metric), {})
-    return _attach(client, spec, name)
+    return _attach(client, spec, name, placement=_placement(shards, replicas))
 
 
 def index_binary_factory(d: int, description: str, *, name: str | None = None) -> Any:

@@ -36,7 +36,8 @@ class DropIn(type):
     _registry: PluginRegistry
     _current: Callable[[], Any]
 
-    def __call__(cls, *args: Any, name: str | None = None, **kwargs: Any) -> Any:
+    def __call__(cls, *args: Any, name: str | None = None, shards: int | None = None,
+                 replicas: int | None = None, **kwargs: Any) -> Any:
         client = cls._current()
         itype = cls.itype
         if itype.shorthand is not None:  # e.g. IndexIVFFlat(d, nlist=100): no quantizer
@@ -54,6 +55,9 @@ class DropIn(type):
 
             if itype.kind != "index":
                 return build(args, kwargs)
+            if (shards or 1) > 1 or (replicas or 1) > 1:
+                raise TypeError(f"{itype.name}(shards=, replicas=) places a remote index: call "
+                                "faissx.client.configure() first")
             return local_hook(build, args, kwargs)
         arrays: dict[str, Any] = {}
         described = []
@@ -67,13 +71,15 @@ class DropIn(type):
             arrays.update(more)
         spec = cls._bind(tuple(described), kwargs)
         if itype.kind == "component":
-            if name is not None:
-                raise TypeError(f"{itype.name} is a component; only indices take name=")
+            if name is not None or shards is not None or replicas is not None:
+                raise TypeError(f"{itype.name} is a component; only indices take name=, "
+                                "shards= and replicas=")
             return super().__call__(spec, arrays)
         if arrays:
             raise TypeError(f"{itype.name}(): selectors with id arrays cannot be constructor "
                             "arguments of a remote index")
-        proxy = super().__call__(client, spec, name=name)
+        proxy = super().__call__(client, spec, name=name,
+                                 placement=_placement(shards, replicas))
         # Like faiss's referenced_objects: a proxy given as a part stays alive (and on the
         # server) at least until this index, created lazily, has copied it.
         parts = [a for a in (*args, *given.values()) if isinstance(a, RemoteIndex)]
@@ -149,3 +155,14 @@ def make_generic_class(faiss_name: str, itype: IndexType, registry: PluginRegist
         "__doc__": f"faiss.{faiss_name}, served remotely by the {itype.family!r} family.",
         "__module__": "faissx_client",
     })
+
+
+def _placement(shards: int | None, replicas: int | None) -> dict[str, int]:
+    """``create``'s wire arguments for a per-index placement (``--backend ray``)."""
+    placement = {}
+    for key, value in (("shards", shards), ("replicas", replicas)):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive int, got {value!r}")
+            placement[key] = value
+    return placement

@@ -42,13 +42,16 @@ class RemoteIndex:
     itype: ClassVar[IndexType | None] = None
 
     def __init__(self, client: Client, spec: IndexSpec, name: str | None = None,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None,
+                 placement: dict[str, int] | None = None) -> None:
         object.__setattr__(self, "_client", client)
         object.__setattr__(self, "_spec", spec)
         object.__setattr__(self, "_named", name is not None)
         anon = f"anon-{client.transport.session[:12]}-{next(_anon)}"
         object.__setattr__(self, "_name", name or anon)
         object.__setattr__(self, "_info", info)
+        #: ``shards``/``replicas`` asked for at construction (``--backend ray``).
+        object.__setattr__(self, "_placement", placement or {})
         object.__setattr__(self, "_create_lock", threading.Lock())
         #: Client-side parameters (batch_size): they shape this proxy's calls.
         object.__setattr__(self, "_values", {})
@@ -63,7 +66,8 @@ class RemoteIndex:
                 return self._info
             client = self._client
             _opt.memory_manager.check_create(0 if data is None else int(data.nbytes), client)
-            args: dict[str, Any] = {"ephemeral": not self._named, **(extra or {})}
+            args: dict[str, Any] = {"ephemeral": not self._named, **self._placement,
+                                    **(extra or {})}
             # an upload's spec is the server's to infer; a clone's is its source's
             if self._spec.type != IMPORTED.name and op != "clone":
                 args["spec"] = self._spec.model_dump()

@@ -62,6 +62,24 @@ def _serve_options(fn):
         click.option("--gpu", is_flag=True, default=False, envvar="FAISSX_GPU",
                      help="Search on GPU copies of the indices faiss supports on GPU (needs "
                           "faiss-gpu and a GPU)."),
+        # past one machine: docs/distributed.md
+        click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
+                     show_default=True, envvar="FAISSX_BACKEND",
+                     help="Where indices live: this process, or Ray actors (shards x replicas; "
+                          "needs `pip install 'faissx[ray]'`)."),
+        click.option("--ray-address", default="local", show_default=True,
+                     envvar="FAISSX_RAY_ADDRESS",
+                     help="`local` starts Ray here on 127.0.0.1; `auto` joins this machine's "
+                          "cluster; or a GCS address / `ray://host:port`."),
+        click.option("--ray-node-ip-address", "ray_node_ip", default="127.0.0.1",
+                     show_default=True, envvar="FAISSX_RAY_NODE_IP",
+                     help="This machine's address in the Ray cluster (loopback unless the "
+                          "cluster spans machines)."),
+        click.option("--shards", type=int, default=1, show_default=True,
+                     envvar="FAISSX_SHARDS", help="Default shards per index (--backend ray)."),
+        click.option("--replicas", type=int, default=1, show_default=True,
+                     envvar="FAISSX_REPLICAS",
+                     help="Default replicas per shard (--backend ray)."),
         # security and limits: docs/security.md
         click.option("--curve-secret-key", default=None, envvar="FAISSX_CURVE_SECRET_KEY",
                      help="Encrypt connections with CURVE: the server's Z85 secret key, or a "
@@ -123,7 +141,9 @@ def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None
            tenant_max_indices: int = 1000, tenant_max_vectors: int = 0,
            tenant_max_mb: float = 0.0, rate_limit: float = 10_000.0,
            rate_burst: int | None = None, progress_every: float = 1.0,
-           max_connections: int | None = None, max_peer_output_mb: float = 256.0) -> None:
+           max_connections: int | None = None, max_peer_output_mb: float = 256.0,
+           backend: str = "local", ray_address: str = "local", ray_node_ip: str = "127.0.0.1",
+           shards: int = 1, replicas: int = 1) -> None:
     """Run the FAISSx server until SIGINT or SIGTERM."""
     from faissx_core.server import run_server  # keeps `faissx --help` quick
 
@@ -139,6 +159,8 @@ def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None
             rate_burst=rate_burst, progress_every=progress_every,
             max_connections=max_connections,
             max_peer_output_bytes=int(max_peer_output_mb * (1 << 20)))
+        extra.update(backend=backend, ray_address=ray_address, ray_node_ip=ray_node_ip,
+                     shards=shards, replicas=replicas)
         settings = ServerSettings(
             port=port, bind_address=bind_address, ipc=ipc, data_dir=data_dir, fsync=fsync,
             snapshot_bytes=int(snapshot_every_mb * (1 << 20)),
@@ -249,6 +271,53 @@ def restore_cmd(backup_dir: Path, data_dir: Path, force: bool) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     Console().print(f"restored {len(restored)} index(es) into {data_dir}")
+
+
+@main.group("cluster")
+def cluster() -> None:
+    """The Ray cluster behind `faissx serve --backend ray`."""
+
+
+@cluster.command("status")
+@click.option("--ray-address", default="auto", show_default=True, envvar="FAISSX_RAY_ADDRESS",
+              help="The cluster to inspect (`auto`: the one this machine joined).")
+@click.option("--ray-node-ip-address", "ray_node_ip", default="127.0.0.1", show_default=True,
+              envvar="FAISSX_RAY_NODE_IP", help="This machine's address in the cluster.")
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for each replica's answer.")
+def cluster_status(ray_address: str, ray_node_ip: str, timeout: float) -> None:
+    """One row per replica: index, shard, replica, actor state, node, vectors, memory."""
+    from faissx_core.server.ray_loopback import keep_loopback
+
+    keep_loopback(ray_node_ip)
+    try:
+        import ray
+    except ImportError:
+        raise click.ClickException("Ray is not installed: pip install 'faissx[ray]'") from None
+    from faissx_core.server.ray_backend import NAMESPACE, cluster_rows
+
+    ray.init(address=ray_address, namespace=NAMESPACE, log_to_driver=False,
+             configure_logging=False, _node_ip_address=ray_node_ip)
+    try:
+        rows = cluster_rows(ray, timeout)
+        nodes = {n["NodeID"]: n for n in ray.nodes()}
+    finally:
+        ray.shutdown()
+    table = Table(title=f"faissx on Ray ({len(nodes)} node(s), {len(rows)} replica actor(s))")
+    for column in ("tenant/index", "shard", "replica", "actor state", "restarts", "node", "pid",
+                   "vectors", "memory", "write #"):
+        table.add_column(column)
+    for row in rows:
+        node = nodes.get(row.get("node", ""), {})
+        where = (f"{node.get('NodeManagerAddress', '?')} {row['node'][:8]}"
+                 + ("" if node.get("Alive", True) else " (dead)")) if row.get("node") else "-"
+        table.add_row(f"{row['tenant']}/{row['index']}", str(row.get("shard", "?")),
+                      str(row.get("replica", "?")), row["state"],
+                      str(row.get("restarts", "-")), where,
+                      str(row.get("pid", "-")), f"{row.get('ntotal', 0):,}",
+                      f"{row.get('memory_bytes', 0) / (1 << 20):.1f} MiB",
+                      str(row.get("seq", "-")))
+    Console(width=160).print(table)
 
 
 @click.group()

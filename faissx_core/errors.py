@@ -141,6 +141,14 @@ class Aborted(FaissxError, RuntimeError):
     code = "aborted"
 
 
+class ShardUnavailable(FaissxError, RuntimeError):
+    """A sharded index (``--backend ray``) has a shard with no live replica: the answer would
+    be missing that shard's vectors, so the call fails instead (``details['shard']`` names it)
+    unless the caller asked for partial results."""
+
+    code = "shard_unavailable"
+
+
 class ServerUnavailable(FaissxError, ConnectionError):
     """Client side: the server did not answer in time (never sent by a server)."""
 
@@ -178,6 +186,7 @@ ERRORS: dict[str, type[FaissxError]] = {
         PermissionDenied,
         QuotaExceeded,
         Aborted,
+        ShardUnavailable,
         ServerUnavailable,
         NotConfigured,
     )

@@ -225,8 +225,8 @@ class Limits:
         count = vectors = nbytes = 0
         for managed in backend.list(tenant):
             count += 1
-            vectors += int(managed.index.ntotal)
-            nbytes += int(managed.index.ntotal) * vector_bytes(managed)
+            vectors += managed.ntotal
+            nbytes += managed.ntotal * vector_bytes(managed)
         return count, vectors, nbytes
 
     def write(self, op: Operation, tenant: str, backend: LocalBackend,

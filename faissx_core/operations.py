@@ -70,11 +70,15 @@ class ControlArgs(BaseModel):
 class SearchArgs(Args):
     k: int = Field(ge=1, le=1 << 20)
     params: IndexSpec | None = None
+    #: A sharded index (``--backend ray``) with a shard down answers from the other shards
+    #: instead of failing with ``shard_unavailable``; a single index has nothing to leave out.
+    partial: bool = False
 
 
 class RangeArgs(Args):
     radius: float
     params: IndexSpec | None = None
+    partial: bool = False
 
 
 class KeyArgs(Args):
@@ -132,6 +136,10 @@ class AddArgs(Args):
 class CreateArgs(ControlArgs):
     spec: IndexSpec
     ephemeral: bool = False
+    #: ``--backend ray``: this index's shards and replicas per shard (the server's default
+    #: when absent); the local backend keeps every index whole and refuses more than one.
+    shards: int | None = Field(None, ge=1, le=256)
+    replicas: int | None = Field(None, ge=1, le=16)
 
 
 class ImportArgs(ControlArgs):

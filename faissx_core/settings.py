@@ -56,6 +56,15 @@ class ServerSettings(BaseModel):
     max_connections: int | None = Field(None, ge=0)
     #: Seconds between ``working`` heartbeats to a request still running (server/progress.py).
     progress_every: float = Field(1.0, gt=0, le=3600)
+    #: ``--backend ray``: indices live in Ray actors, cut into ``shards`` pieces of ``replicas``
+    #: copies each (per index, ``create`` may choose others); ``ray_address`` is ``local`` (start
+    #: Ray here, on 127.0.0.1), ``auto`` (the cluster this machine joined) or ``ray://...``.
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str = "local"
+    #: This machine's address as Ray sees it: loopback unless the cluster spans machines.
+    ray_node_ip: str = "127.0.0.1"
+    shards: int = Field(1, ge=1, le=256)
+    replicas: int = Field(1, ge=1, le=16)
 
     # -- transport security (faissx_core/security.py, docs/security.md) -------------------------
     #: The server's CURVE secret key (Z85), or a file holding it: turns on encryption.

@@ -159,3 +159,12 @@ def test_remote_mode_never_builds_local_indices(remote):
     assert index.metric_type == faiss.METRIC_INNER_PRODUCT
     assert remote.normalize_L2 is faiss.normalize_L2  # non-index names pass through
     assert remote.METRIC_L2 == faiss.METRIC_L2
+
+
+def test_local_backend_refuses_shards(remote):
+    """shards=/replicas= need --backend ray: the single-process server says so, creates nothing."""
+    with pytest.raises(fx.UnsupportedOperation, match="--backend ray"):
+        remote.IndexFlatL2(16, name="not-sharded", shards=2)
+    assert "not-sharded" not in [i["name"] for i in remote.list_indexes()]
+    with pytest.raises(ValueError, match="shards must be a positive int"):
+        remote.IndexFlatL2(16, name="not-sharded", shards=0)

@@ -40,7 +40,7 @@ from faissx_core.operations import OPERATIONS, Operation, operation
 from faissx_core.plugins import PluginRegistry
 from faissx_core.protocol import decode_request, encode, request_id, send
 from faissx_core.security import configure_router
-from faissx_core.server.backend import LocalBackend, ManagedIndex
+from faissx_core.server.backend import ManagedIndex, make_backend, placement
 from faissx_core.server.connections import (
     ConnectionCount,
     default_max_connections,
@@ -75,10 +75,6 @@ INLINE_WORK = 1 << 22
 SMALL_WORK = 1 << 24
 
 
-
-
-
-
 class Server:
     def __init__(self, settings: ServerSettings, registry: PluginRegistry | None = None) -> None:
         self.settings = settings
@@ -90,8 +86,7 @@ class Server:
         store = self.registry.hook.faissx_open_store(settings=settings)
         max_memory = (int(settings.max_memory_mb * (1 << 20))
                       if settings.max_memory_mb is not None else None)
-        self.backend = LocalBackend(self.registry, store, settings.snapshot_bytes,
-                                    max_memory_bytes=max_memory, gpu=settings.gpu)
+        self.backend = make_backend(settings, self.registry, store, max_memory)
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="faissx-worker")
         self.writes = SerialQueues(self.pool)  # each index's writes, in arrival order
         self.fair = FairScheduler(self.pool, settings.workers, heavy=SMALL_WORK,
@@ -437,7 +432,8 @@ class Server:
         with self.limits.new_index(principal.tenant, self.backend, spec=args.spec,
                                    session=request.session):
             info = self.backend.create(principal.tenant, name, args.spec, session,
-                                       idem=request.idem, caller=request.session).info()
+                                       idem=request.idem, caller=request.session,
+                                       **placement(args.shards, args.replicas)).info()
         return self._hint_volatile(info, args.ephemeral)
 
     def _import(self, principal: Principal, request: Request, args: Any,

@@ -29,6 +29,7 @@ from faissx_core.errors import (
     InternalError,
     InvalidArgument,
     QuotaExceeded,
+    UnsupportedOperation,
 )
 from faissx_core.estimate import build_bytes, refs, train_bytes
 from faissx_core.introspect import bytes_per_vector, core_params, index_bytes
@@ -37,6 +38,8 @@ from faissx_core.operations import OPERATIONS
 from faissx_core.plugins import PluginRegistry
 from faissx_core.protocol import encode
 from faissx_core.server.locks import RWLock
+from faissx_core.server.shards import Placement
+from faissx_core.settings import ServerSettings
 from faissx_core.specs import (
     IndexSpec,
     IndexType,
@@ -201,6 +204,17 @@ class ManagedIndex:
     @property
     def ephemeral(self) -> bool:
         return self.session is not None
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors stored: the faiss object's count here; a sharded index sums its shards."""
+        return int(self.index.ntotal)
+
+    def local_only(self, what: str) -> None:
+        """Raise if ``what`` (an op reaching into :attr:`index` directly) cannot run on this
+        index. Here it can: every vector is in :attr:`index`. A sharded index's are not, and
+        its class raises."""
+        return None
 
     @property
     def binary(self) -> bool:
@@ -388,15 +402,20 @@ class LocalBackend:
     # -- lifecycle ---------------------------------------------------------------------------
     def create(self, tenant: str, name: str, spec: IndexSpec, session: str | None,
                index: Any = None, idem: str | None = None, op: str = "create",
-               caller: str | None = None) -> ManagedIndex:
+               caller: str | None = None, placement: Placement | None = None) -> ManagedIndex:
         """Register a new index, built from ``spec`` unless an ``index`` is given (an import).
 
         A durable create is published only once its first generation is on disk; if writing
         it fails (disk full, no descriptors) nothing is left behind, in memory or on disk.
         A build is first reserved against ``--max-memory`` at its estimated size (estimate.py),
         so faiss never allocates what the limit refuses. ``caller`` is the requesting client's
-        session: refs may copy its unnamed indices, never another session's.
+        session: refs may copy its unnamed indices, never another session's. ``placement``
+        (shards x replicas) is for backends that cut indices up; this one keeps each whole.
         """
+        if placement is not None and (placement.shards > 1 or placement.replicas > 1):
+            raise UnsupportedOperation(
+                f"{placement.shards} shard(s) x {placement.replicas} replica(s) need a "
+                "distributed backend: start the server with --backend ray")
         itype = self.registry.index_type(spec.type)
         if itype.kind != "index":
             raise InvalidArgument(f"{spec.type} is a component, not an index: pass it to one")
@@ -875,3 +894,36 @@ def gpu_resources() -> Any:
             "--gpu needs a GPU build of faiss (faiss-gpu) and a visible GPU; this faiss "
             f"{faiss.__version__} sees {count} GPU(s)")
     return faiss.StandardGpuResources()
+
+
+def placement(shards: int | None, replicas: int | None) -> dict[str, Placement]:
+    """``create``'s keyword for a per-index placement, or none to take the server's default."""
+    if shards is None and replicas is None:
+        return {}
+    return {"placement": Placement(shards or 1, replicas or 1)}
+
+
+def make_backend(settings: ServerSettings, registry: PluginRegistry, store: IndexStore | None,
+                 max_memory_bytes: int | None) -> LocalBackend:
+    """The backend ``settings.backend`` names: this process, or Ray (``faissx[ray]``)."""
+    if settings.backend == "local":
+        if settings.shards > 1 or settings.replicas > 1:
+            raise ValueError("--shards and --replicas need --backend ray")
+        return LocalBackend(registry, store, settings.snapshot_bytes,
+                            max_memory_bytes=max_memory_bytes, gpu=settings.gpu)
+    if settings.gpu:
+        raise ValueError("--gpu is not supported with --backend ray")
+    from faissx_core.server.ray_loopback import keep_loopback
+
+    keep_loopback(settings.ray_node_ip)
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ValueError("--backend ray needs Ray: pip install 'faissx[ray]'") from None
+    from faissx_core.server.ray_backend import RayBackend
+
+    return RayBackend(registry, store, data_dir=settings.data_dir, fsync=settings.fsync,
+                      snapshot_bytes=settings.snapshot_bytes, max_memory_bytes=max_memory_bytes,
+                      address=settings.ray_address, node_ip=settings.ray_node_ip,
+                      placement=Placement(settings.shards, settings.replicas),
+                      plugins=settings.plugins)

@@ -86,6 +86,20 @@ class IndexOp:
 OPS: dict[str, IndexOp] = {}
 
 
+class BoundJob(NamedTuple):
+    """A prepared job that still knows which call it is: a backend that does not run the
+    closure in this process (the Ray backend sends the call to shard actors) reads ``op``,
+    ``args`` (validated) and ``arrays``; every other caller just calls it."""
+
+    job: Job
+    op: str
+    args: Any
+    arrays: Arrays
+
+    def __call__(self, index: Any) -> Result:
+        return self.job(index)
+
+
 def op(name: str) -> Callable:
     """Register the function that prepares ``name``'s job; ``name`` must be declared in the
     contract (faissx_core/operations.py) as an index operation."""
@@ -95,7 +109,10 @@ def op(name: str) -> Callable:
                           "faissx_core/operations.py first")
 
     def register(fn: Callable[[ManagedIndex, Any, Arrays], Job]) -> Callable:
-        OPS[name] = IndexOp(decl, fn)
+        def bound(m: ManagedIndex, a: Any, arrays: Arrays) -> Job:
+            return BoundJob(fn(m, a, arrays), name, a, arrays)
+
+        OPS[name] = IndexOp(decl, bound)
         return fn
 
     return register
