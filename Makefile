@@ -13,7 +13,7 @@ DATA_DIR ?=
 BENCH_OUT   ?= benchmarks/out
 BENCH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/faissx-bench
 
-.PHONY: install serve test test-ray lint bench bench-ray clean faiss-suite
+.PHONY: install serve test test-ray lint bench bench-ray bench-peers clean faiss-suite
 
 # The recipe runs under the lock and checks again inside it: whoever waited finds the stamp
 # newer than pyproject.toml and installs nothing.
@@ -61,6 +61,12 @@ faiss-suite: $(STAMP)
 bench-ray: $(STAMP)
 	flock $(LOCK) $(BIN)/pip install --quiet -e '.[dev,ray]'
 	$(BIN)/python -m benchmarks.ray_bench --out $(BENCH_OUT)
+
+# FAISSx beside Milvus Lite, Chroma, LanceDB, Qdrant (local mode) and pgvector: each installs into
+# its own virtualenv under benchmarks/peers/.venvs on first use. PEERS_ARGS=--quick for a smoke run.
+bench-peers: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks.peers $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCK) build *.egg-info .pytest_cache

@@ -48,11 +48,12 @@ def clean_env(*, isolated: bool = False) -> dict[str, str]:
 
 
 class Worker:
-    """``driver.py worker`` in a subprocess, spoken to in JSON lines."""
+    """``driver.py worker`` (or another ``script`` speaking its JSON lines, such as the peer
+    benchmark's agent) in a subprocess."""
 
     def __init__(self, python: str, log: Path, *, isolated: bool = False,
-                 cwd: Path | None = None) -> None:
-        cmd = [python, *(["-I"] if isolated else []), str(DRIVER), "worker"]
+                 cwd: Path | None = None, script: Path = DRIVER) -> None:
+        cmd = [python, *(["-I"] if isolated else []), str(script), "worker"]
         self.log = log
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
@@ -122,14 +123,15 @@ class Pool:
     """``n`` workers in one interpreter; commands to several run at the same time."""
 
     def __init__(self, python: str, n: int, log_dir: Path, tag: str, *,
-                 isolated: bool = False, cwd: Path | None = None) -> None:
-        self.python, self.isolated, self.cwd = python, isolated, cwd
+                 isolated: bool = False, cwd: Path | None = None,
+                 script: Path = DRIVER) -> None:
+        self.python, self.isolated, self.cwd, self.script = python, isolated, cwd, script
         self.log_dir, self.tag = log_dir, tag
         self.workers = [self._spawn(i) for i in range(n)]
 
     def _spawn(self, i: int) -> Worker:
         return Worker(self.python, self.log_dir / f"{self.tag}-worker{i}.log",
-                      isolated=self.isolated, cwd=self.cwd)
+                      isolated=self.isolated, cwd=self.cwd, script=self.script)
 
     def __getitem__(self, i: int) -> Worker:
         return self.workers[i]

@@ -1,0 +1,150 @@
+"""The two gaps issue 17 names against our own anchors, measured with ``make bench``'s parts.
+
+(a) one-query search overhead: (FAISSx p50 - local faiss p50) / bare-echo p50, for flat, IVF
+    and HNSW (goal <= 1.3);
+(b) one-row adds (LlamaIndex adds one vector per call): FAISSx's bandwidth / the echo's, i.e.
+    echo time per one-row round trip / FAISSx time per one-row add (goal: close to 1).
+
+Everything is reused from :mod:`benchmarks.procs` / :mod:`benchmarks.runner`: the ``faissx
+serve`` and echo servers, the ``driver.py`` worker and its ``build``/``search``/``add``
+commands, the summaries. The systems take turns round by round, as in ``make bench``.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import procs
+from benchmarks.runner import latency_summary
+
+#: kind -> (factory, vectors, search parameters)
+INDICES = {
+    "flat": ("Flat", 10_000, {}),
+    "ivf": ("IVF256,Flat", 20_000, {"nprobe": 16}),
+    "hnsw": ("HNSW32", 20_000, {"efSearch": 64}),
+}
+SYSTEMS = ("local", "tcp", "echo-tcp")
+
+
+def runner(*, quick: bool, progress: Any = print) -> Any:
+    """A function of (work dir, log dir) that measures the anchors, for :func:`run.run`."""
+    sizes = (
+        {"d": 32, "scale": 0.05, "rounds": 2, "reps": 30, "adds": 100}
+        if quick
+        else {"d": 128, "scale": 1.0, "rounds": 5, "reps": 300, "adds": 2000}
+    )
+
+    def measure(work: Path, logs: Path) -> dict[str, Any]:
+        try:
+            return _measure(work, logs, sizes, progress)
+        except (procs.WorkerError, procs.WorkerDied, RuntimeError, OSError) as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"[:800]}
+
+    return measure
+
+
+def _measure(work: Path, logs: Path, sz: dict[str, Any], progress: Any) -> dict[str, Any]:
+    from faiss.contrib.datasets import SyntheticDataset
+
+    d = sz["d"]
+    n_max = max(int(n * sz["scale"]) for _, n, _ in INDICES.values())
+    ds = SyntheticDataset(d, 0, n_max, 1000, seed=7)
+    xb, xq = work / "anchors-xb.npy", work / "anchors-xq.npy"
+    np.save(xb, ds.get_database())
+    np.save(xq, ds.get_queries())
+    out: dict[str, Any] = {"sizes": sz, "latency": {}, "one_row_add": {}}
+    with ExitStack() as stack:
+        progress("anchors: faissx serve, the echo server, one driver.py worker")
+        server, tcp, _ = procs.start_faissx(work, logs)
+        stack.callback(server.stop)
+        echo, echo_tcp, _ = procs.start_echo(work, logs)
+        stack.callback(echo.stop)
+        pool = procs.Pool(sys.executable, 1, logs, "anchors")
+        stack.callback(pool.close)
+        w0 = pool[0]
+        wire = _wire_sizes(d)
+        w0.call("attach", key="echo-tcp", mode="echo", d=d, endpoint=echo_tcp, echo=wire)
+        for kind, (factory, n, params) in INDICES.items():
+            n = int(n * sz["scale"])
+            progress(f"anchors: {kind} ({factory}, {n} vectors): nq=1 latency")
+            common = {
+                "d": d,
+                "factory": factory,
+                "data": str(xb),
+                "n": n,
+                "train_n": n,
+                "params": params,
+            }
+            w0.call("build", timeout=600, key=f"{kind}@local", mode="local", **common)
+            w0.call(
+                "build",
+                timeout=600,
+                key=f"{kind}@tcp",
+                mode="ours",
+                endpoint=tcp,
+                name=f"anchor-{kind}",
+                **common,
+            )
+            times: dict[str, list[float]] = {s: [] for s in SYSTEMS}
+            for r in range(sz["rounds"]):
+                for system in SYSTEMS[r % 3 :] + SYSTEMS[: r % 3]:
+                    key = system if system.startswith("echo") else f"{kind}@{system}"
+                    times[system] += w0.call(
+                        "search",
+                        timeout=600,
+                        key=key,
+                        queries=str(xq),
+                        nq=1,
+                        k=10,
+                        reps=sz["reps"],
+                        warmup=20,
+                    )
+            got = {s: latency_summary(t, sz["rounds"]) for s, t in times.items()}
+            for s in got.values():
+                s.pop("round_p50_us", None)
+            local, remote, bare = (got[s]["p50_us"] for s in SYSTEMS)
+            out["latency"][kind] = {
+                **got,
+                "overhead_over_echo": (remote - local) / bare,
+                "goal": 1.3,
+            }
+            for system in ("local", "tcp"):
+                w0.call("drop", key=f"{kind}@{system}")
+        progress(f"anchors: {sz['adds']} one-row adds, FAISSx then echo, in turns")
+        adds: dict[str, list[float]] = {"tcp": [], "echo-tcp": []}
+        for r in range(sz["rounds"]):
+            for system in ("tcp", "echo-tcp") if r % 2 == 0 else ("echo-tcp", "tcp"):
+                mode, endpoint = ("ours", tcp) if system == "tcp" else ("echo", echo_tcp)
+                adds[system] += w0.call(
+                    "add",
+                    timeout=600,
+                    mode=mode,
+                    endpoint=endpoint,
+                    d=d,
+                    factory="Flat",
+                    data=str(xb),
+                    n=sz["adds"],
+                    batch=1,
+                    reps=1,
+                    echo=wire,
+                )
+        p50 = {s: float(np.median(t)) * 1e6 for s, t in adds.items()}
+        out["one_row_add"] = {
+            "p50_us": p50,
+            "n": {s: len(t) for s, t in adds.items()},
+            "bandwidth_vs_echo": p50["echo-tcp"] / p50["tcp"],
+            "adds_per_s": {s: 1e6 / v for s, v in p50.items()},
+        }
+    return out
+
+
+def _wire_sizes(d: int) -> dict[str, int]:
+    """The echo mimics a real FAISSx request and reply header (as ``make bench`` does)."""
+    from benchmarks.runner import Run
+
+    return {"request_header": 0, "reply_header": 0, **Run._wire_sizes(d, 10)}

@@ -1,0 +1,278 @@
+"""From one run's raw figures to ratios, a markdown table, and a chart.
+
+Every peer is compared with the FAISSx configuration of the same durability (``System.match``:
+``--fsync always`` for peers that fsync each write, ``--fsync off`` for those that leave writes
+to the OS, in-memory for in-memory ones); the ratio is FAISSx / peer, so below 1 is FAISSx
+ahead on a lower-is-better row and above 1 is FAISSx ahead on a higher-is-better row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.peers.systems import OURS
+
+MIB = 1 << 20
+
+#: row -> (label, path into a case's figures, scale, better: "lower" | "higher" | None, format)
+ROWS: dict[str, tuple[str, tuple[str, ...], float, str | None, str]] = {
+    "load_s": ("bulk load until searchable (s)", ("load", "seconds"), 1, "lower", "{:.2f}"),
+    "p50_ms": ("one query, p50 (ms)", ("latency", "p50_ms"), 1, "lower", "{:.3f}"),
+    "p99_ms": ("one query, p99 (ms)", ("latency", "p99_ms"), 1, "lower", "{:.3f}"),
+    "batch_qps": ("batch of 1000 queries (queries/s)", ("batch", "qps"), 1, "higher", "{:,.0f}"),
+    "qps4": (
+        "4 concurrent clients, one query each (queries/s)",
+        ("qps_concurrent", "qps"),
+        1,
+        "higher",
+        "{:,.0f}",
+    ),
+    "memory_mib": (
+        "resident memory (MiB; server tree PSS, or embedded RSS growth)",
+        ("memory", "bytes"),
+        1 / MIB,
+        "lower",
+        "{:,.0f}",
+    ),
+    "memory_growth_mib": (
+        "memory growth over the idle system (MiB)",
+        ("memory", "growth"),
+        1 / MIB,
+        "lower",
+        "{:,.0f}",
+    ),
+    "disk_mib": ("on disk (MiB)", ("disk_bytes",), 1 / MIB, "lower", "{:,.1f}"),
+    "recall": ("recall@10 (measured)", ("recall",), 1, None, "{:.4f}"),
+    "ef": ("ef_search reached", ("search_params", "ef"), 1, None, "{:.0f}"),
+    "add_row_ms": ("one-row insert, p50 (ms)", ("add_row", "p50_ms"), 1, "lower", "{:.3f}"),
+    "delete_ms": ("delete 100 ids (ms)", ("delete", "seconds"), 1e3, "lower", "{:.1f}"),
+}
+
+
+def figure(case: dict[str, Any], row: str) -> float | None:
+    _, path, scale, _, _ = ROWS[row]
+    node: Any = case
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return None if node is None else float(node) * scale
+
+
+def _cases(results: dict[str, Any]) -> Any:
+    for shape_key, shape in results["shapes"].items():
+        for kind, systems in shape["kinds"].items():
+            yield shape_key, kind, systems
+
+
+def derive(results: dict[str, Any]) -> dict[str, Any]:
+    """Ratios FAISSx / peer per row (against the matched FAISSx configuration), and losses."""
+    meta = results["meta"]["systems"]
+    ratios: dict[str, Any] = {}
+    losses = []
+    for shape_key, kind, systems in _cases(results):
+        per_kind = ratios.setdefault(shape_key, {}).setdefault(kind, {})
+        for peer, case in systems.items():
+            match = meta.get(peer, {}).get("match")
+            if peer in OURS or not match or "load" not in case:
+                continue
+            ours = systems.get(match, {})
+            cells = {}
+            for row, (_, _, _, better, _) in ROWS.items():
+                a, b = figure(ours, row), figure(case, row)
+                if better is None or a is None or b is None or b == 0:
+                    continue
+                ratio = a / b
+                won = ratio <= 1 if better == "lower" else ratio >= 1
+                cells[row] = {"ratio": ratio, "faissx_ahead": won}
+                if not won:
+                    losses.append(
+                        {
+                            "shape": shape_key,
+                            "kind": kind,
+                            "peer": peer,
+                            "row": row,
+                            "faissx": match,
+                            "ratio": ratio,
+                            "faissx_value": a,
+                            "peer_value": b,
+                        }
+                    )
+            per_kind[peer] = {"against": match, "rows": cells}
+    return {"ratios": ratios, "losses": losses}
+
+
+def _cell(case: dict[str, Any], row: str) -> str:
+    if "not_offered" in case:
+        return "n/a"
+    if "not_installed" in case:
+        return "not installed"
+    value = figure(case, row)
+    if value is None:
+        return "—" if "error" not in case else "failed"
+    return ROWS[row][4].format(value)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    derived = results.get("derived") or derive(results)
+    labels = {k: v["label"] for k, v in meta["systems"].items()}
+    out = [
+        "# FAISSx against the vector databases a user would pick instead",
+        "",
+        f"One run, {meta['started']} to {meta.get('finished', '?')} (UTC), "
+        f"`python -m benchmarks.peers` (`make bench-peers`).",
+        f"Machine: {meta['machine']['cpus']} cores shared with other work, "
+        f"{meta['machine']['platform']}.",
+        f"`uptime` before: `{meta['uptime_before']}`; after: `{meta.get('uptime_after', '?')}`.",
+        "",
+        "Data: faiss's `SyntheticDataset` (L2), 1000 queries, k=10. HNSW everywhere with "
+        f"M={meta['plan']['M']}, ef_construction={meta['plan']['ef_construction']}; ef_search "
+        f"raised along {list(meta['plan']['ef_ladder'])} until recall@10 >= "
+        f"{meta['plan']['target_recall']} on the 1000 queries. Loads insert "
+        f"{meta['plan']['insert_batch']} rows a call and end when the data is searchable "
+        "(index built, collection loaded).",
+        "",
+        "## Systems",
+        "",
+        "| system | versions | durability (fsync level) | compared with | concurrent clients |",
+        "|---|---|---|---|---|",
+    ]
+    versions: dict[str, str] = {}
+    for _, _, systems in _cases(results):
+        for key, case in systems.items():
+            if "versions" in case:
+                versions[key] = ", ".join(f"{k} {v}" for k, v in case["versions"].items())
+    for key, info in meta["systems"].items():
+        out.append(
+            f"| {info['label']} | {versions.get(key, '')} | {info['durability']} | "
+            f"{labels.get(info['match'], '—') if info['match'] else '—'} | "
+            f"{info['concurrency']} |"
+        )
+    for shape_key, kind, systems in _cases(results):
+        keys = list(systems)
+        out += [
+            "",
+            f"## {shape_key}, {'exact (Flat)' if kind == 'flat' else 'HNSW'}",
+            "",
+            "| row | " + " | ".join(labels[k] for k in keys) + " |",
+            "|---|" + "---|" * len(keys),
+        ]
+        for row, (label, *_rest) in ROWS.items():
+            if kind == "flat" and row == "ef":
+                continue
+            out.append(f"| {label} | " + " | ".join(_cell(systems[k], row) for k in keys) + " |")
+        peers = derived["ratios"].get(shape_key, {}).get(kind, {})
+        if peers:
+            out += [
+                "",
+                "FAISSx / peer (the FAISSx configuration of the peer's durability; "
+                "**bold**: FAISSx behind):",
+                "",
+                "| row | "
+                + " | ".join(f"{labels[p]} vs {labels[v['against']]}" for p, v in peers.items())
+                + " |",
+                "|---|" + "---|" * len(peers),
+            ]
+            for row, (label, _, _, better, _) in ROWS.items():
+                if better is None:
+                    continue
+                cells = []
+                for peer in peers.values():
+                    c = peer["rows"].get(row)
+                    if c is None:
+                        cells.append("—")
+                    else:
+                        text = f"{c['ratio']:.2f}"
+                        cells.append(text if c["faissx_ahead"] else f"**{text}**")
+                out.append(f"| {label} ({better} is better) | " + " | ".join(cells) + " |")
+        notes = [
+            f"- {labels[k]}: {c.get('not_offered') or c.get('not_installed') or ''}"
+            f"{c.get('error', '')}"
+            for k, c in systems.items()
+            if {"not_offered", "not_installed", "error"} & set(c)
+        ]
+        notes += [
+            f"- {labels[k]}: delete: {c['delete']['error']}"
+            for k, c in systems.items()
+            if "error" in c.get("delete", {})
+        ]
+        if notes:
+            out += ["", *notes]
+    losses = derived["losses"]
+    out += ["", "## Rows FAISSx loses", ""]
+    if not losses:
+        out.append("None.")
+    for loss in losses:
+        out.append(
+            f"- {loss['shape']} {loss['kind']}, {ROWS[loss['row']][0]}: "
+            f"{labels[loss['faissx']]} {loss['faissx_value']:.4g} vs "
+            f"{labels[loss['peer']]} {loss['peer_value']:.4g} "
+            f"(ratio {loss['ratio']:.2f})"
+        )
+    anchors = results.get("anchors")
+    if anchors:
+        out += ["", "## Our own anchors (the gaps issue 17 names)", ""]
+        if "error" in anchors:
+            out.append(f"failed: {anchors['error']}")
+        else:
+            out += [
+                "| one-query search | local p50 (µs) | FAISSx tcp p50 (µs) | echo tcp p50 "
+                "(µs) | (FAISSx - local) / echo (goal <= 1.3) |",
+                "|---|---|---|---|---|",
+            ]
+            for kind, got in anchors["latency"].items():
+                out.append(
+                    f"| {kind} | {got['local']['p50_us']:.0f} | "
+                    f"{got['tcp']['p50_us']:.0f} | {got['echo-tcp']['p50_us']:.0f} | "
+                    f"{got['overhead_over_echo']:.2f} |"
+                )
+            add = anchors["one_row_add"]
+            out += [
+                "",
+                f"One-row adds (in-memory server, {add['n']['tcp']} adds): FAISSx "
+                f"{add['p50_us']['tcp']:.0f} µs p50, echo round trip "
+                f"{add['p50_us']['echo-tcp']:.0f} µs: FAISSx reaches "
+                f"{add['bandwidth_vs_echo']:.2f} of the echo's bandwidth.",
+            ]
+    return "\n".join(out) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> str | None:
+    """Bars per system for the speed rows of every (shape, kind); None when written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no chart (pip install -e '.[bench]')"
+    cases = list(_cases(results))
+    rows = ("load_s", "p50_ms", "batch_qps", "qps4", "memory_mib")
+    labels = {k: v["label"] for k, v in results["meta"]["systems"].items()}
+    fig, axes = plt.subplots(
+        len(cases), len(rows), figsize=(4.2 * len(rows), 3.2 * len(cases)), squeeze=False
+    )
+    for r, (shape_key, kind, systems) in enumerate(cases):
+        for c, row in enumerate(rows):
+            ax = axes[r][c]
+            names, values, colors = [], [], []
+            for key, case in systems.items():
+                value = figure(case, row)
+                if value is None or value <= 0:
+                    continue
+                names.append(labels[key].replace(" (", "\n("))
+                values.append(value)
+                colors.append(
+                    "tab:blue" if key in OURS else "tab:gray" if key == "local" else "tab:orange"
+                )
+            ax.barh(names, values, color=colors)
+            ax.set_xscale("log")
+            ax.set_title(f"{shape_key} {kind}: {ROWS[row][0][:38]}", fontsize=8)
+            ax.tick_params(labelsize=6)
+            ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return None

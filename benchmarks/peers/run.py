@@ -1,0 +1,420 @@
+"""One run of every system on every workload: start, load, tune, time, measure, stop.
+
+For each data shape, each system and each index kind it offers, the run starts the system
+afresh (a new server and data directory), starts its client processes (agents, in its own
+virtualenv), and in order: creates the collection and bulk-loads it (timed until searchable),
+tunes the search parameter up a ladder until recall@10 >= the target on the 1k queries,
+times the batch search, one-query searches, and one-query searches from 4 concurrent clients,
+reads the server's (or the embedded process's) resident memory and the data directory's size,
+deletes a few ids and checks they are gone, then stops everything. Each (shape, system, kind)
+has a time budget; past it the agents are killed and what was measured so far is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import procs
+from benchmarks.peers.systems import HERE, SYSTEMS, Running, System, disk_bytes
+
+AGENT = HERE / "agent.py"
+
+
+@dataclass(frozen=True)
+class Shape:
+    d: int
+    n: int
+    nq: int = 1000
+
+    @property
+    def key(self) -> str:
+        return f"d{self.d}-n{self.n}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    shapes: tuple[Shape, ...]
+    systems: tuple[str, ...] = tuple(SYSTEMS)
+    kinds: tuple[str, ...] = ("flat", "hnsw")
+    k: int = 10
+    insert_batch: int = 5000
+    #: HNSW build parameters, the same for every system that lets them be set.
+    M: int = 16
+    ef_construction: int = 64
+    ef_ladder: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+    target_recall: float = 0.95
+    latency_reps: int = 300
+    latency_warmup: int = 20
+    #: Fewer one-query searches where each takes long (exact search over many rows).
+    latency_budget_s: float = 15.0
+    batch_reps: int = 3
+    batch_budget_s: float = 30.0
+    clients: int = 4
+    qps_seconds: float = 4.0
+    delete_n: int = 100
+    #: One-row inserts after the searches (ids past the base rows).
+    add_rows: int = 200
+    budget_s: float = 900.0
+    seed: int = 1338
+
+
+FULL = Plan(shapes=(Shape(128, 100_000), Shape(768, 20_000)))
+QUICK = Plan(
+    shapes=(Shape(32, 1000, nq=100),),
+    latency_reps=30,
+    latency_warmup=3,
+    batch_reps=1,
+    qps_seconds=0.5,
+    delete_n=10,
+    add_rows=20,
+    budget_s=300.0,
+    ef_ladder=(16, 64, 256),
+)
+
+
+class OutOfTime(RuntimeError):
+    """This (shape, system, kind) used up its budget."""
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def make_data(shape: Shape, k: int, seed: int, out: Path) -> dict[str, str]:
+    """faiss's SyntheticDataset: base, queries and exact ground truth, saved for the agents."""
+    from faiss.contrib.datasets import SyntheticDataset
+
+    ds = SyntheticDataset(shape.d, 0, shape.n, shape.nq, seed=seed)
+    paths = {}
+    for key, arr in (
+        ("xb", ds.get_database()),
+        ("xq", ds.get_queries()),
+        ("gt", ds.get_groundtruth(k)),
+    ):
+        path = out / f"{shape.key}-{key}.npy"
+        np.save(path, np.ascontiguousarray(arr))
+        paths[key] = str(path)
+    return paths
+
+
+def _ms(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) * 1e3
+
+
+class Case:
+    """One (shape, system, kind): its processes, its clock, its figures."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        shape: Shape,
+        system: System,
+        kind: str,
+        data: dict[str, str],
+        work: Path,
+        logs: Path,
+        progress: Any,
+    ) -> None:
+        self.plan, self.shape, self.system, self.kind = plan, shape, system, kind
+        self.data, self.work, self.logs, self.progress = data, work, logs, progress
+        self.deadline = time.monotonic() + plan.budget_s
+        self.out: dict[str, Any] = {}
+        self.running: Running | None = None
+        self.pool: procs.Pool | None = None
+        self.name = f"peers_{kind}_{shape.d}"
+
+    def left(self, floor: float = 5.0) -> float:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise OutOfTime(f"past the budget of {self.plan.budget_s:g} s")
+        return max(floor, remaining)
+
+    def call(self, worker: procs.Worker, cmd: str, **args: Any) -> Any:
+        return worker.call(cmd, timeout=self.left(), **args)
+
+    def memory(self, rss_before: int | None = None) -> dict[str, Any]:
+        """The server's process tree, or (embedded) the agent's growth since ``rss_before``."""
+        assert self.running is not None and self.pool is not None
+        tree = self.running.memory()
+        if tree is not None:
+            return {"where": "server", "bytes": tree["pss"], **tree}
+        rss = self.call(self.pool[0], "rss")["rss"]
+        return {"where": "client process", "rss": rss, "bytes": rss - (rss_before or 0)}
+
+    def run(self) -> dict[str, Any]:
+        try:
+            self._run()
+        except (procs.WorkerError, procs.WorkerDied, OutOfTime, RuntimeError, OSError) as exc:
+            self.out["error"] = f"{type(exc).__name__}: {exc}"[:800]
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+            if self.running is not None:
+                self.running.stop()
+                shutil.rmtree(self.running.data_dir, ignore_errors=True)
+        return self.out
+
+    def _run(self) -> None:
+        plan, shape, system = self.plan, self.shape, self.system
+        self.running = system.start(self.work, self.logs)
+        clients = plan.clients if system.concurrency == "processes" else 1
+        self.pool = procs.Pool(
+            str(system.python),
+            clients,
+            self.logs,
+            f"{shape.key}-{system.key}-{self.kind}",
+            isolated=True,
+            cwd=self.work,
+            script=AGENT,
+        )
+        w0 = self.pool[0]
+        hello = self.call(w0, "hello", adapter=system.adapter, config=self.running.config)
+        self.out["versions"] = hello["versions"]
+        mem0 = self.running.memory()
+        disk0 = disk_bytes(self.running.data_dir)
+        build = {
+            "M": plan.M,
+            "ef_construction": plan.ef_construction,
+            "ef_search": plan.ef_ladder[0],
+        }
+        created = self.call(w0, "create", name=self.name, d=shape.d, kind=self.kind, build=build)
+        rss_before = created["rss_before"]
+        self.progress(f"  load {shape.n} x {shape.d}")
+        load = self.call(w0, "load", data=self.data["xb"], n=shape.n, batch=plan.insert_batch)
+        self.out["load"] = {k: load[k] for k in ("seconds", "insert_s", "index_s", "count")}
+        self.out["memory_after_load"] = self.memory(rss_before)
+        search = self._tune(w0)
+        self.out["search_params"] = search
+        self._batch(w0)
+        self._latency(w0)
+        self._qps(search)
+        mem = self.memory(rss_before)
+        if mem0 is not None:
+            mem["growth"] = mem["bytes"] - mem0["pss"]
+        else:
+            mem["growth"] = mem["bytes"]
+        self.out["memory"] = mem
+        self.out["disk_bytes"] = disk_bytes(self.running.data_dir) - disk0
+        self._add_rows(w0)
+        self._delete(w0)
+
+    def _set_search(self, w0: procs.Worker, search: dict[str, Any]) -> None:
+        answer = self.call(w0, "set_search", search=search)
+        if answer.get("restart"):
+            assert self.running is not None
+            t0 = time.perf_counter()
+            self.running.restart()
+            self.call(w0, "reconnect")
+            self.out.setdefault("restarts_s", []).append(round(time.perf_counter() - t0, 2))
+
+    def _tune(self, w0: procs.Worker) -> dict[str, Any]:
+        """The smallest ``ef`` on the ladder whose recall@k reaches the target (exact: none)."""
+        plan = self.plan
+        ladder: list[dict[str, Any]] = []
+        self.out["tuning"] = ladder
+        candidates = plan.ef_ladder if self.kind == "hnsw" else (None,)
+        chosen: dict[str, Any] = {}
+        for ef in candidates:
+            search = {} if ef is None else {"ef": ef}
+            self._set_search(w0, search)
+            got = self.call(
+                w0,
+                "recall",
+                queries=self.data["xq"],
+                truth=self.data["gt"],
+                k=plan.k,
+                nq=self.shape.nq,
+            )
+            ladder.append({**search, "recall": got["recall"], "batch_s": got["seconds"]})
+            self.progress(
+                f"  {search or 'exact'}: recall@{plan.k} {got['recall']:.4f} "
+                f"({got['seconds']:.2f} s)"
+            )
+            chosen = search
+            if got["recall"] >= plan.target_recall:
+                break
+        self.out["recall"] = ladder[-1]["recall"]
+        self.out["recall_met"] = ladder[-1]["recall"] >= plan.target_recall
+        return chosen
+
+    def _batch(self, w0: procs.Worker) -> None:
+        plan = self.plan
+        times = [self.out["tuning"][-1]["batch_s"]]  # the tuning's last run is the first rep
+        while len(times) < plan.batch_reps and sum(times) < plan.batch_budget_s:
+            times.append(
+                self.call(
+                    w0,
+                    "recall",
+                    queries=self.data["xq"],
+                    truth=self.data["gt"],
+                    k=plan.k,
+                    nq=self.shape.nq,
+                )["seconds"]
+            )
+        best = float(np.median(times))
+        self.out["batch"] = {
+            "nq": self.shape.nq,
+            "median_s": best,
+            "qps": self.shape.nq / best,
+            "runs_s": [round(t, 4) for t in times],
+        }
+
+    def _latency(self, w0: procs.Worker) -> None:
+        plan = self.plan
+        per_query = self.out["batch"]["median_s"] / self.shape.nq
+        reps = int(min(plan.latency_reps, max(30, plan.latency_budget_s / max(per_query, 1e-6))))
+        self.progress(f"  {reps} one-query searches")
+        times = self.call(
+            w0, "latency", queries=self.data["xq"], k=plan.k, reps=reps, warmup=plan.latency_warmup
+        )
+        self.out["latency"] = {
+            "p50_ms": _ms(times, 50),
+            "p99_ms": _ms(times, 99),
+            "mean_ms": float(np.mean(times)) * 1e3,
+            "n": len(times),
+        }
+
+    def _qps(self, search: dict[str, Any]) -> None:
+        plan = self.plan
+        assert self.pool is not None
+        self.progress(f"  {plan.clients} concurrent clients, {plan.qps_seconds:g} s")
+        common = {"queries": self.data["xq"], "k": plan.k, "duration": plan.qps_seconds}
+        if len(self.pool) == 1:
+            start_at = time.time() + 0.5
+            answer = self.call(
+                self.pool[0], "qps", start_at=start_at, threads=plan.clients, **common
+            )
+            self.out["qps_concurrent"] = {
+                "clients": plan.clients,
+                "as": "threads in one process",
+                "qps": answer["qps"],
+            }
+            return
+        for worker in self.pool.workers[1:]:
+            worker.send("hello", adapter=self.system.adapter, config=self.running.config)
+        for worker in self.pool.workers[1:]:
+            worker.receive(self.left())
+        for worker in self.pool.workers[1:]:
+            worker.send("attach", name=self.name, d=self.shape.d, kind=self.kind, search=search)
+        for worker in self.pool.workers[1:]:
+            worker.receive(self.left())
+        start_at = time.time() + 1.0
+        answers = self.pool.all(
+            "qps", [{**common, "start_at": start_at}] * plan.clients, timeout=self.left()
+        )
+        self.out["qps_concurrent"] = {
+            "clients": plan.clients,
+            "as": "processes",
+            "qps": sum(a["qps"] for a in answers),
+            "per_client": [round(a["qps"], 1) for a in answers],
+        }
+
+    def _add_rows(self, w0: procs.Worker) -> None:
+        times = self.call(
+            w0, "add_rows", data=self.data["xq"], rows=self.plan.add_rows, first_id=self.shape.n
+        )
+        self.out["add_row"] = {
+            "p50_ms": _ms(times, 50),
+            "p99_ms": _ms(times, 99),
+            "rows_s": len(times) / sum(times),
+            "n": len(times),
+        }
+
+    def _delete(self, w0: procs.Worker) -> None:
+        ids = np.random.default_rng(0).choice(self.shape.n, self.plan.delete_n, replace=False)
+        try:
+            got = self.call(
+                w0,
+                "delete",
+                ids=sorted(int(i) for i in ids),
+                queries=self.data["xb"],
+                k=self.plan.k,
+            )
+            self.out["delete"] = {"ids": len(ids), **got}
+        except procs.WorkerError as exc:
+            self.out["delete"] = {"ids": len(ids), "error": str(exc)[:300]}
+
+
+def run(
+    plan: Plan,
+    *,
+    cache: Path,
+    progress: Any = print,
+    anchors: Any = None,
+    unavailable: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Every shape x system x kind of ``plan``; then ``anchors(work, logs)`` if given.
+    ``unavailable``: systems whose virtualenv did not install, with the error."""
+    unavailable = unavailable or {}
+    started = datetime.now(timezone.utc)
+    meta: dict[str, Any] = {
+        "started": started.isoformat(timespec="seconds"),
+        "uptime_before": uptime(),
+        "plan": {**asdict(plan), "shapes": [asdict(s) for s in plan.shapes]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "systems": {
+            key: {
+                "label": s.label,
+                "durability": s.durability,
+                "note": s.note,
+                "concurrency": s.concurrency,
+                "kinds": list(s.kinds),
+                "adapter": s.adapter,
+                "match": s.match,
+            }
+            for key, s in SYSTEMS.items()
+            if key in plan.systems
+        },
+    }
+    results: dict[str, Any] = {"meta": meta, "shapes": {}}
+    logs = cache / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="faissx-peers-") as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o755)
+        for shape in plan.shapes:
+            progress(f"data: SyntheticDataset d={shape.d} n={shape.n} nq={shape.nq}")
+            data = make_data(shape, plan.k, plan.seed, work)
+            table: dict[str, Any] = {kind: {} for kind in plan.kinds}
+            results["shapes"][shape.key] = {"shape": asdict(shape), "kinds": table}
+            for key in plan.systems:
+                system = SYSTEMS[key]
+                for kind in plan.kinds:
+                    if kind not in system.kinds:
+                        table[kind][key] = {"not_offered": system.note or "not offered"}
+                        continue
+                    if key in unavailable:
+                        table[kind][key] = {"not_installed": unavailable[key]}
+                        continue
+                    progress(f"{shape.key} {kind}: {system.label}")
+                    t0 = time.monotonic()
+                    case = Case(plan, shape, system, kind, data, work, logs, progress)
+                    table[kind][key] = case.run()
+                    table[kind][key]["case_s"] = round(time.monotonic() - t0, 1)
+                    if "error" in table[kind][key]:
+                        progress(f"  FAILED: {table[kind][key]['error']}")
+            for path in data.values():
+                Path(path).unlink(missing_ok=True)
+        if anchors is not None:
+            results["anchors"] = anchors(work, logs)
+    meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta["uptime_after"] = uptime()
+    return results
