@@ -54,14 +54,16 @@ class Plan:
     ef_construction: int = 64
     ef_ladder: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
     target_recall: float = 0.95
-    latency_reps: int = 300
+    latency_reps: int = 200
     latency_warmup: int = 20
     #: Fewer one-query searches where each takes long (exact search over many rows).
     latency_budget_s: float = 15.0
-    batch_reps: int = 3
-    batch_budget_s: float = 30.0
+    batch_reps: int = 5
+    batch_budget_s: float = 25.0
+    #: Queries in the batch that times one query before sizing the batches.
+    probe_nq: int = 20
     clients: int = 4
-    qps_seconds: float = 4.0
+    qps_seconds: float = 3.0
     delete_n: int = 100
     #: One-row inserts after the searches (ids past the base rows).
     add_rows: int = 200
@@ -69,7 +71,9 @@ class Plan:
     seed: int = 1338
 
 
-FULL = Plan(shapes=(Shape(128, 100_000), Shape(768, 20_000)))
+#: 1M at d=128 does not fit (HNSW builds alone take ~15 min per system on this box); d=768
+#: at 5k keeps the whole run near 35 minutes.
+FULL = Plan(shapes=(Shape(128, 100_000), Shape(768, 5_000)))
 QUICK = Plan(
     shapes=(Shape(32, 1000, nq=100),),
     latency_reps=30,
@@ -197,11 +201,12 @@ class Case:
         load = self.call(w0, "load", data=self.data["xb"], n=shape.n, batch=plan.insert_batch)
         self.out["load"] = {k: load[k] for k in ("seconds", "insert_s", "index_s", "count")}
         self.out["memory_after_load"] = self.memory(rss_before)
-        search = self._tune(w0)
-        self.out["search_params"] = search
-        self._batch(w0)
-        self._latency(w0)
-        self._qps(search)
+        if system.searches:
+            search = self._tune(w0)
+            self.out["search_params"] = search
+            self._batch(w0)
+            self._latency(w0)
+            self._qps(search)
         mem = self.memory(rss_before)
         if mem0 is not None:
             mem["growth"] = mem["bytes"] - mem0["pss"]
@@ -228,18 +233,23 @@ class Case:
         self.out["tuning"] = ladder
         candidates = plan.ef_ladder if self.kind == "hnsw" else (None,)
         chosen: dict[str, Any] = {}
-        for ef in candidates:
+        self.nq = self.shape.nq
+        for step, ef in enumerate(candidates):
             search = {} if ef is None else {"ef": ef}
             self._set_search(w0, search)
+            if step == 0:
+                self._size_batch(w0)
             got = self.call(
                 w0,
                 "recall",
                 queries=self.data["xq"],
                 truth=self.data["gt"],
                 k=plan.k,
-                nq=self.shape.nq,
+                nq=self.nq,
             )
-            ladder.append({**search, "recall": got["recall"], "batch_s": got["seconds"]})
+            ladder.append(
+                {**search, "recall": got["recall"], "batch_s": got["seconds"], "nq": self.nq}
+            )
             self.progress(
                 f"  {search or 'exact'}: recall@{plan.k} {got['recall']:.4f} "
                 f"({got['seconds']:.2f} s)"
@@ -250,6 +260,19 @@ class Case:
         self.out["recall"] = ladder[-1]["recall"]
         self.out["recall_met"] = ladder[-1]["recall"] >= plan.target_recall
         return chosen
+
+    def _size_batch(self, w0: procs.Worker) -> None:
+        """Fewer queries per batch where one batch of all of them would outrun the budget
+        (exact search scanning every row in Python or SQL): timed on ``probe_nq`` first."""
+        plan = self.plan
+        probe_nq = min(plan.probe_nq, self.shape.nq)
+        got = self.call(
+            w0, "recall", queries=self.data["xq"], truth=self.data["gt"], k=plan.k, nq=probe_nq
+        )
+        per_query = got["seconds"] / probe_nq
+        if per_query * self.shape.nq > plan.batch_budget_s:
+            self.nq = max(probe_nq, int(plan.batch_budget_s / per_query) // 10 * 10)
+            self.progress(f"  {per_query * 1e3:.0f} ms a query: batches of {self.nq} queries")
 
     def _batch(self, w0: procs.Worker) -> None:
         plan = self.plan
@@ -262,20 +285,20 @@ class Case:
                     queries=self.data["xq"],
                     truth=self.data["gt"],
                     k=plan.k,
-                    nq=self.shape.nq,
+                    nq=self.nq,
                 )["seconds"]
             )
         best = float(np.median(times))
         self.out["batch"] = {
-            "nq": self.shape.nq,
+            "nq": self.nq,
             "median_s": best,
-            "qps": self.shape.nq / best,
+            "qps": self.nq / best,
             "runs_s": [round(t, 4) for t in times],
         }
 
     def _latency(self, w0: procs.Worker) -> None:
         plan = self.plan
-        per_query = self.out["batch"]["median_s"] / self.shape.nq
+        per_query = self.out["batch"]["median_s"] / self.nq
         reps = int(min(plan.latency_reps, max(30, plan.latency_budget_s / max(per_query, 1e-6))))
         self.progress(f"  {reps} one-query searches")
         times = self.call(
@@ -379,6 +402,7 @@ def run(
                 "kinds": list(s.kinds),
                 "adapter": s.adapter,
                 "match": s.match,
+                "searches": s.searches,
             }
             for key, s in SYSTEMS.items()
             if key in plan.systems
