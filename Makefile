@@ -65,8 +65,8 @@ bench-ray: $(STAMP)
 # FAISSx beside Milvus Lite, Chroma, LanceDB, Qdrant (local mode) and pgvector: each installs into
 # its own virtualenv under benchmarks/peers/.venvs on first use. PEERS_ARGS=--quick for a smoke run.
 bench-peers: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python -m benchmarks.peers $(PEERS_ARGS)
+	flock $(LOCK) $(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks.peers --out $(BENCH_OUT)/peers $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCK) build *.egg-info .pytest_cache

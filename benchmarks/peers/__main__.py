@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the echo anchors (single-query and one-row-add gaps)",
     )
-    parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "peers")
+    parser.add_argument("--out", type=Path, default=HERE.parent / "out" / "peers")
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
     args = parser.parse_args(argv)
 
