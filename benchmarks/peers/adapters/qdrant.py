@@ -5,10 +5,10 @@ Qdrant's server is a separate binary that PyPI does not carry; ``qdrant-client``
 dicts, every search an exact numpy scan (an ``hnsw_config`` is accepted and ignored), so Qdrant
 appears in the exact (Flat) rows only. With ``path=`` it persists each point as its own SQLite
 transaction (``qdrant_client/local/persistence.py``; the fsync probe counts 4 fdatasyncs per
-point): 17 s for 1000 points in one upsert on this machine, about 30 minutes for 100k. The run therefore uses
-``location=":memory:"`` (``config["path"]`` of ``":memory:"``) and reports the persistent
-insert rate from a small load separately. One process may open a local store at a time, so its
-concurrent clients are threads in one process.
+point): 17 s for 1000 points in one upsert on this machine, about 30 minutes for 100k. The
+run therefore uses ``location=":memory:"`` (``config["path"]`` of ``":memory:"``);
+``benchmarks.peers.fsync_probe`` measures the persistent form's one-row inserts. One process
+may open a local store at a time, so its concurrent clients are threads in one process.
 """
 
 from __future__ import annotations
