@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import sys
 import time
@@ -90,8 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.peers import anchors as anchor_mod
 
         anchors = anchor_mod.runner(quick=args.quick, progress=progress)
+    until = None
+    if args.until:
+        hour, minute = (int(v) for v in args.until.split(":"))
+        now = time.gmtime()
+        until = calendar.timegm((now.tm_year, now.tm_mon, now.tm_mday, hour, minute, 0))
     results = run.run(
-        plan, cache=args.cache, progress=progress, anchors=anchors, unavailable=unavailable
+        plan,
+        cache=args.cache,
+        progress=progress,
+        anchors=anchors,
+        unavailable=unavailable,
+        until=until,
     )
     out = args.cache / "quick" if args.quick else args.out  # smoke output is not a result
     out.mkdir(parents=True, exist_ok=True)

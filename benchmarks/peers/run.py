@@ -379,9 +379,11 @@ def run(
     progress: Any = print,
     anchors: Any = None,
     unavailable: dict[str, str] | None = None,
+    until: float | None = None,
 ) -> dict[str, Any]:
-    """Every shape x system x kind of ``plan``; then ``anchors(work, logs)`` if given.
-    ``unavailable``: systems whose virtualenv did not install, with the error."""
+    """Every shape x system x kind of ``plan``, and ``anchors(work, logs)`` (if given) after
+    the first shape. ``unavailable``: systems whose virtualenv did not install, with the
+    error; ``until``: a wall-clock time (epoch s) past which no case starts (marked skipped)."""
     unavailable = unavailable or {}
     started = datetime.now(timezone.utc)
     meta: dict[str, Any] = {
@@ -428,6 +430,10 @@ def run(
                     if key in unavailable:
                         table[kind][key] = {"not_installed": unavailable[key]}
                         continue
+                    if until is not None and time.time() > until:
+                        table[kind][key] = {"error": "skipped: the run's end time had passed"}
+                        progress(f"{shape.key} {kind}: {system.label}: skipped (out of time)")
+                        continue
                     progress(f"{shape.key} {kind}: {system.label}")
                     t0 = time.monotonic()
                     case = Case(plan, shape, system, kind, data, work, logs, progress)
@@ -437,8 +443,8 @@ def run(
                         progress(f"  FAILED: {table[kind][key]['error']}")
             for path in data.values():
                 Path(path).unlink(missing_ok=True)
-        if anchors is not None:
-            results["anchors"] = anchors(work, logs)
+            if anchors is not None and "anchors" not in results:
+                results["anchors"] = anchors(work, logs)
     meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta["uptime_after"] = uptime()
     return results
