@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the echo anchors (single-query and one-row-add gaps)",
     )
+    parser.add_argument(
+        "--until", default="", help="HH:MM (UTC): start no case after it (later ones: skipped)"
+    )
     parser.add_argument("--out", type=Path, default=HERE.parent / "out" / "peers")
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
     parser.add_argument(
