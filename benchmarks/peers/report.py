@@ -16,7 +16,7 @@ from benchmarks.peers.systems import OURS
 MIB = 1 << 20
 
 #: row -> (label, path into a case's figures, scale, better: "lower" | "higher" | None, format)
-ROWS: dict[str, tuple[str, tuple[str, ...], float, str | None, str]] = {
+ROWS: dict[str, tuple[str, tuple[str | int, ...], float, str | None, str]] = {
     "load_s": ("bulk load until searchable (s)", ("load", "seconds"), 1, "lower", "{:.2f}"),
     "p50_ms": ("one query, p50 (ms)", ("latency", "p50_ms"), 1, "lower", "{:.3f}"),
     "p99_ms": ("one query, p99 (ms)", ("latency", "p99_ms"), 1, "lower", "{:.3f}"),
@@ -47,6 +47,13 @@ ROWS: dict[str, tuple[str, tuple[str, ...], float, str | None, str]] = {
     "ef": ("ef_search reached", ("search_params", "ef"), 1, None, "{:.0f}"),
     "add_row_ms": ("one-row insert, p50 (ms)", ("add_row", "p50_ms"), 1, "lower", "{:.3f}"),
     "delete_ms": ("delete 100 ids (ms)", ("delete", "seconds"), 1e3, "lower", "{:.1f}"),
+    "loadavg": (
+        "machine load average (1 min) as the case ended",
+        ("loadavg_1min", 1),
+        1,
+        None,
+        "{:.1f}",
+    ),
 }
 
 
@@ -54,6 +61,9 @@ def figure(case: dict[str, Any], row: str) -> float | None:
     _, path, scale, _, _ = ROWS[row]
     node: Any = case
     for key in path:
+        if isinstance(node, list) and isinstance(key, int) and key < len(node):
+            node = node[key]
+            continue
         if not isinstance(node, dict) or key not in node:
             return None
         node = node[key]

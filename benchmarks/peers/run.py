@@ -437,8 +437,13 @@ def run(
                     progress(f"{shape.key} {kind}: {system.label}")
                     t0 = time.monotonic()
                     case = Case(plan, shape, system, kind, data, work, logs, progress)
+                    load_before = os.getloadavg()[0]
                     table[kind][key] = case.run()
                     table[kind][key]["case_s"] = round(time.monotonic() - t0, 1)
+                    table[kind][key]["loadavg_1min"] = [
+                        round(load_before, 2),
+                        round(os.getloadavg()[0], 2),
+                    ]
                     if "error" in table[kind][key]:
                         progress(f"  FAILED: {table[kind][key]['error']}")
             for path in data.values():
