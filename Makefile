@@ -47,6 +47,7 @@ test-ray: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy faissx_core faissx_client faissx_plugins faissx
 
 bench: $(STAMP)
 	flock $(LOCK) $(BIN)/pip install --quiet -e '.[dev,bench]'

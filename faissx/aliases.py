@@ -104,7 +104,7 @@ def original_module(fullname: str) -> types.ModuleType:
     for attr, target in names.items():
         source, _, name = target.partition(":")
         setattr(module, attr, getattr(importlib.import_module(source), name))
-    module.__all__ = list(names)
+    vars(module)["__all__"] = list(names)
     if any(other.startswith(fullname + ".") for other in ORIGINAL_MODULES):
         module.__path__ = []  # a package: its submodules are found by the hook too
     return module

@@ -273,7 +273,8 @@ class KeyStore:
             wanted = key_id_of(api_key)
             candidates = [(h, p) for h, p in self._hashed if h.key_id in (None, wanted)]
             if not candidates:
-                return self._refuse(key)
+                self._refuse(key)
+                return None
             if not self._budget.take(len(candidates)):
                 raise Unauthenticated("too many requests with unknown API keys; try again in a "
                                       "few seconds")
@@ -281,7 +282,8 @@ class KeyStore:
                 if hashed.verify(api_key):
                     self._verified[key] = principal
                     return principal
-            return self._refuse(key)
+            self._refuse(key)
+            return None
 
     def _refuse(self, key: bytes) -> None:
         self._refused[key] = None

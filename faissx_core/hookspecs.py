@@ -28,7 +28,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def faissx_index_types() -> Sequence[IndexType]:
+def faissx_index_types() -> Sequence[IndexType]:  # type: ignore[empty-body]  # a spec: never run
     """Return the index types this plugin provides.
 
     Called once at discovery, on the server and on the client. Type names are global: two

@@ -80,7 +80,7 @@ def index_bytes(index: Any) -> int:
     if isinstance(idx, faiss.IndexFlatCodes):  # Flat, PQ, SQ, LSH, ...: one code per vector
         total += _size(idx.codes)
     if isinstance(idx, faiss.IndexBinaryFlat):
-        total += _size(idx.xb)
+        total += _size(idx.xb)  # type: ignore[attr-defined]  # faiss's stubs lack it
     if _is_ivf(idx):
         invlists = idx.invlists
         total += int(invlists.compute_ntotal()) * (int(idx.code_size) + 8)  # codes + ids
@@ -93,8 +93,8 @@ def index_bytes(index: Any) -> int:
     if hnsw is not None:
         total += _size(hnsw.neighbors) * 4 + _size(hnsw.levels) * 4 + _size(hnsw.offsets) * 8
     if isinstance(idx, faiss.IndexPreTransform):
-        for number in range(idx.chain.size()):
-            step = idx.chain.at(number)
+        for number in range(idx.chain.size()):  # type: ignore[attr-defined]  # faiss's stubs lack it
+            step = idx.chain.at(number)  # type: ignore[attr-defined]  # faiss's stubs lack it
             total += sum(_size(getattr(step, a, None)) * 4 for a in ("A", "b", "mean", "PCAMat"))
     if hasattr(idx, "id_map"):
         total += _size(idx.id_map) * 8
@@ -213,8 +213,8 @@ def export_vectors(index: Any, vectors: bool = True, start: int = 0,
     if isinstance(idx, faiss.IndexPreTransform):
         ids, x = export_vectors(idx.index, vectors, start, stop - start)
         if x is not None and len(x):
-            for number in reversed(range(idx.chain.size())):
-                x = idx.chain.at(number).reverse_transform(x)
+            for number in reversed(range(idx.chain.size())):  # type: ignore[attr-defined]  # faiss's stubs lack it
+                x = idx.chain.at(number).reverse_transform(x)  # type: ignore[attr-defined]  # faiss's stubs lack it
         return ids, x
     if _is_ivf(idx):
         ids, lists, offsets = _ivf_entries(idx)

@@ -7,11 +7,11 @@ raw frame of its own, in the order the descriptors are listed.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION: Final = 1
 
 #: The dtypes an array frame may carry. Everything else is refused before numpy sees it.
 DType = Literal["float32", "uint8", "int64", "uint64", "int32"]

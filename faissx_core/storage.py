@@ -174,6 +174,12 @@ class IndexStore(Protocol):
                 keys: list[RememberedKey]) -> Path:
         """Back a damaged index's files up, then commit ``index`` as its new generation."""
 
+    def drop(self, tenant: str, name: str) -> None:
+        """Delete a quarantined index's files: the operator asked for it by name."""
+
+    def path_of(self, tenant: str, name: str) -> Path:
+        """Where the index's files are (for messages to the operator)."""
+
     def close(self) -> None:
         """Flush and close logs."""
 

@@ -7,6 +7,7 @@ merging results like ``IndexShards``) is meant to be a second implementation of 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -436,6 +437,7 @@ class LocalBackend:
                     raise IndexExists(f"index {name!r} already exists")
                 self._indices[(tenant, name)] = managed
             if durable:
+                assert self.store is not None
                 try:
                     with managed.lock.write():
                         if idem:
@@ -482,7 +484,7 @@ class LocalBackend:
         """A copy of one of ``tenant``'s indices, as a nested part of a new one."""
         source = self.source(tenant, name, caller)
         with source.lock.read():
-            clone = faiss.clone_binary_index if source.binary else faiss.clone_index
+            clone = faiss.clone_binary_index if source.binary else faiss.clone_index  # type: ignore[attr-defined]  # faiss's stubs lack it
             return clone(source.index)
 
     def adopt(self, tenant: str, name: str, spec: IndexSpec, index: Any, created: float
@@ -523,7 +525,7 @@ class LocalBackend:
                 (m for (t, _), m in self._indices.items() if t == tenant), key=lambda m: m.name
             )
 
-    def damaged(self, tenant: str) -> list[DamagedIndex]:
+    def damaged(self, tenant: str) -> builtins.list[DamagedIndex]:
         """The tenant's quarantined indices (listed with the others, served by none)."""
         with self._mutex:
             return sorted((d for (t, _), d in self._damaged.items() if t == tenant),
@@ -573,6 +575,7 @@ class LocalBackend:
                 if self.store.log_bytes(managed.tenant, managed.name) > self.snapshot_bytes:
                     self._threshold_snapshot(managed)
         if ticket is not None:
+            assert self.store is not None and record is not None  # they made the ticket
             try:
                 self.store.wait(ticket)
             except OSError as exc:
@@ -613,6 +616,7 @@ class LocalBackend:
             entries = [SaveEntry(m.name, m.spec, m.created,
                                  new_target if m is target else new_source, self._carried(m))
                        for m in durable]
+            assert self.store is not None  # durable is empty without one
             try:
                 self.store.save_many(target.tenant, entries)
             except BaseException:
@@ -636,6 +640,7 @@ class LocalBackend:
             if damaged is None:
                 self.get(tenant, name)  # IndexNotFound when there is no such index
                 raise InvalidArgument(f"index {name!r} is not damaged: nothing to repair")
+            assert self.store is not None  # only a store's load quarantines an index
             try:
                 stored, notes = self.store.salvage(tenant, name)
                 itype = self.registry.index_type(stored.spec.type)
@@ -676,6 +681,7 @@ class LocalBackend:
             if damaged is None:
                 self.get(tenant, name)
                 raise InvalidArgument(f"index {name!r} is not damaged: use delete")
+            assert self.store is not None  # only a store's load quarantines an index
             self.store.drop(tenant, name)
             with self._mutex:
                 self._damaged.pop((tenant, name), None)
@@ -765,7 +771,7 @@ class LocalBackend:
             for key, op in damage.keys:
                 self.keys.remember(damage.tenant, key, op, damage.name, reply)
 
-    def _restore_keys(self, managed: ManagedIndex, keys: list[RememberedKey]) -> None:
+    def _restore_keys(self, managed: ManagedIndex, keys: builtins.list[RememberedKey]) -> None:
         for key in keys:
             managed.keys[key.key] = key
             if self.keys is not None:
@@ -778,7 +784,7 @@ class LocalBackend:
         while len(managed.keys) > self.keys_per_index:
             del managed.keys[next(iter(managed.keys))]
 
-    def _carried(self, managed: ManagedIndex) -> list[RememberedKey]:
+    def _carried(self, managed: ManagedIndex) -> builtins.list[RememberedKey]:
         """The keys a new snapshot keeps: those younger than ``keep_keys_for`` seconds."""
         cutoff = time.time() - self.keep_keys_for
         for key in [k for k, v in managed.keys.items() if v.saved < cutoff]:
@@ -852,7 +858,7 @@ def _clone(index: Any) -> Any:
     """A deep copy of a faiss index (through its serialized bytes when clone refuses it)."""
     binary = isinstance(index, faiss.IndexBinary)
     try:
-        return (faiss.clone_binary_index if binary else faiss.clone_index)(index)
+        return (faiss.clone_binary_index if binary else faiss.clone_index)(index)  # type: ignore[attr-defined]  # faiss's stubs lack it
     except RuntimeError:
         if binary:
             return faiss.deserialize_index_binary(faiss.serialize_index_binary(index))

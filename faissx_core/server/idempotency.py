@@ -152,7 +152,7 @@ class IdempotencyTable:
         finished by the time the next one asks.
         """
         with self._mutex:
-            entry = self._tenants.get(tenant, {}).get(key)
+            entry = self._tenants.get(tenant, OrderedDict()).get(key)
             return entry is not None and entry.reply is not None and entry.ok
 
     def remember(self, tenant: str, key: str, op: str, index: str | None,
@@ -169,7 +169,7 @@ class IdempotencyTable:
     # -- bookkeeping -------------------------------------------------------------------------
     def _finish(self, tenant: str, key: str, reply: Frames | None) -> list[tuple[Any, int]]:
         with self._mutex:
-            keys = self._tenants.get(tenant, {})
+            keys = self._tenants.get(tenant, OrderedDict())
             entry = keys.get(key)
             if entry is None:
                 return []
