@@ -462,7 +462,7 @@ class Transport:
             remaining = min(waiting.values()) - time.monotonic()
             if remaining <= 0:
                 raise _Failure("no reply before the timeout", sent=True, connection_lost=False)
-            ready = dict(conn.poller.poll(remaining * 1000))
+            ready = dict(conn.poller.poll(int(remaining * 1000)))
             if conn.sock in ready:
                 reply, out = recv_reply(conn.sock)
                 if reply.id in waiting and reply.working:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import sys
 from pathlib import Path
+from typing import Any
 
 import rich_click as click
 import zmq
@@ -148,7 +149,7 @@ def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None
     from faissx_core.server import run_server  # keeps `faissx --help` quick
 
     try:
-        extra = {"workers": workers} if workers is not None else {}
+        extra: dict[str, Any] = {"workers": workers} if workers is not None else {}
         extra.update(max_memory_mb=max_memory, gpu=gpu)
         extra.update(  # security and limits
             curve_secret_key=curve_secret_key, curve_allow_keys=curve_allow_keys,
@@ -339,7 +340,7 @@ def _start_failure(exc: OSError | zmq.ZMQError, settings: ServerSettings) -> str
     if code == errno.EADDRNOTAVAIL:
         return (f"cannot listen on {settings.bind_address}:{settings.port}: no network "
                 "interface of this machine has that address (check --bind-address)")
-    if getattr(exc, "filename", None):
+    if isinstance(exc, OSError) and exc.filename:
         reason = exc.strerror or str(exc)
         where = "the data dir" if settings.data_dir is not None and str(exc.filename).startswith(
             str(settings.data_dir)) else "a file"

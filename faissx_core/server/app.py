@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import msgpack
@@ -172,7 +172,7 @@ class Server:
                     self._forward(replies, router)
                     # drain a burst of requests, then let finished replies through again
                     for _ in range(64):
-                        if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        if not cast(int, router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                             break
                         frames = router.recv_multipart(copy=False)
                         self.handle(frames[0], frames[1:], router)
@@ -217,7 +217,7 @@ class Server:
     def _forward(self, replies: zmq.Socket, router: zmq.Socket) -> None:
         """Pass the workers' finished replies to the ROUTER (frames as received, no copy),
         each within its peer's output bound (outbound.py)."""
-        while replies.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, replies.getsockopt(zmq.EVENTS)) & zmq.POLLIN:  # an int option
             frames = replies.recv_multipart(copy=False)
             try:
                 self.output.send(router, frames)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import faiss
@@ -490,7 +491,8 @@ def reconstruct_n(m: ManagedIndex, a: RangeOfKeys, arrays: Arrays) -> Job:
         if hasattr(index, "id_map"):
             # faiss's IDMap reconstruct_n throws inside an OpenMP loop, which aborts the
             # process; reconstruct_batch reports a missing id as an ordinary error instead
-            if not isinstance(index, faiss.IndexIDMap2 | faiss.IndexBinaryIDMap2):
+            # (faiss's IndexBinaryIDMap2 has no reconstruct_batch)
+            if not isinstance(index, faiss.IndexIDMap2):
                 raise UnsupportedOperation(f"reconstruct_n is not supported by {m.spec.type}")
             keys = np.arange(a.n0, a.n0 + a.ni, dtype=np.int64)
             return {}, {"x": run_faiss(lambda: index.reconstruct_batch(keys), "reconstruct_n", m)}
@@ -510,8 +512,7 @@ def reconstruct_batch(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
         if m.binary:  # faiss's IndexBinary has no reconstruct_batch: one key at a time
             out = np.empty((ids.size, index.code_size), dtype=np.uint8)
             for row, key in enumerate(ids.tolist()):
-                out[row] = run_faiss(lambda key=key: index.reconstruct(key), "reconstruct_batch",
-                                     m)
+                out[row] = run_faiss(partial(index.reconstruct, key), "reconstruct_batch", m)
             return {}, {"x": out}
         return {}, {"x": run_faiss(lambda: index.reconstruct_batch(ids), "reconstruct_batch", m)}
 
