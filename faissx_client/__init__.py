@@ -66,7 +66,7 @@ __all__ = [
 _classes_module.local_hook = optimization.build_local
 optimization.install_faiss_methods()
 
-_client: Client | None = None
+_client: FaissXClient | None = None
 _lock = threading.Lock()
 
 
@@ -381,7 +381,8 @@ class ParameterSpace(faiss.ParameterSpace):
         if param not in index._runtime_params():
             raise FaissError(f"could not set parameter {name} on {type(index).__name__}")
         if name == "ht" and "search_type" in index._runtime_params():
-            index.set_parameter("search_type", faiss.IndexPQ.ST_polysemous)  # as faiss does
+            # as faiss does
+            index.set_parameter("search_type", faiss.IndexPQ.ST_polysemous)  # type: ignore[attr-defined]  # faiss's stubs lack it
         index.set_parameter(param, value)
 
     @staticmethod
@@ -394,9 +395,10 @@ class ParameterSpace(faiss.ParameterSpace):
                 continue
         raise FaissError(f"could not set parameter quantizer_{name} on {type(index).__name__}")
 
-    def set_index_parameters(self, index: Any, description: str) -> None:
+    # faiss's stubs lack the @overload on ParameterSpace.set_index_parameters (int | str)
+    def set_index_parameters(self, index: Any, description: str) -> None:  # type: ignore[override]
         if not isinstance(index, RemoteIndex):
-            super().set_index_parameters(index, description)
+            super().set_index_parameters(index, description)  # type: ignore[arg-type]
             return
         for item in filter(None, description.split(",")):
             key, sep, value = item.partition("=")

@@ -32,6 +32,7 @@ local_hook: Callable[[Callable[[tuple, dict], Any], tuple, dict], Any] = _build_
 class DropIn(type):
     """Metaclass of the generated classes: dispatches construction on the client's mode."""
 
+    itype: IndexType
     _faiss_cls: type | None
     _registry: PluginRegistry
     _current: Callable[[], Any]

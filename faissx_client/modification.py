@@ -70,7 +70,7 @@ def _copy(index: Any, name: str | None = None) -> Any:
         return _upload(index._client, index.serialize(), name, spec)
     cpu = _cpu(index)
     _opt.memory_manager.check_create(index_bytes(cpu))
-    clone = faiss.clone_binary_index if isinstance(cpu, faiss.IndexBinary) else faiss.clone_index
+    clone = faiss.clone_binary_index if isinstance(cpu, faiss.IndexBinary) else faiss.clone_index  # type: ignore[attr-defined]  # faiss's stubs lack it
     return _opt.adopt_local(clone(cpu))
 
 
@@ -91,8 +91,7 @@ def _export(index: Any, vectors: bool) -> tuple[np.ndarray, np.ndarray | None, b
             start += page
         return (np.concatenate(ids), np.concatenate(xs) if vectors else None, kept)
     cpu = _cpu(index)
-    ids, x = export_vectors(cpu, vectors)
-    return ids, x, keeps_ids(cpu)
+    return (*export_vectors(cpu, vectors), keeps_ids(cpu))
 
 
 def _not_supported(exc: Exception) -> bool:
@@ -179,6 +178,7 @@ def merge_into(target: Any, sources: Sequence[Any], batch_size: int | None = Non
             finally:
                 del copy  # a remote copy is dropped from the server when collected
         ids, x, kept = _export(source, True)
+        assert x is not None  # asked for the vectors
         _add(target, x, ids if kept else ids + target.ntotal, batch_size)
 
 
@@ -250,6 +250,7 @@ def _id_map_target(first: Any, output_type: Any, id_map2: bool, name: str | None
     else:
         raise InvalidArgument("with id_map / id_map2, output_type must be None or an "
                               f"index_factory description, not {type(output_type).__name__}")
+    wrapper: Any  # a faissx_client index class
     if _binary(first):
         wrapper = faissx_client.IndexBinaryIDMap2 if id_map2 else faissx_client.IndexBinaryIDMap
     else:

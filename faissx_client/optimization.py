@@ -94,7 +94,7 @@ AUTO_RESULTS = 1 << 22
 #: A progress bar without an explicit batch size shows about this many steps.
 PROGRESS_STEPS = 100
 
-_INDEX = (faiss.Index, faiss.IndexBinary)
+_INDEX: tuple[type[Any], ...] = (faiss.Index, faiss.IndexBinary)  # methods are added
 
 
 # -- client-wide defaults ------------------------------------------------------------------------
@@ -467,8 +467,9 @@ def before_write(index: Any, op: str) -> None:
         n = lists.list_size(i)
         if n:
             copy.add_entries(i, n, lists.get_ids(i), lists.get_codes(i))
+    assert ivf is not None  # lists came from it
     ivf.replace_invlists(copy, True)
-    copy.this.disown()  # owned by the index now
+    copy.this.disown()  # type: ignore[attr-defined]  # faiss's stubs lack it; the index owns it
     _mapped.discard(index)
 
 

@@ -367,15 +367,15 @@ class RemoteIndex:
             out = self._call("reconstruct_batch", arrays={"ids": ids})[1]["x"]
             vector_cache.put_many(cache, ids, out, generation)
             return _into(x, out)
+        found: dict[int, np.ndarray] = {}
         if len(missing):
             unique = np.unique(missing)
             generation = vector_cache.generation(cache)
             fetched = self._call("reconstruct_batch", arrays={"ids": unique})[1]["x"]
             vector_cache.put_many(cache, unique, fetched, generation)
             found = dict(zip(unique.tolist(), fetched, strict=True))
-            cached = [found[i] if v is None else v for i, v in zip(ids.tolist(), cached,
-                                                                   strict=True)]
-        return _into(x, np.stack(cached).astype(cached[0].dtype, copy=True))
+        rows = [found[i] if v is None else v for i, v in zip(ids.tolist(), cached, strict=True)]
+        return _into(x, np.stack(rows).astype(rows[0].dtype, copy=True))
 
     def remove_ids(self, x: Any) -> int:
         """Remove by id array or ``IDSelectorRange``/``Batch``/``Array``; returns the count."""
@@ -409,8 +409,8 @@ class RemoteIndex:
         self._call("set_direct_map_type", {"type": int(map_type)})
 
     def make_direct_map(self, new_maintain_direct_map: bool = True) -> None:
-        self.set_direct_map_type(faiss.DirectMap.Array if new_maintain_direct_map
-                                 else faiss.DirectMap.NoMap)
+        self.set_direct_map_type(faiss.DirectMap.Array if new_maintain_direct_map  # type: ignore[attr-defined]  # faiss's stubs lack it
+                                 else faiss.DirectMap.NoMap)  # type: ignore[attr-defined]  # faiss's stubs lack it
 
     def merge_from(self, other: RemoteIndex, add_id: int = 0) -> None:
         """Move ``other``'s vectors into this index on the server (faiss empties ``other``)."""

@@ -155,7 +155,7 @@ def configure_recovery(max_retries: int | None = None, initial_backoff: float | 
         raise ValueError("auto_reconnect=False is not supported: the connection is always "
                          "re-made when the server comes back (use enabled=False to stop "
                          "retrying calls)")
-    given = {"max_retries": max_retries, "initial_backoff": initial_backoff,
+    given: dict[str, Any] = {"max_retries": max_retries, "initial_backoff": initial_backoff,
              "backoff_factor": backoff_factor, "max_backoff": max_backoff, "jitter": jitter,
              "enabled": enabled}
     changes = {k: v for k, v in given.items() if v is not None}

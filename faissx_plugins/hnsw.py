@@ -109,8 +109,8 @@ class SearchParamsHNSW(SearchParams):
     bounded_queue: bool = True
 
 
-def _search_params(p: SearchParamsHNSW, _: object) -> faiss.SearchParametersHNSW:
-    params = faiss.SearchParametersHNSW()
+def _search_params(p: SearchParamsHNSW, _: object) -> faiss.SearchParametersHNSW:  # type: ignore[name-defined]  # faiss's stubs lack it
+    params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # faiss's stubs lack it
     params.efSearch = p.efSearch
     params.check_relative_distance = p.check_relative_distance
     params.bounded_queue = p.bounded_queue
@@ -158,7 +158,8 @@ def faissx_index_types() -> list[IndexType]:
             name="IndexHNSWPQ",
             family="hnsw",
             params=HNSWPQParams,
-            build=lambda p, _: faiss.IndexHNSWPQ(p.d, p.pq_m, p.M, p.pq_nbits, p.metric),
+            # faiss's stubs lack this (d, pq_m, M, pq_nbits, metric) constructor
+            build=lambda p, _: faiss.IndexHNSWPQ(p.d, p.pq_m, p.M, p.pq_nbits, p.metric),  # type: ignore[call-arg]
             requires_training=True,
             runtime_params=RUNTIME_PARAMS,
             doc="HNSW graph over product-quantized vectors.",

@@ -34,7 +34,7 @@ def _wrap(cls: type) -> Any:
             raise InvalidArgument(f"{cls.__name__} wraps an index, not a {p.index.type}")
         wrapper = cls(inner)
         # The server keeps only the wrapper: hand it the inner index to own and free.
-        inner.this.disown()
+        inner.this.disown()  # type: ignore[attr-defined]  # faiss's stubs lack it
         wrapper.own_fields = True
         return wrapper
 

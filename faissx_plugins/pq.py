@@ -85,14 +85,14 @@ PQ_SEARCH_TYPES = {
 class SearchParamsPQ(SearchParams):
     """``faiss.SearchParametersPQ(search_type=..., polysemous_ht=..., sel=...)``."""
 
-    search_type: int = Field(faiss.IndexPQ.ST_PQ, ge=min(PQ_SEARCH_TYPES),
+    search_type: int = Field(faiss.IndexPQ.ST_PQ, ge=min(PQ_SEARCH_TYPES),  # type: ignore[attr-defined]  # faiss's stubs lack it
                              le=max(PQ_SEARCH_TYPES), description="a faiss.IndexPQ.ST_*")
     polysemous_ht: int = Field(0, ge=0, le=(1 << 31) - 1,
                                description="Hamming threshold of polysemous filtering")
 
 
-def _search_params_pq(p: SearchParamsPQ) -> faiss.SearchParametersPQ:
-    out = faiss.SearchParametersPQ()
+def _search_params_pq(p: SearchParamsPQ) -> faiss.SearchParametersPQ:  # type: ignore[name-defined]  # faiss's stubs lack it
+    out = faiss.SearchParametersPQ()  # type: ignore[attr-defined]  # faiss's stubs lack it
     out.search_type = p.search_type
     out.polysemous_ht = p.polysemous_ht
     return out
