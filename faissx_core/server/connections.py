@@ -104,6 +104,7 @@ class ConnectionCount:
         """
         if self.trim_at is not None and time.monotonic() >= self.trim_at:
             self.trim_at = None
+            assert self._trim is not None  # trim_at is set only when it is
             self._trim(0)
 
     def wait_ms(self) -> int | None:

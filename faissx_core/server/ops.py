@@ -427,7 +427,7 @@ def bounded_range_search(m: ManagedIndex, index: Any, x: np.ndarray, radius: flo
     found = 0
     for start in range(0, nq, batch):
         part = x[start:start + batch]
-        lims, D, I = run_faiss(lambda part=part: index.range_search(part, radius, params=params),
+        lims, D, I = run_faiss(partial(index.range_search, part, radius, params=params),
                                "range_search", m)
         lims_parts.append(lims[1:] + np.uint64(found))
         dists.append(D)

@@ -67,7 +67,10 @@ class PeerOutput:
                 self.dropped,
             )
             return False
-        tracked = [ident, *(zmq.Frame(_buffer(f), track=True) for f in frames[1:])]
+        tracked: list[zmq.Frame | bytes] = [
+            ident,
+            *(zmq.Frame(_buffer(f), track=True) for f in frames[1:]),
+        ]
         tracker = router.send_multipart(tracked, copy=False, track=True)
         self._backlog.setdefault(ident, deque()).append((tracker, size))
         return True
