@@ -226,7 +226,7 @@ def clone_index(index: Any, *, name: str | None = None) -> Any:
 
 def clone_binary_index(index: Any, *, name: str | None = None) -> Any:
     if not isinstance(index, RemoteIndex):
-        return faiss.clone_binary_index(index)
+        return faiss.clone_binary_index(index)  # type: ignore[attr-defined]  # faiss's stubs lack it
     return clone_index(index, name=name)
 
 

@@ -265,7 +265,7 @@ def _merge_into(indices: list[Any], output_type: Any, name: str | None,
     if isinstance(output_type, str):
         from faissx_client import index_binary_factory, index_factory
 
-        remote_name = {"name": name} if _remote(first) else {}
+        remote_name: dict[str, Any] = {"name": name} if _remote(first) else {}
         if _binary(first):
             target = index_binary_factory(first.d, output_type, **remote_name)
         else:

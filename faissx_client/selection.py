@@ -47,13 +47,12 @@ class RemoteSelector:
         ``[*jmin, *jmax)`` is the part of the sorted ``ids[:n]`` inside ``[imin, imax)``."""
         if self.spec.kind != "range":
             raise AttributeError("find_sorted_ids_bounds is a method of IDSelectorRange")
-        arrays = [pointers.array(p) for p in (ids, jmin, jmax)]
-        if any(a is None for a in arrays):
+        sorted_ids, lo, hi = (pointers.array(p) for p in (ids, jmin, jmax))
+        if sorted_ids is None or lo is None or hi is None:
             raise InvalidArgument(
                 "find_sorted_ids_bounds needs arrays passed through "
                 "faiss.swig_ptr (from this module)"
             )
-        sorted_ids, lo, hi = arrays
         sorted_ids = sorted_ids[: int(n)]
         imin, imax = self.spec.imin, self.spec.imax
         if not len(sorted_ids) or imax <= sorted_ids[0] or imin > sorted_ids[-1]:
@@ -107,11 +106,11 @@ def describe_selector(value: Any) -> Described:
             assume_sorted=bool(value.assume_sorted),
         ), {}
     if isinstance(value, faiss.IDSelectorArray):
-        ids = faiss.rev_swig_ptr(value.ids, value.n).copy() if value.n else np.empty(0, "int64")
+        ids = faiss.rev_swig_ptr(value.ids, value.n).copy() if value.n else np.empty(0, "int64")  # type: ignore[attr-defined]  # faiss's stubs lack it
         return SelectorSpec(kind="array"), {IDS_FRAME: ids}
     if isinstance(value, faiss.IDSelectorBitmap):
         bitmap = (
-            faiss.rev_swig_ptr(value.bitmap, value.n).copy() if value.n else np.empty(0, "uint8")
+            faiss.rev_swig_ptr(value.bitmap, value.n).copy() if value.n else np.empty(0, "uint8")  # type: ignore[attr-defined]  # faiss's stubs lack it
         )
         return SelectorSpec(kind="bitmap"), {IDS_FRAME: bitmap}
     for kind, cls in (

@@ -163,7 +163,7 @@ def set_value(proxy: RemoteIndex, path: str, leaf: str, value: Any) -> None:
 def class_of(obj: Any) -> type | None:
     """faiss's class for a proxy or a view (by the name the server reported), else None."""
     if isinstance(obj, RemoteView):
-        name = obj.faiss_class
+        name: str | None = obj.faiss_class
     else:
         info = getattr(obj, "_info", None)
         name = info.get("faiss_class") if isinstance(info, dict) else None

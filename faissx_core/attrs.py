@@ -24,6 +24,7 @@ What may be reached, and why it is safe:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import faiss
@@ -153,14 +154,15 @@ def check_path(path: str) -> list[str]:
 
 def downcast_any(obj: Any) -> Any:
     """The most derived class of a SWIG object faiss hands out as a base pointer."""
-    for base, down in (
+    downcasts: tuple[tuple[type, Callable[[Any], Any] | None], ...] = (
         (faiss.Index, faiss.downcast_index),
         (faiss.IndexBinary, faiss.downcast_IndexBinary),
         (faiss.InvertedLists, faiss.downcast_InvertedLists),
         (faiss.VectorTransform, faiss.downcast_VectorTransform),
         (faiss.Quantizer, getattr(faiss, "downcast_Quantizer", None)),
         (faiss.AdditiveQuantizer, getattr(faiss, "downcast_AdditiveQuantizer", None)),
-    ):
+    )
+    for base, down in downcasts:
         if isinstance(obj, base):
             return down(obj) if down is not None else obj
     return obj
@@ -239,7 +241,7 @@ def describe(obj: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             d=int(obj.d),
             ntotal=int(obj.ntotal),
             is_trained=bool(obj.is_trained),
-            metric_type=int(obj.metric_type),
+            metric_type=int(obj.metric_type),  # type: ignore[union-attr]  # faiss's stubs lack it
             binary=isinstance(obj, faiss.IndexBinary),
         )
     elif hasattr(obj, "size") and hasattr(obj, "at"):
@@ -356,7 +358,8 @@ def distance_computer_call(
         raise InvalidArgument("a distance computer call needs a 1-d int64 array 'ids'")
     if ids.size and (ids.min() < 0 or ids.max() >= obj.ntotal):
         raise OutOfRange(f"ids out of range [0, {obj.ntotal})")
-    dc = obj.get_FlatCodesDistanceComputer() if flat else obj.get_distance_computer()
+    # faiss's stubs lack these DistanceComputer methods (symmetric_dis, set_query, __call__)
+    dc: Any = obj.get_FlatCodesDistanceComputer() if flat else obj.get_distance_computer()  # type: ignore[attr-defined]  # faiss's stubs lack it
     if method == "symmetric_dis":
         if ids.size % 2:
             raise InvalidArgument("symmetric_dis takes pairs of ids")

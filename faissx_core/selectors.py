@@ -58,7 +58,7 @@ def combine(kind: str, parts: list[tuple[SelectorSpec, dict[str, np.ndarray]]]
         return spec.model_copy(update={"children": [renumber(c, own) for c in spec.children]})
 
     children = [renumber(spec, own) for spec, own in parts]
-    return SelectorSpec(kind=kind, children=children), arrays  # type: ignore[arg-type]
+    return SelectorSpec(kind=kind, children=children), arrays
 
 
 def build_selector(spec: SelectorSpec, arrays: dict[str, np.ndarray], depth: int = 0

@@ -98,7 +98,7 @@ def build(p: GenericParams, build_nested: BuildNested) -> Any:
                 f"faiss cannot copy it yet ({reason})"
             ) from None
         for part in nested:
-            part.this.disown()
+            part.this.disown()  # type: ignore[union-attr]  # faiss's stubs lack it
             built.own_fields = True
         return built
 

@@ -472,7 +472,7 @@ class Server:
         """``faiss.clone_index`` of ``source`` as a new index (``index``), state included."""
         source = self._get(principal, request, args.source)
         with source.lock.read():
-            copy = faiss.clone_binary_index if source.binary else faiss.clone_index
+            copy = faiss.clone_binary_index if source.binary else faiss.clone_index  # type: ignore[attr-defined]  # faiss's stubs lack it
             index = run_faiss(lambda: copy(source.index), "clone", source)
         name, session = _target(request, args.ephemeral)
         with self.limits.new_index(principal.tenant, self.backend, index=index):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypedDict
 
 import faiss
 import numpy as np
@@ -902,7 +902,13 @@ def gpu_resources() -> Any:
     return faiss.StandardGpuResources()
 
 
-def placement(shards: int | None, replicas: int | None) -> dict[str, Placement]:
+class PlacementKeyword(TypedDict, total=False):
+    """``create``'s optional ``placement`` keyword, as :func:`placement` gives it."""
+
+    placement: Placement
+
+
+def placement(shards: int | None, replicas: int | None) -> PlacementKeyword:
     """``create``'s keyword for a per-index placement, or none to take the server's default."""
     if shards is None and replicas is None:
         return {}

@@ -111,7 +111,7 @@ def op(name: str) -> Callable:
 
     def register(fn: Callable[[ManagedIndex, Any, Arrays], Job]) -> Callable:
         def bound(m: ManagedIndex, a: Any, arrays: Arrays) -> Job:
-            return BoundJob(fn(m, a, arrays), name, a, arrays)
+            return BoundJob(fn(m, a, arrays), name, a, arrays)  # type: ignore[return-value]  # mypy misses a NamedTuple's __call__
 
         OPS[name] = IndexOp(decl, bound)
         return fn

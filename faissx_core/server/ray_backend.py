@@ -22,6 +22,7 @@ shards share one quantizer as in faiss's ``IndexShardsIVF``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -48,7 +49,7 @@ from faissx_core.errors import (
 )
 from faissx_core.plugins import PluginRegistry
 from faissx_core.server.backend import LocalBackend, ManagedIndex
-from faissx_core.server.ops import OPS
+from faissx_core.server.ops import OPS, BoundJob
 from faissx_core.server.shards import (
     Placement,
     keep_max,
@@ -287,13 +288,13 @@ class RayBackend(LocalBackend):
         ]
         managed.counts = [0] * placement.shards
         managed.sizes = [0] * placement.shards
-        for s, row in enumerate(states):
-            if not any(row):
+        for s, found in enumerate(states):
+            if not any(found):
                 self._stop(managed, forget=False)
                 raise ShardUnavailable(f"index {name!r}: no replica of shard {s} started", shard=s)
-            best = max((st for st in row if st), key=lambda st: st["seq"])
+            best = max((st for st in found if st), key=lambda st: st["seq"])
             managed.counts[s], managed.sizes[s] = best["ntotal"], best["memory_bytes"]
-            for replica, st in zip(managed.replicas[s], row, strict=True):
+            for replica, st in zip(managed.replicas[s], found, strict=True):
                 replica.stale = st is None or st["seq"] < best["seq"]
         managed.measure()
         if any(r.stale for row in managed.replicas for r in row):
@@ -438,6 +439,7 @@ class RayBackend(LocalBackend):
     ) -> Any:
         if not isinstance(managed, ShardedIndex):
             return super().run(managed, write, fn, record, small)
+        assert isinstance(fn, BoundJob)  # ops.op makes every index op's job one
         handler = self._handlers.get(fn.op)
         if handler is None:
             raise UnsupportedOperation(
@@ -626,7 +628,7 @@ class RayBackend(LocalBackend):
                     s,
                     seq,
                     refs,
-                    lambda rep, number, c=calls[s]: rep.actor.apply.remote(number, *c),
+                    functools.partial(_apply_again, calls[s]),
                 )
             except FaissxError as exc:
                 failure = failure or exc
@@ -672,7 +674,7 @@ class RayBackend(LocalBackend):
             outcomes.append(out)
         done = [o for o in outcomes if o is not None and o[0] in ("ok", "error")]
         if not renumbered and outcomes and all(o is not None and o[0] == "gap" for o in outcomes):
-            number = max(int(o[1]) for o in outcomes) + 1
+            number = max(int(o[1]) for o in outcomes if o is not None) + 1
             managed.seqs[s] = number
             refs = [resend(r, number) for r in managed.replicas[s]]
             return self._settle(managed, s, number, refs, resend, renumbered=True)
@@ -940,6 +942,11 @@ def _read_template(folder: Path) -> Any:
     from faissx_core.server.ops import deserialize
 
     return deserialize(np.frombuffer((folder / "template.faiss").read_bytes(), dtype=np.uint8))
+
+
+def _apply_again(call: tuple[str, Any, dict[str, np.ndarray]], rep: Replica, number: int) -> Any:
+    """Send a shard's ``call`` to ``rep`` again, under the sequence number it expects."""
+    return rep.actor.apply.remote(number, *call)
 
 
 def _is_ivf(index: Any) -> bool:
