@@ -176,7 +176,7 @@ class RayBackend(LocalBackend):
                 ray.init(include_dashboard=False, **options)
             else:
                 ray.init(address=address, **options)
-        self.actor_class = ray.remote(_actor_class())
+        self.actor_class: Any = ray.remote(_actor_class())  # a Ray actor class, made at run time
 
     # -- lifecycle ---------------------------------------------------------------------------
     def create(
