@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import secrets
 import struct
 import threading
 import time
@@ -39,8 +40,8 @@ import zmq
 
 from faissx_client import recovery
 from faissx_client.settings import ClientSettings
-from faissx_core.errors import QuotaExceeded, ServerUnavailable, from_wire
-from faissx_core.messages import PROTOCOL_VERSION
+from faissx_core.errors import FaissxError, QuotaExceeded, ServerUnavailable, from_wire
+from faissx_core.messages import PROTOCOL_VERSION, request_id_text
 from faissx_core.protocol import encode, recv_reply, send
 from faissx_core.security import configure_dealer
 
@@ -72,6 +73,15 @@ def _port_flag(server: str) -> str:
     """`` --port N`` for a tcp:// endpoint, so the hint names the command that would serve it."""
     port = server.rpartition(":")[2] if server.startswith("tcp://") else ""
     return f" --port {port}" if port.isdigit() else ""
+
+
+def with_request_id(exc: FaissxError, rid: int) -> FaissxError:
+    """``exc`` naming the request it answers: ``request_id`` (as the server logs it, 16 hex
+    digits) as an attribute and at the end of the message, to find the server's log line."""
+    exc.request_id = request_id_text(rid)
+    exc.message = f"{exc.message} [request {exc.request_id}]"
+    exc.args = (exc.message,)
+    return exc
 
 
 def heartbeat_from_env(heartbeat: float | None) -> float:
@@ -181,7 +191,9 @@ class Transport:
         self.session = uuid.uuid4().hex
         self._ctx = zmq.Context()
         self._local = threading.local()
-        self._ids = itertools.count(1)
+        # Ids start at a random point: the id is then unique across clients in practice, so
+        # it names one request in the server's log and in this client's errors alike.
+        self._ids = itertools.count(secrets.randbits(61) + 1)
         self._open = _OpenSockets()
         self._mutex = threading.Lock()
         #: The server's largest frame (``--max-message-mb``), learnt at configure(); None: unknown.
@@ -258,7 +270,7 @@ class Transport:
         frames = encode(header, arrays)
         self._check_size(op, index, frames)
         reply, out = self._request(header, frames, timeout)
-        return self._result(reply), out
+        return self._result(reply, header["id"]), out
 
     def _check_size(self, op: str, index: str | None, frames: Sequence[Any]) -> None:
         """Refuse, before sending, a frame the server would drop the connection for: ZeroMQ
@@ -343,7 +355,7 @@ class Transport:
             if i not in replies:
                 break
             reply, out = replies[i]
-            results.append((self._result(reply), out))
+            results.append((self._result(reply, requests[i][0]["id"]), out))
         return results
 
     def _stream(self, requests: list[tuple[dict[str, Any], list[Any]]], window: int,
@@ -399,7 +411,8 @@ class Transport:
                 self._discard()
                 last = _Failure(f"socket error: {exc}", sent=True)
                 if self.closed:
-                    raise self._unavailable(op, index, attempts, start, last) from None
+                    raise with_request_id(self._unavailable(op, index, attempts, start, last),
+                                          header["id"]) from None
             if self._reached and last.connection_lost:
                 self._mark_lost()
             retryable = not last.sent or recovery.retry_safe(op)
@@ -408,7 +421,9 @@ class Transport:
                 if last.sent:
                     # the request may still sit in this socket: never deliver it later
                     self._discard()
-                raise self._unavailable(op, index, attempts, start, last, _size(frames))
+                raise with_request_id(
+                    self._unavailable(op, index, attempts, start, last, _size(frames)),
+                    header["id"])
             pause = min(policy.delay(attempts), remaining - MIN_ATTEMPT)
             log.debug("%s to %s failed (%s); attempt %d in %.2fs", op, self.settings.server,
                       last.reason, attempts + 1, pause)
@@ -422,9 +437,10 @@ class Transport:
         return reply, out
 
     @staticmethod
-    def _result(reply: Any) -> dict[str, Any]:
+    def _result(reply: Any, rid: int) -> dict[str, Any]:
         if not reply.ok:
-            raise from_wire(reply.error.model_dump() if reply.error else {})
+            raise with_request_id(from_wire(reply.error.model_dump() if reply.error else {}),
+                                  rid)
         return reply.result
 
     def _attempt(self, conn: _Conn, frames: list[Any], rid: int, deadline: float,

@@ -52,6 +52,17 @@ def _serve_options(fn):
         click.option("--log-level", default="INFO", show_default=True, envvar="FAISSX_LOG_LEVEL",
                      type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
                                        case_sensitive=False)),
+        # operations: docs/operations.md
+        click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+                     show_default=True, envvar="FAISSX_LOG_FORMAT",
+                     help="`json`: one JSON object a line, for log shippers."),
+        click.option("--log-requests", type=click.Choice(["all", "errors", "none"]),
+                     default="errors", show_default=True, envvar="FAISSX_LOG_REQUESTS",
+                     help="Which requests get a log line (request id, tenant, op, index, "
+                          "outcome, duration)."),
+        click.option("--metrics-port", type=int, default=None, envvar="FAISSX_METRICS_PORT",
+                     help="Serve Prometheus metrics at `http://BIND-ADDRESS:PORT/metrics` "
+                          "(default: off)."),
         click.option("--workers", type=int, default=None, envvar="FAISSX_WORKERS",
                      help="Threads doing faiss work (default: one per core)."),
         click.option("--idle-ttl", type=float, default=600.0, show_default=True,
@@ -144,7 +155,8 @@ def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None
            rate_burst: int | None = None, progress_every: float = 1.0,
            max_connections: int | None = None, max_peer_output_mb: float = 256.0,
            backend: str = "local", ray_address: str = "local", ray_node_ip: str = "127.0.0.1",
-           shards: int = 1, replicas: int = 1) -> None:
+           shards: int = 1, replicas: int = 1, log_format: str = "text",
+           log_requests: str = "errors", metrics_port: int | None = None) -> None:
     """Run the FAISSx server until SIGINT or SIGTERM."""
     from faissx_core.server import run_server  # keeps `faissx --help` quick
 
@@ -162,6 +174,7 @@ def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None
             max_peer_output_bytes=int(max_peer_output_mb * (1 << 20)))
         extra.update(backend=backend, ray_address=ray_address, ray_node_ip=ray_node_ip,
                      shards=shards, replicas=replicas)
+        extra.update(log_format=log_format, log_requests=log_requests, metrics_port=metrics_port)
         settings = ServerSettings(
             port=port, bind_address=bind_address, ipc=ipc, data_dir=data_dir, fsync=fsync,
             snapshot_bytes=int(snapshot_every_mb * (1 << 20)),
@@ -171,7 +184,7 @@ def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None
         )
     except (ValidationError, ValueError) as exc:
         raise click.BadParameter(_reason(exc)) from None
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, settings.log_requests)
     try:
         status = run_server(settings)
     except ValueError as exc:  # e.g. an unknown plugin name, found at discovery

@@ -16,6 +16,8 @@ class FaissxError(Exception):
     """Base of every FAISSx error; ``code`` is what travels on the wire."""
 
     code: ClassVar[str] = "internal"
+    #: Client side: the id of the request this error answers, as the server's log shows it.
+    request_id: str | None = None
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)

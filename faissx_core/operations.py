@@ -224,6 +224,8 @@ _TABLE = (
               doc="keep-alive for the session's unnamed indices; checks the key"),
     Operation("list", "read", "control", ListArgs, repeatable=True,
               doc="the tenant's indices and memory use"),
+    Operation("stats", "read", "control", ControlArgs, repeatable=True,
+              doc="faissx status: uptime, version, connections, the tenant's indices and logs"),
     Operation("bye", "write", "control", ControlArgs, repeatable=True,
               doc="drop the session's unnamed indices (a second bye drops nothing)"),
     Operation("create", "write", "control", CreateArgs, mutates=True, ordered=True,

@@ -41,6 +41,13 @@ class ServerSettings(BaseModel):
     auth_keys: dict[str, str] = Field(default_factory=dict, repr=False)
     auth_file: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``text`` (rich on a terminal, plain lines otherwise) or ``json`` (one object a line).
+    log_format: Literal["text", "json"] = "text"
+    #: Log every request (``all``), only failed ones (``errors``), or none.
+    log_requests: Literal["all", "errors", "none"] = "errors"
+    #: ``--metrics-port``: serve Prometheus metrics over HTTP on the bind address (off: None;
+    #: 0 picks a free port, for tests).
+    metrics_port: int | None = Field(None, ge=0, le=65535)
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     #: Seconds an unnamed index survives without its client showing signs of life.
     idle_ttl: float = Field(600.0, gt=0)

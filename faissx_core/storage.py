@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -344,6 +344,22 @@ class FileStore:
         self._flusher: threading.Thread | None = None
         self._closing = False
         self.crash = CrashPoints(os.environ.get(CRASH_AT_ENV))
+        #: Told how long each log fsync (``"fsync"``) and snapshot (``"snapshot"``) took and
+        #: whether it succeeded: the server's metrics set it; None records nothing.
+        self.timings: Callable[[str, float, bool], None] | None = None
+
+    def _timed(self, what: str, step: Callable[[], Any]) -> Any:
+        """Run ``step``, telling :attr:`timings` how long it took (its error still raises)."""
+        if self.timings is None:
+            return step()
+        start = time.perf_counter()
+        ok = False
+        try:
+            result = step()
+            ok = True
+            return result
+        finally:
+            self.timings(what, time.perf_counter() - start, ok)
 
     def _dir(self, tenant: str, name: str) -> Path:
         return self.root / "tenants" / check_name(tenant, "tenant id") / check_name(name)
@@ -442,6 +458,10 @@ class FileStore:
 
     def save(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
              keys: list[RememberedKey]) -> None:
+        self._timed("snapshot", lambda: self._save(tenant, name, spec, created, index, keys))
+
+    def _save(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
+              keys: list[RememberedKey]) -> None:
         key = (tenant, name)
         folder = self._dir(tenant, name)
         old = self._generations.get(key)
@@ -470,6 +490,9 @@ class FileStore:
             e = entries[0]
             self.save(tenant, e.name, e.spec, e.created, e.index, e.keys)
             return
+        self._timed("snapshot", lambda: self._save_many(tenant, entries))
+
+    def _save_many(self, tenant: str, entries: list[SaveEntry]) -> None:
         tenant_dir = self.root / "tenants" / check_name(tenant, "tenant id")
         plan: list[tuple[str, Path, int, int, dict[str, Any]]] = []
         intent = tenant_dir / f".commit-{uuid.uuid4().hex[:12]}.json"
@@ -572,7 +595,7 @@ class FileStore:
             written += os.write(fd, rest)
         self._sizes[(tenant, name)] = self._sizes.get((tenant, name), 0) + total
         if self.fsync == "always":
-            os.fdatasync(fd)
+            self._timed("fsync", lambda: os.fdatasync(fd))
             return 0
         if self.fsync == "off":
             return 0
@@ -607,7 +630,7 @@ class FileStore:
             failure = None
             for fd in dirty:  # one fsync per log covers every record written before it
                 try:
-                    os.fdatasync(fd)
+                    self._timed("fsync", lambda fd=fd: os.fdatasync(fd))
                 except OSError as exc:
                     failure = str(exc)
                     log.critical("fsync of a write-ahead log failed: %s", exc)

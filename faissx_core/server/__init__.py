@@ -55,5 +55,5 @@ def get_config() -> dict[str, Any]:
 def run() -> None:
     """Serve with the configured settings (defaults if never configured) until SIGINT/SIGTERM."""
     settings = _settings or ServerSettings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, settings.log_requests)
     run_server(settings)

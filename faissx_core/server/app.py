@@ -35,6 +35,7 @@ from faissx_core.errors import (
     UnsupportedOperation,
 )
 from faissx_core.limits import Limits
+from faissx_core.logs import RequestLog
 from faissx_core.messages import PROTOCOL_VERSION, Request
 from faissx_core.operations import OPERATIONS, Operation, operation
 from faissx_core.plugins import PluginRegistry
@@ -49,6 +50,7 @@ from faissx_core.server.connections import (
 )
 from faissx_core.server.fairness import FairScheduler
 from faissx_core.server.idempotency import IdempotencyTable
+from faissx_core.server.metrics import Metrics
 from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
 from faissx_core.server.ordering import SerialQueues
 from faissx_core.server.outbound import SNDHWM, PeerOutput
@@ -108,6 +110,12 @@ class Server:
         self._stopping = threading.Event()
         #: Completed requests are reported here (metrics, request logs): see pipeline.py.
         self.observers = Observers()
+        #: Prometheus metrics (served by --metrics-port) and the request log observe them.
+        self.metrics = Metrics(self.backend, self.idempotency)
+        if store is not None and hasattr(store, "timings"):
+            store.timings = self.metrics.storage_timing  # fsync and snapshot durations
+        self.observers.add(self.metrics.observe)
+        self.observers.add(RequestLog())
         self.control, self.index_ops = self._implementations()
 
     def _implementations(self) -> tuple[dict[str, Control], dict[str, IndexOp]]:
@@ -146,6 +154,10 @@ class Server:
             router.bind(endpoint)
         replies = self.ctx.socket(zmq.PULL)
         replies.bind(self._reply_endpoint)
+        self.metrics.connections.watch(router)
+        if self.settings.metrics_port is not None:
+            port = self.metrics.serve(self.settings.bind_address, self.settings.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", self.settings.bind_address, port)
         loaded = self.backend.load(self._replay)
         if self.backend.store is not None:
             log.info("data dir %s: %d index(es) reopened; fsync=%s", self.settings.data_dir,
@@ -195,6 +207,7 @@ class Server:
                     log.critical("shutdown: %s; writes acknowledged since the last fsync may "
                                  "be lost on power failure", exc)
                     self.exit_code = EXIT_UNSYNCED
+            self.metrics.close()
             router.close()
             replies.close()
             for sock in getattr(self, "_pushers", []):
@@ -531,6 +544,33 @@ class Server:
               arrays: Arrays) -> dict[str, Any]:
         """Delete a quarantined index and its files, on the operator's explicit request."""
         return self.backend.drop(principal.tenant, check_name(request.index or ""))
+
+    def _stats(self, principal: Principal, request: Request, args: Any,
+               arrays: Arrays) -> dict[str, Any]:
+        """What ``faissx status`` shows: the server's vitals and the caller's indices.
+
+        Server-wide index and memory totals (which sum over tenants) go to admin keys only.
+        """
+        store = self.backend.store
+        indexes = [{"name": m.name, "type": m.spec.type, "ntotal": int(m.index.ntotal),
+                    "memory_bytes": m.memory_bytes,
+                    "log_bytes": store.log_bytes(m.tenant, m.name) if store else None}
+                   for m in self.backend.list(principal.tenant) if not m.ephemeral]
+        stats: dict[str, Any] = {
+            "version": __version__, "uptime_s": round(self.metrics.uptime(), 3),
+            "connections": self.metrics.connections.open,
+            "connections_accepted": self.metrics.connections.accepted,
+            "workers": self.settings.workers, "durable": store is not None,
+            "fsync": self.settings.fsync if store else None,
+            "metrics_port": self.settings.metrics_port, "tenant": principal.tenant,
+            "indexes": indexes, "memory_bytes": self.backend.memory_used(principal.tenant),
+            "memory_limit_bytes": self.backend.max_memory_bytes,
+        }
+        if principal.role == "admin":
+            every = list(self.backend)
+            stats["server"] = {"indexes": len(every),
+                               "memory_bytes": sum(m.memory_bytes for m in every)}
+        return stats
 
     def _touch(self, principal: Principal, request: Request, args: Any,
               arrays: Arrays) -> dict[str, Any]:

@@ -1,0 +1,249 @@
+"""Prometheus metrics of one server: counted where requests finish, measured where data lives.
+
+One :class:`Metrics` object belongs to one :class:`~faissx_core.server.app.Server` and owns its
+own ``CollectorRegistry`` (no process-wide registry: two servers in one process, as in tests,
+count apart). Three sources feed it:
+
+* **Requests**: :meth:`Metrics.observe` is called once per answered request, from the one place
+  the request pipeline finishes, with a :class:`RequestEvent`. It updates counters and a latency
+  histogram; label children are cached per label tuple so a request costs a dict lookup and a
+  few additions, not a label resolution per metric.
+* **Storage**: the write-ahead log's fsync latency and each snapshot's duration arrive through
+  :meth:`Metrics.storage_timing`, which the server hands to the store (``FileStore.timings``).
+* **State**: vectors and memory per index and tenant, log sizes, remembered idempotency keys,
+  connections and uptime are read from the backend when Prometheus scrapes (a custom collector),
+  so serving a request never pays for them.
+
+``--metrics-port`` serves the registry over HTTP (``prometheus_client``'s WSGI server) on the
+server's own bind address; without it nothing listens, but the counters still run, and
+``faissx status`` reads the same numbers through the ``stats`` operation.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import start_wsgi_server
+from prometheus_client.registry import Collector
+
+from faissx_core import __version__
+from faissx_core.server.pipeline import RequestEvent
+
+#: Request latency buckets (seconds): a small search is tens of microseconds, a large train
+#: or import can take minutes.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: fsync of a log: from a page-cache flush (tens of microseconds) to a slow disk (a second).
+FSYNC_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                 0.1, 0.25, 0.5, 1.0, 2.5)
+SNAPSHOT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Metrics:
+    """The server's counters and the collector that reads its state at scrape time."""
+
+    def __init__(self, backend: Any, idempotency: Any = None) -> None:
+        self.started = time.time()
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("faissx_requests", "Requests answered, by operation, outcome "
+                                "(ok or the error code) and tenant.",
+                                ["op", "outcome", "tenant"], registry=r)
+        self.latency = Histogram("faissx_request_duration_seconds", "Seconds from a request's "
+                                 "arrival to its reply, by operation.", ["op"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.bytes_in = Counter("faissx_request_bytes", "Bytes received in requests (header "
+                                "and arrays), by operation and tenant.", ["op", "tenant"],
+                                registry=r)
+        self.bytes_out = Counter("faissx_response_bytes", "Bytes sent in replies, by operation "
+                                 "and tenant.", ["op", "tenant"], registry=r)
+        self.deduplicated = Counter("faissx_requests_deduplicated", "Retried writes answered "
+                                    "from the idempotency table instead of being applied again.",
+                                    ["op", "tenant"], registry=r)
+        self.fsync = Histogram("faissx_wal_fsync_duration_seconds", "Seconds one fsync of a "
+                               "write-ahead log took.", buckets=FSYNC_BUCKETS, registry=r)
+        self.snapshots = Counter("faissx_snapshots", "Snapshots written, by outcome (ok, "
+                                 "failed).", ["outcome"], registry=r)
+        self.snapshot_time = Histogram("faissx_snapshot_duration_seconds", "Seconds one "
+                                       "snapshot (write, fsync, rename, commit) took.",
+                                       buckets=SNAPSHOT_BUCKETS, registry=r)
+        self.connections = Connections()
+        self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        self._mutex = threading.Lock()
+        r.register(_StateCollector(self, backend, idempotency))
+        self._http: Any = None
+
+    # -- the request pipeline's hook ---------------------------------------------------------
+    def observe(self, event: RequestEvent) -> None:
+        """Count one answered request (called once per request, from the pipeline's end)."""
+        tenant = event.tenant or ""
+        key = (event.op, event.outcome, tenant)
+        children = self._children.get(key)
+        if children is None:
+            with self._mutex:
+                children = self._children.setdefault(key, (
+                    self.requests.labels(event.op, event.outcome, tenant),
+                    self.latency.labels(event.op),
+                    self.bytes_in.labels(event.op, tenant),
+                    self.bytes_out.labels(event.op, tenant),
+                ))
+        count, latency, bytes_in, bytes_out = children
+        count.inc()
+        latency.observe(event.duration_s)
+        bytes_in.inc(event.bytes_in)
+        bytes_out.inc(event.bytes_out)
+        if event.deduplicated:
+            self.deduplicated.labels(event.op, tenant).inc()
+
+    # -- storage -----------------------------------------------------------------------------
+    def storage_timing(self, what: str, seconds: float, ok: bool = True) -> None:
+        """``what`` is ``"fsync"`` or ``"snapshot"``; called by the store as they finish."""
+        if what == "fsync":
+            self.fsync.observe(seconds)
+        elif what == "snapshot":
+            self.snapshots.labels("ok" if ok else "failed").inc()
+            if ok:
+                self.snapshot_time.observe(seconds)
+
+    # -- serving -----------------------------------------------------------------------------
+    def serve(self, address: str, port: int) -> int:
+        """Serve ``/metrics`` on ``address:port`` in a daemon thread; returns the bound port."""
+        host = "0.0.0.0" if address in ("*", "0.0.0.0") else address
+        httpd, _ = start_wsgi_server(port, host, registry=self.registry)
+        self._http = httpd
+        return int(httpd.server_address[1])
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        self.connections.close()
+
+    def uptime(self) -> float:
+        return time.time() - self.started
+
+
+class Connections:
+    """Open client connections, from the ROUTER socket's monitor events.
+
+    The monitor is a PAIR socket of its own, read on a thread of its own, so the socket thread
+    does nothing for it. Only connects and disconnects are reported, which are rare.
+    """
+
+    EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.accepted = 0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def watch(self, router: zmq.Socket) -> None:
+        """Start counting ``router``'s connections (call on the thread that owns ``router``)."""
+        monitor = router.get_monitor_socket(self.EVENTS)
+        self._thread = threading.Thread(target=self._run, args=(monitor,), daemon=True,
+                                        name="faissx-connections")
+        self._thread.start()
+
+    def _run(self, monitor: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(monitor, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(200):
+                    continue
+                frames = monitor.recv_multipart()
+                event = int.from_bytes(frames[0][:2], "little")
+                if event == zmq.EVENT_ACCEPTED:
+                    self.accepted += 1
+                    self.open += 1
+                elif event == zmq.EVENT_DISCONNECTED:
+                    self.open = max(0, self.open - 1)
+                elif event == zmq.EVENT_MONITOR_STOPPED:
+                    break
+        except zmq.ZMQError:
+            pass  # the context is terminating: the server is stopping
+        finally:
+            monitor.close(0)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
+
+class _StateCollector(Collector):
+    """Gauges read from the backend when scraped: what the server holds, not what it did."""
+
+    def __init__(self, metrics: Metrics, backend: Any, idempotency: Any) -> None:
+        self.metrics = metrics
+        self.backend = backend
+        self.idempotency = idempotency
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())  # unchecked: the families depend on what exists at scrape time
+
+    def collect(self) -> Iterator[Any]:
+        m = self.metrics
+        info = GaugeMetricFamily("faissx_build_info", "The server's version (always 1).",
+                                 labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        yield GaugeMetricFamily("faissx_start_time_seconds", "Unix time the server started.",
+                                value=m.started)
+        yield GaugeMetricFamily("faissx_connections", "Client connections open now.",
+                                value=m.connections.open)
+        yield CounterMetricFamily("faissx_connections_accepted", "Client connections accepted "
+                                  "since start.", value=m.connections.accepted)
+        yield from index_families(self.backend)
+        if self.idempotency is not None:
+            yield GaugeMetricFamily("faissx_idempotency_keys", "Idempotency keys remembered "
+                                    "(recent writes a retry would be answered from).",
+                                    value=len(self.idempotency))
+
+
+def index_families(backend: Any) -> Iterator[Any]:
+    """Per index and per tenant: vectors, bytes held, log bytes; the memory limit if set."""
+    vectors = GaugeMetricFamily("faissx_index_vectors", "Vectors in a named index.",
+                                labels=["tenant", "index"])
+    memory = GaugeMetricFamily("faissx_index_memory_bytes", "Bytes a named index holds "
+                               "(as last measured after a write).", labels=["tenant", "index"])
+    wal = GaugeMetricFamily("faissx_wal_bytes", "Bytes in a durable index's write-ahead log "
+                            "since its last snapshot.", labels=["tenant", "index"])
+    indices = GaugeMetricFamily("faissx_tenant_indices", "Indices of a tenant, named and "
+                                "unnamed.", labels=["tenant"])
+    t_vectors = GaugeMetricFamily("faissx_tenant_vectors", "Vectors in all of a tenant's "
+                                  "indices, unnamed ones included.", labels=["tenant"])
+    t_memory = GaugeMetricFamily("faissx_tenant_memory_bytes", "Bytes all of a tenant's "
+                                 "indices hold.", labels=["tenant"])
+    per_tenant: dict[str, list[int]] = {}
+    store = backend.store
+    for managed in backend:
+        ntotal = int(managed.index.ntotal)
+        totals = per_tenant.setdefault(managed.tenant, [0, 0, 0])
+        totals[0] += 1
+        totals[1] += ntotal
+        totals[2] += managed.memory_bytes
+        if managed.ephemeral:  # random names, short lives: counted in the tenant's totals only
+            continue
+        labels = [managed.tenant, managed.name]
+        vectors.add_metric(labels, ntotal)
+        memory.add_metric(labels, managed.memory_bytes)
+        if store is not None:
+            wal.add_metric(labels, store.log_bytes(managed.tenant, managed.name))
+    for tenant, (count, ntotal, nbytes) in sorted(per_tenant.items()):
+        indices.add_metric([tenant], count)
+        t_vectors.add_metric([tenant], ntotal)
+        t_memory.add_metric([tenant], nbytes)
+    yield from (vectors, memory, wal, indices, t_vectors, t_memory)
+    if backend.max_memory_bytes is not None:
+        yield GaugeMetricFamily("faissx_memory_limit_bytes", "--max-memory: bytes all indices "
+                                "together may hold.", value=backend.max_memory_bytes)
+

@@ -1,0 +1,235 @@
+"""Operating a server: Prometheus metrics, JSON request logs, request ids, health and status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
+
+import faissx_client as fx
+from faissx_core.errors import IndexNotFound, InvalidArgument
+
+from .conftest import FAISSX, free_port, server_env
+
+D = 8
+X = np.random.default_rng(5).standard_normal((300, D)).astype("float32")
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, keyed by (sample name, sorted labels)."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(FAISSX), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**server_env(), "COLUMNS": "200"})
+
+
+@pytest.fixture
+def observed(start_server, tmp_path):
+    """A durable server with metrics on, every request logged as JSON."""
+    metrics_port = free_port()
+    srv = start_server("--data-dir", str(tmp_path / "data"), "--metrics-port", str(metrics_port),
+                       "--log-format", "json", "--log-requests", "all")
+    srv.metrics_port = metrics_port
+    return srv
+
+
+def test_metrics_move_with_real_traffic(observed):
+    before = scrape(observed.metrics_port)
+    assert value(before, "faissx_build_info", version=fx.__version__) == 1
+    fx.configure(server=observed.endpoint)
+    try:
+        index = fx.IndexFlatL2(D, name="docs")
+        index.add(X)
+        index.search(X[:5], 3)
+        index.search(X[:5], 3)
+        with pytest.raises(InvalidArgument):
+            index.search(np.zeros((2, D + 1), "float32"), 3)
+        fx.get_client().call("snapshot", "docs")
+        after = scrape(observed.metrics_port)
+    finally:
+        fx.disconnect()
+
+    t = "default"
+    assert value(after, "faissx_requests_total", op="search", outcome="ok", tenant=t) - value(
+        before, "faissx_requests_total", op="search", outcome="ok", tenant=t) == 2
+    assert value(after, "faissx_requests_total", op="search", outcome="invalid_argument",
+                 tenant=t) == 1
+    assert value(after, "faissx_requests_total", op="add", outcome="ok", tenant=t) == 1
+    # the latency histogram counted every search, and its buckets are cumulative
+    assert value(after, "faissx_request_duration_seconds_count", op="search") == 3
+    assert value(after, "faissx_request_duration_seconds_sum", op="search") > 0
+    assert value(after, "faissx_request_duration_seconds_bucket", op="search", le="+Inf") == 3
+    # bytes: the add carried 300 x 8 float32 values, its reply far less
+    assert value(after, "faissx_request_bytes_total", op="add", tenant=t) > X.nbytes
+    assert 0 < value(after, "faissx_response_bytes_total", op="add", tenant=t) < X.nbytes
+    assert value(after, "faissx_response_bytes_total", op="search", tenant=t) > 0
+    # state read at scrape time
+    assert value(after, "faissx_index_vectors", tenant=t, index="docs") == 300
+    assert value(after, "faissx_index_memory_bytes", tenant=t, index="docs") >= X.nbytes
+    assert value(after, "faissx_tenant_vectors", tenant=t) == 300
+    assert value(after, "faissx_tenant_indices", tenant=t) == 1
+    # durability: the add was logged and fsynced, then the snapshot emptied the log
+    assert value(after, "faissx_wal_fsync_duration_seconds_count") >= 1
+    assert value(after, "faissx_snapshots_total", outcome="ok") >= 2  # create + snapshot
+    assert value(after, "faissx_snapshot_duration_seconds_count") >= 2
+    assert value(after, "faissx_wal_bytes", tenant=t, index="docs") == 0
+    assert value(after, "faissx_connections") >= 1
+    assert value(after, "faissx_connections_accepted_total") >= 1
+    assert value(after, "faissx_start_time_seconds") <= time.time()
+
+
+def test_retries_answered_by_idempotency_key_are_counted(observed):
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(observed.endpoint)
+    ids = iter(range(1, 100))
+
+    def call(op: str, args: dict | None = None, idem: str | None = None,
+             x: np.ndarray | None = None) -> dict:
+        arrays = [] if x is None else [{"name": "x", "dtype": "float32", "shape": list(x.shape)}]
+        header = {"v": 1, "id": next(ids), "op": op, "index": "dedup", "args": args or {},
+                  "idem": idem, "arrays": arrays}
+        sock.send_multipart([msgpack.packb(header), *([] if x is None else [x])])
+        assert sock.poll(30_000), "no reply"
+        return msgpack.unpackb(sock.recv_multipart()[0])
+
+    try:
+        assert call("create", {"spec": {"type": "IndexFlatL2", "params": {"d": D}}})["ok"]
+        key = uuid.uuid4().hex
+        first, again = call("add", idem=key, x=X[:10]), call("add", idem=key, x=X[:10])
+        assert first["result"] == again["result"] and first["result"]["ntotal"] == 10
+    finally:
+        sock.close(0)
+    samples = scrape(observed.metrics_port)
+    assert value(samples, "faissx_requests_deduplicated_total", op="add", tenant="default") == 1
+    assert value(samples, "faissx_requests_total", op="add", outcome="ok", tenant="default") == 2
+    assert value(samples, "faissx_index_vectors", tenant="default", index="dedup") == 10
+
+
+def test_json_request_log_names_each_request_and_never_a_key(start_server, tmp_path):
+    keys = tmp_path / "keys.json"
+    secret = "sk-very-secret-" + uuid.uuid4().hex
+    keys.write_text(json.dumps({secret: "acme"}))
+    srv = start_server("--enable-auth", "--auth-file", str(keys), "--log-format", "json",
+                       "--log-requests", "all")
+    fx.configure(server=srv.endpoint, api_key=secret)
+    try:
+        index = fx.IndexFlatL2(D, name="logged")
+        index.add(X[:20])
+        with pytest.raises(IndexNotFound) as caught:
+            fx.open_index("missing")
+    finally:
+        fx.disconnect()
+    error = caught.value
+    assert error.request_id is not None and len(error.request_id) == 16
+    assert f"[request {error.request_id}]" in str(error)
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the log line follows the reply
+        lines = [json.loads(line) for line in srv.output().splitlines()
+                 if line.startswith("{")]
+        requests = [e for e in lines if e["logger"] == "faissx.requests"]
+        if any(e["request_id"] == error.request_id for e in requests):
+            break
+        time.sleep(0.1)
+    assert all({"time", "level", "logger", "message"} <= e.keys() for e in lines)
+    failed = next(e for e in requests if e["request_id"] == error.request_id)
+    assert failed["outcome"] == "index_not_found" and failed["level"] == "warning"
+    assert failed["tenant"] == "acme" and failed["index"] == "missing"
+    add = next(e for e in requests if e["op"] == "add")
+    assert add["outcome"] == "ok" and add["index"] == "logged" and add["tenant"] == "acme"
+    assert add["duration_ms"] >= 0 and add["bytes_in"] > X[:20].nbytes
+    assert len({e["request_id"] for e in requests}) == len(requests)
+    assert secret not in srv.output()
+
+
+def test_health_exit_codes_live_and_dead(server):
+    live = cli("health", "--server", server.endpoint, "--timeout", "10")
+    assert live.returncode == 0, live.stdout + live.stderr
+    assert live.stdout.startswith("ok: faissx ") and len(live.stdout.splitlines()) == 1
+
+    dead_endpoint = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    dead = cli("health", "--server", dead_endpoint, "--timeout", "0.5")
+    assert dead.returncode == 1
+    assert dead.stdout.strip() == f"unhealthy: no reply from {dead_endpoint} within 0.5s"
+
+    bad = cli("health", "--server", "http://nope")
+    assert bad.returncode == 1 and bad.stdout.startswith("unhealthy:")
+
+
+def test_health_reports_a_server_that_dies(start_server):
+    srv = start_server()
+    assert cli("health", "--server", srv.endpoint, "--timeout", "10").returncode == 0
+    srv.kill()
+    assert cli("health", "--server", srv.endpoint, "--timeout", "0.5").returncode == 1
+
+
+def test_status_shows_vitals_and_indices(start_server, tmp_path):
+    srv = start_server("--data-dir", str(tmp_path / "data"))
+    fx.configure(server=srv.endpoint)
+    try:
+        fx.IndexFlatL2(D, name="shown").add(X[:42])
+        stats = fx.get_client().call("stats")[0]
+    finally:
+        fx.disconnect()
+    assert stats["indexes"] == [{"name": "shown", "type": "IndexFlatL2", "ntotal": 42,
+                                 "memory_bytes": stats["indexes"][0]["memory_bytes"],
+                                 "log_bytes": stats["indexes"][0]["log_bytes"]}]
+    assert stats["indexes"][0]["log_bytes"] > X[:42].nbytes  # the add is in the log
+    assert stats["durable"] and stats["fsync"] == "always" and stats["uptime_s"] > 0
+    assert stats["server"]["indexes"] == 1
+    out = cli("status", "--server", srv.endpoint)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for text in ("version", "uptime", "connections", "shown", "IndexFlatL2", "42",
+                 "fsync=always"):
+        assert text in out.stdout
+    raw = json.loads(cli("status", "--server", srv.endpoint, "--json").stdout)
+    assert raw["indexes"][0]["ntotal"] == 42
+
+
+def test_read_only_key_sees_its_tenant_only_in_status(start_server, tmp_path):
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"key": "reader-key", "tenant": "acme",
+                                          "role": "read"}]}))
+    srv = start_server("--enable-auth", "--auth-file", str(keys))
+    out = cli("status", "--server", srv.endpoint, "--api-key", "reader-key", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    stats = json.loads(out.stdout)
+    assert stats["tenant"] == "acme" and "server" not in stats
+
+
+def test_metrics_are_off_unless_asked(start_server):
+    srv = start_server()
+    fx.configure(server=srv.endpoint)
+    try:
+        assert fx.get_client().call("stats")[0]["metrics_port"] is None
+    finally:
+        fx.disconnect()
+
+
+def test_metrics_port_serves_on_the_bind_address(start_server):
+    port = free_port()
+    start_server("--metrics-port", str(port))
+    with pytest.raises(OSError):  # bound to 127.0.0.1 only: not another local address
+        urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5)
+    assert value(scrape(port), "faissx_connections") >= 0
+
