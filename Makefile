@@ -13,7 +13,7 @@ DATA_DIR ?=
 BENCH_OUT   ?= benchmarks/out
 BENCH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/faissx-bench
 
-.PHONY: install serve test test-ray lint bench bench-ray bench-peers clean faiss-suite
+.PHONY: install serve test test-ray lint bench bench-ray bench-peers clean faiss-suite docker docker-test
 
 # The recipe runs under the lock and checks again inside it: whoever waited finds the stamp
 # newer than pyproject.toml and installs nothing.
@@ -48,6 +48,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy faissx_core faissx_client faissx_plugins faissx
+	$(BIN)/hadolint Dockerfile
+
+# The image: `make docker` builds it; `make docker-test` builds it and runs it and the compose
+# file with a real engine (tests/test_docker.py). DOCKER_BASE replaces python:3.11-slim where no
+# registry is reachable (a local Debian image with python3; see README.md, "Docker").
+DOCKER_BASE ?=
+docker:
+	docker build $(if $(DOCKER_BASE),--build-arg BASE=$(DOCKER_BASE)) -t faissx:latest .
+
+docker-test: $(STAMP)
+	FAISSX_TEST_DOCKER=1 FAISSX_DOCKER_BASE=$(DOCKER_BASE) $(BIN)/pytest -q tests/test_docker.py
 
 bench: $(STAMP)
 	flock $(LOCK) $(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Entry point of the FAISSx image (also runs outside a container: tests/test_docker.py).
 #
-#   (no arguments) or --flags...   faissx serve [--flags...]   the server, as PID 1's child
+#   (no arguments) or --flags...   faissx serve [--flags...]   (--version, --help: faissx's own)
 #   serve|health|status|indexes|snapshot|backup|restore|plugins|keys ...   faissx <that> ...
 #   anything else                  run it as given (e.g. sh)
 #
@@ -35,6 +35,9 @@ check_serve() {
     esac
 }
 
+case "${1:-}" in
+    --version|--help) exec faissx "$@" ;;
+esac
 if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ]; then
     set -- serve "$@"
 fi
@@ -49,7 +52,7 @@ case "$1" in
         : "${FAISSX_SERVER:=tcp://127.0.0.1:${FAISSX_PORT}}"
         export FAISSX_SERVER
         exec faissx "$@" ;;
-    backup|restore|plugins|keys|--version)
+    backup|restore|plugins|keys)
         exec faissx "$@" ;;
     *)
         exec "$@" ;;
