@@ -56,10 +56,20 @@ def probe(settings: ClientSettings, timeout: float) -> tuple[bool, str]:
 
 
 @click.command("health")
-@click.option("--server", envvar="FAISSX_SERVER", default="tcp://localhost:45678",
-              show_default=True, help="Server endpoint.")
-@click.option("--timeout", type=float, default=3.0, show_default=True,
-              help="Seconds to wait for the answer (one attempt, no retries).")
+@click.option(
+    "--server",
+    envvar="FAISSX_SERVER",
+    default="tcp://localhost:45678",
+    show_default=True,
+    help="Server endpoint.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=3.0,
+    show_default=True,
+    help="Seconds to wait for the answer (one attempt, no retries).",
+)
 def health_cmd(server: str, timeout: float) -> None:
     """Exit 0 if the server answers a ping within TIMEOUT, else 1 (for container probes)."""
     try:
@@ -75,8 +85,9 @@ def health_cmd(server: str, timeout: float) -> None:
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw stats as JSON.")
 @_connection
-def status_cmd(as_json: bool, server: str, api_key: str | None, tenant: str | None,
-               timeout: float) -> None:
+def status_cmd(
+    as_json: bool, server: str, api_key: str | None, tenant: str | None, timeout: float
+) -> None:
     """The server's uptime, version, connections, indices, memory and log sizes."""
     with connect(server, api_key, tenant, timeout) as client:
         stats = client.call("stats")[0]
@@ -91,32 +102,46 @@ def status_cmd(as_json: bool, server: str, api_key: str | None, tenant: str | No
     rows = [
         ("version", stats["version"]),
         ("uptime", _duration(stats["uptime_s"])),
-        ("connections", f"{stats['connections']} open, {stats['connections_accepted']} "
-                        "since start"),
+        (
+            "connections",
+            f"{stats['connections']} open, {stats['connections_accepted']} since start",
+        ),
         ("workers", str(stats["workers"])),
-        ("durability", f"data dir, fsync={stats['fsync']}" if stats["durable"]
-         else "in memory"),
-        ("metrics", f"port {stats['metrics_port']}" if stats["metrics_port"] is not None
-         else "off"),
+        ("durability", f"data dir, fsync={stats['fsync']}" if stats["durable"] else "in memory"),
+        (
+            "metrics",
+            f"port {stats['metrics_port']}" if stats["metrics_port"] is not None else "off",
+        ),
         ("tenant", stats["tenant"]),
-        ("tenant memory", _bytes(stats["memory_bytes"])
-         + (f" (server limit {_bytes(limit)})" if limit else "")),
+        (
+            "tenant memory",
+            _bytes(stats["memory_bytes"]) + (f" (server limit {_bytes(limit)})" if limit else ""),
+        ),
     ]
     if "server" in stats:
-        rows.append(("all tenants", f"{stats['server']['indexes']} indices, "
-                                    f"{_bytes(stats['server']['memory_bytes'])}"))
+        rows.append(
+            (
+                "all tenants",
+                f"{stats['server']['indexes']} indices, {_bytes(stats['server']['memory_bytes'])}",
+            )
+        )
     for what, value in rows:
         vitals.add_row(what, value)
     console.print(vitals)
     indexes = Table(title=f"indices of tenant {stats['tenant']}")
     for column in ("name", "type", "vectors", "memory", "log"):
-        indexes.add_column(column, justify="right" if column in ("vectors", "memory", "log")
-                           else "left")
+        indexes.add_column(
+            column, justify="right" if column in ("vectors", "memory", "log") else "left"
+        )
     for info in stats["indexes"]:
         log_bytes = info.get("log_bytes")
-        indexes.add_row(info["name"], info["type"], f"{info['ntotal']:,}",
-                        _bytes(info["memory_bytes"]),
-                        "-" if log_bytes is None else _bytes(log_bytes))
+        indexes.add_row(
+            info["name"],
+            info["type"],
+            f"{info['ntotal']:,}",
+            _bytes(info["memory_bytes"]),
+            "-" if log_bytes is None else _bytes(log_bytes),
+        )
     console.print(indexes)
 
 

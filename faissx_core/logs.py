@@ -26,7 +26,10 @@ from faissx_core.messages import request_id_text
 REQUESTS = "faissx.requests"
 #: LogRecord attributes that are not fields a caller added with ``extra=``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
-    "message", "asctime", "taskName"}
+    "message",
+    "asctime",
+    "taskName",
+}
 
 
 def setup(level: str, fmt: str = "text", requests: str = "errors") -> None:
@@ -72,19 +75,34 @@ class RequestLog:
 
     def __call__(self, event: Any) -> None:
         ok = event.outcome == "ok"
-        level = logging.INFO if ok else (
-            logging.ERROR if event.outcome == "internal" else logging.WARNING)
+        level = (
+            logging.INFO
+            if ok
+            else (logging.ERROR if event.outcome == "internal" else logging.WARNING)
+        )
         if not self.logger.isEnabledFor(level):  # cheap: logging caches this per level
             return
         fields = {
-            "request_id": request_id_text(event.request_id), "tenant": event.tenant,
-            "op": event.op, "index": event.index, "outcome": event.outcome,
-            "duration_ms": round(event.duration_s * 1000, 3), "bytes_in": event.bytes_in,
+            "request_id": request_id_text(event.request_id),
+            "tenant": event.tenant,
+            "op": event.op,
+            "index": event.index,
+            "outcome": event.outcome,
+            "duration_ms": round(event.duration_s * 1000, 3),
+            "bytes_in": event.bytes_in,
             "bytes_out": event.bytes_out,
         }
         if event.deduplicated:
             fields["deduplicated"] = True
         target = f" {event.index!r}" if event.index else ""
-        self.logger.log(level, "%s%s -> %s in %.2f ms [%s] tenant=%s", event.op, target,
-                        event.outcome, fields["duration_ms"], fields["request_id"],
-                        event.tenant or "-", extra=fields)
+        self.logger.log(
+            level,
+            "%s%s -> %s in %.2f ms [%s] tenant=%s",
+            event.op,
+            target,
+            event.outcome,
+            fields["duration_ms"],
+            fields["request_id"],
+            event.tenant or "-",
+            extra=fields,
+        )

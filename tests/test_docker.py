@@ -33,8 +33,13 @@ def entrypoint_env(**extra: str) -> dict[str, str]:
 
 
 def run_entrypoint(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", str(ENTRYPOINT), *args], capture_output=True, text=True,
-                          timeout=timeout, env=entrypoint_env(**env))
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=entrypoint_env(**env),
+    )
 
 
 def test_entrypoint_serves_with_the_seeds_environment(tmp_path):
@@ -43,9 +48,13 @@ def test_entrypoint_serves_with_the_seeds_environment(tmp_path):
     keys = tmp_path / "auth.json"
     keys.write_text(json.dumps({"entry-key": "tenant1"}))
     data = tmp_path / "data"
-    env = entrypoint_env(FAISSX_BIND_ADDRESS="127.0.0.1", FAISSX_PORT=str(port),
-                         FAISSX_DATA_DIR=str(data), FAISSX_AUTH_FILE=str(keys),
-                         FAISSX_ENABLE_AUTH="true")
+    env = entrypoint_env(
+        FAISSX_BIND_ADDRESS="127.0.0.1",
+        FAISSX_PORT=str(port),
+        FAISSX_DATA_DIR=str(data),
+        FAISSX_AUTH_FILE=str(keys),
+        FAISSX_ENABLE_AUTH="true",
+    )
     log = (tmp_path / "server.log").open("wb")
     proc = subprocess.Popen(["sh", str(ENTRYPOINT)], env=env, stdout=log, stderr=log)
     try:
@@ -58,8 +67,9 @@ def test_entrypoint_serves_with_the_seeds_environment(tmp_path):
         # auth is on: status without the key is refused, with it shows the tenant
         refused = run_entrypoint("status", FAISSX_PORT=str(port))
         assert refused.returncode != 0
-        status = run_entrypoint("status", "--json", FAISSX_PORT=str(port),
-                                FAISSX_API_KEY="entry-key")
+        status = run_entrypoint(
+            "status", "--json", FAISSX_PORT=str(port), FAISSX_API_KEY="entry-key"
+        )
         assert status.returncode == 0, status.stdout + status.stderr
         stats = json.loads(status.stdout)
         assert stats["tenant"] == "tenant1" and stats["durable"]
@@ -77,8 +87,11 @@ def test_entrypoint_serves_with_the_seeds_environment(tmp_path):
 def test_entrypoint_refuses_an_unusable_data_dir(tmp_path):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    out = run_entrypoint(FAISSX_DATA_DIR=str(not_a_dir), FAISSX_BIND_ADDRESS="127.0.0.1",
-                         FAISSX_PORT=str(free_port()))
+    out = run_entrypoint(
+        FAISSX_DATA_DIR=str(not_a_dir),
+        FAISSX_BIND_ADDRESS="127.0.0.1",
+        FAISSX_PORT=str(free_port()),
+    )
     assert out.returncode == 64
     assert f"FAISSX_DATA_DIR={not_a_dir} is not a directory" in out.stderr
 
@@ -102,6 +115,7 @@ def test_dockerfile_is_lint_clean():
 
 
 # -- the image, built and run by a real engine (make docker-test) -----------------------------
+
 
 def _engine() -> str | None:
     """Why the image test cannot run here, or None when it can."""
@@ -152,9 +166,24 @@ def test_image_runs_as_non_root_and_reports_healthy(image, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     os.chown(data, 10001, 10001)
-    _docker("run", "-d", "--init", "--network", "host", "--name", name, "-v", f"{data}:/data",
-            "-e", "FAISSX_BIND_ADDRESS=127.0.0.1", "-e", f"FAISSX_PORT={port}",
-            "-e", "FAISSX_DATA_DIR=/data", image)
+    _docker(
+        "run",
+        "-d",
+        "--init",
+        "--network",
+        "host",
+        "--name",
+        name,
+        "-v",
+        f"{data}:/data",
+        "-e",
+        "FAISSX_BIND_ADDRESS=127.0.0.1",
+        "-e",
+        f"FAISSX_PORT={port}",
+        "-e",
+        "FAISSX_DATA_DIR=/data",
+        image,
+    )
     try:
         assert _wait_healthy(name) == "healthy", _docker("logs", name).stderr
         assert _docker("exec", name, "id", "-u").stdout.strip() == "10001"
@@ -162,8 +191,7 @@ def test_image_runs_as_non_root_and_reports_healthy(image, tmp_path):
 
         faiss.configure(server=f"tcp://127.0.0.1:{port}")
         try:
-            faiss.IndexFlatL2(4, name="in-docker").add(
-                __import__("numpy").eye(4, dtype="float32"))
+            faiss.IndexFlatL2(4, name="in-docker").add(__import__("numpy").eye(4, dtype="float32"))
         finally:
             faiss.disconnect()
         started = time.monotonic()
@@ -182,8 +210,12 @@ def test_compose_file_runs_the_seeds_setup(image, tmp_path):
     auth = tmp_path / "auth.json"
     auth.write_text(json.dumps({"compose-key": "tenant1"}))
     auth.chmod(0o644)
-    env = {**os.environ, "FAISSX_TEST_DATA": str(data), "FAISSX_TEST_AUTH": str(auth),
-           "FAISSX_TEST_PORT": str(port)}
+    env = {
+        **os.environ,
+        "FAISSX_TEST_DATA": str(data),
+        "FAISSX_TEST_AUTH": str(auth),
+        "FAISSX_TEST_PORT": str(port),
+    }
     project = f"faissxtest{uuid.uuid4().hex[:8]}"
     # The seed's file as is, less its published ports: with no bridge on this engine the
     # service runs on the host's network, where Compose v1 refuses port bindings (an
@@ -191,22 +223,44 @@ def test_compose_file_runs_the_seeds_setup(image, tmp_path):
     lines = (ROOT / "docker-compose.yml").read_text().splitlines()
     at = lines.index("    ports:")
     assert lines[at + 1].strip().startswith("- ") and not lines[at + 2].strip().startswith("- ")
-    (tmp_path / "compose.yml").write_text("\n".join(lines[:at] + lines[at + 2:]) + "\n")
-    compose = ["docker-compose", "-p", project, "--project-directory", str(ROOT),
-               "-f", str(tmp_path / "compose.yml"),
-               "-f", str(ROOT / "docker" / "compose.host-network.yml")]
-    up = subprocess.run([*compose, "up", "-d", "--build"], capture_output=True, text=True,
-                        env=env, timeout=900, cwd=ROOT)
+    (tmp_path / "compose.yml").write_text("\n".join(lines[:at] + lines[at + 2 :]) + "\n")
+    compose = [
+        "docker-compose",
+        "-p",
+        project,
+        "--project-directory",
+        str(ROOT),
+        "-f",
+        str(tmp_path / "compose.yml"),
+        "-f",
+        str(ROOT / "docker" / "compose.host-network.yml"),
+    ]
+    up = subprocess.run(
+        [*compose, "up", "-d", "--build"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=ROOT,
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         container = f"{project}_faissx_1"
         assert _wait_healthy(container) == "healthy"
-        status = _docker("exec", "-e", "FAISSX_API_KEY=compose-key", container,
-                         "faissx-entrypoint", "status", "--json")
+        status = _docker(
+            "exec",
+            "-e",
+            "FAISSX_API_KEY=compose-key",
+            container,
+            "faissx-entrypoint",
+            "status",
+            "--json",
+        )
         stats = json.loads(status.stdout)
         assert stats["tenant"] == "tenant1" and stats["durable"]
         refused = _docker("exec", container, "faissx-entrypoint", "status", check=False)
         assert refused.returncode != 0  # FAISSX_ENABLE_AUTH=true: no key, no answer
     finally:
-        subprocess.run([*compose, "down", "-v"], capture_output=True, env=env, timeout=120,
-                       cwd=ROOT)
+        subprocess.run(
+            [*compose, "down", "-v"], capture_output=True, env=env, timeout=120, cwd=ROOT
+        )

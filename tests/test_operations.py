@@ -38,16 +38,29 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(FAISSX), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**server_env(), "COLUMNS": "200"})
+    return subprocess.run(
+        [str(FAISSX), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**server_env(), "COLUMNS": "200"},
+    )
 
 
 @pytest.fixture
 def observed(start_server, tmp_path):
     """A durable server with metrics on, every request logged as JSON."""
     metrics_port = free_port()
-    srv = start_server("--data-dir", str(tmp_path / "data"), "--metrics-port", str(metrics_port),
-                       "--log-format", "json", "--log-requests", "all")
+    srv = start_server(
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--metrics-port",
+        str(metrics_port),
+        "--log-format",
+        "json",
+        "--log-requests",
+        "all",
+    )
     srv.metrics_port = metrics_port
     return srv
 
@@ -69,10 +82,15 @@ def test_metrics_move_with_real_traffic(observed):
         fx.disconnect()
 
     t = "default"
-    assert value(after, "faissx_requests_total", op="search", outcome="ok", tenant=t) - value(
-        before, "faissx_requests_total", op="search", outcome="ok", tenant=t) == 2
-    assert value(after, "faissx_requests_total", op="search", outcome="invalid_argument",
-                 tenant=t) == 1
+    assert (
+        value(after, "faissx_requests_total", op="search", outcome="ok", tenant=t)
+        - value(before, "faissx_requests_total", op="search", outcome="ok", tenant=t)
+        == 2
+    )
+    assert (
+        value(after, "faissx_requests_total", op="search", outcome="invalid_argument", tenant=t)
+        == 1
+    )
     assert value(after, "faissx_requests_total", op="add", outcome="ok", tenant=t) == 1
     # the latency histogram counted every search, and its buckets are cumulative
     assert value(after, "faissx_request_duration_seconds_count", op="search") == 3
@@ -103,11 +121,19 @@ def test_retries_answered_by_idempotency_key_are_counted(observed):
     sock.connect(observed.endpoint)
     ids = iter(range(1, 100))
 
-    def call(op: str, args: dict | None = None, idem: str | None = None,
-             x: np.ndarray | None = None) -> dict:
+    def call(
+        op: str, args: dict | None = None, idem: str | None = None, x: np.ndarray | None = None
+    ) -> dict:
         arrays = [] if x is None else [{"name": "x", "dtype": "float32", "shape": list(x.shape)}]
-        header = {"v": 1, "id": next(ids), "op": op, "index": "dedup", "args": args or {},
-                  "idem": idem, "arrays": arrays}
+        header = {
+            "v": 1,
+            "id": next(ids),
+            "op": op,
+            "index": "dedup",
+            "args": args or {},
+            "idem": idem,
+            "arrays": arrays,
+        }
         sock.send_multipart([msgpack.packb(header), *([] if x is None else [x])])
         assert sock.poll(30_000), "no reply"
         return msgpack.unpackb(sock.recv_multipart()[0])
@@ -129,8 +155,9 @@ def test_json_request_log_names_each_request_and_never_a_key(start_server, tmp_p
     keys = tmp_path / "keys.json"
     secret = "sk-very-secret-" + uuid.uuid4().hex
     keys.write_text(json.dumps({secret: "acme"}))
-    srv = start_server("--enable-auth", "--auth-file", str(keys), "--log-format", "json",
-                       "--log-requests", "all")
+    srv = start_server(
+        "--enable-auth", "--auth-file", str(keys), "--log-format", "json", "--log-requests", "all"
+    )
     fx.configure(server=srv.endpoint, api_key=secret)
     try:
         index = fx.IndexFlatL2(D, name="logged")
@@ -145,8 +172,7 @@ def test_json_request_log_names_each_request_and_never_a_key(start_server, tmp_p
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # the log line follows the reply
-        lines = [json.loads(line) for line in srv.output().splitlines()
-                 if line.startswith("{")]
+        lines = [json.loads(line) for line in srv.output().splitlines() if line.startswith("{")]
         requests = [e for e in lines if e["logger"] == "faissx.requests"]
         if any(e["request_id"] == error.request_id for e in requests):
             break
@@ -191,16 +217,21 @@ def test_status_shows_vitals_and_indices(start_server, tmp_path):
         stats = fx.get_client().call("stats")[0]
     finally:
         fx.disconnect()
-    assert stats["indexes"] == [{"name": "shown", "type": "IndexFlatL2", "ntotal": 42,
-                                 "memory_bytes": stats["indexes"][0]["memory_bytes"],
-                                 "log_bytes": stats["indexes"][0]["log_bytes"]}]
+    assert stats["indexes"] == [
+        {
+            "name": "shown",
+            "type": "IndexFlatL2",
+            "ntotal": 42,
+            "memory_bytes": stats["indexes"][0]["memory_bytes"],
+            "log_bytes": stats["indexes"][0]["log_bytes"],
+        }
+    ]
     assert stats["indexes"][0]["log_bytes"] > X[:42].nbytes  # the add is in the log
     assert stats["durable"] and stats["fsync"] == "always" and stats["uptime_s"] > 0
     assert stats["server"]["indexes"] == 1
     out = cli("status", "--server", srv.endpoint)
     assert out.returncode == 0, out.stdout + out.stderr
-    for text in ("version", "uptime", "connections", "shown", "IndexFlatL2", "42",
-                 "fsync=always"):
+    for text in ("version", "uptime", "connections", "shown", "IndexFlatL2", "42", "fsync=always"):
         assert text in out.stdout
     raw = json.loads(cli("status", "--server", srv.endpoint, "--json").stdout)
     assert raw["indexes"][0]["ntotal"] == 42
@@ -208,8 +239,7 @@ def test_status_shows_vitals_and_indices(start_server, tmp_path):
 
 def test_read_only_key_sees_its_tenant_only_in_status(start_server, tmp_path):
     keys = tmp_path / "keys.json"
-    keys.write_text(json.dumps({"keys": [{"key": "reader-key", "tenant": "acme",
-                                          "role": "read"}]}))
+    keys.write_text(json.dumps({"keys": [{"key": "reader-key", "tenant": "acme", "role": "read"}]}))
     srv = start_server("--enable-auth", "--auth-file", str(keys))
     out = cli("status", "--server", srv.endpoint, "--api-key", "reader-key", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -232,4 +262,3 @@ def test_metrics_port_serves_on_the_bind_address(start_server):
     with pytest.raises(OSError):  # bound to 127.0.0.1 only: not another local address
         urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5)
     assert value(scrape(port), "faissx_connections") >= 0
-

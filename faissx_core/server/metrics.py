@@ -37,11 +37,45 @@ from faissx_core.server.pipeline import RequestEvent
 
 #: Request latency buckets (seconds): a small search is tens of microseconds, a large train
 #: or import can take minutes.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
 #: fsync of a log: from a page-cache flush (tens of microseconds) to a slow disk (a second).
-FSYNC_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                 0.1, 0.25, 0.5, 1.0, 2.5)
+FSYNC_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 SNAPSHOT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -52,27 +86,55 @@ class Metrics:
         self.started = time.time()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("faissx_requests", "Requests answered, by operation, outcome "
-                                "(ok or the error code) and tenant.",
-                                ["op", "outcome", "tenant"], registry=r)
-        self.latency = Histogram("faissx_request_duration_seconds", "Seconds from a request's "
-                                 "arrival to its reply, by operation.", ["op"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.bytes_in = Counter("faissx_request_bytes", "Bytes received in requests (header "
-                                "and arrays), by operation and tenant.", ["op", "tenant"],
-                                registry=r)
-        self.bytes_out = Counter("faissx_response_bytes", "Bytes sent in replies, by operation "
-                                 "and tenant.", ["op", "tenant"], registry=r)
-        self.deduplicated = Counter("faissx_requests_deduplicated", "Retried writes answered "
-                                    "from the idempotency table instead of being applied again.",
-                                    ["op", "tenant"], registry=r)
-        self.fsync = Histogram("faissx_wal_fsync_duration_seconds", "Seconds one fsync of a "
-                               "write-ahead log took.", buckets=FSYNC_BUCKETS, registry=r)
-        self.snapshots = Counter("faissx_snapshots", "Snapshots written, by outcome (ok, "
-                                 "failed).", ["outcome"], registry=r)
-        self.snapshot_time = Histogram("faissx_snapshot_duration_seconds", "Seconds one "
-                                       "snapshot (write, fsync, rename, commit) took.",
-                                       buckets=SNAPSHOT_BUCKETS, registry=r)
+        self.requests = Counter(
+            "faissx_requests",
+            "Requests answered, by operation, outcome (ok or the error code) and tenant.",
+            ["op", "outcome", "tenant"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "faissx_request_duration_seconds",
+            "Seconds from a request's arrival to its reply, by operation.",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.bytes_in = Counter(
+            "faissx_request_bytes",
+            "Bytes received in requests (header and arrays), by operation and tenant.",
+            ["op", "tenant"],
+            registry=r,
+        )
+        self.bytes_out = Counter(
+            "faissx_response_bytes",
+            "Bytes sent in replies, by operation and tenant.",
+            ["op", "tenant"],
+            registry=r,
+        )
+        self.deduplicated = Counter(
+            "faissx_requests_deduplicated",
+            "Retried writes answered from the idempotency table instead of being applied again.",
+            ["op", "tenant"],
+            registry=r,
+        )
+        self.fsync = Histogram(
+            "faissx_wal_fsync_duration_seconds",
+            "Seconds one fsync of a write-ahead log took.",
+            buckets=FSYNC_BUCKETS,
+            registry=r,
+        )
+        self.snapshots = Counter(
+            "faissx_snapshots",
+            "Snapshots written, by outcome (ok, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.snapshot_time = Histogram(
+            "faissx_snapshot_duration_seconds",
+            "Seconds one snapshot (write, fsync, rename, commit) took.",
+            buckets=SNAPSHOT_BUCKETS,
+            registry=r,
+        )
         self.connections = Connections()
         self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self._mutex = threading.Lock()
@@ -87,12 +149,15 @@ class Metrics:
         children = self._children.get(key)
         if children is None:
             with self._mutex:
-                children = self._children.setdefault(key, (
-                    self.requests.labels(event.op, event.outcome, tenant),
-                    self.latency.labels(event.op),
-                    self.bytes_in.labels(event.op, tenant),
-                    self.bytes_out.labels(event.op, tenant),
-                ))
+                children = self._children.setdefault(
+                    key,
+                    (
+                        self.requests.labels(event.op, event.outcome, tenant),
+                        self.latency.labels(event.op),
+                        self.bytes_in.labels(event.op, tenant),
+                        self.bytes_out.labels(event.op, tenant),
+                    ),
+                )
         count, latency, bytes_in, bytes_out = children
         count.inc()
         latency.observe(event.duration_s)
@@ -148,8 +213,9 @@ class Connections:
     def watch(self, router: zmq.Socket) -> None:
         """Start counting ``router``'s connections (call on the thread that owns ``router``)."""
         monitor = router.get_monitor_socket(self.EVENTS)
-        self._thread = threading.Thread(target=self._run, args=(monitor,), daemon=True,
-                                        name="faissx-connections")
+        self._thread = threading.Thread(
+            target=self._run, args=(monitor,), daemon=True, name="faissx-connections"
+        )
         self._thread.start()
 
     def _run(self, monitor: zmq.Socket) -> None:
@@ -192,37 +258,57 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         m = self.metrics
-        info = GaugeMetricFamily("faissx_build_info", "The server's version (always 1).",
-                                 labels=["version"])
+        info = GaugeMetricFamily(
+            "faissx_build_info", "The server's version (always 1).", labels=["version"]
+        )
         info.add_metric([__version__], 1)
         yield info
-        yield GaugeMetricFamily("faissx_start_time_seconds", "Unix time the server started.",
-                                value=m.started)
-        yield GaugeMetricFamily("faissx_connections", "Client connections open now.",
-                                value=m.connections.open)
-        yield CounterMetricFamily("faissx_connections_accepted", "Client connections accepted "
-                                  "since start.", value=m.connections.accepted)
+        yield GaugeMetricFamily(
+            "faissx_start_time_seconds", "Unix time the server started.", value=m.started
+        )
+        yield GaugeMetricFamily(
+            "faissx_connections", "Client connections open now.", value=m.connections.open
+        )
+        yield CounterMetricFamily(
+            "faissx_connections_accepted",
+            "Client connections accepted since start.",
+            value=m.connections.accepted,
+        )
         yield from index_families(self.backend)
         if self.idempotency is not None:
-            yield GaugeMetricFamily("faissx_idempotency_keys", "Idempotency keys remembered "
-                                    "(recent writes a retry would be answered from).",
-                                    value=len(self.idempotency))
+            yield GaugeMetricFamily(
+                "faissx_idempotency_keys",
+                "Idempotency keys remembered (recent writes a retry would be answered from).",
+                value=len(self.idempotency),
+            )
 
 
 def index_families(backend: Any) -> Iterator[Any]:
     """Per index and per tenant: vectors, bytes held, log bytes; the memory limit if set."""
-    vectors = GaugeMetricFamily("faissx_index_vectors", "Vectors in a named index.",
-                                labels=["tenant", "index"])
-    memory = GaugeMetricFamily("faissx_index_memory_bytes", "Bytes a named index holds "
-                               "(as last measured after a write).", labels=["tenant", "index"])
-    wal = GaugeMetricFamily("faissx_wal_bytes", "Bytes in a durable index's write-ahead log "
-                            "since its last snapshot.", labels=["tenant", "index"])
-    indices = GaugeMetricFamily("faissx_tenant_indices", "Indices of a tenant, named and "
-                                "unnamed.", labels=["tenant"])
-    t_vectors = GaugeMetricFamily("faissx_tenant_vectors", "Vectors in all of a tenant's "
-                                  "indices, unnamed ones included.", labels=["tenant"])
-    t_memory = GaugeMetricFamily("faissx_tenant_memory_bytes", "Bytes all of a tenant's "
-                                 "indices hold.", labels=["tenant"])
+    vectors = GaugeMetricFamily(
+        "faissx_index_vectors", "Vectors in a named index.", labels=["tenant", "index"]
+    )
+    memory = GaugeMetricFamily(
+        "faissx_index_memory_bytes",
+        "Bytes a named index holds (as last measured after a write).",
+        labels=["tenant", "index"],
+    )
+    wal = GaugeMetricFamily(
+        "faissx_wal_bytes",
+        "Bytes in a durable index's write-ahead log since its last snapshot.",
+        labels=["tenant", "index"],
+    )
+    indices = GaugeMetricFamily(
+        "faissx_tenant_indices", "Indices of a tenant, named and unnamed.", labels=["tenant"]
+    )
+    t_vectors = GaugeMetricFamily(
+        "faissx_tenant_vectors",
+        "Vectors in all of a tenant's indices, unnamed ones included.",
+        labels=["tenant"],
+    )
+    t_memory = GaugeMetricFamily(
+        "faissx_tenant_memory_bytes", "Bytes all of a tenant's indices hold.", labels=["tenant"]
+    )
     per_tenant: dict[str, list[int]] = {}
     store = backend.store
     for managed in backend:
@@ -244,6 +330,8 @@ def index_families(backend: Any) -> Iterator[Any]:
         t_memory.add_metric([tenant], nbytes)
     yield from (vectors, memory, wal, indices, t_vectors, t_memory)
     if backend.max_memory_bytes is not None:
-        yield GaugeMetricFamily("faissx_memory_limit_bytes", "--max-memory: bytes all indices "
-                                "together may hold.", value=backend.max_memory_bytes)
-
+        yield GaugeMetricFamily(
+            "faissx_memory_limit_bytes",
+            "--max-memory: bytes all indices together may hold.",
+            value=backend.max_memory_bytes,
+        )
