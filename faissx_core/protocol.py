@@ -60,13 +60,12 @@ def encode(header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None = Non
     return frames
 
 
-def send(socket: Any, frames: list[Any], flags: int = 0) -> int:
-    """Send a message's frames: by reference when large, copied when small; returns its bytes."""
+def send(socket: Any, frames: list[Any], flags: int = 0) -> None:
+    """Send a message's frames: by reference when large, copied when small."""
     size = 0
     for frame in frames:  # inline: this runs for every reply
         size += frame.nbytes if isinstance(frame, _SIZED) else len(frame)
     socket.send_multipart(frames, flags=flags, copy=size < COPY_BELOW)
-    return size
 
 
 def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
