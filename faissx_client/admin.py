@@ -20,6 +20,7 @@ from rich.table import Table
 from faissx_client.client import Client
 from faissx_client.settings import ClientSettings
 from faissx_core.errors import FaissxError
+from faissx_core.progress import progress
 
 console = Console()
 
@@ -111,7 +112,12 @@ def snapshot_cmd(name: str | None, server: str, api_key: str | None, tenant: str
                  timeout: float) -> None:
     """Snapshot index NAME (or every named index of the tenant) and empty its log."""
     with connect(server, api_key, tenant, timeout) as client:
-        done = client.call("snapshot", name)[0]["snapshotted"]
+        names = [name] if name else [i["name"] for i in client.call("list")[0]["indexes"]]
+        done = []
+        with progress("snapshot", len(names), "indices") as steps:
+            for each in names:  # one request per index: progress between them
+                done += client.call("snapshot", each)[0]["snapshotted"]
+                steps.advance(1, each)
     console.print(f"snapshotted: {', '.join(done) or 'nothing'}")
 
 
@@ -122,8 +128,10 @@ def snapshot_cmd(name: str | None, server: str, api_key: str | None, tenant: str
 def export_cmd(name: str, path: Path, server: str, api_key: str | None, tenant: str | None,
                timeout: float) -> None:
     """Write index NAME to PATH as a faiss file (``faiss.read_index`` opens it)."""
-    with connect(server, api_key, tenant, timeout) as client:
+    with connect(server, api_key, tenant, timeout) as client, progress(
+            f"export {name}", None, "bytes") as steps:
         data = client.call("serialize", name)[1]["data"]
+        steps.advance(data.nbytes, "received")
     path.write_bytes(data.tobytes())
     console.print(f"wrote {name} ({data.nbytes} bytes) to {path}")
 
@@ -151,8 +159,9 @@ def import_cmd(path: Path, name: str, server: str, api_key: str | None, tenant: 
     if not is_faiss_file(data):  # refuse what faiss itself cannot read before sending it
         raise click.ClickException(f"{path} is not a faiss index file (faiss.write_index "
                                    "writes one; `faissx indexes export` too)")
-    with connect(server, api_key, tenant, timeout) as client:
-        info = client.upload(name, data, ephemeral=False)
+    with connect(server, api_key, tenant, timeout) as client, progress(
+            f"import {name}", data.nbytes, "bytes") as steps:
+        info = client.upload(name, data, ephemeral=False, sent=lambda n: steps.advance(n))
     console.print(f"imported {path} as {name}: {info['faiss_class']}, {info['ntotal']} vectors")
     for line in info.get("warnings") or ():
         console.print(f"warning: {line}")

@@ -51,19 +51,27 @@ class Client:
         return min(UPLOAD_PART, limit * 3 // 4) if limit else UPLOAD_PART
 
     def upload(self, name: str, data: np.ndarray, ephemeral: bool,
-               spec: dict[str, Any] | None = None) -> dict[str, Any]:
+               spec: dict[str, Any] | None = None,
+               sent: Callable[[int], None] | None = None) -> dict[str, Any]:
         """``import`` faiss bytes as index ``name``, in parts when they exceed one message
-        (the server assembles them: faissx_core/server/uploads.py); the new index's info."""
+        (the server assembles them: faissx_core/server/uploads.py); the new index's info.
+        ``sent(n)`` is told the bytes of each part the server has acknowledged."""
         args: dict[str, Any] = {"ephemeral": ephemeral}
         if spec is not None:
             args["spec"] = spec
         total, part = int(data.nbytes), max(1, self.part_bytes())
         if total <= part:
-            return self.call("import", name, args, {"data": data})[0]
+            info = self.call("import", name, args, {"data": data})[0]
+            if sent is not None:
+                sent(total)
+            return info
         info: dict[str, Any] = {}
         for offset in range(0, total, part):
+            chunk = data[offset:offset + part]
             info, _ = self.call("import", name, {**args, "offset": offset, "total": total},
-                                {"data": data[offset:offset + part]})
+                                {"data": chunk})
+            if sent is not None:
+                sent(int(chunk.nbytes))
         return info
 
     @property

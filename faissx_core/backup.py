@@ -13,23 +13,30 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from faissx_core.storage import LOCK_FILE
 
 ATTEMPTS = 5
+#: Told each index as it is copied: its ``tenant/name`` and the bytes copied for it.
+OnIndex = Callable[[str, int], None]
 
 
-def backup(data_dir: Path, dest: Path) -> list[str]:
+def index_folders(root: Path) -> list[Path]:
+    """The index directories of a data directory or backup, in the order they are copied."""
+    # a name starting with "." is a create or delete in progress, or a commit intent
+    return sorted(f for f in (root / "tenants").glob("*/*") if not f.name.startswith("."))
+
+
+def backup(data_dir: Path, dest: Path, on_index: OnIndex | None = None) -> list[str]:
     """Copy every index of ``data_dir`` into ``dest`` (which must not exist); returns them."""
     if not (data_dir / "tenants").is_dir():
         raise ValueError(f"{data_dir} is not a FAISSx data directory (no tenants/)")
     if dest.exists():
         raise ValueError(f"{dest} already exists; back up into a new directory")
     copied = []
-    for folder in sorted((data_dir / "tenants").glob("*/*")):
-        if folder.name.startswith("."):  # a create or delete in progress, or a commit intent
-            continue
+    for folder in index_folders(data_dir):
         target = dest / "tenants" / folder.parent.name / folder.name
         for _ in range(ATTEMPTS):
             try:
@@ -44,6 +51,8 @@ def backup(data_dir: Path, dest: Path) -> list[str]:
                 break
         else:
             raise RuntimeError(f"{folder} kept changing generation; try again")
+        if on_index is not None:
+            on_index(copied[-1], _size(target))
     return copied
 
 
@@ -77,7 +86,8 @@ def _copy_index(folder: Path, target: Path) -> bool:
     return json.loads((folder / "meta.json").read_text())["generation"] == gen
 
 
-def restore(backup_dir: Path, data_dir: Path, force: bool = False) -> list[str]:
+def restore(backup_dir: Path, data_dir: Path, force: bool = False,
+            on_index: OnIndex | None = None) -> list[str]:
     """Copy a backup into ``data_dir``, which must be empty (or ``force``) and not in use."""
     if not (backup_dir / "tenants").is_dir():
         raise ValueError(f"{backup_dir} is not a FAISSx backup (no tenants/)")
@@ -86,12 +96,18 @@ def restore(backup_dir: Path, data_dir: Path, force: bool = False) -> list[str]:
     if data_dir.exists() and any(data_dir.iterdir()) and not force:
         raise ValueError(f"{data_dir} is not empty; pass --force to replace its indices")
     restored = []
-    for folder in sorted((backup_dir / "tenants").glob("*/*")):
+    for folder in index_folders(backup_dir):
         target = data_dir / "tenants" / folder.parent.name / folder.name
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(folder, target)
         restored.append(f"{folder.parent.name}/{folder.name}")
+        if on_index is not None:
+            on_index(restored[-1], _size(target))
     return restored
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
 def _locked(path: Path) -> bool:

@@ -263,10 +263,13 @@ def types_markdown(registry: object) -> str:
 @click.argument("dest", type=click.Path(path_type=Path))
 def backup_cmd(data_dir: Path, dest: Path) -> None:
     """Copy DATA_DIR's indices to DEST, consistently, even while the server runs."""
-    from faissx_core.backup import backup
+    from faissx_core.backup import backup, index_folders
+    from faissx_core.progress import progress
 
     try:
-        copied = backup(data_dir, dest)
+        with progress("backup", len(index_folders(data_dir)), "indices") as steps:
+            copied = backup(data_dir, dest, lambda name, size: steps.advance(
+                1, f"{name} ({size} bytes)"))
     except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     Console().print(f"backed up {len(copied)} index(es) to {dest}")
@@ -278,10 +281,13 @@ def backup_cmd(data_dir: Path, dest: Path) -> None:
 @click.option("--force", is_flag=True, help="Replace indices already in DATA_DIR.")
 def restore_cmd(backup_dir: Path, data_dir: Path, force: bool) -> None:
     """Copy a backup into DATA_DIR; the server using DATA_DIR must be stopped."""
-    from faissx_core.backup import restore
+    from faissx_core.backup import index_folders, restore
+    from faissx_core.progress import progress
 
     try:
-        restored = restore(backup_dir, data_dir, force)
+        with progress("restore", len(index_folders(backup_dir)), "indices") as steps:
+            restored = restore(backup_dir, data_dir, force, lambda name, size: steps.advance(
+                1, f"{name} ({size} bytes)"))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     Console().print(f"restored {len(restored)} index(es) into {data_dir}")

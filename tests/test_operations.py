@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import time
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import faissx_client as fx
 from faissx_core.errors import IndexNotFound, InvalidArgument
+from faissx_core.progress import progress
 
 from .conftest import FAISSX, free_port, server_env
 
@@ -262,3 +264,52 @@ def test_metrics_port_serves_on_the_bind_address(start_server):
     with pytest.raises(OSError):  # bound to 127.0.0.1 only: not another local address
         urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5)
     assert value(scrape(port), "faissx_connections") >= 0
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one():
+    plain = io.StringIO()
+    with progress("backup", 2, "indices", stream=plain) as steps:
+        steps.advance(1, "acme/docs")
+        steps.advance(1, "acme/faq")
+    lines = plain.getvalue().splitlines()
+    assert lines[:3] == [
+        "backup: started (2 indices)",
+        "backup: 1/2 indices acme/docs",
+        "backup: 2/2 indices acme/faq",
+    ]
+    assert lines[3].startswith("backup: done in ") and len(lines) == 4
+    assert "\x1b" not in plain.getvalue()  # no control characters in a log
+
+    term = _Terminal()
+    with progress("import docs", 1 << 20, "bytes", stream=term) as steps:
+        steps.advance(1 << 20, "sent")
+    assert "━" in term.getvalue() and "1.0/1.0 MiB" in term.getvalue()
+
+
+def test_admin_commands_report_progress(start_server, tmp_path):
+    srv = start_server("--data-dir", str(tmp_path / "data"))
+    fx.configure(server=srv.endpoint)
+    try:
+        for name in ("one", "two"):
+            fx.IndexFlatL2(D, name=name).add(X[:10])
+    finally:
+        fx.disconnect()
+    snap = cli("snapshot", "--server", srv.endpoint)
+    assert snap.returncode == 0, snap.stderr
+    assert "snapshot: 1/2 indices one" in snap.stderr
+    assert "snapshot: 2/2 indices two" in snap.stderr
+    assert "snapshotted: one, two" in snap.stdout
+    exported = tmp_path / "one.faiss"
+    out = cli("indexes", "export", "one", str(exported), "--server", srv.endpoint)
+    assert out.returncode == 0 and "export one: started" in out.stderr
+    out = cli("indexes", "import", str(exported), "three", "--server", srv.endpoint)
+    assert out.returncode == 0 and "import three: started (" in out.stderr, out.stderr
+    out = cli("backup", str(tmp_path / "data"), str(tmp_path / "bk"))
+    assert out.returncode == 0 and "backup: 3/3 indices" in out.stderr, out.stderr
+    out = cli("restore", str(tmp_path / "bk"), str(tmp_path / "restored"))
+    assert out.returncode == 0 and "restore: 3/3 indices" in out.stderr, out.stderr
