@@ -106,6 +106,7 @@ def status_cmd(
             "connections",
             f"{stats['connections']} open, {stats['connections_accepted']} since start",
         ),
+        ("requests", f"{stats['requests']:,} answered"),
         ("workers", str(stats["workers"])),
         ("durability", f"data dir, fsync={stats['fsync']}" if stats["durable"] else "in memory"),
         (

@@ -8,6 +8,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -33,6 +34,11 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+def families(port: int) -> set[str]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    return {family.name for family in text_string_to_metric_families(body.decode())}
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -115,6 +121,25 @@ def test_metrics_move_with_real_traffic(observed):
     assert value(after, "faissx_connections") >= 1
     assert value(after, "faissx_connections_accepted_total") >= 1
     assert value(after, "faissx_start_time_seconds") <= time.time()
+
+
+def test_every_metric_is_documented(start_server, tmp_path):
+    """docs/operations.md has a row for each family a busy durable server exposes."""
+    port = free_port()
+    srv = start_server(
+        "--data-dir", str(tmp_path / "data"), "--metrics-port", str(port), "--max-memory", "64"
+    )
+    fx.configure(server=srv.endpoint)
+    try:
+        fx.IndexFlatL2(D, name="documented").add(X[:10])
+        exposed = families(port)
+    finally:
+        fx.disconnect()
+    doc = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
+    rows = {line.split("`")[1] for line in doc.splitlines() if line.startswith("| `faissx_")}
+    assert len(exposed) >= 20
+    # counters are exposed as NAME_total; the parser names their family NAME
+    assert {name if name in rows else f"{name}_total" for name in exposed} == rows
 
 
 def test_retries_answered_by_idempotency_key_are_counted(observed):
@@ -230,10 +255,20 @@ def test_status_shows_vitals_and_indices(start_server, tmp_path):
     ]
     assert stats["indexes"][0]["log_bytes"] > X[:42].nbytes  # the add is in the log
     assert stats["durable"] and stats["fsync"] == "always" and stats["uptime_s"] > 0
+    assert stats["requests"] >= 3  # touch, create, add (this stats call is counted after)
     assert stats["server"]["indexes"] == 1
     out = cli("status", "--server", srv.endpoint)
     assert out.returncode == 0, out.stdout + out.stderr
-    for text in ("version", "uptime", "connections", "shown", "IndexFlatL2", "42", "fsync=always"):
+    for text in (
+        "version",
+        "uptime",
+        "connections",
+        "answered",
+        "shown",
+        "IndexFlatL2",
+        "42",
+        "fsync=always",
+    ):
         assert text in out.stdout
     raw = json.loads(cli("status", "--server", srv.endpoint, "--json").stdout)
     assert raw["indexes"][0]["ntotal"] == 42

@@ -560,6 +560,7 @@ class Server:
             "version": __version__, "uptime_s": round(self.metrics.uptime(), 3),
             "connections": self.metrics.connections.open,
             "connections_accepted": self.metrics.connections.accepted,
+            "requests": self.metrics.requests.total(),
             "workers": self.settings.workers, "durable": store is not None,
             "fsync": self.settings.fsync if store else None,
             "metrics_port": self.settings.metrics_port, "tenant": principal.tenant,

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import zmq
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -92,27 +92,11 @@ class Metrics:
         self.started = time.time()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.fsync = Histogram(
-            "faissx_wal_fsync_duration_seconds",
-            "Seconds one fsync of a write-ahead log took.",
-            buckets=FSYNC_BUCKETS,
-            registry=r,
-        )
-        self.snapshots = Counter(
-            "faissx_snapshots",
-            "Snapshots written, by outcome (ok, failed).",
-            ["outcome"],
-            registry=r,
-        )
-        self.snapshot_time = Histogram(
-            "faissx_snapshot_duration_seconds",
-            "Seconds one snapshot (write, fsync, rename, commit) took.",
-            buckets=SNAPSHOT_BUCKETS,
-            registry=r,
-        )
         self.connections = Connections()
         self.requests = RequestCounts()
+        self.storage = StorageCounts()
         r.register(self.requests)
+        r.register(self.storage)
         r.register(_StateCollector(self, backend, idempotency))
         self._http: Any = None
 
@@ -123,13 +107,8 @@ class Metrics:
 
     # -- storage -----------------------------------------------------------------------------
     def storage_timing(self, what: str, seconds: float, ok: bool = True) -> None:
-        """``what`` is ``"fsync"`` or ``"snapshot"``; called by the store as they finish."""
-        if what == "fsync":
-            self.fsync.observe(seconds)
-        elif what == "snapshot":
-            self.snapshots.labels("ok" if ok else "failed").inc()
-            if ok:
-                self.snapshot_time.observe(seconds)
+        """``what`` is ``"fsync"`` or ``"snapshot"``; called by the store as each finishes."""
+        self.storage.add(what, seconds, ok)
 
     # -- serving -----------------------------------------------------------------------------
     def serve(self, address: str, port: int) -> int:
@@ -231,11 +210,7 @@ class RequestCounts(Collector):
             labels=["op"],
         )
         for op, values in sorted(latency.items()):
-            cumulative, buckets = 0, []
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), values[:-1], strict=True):
-                cumulative += count
-                buckets.append((floatToGoString(bound), cumulative))
-            histogram.add_metric([op], buckets, values[-1])
+            histogram.add_metric([op], _cumulative(LATENCY_BUCKETS, values), values[-1])
         dedup = CounterMetricFamily(
             "faissx_requests_deduplicated",
             "Retried writes answered from the idempotency table instead of being applied again.",
@@ -244,6 +219,63 @@ class RequestCounts(Collector):
         for labels, count in sorted(deduplicated.items()):
             dedup.add_metric(list(labels), count)
         yield from (requests, histogram, bytes_in, bytes_out, dedup)
+
+
+class StorageCounts(Collector):
+    """The write-ahead log's fsync latency and the snapshots, as plain numbers (see above)."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._fsync: list[float] = [0] * (len(FSYNC_BUCKETS) + 2)
+        self._snapshot_time: list[float] = [0] * (len(SNAPSHOT_BUCKETS) + 2)
+        self._snapshots = {"ok": 0, "failed": 0}
+
+    def add(self, what: str, seconds: float, ok: bool) -> None:
+        with self._mutex:
+            if what == "fsync":
+                self._fsync[bisect_left(FSYNC_BUCKETS, seconds)] += 1
+                self._fsync[-1] += seconds
+            elif what == "snapshot":
+                self._snapshots["ok" if ok else "failed"] += 1
+                if ok:
+                    self._snapshot_time[bisect_left(SNAPSHOT_BUCKETS, seconds)] += 1
+                    self._snapshot_time[-1] += seconds
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
+
+    def collect(self) -> Iterator[Any]:
+        with self._mutex:
+            fsync, snapshot_time = list(self._fsync), list(self._snapshot_time)
+            snapshots = dict(self._snapshots)
+        yield HistogramMetricFamily(
+            "faissx_wal_fsync_duration_seconds",
+            "Seconds one fsync of a write-ahead log took.",
+            buckets=_cumulative(FSYNC_BUCKETS, fsync),
+            sum_value=fsync[-1],
+        )
+        count = CounterMetricFamily(
+            "faissx_snapshots", "Snapshots written, by outcome (ok, failed).", labels=["outcome"]
+        )
+        for outcome, n in snapshots.items():
+            count.add_metric([outcome], n)
+        yield count
+        yield HistogramMetricFamily(
+            "faissx_snapshot_duration_seconds",
+            "Seconds one snapshot (write, fsync, rename, commit) took.",
+            buckets=_cumulative(SNAPSHOT_BUCKETS, snapshot_time),
+            sum_value=snapshot_time[-1],
+        )
+
+
+def _cumulative(bounds: tuple[float, ...], values: list[float]) -> list[tuple[str, float]]:
+    """Prometheus buckets (``le``, cumulative count) from per-bucket counts (last: +Inf, then
+    the sum, which is left out)."""
+    total, buckets = 0.0, []
+    for bound, count in zip((*bounds, float("inf")), values[:-1], strict=True):
+        total += count
+        buckets.append((floatToGoString(bound), total))
+    return buckets
 
 
 class Connections:
