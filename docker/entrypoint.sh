@@ -7,7 +7,8 @@
 #
 # Settings come from FAISSX_* environment variables (FAISSX_DATA_DIR, FAISSX_AUTH_FILE,
 # FAISSX_ENABLE_AUTH, FAISSX_PORT, ...; `faissx serve --help` lists them all). In a container
-# the server listens on every interface (FAISSX_BIND_ADDRESS=0.0.0.0) unless told otherwise.
+# the server listens on every interface (FAISSX_BIND_ADDRESS=0.0.0.0) unless told otherwise; the
+# server itself warns when that happens without authentication or encryption.
 set -eu
 
 : "${FAISSX_BIND_ADDRESS:=0.0.0.0}"
@@ -26,13 +27,6 @@ check_serve() {
     if [ -n "${FAISSX_AUTH_FILE:-}" ] && [ ! -r "$FAISSX_AUTH_FILE" ]; then
         fail "FAISSX_AUTH_FILE=$FAISSX_AUTH_FILE cannot be read by user $(id -u)"
     fi
-    case "${FAISSX_ENABLE_AUTH:-false}" in
-        1|true|True|TRUE|yes|on) ;;
-        *) if [ "$FAISSX_BIND_ADDRESS" = "0.0.0.0" ]; then
-               echo "faissx-entrypoint: warning: listening on every interface without" \
-                    "authentication (set FAISSX_ENABLE_AUTH=true and FAISSX_AUTH_FILE)" >&2
-           fi ;;
-    esac
 }
 
 case "${1:-}" in
