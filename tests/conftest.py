@@ -18,6 +18,13 @@ from pathlib import Path
 
 import pytest
 
+# On a loaded machine (more runnable threads than cores) OpenMP threads that spin while they wait
+# for each other turn a small multi-threaded faiss call into seconds: OPQ training measured 44 s
+# spinning against 7 s passive, on a 2-core machine running other work. Tests and the servers
+# they start (which inherit this environment) wait passively; results are unchanged. Set before
+# anything loads faiss's OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 PLUGIN_SITE = Path(__file__).parent / "plugin_site"
 sys.path.insert(0, str(PLUGIN_SITE))
 
@@ -64,7 +71,9 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"faissx-test-{self.port}.log"
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
+    def start(self, timeout: float = 120.0) -> ServerProcess:
+        """Start and wait until it answers. Generous: a loaded 2-core machine took more than
+        30 s to import faiss and the server (the wait ends as soon as it answers)."""
         cmd = [str(FAISSX), "serve", "--port", str(self.port), "--bind-address", "127.0.0.1",
                "--log-level", "DEBUG", *self.args]
         self._logfile = self.log.open("ab")
@@ -137,7 +146,8 @@ def remote(server: ServerProcess) -> Iterator:
     """``faissx.client`` configured against the shared server, back to local mode afterwards."""
     from faissx import client as faiss
 
-    faiss.configure(server=server.endpoint, timeout=20)
+    # generous: a remote train on a loaded 2-core machine can take tens of seconds
+    faiss.configure(server=server.endpoint, timeout=120)
     try:
         yield faiss
     finally:

@@ -36,7 +36,8 @@ def family_cases():
         ("Flat", False, False, False, False),
         ("IVF16,Flat", False, True, False, True),
         ("HNSW16", False, False, False, True),
-        ("PQ8", False, True, False, True),
+        # 4-bit codes: "PQ8" (8 bits) adds polysemous training, 40 s on a loaded machine
+        ("PQ8x4", False, True, False, True),
         ("BFlat", True, False, False, False),
         ("IDMap2,Flat", False, False, True, False),
     ]
@@ -62,7 +63,7 @@ def test_acknowledged_writes_survive_kill_9(start_server, tmp_path, description,
     rng = np.random.default_rng(int(kill_after * 10) + len(description))
     data_dir = tmp_path / "data"
     srv = start_server("--data-dir", str(data_dir))
-    fx.configure(server=srv.endpoint, timeout=60)
+    fx.configure(server=srv.endpoint, timeout=180)  # the train, on a loaded machine
     acked: list[tuple[np.ndarray, np.ndarray]] = []
     removed: list[int] = []
     uncertain: list[int] = []

@@ -616,7 +616,7 @@ def test_ivf_refused_by_a_server_without_the_ivf_plugin(start_server):
     from faissx_core.errors import UnknownIndexType
 
     srv = start_server("--plugins", "flat")
-    fx.configure(server=srv.endpoint, timeout=20)
+    fx.configure(server=srv.endpoint, timeout=120)
     try:
         before = server_names(fx)
         quantizer = fx.IndexFlatL2(D)

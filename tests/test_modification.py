@@ -40,7 +40,7 @@ def fx(request, server):
     from faissx import client
 
     if request.param == "remote":
-        client.configure(server=server.endpoint, timeout=20)
+        client.configure(server=server.endpoint, timeout=120)
     try:
         yield client
     finally:

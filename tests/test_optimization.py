@@ -54,7 +54,7 @@ def fx(request, server):
 
     if request.param == "remote":
         client.configure(server=server.endpoint, tenant_id=f"opt-{uuid.uuid4().hex[:12]}",
-                         timeout=20)
+                         timeout=120)
     try:
         yield client
     finally:
@@ -368,7 +368,7 @@ def test_server_max_memory_refuses_creates_and_adds(start_server):
     from faissx import client
 
     srv = start_server("--max-memory", "0.5")  # 524,288 bytes
-    client.configure(server=srv.endpoint, timeout=20)
+    client.configure(server=srv.endpoint, timeout=120)
     try:
         a = client.IndexFlatL2(D, name="a")
         a.add(BASE[:4000 // 8])  # 32 kB
@@ -498,7 +498,7 @@ def test_server_gpu_search_matches_cpu(start_server):  # pragma: no cover - need
     from faissx import client
 
     srv = start_server("--gpu")
-    client.configure(server=srv.endpoint, timeout=20)
+    client.configure(server=srv.endpoint, timeout=120)
     try:
         index = client.IndexFlatL2(D)
         index.add(BASE)
