@@ -102,6 +102,11 @@ def test_acknowledged_writes_survive_kill_9(start_server, tmp_path, description,
 
         writer = threading.Thread(target=stream)
         writer.start()
+        # the kill lands while writes stream, after the first was acknowledged: on a loaded
+        # machine the first add alone can take longer than kill_after
+        deadline = time.monotonic() + 60
+        while not acked and writer.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(kill_after * random.uniform(0.8, 1.2))
         srv.stop(signal.SIGKILL)
         stop.set()
