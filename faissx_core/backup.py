@@ -106,8 +106,11 @@ def restore(backup_dir: Path, data_dir: Path, force: bool = False,
     return restored
 
 
-def _size(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+def _size(path: Path) -> int:
+    """Bytes copied for one index (a damaged entry may be a plain file)."""
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
 
 
 def _locked(path: Path) -> bool:
