@@ -115,8 +115,8 @@ def test_metrics_move_with_real_traffic(observed):
     assert value(after, "faissx_tenant_indices", tenant=t) == 1
     # durability: the add was logged and fsynced, then the snapshot emptied the log
     assert value(after, "faissx_wal_fsync_duration_seconds_count") >= 1
-    assert value(after, "faissx_snapshots_total", outcome="ok") >= 2  # create + snapshot
-    assert value(after, "faissx_snapshot_duration_seconds_count") >= 2
+    assert value(after, "faissx_snapshots_total", outcome="ok") >= 1  # the snapshot call
+    assert value(after, "faissx_snapshot_duration_seconds_count") >= 1
     assert value(after, "faissx_wal_bytes", tenant=t, index="docs") == 0
     assert value(after, "faissx_connections") >= 1
     assert value(after, "faissx_connections_accepted_total") >= 1
