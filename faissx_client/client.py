@@ -60,12 +60,12 @@ class Client:
         if spec is not None:
             args["spec"] = spec
         total, part = int(data.nbytes), max(1, self.part_bytes())
+        info: dict[str, Any] = {}
         if total <= part:
             info = self.call("import", name, args, {"data": data})[0]
             if sent is not None:
                 sent(total)
             return info
-        info: dict[str, Any] = {}
         for offset in range(0, total, part):
             chunk = data[offset:offset + part]
             info, _ = self.call("import", name, {**args, "offset": offset, "total": total},

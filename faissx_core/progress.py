@@ -49,6 +49,7 @@ class Steps:
         self.done += amount
         if self._bar is not None:
             label = f"{self.what}: {note}" if note else self.what
+            assert self._task is not None
             self._bar.update(self._task, advance=amount, description=label)
             return
         note = f" {note}" if note else ""
@@ -62,7 +63,7 @@ class Steps:
 
     def finish(self) -> None:
         if self._bar is not None:
-            if self.total is None:
+            if self.total is None and self._task is not None:
                 self._bar.update(self._task, total=max(self.done, 1), completed=max(self.done, 1))
             return
         self._line(f"{self.what}: done in {time.monotonic() - self._start:.1f}s")
@@ -96,8 +97,9 @@ def _amount(n: int | None, unit: str) -> str:
         return "?"
     if unit != "bytes":
         return f"{n}{' ' + unit if unit else ''}"
+    size = float(n)
     for name in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or name == "GiB":
-            return f"{n} B" if name == "B" else f"{n:.1f} {name}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+        if size < 1024 or name == "GiB":
+            return f"{n} B" if name == "B" else f"{size:.1f} {name}"
+        size /= 1024
+    return f"{size:.1f} GiB"

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -630,7 +631,7 @@ class FileStore:
             failure = None
             for fd in dirty:  # one fsync per log covers every record written before it
                 try:
-                    self._timed("fsync", lambda fd=fd: os.fdatasync(fd))
+                    self._timed("fsync", functools.partial(os.fdatasync, fd))
                 except OSError as exc:
                     failure = str(exc)
                     log.critical("fsync of a write-ahead log failed: %s", exc)
