@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from faissx_core import __version__
-from faissx_core.keys_cli import keys
-from faissx_core.logs import setup as setup_logging
+from faissx_core.server.keys_cli import keys
+from faissx_core.server.logs import setup as setup_logging
 from faissx_core.settings import DEFAULT_PORT, ServerSettings, parse_auth_keys
 
 click.rich_click.USE_MARKDOWN = True
@@ -158,7 +158,7 @@ def _serve(port: int, bind_address: str, ipc: Path | None, data_dir: Path | None
            shards: int = 1, replicas: int = 1, log_format: str = "text",
            log_requests: str = "errors", metrics_port: int | None = None) -> None:
     """Run the FAISSx server until SIGINT or SIGTERM."""
-    from faissx_core.server import run_server  # keeps `faissx --help` quick
+    from faissx_core.server.app import run_server  # keeps `faissx --help` quick
 
     try:
         extra: dict[str, Any] = {"workers": workers} if workers is not None else {}
@@ -263,8 +263,8 @@ def types_markdown(registry: object) -> str:
 @click.argument("dest", type=click.Path(path_type=Path))
 def backup_cmd(data_dir: Path, dest: Path) -> None:
     """Copy DATA_DIR's indices to DEST, consistently, even while the server runs."""
-    from faissx_core.backup import backup, index_folders
     from faissx_core.progress import progress
+    from faissx_core.server.backup import backup, index_folders
 
     try:
         with progress("backup", len(index_folders(data_dir)), "indices") as steps:
@@ -281,8 +281,8 @@ def backup_cmd(data_dir: Path, dest: Path) -> None:
 @click.option("--force", is_flag=True, help="Replace indices already in DATA_DIR.")
 def restore_cmd(backup_dir: Path, data_dir: Path, force: bool) -> None:
     """Copy a backup into DATA_DIR; the server using DATA_DIR must be stopped."""
-    from faissx_core.backup import index_folders, restore
     from faissx_core.progress import progress
+    from faissx_core.server.backup import index_folders, restore
 
     try:
         with progress("restore", len(index_folders(backup_dir)), "indices") as steps:

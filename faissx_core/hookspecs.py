@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from faissx_core.server.storage import IndexStore
     from faissx_core.settings import ServerSettings
     from faissx_core.specs import IndexType
-    from faissx_core.storage import IndexStore
     from faissx_core.tenancy import Principal
 
 PROJECT = "faissx"

@@ -79,7 +79,7 @@ class ServerSettings(BaseModel):
     #: A file of client public keys (Z85, one a line): only those clients may connect.
     curve_allow_keys: Path | None = None
 
-    # -- limits (faissx_core/limits.py); 0 turns a limit off --------------------------------
+    # -- limits (faissx_core/server/limits.py); 0 turns a limit off --------------------------------
     #: Largest frame the socket accepts (zmq.MAXMSGSIZE) and largest reply an op may build.
     max_message_bytes: int = Field(256 << 20, ge=0)
     #: Most vectors one request may send (rows of ``x``) or ask back (reconstruct*).
@@ -131,7 +131,7 @@ class ServerSettings(BaseModel):
         if self.auth_file is not None and not self.auth_file.is_file():
             raise ValueError(f"auth file {self.auth_file} does not exist")
         if self.auth_file is not None:
-            from faissx_core.auth import read_key_file
+            from faissx_core.server.auth import read_key_file
 
             read_key_file(self.auth_file)  # a malformed file stops the server at start
         if self.curve_allow_keys is not None:

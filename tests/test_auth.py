@@ -24,7 +24,6 @@ import zmq
 
 import faissx_client as fx
 from faissx_client.settings import ClientSettings
-from faissx_core.auth import hash_key
 from faissx_core.errors import (
     IndexNotFound,
     PermissionDenied,
@@ -34,6 +33,7 @@ from faissx_core.errors import (
 )
 from faissx_core.operations import OPERATIONS
 from faissx_core.security import configure_dealer
+from faissx_core.server.auth import hash_key
 
 from .conftest import FAISSX, ServerProcess, server_env
 from .test_wire import Wire, assert_error, header, message

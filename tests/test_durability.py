@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import faissx_client as fx
-from faissx_core.storage import LogRecord, encode_record, read_records
+from faissx_core.server.storage import LogRecord, encode_record, read_records
 
 D = 16
 BATCH = 50

@@ -34,9 +34,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import faissx_client as fx
-from faissx_core.auth import hash_key
 from faissx_core.errors import ERRORS
 from faissx_core.operations import OPERATIONS
+from faissx_core.server.auth import hash_key
 from faissx_core.tenancy import check_name
 
 from .conftest import ServerProcess

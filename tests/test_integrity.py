@@ -23,7 +23,7 @@ the limit fails with EFBIG, which Python sees as OSError because it ignores SIGX
 ``prlimit --nofile`` (no file descriptors); a read-only directory with ``chattr +i`` (as root
 ``chmod`` cannot make one; the step is skipped where the immutable attribute is refused). A small
 tmpfs would need privileges this container lacks. Crash points are the server's
-``FAISSX_TEST_CRASH_AT=point:N`` hook (faissx_core/storage.py, off by default).
+``FAISSX_TEST_CRASH_AT=point:N`` hook (faissx_core/server/storage.py, off by default).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import faissx_client as fx
 from faissx_core.errors import IndexDamaged
 from faissx_core.plugins import PluginRegistry
 from faissx_core.protocol import decode, encode
-from faissx_core.storage import read_records
+from faissx_core.server.storage import read_records
 
 from .conftest import FAISSX, ServerProcess, server_env
 
@@ -806,7 +806,7 @@ def test_kill_9_at_random_points_of_create_delete_snapshot_and_merge(tmp_path):
 
 
 def test_crash_hook_is_off_by_default():
-    from faissx_core.storage import CRASH_AT_ENV, CrashPoints
+    from faissx_core.server.storage import CRASH_AT_ENV, CrashPoints
 
     hook = CrashPoints(None)
     hook("create:staged")  # returns: no crash without the variable

@@ -49,9 +49,9 @@ def remote(index) -> bool:
 
 SERVER_MODULES = (
     "faissx_core.server",
-    "faissx_core.storage",
-    "faissx_core.auth",
-    "faissx_core.limits",
+    "faissx_core.server.storage",
+    "faissx_core.server.auth",
+    "faissx_core.server.limits",
 )
 
 

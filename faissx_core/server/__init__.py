@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from faissx_core.logs import setup as setup_logging
-from faissx_core.server.app import Server, run_server
 from faissx_core.settings import DEFAULT_PORT, ServerSettings
+
+if TYPE_CHECKING:
+    from faissx_core.server.app import Server
 
 __all__ = ["Server", "ServerSettings", "configure", "get_config", "run"]
 
@@ -54,6 +55,19 @@ def get_config() -> dict[str, Any]:
 
 def run() -> None:
     """Serve with the configured settings (defaults if never configured) until SIGINT/SIGTERM."""
+    from faissx_core.server.app import run_server
+    from faissx_core.server.logs import setup as setup_logging
+
     settings = _settings or ServerSettings()
     setup_logging(settings.log_level, settings.log_format, settings.log_requests)
     run_server(settings)
+
+
+def __getattr__(name: str) -> Any:
+    """``Server`` loads the request loop only when asked: importing a server submodule (the
+    store for ``faissx backup``, the key file for ``faissx keys``) does not start it all."""
+    if name == "Server":
+        from faissx_core.server.app import Server
+
+        return Server
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

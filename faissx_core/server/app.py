@@ -23,8 +23,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from faissx_core import __version__, storage
-from faissx_core.auth import KeyStore
+from faissx_core import __version__
 from faissx_core.errors import (
     Aborted,
     FaissxError,
@@ -34,13 +33,13 @@ from faissx_core.errors import (
     PermissionDenied,
     UnsupportedOperation,
 )
-from faissx_core.limits import Limits
-from faissx_core.logs import RequestLog
 from faissx_core.messages import PROTOCOL_VERSION, Request
 from faissx_core.operations import OPERATIONS, Operation, operation
 from faissx_core.plugins import PluginRegistry
 from faissx_core.protocol import decode_request, encode, request_id, send
 from faissx_core.security import configure_router
+from faissx_core.server import storage
+from faissx_core.server.auth import KeyStore
 from faissx_core.server.backend import ManagedIndex, make_backend, placement
 from faissx_core.server.connections import (
     ConnectionCount,
@@ -50,16 +49,18 @@ from faissx_core.server.connections import (
 )
 from faissx_core.server.fairness import FairScheduler
 from faissx_core.server.idempotency import IdempotencyTable
+from faissx_core.server.limits import Limits
+from faissx_core.server.logs import RequestLog
 from faissx_core.server.metrics import Metrics
 from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
 from faissx_core.server.ordering import SerialQueues
 from faissx_core.server.outbound import SNDHWM, PeerOutput
 from faissx_core.server.pipeline import Call, Observers
 from faissx_core.server.progress import Progress
+from faissx_core.server.storage import LogRecord
 from faissx_core.server.uploads import Uploads
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
-from faissx_core.storage import LogRecord
 from faissx_core.tenancy import Principal, check_name
 
 log = logging.getLogger("faissx.server")
@@ -83,7 +84,7 @@ class Server:
         self.registry = registry or PluginRegistry(settings.plugins)
         # the server's built-in plugins: registered here, not by PluginRegistry, which the
         # client also builds (and which must not import storage); their hooks are trylast
-        self.registry.manager.register(storage, name="builtin:faissx_core.storage")
+        self.registry.manager.register(storage, name="builtin:faissx_core.server.storage")
         self.registry.manager.register(KeyStore(settings), name="builtin:keystore")
         store = self.registry.hook.faissx_open_store(settings=settings)
         max_memory = (int(settings.max_memory_mb * (1 << 20))
@@ -154,7 +155,10 @@ class Server:
             router.bind(endpoint)
         replies = self.ctx.socket(zmq.PULL)
         replies.bind(self._reply_endpoint)
-        self.metrics.connections.watch(router)
+        if connections is not None:  # it owns the ROUTER's one monitor
+            self.metrics.connections.follow(connections)
+        else:
+            self.metrics.connections.watch(router)
         if self.settings.metrics_port is not None:
             port = self.metrics.serve(self.settings.bind_address, self.settings.metrics_port)
             log.info("metrics on http://%s:%d/metrics", self.settings.bind_address, port)

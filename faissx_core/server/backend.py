@@ -40,6 +40,14 @@ from faissx_core.plugins import PluginRegistry
 from faissx_core.protocol import encode
 from faissx_core.server.locks import RWLock
 from faissx_core.server.shards import Placement
+from faissx_core.server.storage import (
+    Damage,
+    IndexStore,
+    LogRecord,
+    RememberedKey,
+    SaveEntry,
+    StoredIndex,
+)
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import (
     IndexSpec,
@@ -48,14 +56,6 @@ from faissx_core.specs import (
     downcast,
     faiss_class_name,
     lookup_param,
-)
-from faissx_core.storage import (
-    Damage,
-    IndexStore,
-    LogRecord,
-    RememberedKey,
-    SaveEntry,
-    StoredIndex,
 )
 
 log = logging.getLogger(__name__)

@@ -75,6 +75,9 @@ class ConnectionCount:
     def __init__(self, router: zmq.Socket, limit: int) -> None:
         self.limit = limit
         self.open = 0
+        #: Connections accepted since start (the metrics read it: this is the ROUTER's one
+        #: monitor, see metrics.Connections.follow).
+        self.accepted = 0
         self.refused = 0
         self.monitor = router.get_monitor_socket(EVENTS)
         self._mutex = threading.Lock()
@@ -90,6 +93,7 @@ class ConnectionCount:
             with self._mutex:
                 if event == zmq.EVENT_ACCEPTED:
                     self.open += 1
+                    self.accepted += 1
                 elif event == zmq.EVENT_DISCONNECTED:
                     self.open = max(0, self.open - 1)
                     if self._trim is not None and self.trim_at is None:

@@ -288,10 +288,26 @@ class Connections:
     EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
     def __init__(self) -> None:
-        self.open = 0
-        self.accepted = 0
+        self._open = 0
+        self._accepted = 0
+        self._source: Any = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+
+    @property
+    def open(self) -> int:
+        return int(self._source.open if self._source is not None else self._open)
+
+    @property
+    def accepted(self) -> int:
+        return int(self._source.accepted if self._source is not None else self._accepted)
+
+    def follow(self, count: Any) -> None:
+        """Read the counts of ``--max-connections``'s ``ConnectionCount`` instead of watching.
+
+        A ZeroMQ socket has one monitor: a second ``get_monitor_socket`` silently takes the
+        events from the first, which would blind the connection limit."""
+        self._source = count
 
     def watch(self, router: zmq.Socket) -> None:
         """Start counting ``router``'s connections (call on the thread that owns ``router``)."""
@@ -311,10 +327,10 @@ class Connections:
                 frames = monitor.recv_multipart()
                 event = int.from_bytes(frames[0][:2], "little")
                 if event == zmq.EVENT_ACCEPTED:
-                    self.accepted += 1
-                    self.open += 1
+                    self._accepted += 1
+                    self._open += 1
                 elif event == zmq.EVENT_DISCONNECTED:
-                    self.open = max(0, self.open - 1)
+                    self._open = max(0, self._open - 1)
                 elif event == zmq.EVENT_MONITOR_STOPPED:
                     break
         except zmq.ZMQError:

@@ -1,10 +1,10 @@
 """One replica of one shard of an index: the Ray actor behind ``--backend ray``.
 
 A replica holds a faiss object and, when the server has a data directory, its own snapshot +
-log (the same :class:`~faissx_core.storage.FileStore` a single server uses) in a directory the
-front end names. Ray restarts a killed replica (``max_restarts=-1``) by running ``__init__``
-again with the same arguments, so ``__init__`` is where it reloads: snapshot, then every logged
-write, before it answers anything.
+log (the same :class:`~faissx_core.server.storage.FileStore` a single server uses) in a
+directory the front end names. Ray restarts a killed replica (``max_restarts=-1``) by running
+``__init__`` again with the same arguments, so ``__init__`` is where it reloads: snapshot, then
+every logged write, before it answers anything.
 
 Every write carries the shard's sequence number from the front end. A replica applies write
 ``n`` only after ``n - 1``; a repeat of a number it has seen (the front end re-sending after an
@@ -30,8 +30,8 @@ from faissx_core.errors import FaissxError
 from faissx_core.plugins import PluginRegistry
 from faissx_core.server.backend import ManagedIndex
 from faissx_core.server.ops import OPS, deserialize
+from faissx_core.server.storage import FileStore, LogRecord, StoredIndex
 from faissx_core.specs import IndexSpec
-from faissx_core.storage import FileStore, LogRecord, StoredIndex
 
 #: The envelope a replica's snapshot is saved under: the index's own spec, the wrapping, the
 #: last sequence number the snapshot contains.

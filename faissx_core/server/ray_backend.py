@@ -59,8 +59,8 @@ from faissx_core.server.shards import (
     split,
     takes_ids,
 )
+from faissx_core.server.storage import IndexStore, LogRecord
 from faissx_core.specs import IndexSpec
-from faissx_core.storage import IndexStore, LogRecord
 
 log = logging.getLogger(__name__)
 

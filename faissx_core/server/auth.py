@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from faissx_core.errors import PermissionDenied, Unauthenticated
 from faissx_core.hookspecs import hookimpl
-from faissx_core.limits import TokenBucket
+from faissx_core.server.limits import TokenBucket
 from faissx_core.settings import ServerSettings
 from faissx_core.tenancy import DEFAULT_TENANT, Principal, Role, check_name
 

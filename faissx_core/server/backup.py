@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from faissx_core.storage import LOCK_FILE
+from faissx_core.server.storage import LOCK_FILE
 
 ATTEMPTS = 5
 #: Told each index as it is copied: its ``tenant/name`` and the bytes copied for it.

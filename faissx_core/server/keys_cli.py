@@ -45,7 +45,7 @@ def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
 
 def _rich_form(path: Path) -> dict[str, Any]:
     """The file's entries in the rich form (an old ``{"key": "tenant"}`` file is converted)."""
-    from faissx_core.auth import read_key_file
+    from faissx_core.server.auth import read_key_file
 
     if not path.exists():
         return {"keys": []}
@@ -66,7 +66,7 @@ def _rich_form(path: Path) -> dict[str, Any]:
 @click.option("--algorithm", type=ALGORITHMS, default="scrypt", show_default=True)
 def add_cmd(tenant: str, role: str, path: Path, algorithm: str) -> None:
     """Make a new API key for TENANT: its hash goes into the file, the key to stdout, once."""
-    from faissx_core.auth import hash_key, key_id_of, new_key
+    from faissx_core.server.auth import hash_key, key_id_of, new_key
     from faissx_core.tenancy import check_name
 
     try:
@@ -89,7 +89,7 @@ def add_cmd(tenant: str, role: str, path: Path, algorithm: str) -> None:
 def hash_cmd(key: str | None, algorithm: str) -> None:
     """Print the salted hash of KEY for an auth file's `key_hash` (KEY is read from stdin
     when omitted, which keeps it out of the shell's history)."""
-    from faissx_core.auth import hash_key
+    from faissx_core.server.auth import hash_key
 
     if key is None:
         key = (click.prompt("API key", hide_input=True, err=True) if sys.stdin.isatty()
@@ -104,7 +104,7 @@ def hash_cmd(key: str | None, algorithm: str) -> None:
               envvar="FAISSX_AUTH_FILE", required=True)
 def list_cmd(path: Path) -> None:
     """List an auth file's entries: tenant, role, how the key is kept. Never a key."""
-    from faissx_core.auth import parse_hash
+    from faissx_core.server.auth import parse_hash
 
     table = Table(title=str(path))
     for column in ("#", "tenant", "role", "stored as", "key id"):
