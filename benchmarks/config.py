@@ -10,8 +10,10 @@ from pathlib import Path
 #: published in ``benchmarks/results/`` (copy a run there on purpose to publish it).
 OUT_DIR = Path(os.environ.get("FAISSX_BENCH_OUT") or Path(__file__).resolve().parent / "out")
 #: The original package's virtualenv (about 170 MB) and the run logs: outside the tree.
-CACHE_DIR = Path(os.environ.get("FAISSX_BENCH_CACHE") or Path(
-    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "faissx-bench")
+CACHE_DIR = Path(
+    os.environ.get("FAISSX_BENCH_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "faissx-bench"
+)
 
 #: The release of the original package compared against (installed from the package index).
 ORIGINAL_VERSION = "0.20260422.2"
@@ -61,11 +63,29 @@ class Sizes:
 FULL = Sizes()
 
 QUICK = Sizes(
-    d=32, n_small=500, n_large=2000, n_hnsw=1000, n_queries=400, nq_batch=50,
-    ivf="IVF16,Flat", nprobe=4,
-    latency_rounds=2, latency_reps=20, latency_warmup=3, batch_rounds=2,
-    add_rounds=2, batch_add=100, batch_add_n=500,
-    clients=(1, 2), qps_seconds=0.15, qps_rounds=1, qps_start_delay=0.1, nq_max=4,
-    orig_latency_reps=3, orig_batch_reps=1, orig_add_rounds=1, orig_batch_add_n=200,
+    d=32,
+    n_small=500,
+    n_large=2000,
+    n_hnsw=1000,
+    n_queries=400,
+    nq_batch=50,
+    ivf="IVF16,Flat",
+    nprobe=4,
+    latency_rounds=2,
+    latency_reps=20,
+    latency_warmup=3,
+    batch_rounds=2,
+    add_rounds=2,
+    batch_add=100,
+    batch_add_n=500,
+    clients=(1, 2),
+    qps_seconds=0.15,
+    qps_rounds=1,
+    qps_start_delay=0.1,
+    nq_max=4,
+    orig_latency_reps=3,
+    orig_batch_reps=1,
+    orig_add_rounds=1,
+    orig_batch_add_n=200,
     orig_qps_seconds=0.3,
 )

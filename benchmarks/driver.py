@@ -42,6 +42,7 @@ _ECHO_HEAD = struct.Struct("<IIII")
 
 # -- the echo server -----------------------------------------------------------------------------
 
+
 def echo_server(endpoints: list[str]) -> None:
     """One ROUTER on every endpoint; each request is answered with frames of the sizes it asks.
 
@@ -128,11 +129,18 @@ class EchoIndex:
 
 # -- the worker ---------------------------------------------------------------------------------
 
+
 class Handle:
     """One index this worker can time: its mode, where it lives, and the live object."""
 
-    def __init__(self, mode: str, obj: Any, endpoint: str | None = None, name: str | None = None,
-                 generation: int = 0) -> None:
+    def __init__(
+        self,
+        mode: str,
+        obj: Any,
+        endpoint: str | None = None,
+        name: str | None = None,
+        generation: int = 0,
+    ) -> None:
         self.mode = mode
         self.obj = obj
         self.endpoint = endpoint
@@ -197,8 +205,15 @@ class Worker:
                 handle.generation = self._ours_generation
         return handle.obj
 
-    def new_index(self, mode: str, d: int, factory: str, endpoint: str | None,
-                  name: str | None = None, echo: dict[str, int] | None = None) -> Any:
+    def new_index(
+        self,
+        mode: str,
+        d: int,
+        factory: str,
+        endpoint: str | None,
+        name: str | None = None,
+        echo: dict[str, int] | None = None,
+    ) -> Any:
         if mode == "local":
             return self.faiss.index_factory(d, factory)
         if mode == "ours":
@@ -208,8 +223,9 @@ class Worker:
             return self.orig(endpoint or "").index_factory(d, factory)
         if mode == "echo":
             echo = echo or {}
-            return EchoIndex(endpoint or "", d, echo.get("request_header", 0),
-                             echo.get("reply_header", 0))
+            return EchoIndex(
+                endpoint or "", d, echo.get("request_header", 0), echo.get("reply_header", 0)
+            )
         raise ValueError(f"unknown mode {mode!r}")
 
     def set_params(self, mode: str, obj: Any, params: dict[str, Any]) -> None:
@@ -222,8 +238,11 @@ class Worker:
     # -- commands ----------------------------------------------------------------------------
     def cmd_hello(self, mode: str = "local") -> dict[str, Any]:
         info: dict[str, Any] = {
-            "python": platform.python_version(), "numpy": np.__version__,
-            "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "pid": os.getpid(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "pyzmq": zmq.__version__,
+            "libzmq": zmq.zmq_version(),
+            "pid": os.getpid(),
         }
         if mode in ("local", "ours", "orig"):
             info["faiss"] = self.faiss.__version__
@@ -234,10 +253,21 @@ class Worker:
             info["faissx"] = getattr(faissx, "__version__", "?")
         return info
 
-    def cmd_build(self, key: str, mode: str, d: int, factory: str, data: str, n: int,
-                  train_n: int = 0, endpoint: str | None = None, name: str | None = None,
-                  params: dict[str, Any] | None = None, save: str | None = None,
-                  echo: dict[str, int] | None = None) -> dict[str, Any]:
+    def cmd_build(
+        self,
+        key: str,
+        mode: str,
+        d: int,
+        factory: str,
+        data: str,
+        n: int,
+        train_n: int = 0,
+        endpoint: str | None = None,
+        name: str | None = None,
+        params: dict[str, Any] | None = None,
+        save: str | None = None,
+        echo: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
         """Create an index, train it if it needs it, add ``n`` vectors in one call."""
         xb = self.data(data)
         obj = self.new_index(mode, d, factory, endpoint, name=name, echo=echo)
@@ -261,11 +291,20 @@ class Worker:
             result["index_id"] = obj.index_id
         return result
 
-    def cmd_attach(self, key: str, mode: str, d: int = 0, factory: str = "",
-                   endpoint: str | None = None, name: str | None = None,
-                   index_id: str | None = None, ntotal: int = 0, path: str | None = None,
-                   params: dict[str, Any] | None = None,
-                   echo: dict[str, int] | None = None) -> dict[str, Any]:
+    def cmd_attach(
+        self,
+        key: str,
+        mode: str,
+        d: int = 0,
+        factory: str = "",
+        endpoint: str | None = None,
+        name: str | None = None,
+        index_id: str | None = None,
+        ntotal: int = 0,
+        path: str | None = None,
+        params: dict[str, Any] | None = None,
+        echo: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
         """Reach an index built elsewhere: by name (ours), by id (orig), from a file (local)."""
         if mode == "ours":
             obj = self.ours(endpoint or "").open_index(name)
@@ -293,10 +332,11 @@ class Worker:
         """``count`` distinct contiguous query blocks of ``nq`` rows (cycled through)."""
         xq = self.data(queries)
         count = max(1, min(count, xq.shape[0] // max(nq, 1)))
-        return [np.ascontiguousarray(xq[i * nq:(i + 1) * nq]) for i in range(count)]
+        return [np.ascontiguousarray(xq[i * nq : (i + 1) * nq]) for i in range(count)]
 
-    def cmd_search(self, key: str, queries: str, nq: int, k: int, reps: int,
-                   warmup: int = 0) -> list[float]:
+    def cmd_search(
+        self, key: str, queries: str, nq: int, k: int, reps: int, warmup: int = 0
+    ) -> list[float]:
         """Seconds per ``search`` call, ``reps`` calls of ``nq`` queries each."""
         index = self.index(key)
         blocks = self._queries(queries, nq, min(reps + warmup, 256))
@@ -311,16 +351,25 @@ class Worker:
             times.append(clock() - t0)
         return times
 
-    def cmd_add(self, mode: str, d: int, factory: str, data: str, n: int, batch: int,
-                reps: int, endpoint: str | None = None,
-                echo: dict[str, int] | None = None) -> list[float]:
+    def cmd_add(
+        self,
+        mode: str,
+        d: int,
+        factory: str,
+        data: str,
+        n: int,
+        batch: int,
+        reps: int,
+        endpoint: str | None = None,
+        echo: dict[str, int] | None = None,
+    ) -> list[float]:
         """Seconds per ``add`` of ``batch`` vectors, adding ``n`` vectors in all per repetition.
 
         Every repetition starts from a fresh, empty index (created before the clock starts), so
         each timed call appends to an index of known size.
         """
         xb = self.data(data)
-        blocks = [np.ascontiguousarray(xb[i:i + batch]) for i in range(0, n, batch)]
+        blocks = [np.ascontiguousarray(xb[i : i + batch]) for i in range(0, n, batch)]
         times = []
         for _ in range(reps):
             index = self.new_index(mode, d, factory, endpoint, echo=echo)
@@ -341,8 +390,9 @@ class Worker:
             del index
         return times
 
-    def cmd_qps(self, key: str, queries: str, start_at: float, duration: float, nq_max: int,
-                k: int) -> dict[str, Any]:
+    def cmd_qps(
+        self, key: str, queries: str, start_at: float, duration: float, nq_max: int, k: int
+    ) -> dict[str, Any]:
         """Search in a loop from ``start_at`` (wall clock) for ``duration`` s, nq = 1..nq_max."""
         index = self.index(key)
         blocks = [self._queries(queries, nq, 8) for nq in range(1, nq_max + 1)]
@@ -362,8 +412,12 @@ class Worker:
             requests += 1
             queries_done += nq_index + 1
             now = clock()
-        return {"requests": requests, "queries": queries_done, "elapsed": now - t0,
-                "late_s": max(0.0, -delay)}
+        return {
+            "requests": requests,
+            "queries": queries_done,
+            "elapsed": now - t0,
+            "late_s": max(0.0, -delay),
+        }
 
 
 def worker_loop() -> None:

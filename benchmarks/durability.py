@@ -80,8 +80,12 @@ def main() -> None:
     opts = parser.parse_args()
     batch = np.random.default_rng(0).standard_normal((1000, 128)).astype("float32")
     results = {}
-    for label, mode in (("in-memory", None), ("off", "off"), ("batch", "batch"),
-                        ("always", "always")):
+    for label, mode in (
+        ("in-memory", None),
+        ("off", "off"),
+        ("batch", "batch"),
+        ("always", "always"),
+    ):
         results[label] = run_mode(mode, opts.batches, opts.writers, batch)
     base = results["in-memory"]
     print(f"{'mode':<10} {'vectors/s':>12} {'MB/s':>8} {'vs memory':>10}")
@@ -89,12 +93,22 @@ def main() -> None:
         print(f"{label:<10} {rate:12.0f} {rate * 512 / 1e6:8.1f} {rate / base:10.2f}")
     out = OUT_DIR / "durability.json"  # ignored by git: the published figures stay as they are
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
-        "batches": opts.batches, "writers": opts.writers, "batch_shape": list(batch.shape),
-        "vectors_per_second": results,
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cpus": __import__("os").cpu_count(),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                },
+                "batches": opts.batches,
+                "writers": opts.writers,
+                "batch_shape": list(batch.shape),
+                "vectors_per_second": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

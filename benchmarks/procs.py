@@ -51,14 +51,25 @@ class Worker:
     """``driver.py worker`` (or another ``script`` speaking its JSON lines, such as the peer
     benchmark's agent) in a subprocess."""
 
-    def __init__(self, python: str, log: Path, *, isolated: bool = False,
-                 cwd: Path | None = None, script: Path = DRIVER) -> None:
+    def __init__(
+        self,
+        python: str,
+        log: Path,
+        *,
+        isolated: bool = False,
+        cwd: Path | None = None,
+        script: Path = DRIVER,
+    ) -> None:
         cmd = [python, *(["-I"] if isolated else []), str(script), "worker"]
         self.log = log
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            env=clean_env(isolated=isolated), cwd=str(cwd) if cwd else None,
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=clean_env(isolated=isolated),
+            cwd=str(cwd) if cwd else None,
         )
         self._buf = bytearray()
         self._pending = False
@@ -122,16 +133,29 @@ class Worker:
 class Pool:
     """``n`` workers in one interpreter; commands to several run at the same time."""
 
-    def __init__(self, python: str, n: int, log_dir: Path, tag: str, *,
-                 isolated: bool = False, cwd: Path | None = None,
-                 script: Path = DRIVER) -> None:
+    def __init__(
+        self,
+        python: str,
+        n: int,
+        log_dir: Path,
+        tag: str,
+        *,
+        isolated: bool = False,
+        cwd: Path | None = None,
+        script: Path = DRIVER,
+    ) -> None:
         self.python, self.isolated, self.cwd, self.script = python, isolated, cwd, script
         self.log_dir, self.tag = log_dir, tag
         self.workers = [self._spawn(i) for i in range(n)]
 
     def _spawn(self, i: int) -> Worker:
-        return Worker(self.python, self.log_dir / f"{self.tag}-worker{i}.log",
-                      isolated=self.isolated, cwd=self.cwd, script=self.script)
+        return Worker(
+            self.python,
+            self.log_dir / f"{self.tag}-worker{i}.log",
+            isolated=self.isolated,
+            cwd=self.cwd,
+            script=self.script,
+        )
 
     def __getitem__(self, i: int) -> Worker:
         return self.workers[i]
@@ -194,19 +218,32 @@ def port_open(port: int) -> bool:
 class Service:
     """A long-running subprocess with a log file; ``stop`` sends SIGTERM, then kills."""
 
-    def __init__(self, cmd: list[str], log: Path, *, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        cmd: list[str],
+        log: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.cmd, self.log = cmd, log
         self._log = log.open("ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=env or clean_env(), cwd=str(cwd) if cwd else None)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env or clean_env(),
+            cwd=str(cwd) if cwd else None,
+        )
 
     def wait_until(self, ready: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{what} exited with {self.proc.returncode}:\n"
-                                   f"{self.log.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"{what} exited with {self.proc.returncode}:\n"
+                    f"{self.log.read_text(errors='replace')[-2000:]}"
+                )
             if ready():
                 return
             time.sleep(0.05)
@@ -230,8 +267,18 @@ def start_faissx(tmp: Path, log_dir: Path) -> tuple[Service, str, str]:
     sock = tmp / "faissx.sock"
     exe = Path(sys.executable).with_name("faissx")
     base = [str(exe)] if exe.exists() else [sys.executable, "-m", "faissx_core.cli"]
-    cmd = [*base, "serve", "--port", str(port), "--bind-address", "127.0.0.1",
-           "--ipc", str(sock), "--log-level", "WARNING"]
+    cmd = [
+        *base,
+        "serve",
+        "--port",
+        str(port),
+        "--bind-address",
+        "127.0.0.1",
+        "--ipc",
+        str(sock),
+        "--log-level",
+        "WARNING",
+    ]
     service = Service(cmd, log_dir / "faissx-server.log")
     tcp, ipc = f"tcp://127.0.0.1:{port}", f"ipc://{sock}"
     service.wait_until(lambda: ping_faissx(tcp) and ping_faissx(ipc), 60, "faissx serve")
@@ -243,12 +290,14 @@ def start_echo(tmp: Path, log_dir: Path) -> tuple[Service, str, str]:
     port = free_port()
     tcp, ipc = f"tcp://127.0.0.1:{port}", f"ipc://{tmp / 'echo.sock'}"
     service = Service([sys.executable, str(DRIVER), "echo", tcp, ipc], log_dir / "echo.log")
-    service.wait_until(lambda: "ready" in service.log.read_text(errors="replace"), 30,
-                       "echo server")
+    service.wait_until(
+        lambda: "ready" in service.log.read_text(errors="replace"), 30, "echo server"
+    )
     return service, tcp, ipc
 
 
 # -- the original faissx from PyPI ---------------------------------------------------------------
+
 
 def original_venv(cache: Path, version: str, console: Any = None) -> Path:
     """A virtualenv with ``faissx==version`` from the package index; its python's path.
@@ -267,12 +316,25 @@ def original_venv(cache: Path, version: str, console: Any = None) -> Path:
         console.print(f"[dim]installing the original faissx=={version} into {venv} ...[/]")
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         f"faissx=={version}"],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            f"faissx=={version}",
+        ],
     ]
     for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True, timeout=900,
-                              env=clean_env(isolated=True), cwd=str(cache))
+        done = subprocess.run(
+            step,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=clean_env(isolated=True),
+            cwd=str(cache),
+        )
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
             raise RuntimeError(f"{' '.join(step[:4])} failed: {' / '.join(tail)}")
@@ -285,9 +347,16 @@ def start_original(python: Path, cache: Path, log_dir: Path) -> tuple[Service, s
     port = free_port()
     script = python.with_name("faissx.server")
     base = [str(script)] if script.exists() else [str(python), "-I", "-m", "faissx.server.cli"]
-    cmd = [*base, "run", "--port", str(port), "--bind-address", "127.0.0.1",
-           "--log-level", "WARNING"]
-    service = Service(cmd, log_dir / "original-server.log", env=clean_env(isolated=True),
-                      cwd=cache)
+    cmd = [
+        *base,
+        "run",
+        "--port",
+        str(port),
+        "--bind-address",
+        "127.0.0.1",
+        "--log-level",
+        "WARNING",
+    ]
+    service = Service(cmd, log_dir / "original-server.log", env=clean_env(isolated=True), cwd=cache)
     service.wait_until(lambda: port_open(port), 60, "original faissx server")
     return service, f"tcp://127.0.0.1:{port}"

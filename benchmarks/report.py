@@ -19,8 +19,14 @@ from rich.table import Table
 
 KINDS = ("flat", "ivf", "hnsw")
 TRANSPORTS = ("tcp", "ipc")
-COLUMNS = {"local": "local faiss", "tcp": "FAISSx tcp", "ipc": "FAISSx ipc",
-           "echo-tcp": "echo tcp", "echo-ipc": "echo ipc", "original": "original faissx"}
+COLUMNS = {
+    "local": "local faiss",
+    "tcp": "FAISSx tcp",
+    "ipc": "FAISSx ipc",
+    "echo-tcp": "echo tcp",
+    "echo-ipc": "echo ipc",
+    "original": "original faissx",
+}
 
 #: goal -> (description, comparison, target)
 GOALS = {
@@ -33,8 +39,8 @@ GOALS = {
 
 # -- derived figures ------------------------------------------------------------------------------
 
-def _fig(results: dict[str, Any], kind: str, workload: str, system: str,
-         *keys: str) -> Any:
+
+def _fig(results: dict[str, Any], kind: str, workload: str, system: str, *keys: str) -> Any:
     """A figure, or None where it is missing, failed or skipped."""
     node: Any = results["workloads"].get(kind, {}).get(workload, {}).get("systems", {})
     node = node.get(system)
@@ -75,42 +81,65 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
                 batch = _fig(results, kind, "batch_search", t, "p50_ms")
                 echo_batch = _fig(results, kind, "batch_search", f"echo-{t}", "p50_ms")
                 r["latency_overhead_over_echo"] = (
-                    (p50 - local_p50) / echo if None not in (p50, local_p50) and echo else None)
+                    (p50 - local_p50) / echo if None not in (p50, local_p50) and echo else None
+                )
                 r["latency_remote_over_local"] = _ratio(p50, local_p50)
                 r["batch_remote_over_local"] = _ratio(batch, local_batch)
                 r["batch_overhead_over_echo"] = (
                     (batch - local_batch) / echo_batch
-                    if None not in (batch, local_batch) and echo_batch else None)
+                    if None not in (batch, local_batch) and echo_batch
+                    else None
+                )
                 if kind == "flat":
                     r["add_bandwidth_over_echo"] = _ratio(
                         _fig(results, kind, "add", t, "mb_s"),
-                        _fig(results, kind, "add", f"echo-{t}", "mb_s"))
+                        _fig(results, kind, "add", f"echo-{t}", "mb_s"),
+                    )
                     r["add_remote_over_local"] = _ratio(
                         _fig(results, kind, "add", t, "p50_ms"),
-                        _fig(results, kind, "add", "local", "p50_ms"))
+                        _fig(results, kind, "add", "local", "p50_ms"),
+                    )
                     r["batch_add_bandwidth_over_echo"] = _ratio(
                         _fig(results, kind, "add_batches", t, "mb_s"),
-                        _fig(results, kind, "add_batches", f"echo-{t}", "mb_s"))
+                        _fig(results, kind, "add_batches", f"echo-{t}", "mb_s"),
+                    )
             ratios[kind][t] = r
 
     goals = []
     for kind in KINDS:
         for t in TRANSPORTS:
             r = ratios[kind][t]
-            values = {"a": r["latency_overhead_over_echo"], "b": r["batch_remote_over_local"],
-                      "c": r.get("add_bandwidth_over_echo"),
-                      "d": r.get("qps_4_over_1") if top == "4" else None}
+            values = {
+                "a": r["latency_overhead_over_echo"],
+                "b": r["batch_remote_over_local"],
+                "c": r.get("add_bandwidth_over_echo"),
+                "d": r.get("qps_4_over_1") if top == "4" else None,
+            }
             for goal, (text, op, target) in GOALS.items():
                 if goal == "c" and kind != "flat":
                     continue
                 value = values[goal]
-                met = None if value is None else (value <= target if op == "<=" else
-                                                  value >= target)
-                goals.append({"goal": goal, "kind": kind, "transport": t, "what": text,
-                              "target": f"{op} {target:g}", "value": value, "met": met})
+                met = (
+                    None if value is None else (value <= target if op == "<=" else value >= target)
+                )
+                goals.append(
+                    {
+                        "goal": goal,
+                        "kind": kind,
+                        "transport": t,
+                        "what": text,
+                        "target": f"{op} {target:g}",
+                        "value": value,
+                        "met": met,
+                    }
+                )
 
-    return {"ratios": ratios, "goals": goals, "summary": _summary(goals),
-            "vs_original": versus_original(results)}
+    return {
+        "ratios": ratios,
+        "goals": goals,
+        "summary": _summary(goals),
+        "vs_original": versus_original(results),
+    }
 
 
 def _summary(goals: list[dict[str, Any]]) -> dict[str, Any]:
@@ -118,13 +147,21 @@ def _summary(goals: list[dict[str, Any]]) -> dict[str, Any]:
     for goal, (text, op, target) in GOALS.items():
         cells = [g for g in goals if g["goal"] == goal and g["met"] is not None]
         met = [g for g in cells if g["met"]]
-        out[goal] = {"what": text, "target": f"{op} {target:g}", "met": len(met),
-                     "measured": len(cells),
-                     "verdict": "n/a" if not cells else "met" if len(met) == len(cells)
-                     else "not met",
-                     "flat_tcp": next((g["value"] for g in goals if g["goal"] == goal
-                                       and g["kind"] == "flat" and g["transport"] == "tcp"),
-                                      None)}
+        out[goal] = {
+            "what": text,
+            "target": f"{op} {target:g}",
+            "met": len(met),
+            "measured": len(cells),
+            "verdict": "n/a" if not cells else "met" if len(met) == len(cells) else "not met",
+            "flat_tcp": next(
+                (
+                    g["value"]
+                    for g in goals
+                    if g["goal"] == goal and g["kind"] == "flat" and g["transport"] == "tcp"
+                ),
+                None,
+            ),
+        }
     return out
 
 
@@ -144,15 +181,20 @@ def versus_original(results: dict[str, Any]) -> dict[str, Any]:
     s = results["sizes"]
     rows = []
     for kind in KINDS:
-        rows += [(kind, "latency", "p50_us", "nq=1 search p50", "time"),
-                 (kind, "batch_search", "p50_ms", f"nq={s['nq_batch']} search p50", "time")]
+        rows += [
+            (kind, "latency", "p50_us", "nq=1 search p50", "time"),
+            (kind, "batch_search", "p50_ms", f"nq={s['nq_batch']} search p50", "time"),
+        ]
         if kind == "flat":
-            rows += [(kind, "add", "p50_ms", f"one {s['n_large']}-vector add", "time"),
-                     (kind, "add_batches", "p50_us", f"{s['batch_add']}-vector add p50",
-                      "time")]
-        rows += [(kind, "build", "add_s", "build (add)", "time"),
-                 (kind, "qps", first, f"QPS, {first} client", "rate"),
-                 (kind, "qps", top, f"QPS, {top} clients", "rate")]
+            rows += [
+                (kind, "add", "p50_ms", f"one {s['n_large']}-vector add", "time"),
+                (kind, "add_batches", "p50_us", f"{s['batch_add']}-vector add p50", "time"),
+            ]
+        rows += [
+            (kind, "build", "add_s", "build (add)", "time"),
+            (kind, "qps", first, f"QPS, {first} client", "rate"),
+            (kind, "qps", top, f"QPS, {top} clients", "rate"),
+        ]
     for kind, workload, field, label, sense in rows:
         name = f"{kind}: {label}"
         problem = status(kind, workload)
@@ -172,6 +214,7 @@ def versus_original(results: dict[str, Any]) -> dict[str, Any]:
 
 # -- formatting -----------------------------------------------------------------------------------
 
+
 def fmt_seconds(s: float | None) -> str:
     if s is None:
         return "-"
@@ -190,8 +233,9 @@ def fmt_num(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def _cell(results: dict[str, Any], kind: str, workload: str, system: str,
-          notes: list[str], render: Any) -> str:
+def _cell(
+    results: dict[str, Any], kind: str, workload: str, system: str, notes: list[str], render: Any
+) -> str:
     node = results["workloads"].get(kind, {}).get(workload, {}).get("systems", {}).get(system)
     if node is None:
         return ""
@@ -211,8 +255,10 @@ def _cell(results: dict[str, Any], kind: str, workload: str, system: str,
 def figures_table(results: dict[str, Any], notes: list[str]) -> Table:
     s = results["sizes"]
     systems = list(COLUMNS)
-    table = Table(title="Absolute figures (p50 unless noted; each system measured in turn, "
-                        "same run)", title_justify="left")
+    table = Table(
+        title="Absolute figures (p50 unless noted; each system measured in turn, same run)",
+        title_justify="left",
+    )
     table.add_column("workload")
     for system in systems:
         table.add_column(COLUMNS[system], justify="right")
@@ -230,24 +276,40 @@ def figures_table(results: dict[str, Any], notes: list[str]) -> Table:
         w = results["workloads"][kind]
         rows = [
             (f"[b]{kind}[/] nq=1 latency\n[dim]{w['latency']['desc']}[/]", "latency", lat),
-            (f"{kind} nq={s['nq_batch']} search\n[dim]{w['batch_search']['desc']}[/]",
-             "batch_search", lambda n: fmt_seconds(n["p50_ms"] / 1e3)),
-            (f"{kind} build: train + add", "build",
-             lambda n: f"{fmt_seconds(n['train_s'])} + {fmt_seconds(n['add_s'])}"
-             if n["train_s"] else fmt_seconds(n["add_s"])),
+            (
+                f"{kind} nq={s['nq_batch']} search\n[dim]{w['batch_search']['desc']}[/]",
+                "batch_search",
+                lambda n: fmt_seconds(n["p50_ms"] / 1e3),
+            ),
+            (
+                f"{kind} build: train + add",
+                "build",
+                lambda n: (
+                    f"{fmt_seconds(n['train_s'])} + {fmt_seconds(n['add_s'])}"
+                    if n["train_s"]
+                    else fmt_seconds(n["add_s"])
+                ),
+            ),
         ]
         if kind == "flat":
             rows += [
-                (f"flat add\n[dim]{w['add']['desc']}[/]", "add",
-                 lambda n: f"{fmt_seconds(n['p50_ms'] / 1e3)} · {fmt_num(n['mb_s'])} MB/s"),
-                (f"flat add, batched\n[dim]{w['add_batches']['desc']}[/]", "add_batches",
-                 lambda n: f"{fmt_seconds(n['p50_us'] / 1e6)} · {fmt_num(n['mb_s'])} MB/s"),
+                (
+                    f"flat add\n[dim]{w['add']['desc']}[/]",
+                    "add",
+                    lambda n: f"{fmt_seconds(n['p50_ms'] / 1e3)} · {fmt_num(n['mb_s'])} MB/s",
+                ),
+                (
+                    f"flat add, batched\n[dim]{w['add_batches']['desc']}[/]",
+                    "add_batches",
+                    lambda n: f"{fmt_seconds(n['p50_us'] / 1e6)} · {fmt_num(n['mb_s'])} MB/s",
+                ),
             ]
-        rows.append((f"{kind} QPS, {clients} clients\n[dim]nq=1..{s['nq_max']}[/]", "qps",
-                     qps))
+        rows.append((f"{kind} QPS, {clients} clients\n[dim]nq=1..{s['nq_max']}[/]", "qps", qps))
         for label, workload, render in rows:
-            table.add_row(label, *(_cell(results, kind, workload, system, notes, render)
-                                   for system in systems))
+            table.add_row(
+                label,
+                *(_cell(results, kind, workload, system, notes, render) for system in systems),
+            )
     return table
 
 
@@ -283,8 +345,9 @@ def goals_table(results: dict[str, Any], derived: dict[str, Any]) -> Table:
             return
         _, op, target = GOALS[goal]
         summary = derived["summary"][goal]
-        verdict = {"met": "[green]met[/]", "not met": "[red]not met[/]",
-                   "n/a": "[dim]n/a[/]"}[summary["verdict"]]
+        verdict = {"met": "[green]met[/]", "not met": "[red]not met[/]", "n/a": "[dim]n/a[/]"}[
+            summary["verdict"]
+        ]
         if summary["verdict"] == "not met":
             verdict += f" ({summary['met']}/{summary['measured']})"
         table.add_row(f"({goal}) {label}", f"{op} {target:g}", *values, verdict)
@@ -292,33 +355,47 @@ def goals_table(results: dict[str, Any], derived: dict[str, Any]) -> Table:
     row("nq=1: (remote - local) / echo", "latency_overhead_over_echo", "a")
     row("nq=1: remote / local", "latency_remote_over_local")
     row(f"nq={results['sizes']['nq_batch']}: remote / local", "batch_remote_over_local", "b")
-    row(f"nq={results['sizes']['nq_batch']}: (remote - local) / echo",
-        "batch_overhead_over_echo")
+    row(f"nq={results['sizes']['nq_batch']}: (remote - local) / echo", "batch_overhead_over_echo")
     row("one-call add: bandwidth / echo bandwidth", "add_bandwidth_over_echo", "c", only="flat")
     row("one-call add: remote / local time", "add_remote_over_local", only="flat")
-    row(f"{results['sizes']['batch_add']}-vector adds: bandwidth / echo",
-        "batch_add_bandwidth_over_echo", only="flat")
+    row(
+        f"{results['sizes']['batch_add']}-vector adds: bandwidth / echo",
+        "batch_add_bandwidth_over_echo",
+        only="flat",
+    )
     if top == "4":
         row(f"QPS {top} clients / {first} client", f"qps_{top}_over_{first}", "d")
     else:
         row(f"QPS {top} clients / {first} client (goal needs 4)", f"qps_{top}_over_{first}")
     for n in results["sizes"]["clients"][1:-1]:
         row(f"QPS {n} clients / {first} client", f"qps_{n}_over_{first}")
-    def scaling(system: str) -> str:
-        return " · ".join(
-            f"{kind} {v:.2f}" for kind in KINDS
-            if (v := ratios[kind][system].get(f"qps_{top}_over_{first}")) is not None) or "n/a"
 
-    table.caption = (f"QPS {top}/{first} for reference: local faiss processes "
-                     f"{scaling('local')}; bare echo {scaling('echo-tcp')}.\n"
-                     "(remote - local) / echo: how many bare round trips FAISSx adds.")
+    def scaling(system: str) -> str:
+        return (
+            " · ".join(
+                f"{kind} {v:.2f}"
+                for kind in KINDS
+                if (v := ratios[kind][system].get(f"qps_{top}_over_{first}")) is not None
+            )
+            or "n/a"
+        )
+
+    table.caption = (
+        f"QPS {top}/{first} for reference: local faiss processes "
+        f"{scaling('local')}; bare echo {scaling('echo-tcp')}.\n"
+        "(remote - local) / echo: how many bare round trips FAISSx adds."
+    )
     return table
 
 
 def original_table(derived: dict[str, Any]) -> Table:
     table = Table(title="Versus the original faissx (FAISSx over tcp)", title_justify="left")
-    for column, justify in (("workload", "left"), ("FAISSx", "right"), ("original", "right"),
-                            ("FAISSx is", "right")):
+    for column, justify in (
+        ("workload", "left"),
+        ("FAISSx", "right"),
+        ("original", "right"),
+        ("FAISSx is", "right"),
+    ):
         table.add_column(column, justify=justify)
     for name, row in derived["vs_original"].items():
         if row["speedup"] is None:
@@ -341,11 +418,13 @@ def original_table(derived: dict[str, Any]) -> Table:
 
 def machine_line(results: dict[str, Any]) -> str:
     m, meta = results["machine"], results["meta"]
-    return (f"{m.get('cpu_model') or m['machine']}, {m['usable_cpus']} usable of "
-            f"{m['cpu_count']} CPUs · {m['platform']} · Python {m['python']} · faiss "
-            f"{m.get('faiss')} · pyzmq {m.get('pyzmq')} (libzmq {m.get('libzmq')}) · "
-            f"load avg {m['load_avg_before'][0]} → {m['load_avg_after'][0]} · "
-            f"{meta['started']} · {meta['duration_s']} s")
+    return (
+        f"{m.get('cpu_model') or m['machine']}, {m['usable_cpus']} usable of "
+        f"{m['cpu_count']} CPUs · {m['platform']} · Python {m['python']} · faiss "
+        f"{m.get('faiss')} · pyzmq {m.get('pyzmq')} (libzmq {m.get('libzmq')}) · "
+        f"load avg {m['load_avg_before'][0]} → {m['load_avg_after'][0]} · "
+        f"{meta['started']} · {meta['duration_s']} s"
+    )
 
 
 def print_report(results: dict[str, Any], console: Console) -> None:
@@ -364,12 +443,14 @@ def print_report(results: dict[str, Any], console: Console) -> None:
             f"goal ({goal}) {summary['what']} {summary['target']}: "
             f"[{colour}]{summary['verdict']}[/] — flat/tcp "
             f"{'n/a' if flat is None else f'{flat:.2f}'}; "
-            f"{summary['met']} of {summary['measured']} measured cells met")
+            f"{summary['met']} of {summary['measured']} measured cells met"
+        )
     if results["meta"]["original"]:
         console.print(original_table(derived))
 
 
 # -- files ----------------------------------------------------------------------------------------
+
 
 def write_json(results: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
@@ -389,15 +470,26 @@ def draw_chart(results: dict[str, Any], path: Path) -> str | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return ("matplotlib is not installed, no chart drawn "
-                "(pip install -e '.[bench]' to get it)")
+        return "matplotlib is not installed, no chart drawn (pip install -e '.[bench]' to get it)"
     systems = list(COLUMNS)
-    colours = {"local": "#4c72b0", "tcp": "#dd8452", "ipc": "#55a868", "echo-tcp": "#8c8c8c",
-               "echo-ipc": "#c7c7c7", "original": "#c44e52"}
+    colours = {
+        "local": "#4c72b0",
+        "tcp": "#dd8452",
+        "ipc": "#55a868",
+        "echo-tcp": "#8c8c8c",
+        "echo-ipc": "#c7c7c7",
+        "original": "#c44e52",
+    }
     fig, axes = plt.subplots(2, 2, figsize=(14, 9.5))
 
-    def bars(ax: Any, groups: list[tuple[str, str, str]], field: str, scale: float,
-             ylabel: str, title: str) -> None:
+    def bars(
+        ax: Any,
+        groups: list[tuple[str, str, str]],
+        field: str,
+        scale: float,
+        ylabel: str,
+        title: str,
+    ) -> None:
         width = 0.8 / len(systems)
         for j, system in enumerate(systems):
             xs, ys = [], []
@@ -413,14 +505,34 @@ def draw_chart(results: dict[str, Any], path: Path) -> str | None:
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3, which="both")
 
-    bars(axes[0][0], [(k, "latency", k) for k in KINDS], "p50_us", 1.0, "µs (log)",
-         "nq=1 k=10 search, p50")
-    bars(axes[0][1], [(k, "batch_search", k) for k in KINDS], "p50_ms", 1.0, "ms (log)",
-         f"nq={results['sizes']['nq_batch']} k=10 search, p50")
+    bars(
+        axes[0][0],
+        [(k, "latency", k) for k in KINDS],
+        "p50_us",
+        1.0,
+        "µs (log)",
+        "nq=1 k=10 search, p50",
+    )
+    bars(
+        axes[0][1],
+        [(k, "batch_search", k) for k in KINDS],
+        "p50_ms",
+        1.0,
+        "ms (log)",
+        f"nq={results['sizes']['nq_batch']} k=10 search, p50",
+    )
     s = results["sizes"]
-    bars(axes[1][0], [("flat", "add", f"one {s['n_large']}-vector add"),
-                      ("flat", "add_batches", f"{s['batch_add']}-vector adds")], "mb_s", 1.0,
-         "MB/s (log)", "add bandwidth (higher is better)")
+    bars(
+        axes[1][0],
+        [
+            ("flat", "add", f"one {s['n_large']}-vector add"),
+            ("flat", "add_batches", f"{s['batch_add']}-vector adds"),
+        ],
+        "mb_s",
+        1.0,
+        "MB/s (log)",
+        "add bandwidth (higher is better)",
+    )
     axes[0][0].legend(fontsize=8)
 
     ax = axes[1][1]
@@ -431,8 +543,14 @@ def draw_chart(results: dict[str, Any], path: Path) -> str | None:
         for system, style in styles.items():
             ys = [_fig(results, kind, "qps", system, str(c), "qps") for c in clients]
             if all(y is not None for y in ys):
-                ax.plot(clients, ys, style, marker="o", color=kind_colours[kind],
-                        label=f"{kind} {COLUMNS[system]}")
+                ax.plot(
+                    clients,
+                    ys,
+                    style,
+                    marker="o",
+                    color=kind_colours[kind],
+                    label=f"{kind} {COLUMNS[system]}",
+                )
     ys = [_fig(results, "flat", "qps", "echo-tcp", str(c), "qps") for c in clients]
     if all(y is not None for y in ys):
         ax.plot(clients, ys, "-", marker="s", color=colours["echo-tcp"], label="bare echo tcp")
@@ -445,7 +563,7 @@ def draw_chart(results: dict[str, Any], path: Path) -> str | None:
     ax.legend(fontsize=7, ncol=2, loc="best")
     line = machine_line(results)
     cut = line.find(" · ", len(line) // 2)
-    fig.suptitle(f"FAISSx benchmark — {line[:cut]}\n{line[cut + 3:]}", fontsize=9)
+    fig.suptitle(f"FAISSx benchmark — {line[:cut]}\n{line[cut + 3 :]}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -50,6 +50,7 @@ def dataset(nb: int, nq: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     def draw(n: int) -> np.ndarray:
         around = centres[rng.integers(0, len(centres), n)]
         return (around + rng.standard_normal((n, D))).astype("float32")
+
     return draw(nb), draw(nq)
 
 
@@ -72,12 +73,17 @@ def measure(index: Any, xq: np.ndarray, truth: np.ndarray, singles: int) -> dict
         index.search(q[None, :], K)
         times.append(time.perf_counter() - start)
     at10, at1 = recall(found, truth)
-    return {"R@10": at10, "1-R@1": at1, "batch_ms": batch_ms,
-            "single_ms": float(np.median(times) * 1000)}
+    return {
+        "R@10": at10,
+        "1-R@1": at1,
+        "batch_ms": batch_ms,
+        "single_ms": float(np.median(times) * 1000),
+    }
 
 
-def sweep(module: Any, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray,
-          singles: int) -> dict[str, list[dict[str, Any]]]:
+def sweep(
+    module: Any, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, singles: int
+) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for description, (param, values) in SWEEPS.items():
         index = module.index_factory(D, description)
@@ -90,8 +96,14 @@ def sweep(module: Any, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray,
         for value in values:
             index.set_parameter(param, value)
             assert index.get_parameter(param) == value
-            rows.append({"param": param, "value": value, "build_s": build_s,
-                         **measure(index, xq, truth, singles)})
+            rows.append(
+                {
+                    "param": param,
+                    "value": value,
+                    "build_s": build_s,
+                    **measure(index, xq, truth, singles),
+                }
+            )
         out[description] = rows
     return out
 
@@ -102,8 +114,11 @@ def start_server() -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([str(FAISSX), "serve", "--port", str(port), "--log-level",
-                             "WARNING"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(FAISSX), "serve", "--port", str(port), "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return proc, f"tcp://127.0.0.1:{port}"
 
 
@@ -116,8 +131,10 @@ def table(local: dict, remote: dict | None) -> str:
     lines = [head, rule]
     for description, rows in local.items():
         for number, row in enumerate(rows):
-            line = (f"| {description} | {row['param']}={row['value']} | {row['R@10']:.3f} | "
-                    f"{row['1-R@1']:.3f} | {row['batch_ms']:.3f} | {row['single_ms']:.3f} |")
+            line = (
+                f"| {description} | {row['param']}={row['value']} | {row['R@10']:.3f} | "
+                f"{row['1-R@1']:.3f} | {row['batch_ms']:.3f} | {row['single_ms']:.3f} |"
+            )
             if remote is not None:
                 far = remote[description][number]
                 # the same parameter gives the same results remotely (HNSW graphs built on
@@ -164,14 +181,19 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
     text = table(local, remote)
-    print(f"nb={args.nb} nq={args.nq} d={D} k={K}; faiss {faiss.__version__}; "
-          f"{platform.processor() or platform.machine()}, {_cores()} cores")
+    print(
+        f"nb={args.nb} nq={args.nq} d={D} k={K}; faiss {faiss.__version__}; "
+        f"{platform.processor() or platform.machine()}, {_cores()} cores"
+    )
     print(text)
     results = OUT_DIR  # ignored by git: the published tuning.json is not rewritten
     results.mkdir(parents=True, exist_ok=True)
-    (results / "tuning.json").write_text(json.dumps(
-        {"nb": args.nb, "nq": args.nq, "d": D, "k": K, "local": local, "remote": remote},
-        indent=2))
+    (results / "tuning.json").write_text(
+        json.dumps(
+            {"nb": args.nb, "nq": args.nq, "d": D, "k": K, "local": local, "remote": remote},
+            indent=2,
+        )
+    )
 
 
 def _cores() -> int:

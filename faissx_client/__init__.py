@@ -52,13 +52,37 @@ from faissx_core.selectors import SelectorSpec
 from faissx_core.specs import IMPORTED, IndexSpec
 
 __all__ = [
-    "Aborted", "Client", "FaissXClient", "FaissxError", "IndexDamaged", "IndexExists",
-    "IndexNotFound", "InvalidArgument", "NotConfigured", "PermissionDenied", "QuotaExceeded",
-    "RemoteIndex", "ServerUnavailable", "ShardUnavailable", "Unauthenticated", "UnknownIndexType",
+    "Aborted",
+    "Client",
+    "FaissXClient",
+    "FaissxError",
+    "IndexDamaged",
+    "IndexExists",
+    "IndexNotFound",
+    "InvalidArgument",
+    "NotConfigured",
+    "PermissionDenied",
+    "QuotaExceeded",
+    "RemoteIndex",
+    "ServerUnavailable",
+    "ShardUnavailable",
+    "Unauthenticated",
+    "UnknownIndexType",
     "__version__",
-    "configure", "configure_recovery", "delete_index", "disconnect", "get_client", "gpu",
-    "is_remote", "list_indexes", "modification", "on_reconnect", "open_index", "optimization",
-    "recovery", "with_retry",
+    "configure",
+    "configure_recovery",
+    "delete_index",
+    "disconnect",
+    "get_client",
+    "gpu",
+    "is_remote",
+    "list_indexes",
+    "modification",
+    "on_reconnect",
+    "open_index",
+    "optimization",
+    "recovery",
+    "with_retry",
 ]
 
 # Local mode: indices built here honour batch_size / progress / the memory limit and GPU mode;
@@ -70,12 +94,18 @@ _client: FaissXClient | None = None
 _lock = threading.Lock()
 
 
-def configure(server: str | None = None, api_key: str | None = None,
-              tenant_id: str | None = None, timeout: float | None = None,
-              heartbeat: float | None = None, server_public_key: str | None = None,
-              client_public_key: str | None = None,
-              client_secret_key: str | None = None, *, gpu: bool | None = None
-              ) -> Client | None:
+def configure(
+    server: str | None = None,
+    api_key: str | None = None,
+    tenant_id: str | None = None,
+    timeout: float | None = None,
+    heartbeat: float | None = None,
+    server_public_key: str | None = None,
+    client_public_key: str | None = None,
+    client_secret_key: str | None = None,
+    *,
+    gpu: bool | None = None,
+) -> Client | None:
     """Switch to remote mode: every index created from now on lives on ``server``.
 
     Arguments not given come from ``FAISSX_SERVER``, ``FAISSX_API_KEY``, ``FAISSX_TENANT_ID``,
@@ -96,12 +126,19 @@ def configure(server: str | None = None, api_key: str | None = None,
             gpu_module.enable() if gpu else gpu_module.disable()
             return None
         if gpu:
-            raise InvalidArgument("gpu=True is for local mode; a remote index runs where the "
-                                  "server puts it (start the server with `faissx serve --gpu`)")
-    settings = ClientSettings.from_env(server=server, api_key=api_key, tenant_id=tenant_id,
-                                       timeout=timeout, server_public_key=server_public_key,
-                                       client_public_key=client_public_key,
-                                       client_secret_key=client_secret_key)
+            raise InvalidArgument(
+                "gpu=True is for local mode; a remote index runs where the "
+                "server puts it (start the server with `faissx serve --gpu`)"
+            )
+    settings = ClientSettings.from_env(
+        server=server,
+        api_key=api_key,
+        tenant_id=tenant_id,
+        timeout=timeout,
+        server_public_key=server_public_key,
+        client_public_key=client_public_key,
+        client_secret_key=client_secret_key,
+    )
     client = FaissXClient(settings, heartbeat)  # our client plus the original FAISSx's API
     try:
         client.hello()
@@ -177,11 +214,13 @@ def _generic_class(name: str) -> type | None:
     if name in _classes:
         return _classes[name]
     value = getattr(faiss, name, None)
-    if (GENERIC_TYPE not in _registry.types or not isinstance(value, type)
-            or not issubclass(value, faiss.Index | faiss.IndexBinary)):
+    if (
+        GENERIC_TYPE not in _registry.types
+        or not isinstance(value, type)
+        or not issubclass(value, faiss.Index | faiss.IndexBinary)
+    ):
         return None
-    _classes[name] = make_generic_class(name, _registry.types[GENERIC_TYPE], _registry,
-                                        get_client)
+    _classes[name] = make_generic_class(name, _registry.types[GENERIC_TYPE], _registry, get_client)
     return _classes[name]
 
 
@@ -191,8 +230,9 @@ if "SearchParametersIVF" in _classes:  # faiss's other spelling of it
 
 def _proxy_class(info: dict[str, Any]) -> type:
     """The proxy class for a server-side index: its own type's, else its faiss class's name."""
-    spec_cls = info.get("spec", {}).get("params", {}).get("cls") if info["type"] == GENERIC_TYPE \
-        else None
+    spec_cls = (
+        info.get("spec", {}).get("params", {}).get("cls") if info["type"] == GENERIC_TYPE else None
+    )
     for name in (spec_cls, info["type"], info.get("faiss_class")):
         if name in _classes:
             return _classes[name]
@@ -203,9 +243,16 @@ def _proxy_class(info: dict[str, Any]) -> type:
     return cls
 
 
-def _attach(client: Client, spec: IndexSpec, name: str | None, info: dict | None = None,
-            op: str = "create", data: Any = None, extra: dict | None = None,
-            placement: dict | None = None) -> RemoteIndex:
+def _attach(
+    client: Client,
+    spec: IndexSpec,
+    name: str | None,
+    info: dict | None = None,
+    op: str = "create",
+    data: Any = None,
+    extra: dict | None = None,
+    placement: dict | None = None,
+) -> RemoteIndex:
     """A proxy created on the server now (``create``, ``import`` or ``clone``), typed after
     what it is."""
     proxy = type.__call__(RemoteIndex, client, spec, name=name, info=info, placement=placement)
@@ -240,15 +287,22 @@ def _open(client: Client, name: str) -> RemoteIndex:
     return _attach(client, IndexSpec.model_validate(info["spec"]), name, info)
 
 
-def index_factory(d: int, description: str, metric: int = faiss.METRIC_L2, *,
-                  name: str | None = None, shards: int | None = None,
-                  replicas: int | None = None) -> Any:
+def index_factory(
+    d: int,
+    description: str,
+    metric: int = faiss.METRIC_L2,
+    *,
+    name: str | None = None,
+    shards: int | None = None,
+    replicas: int | None = None,
+) -> Any:
     """faiss.index_factory; in remote mode the server builds the index from the same string
     (``shards``/``replicas``: its placement with ``--backend ray``)."""
     client = get_client()
     if client is None:
         return optimization.build_local(
-            lambda a, _k: faiss.index_factory(*a), (d, description, metric), {})
+            lambda a, _k: faiss.index_factory(*a), (d, description, metric), {}
+        )
     spec = _registry.index_type("index_factory").bind((d, description, metric), {})
     return _attach(client, spec, name, placement=_placement(shards, replicas))
 
@@ -257,12 +311,14 @@ def index_binary_factory(d: int, description: str, *, name: str | None = None) -
     client = get_client()
     if client is None:
         return optimization.build_local(
-            lambda a, _k: faiss.index_binary_factory(*a), (d, description), {})
+            lambda a, _k: faiss.index_binary_factory(*a), (d, description), {}
+        )
     spec = _registry.index_type("index_binary_factory").bind((d, description), {})
     return _attach(client, spec, name)
 
 
 # -- persistence: faiss's own functions locally, real faiss bytes to and from the server ------
+
 
 def serialize_index(index: Any) -> Any:
     if isinstance(index, RemoteIndex):
@@ -341,8 +397,11 @@ def _read_local(reader: Any, path: Any, io_flags: int) -> Any:
 
 def _upload(client: Client, data: Any, name: str | None, spec: Any) -> RemoteIndex:
     raw = np.frombuffer(bytes(data) if not isinstance(data, np.ndarray) else data, dtype=np.uint8)
-    spec = IndexSpec.model_validate(spec) if spec is not None else IndexSpec(
-        type=IMPORTED.name, params={"faiss_class": "unknown until uploaded"})
+    spec = (
+        IndexSpec.model_validate(spec)
+        if spec is not None
+        else IndexSpec(type=IMPORTED.name, params={"faiss_class": "unknown until uploaded"})
+    )
     return _attach(client, spec, name, op="import", data=np.ascontiguousarray(raw))
 
 
@@ -358,6 +417,7 @@ def _unpickle_index(spec: dict[str, Any], data: bytes) -> Any:
 
 
 # -- faiss helpers that must see through proxies ------------------------------------------------
+
 
 class ParameterSpace(faiss.ParameterSpace):
     """faiss.ParameterSpace that also sets runtime parameters of remote indices.
@@ -433,9 +493,11 @@ def extract_index_ivf(index: Any) -> Any:
     ivf_classes = (faiss.IndexIVF, faiss.IndexBinaryIVF)
     if isinstance(index, RemoteIndex) and issubclass(class_of(index) or object, ivf_classes):
         return index
-    proxy, path = ((index, "") if isinstance(index, RemoteIndex)
-                   else (index._proxy, index._path if isinstance(index, RemoteView)
-                         else index._prefix))
+    proxy, path = (
+        (index, "")
+        if isinstance(index, RemoteIndex)
+        else (index._proxy, index._path if isinstance(index, RemoteView) else index._prefix)
+    )
     try:
         return views.fetch(proxy, views.join(path, "@ivf"))
     except UnsupportedOperation as exc:
@@ -496,12 +558,14 @@ def _delete(client: Client, name: str) -> None:
 
 # -- selectors: real faiss locally, data remotely ---------------------------------------------
 
+
 def IDSelectorRange(imin: int, imax: int, assume_sorted: bool = False) -> Any:
     """Ids in ``[imin, imax)``."""
     if get_client() is None:
         return faiss.IDSelectorRange(imin, imax, assume_sorted)
-    return RemoteSelector(SelectorSpec(kind="range", imin=imin, imax=imax,
-                                       assume_sorted=bool(assume_sorted)))
+    return RemoteSelector(
+        SelectorSpec(kind="range", imin=imin, imax=imax, assume_sorted=bool(assume_sorted))
+    )
 
 
 def IDSelectorBitmap(*args: Any) -> Any:
@@ -512,8 +576,9 @@ def IDSelectorBitmap(*args: Any) -> Any:
     behind = pointers.array(args[-1])
     bitmap = np.asarray(behind if behind is not None else args[-1])
     if bitmap.dtype != np.uint8 or bitmap.ndim != 1:
-        raise InvalidArgument("IDSelectorBitmap takes a 1-d uint8 array (np.packbits, "
-                              "bitorder='little')")
+        raise InvalidArgument(
+            "IDSelectorBitmap takes a 1-d uint8 array (np.packbits, bitorder='little')"
+        )
     if len(args) == 2:
         bitmap = bitmap[: int(args[0])]
     return RemoteSelector(SelectorSpec(kind="bitmap"), np.ascontiguousarray(bitmap))
@@ -562,8 +627,11 @@ def __getattr__(name: str) -> Any:
         value = getattr(faiss, name)
     except AttributeError:
         raise AttributeError(f"module 'faissx_client' (faiss) has no attribute {name!r}") from None
-    if (isinstance(value, type) and issubclass(value, faiss.Index | faiss.IndexBinary)
-            and get_client() is not None):
+    if (
+        isinstance(value, type)
+        and issubclass(value, faiss.Index | faiss.IndexBinary)
+        and get_client() is not None
+    ):
         return _generic_class(name) or _not_served(name)
     return value
 
@@ -575,7 +643,8 @@ def _not_served(name: str) -> Any:
         raise UnsupportedOperation(
             f"{name} is not available in remote mode: no plugin on this client provides it, "
             "and the generic family is not installed "
-            "(index_factory may build it on the server, or call disconnect() for local mode)")
+            "(index_factory may build it on the server, or call disconnect() for local mode)"
+        )
 
     refuse.__name__ = refuse.__qualname__ = name
     return refuse

@@ -26,23 +26,32 @@ console = Console()
 
 
 def _connection(fn):
-    for option in reversed([
-        click.option("--server", envvar="FAISSX_SERVER", default="tcp://localhost:45678",
-                     show_default=True, help="Server endpoint."),
-        click.option("--api-key", envvar="FAISSX_API_KEY", default=None, help="API key."),
-        click.option("--tenant", envvar="FAISSX_TENANT_ID", default=None, help="Tenant id."),
-        click.option("--timeout", type=float, default=60.0, show_default=True),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--server",
+                envvar="FAISSX_SERVER",
+                default="tcp://localhost:45678",
+                show_default=True,
+                help="Server endpoint.",
+            ),
+            click.option("--api-key", envvar="FAISSX_API_KEY", default=None, help="API key."),
+            click.option("--tenant", envvar="FAISSX_TENANT_ID", default=None, help="Tenant id."),
+            click.option("--timeout", type=float, default=60.0, show_default=True),
+        ]
+    ):
         fn = option(fn)
     return fn
 
 
 @contextmanager
-def connect(server: str, api_key: str | None, tenant: str | None, timeout: float
-            ) -> Iterator[Client]:
+def connect(
+    server: str, api_key: str | None, tenant: str | None, timeout: float
+) -> Iterator[Client]:
     try:
-        settings = ClientSettings.checked(server=server, api_key=api_key, tenant_id=tenant,
-                                          timeout=timeout)
+        settings = ClientSettings.checked(
+            server=server, api_key=api_key, tenant_id=tenant, timeout=timeout
+        )
     except FaissxError as exc:
         raise click.ClickException(str(exc)) from None
     client = Client(settings)
@@ -71,20 +80,34 @@ def list_cmd(server: str, api_key: str | None, tenant: str | None, timeout: floa
         table.add_column(column)
     for info in rows:
         if info.get("state") == "damaged":  # quarantined: only its name and why are known
-            table.add_row(info["name"], "-", "-", "-", "-", "-",
-                          f"DAMAGED: {info.get('damaged', '')} (files kept in {info['path']})")
+            table.add_row(
+                info["name"],
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                f"DAMAGED: {info.get('damaged', '')} (files kept in {info['path']})",
+            )
             continue
-        table.add_row(info["name"], info["type"], info.get("faiss_class", ""), str(info["d"]),
-                      str(info["ntotal"]), "yes" if info["is_trained"] else "no",
-                      info.get("state", "ok"))
+        table.add_row(
+            info["name"],
+            info["type"],
+            info.get("faiss_class", ""),
+            str(info["d"]),
+            str(info["ntotal"]),
+            "yes" if info["is_trained"] else "no",
+            info.get("state", "ok"),
+        )
     console.print(table)
 
 
 @indexes.command("info")
 @click.argument("name")
 @_connection
-def info_cmd(name: str, server: str, api_key: str | None, tenant: str | None,
-             timeout: float) -> None:
+def info_cmd(
+    name: str, server: str, api_key: str | None, tenant: str | None, timeout: float
+) -> None:
     """Everything the server reports about index NAME, as JSON."""
     with connect(server, api_key, tenant, timeout) as client:
         info = client.call("info", name)[0]
@@ -95,8 +118,9 @@ def info_cmd(name: str, server: str, api_key: str | None, tenant: str | None,
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_connection
-def delete_cmd(name: str, yes: bool, server: str, api_key: str | None, tenant: str | None,
-               timeout: float) -> None:
+def delete_cmd(
+    name: str, yes: bool, server: str, api_key: str | None, tenant: str | None, timeout: float
+) -> None:
     """Delete index NAME and its files."""
     if not yes:
         click.confirm(f"Delete index {name!r} on {server}?", abort=True)
@@ -108,8 +132,9 @@ def delete_cmd(name: str, yes: bool, server: str, api_key: str | None, tenant: s
 @indexes.command("snapshot")
 @click.argument("name", required=False)
 @_connection
-def snapshot_cmd(name: str | None, server: str, api_key: str | None, tenant: str | None,
-                 timeout: float) -> None:
+def snapshot_cmd(
+    name: str | None, server: str, api_key: str | None, tenant: str | None, timeout: float
+) -> None:
     """Snapshot index NAME (or every named index of the tenant) and empty its log."""
     with connect(server, api_key, tenant, timeout) as client:
         names = [name] if name else [i["name"] for i in client.call("list")[0]["indexes"]]
@@ -125,11 +150,14 @@ def snapshot_cmd(name: str | None, server: str, api_key: str | None, tenant: str
 @click.argument("name")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @_connection
-def export_cmd(name: str, path: Path, server: str, api_key: str | None, tenant: str | None,
-               timeout: float) -> None:
+def export_cmd(
+    name: str, path: Path, server: str, api_key: str | None, tenant: str | None, timeout: float
+) -> None:
     """Write index NAME to PATH as a faiss file (``faiss.read_index`` opens it)."""
-    with connect(server, api_key, tenant, timeout) as client, progress(
-            f"export {name}", None, "bytes") as steps:
+    with (
+        connect(server, api_key, tenant, timeout) as client,
+        progress(f"export {name}", None, "bytes") as steps,
+    ):
         data = client.call("serialize", name)[1]["data"]
         steps.advance(data.nbytes, "received")
     path.write_bytes(data.tobytes())
@@ -152,15 +180,20 @@ def is_faiss_file(data: np.ndarray) -> bool:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("name")
 @_connection
-def import_cmd(path: Path, name: str, server: str, api_key: str | None, tenant: str | None,
-               timeout: float) -> None:
+def import_cmd(
+    path: Path, name: str, server: str, api_key: str | None, tenant: str | None, timeout: float
+) -> None:
     """Upload the faiss file PATH as a new named index NAME."""
     data = np.fromfile(path, dtype=np.uint8)
     if not is_faiss_file(data):  # refuse what faiss itself cannot read before sending it
-        raise click.ClickException(f"{path} is not a faiss index file (faiss.write_index "
-                                   "writes one; `faissx indexes export` too)")
-    with connect(server, api_key, tenant, timeout) as client, progress(
-            f"import {name}", data.nbytes, "bytes") as steps:
+        raise click.ClickException(
+            f"{path} is not a faiss index file (faiss.write_index "
+            "writes one; `faissx indexes export` too)"
+        )
+    with (
+        connect(server, api_key, tenant, timeout) as client,
+        progress(f"import {name}", data.nbytes, "bytes") as steps,
+    ):
         info = client.upload(name, data, ephemeral=False, sent=lambda n: steps.advance(n))
     console.print(f"imported {path} as {name}: {info['faiss_class']}, {info['ntotal']} vectors")
     for line in info.get("warnings") or ():
@@ -170,8 +203,9 @@ def import_cmd(path: Path, name: str, server: str, api_key: str | None, tenant: 
 @indexes.command("repair")
 @click.argument("name")
 @_connection
-def repair_cmd(name: str, server: str, api_key: str | None, tenant: str | None,
-               timeout: float) -> None:
+def repair_cmd(
+    name: str, server: str, api_key: str | None, tenant: str | None, timeout: float
+) -> None:
     """Rebuild the damaged (quarantined) index NAME from its intact part.
 
     The server first copies every file of the index, byte for byte, to
@@ -180,8 +214,10 @@ def repair_cmd(name: str, server: str, api_key: str | None, tenant: str | None,
     """
     with connect(server, api_key, tenant, timeout) as client:
         info = client.call("repair", name)[0]
-    console.print(f"repaired {name}: {info['ntotal']} vectors ({info['records']} logged "
-                  f"write(s) replayed); {info['notes']}")
+    console.print(
+        f"repaired {name}: {info['ntotal']} vectors ({info['records']} logged "
+        f"write(s) replayed); {info['notes']}"
+    )
     console.print(f"the damaged files are kept in {info['backup']}")
 
 
@@ -189,12 +225,14 @@ def repair_cmd(name: str, server: str, api_key: str | None, tenant: str | None,
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_connection
-def drop_cmd(name: str, yes: bool, server: str, api_key: str | None, tenant: str | None,
-             timeout: float) -> None:
+def drop_cmd(
+    name: str, yes: bool, server: str, api_key: str | None, tenant: str | None, timeout: float
+) -> None:
     """Delete the damaged (quarantined) index NAME and all its files, for good."""
     if not yes:
-        click.confirm(f"Delete the damaged index {name!r} and every file it has on {server}?",
-                      abort=True)
+        click.confirm(
+            f"Delete the damaged index {name!r} and every file it has on {server}?", abort=True
+        )
     with connect(server, api_key, tenant, timeout) as client:
         done = client.call("drop", name)[0]
     console.print(f"dropped {name} (its files were in {done['path']})")

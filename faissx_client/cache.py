@@ -61,8 +61,9 @@ class VectorCache:
         with self._mutex:
             return self._generation.get(index, 0)
 
-    def put_many(self, index: IndexKey, ids: np.ndarray, vectors: np.ndarray,
-                 generation: int | None = None) -> None:
+    def put_many(
+        self, index: IndexKey, ids: np.ndarray, vectors: np.ndarray, generation: int | None = None
+    ) -> None:
         if self.capacity <= 0:
             return
         with self._mutex:
@@ -95,8 +96,12 @@ class VectorCache:
 
     def stats(self) -> dict[str, Any]:
         with self._mutex:
-            return {"hits": self.hits, "misses": self.misses, "size": len(self._entries),
-                    "capacity": self.capacity}
+            return {
+                "hits": self.hits,
+                "misses": self.misses,
+                "size": len(self._entries),
+                "capacity": self.capacity,
+            }
 
     def __len__(self) -> int:
         return len(self._entries)

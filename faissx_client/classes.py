@@ -37,8 +37,14 @@ class DropIn(type):
     _registry: PluginRegistry
     _current: Callable[[], Any]
 
-    def __call__(cls, *args: Any, name: str | None = None, shards: int | None = None,
-                 replicas: int | None = None, **kwargs: Any) -> Any:
+    def __call__(
+        cls,
+        *args: Any,
+        name: str | None = None,
+        shards: int | None = None,
+        replicas: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
         client = cls._current()
         itype = cls.itype
         if itype.shorthand is not None:  # e.g. IndexIVFFlat(d, nlist=100): no quantizer
@@ -57,8 +63,10 @@ class DropIn(type):
             if itype.kind != "index":
                 return build(args, kwargs)
             if (shards or 1) > 1 or (replicas or 1) > 1:
-                raise TypeError(f"{itype.name}(shards=, replicas=) places a remote index: call "
-                                "faissx.client.configure() first")
+                raise TypeError(
+                    f"{itype.name}(shards=, replicas=) places a remote index: call "
+                    "faissx.client.configure() first"
+                )
             return local_hook(build, args, kwargs)
         arrays: dict[str, Any] = {}
         described = []
@@ -73,14 +81,16 @@ class DropIn(type):
         spec = cls._bind(tuple(described), kwargs)
         if itype.kind == "component":
             if name is not None or shards is not None or replicas is not None:
-                raise TypeError(f"{itype.name} is a component; only indices take name=, "
-                                "shards= and replicas=")
+                raise TypeError(
+                    f"{itype.name} is a component; only indices take name=, shards= and replicas="
+                )
             return super().__call__(spec, arrays)
         if arrays:
-            raise TypeError(f"{itype.name}(): selectors with id arrays cannot be constructor "
-                            "arguments of a remote index")
-        proxy = super().__call__(client, spec, name=name,
-                                 placement=_placement(shards, replicas))
+            raise TypeError(
+                f"{itype.name}(): selectors with id arrays cannot be constructor "
+                "arguments of a remote index"
+            )
+        proxy = super().__call__(client, spec, name=name, placement=_placement(shards, replicas))
         # Like faiss's referenced_objects: a proxy given as a part stays alive (and on the
         # server) at least until this index, created lazily, has copied it.
         parts = [a for a in (*args, *given.values()) if isinstance(a, RemoteIndex)]
@@ -115,14 +125,18 @@ class DropIn(type):
 def make_class(itype: IndexType, registry: PluginRegistry, current: Callable[[], Any]) -> type:
     faiss_cls = getattr(faiss, itype.name, None)
     base = RemoteComponent if itype.kind == "component" else RemoteIndex
-    return DropIn(itype.name, (base,), {
-        "itype": itype,
-        "_faiss_cls": faiss_cls if isinstance(faiss_cls, type) else None,
-        "_registry": registry,
-        "_current": staticmethod(current),
-        "__doc__": itype.doc or f"{itype.name} from plugin family {itype.family!r}.",
-        "__module__": "faissx_client",
-    })
+    return DropIn(
+        itype.name,
+        (base,),
+        {
+            "itype": itype,
+            "_faiss_cls": faiss_cls if isinstance(faiss_cls, type) else None,
+            "_registry": registry,
+            "_current": staticmethod(current),
+            "__doc__": itype.doc or f"{itype.name} from plugin family {itype.family!r}.",
+            "__module__": "faissx_client",
+        },
+    )
 
 
 class GenericDropIn(DropIn):
@@ -138,24 +152,28 @@ class GenericDropIn(DropIn):
         if kwargs:
             raise TypeError(f"{cls._faiss_name}() takes positional arguments only in remote mode")
         params = {"cls": cls._faiss_name, "args": list(args)}
-        return IndexSpec(type=cls.itype.name, params=cls.itype.validate_params(params)
-                         .model_dump())
+        return IndexSpec(type=cls.itype.name, params=cls.itype.validate_params(params).model_dump())
 
 
-def make_generic_class(faiss_name: str, itype: IndexType, registry: PluginRegistry,
-                       current: Callable[[], Any]) -> type:
+def make_generic_class(
+    faiss_name: str, itype: IndexType, registry: PluginRegistry, current: Callable[[], Any]
+) -> type:
     """The drop-in class for faiss's ``faiss_name``, built remotely by the generic ``itype``."""
     faiss_cls = getattr(faiss, faiss_name)
     kind = "binary" if issubclass(faiss_cls, faiss.IndexBinary) else "float"
-    return GenericDropIn(faiss_name, (RemoteIndex,), {
-        "itype": itype.model_copy(update={"vector_kind": kind}),
-        "_faiss_cls": faiss_cls,
-        "_faiss_name": faiss_name,
-        "_registry": registry,
-        "_current": staticmethod(current),
-        "__doc__": f"faiss.{faiss_name}, served remotely by the {itype.family!r} family.",
-        "__module__": "faissx_client",
-    })
+    return GenericDropIn(
+        faiss_name,
+        (RemoteIndex,),
+        {
+            "itype": itype.model_copy(update={"vector_kind": kind}),
+            "_faiss_cls": faiss_cls,
+            "_faiss_name": faiss_name,
+            "_registry": registry,
+            "_current": staticmethod(current),
+            "__doc__": f"faiss.{faiss_name}, served remotely by the {itype.family!r} family.",
+            "__module__": "faissx_client",
+        },
+    )
 
 
 def _placement(shards: int | None, replicas: int | None) -> dict[str, int]:

@@ -50,9 +50,14 @@ class Client:
         limit = self.transport.max_frame
         return min(UPLOAD_PART, limit * 3 // 4) if limit else UPLOAD_PART
 
-    def upload(self, name: str, data: np.ndarray, ephemeral: bool,
-               spec: dict[str, Any] | None = None,
-               sent: Callable[[int], None] | None = None) -> dict[str, Any]:
+    def upload(
+        self,
+        name: str,
+        data: np.ndarray,
+        ephemeral: bool,
+        spec: dict[str, Any] | None = None,
+        sent: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
         """``import`` faiss bytes as index ``name``, in parts when they exceed one message
         (the server assembles them: faissx_core/server/uploads.py); the new index's info.
         ``sent(n)`` is told the bytes of each part the server has acknowledged."""
@@ -67,9 +72,10 @@ class Client:
                 sent(total)
             return info
         for offset in range(0, total, part):
-            chunk = data[offset:offset + part]
-            info, _ = self.call("import", name, {**args, "offset": offset, "total": total},
-                                {"data": chunk})
+            chunk = data[offset : offset + part]
+            info, _ = self.call(
+                "import", name, {**args, "offset": offset, "total": total}, {"data": chunk}
+            )
             if sent is not None:
                 sent(int(chunk.nbytes))
         return info
@@ -78,15 +84,24 @@ class Client:
     def server(self) -> str:
         return self.settings.server
 
-    def call(self, op: str, index: str | None = None, args: dict[str, Any] | None = None,
-             arrays: dict[str, np.ndarray] | None = None, timeout: float | None = None
-             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def call(
+        self,
+        op: str,
+        index: str | None = None,
+        args: dict[str, Any] | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return self.transport.call(op, index, args, arrays, timeout)
 
-    def pipeline(self, op: str, index: str | None,
-                 parts: Sequence[tuple[dict[str, Any] | None, dict[str, np.ndarray]]],
-                 window: int, done: Callable[[int], None] | None = None,
-                 ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    def pipeline(
+        self,
+        op: str,
+        index: str | None,
+        parts: Sequence[tuple[dict[str, Any] | None, dict[str, np.ndarray]]],
+        window: int,
+        done: Callable[[int], None] | None = None,
+    ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
         """One call sent as several requests in flight (:meth:`Transport.pipeline`)."""
         return self.transport.pipeline(op, index, parts, window, done=done)
 
@@ -96,7 +111,8 @@ class Client:
             self._anonymous.add(name)
             if self._keepalive is None:
                 self._keepalive = threading.Thread(
-                    target=self._keep_alive, name="faissx-keepalive", daemon=True)
+                    target=self._keep_alive, name="faissx-keepalive", daemon=True
+                )
                 self._keepalive.start()
 
     def forget_anonymous(self, name: str) -> None:

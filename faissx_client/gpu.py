@@ -37,7 +37,8 @@ def _require() -> None:
         raise UnsupportedOperation(
             f"GPU mode needs a GPU build of faiss (faiss-gpu) and a visible GPU; the faiss "
             f"{faiss.__version__} installed here sees {gpu_count()} GPU(s). Unset FAISSX_GPU "
-            "or call configure(gpu=False) to stay on the CPU")
+            "or call configure(gpu=False) to stay on the CPU"
+        )
 
 
 def enable(device: int = 0) -> None:
@@ -81,8 +82,9 @@ def to_gpu(index: Any) -> Any:
     try:
         return faiss.index_cpu_to_gpu(resources(), _state["device"], index)
     except (RuntimeError, AttributeError) as exc:
-        log.info("%s stays on the CPU: faiss cannot put it on a GPU (%s)",
-                 type(index).__name__, exc)
+        log.info(
+            "%s stays on the CPU: faiss cannot put it on a GPU (%s)", type(index).__name__, exc
+        )
         return index
 
 

@@ -61,6 +61,7 @@ def _binary(index: Any) -> bool:
 
 # -- the primitives, local or remote ---------------------------------------------------------
 
+
 def _copy(index: Any, name: str | None = None) -> Any:
     """A new index with the same contents (remote: on the server, named ``name`` if given)."""
     if _remote(index):
@@ -82,8 +83,9 @@ def _export(index: Any, vectors: bool) -> tuple[np.ndarray, np.ndarray | None, b
         page = max(1, EXPORT_PAGE_BYTES // (row + 8))
         ids, xs, start, kept, total = [], [], 0, False, None
         while total is None or start < total:
-            result, arrays = index._call("export", {"vectors": vectors, "start": start,
-                                                    "count": page})
+            result, arrays = index._call(
+                "export", {"vectors": vectors, "start": start, "count": page}
+            )
             total, kept = int(result["ntotal"]), bool(result["keeps_ids"])
             ids.append(arrays["ids"])
             if vectors:
@@ -98,14 +100,14 @@ def _not_supported(exc: Exception) -> bool:
     if isinstance(exc, UnsupportedOperation):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("not implemented" in text
-                                              or "not supported" in text)
+    return isinstance(exc, RuntimeError) and ("not implemented" in text or "not supported" in text)
 
 
 def _incompatible(exc: Exception) -> bool:
     text = str(exc)
-    return isinstance(exc, RuntimeError) and ("same type" in text
-                                              or "check_compatible_for_merge" in text)
+    return isinstance(exc, RuntimeError) and (
+        "same type" in text or "check_compatible_for_merge" in text
+    )
 
 
 def _merge_from(target: Any, source: Any) -> None:
@@ -118,7 +120,7 @@ def _add(target: Any, x: np.ndarray, ids: np.ndarray, batch_size: int | None = N
     of at most ``batch_size`` rows when given (else the index's own batching applies)."""
     step = batch_size or max(len(x), 1)
     for start in range(0, len(x), step):
-        part, part_ids = x[start:start + step], ids[start:start + step]
+        part, part_ids = x[start : start + step], ids[start : start + step]
         try:
             target.add_with_ids(part, part_ids)
         except Exception as exc:
@@ -134,21 +136,26 @@ def _kind(index: Any) -> str:
         info = index._info or index._fetch()
         return str(info.get("faiss_class") or type(index).__name__)
     cpu = _cpu(index)
-    down = (faiss.downcast_IndexBinary(cpu) if isinstance(cpu, faiss.IndexBinary)
-            else faiss.downcast_index(cpu))
+    down = (
+        faiss.downcast_IndexBinary(cpu)
+        if isinstance(cpu, faiss.IndexBinary)
+        else faiss.downcast_index(cpu)
+    )
     return type(down).__name__
 
 
 def _is_id_map(index: Any) -> bool:
-    return _kind(index) in ("IndexIDMap", "IndexIDMap2", "IndexBinaryIDMap",
-                            "IndexBinaryIDMap2")
+    return _kind(index) in ("IndexIDMap", "IndexIDMap2", "IndexBinaryIDMap", "IndexBinaryIDMap2")
 
 
 def _check_batch_size(batch_size: Any) -> int | None:
     if batch_size is None:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
-            or batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
         raise InvalidArgument(f"batch_size must be an integer >= 1, got {batch_size!r}")
     return int(batch_size)
 
@@ -190,24 +197,37 @@ def _check_same(indices: Sequence[Any]) -> None:
             raise InvalidArgument(f"expected faiss or remote indices, got {type(index).__name__}")
     kinds = {_remote(i) for i in indices}
     if len(kinds) > 1:
-        raise InvalidArgument("merge_indices cannot mix local and remote indices; copy one side "
-                              "over first (serialize_index / deserialize_index)")
+        raise InvalidArgument(
+            "merge_indices cannot mix local and remote indices; copy one side "
+            "over first (serialize_index / deserialize_index)"
+        )
     first = indices[0]
     for number, index in enumerate(indices[1:], 1):
         if _remote(index) and index._client is not first._client:
             raise InvalidArgument("remote indices to merge must be on the same server")
-        if (index.d, index.metric_type, _binary(index)) != (first.d, first.metric_type,
-                                                            _binary(first)):
+        if (index.d, index.metric_type, _binary(index)) != (
+            first.d,
+            first.metric_type,
+            _binary(first),
+        ):
             raise InvalidArgument(
                 f"index {number} (d={index.d}, metric={index.metric_type}) does not match index "
-                f"0 (d={first.d}, metric={first.metric_type})")
+                f"0 (d={first.d}, metric={first.metric_type})"
+            )
 
 
 # -- merge -------------------------------------------------------------------------------------
 
-def merge_indices(indices: Sequence[Any], output_type: Any = None, id_map: bool = False,
-                  id_map2: bool = False, batch_size: int | None = None, *,
-                  name: str | None = None) -> Any:
+
+def merge_indices(
+    indices: Sequence[Any],
+    output_type: Any = None,
+    id_map: bool = False,
+    id_map2: bool = False,
+    batch_size: int | None = None,
+    *,
+    name: str | None = None,
+) -> Any:
     """A new index holding the vectors of every index in ``indices`` (which stay unchanged).
 
     ``output_type=None``: the result has the structure of the first index (a copy of it, into
@@ -228,8 +248,9 @@ def merge_indices(indices: Sequence[Any], output_type: Any = None, id_map: bool 
     _check_same(indices)
     batch_size = _check_batch_size(batch_size)
     if (id_map or id_map2) and not (output_type is None and _is_id_map(indices[0])):
-        return _merge_into(indices, _id_map_target(indices[0], output_type, id_map2, name),
-                           None, batch_size)
+        return _merge_into(
+            indices, _id_map_target(indices[0], output_type, id_map2, name), None, batch_size
+        )
     if output_type is None:
         result = _copy(indices[0], name)
         merge_into(result, indices[1:], batch_size)
@@ -245,11 +266,16 @@ def _id_map_target(first: Any, output_type: Any, id_map2: bool, name: str | None
         base = _copy(first)
         base.reset()  # the structure and training of the first index, without its vectors
     elif isinstance(output_type, str):
-        base = (faissx_client.index_binary_factory(first.d, output_type) if _binary(first)
-                else faissx_client.index_factory(first.d, output_type, first.metric_type))
+        base = (
+            faissx_client.index_binary_factory(first.d, output_type)
+            if _binary(first)
+            else faissx_client.index_factory(first.d, output_type, first.metric_type)
+        )
     else:
-        raise InvalidArgument("with id_map / id_map2, output_type must be None or an "
-                              f"index_factory description, not {type(output_type).__name__}")
+        raise InvalidArgument(
+            "with id_map / id_map2, output_type must be None or an "
+            f"index_factory description, not {type(output_type).__name__}"
+        )
     wrapper: Any  # a faissx_client index class
     if _binary(first):
         wrapper = faissx_client.IndexBinaryIDMap2 if id_map2 else faissx_client.IndexBinaryIDMap
@@ -259,8 +285,9 @@ def _id_map_target(first: Any, output_type: Any, id_map2: bool, name: str | None
     return wrapper(base, **named)
 
 
-def _merge_into(indices: list[Any], output_type: Any, name: str | None,
-                batch_size: int | None = None) -> Any:
+def _merge_into(
+    indices: list[Any], output_type: Any, name: str | None, batch_size: int | None = None
+) -> Any:
     first = indices[0]
     if isinstance(output_type, str):
         from faissx_client import index_binary_factory, index_factory
@@ -275,8 +302,10 @@ def _merge_into(indices: list[Any], output_type: Any, name: str | None,
         if _remote(target) != _remote(first):
             raise InvalidArgument("output index and inputs must all be local or all remote")
     else:
-        raise InvalidArgument(f"output_type must be None, an index_factory description or an "
-                              f"index, not {type(output_type).__name__}")
+        raise InvalidArgument(
+            f"output_type must be None, an index_factory description or an "
+            f"index, not {type(output_type).__name__}"
+        )
     exported, offset = [], 0
     for index in indices:
         ids, x, kept = _export(index, True)
@@ -291,11 +320,19 @@ def _merge_into(indices: list[Any], output_type: Any, name: str | None,
 
 # -- split -------------------------------------------------------------------------------------
 
-def split_index(index: Any, num_parts: int = 2, split_method: str = "sequential",
-                custom_split_fn: Callable[..., Any] | None = None, output_type: str | None = None,
-                preserve_ids: bool = True, batch_size: int | None = None, *,
-                custom_fn: Callable[..., Any] | None = None,
-                names: Sequence[str] | None = None) -> list[Any]:
+
+def split_index(
+    index: Any,
+    num_parts: int = 2,
+    split_method: str = "sequential",
+    custom_split_fn: Callable[..., Any] | None = None,
+    output_type: str | None = None,
+    preserve_ids: bool = True,
+    batch_size: int | None = None,
+    *,
+    custom_fn: Callable[..., Any] | None = None,
+    names: Sequence[str] | None = None,
+) -> list[Any]:
     """``num_parts`` new indices that share out the vectors of ``index`` (left unchanged).
 
     ``split_method``:
@@ -324,15 +361,18 @@ def split_index(index: Any, num_parts: int = 2, split_method: str = "sequential"
     if not isinstance(preserve_ids, bool | np.bool_):
         raise InvalidArgument(f"preserve_ids must be True or False, got {preserve_ids!r}")
     if output_type is not None and not isinstance(output_type, str):
-        raise InvalidArgument("output_type must be None or an index_factory description, not "
-                              f"{type(output_type).__name__}")
+        raise InvalidArgument(
+            "output_type must be None or an index_factory description, not "
+            f"{type(output_type).__name__}"
+        )
     if not (_remote(index) or isinstance(index, _LOCAL)):
         raise InvalidArgument(f"expected a faiss or remote index, got {type(index).__name__}")
     if isinstance(num_parts, bool) or not isinstance(num_parts, int | np.integer) or num_parts < 1:
         raise InvalidArgument(f"num_parts must be an integer >= 1, got {num_parts!r}")
     if split_method not in SPLIT_METHODS:
-        raise InvalidArgument(f"split_method must be one of {', '.join(SPLIT_METHODS)}, got "
-                              f"{split_method!r}")
+        raise InvalidArgument(
+            f"split_method must be one of {', '.join(SPLIT_METHODS)}, got {split_method!r}"
+        )
     if (split_method == "custom") != (custom_fn is not None):
         raise InvalidArgument("custom_fn goes with split_method='custom', and only with it")
     if names is not None and (not _remote(index) or len(names) != num_parts):
@@ -386,8 +426,13 @@ def _split_template(index: Any, output_type: str | None, x: np.ndarray) -> Any:
     return template
 
 
-def _labels(method: str, num_parts: int, ids: np.ndarray, x: np.ndarray | None,
-            custom_fn: Callable[..., Any] | None) -> np.ndarray:
+def _labels(
+    method: str,
+    num_parts: int,
+    ids: np.ndarray,
+    x: np.ndarray | None,
+    custom_fn: Callable[..., Any] | None,
+) -> np.ndarray:
     n = len(ids)
     if method == "sequential":
         labels = np.empty(n, dtype=np.int64)
@@ -398,10 +443,18 @@ def _labels(method: str, num_parts: int, ids: np.ndarray, x: np.ndarray | None,
     if method == "cluster":
         if n < num_parts:
             raise InvalidArgument(f"cannot cluster {n} vectors into {num_parts} parts")
-        data = (np.unpackbits(x, axis=1).astype(np.float32) if x.dtype == np.uint8
-                else np.ascontiguousarray(x, dtype=np.float32))
-        kmeans = faiss.Kmeans(data.shape[1], num_parts, niter=KMEANS_ITERATIONS,
-                              seed=KMEANS_SEED, min_points_per_centroid=1)
+        data = (
+            np.unpackbits(x, axis=1).astype(np.float32)
+            if x.dtype == np.uint8
+            else np.ascontiguousarray(x, dtype=np.float32)
+        )
+        kmeans = faiss.Kmeans(
+            data.shape[1],
+            num_parts,
+            niter=KMEANS_ITERATIONS,
+            seed=KMEANS_SEED,
+            min_points_per_centroid=1,
+        )
         kmeans.train(data)
         return kmeans.index.search(data, 1)[1].ravel()
     assert custom_fn is not None
@@ -411,16 +464,22 @@ def _labels(method: str, num_parts: int, ids: np.ndarray, x: np.ndarray | None,
         takes_ids = False
     labels = np.asarray(custom_fn(x, ids) if takes_ids else custom_fn(x))
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise InvalidArgument(f"custom_fn must return {n} integer part numbers, got "
-                              f"{labels.dtype} array of shape {labels.shape}")
+        raise InvalidArgument(
+            f"custom_fn must return {n} integer part numbers, got "
+            f"{labels.dtype} array of shape {labels.shape}"
+        )
     if n and (labels.min() < 0 or labels.max() >= num_parts):
         raise InvalidArgument(f"custom_fn returned part numbers outside [0, {num_parts})")
     return labels.astype(np.int64)
 
 
-def _remove(copy: Any, ids: np.ndarray, keep: np.ndarray,
-            exported: Callable[[], tuple[np.ndarray, np.ndarray | None, bool]],
-            batch_size: int | None = None) -> None:
+def _remove(
+    copy: Any,
+    ids: np.ndarray,
+    keep: np.ndarray,
+    exported: Callable[[], tuple[np.ndarray, np.ndarray | None, bool]],
+    batch_size: int | None = None,
+) -> None:
     """Cut a part out of a full copy: ``remove_ids`` of the other parts' ids, or, where faiss
     cannot remove (HNSW), empty the copy and add the part's vectors back."""
     try:
@@ -433,5 +492,4 @@ def _remove(copy: Any, ids: np.ndarray, keep: np.ndarray,
     assert x is not None
     copy.reset()
     part_ids = ids[keep]
-    _add(copy, x[keep], part_ids if kept else np.arange(len(part_ids), dtype=np.int64),
-         batch_size)
+    _add(copy, x[keep], part_ids if kept else np.arange(len(part_ids), dtype=np.int64), batch_size)

@@ -72,13 +72,26 @@ from faissx_core.introspect import bytes_per_vector, core_params, index_bytes
 from faissx_core.specs import RuntimeParam, params_by_structure
 
 __all__ = [
-    "CLIENT_PARAMS", "MemoryManager", "get_default", "get_parameter", "install_faiss_methods",
-    "memory_manager", "parameter_names", "parameters", "set_default", "set_parameter",
+    "CLIENT_PARAMS",
+    "MemoryManager",
+    "get_default",
+    "get_parameter",
+    "install_faiss_methods",
+    "memory_manager",
+    "parameter_names",
+    "parameters",
+    "set_default",
+    "set_parameter",
 ]
 
 BATCH_SIZE = RuntimeParam(
-    name="batch_size", path="batch_size", kind="int", ge=0, le=float(1 << 40),
-    doc="rows per request for add/add_with_ids/search (0: automatic)")
+    name="batch_size",
+    path="batch_size",
+    kind="int",
+    ge=0,
+    le=float(1 << 40),
+    doc="rows per request for add/add_with_ids/search (0: automatic)",
+)
 #: Parameters the client keeps itself: they shape calls, not the index.
 CLIENT_PARAMS: dict[str, RuntimeParam] = {BATCH_SIZE.name: BATCH_SIZE}
 
@@ -136,8 +149,9 @@ def _is_remote(index: Any) -> bool:
 
 def _check_index(index: Any) -> None:
     if not (_is_remote(index) or isinstance(index, _INDEX)):
-        raise InvalidArgument(f"expected a faiss index or a remote index, got "
-                              f"{type(index).__name__}")
+        raise InvalidArgument(
+            f"expected a faiss index or a remote index, got {type(index).__name__}"
+        )
 
 
 def local_params(index: Any) -> dict[str, RuntimeParam]:
@@ -162,8 +176,7 @@ def parameter_names(index: Any) -> list[str]:
 
 def unknown(index: Any, name: str, known: Any) -> UnknownParameter:
     listed = ", ".join(sorted({*known, *CLIENT_PARAMS}))
-    return UnknownParameter(
-        f"{type(index).__name__} has no parameter {name!r} (known: {listed})")
+    return UnknownParameter(f"{type(index).__name__} has no parameter {name!r} (known: {listed})")
 
 
 def set_parameter(index: Any, name: str, value: Any) -> None:
@@ -229,6 +242,7 @@ def install_faiss_methods() -> None:
 
 # -- chunking and progress -----------------------------------------------------------------------
 
+
 def batch_size_of(values: dict[str, Any] | None) -> int:
     """An index's own batch size, else the client default (0: automatic)."""
     own = (values or {}).get("batch_size")
@@ -239,8 +253,9 @@ def progress_wanted(progress: bool | None) -> bool:
     return bool(get_default("progress")) if progress is None else bool(progress)
 
 
-def chunk_rows(n: int, row_bytes: int, batch_size: int, *, remote: bool, progress: bool,
-               k: int | None = None) -> int:
+def chunk_rows(
+    n: int, row_bytes: int, batch_size: int, *, remote: bool, progress: bool, k: int | None = None
+) -> int:
     """Rows per request for a call on ``n`` rows."""
     if batch_size:
         rows = batch_size
@@ -272,8 +287,13 @@ def progress_bar(total: int, label: str, enabled: bool) -> Iterator[Callable[[in
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(label, total=total)
         yield lambda rows: bar.advance(task, rows)
@@ -291,8 +311,13 @@ def progress_spinner(label: str, enabled: bool) -> Iterator[None]:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task(label, total=None)
         start = time.monotonic()
         yield
@@ -300,8 +325,9 @@ def progress_spinner(label: str, enabled: bool) -> Iterator[None]:
     console.print(f"{label}: done in {time.monotonic() - start:.1f}s")
 
 
-def for_chunks(n: int, rows: int, label: str, progress: bool,
-               step: Callable[[int, int], None]) -> None:
+def for_chunks(
+    n: int, rows: int, label: str, progress: bool, step: Callable[[int, int], None]
+) -> None:
     """``step(lo, hi)`` for each run of ``rows`` rows of ``n``, advancing the progress bar."""
     with progress_bar(n, label, progress) as advance:
         for lo in range(0, n, rows):
@@ -316,17 +342,24 @@ def stack_results(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]
 
 # -- local faiss objects built by the drop-in module -------------------------------------------
 
+
 def _row_bytes(x: np.ndarray) -> int:
     return int(x.itemsize * (x.shape[1] if x.ndim == 2 else 1))
 
 
-def _local_add(index: Any, method: Callable, x: Any, ids: Any, args: tuple, kwargs: dict,
-               progress: bool | None) -> None:
+def _local_add(
+    index: Any, method: Callable, x: Any, ids: Any, args: tuple, kwargs: dict, progress: bool | None
+) -> None:
     n = int(x.shape[0]) if hasattr(x, "shape") and len(x.shape) else 0
     memory_manager.check_add(index, n)
     show = progress_wanted(progress)
-    rows = chunk_rows(n, _row_bytes(np.asarray(x[:1])) if n else 0,
-                      batch_size_of(_local_values.get(index)), remote=False, progress=show)
+    rows = chunk_rows(
+        n,
+        _row_bytes(np.asarray(x[:1])) if n else 0,
+        batch_size_of(_local_values.get(index)),
+        remote=False,
+        progress=show,
+    )
     if rows >= n and not show:
         extra = () if ids is None else (ids,)
         return method(index, x, *extra, *args, **kwargs)
@@ -341,18 +374,25 @@ def _local_add(index: Any, method: Callable, x: Any, ids: Any, args: tuple, kwar
     return None
 
 
-def _local_search(index: Any, method: Callable, x: Any, k: Any, args: tuple, kwargs: dict,
-                  progress: bool | None) -> Any:
+def _local_search(
+    index: Any, method: Callable, x: Any, k: Any, args: tuple, kwargs: dict, progress: bool | None
+) -> Any:
     show = progress_wanted(progress)
     n = int(x.shape[0]) if hasattr(x, "shape") and len(x.shape) else 0
-    rows = chunk_rows(n, 0, batch_size_of(_local_values.get(index)), remote=False,
-                      progress=show, k=k)
+    rows = chunk_rows(
+        n, 0, batch_size_of(_local_values.get(index)), remote=False, progress=show, k=k
+    )
     if rows >= n and not show:
         return method(index, x, k, *args, **kwargs)
     outputs = {name: kwargs.pop(name) for name in ("D", "I") if kwargs.get(name) is not None}
     parts: list[tuple[np.ndarray, ...]] = []
-    for_chunks(n, rows, "search", show,
-               lambda lo, hi: parts.append(tuple(method(index, x[lo:hi], k, *args, **kwargs))))
+    for_chunks(
+        n,
+        rows,
+        "search",
+        show,
+        lambda lo, hi: parts.append(tuple(method(index, x[lo:hi], k, *args, **kwargs))),
+    )
     D, I = stack_results(parts)
     for name, array in (("D", D), ("I", I)):
         if name in outputs:
@@ -378,8 +418,9 @@ def _patched_method(cls: type, name: str) -> Callable:
             before_write(self, name)
         if name == "train":
             n = len(args[0]) if args and hasattr(args[0], "__len__") else 0
-            with progress_spinner(f"train {type(self).__name__} on {n:,} vectors",
-                                  progress_wanted(progress)):
+            with progress_spinner(
+                f"train {type(self).__name__} on {n:,} vectors", progress_wanted(progress)
+            ):
                 return original(self, *args, **kwargs)
         if name not in ("search", "add", "add_with_ids"):
             if progress is not None:
@@ -398,18 +439,19 @@ def _patched_method(cls: type, name: str) -> Callable:
     method.__name__ = method.__qualname__ = name
     method.__doc__ = (original.__doc__ or "") + (
         "\n\nFAISSx: on indices built by faissx.client, honours batch_size, takes "
-        "progress=True and checks max_memory_usage_mb (faissx_client.optimization).")
+        "progress=True and checks max_memory_usage_mb (faissx_client.optimization)."
+    )
     return method
 
 
 def _take(args: tuple, kwargs: dict, names: tuple[str, ...]) -> tuple[list[Any], tuple]:
     """The leading arguments ``names``, positional or by keyword (removed from ``kwargs``)."""
     values = list(args[: len(names)])
-    for name in names[len(values):]:
+    for name in names[len(values) :]:
         if name not in kwargs:
             raise TypeError(f"missing required argument {name!r}")
         values.append(kwargs.pop(name))
-    return values, tuple(args[len(names):])
+    return values, tuple(args[len(names) :])
 
 
 def _patch_class(cls: type) -> None:
@@ -419,8 +461,11 @@ def _patch_class(cls: type) -> None:
     with _patch_mutex:
         if cls in _ORIGINALS:
             return
-        originals = {name: getattr(cls, name) for name in ("search", *WRITES)
-                     if callable(getattr(cls, name, None))}
+        originals = {
+            name: getattr(cls, name)
+            for name in ("search", *WRITES)
+            if callable(getattr(cls, name, None))
+        }
         _ORIGINALS[cls] = originals
         for name in originals:
             setattr(cls, name, _patched_method(cls, name))
@@ -454,12 +499,14 @@ def before_write(index: Any, op: str) -> None:
     except RuntimeError:
         ivf = None
     lists = ivf.invlists if ivf is not None else None
-    if lists is None or not isinstance(faiss.downcast_InvertedLists(lists),
-                                       faiss.OnDiskInvertedLists):
+    if lists is None or not isinstance(
+        faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists
+    ):
         raise UnsupportedOperation(
             f"{op} on this {type(index).__name__}: it was read with use_memory_mapping, and "
             "faiss maps its file read-only and cannot change it; read it with "
-            "memory_manager.set_option('use_memory_mapping', False) to change it")
+            "memory_manager.set_option('use_memory_mapping', False) to change it"
+        )
     nbytes = sum(lists.list_size(i) * (lists.code_size + 8) for i in range(lists.nlist))
     memory_manager.check_create(nbytes)
     copy = faiss.ArrayInvertedLists(lists.nlist, lists.code_size)
@@ -500,6 +547,7 @@ def build_local(build: Callable[[tuple, dict], Any], args: tuple, kwargs: dict) 
 
 # -- memory ----------------------------------------------------------------------------------
 
+
 def _mb(nbytes: float) -> str:
     return f"{nbytes / (1 << 20):.2f} MiB"
 
@@ -511,8 +559,11 @@ class MemoryManager:
     ``index_cache_size`` (vectors the remote reconstruct cache keeps; 0: off).
     """
 
-    DEFAULTS: dict[str, Any] = {"max_memory_usage_mb": None, "use_memory_mapping": False,
-                                "index_cache_size": 0}
+    DEFAULTS: dict[str, Any] = {
+        "max_memory_usage_mb": None,
+        "use_memory_mapping": False,
+        "index_cache_size": 0,
+    }
 
     def __init__(self) -> None:
         self._options = dict(self.DEFAULTS)
@@ -522,13 +573,16 @@ class MemoryManager:
     # -- options ---------------------------------------------------------------------------
     def set_option(self, name: str, value: Any) -> None:
         if name not in self._options:
-            raise UnknownParameter(f"no memory option {name!r} (known: "
-                                   f"{', '.join(sorted(self._options))})")
+            raise UnknownParameter(
+                f"no memory option {name!r} (known: {', '.join(sorted(self._options))})"
+            )
         if name == "max_memory_usage_mb":
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, int | float) or not value > 0):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            ):
                 raise InvalidArgument(
-                    f"max_memory_usage_mb must be a positive number of MiB or None, got {value!r}")
+                    f"max_memory_usage_mb must be a positive number of MiB or None, got {value!r}"
+                )
             value = None if value is None else float(value)
         elif name == "use_memory_mapping":
             if not isinstance(value, bool):
@@ -536,14 +590,16 @@ class MemoryManager:
         elif name == "index_cache_size":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidArgument(
-                    f"index_cache_size must be an integer >= 0 (vectors), got {value!r}")
+                    f"index_cache_size must be an integer >= 0 (vectors), got {value!r}"
+                )
             vector_cache.resize(value)
         self._options[name] = value
 
     def get_option(self, name: str) -> Any:
         if name not in self._options:
-            raise UnknownParameter(f"no memory option {name!r} (known: "
-                                   f"{', '.join(sorted(self._options))})")
+            raise UnknownParameter(
+                f"no memory option {name!r} (known: {', '.join(sorted(self._options))})"
+            )
         return self._options[name]
 
     def options(self) -> dict[str, Any]:
@@ -585,18 +641,26 @@ class MemoryManager:
             with self._mutex:
                 tracked = list(self._tracked)
             sizes = [self.index_memory(i) for i in tracked]
-            return {"mode": "local", "bytes": sum(sizes), "indices": len(sizes),
-                    "limit_bytes": limit}
+            return {
+                "mode": "local",
+                "bytes": sum(sizes),
+                "indices": len(sizes),
+                "limit_bytes": limit,
+            }
         return self._remote_usage(client)
 
     def _remote_usage(self, client: Any) -> dict[str, Any]:
         reply = client.call("list", args={"all": True})[0]
         indexes = reply.get("indexes", [])
-        return {"mode": "remote", "bytes": sum(int(i.get("memory_bytes", 0)) for i in indexes),
-                "indices": len(indexes), "limit_bytes": self._limit_bytes(),
-                "tenant_bytes": reply.get("memory_bytes"),
-                "server_limit_bytes": reply.get("memory_limit_bytes"),
-                "server_free_bytes": reply.get("memory_free_bytes")}
+        return {
+            "mode": "remote",
+            "bytes": sum(int(i.get("memory_bytes", 0)) for i in indexes),
+            "indices": len(indexes),
+            "limit_bytes": self._limit_bytes(),
+            "tenant_bytes": reply.get("memory_bytes"),
+            "server_limit_bytes": reply.get("memory_limit_bytes"),
+            "server_free_bytes": reply.get("memory_free_bytes"),
+        }
 
     def _limit_bytes(self) -> int | None:
         limit = self._options["max_memory_usage_mb"]
@@ -621,7 +685,9 @@ class MemoryManager:
                 raise QuotaExceeded(
                     f"adding {n} vectors to {type(index).__name__} needs {_mb(needed)}; the "
                     f"server's --max-memory leaves {_mb(free)}; nothing was sent",
-                    needed=needed, free=free)
+                    needed=needed,
+                    free=free,
+                )
         else:
             cpu = _gpu.to_cpu(index) if _gpu.is_gpu(index) else index
             needed = n * bytes_per_vector(cpu)
@@ -633,8 +699,11 @@ class MemoryManager:
             raise QuotaExceeded(
                 f"adding {n} vectors to {type(index).__name__} needs {_mb(needed)}; this "
                 f"client's indices hold {_mb(used)} of max_memory_usage_mb="
-                f"{self._options['max_memory_usage_mb']:g}", used=used, limit=limit,
-                needed=needed)
+                f"{self._options['max_memory_usage_mb']:g}",
+                used=used,
+                limit=limit,
+                needed=needed,
+            )
 
     def check_create(self, nbytes: int = 0, client: Any = None) -> None:
         """QuotaExceeded if a new index of ``nbytes`` would not fit (or nothing more fits)."""
@@ -651,7 +720,10 @@ class MemoryManager:
             raise QuotaExceeded(
                 f"a new index ({_mb(nbytes)}) does not fit: this client's indices hold "
                 f"{_mb(used)} of max_memory_usage_mb={self._options['max_memory_usage_mb']:g}",
-                used=used, limit=limit, needed=nbytes)
+                used=used,
+                limit=limit,
+                needed=nbytes,
+            )
 
     # -- memory mapping ---------------------------------------------------------------------
     def io_flags(self, path: Any) -> int:

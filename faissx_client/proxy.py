@@ -41,9 +41,14 @@ class RemoteIndex:
 
     itype: ClassVar[IndexType | None] = None
 
-    def __init__(self, client: Client, spec: IndexSpec, name: str | None = None,
-                 info: dict[str, Any] | None = None,
-                 placement: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        spec: IndexSpec,
+        name: str | None = None,
+        info: dict[str, Any] | None = None,
+        placement: dict[str, int] | None = None,
+    ) -> None:
         object.__setattr__(self, "_client", client)
         object.__setattr__(self, "_spec", spec)
         object.__setattr__(self, "_named", name is not None)
@@ -57,8 +62,12 @@ class RemoteIndex:
         object.__setattr__(self, "_values", {})
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def _create(self, op: str = "create", data: np.ndarray | None = None,
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _create(
+        self,
+        op: str = "create",
+        data: np.ndarray | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Create the server-side index (``import`` uploads ``data`` instead of building;
         ``clone`` copies the index named in ``extra``)."""
         with self._create_lock:  # threads sharing a fresh proxy create it once
@@ -66,16 +75,20 @@ class RemoteIndex:
                 return self._info
             client = self._client
             _opt.memory_manager.check_create(0 if data is None else int(data.nbytes), client)
-            args: dict[str, Any] = {"ephemeral": not self._named, **self._placement,
-                                    **(extra or {})}
+            args: dict[str, Any] = {
+                "ephemeral": not self._named,
+                **self._placement,
+                **(extra or {}),
+            }
             # an upload's spec is the server's to infer; a clone's is its source's
             if self._spec.type != IMPORTED.name and op != "clone":
                 args["spec"] = self._spec.model_dump()
             if op == "import" and data is not None:  # in parts when over one message
                 info = client.upload(self._name, data, args["ephemeral"], args.get("spec"))
             else:
-                info, _ = client.call(op, self._name, args,
-                                      {"data": data} if data is not None else None)
+                info, _ = client.call(
+                    op, self._name, args, {"data": data} if data is not None else None
+                )
             for line in info.pop("warnings", None) or ():  # the server's hints, e.g. volatile
                 warnings.warn(line, FaissxWarning, stacklevel=_caller_level())
             object.__setattr__(self, "_spec", IndexSpec.model_validate(info["spec"]))
@@ -85,8 +98,12 @@ class RemoteIndex:
                 weakref.finalize(self, client.forget_anonymous, self._name)
             return info
 
-    def _call(self, op: str, args: dict[str, Any] | None = None,
-              arrays: dict[str, np.ndarray] | None = None) -> tuple[dict[str, Any], dict]:
+    def _call(
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
+    ) -> tuple[dict[str, Any], dict]:
         if self._info is None:
             self._create()
         return self._client.call(op, self._name, args, arrays)
@@ -158,7 +175,8 @@ class RemoteIndex:
             return
         raise AttributeError(
             f"{type(self).__name__!r} remote index: {attr!r} cannot be set (not a runtime "
-            "parameter or tuning knob)")
+            "parameter or tuning knob)"
+        )
 
     def set_parameter(self, name: str, value: Any) -> None:
         """Set a runtime parameter (``nprobe``, ``efSearch``, ...) on the server, which
@@ -189,19 +207,20 @@ class RemoteIndex:
         """This client changed the index: its cached vectors are no longer true."""
         vector_cache.invalidate(self._cache_key())
 
-    def _rows(self, x: np.ndarray, progress: bool | None, k: int | None = None
-              ) -> tuple[int, bool]:
+    def _rows(self, x: np.ndarray, progress: bool | None, k: int | None = None) -> tuple[int, bool]:
         """(rows per request, show a progress bar) for a call on the rows of ``x``."""
         show = _opt.progress_wanted(progress)
         row_bytes = x.itemsize * x.shape[1]
-        rows = _opt.chunk_rows(len(x), row_bytes, _opt.batch_size_of(self._values),
-                               remote=True, progress=show, k=k)
+        rows = _opt.chunk_rows(
+            len(x), row_bytes, _opt.batch_size_of(self._values), remote=True, progress=show, k=k
+        )
         # no part over the server's message limit, whatever batch_size asks for
         fits = max(1, self._client.part_bytes() // max(1, row_bytes))
         return min(rows, fits), show
 
-    def _add_rows(self, op: str, x: np.ndarray, ids: np.ndarray | None,
-                  progress: bool | None) -> None:
+    def _add_rows(
+        self, op: str, x: np.ndarray, ids: np.ndarray | None, progress: bool | None
+    ) -> None:
         """``add`` / ``add_with_ids`` in parts of ``batch_size`` rows (automatic: 4 MiB parts
         above 8 MiB), after the memory check. The parts are pipelined and applied in order; a
         failure part-way leaves the earlier parts added and the later ones not."""
@@ -216,17 +235,21 @@ class RemoteIndex:
             else:
                 # each add part says how many rows it and the rest bring: storage grows ahead
                 try:
-                    self._pipelined(op, None, x, rows, show,
-                                    lambda lo, hi: {} if ids is None else {"ids": ids[lo:hi]},
-                                    args_of=(lambda lo: {"reserve": len(x) - lo})
-                                    if op == "add" else None)
+                    self._pipelined(
+                        op,
+                        None,
+                        x,
+                        rows,
+                        show,
+                        lambda lo, hi: {} if ids is None else {"ids": ids[lo:hi]},
+                        args_of=(lambda lo: {"reserve": len(x) - lo}) if op == "add" else None,
+                    )
                 except ServerUnavailable as exc:
                     raise self._interrupted(op, exc, len(x), rows) from None
         finally:
             self._mutated()
 
-    def _interrupted(self, op: str, exc: ServerUnavailable, n: int, rows: int
-                     ) -> ServerUnavailable:
+    def _interrupted(self, op: str, exc: ServerUnavailable, n: int, rows: int) -> ServerUnavailable:
         """A pipelined add cut short by a lost server: say what was acknowledged, and so
         what ``ntotal`` was, rather than only that the connection failed."""
         parts = int(exc.details.get("parts") or -(-n // rows))
@@ -234,29 +257,48 @@ class RemoteIndex:
         done = sum(min(n, (i + 1) * rows) - i * rows for i in acked)
         last = exc.details.get("last_result") or {}
         ntotal = last.get("ntotal")
-        where = (f"ntotal was {ntotal:,} after the last acknowledged part" if ntotal is not None
-                 else "nothing was acknowledged, so ntotal is what it was before the call")
+        where = (
+            f"ntotal was {ntotal:,} after the last acknowledged part"
+            if ntotal is not None
+            else "nothing was acknowledged, so ntotal is what it was before the call"
+        )
         return ServerUnavailable(
             f"{op} of {n:,} rows to {self._name!r} was interrupted: the server acknowledged "
             f"{len(acked)} of {parts} parts ({done:,} rows), and {where}; the other "
             f"{n - done:,} rows are not confirmed (a part in flight may still have been "
             f"applied: read index.ntotal once the server is back, then add what is missing). "
-            f"Cause: {exc}", **exc.details, rows_acknowledged=done, ntotal=ntotal)
+            f"Cause: {exc}",
+            **exc.details,
+            rows_acknowledged=done,
+            ntotal=ntotal,
+        )
 
-    def _pipelined(self, op: str, args: dict[str, Any] | None, x: np.ndarray, rows: int,
-                   show: bool, extra: Callable[[int, int], dict[str, np.ndarray]],
-                   args_of: Callable[[int], dict[str, Any]] | None = None
-                   ) -> list[dict[str, np.ndarray]]:
+    def _pipelined(
+        self,
+        op: str,
+        args: dict[str, Any] | None,
+        x: np.ndarray,
+        rows: int,
+        show: bool,
+        extra: Callable[[int, int], dict[str, np.ndarray]],
+        args_of: Callable[[int], dict[str, Any]] | None = None,
+    ) -> list[dict[str, np.ndarray]]:
         """``op`` on the rows of ``x`` in parts of ``rows``, several in flight; the parts'
         result arrays in order. ``args_of(lo)``, when given, are the args of the part at row
         ``lo`` (else ``args``)."""
         bounds = [(lo, min(len(x), lo + rows)) for lo in range(0, len(x), rows)]
-        parts = [(args_of(lo) if args_of is not None else args,
-                  {"x": x[lo:hi], **extra(lo, hi)}) for lo, hi in bounds]
+        parts = [
+            (args_of(lo) if args_of is not None else args, {"x": x[lo:hi], **extra(lo, hi)})
+            for lo, hi in bounds
+        ]
         with _opt.progress_bar(len(x), op, show) as advance:
             replies = self._client.pipeline(
-                op, self._name, parts, _opt.PIPELINE_WINDOW,
-                done=lambda i: advance(bounds[i][1] - bounds[i][0]))
+                op,
+                self._name,
+                parts,
+                _opt.PIPELINE_WINDOW,
+                done=lambda i: advance(bounds[i][1] - bounds[i][0]),
+            )
         return [out for _, out in replies]
 
     # -- faiss methods -----------------------------------------------------------------------
@@ -269,8 +311,10 @@ class RemoteIndex:
     def _vectors(self, x: Any) -> np.ndarray:
         # faiss converts float input to float32, but takes binary codes only as uint8
         if self._binary() and (not isinstance(x, np.ndarray) or x.dtype != np.uint8):
-            raise WrongType("binary codes must be an ndarray of dtype uint8, got "
-                            f"{getattr(x, 'dtype', type(x).__name__)}")
+            raise WrongType(
+                "binary codes must be an ndarray of dtype uint8, got "
+                f"{getattr(x, 'dtype', type(x).__name__)}"
+            )
         x = np.asarray(x, dtype="uint8" if self._binary() else "float32")
         if x.ndim != 2:
             raise InvalidArgument(f"expected a 2-d array of vectors, got shape {x.shape}")
@@ -290,15 +334,23 @@ class RemoteIndex:
         the time elapsed meanwhile (faiss reports no share done)."""
         x = self._vectors(x)
         try:
-            with _opt.progress_spinner(f"train {type(self).__name__} on {len(x):,} vectors",
-                                       _opt.progress_wanted(progress)):
+            with _opt.progress_spinner(
+                f"train {type(self).__name__} on {len(x):,} vectors", _opt.progress_wanted(progress)
+            ):
                 self._call("train", arrays={"x": x})
         finally:
             self._mutated()
 
-    def search(self, x: Any, k: int, *, params: Any = None, D: np.ndarray | None = None,
-               I: np.ndarray | None = None, progress: bool | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        x: Any,
+        k: int,
+        *,
+        params: Any = None,
+        D: np.ndarray | None = None,
+        I: np.ndarray | None = None,
+        progress: bool | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """faiss's search; queries go in pipelined parts of ``batch_size`` rows (automatic:
         4 MiB parts above 8 MiB of queries, at most 4M results each), with a progress bar when
         asked."""
@@ -319,17 +371,24 @@ class RemoteIndex:
         _, out = self._call("assign", {"k": _positive_k(k)}, {"x": self._vectors(x)})
         return _into(labels, out["I"])
 
-    def range_search(self, x: Any, thresh: float, *, params: Any = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def range_search(
+        self, x: Any, thresh: float, *, params: Any = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         radius = thresh if isinstance(thresh, int) else float(thresh)  # binary wants an int
         args, arrays = _with_params({"radius": radius}, {"x": self._vectors(x)}, params)
         _, out = self._call("range_search", args, arrays)
         return out["lims"], out["D"], out["I"]
 
-    def search_and_reconstruct(self, x: Any, k: int, *, params: Any = None,
-                               D: np.ndarray | None = None, I: np.ndarray | None = None,
-                               R: np.ndarray | None = None
-                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search_and_reconstruct(
+        self,
+        x: Any,
+        k: int,
+        *,
+        params: Any = None,
+        D: np.ndarray | None = None,
+        I: np.ndarray | None = None,
+        R: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._binary():  # faiss's binary wrapper lacks it: its call fails with TypeError
             raise TypeError(f"{type(self).__name__} does not support search_and_reconstruct")
         args, arrays = _with_params({"k": _positive_k(k)}, {"x": self._vectors(x)}, params)
@@ -354,14 +413,16 @@ class RemoteIndex:
 
     def reconstruct_batch(self, key: Any, x: np.ndarray | None = None) -> np.ndarray:
         if self._binary():  # as on faiss's IndexBinary, which has no such method
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute "
-                                 "'reconstruct_batch'")
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute 'reconstruct_batch'"
+            )
         ids, cache = _ids(key), self._cache_key()
         if vector_cache.capacity <= 0:
             return _into(x, self._call("reconstruct_batch", arrays={"ids": ids})[1]["x"])
         cached = vector_cache.get_many(cache, ids)
-        missing = np.array([i for i, v in zip(ids.tolist(), cached, strict=True) if v is None],
-                           dtype=np.int64)
+        missing = np.array(
+            [i for i, v in zip(ids.tolist(), cached, strict=True) if v is None], dtype=np.int64
+        )
         if len(missing) == len(ids):  # nothing cached (or the cache is off): one plain call
             generation = vector_cache.generation(cache)
             out = self._call("reconstruct_batch", arrays={"ids": ids})[1]["x"]
@@ -409,8 +470,8 @@ class RemoteIndex:
         self._call("set_direct_map_type", {"type": int(map_type)})
 
     def make_direct_map(self, new_maintain_direct_map: bool = True) -> None:
-        self.set_direct_map_type(faiss.DirectMap.Array if new_maintain_direct_map  # type: ignore[attr-defined]  # faiss's stubs lack it
-                                 else faiss.DirectMap.NoMap)  # type: ignore[attr-defined]  # faiss's stubs lack it
+        direct_map = faiss.DirectMap  # type: ignore[attr-defined]  # faiss's stubs lack it
+        self.set_direct_map_type(direct_map.Array if new_maintain_direct_map else direct_map.NoMap)
 
     def merge_from(self, other: RemoteIndex, add_id: int = 0) -> None:
         """Move ``other``'s vectors into this index on the server (faiss empties ``other``)."""
@@ -520,7 +581,8 @@ def _caller_level() -> int:
     line that created the index, however many of our frames lie between)."""
     level, frame = 1, sys._getframe(1)
     while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
-            ("faissx_client", "faissx_core", "faissx.")):
+        ("faissx_client", "faissx_core", "faissx.")
+    ):
         frame, level = frame.f_back, level + 1
     return level
 
@@ -544,11 +606,13 @@ def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
     if isinstance(value, RemoteSelector | faiss.IDSelector):
         spec, arrays = describe_selector(value)
         return spec.model_dump(), arrays
-    if isinstance(value, faiss.Index | faiss.IndexBinary | faiss.VectorTransform
-                  | faiss.SearchParameters):
+    if isinstance(
+        value, faiss.Index | faiss.IndexBinary | faiss.VectorTransform | faiss.SearchParameters
+    ):
         raise InvalidArgument(
             f"a local faiss {type(value).__name__} cannot be sent to the server; create it after "
-            "configure() so FAISSx can describe it")
+            "configure() so FAISSx can describe it"
+        )
     if isinstance(value, list | tuple):
         out, arrays = [], {}
         for item in value:
@@ -559,8 +623,9 @@ def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
     return value, {}
 
 
-def _with_params(args: dict[str, Any], arrays: dict[str, np.ndarray], params: Any
-                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _with_params(
+    args: dict[str, Any], arrays: dict[str, np.ndarray], params: Any
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if params is None:
         return args, arrays
     if not isinstance(params, RemoteComponent):

@@ -36,14 +36,22 @@ from typing import Any, TypeVar
 from faissx_core import operations
 
 __all__ = [
-    "RecoveryPolicy", "configure_recovery", "current_policy", "force_reconnect", "is_connected",
+    "RecoveryPolicy",
+    "configure_recovery",
+    "current_policy",
+    "force_reconnect",
+    "is_connected",
     "on_disconnect",
-    "on_reconnect", "remove_disconnect_callback", "remove_reconnect_callback", "reset_recovery",
+    "on_reconnect",
+    "remove_disconnect_callback",
+    "remove_reconnect_callback",
+    "reset_recovery",
     "with_retry",
 ]
 
 log = logging.getLogger("faissx.client")
 T = TypeVar("T")
+
 
 def retry_safe(op: str) -> bool:
     """May ``op`` be sent again when it may already have reached the server? (Reads and
@@ -82,8 +90,11 @@ class RecoveryPolicy:
         return self.max_retries if self.enabled else 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) \
-                or self.max_retries < 0:
+        if (
+            isinstance(self.max_retries, bool)
+            or not isinstance(self.max_retries, int)
+            or self.max_retries < 0
+        ):
             raise ValueError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
         for name in ("initial_backoff", "max_backoff"):
             if not float(getattr(self, name)) >= 0:
@@ -98,7 +109,7 @@ class RecoveryPolicy:
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first), jitter applied."""
         exponent = min(max(retry - 1, 0), 64)  # no float overflow for absurd retry counts
-        base = min(self.max_backoff, self.initial_backoff * self.backoff_factor ** exponent)
+        base = min(self.max_backoff, self.initial_backoff * self.backoff_factor**exponent)
         return base * (1.0 - self.jitter * random.random())
 
     @classmethod
@@ -139,10 +150,16 @@ def current_policy() -> RecoveryPolicy:
     return policy
 
 
-def configure_recovery(max_retries: int | None = None, initial_backoff: float | None = None,
-                       backoff_factor: float | None = None, max_backoff: float | None = None,
-                       *, jitter: float | None = None, enabled: bool | None = None,
-                       auto_reconnect: bool | None = None) -> RecoveryPolicy:
+def configure_recovery(
+    max_retries: int | None = None,
+    initial_backoff: float | None = None,
+    backoff_factor: float | None = None,
+    max_backoff: float | None = None,
+    *,
+    jitter: float | None = None,
+    enabled: bool | None = None,
+    auto_reconnect: bool | None = None,
+) -> RecoveryPolicy:
     """Change how calls are retried; arguments left out keep their current value.
 
     Takes effect for every call that starts afterwards, on every client. Returns the new policy.
@@ -152,12 +169,19 @@ def configure_recovery(max_retries: int | None = None, initial_backoff: float | 
     """
     global _policy
     if auto_reconnect is not None and auto_reconnect is not True:
-        raise ValueError("auto_reconnect=False is not supported: the connection is always "
-                         "re-made when the server comes back (use enabled=False to stop "
-                         "retrying calls)")
-    given: dict[str, Any] = {"max_retries": max_retries, "initial_backoff": initial_backoff,
-             "backoff_factor": backoff_factor, "max_backoff": max_backoff, "jitter": jitter,
-             "enabled": enabled}
+        raise ValueError(
+            "auto_reconnect=False is not supported: the connection is always "
+            "re-made when the server comes back (use enabled=False to stop "
+            "retrying calls)"
+        )
+    given: dict[str, Any] = {
+        "max_retries": max_retries,
+        "initial_backoff": initial_backoff,
+        "backoff_factor": backoff_factor,
+        "max_backoff": max_backoff,
+        "jitter": jitter,
+        "enabled": enabled,
+    }
     changes = {k: v for k, v in given.items() if v is not None}
     policy = dataclasses.replace(current_policy(), **changes)
     with _mutex:
@@ -174,6 +198,7 @@ def reset_recovery() -> RecoveryPolicy:
 
 
 # -- reconnection callbacks --------------------------------------------------------------------
+
 
 def on_reconnect(callback: Callable[[], Any]) -> Callable[[], Any]:
     """Run ``callback()`` each time a client gets a reply after having lost its server.
@@ -267,6 +292,7 @@ def is_connected() -> bool:
 
 # -- idempotency keys and with_retry ------------------------------------------------------------
 
+
 class _Scope:
     """Idempotency keys of one :func:`with_retry` call: a prefix plus a sequence number."""
 
@@ -276,7 +302,8 @@ class _Scope:
 
 
 _scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
-    "faissx_retry_scope", default=None)
+    "faissx_retry_scope", default=None
+)
 
 
 def new_idempotency_key() -> str:
@@ -323,8 +350,14 @@ def with_retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
                     raise
                 retry += 1
                 pause = policy.delay(retry)
-                log.info("with_retry: %s failed (%s); retry %d of %d in %.2fs",
-                         getattr(fn, "__qualname__", fn), exc, retry, policy.max_retries, pause)
+                log.info(
+                    "with_retry: %s failed (%s); retry %d of %d in %.2fs",
+                    getattr(fn, "__qualname__", fn),
+                    exc,
+                    retry,
+                    policy.max_retries,
+                    pause,
+                )
                 time.sleep(pause)
     finally:
         if token is not None:

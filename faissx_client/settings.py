@@ -34,14 +34,18 @@ def normalize_endpoint(server: str) -> str:
     if server.startswith("tcp://"):
         match = _TCP.match(server)
         if match is None or match.group(3) is None:
-            raise ValueError(f"server {server!r} has no port: write it as tcp://HOST:PORT, "
-                             "e.g. tcp://localhost:45678")
+            raise ValueError(
+                f"server {server!r} has no port: write it as tcp://HOST:PORT, "
+                "e.g. tcp://localhost:45678"
+            )
         if not 0 < int(match.group(3)) < 65536:
             raise ValueError(f"server {server!r}: port {match.group(3)} is not in 1-65535")
         return server
     if not server.startswith(("ipc://", "inproc://")):
-        raise ValueError(f"server {server!r} is not a ZeroMQ endpoint: write it as "
-                         "tcp://HOST:PORT (e.g. tcp://localhost:45678) or ipc:///path/to/socket")
+        raise ValueError(
+            f"server {server!r} is not a ZeroMQ endpoint: write it as "
+            "tcp://HOST:PORT (e.g. tcp://localhost:45678) or ipc:///path/to/socket"
+        )
     return server
 
 
@@ -111,5 +115,6 @@ class ClientSettings(BaseModel):
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err.get("loc", ()))
             msg = str(err.get("msg", exc)).removeprefix("Value error, ")
-            raise InvalidArgument(f"configure(): {where + ': ' if where else ''}{msg}",
-                                  field=where) from None
+            raise InvalidArgument(
+                f"configure(): {where + ': ' if where else ''}{msg}", field=where
+            ) from None

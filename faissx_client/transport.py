@@ -56,8 +56,7 @@ _MONITORED = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 #: What a ZAP status in a refused handshake means (faissx_core/security.py answers them).
 _REFUSALS = {
     400: "the server refused this client's CURVE key (not on its --curve-allow-keys list)",
-    500: "the server turned the connection away: it is at its connection limit "
-         "(--max-connections)",
+    500: "the server turned the connection away: it is at its connection limit (--max-connections)",
 }
 _EVENT = struct.Struct("=HI")  # a monitor event frame: u16 event, u32 value
 #: A request this large whose connection dropped may have been over the server's message limit.
@@ -99,8 +98,13 @@ def heartbeat_from_env(heartbeat: float | None) -> float:
 class _Failure(Exception):
     """One attempt failed; ``sent`` says whether the request may have reached the server."""
 
-    def __init__(self, reason: str, sent: bool, connection_lost: bool = True,
-                 answered: list[tuple[Any, dict]] | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        sent: bool,
+        connection_lost: bool = True,
+        answered: list[tuple[Any, dict]] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.sent = sent
@@ -128,7 +132,8 @@ class _Conn:
             # down to tenths of a second by libzmq)
             self.sock.setsockopt(zmq.HEARTBEAT_TTL, min(6_553_500, max(100, 4 * ivl)))
         self.monitor = self.sock.get_monitor_socket(
-            _MONITORED, addr=f"inproc://faissx-monitor-{uuid.uuid4().hex}")
+            _MONITORED, addr=f"inproc://faissx-monitor-{uuid.uuid4().hex}"
+        )
         self.sock.connect(settings.server)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
@@ -228,8 +233,9 @@ class Transport:
         if conn is None:
             with self._mutex:
                 if self.closed:
-                    raise ServerUnavailable("this client has been closed",
-                                            server=self.settings.server)
+                    raise ServerUnavailable(
+                        "this client has been closed", server=self.settings.server
+                    )
                 conn = _Conn(self._ctx, self.settings, self.heartbeat)
                 self._open.add(conn)
             self._local.conn = conn
@@ -244,9 +250,14 @@ class Transport:
     # -- requests ----------------------------------------------------------------------------
     def header(self, op: str, index: str | None, args: dict[str, Any] | None) -> dict[str, Any]:
         header = {
-            "v": PROTOCOL_VERSION, "id": next(self._ids), "op": op, "index": index,
-            "args": args or {}, "api_key": self.settings.api_key,
-            "tenant": self.settings.tenant_id, "session": self.session,
+            "v": PROTOCOL_VERSION,
+            "id": next(self._ids),
+            "op": op,
+            "index": index,
+            "args": args or {},
+            "api_key": self.settings.api_key,
+            "tenant": self.settings.tenant_id,
+            "session": self.session,
             "progress": True,  # heartbeats while it runs: the timeout bounds silence, not work
         }
         if recovery.keyed(op):
@@ -286,7 +297,9 @@ class Transport:
                 f"server's limit of {limit / (1 << 20):,.1f} MiB (--max-message-mb); send less "
                 "at once (a smaller batch_size, fewer training vectors) or start the server "
                 "with a larger --max-message-mb; nothing was sent",
-                size=largest, limit=limit)
+                size=largest,
+                limit=limit,
+            )
 
     def pipeline(
         self,
@@ -335,8 +348,12 @@ class Transport:
         except _Failure as failure:
             for reply, out in failure.answered:
                 record(reply, out)
-            log.debug("pipelined %s to %s: %s; finishing part by part", op,
-                      self.settings.server, failure.reason)
+            log.debug(
+                "pipelined %s to %s: %s; finishing part by part",
+                op,
+                self.settings.server,
+                failure.reason,
+            )
         ok = all(reply.ok for reply, _ in replies.values())
         try:
             for i, (header, frames) in enumerate(requests):
@@ -347,8 +364,11 @@ class Transport:
         except ServerUnavailable as exc:
             # what was acknowledged before the link failed, for the caller to report
             acked = sorted(i for i, (reply, _) in replies.items() if reply.ok)
-            exc.details.update(parts=len(requests), acknowledged=acked,
-                               last_result=replies[acked[-1]][0].result if acked else None)
+            exc.details.update(
+                parts=len(requests),
+                acknowledged=acked,
+                last_result=replies[acked[-1]][0].result if acked else None,
+            )
             raise
         results = []
         for i in range(len(requests)):
@@ -358,8 +378,13 @@ class Transport:
             results.append((self._result(reply, requests[i][0]["id"]), out))
         return results
 
-    def _stream(self, requests: list[tuple[dict[str, Any], list[Any]]], window: int,
-                timeout: float, record: Callable[[Any, dict[str, np.ndarray]], bool]) -> None:
+    def _stream(
+        self,
+        requests: list[tuple[dict[str, Any], list[Any]]],
+        window: int,
+        timeout: float,
+        record: Callable[[Any, dict[str, np.ndarray]], bool],
+    ) -> None:
         """Send with ``window`` in flight and ``record`` each reply, until all are answered or
         one fails (the ones then in flight are still awaited); _Failure when the link fails."""
         conn = self._conn()
@@ -387,8 +412,9 @@ class Transport:
             self._reached = True
             failed = not record(reply, out) or failed
 
-    def _request(self, header: dict[str, Any], frames: list[Any], timeout: float | None
-                 ) -> tuple[Any, dict[str, np.ndarray]]:
+    def _request(
+        self, header: dict[str, Any], frames: list[Any], timeout: float | None
+    ) -> tuple[Any, dict[str, np.ndarray]]:
         """One request, retried per the recovery policy; its reply, ok or not."""
         op, index = header["op"], header["index"]
         timeout = self.settings.timeout if timeout is None else timeout
@@ -411,8 +437,9 @@ class Transport:
                 self._discard()
                 last = _Failure(f"socket error: {exc}", sent=True)
                 if self.closed:
-                    raise with_request_id(self._unavailable(op, index, attempts, start, last),
-                                          header["id"]) from None
+                    raise with_request_id(
+                        self._unavailable(op, index, attempts, start, last), header["id"]
+                    ) from None
             if self._reached and last.connection_lost:
                 self._mark_lost()
             retryable = not last.sent or recovery.retry_safe(op)
@@ -422,11 +449,17 @@ class Transport:
                     # the request may still sit in this socket: never deliver it later
                     self._discard()
                 raise with_request_id(
-                    self._unavailable(op, index, attempts, start, last, _size(frames)),
-                    header["id"])
+                    self._unavailable(op, index, attempts, start, last, _size(frames)), header["id"]
+                )
             pause = min(policy.delay(attempts), remaining - MIN_ATTEMPT)
-            log.debug("%s to %s failed (%s); attempt %d in %.2fs", op, self.settings.server,
-                      last.reason, attempts + 1, pause)
+            log.debug(
+                "%s to %s failed (%s); attempt %d in %.2fs",
+                op,
+                self.settings.server,
+                last.reason,
+                attempts + 1,
+                pause,
+            )
             time.sleep(pause)
         self._reached = True
         if self._lost:
@@ -439,12 +472,12 @@ class Transport:
     @staticmethod
     def _result(reply: Any, rid: int) -> dict[str, Any]:
         if not reply.ok:
-            raise with_request_id(from_wire(reply.error.model_dump() if reply.error else {}),
-                                  rid)
+            raise with_request_id(from_wire(reply.error.model_dump() if reply.error else {}), rid)
         return reply.result
 
-    def _attempt(self, conn: _Conn, frames: list[Any], rid: int, deadline: float,
-                 silence: float) -> Any:
+    def _attempt(
+        self, conn: _Conn, frames: list[Any], rid: int, deadline: float, silence: float
+    ) -> Any:
         self._send(conn, frames, deadline)
         return self._receive(conn, {rid: deadline}, silence)
 
@@ -461,14 +494,17 @@ class Transport:
         except zmq.Again:
             conn.events()
             if conn.refused is not None:  # libzmq does not retry a refused handshake: a new
-                status = conn.refused     # socket (next attempt) connects afresh
+                status = conn.refused  # socket (next attempt) connects afresh
                 self._discard()
-                raise _Failure(_REFUSALS.get(status, f"the server refused the connection "
-                                             f"(ZAP status {status})"), sent=False) from None
+                raise _Failure(
+                    _REFUSALS.get(
+                        status, f"the server refused the connection (ZAP status {status})"
+                    ),
+                    sent=False,
+                ) from None
             raise _Failure(f"could not connect within {max(wait, 0):.1f}s", sent=False) from None
 
-    def _receive(self, conn: _Conn, waiting: dict[int, float], silence: float
-                 ) -> tuple[Any, dict]:
+    def _receive(self, conn: _Conn, waiting: dict[int, float], silence: float) -> tuple[Any, dict]:
         """The next reply to one of the requests ``waiting`` (request id -> its deadline).
 
         A ``working`` heartbeat from the server moves that request's deadline to ``silence``
@@ -495,31 +531,41 @@ class Transport:
                     reply, out = recv_reply(conn.sock)
                     if reply.id in waiting and not reply.working:
                         answered.append((reply, out))
-                raise _Failure("the connection dropped before the reply arrived", sent=True,
-                               answered=answered)
+                raise _Failure(
+                    "the connection dropped before the reply arrived", sent=True, answered=answered
+                )
 
-    def _unavailable(self, op: str, index: str | None, attempts: int, start: float,
-                     last: _Failure, size: int = 0) -> ServerUnavailable:
+    def _unavailable(
+        self, op: str, index: str | None, attempts: int, start: float, last: _Failure, size: int = 0
+    ) -> ServerUnavailable:
         """The error of a call that got no reply: what happened, and what to check."""
         target = f" on index {index!r}" if index else ""
         elapsed = time.monotonic() - start
         server = self.settings.server
         if not last.sent and not self._reached:
             # never connected: the likeliest cause is no server at that address
-            hint = (f"; check that a FAISSx server is running at {server} (`faissx serve"
-                    f"{_port_flag(server)}`) and that this machine can reach it")
+            hint = (
+                f"; check that a FAISSx server is running at {server} (`faissx serve"
+                f"{_port_flag(server)}`) and that this machine can reach it"
+            )
         elif last.sent and last.connection_lost and size > LARGE_REQUEST:
             # ZeroMQ drops a connection whose message is over the peer's MAXMSGSIZE
-            hint = (f"; the request was {size / (1 << 20):,.1f} MiB: if it is over the "
-                    "server's --max-message-mb, send it in parts (batch_size) or raise that "
-                    "limit")
+            hint = (
+                f"; the request was {size / (1 << 20):,.1f} MiB: if it is over the "
+                "server's --max-message-mb, send it in parts (batch_size) or raise that "
+                "limit"
+            )
         else:
             hint = ""
         return ServerUnavailable(
             f"{op!r}{target} failed: no reply from {server} after {attempts} "
             f"attempt(s) in {elapsed:.1f}s ({last.reason}){hint}",
-            server=self.settings.server, op=op, index=index, attempts=attempts,
-            elapsed=round(elapsed, 3), reason=last.reason,
+            server=self.settings.server,
+            op=op,
+            index=index,
+            attempts=attempts,
+            elapsed=round(elapsed, 3),
+            reason=last.reason,
         )
 
     def send_nowait(self, op: str, index: str | None = None) -> None:

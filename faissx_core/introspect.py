@@ -22,9 +22,14 @@ from faissx_core.specs import RuntimeParam, downcast
 #: ``IndexRefine``'s knob: the base index is searched for ``k * k_factor`` candidates, which the
 #: refinement index re-ranks exactly. faiss's own attribute, declared here because no family
 #: owns the refine wrappers (they come from ``index_factory`` strings such as ``...,RFlat``).
-K_FACTOR = RuntimeParam(name="k_factor", path="k_factor", kind="float", ge=1.0, le=float(1 << 16),
-                        doc="candidates re-ranked per result by an IndexRefine (more: slower, "
-                            "better recall)")
+K_FACTOR = RuntimeParam(
+    name="k_factor",
+    path="k_factor",
+    kind="float",
+    ge=1.0,
+    le=float(1 << 16),
+    doc="candidates re-ranked per result by an IndexRefine (more: slower, better recall)",
+)
 
 _FAISS_INDEX = (faiss.Index, faiss.IndexBinary)
 #: Bytes per entry of an id map's reverse hash table (IndexIDMap2): key, value, node overhead.
@@ -72,6 +77,7 @@ def core_params(index: Any) -> list[RuntimeParam]:
 
 
 # -- memory ------------------------------------------------------------------------------------
+
 
 def index_bytes(index: Any) -> int:
     """Bytes of data the index holds, read from faiss's containers (not a serialisation)."""
@@ -141,6 +147,7 @@ def bytes_per_vector(index: Any) -> int:
 
 # -- ids and vectors ----------------------------------------------------------------------------
 
+
 def keeps_ids(index: Any) -> bool:
     """Whether the index stores the ids it is given (id maps, IVF lists) rather than
     numbering vectors by position (Flat, PQ, SQ, HNSW, ...)."""
@@ -192,8 +199,9 @@ def _ivf_decode(ivf: Any, lists: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return ivf.sa_decode(np.hstack([prefix, codes]))
 
 
-def export_vectors(index: Any, vectors: bool = True, start: int = 0,
-                   count: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def export_vectors(
+    index: Any, vectors: bool = True, start: int = 0, count: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Stored vectors with their ids: ``(ids, x)`` for the entries ``start`` to
     ``start + count`` (all by default) in stored order; ``x`` is None unless ``vectors``.
 
@@ -230,8 +238,8 @@ def export_vectors(index: Any, vectors: bool = True, start: int = 0,
         return ids, idx.reconstruct_n(start, stop - start)
     except RuntimeError as exc:
         raise UnsupportedOperation(
-            f"{type(idx).__name__} cannot give its vectors back (faiss: reconstruct not "
-            "supported)") from exc
+            f"{type(idx).__name__} cannot give its vectors back (faiss: reconstruct not supported)"
+        ) from exc
 
 
 def _empty(idx: Any) -> np.ndarray:

@@ -22,6 +22,7 @@ MAX_ELEMENTS = 1 << 34
 #: Upper bound on a request's header frame: the header is msgpack, parsed before anything else.
 MAX_HEADER_BYTES = 1 << 20
 
+
 def request_id_text(rid: int) -> str:
     """How a request id is shown in the server's log and in the client's errors: 16 hex digits
     (a JSON number would lose the low digits of a 63-bit id in many log tools)."""

@@ -51,6 +51,7 @@ Target = Literal["index", "control"]
 
 # -- argument models -------------------------------------------------------------------------
 
+
 class Args(BaseModel):
     """Arguments of an index operation: strict, as a header field of the wrong type is not a
     header (``"1"`` is not a ``k``)."""
@@ -166,6 +167,7 @@ class ListArgs(ControlArgs):
 
 # -- the table -------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Operation:
     """What one wire operation is, independent of how the server carries it out."""
@@ -212,41 +214,130 @@ def _read(name: str, args: type[BaseModel] = Args, doc: str = "") -> Operation:
 
 
 def _write(name: str, args: type[BaseModel] = Args, doc: str = "", **more: Any) -> Operation:
-    return Operation(name, "write", "index", args, mutates=True, logged=True, ordered=True,
-                     doc=doc, **more)
+    return Operation(
+        name, "write", "index", args, mutates=True, logged=True, ordered=True, doc=doc, **more
+    )
 
 
 _TABLE = (
     # -- control ----------------------------------------------------------------------------
-    Operation("ping", "none", "control", ControlArgs, repeatable=True,
-              doc="liveness and protocol version; needs no key"),
-    Operation("touch", "read", "control", ControlArgs, repeatable=True,
-              doc="keep-alive for the session's unnamed indices; checks the key"),
-    Operation("list", "read", "control", ListArgs, repeatable=True,
-              doc="the tenant's indices and memory use"),
-    Operation("stats", "read", "control", ControlArgs, repeatable=True,
-              doc="faissx status: uptime, version, connections, the tenant's indices and logs"),
-    Operation("bye", "write", "control", ControlArgs, repeatable=True,
-              doc="drop the session's unnamed indices (a second bye drops nothing)"),
-    Operation("create", "write", "control", CreateArgs, mutates=True, ordered=True,
-              creates_index=True,
-              doc="build an index from a spec"),
-    Operation("import", "write", "control", ImportArgs, mutates=True, ordered=True,
-              creates_index=True, adds_vectors=True,
-              doc="an index from faiss.serialize_index bytes"),
-    Operation("clone", "write", "control", CloneArgs, mutates=True, ordered=True,
-              creates_index=True, adds_vectors=True,
-              doc="a new index, faiss.clone_index of another of the tenant's (source)"),
-    Operation("delete", "write", "control", ControlArgs, mutates=True, ordered=True,
-              doc="drop an index and its files"),
-    Operation("merge_from", "write", "control", MergeArgs, mutates=True, ordered=True,
-              doc="move another index's vectors into this one (faiss merge_from)"),
-    Operation("snapshot", "write", "control", ControlArgs, repeatable=True, ordered=True,
-              doc="snapshot one named index, or all of the tenant's"),
-    Operation("repair", "write", "control", ControlArgs, mutates=True, ordered=True,
-              doc="rebuild a quarantined index from its intact part, its files copied aside"),
-    Operation("drop", "write", "control", ControlArgs, mutates=True, ordered=True,
-              doc="delete a quarantined index and its files, on request"),
+    Operation(
+        "ping",
+        "none",
+        "control",
+        ControlArgs,
+        repeatable=True,
+        doc="liveness and protocol version; needs no key",
+    ),
+    Operation(
+        "touch",
+        "read",
+        "control",
+        ControlArgs,
+        repeatable=True,
+        doc="keep-alive for the session's unnamed indices; checks the key",
+    ),
+    Operation(
+        "list",
+        "read",
+        "control",
+        ListArgs,
+        repeatable=True,
+        doc="the tenant's indices and memory use",
+    ),
+    Operation(
+        "stats",
+        "read",
+        "control",
+        ControlArgs,
+        repeatable=True,
+        doc="faissx status: uptime, version, connections, the tenant's indices and logs",
+    ),
+    Operation(
+        "bye",
+        "write",
+        "control",
+        ControlArgs,
+        repeatable=True,
+        doc="drop the session's unnamed indices (a second bye drops nothing)",
+    ),
+    Operation(
+        "create",
+        "write",
+        "control",
+        CreateArgs,
+        mutates=True,
+        ordered=True,
+        creates_index=True,
+        doc="build an index from a spec",
+    ),
+    Operation(
+        "import",
+        "write",
+        "control",
+        ImportArgs,
+        mutates=True,
+        ordered=True,
+        creates_index=True,
+        adds_vectors=True,
+        doc="an index from faiss.serialize_index bytes",
+    ),
+    Operation(
+        "clone",
+        "write",
+        "control",
+        CloneArgs,
+        mutates=True,
+        ordered=True,
+        creates_index=True,
+        adds_vectors=True,
+        doc="a new index, faiss.clone_index of another of the tenant's (source)",
+    ),
+    Operation(
+        "delete",
+        "write",
+        "control",
+        ControlArgs,
+        mutates=True,
+        ordered=True,
+        doc="drop an index and its files",
+    ),
+    Operation(
+        "merge_from",
+        "write",
+        "control",
+        MergeArgs,
+        mutates=True,
+        ordered=True,
+        doc="move another index's vectors into this one (faiss merge_from)",
+    ),
+    Operation(
+        "snapshot",
+        "write",
+        "control",
+        ControlArgs,
+        repeatable=True,
+        ordered=True,
+        doc="snapshot one named index, or all of the tenant's",
+    ),
+    Operation(
+        "repair",
+        "write",
+        "control",
+        ControlArgs,
+        mutates=True,
+        ordered=True,
+        doc="rebuild a quarantined index from its intact part, its files copied aside",
+    ),
+    Operation(
+        "drop",
+        "write",
+        "control",
+        ControlArgs,
+        mutates=True,
+        ordered=True,
+        doc="delete a quarantined index and its files, on request",
+    ),
     # -- reads on one index -----------------------------------------------------------------
     _read("info", doc="d, ntotal, is_trained, metric, type, runtime parameters"),
     _read("search", SearchArgs),

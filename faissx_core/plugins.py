@@ -57,8 +57,10 @@ class PluginRegistry:
                 info.types.append(itype)
                 other = self._provider.setdefault(itype.name, ep.name)
                 if other != ep.name:
-                    raise RuntimeError(f"index type {itype.name!r} is declared by plugins "
-                                       f"{other!r} and {ep.name!r}")
+                    raise RuntimeError(
+                        f"index type {itype.name!r} is declared by plugins "
+                        f"{other!r} and {ep.name!r}"
+                    )
             if enabled:
                 self.manager.register(plugin, name=ep.name)
                 self.types.update((t.name, t) for t in info.types)
@@ -98,8 +100,9 @@ class PluginRegistry:
                 raise InvalidArgument("a reference to an existing index cannot be built here")
             name = spec.params.get("name")
             if not isinstance(name, str) or not name:  # str(7) would name index "7" uncounted
-                raise InvalidArgument(f"a ref names an index by a non-empty string, got "
-                                      f"{type(name).__name__}")
+                raise InvalidArgument(
+                    f"a ref names an index by a non-empty string, got {type(name).__name__}"
+                )
             return resolve(name)
         itype = self.index_type(spec.type)
         params = itype.validate_params(spec.params)

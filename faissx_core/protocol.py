@@ -22,7 +22,13 @@ from faissx_core.errors import ProtocolError
 from faissx_core.messages import MAX_HEADER_BYTES, PROTOCOL_VERSION, ArrayDesc, Reply, Request
 
 __all__ = [
-    "PROTOCOL_VERSION", "decode", "decode_reply", "decode_request", "encode", "recv_reply", "send",
+    "PROTOCOL_VERSION",
+    "decode",
+    "decode_reply",
+    "decode_request",
+    "encode",
+    "recv_reply",
+    "send",
 ]
 
 _DTYPES = {"float32", "uint8", "int64", "uint64", "int32"}
@@ -77,8 +83,9 @@ def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]
 def decode_request(frames: Sequence[Any]) -> tuple[Request, dict[str, np.ndarray]]:
     """The request and its arrays; the header is validated once, descriptors included."""
     if frames and _nbytes(frames[0]) > MAX_HEADER_BYTES:  # never parse a huge header
-        raise ProtocolError(f"header frame of {_nbytes(frames[0])} bytes; at most "
-                            f"{MAX_HEADER_BYTES}")
+        raise ProtocolError(
+            f"header frame of {_nbytes(frames[0])} bytes; at most {MAX_HEADER_BYTES}"
+        )
     header = _header(frames)
     try:
         request = Request.model_validate(header)
@@ -178,8 +185,9 @@ def _header(frames: Sequence[Any]) -> dict[str, Any]:
     return header
 
 
-def _refuse(header: dict[str, Any], frames: Sequence[Any], exc: ValidationError, what: str,
-            version: bool) -> NoReturn:
+def _refuse(
+    header: dict[str, Any], frames: Sequence[Any], exc: ValidationError, what: str, version: bool
+) -> NoReturn:
     """Raise for a header the model refused, reporting what the checks that come before the
     model (each descriptor against its frame, then the version) find first, as they always did."""
     _arrays(map(_desc, header.get("arrays", [])), frames)

@@ -88,8 +88,10 @@ def read_secret_key(value: str | Path) -> str:
         return text
     path = Path(text)
     if not path.is_file():
-        raise ValueError("the CURVE secret key must be a 40-character Z85 key or a file "
-                         "holding one (faissx keys curve)")
+        raise ValueError(
+            "the CURVE secret key must be a 40-character Z85 key or a file "
+            "holding one (faissx keys curve)"
+        )
     try:
         found, bad = _keys_in(path.read_text(), "secret")
     except (OSError, UnicodeDecodeError) as exc:
@@ -107,8 +109,9 @@ def load_allow_list(path: Path) -> frozenset[str]:
         raise ValueError(f"cannot read CURVE allow-list {path}: {exc}") from None
     keys, bad = _keys_in(text, "public")
     if bad:
-        raise ValueError(f"CURVE allow-list {path}: line {bad[0]} is not a 40-character Z85 "
-                         "public key")
+        raise ValueError(
+            f"CURVE allow-list {path}: line {bad[0]} is not a 40-character Z85 public key"
+        )
     if not keys:
         raise ValueError(f"CURVE allow-list {path} lists no keys: no client could connect")
     return frozenset(keys)
@@ -118,14 +121,21 @@ def public_key_of(secret_key: str) -> str:
     return zmq.curve_public(secret_key.encode("ascii")).decode("ascii")
 
 
-def configure_router(ctx: zmq.Context, sock: zmq.Socket, settings: ServerSettings,
-                     connections: ConnectionCount | None = None) -> None:
+def configure_router(
+    ctx: zmq.Context,
+    sock: zmq.Socket,
+    settings: ServerSettings,
+    connections: ConnectionCount | None = None,
+) -> None:
     """Secure the server's ROUTER; call before ``bind``. With ``connections`` every handshake
     also goes through the ZAP handler, which turns away peers past the connection limit."""
     if settings.max_message_bytes:
         sock.setsockopt(zmq.MAXMSGSIZE, settings.max_message_bytes)
-    allowed = (load_allow_list(settings.curve_allow_keys)
-               if settings.curve_allow_keys is not None else None)
+    allowed = (
+        load_allow_list(settings.curve_allow_keys)
+        if settings.curve_allow_keys is not None
+        else None
+    )
     if allowed is not None or connections is not None:
         # bound before the socket sees its first handshake
         ZapHandler(ctx, allowed, connections).start()
@@ -137,10 +147,13 @@ def configure_router(ctx: zmq.Context, sock: zmq.Socket, settings: ServerSetting
     sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, settings.curve_secret_key.encode("ascii"))
-    log.info("CURVE encryption on; server public key %s; %s",
-             public_key_of(settings.curve_secret_key),
-             f"{len(allowed)} allowed client key(s)" if allowed is not None else
-             "any client key accepted")
+    log.info(
+        "CURVE encryption on; server public key %s; %s",
+        public_key_of(settings.curve_secret_key),
+        f"{len(allowed)} allowed client key(s)"
+        if allowed is not None
+        else "any client key accepted",
+    )
 
 
 def configure_dealer(sock: zmq.Socket, settings: Any) -> None:
@@ -168,11 +181,14 @@ class ZapHandler(threading.Thread):
     sockets, so ``ctx.term()`` never waits on it.
     """
 
-    def __init__(self, ctx: zmq.Context, allowed: frozenset[str] | None,
-                 connections: ConnectionCount | None = None) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        allowed: frozenset[str] | None,
+        connections: ConnectionCount | None = None,
+    ) -> None:
         super().__init__(name="faissx-zap", daemon=True)
-        self.allowed = (frozenset(z85.decode(k) for k in allowed) if allowed is not None
-                        else None)
+        self.allowed = frozenset(z85.decode(k) for k in allowed) if allowed is not None else None
         self.connections = connections
         self.sock = ctx.socket(zmq.REP)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -215,7 +231,10 @@ class ZapHandler(threading.Thread):
             return [b"1.0", rid, b"200", b"OK", user, b""]
         if mechanism == b"CURVE" and credentials and credentials[0] in self.allowed:
             return [b"1.0", rid, b"200", b"OK", z85.encode(credentials[0]), b""]
-        log.debug("refused a connection from an unlisted CURVE key (%s)",
-                 z85.encode(credentials[0]).decode() if credentials and
-                 len(credentials[0]) == 32 else mechanism.decode(errors="replace"))
+        log.debug(
+            "refused a connection from an unlisted CURVE key (%s)",
+            z85.encode(credentials[0]).decode()
+            if credentials and len(credentials[0]) == 32
+            else mechanism.decode(errors="replace"),
+        )
         return [b"1.0", rid, b"400", b"client key not allowed", b"", b""]

@@ -42,8 +42,9 @@ class SelectorSpec(BaseModel):
     children: list[SelectorSpec] = Field(default_factory=list, max_length=2)
 
 
-def combine(kind: str, parts: list[tuple[SelectorSpec, dict[str, np.ndarray]]]
-            ) -> tuple[SelectorSpec, dict[str, np.ndarray]]:
+def combine(
+    kind: str, parts: list[tuple[SelectorSpec, dict[str, np.ndarray]]]
+) -> tuple[SelectorSpec, dict[str, np.ndarray]]:
     """The description of ``kind`` over described ``parts``, their frames renumbered so
     that no two leaves share one."""
     if len(parts) != COMBINATIONS[kind]:
@@ -61,8 +62,9 @@ def combine(kind: str, parts: list[tuple[SelectorSpec, dict[str, np.ndarray]]]
     return SelectorSpec(kind=kind, children=children), arrays
 
 
-def build_selector(spec: SelectorSpec, arrays: dict[str, np.ndarray], depth: int = 0
-                   ) -> tuple[Any, Any]:
+def build_selector(
+    spec: SelectorSpec, arrays: dict[str, np.ndarray], depth: int = 0
+) -> tuple[Any, Any]:
     """The faiss selector, plus what it points into (keep it alive while it is used)."""
     if depth > MAX_DEPTH:
         raise InvalidArgument(f"selector combinations nest at most {MAX_DEPTH} deep")
@@ -70,8 +72,9 @@ def build_selector(spec: SelectorSpec, arrays: dict[str, np.ndarray], depth: int
         return faiss.IDSelectorRange(spec.imin, spec.imax, spec.assume_sorted), None
     if spec.kind in COMBINATIONS:
         if len(spec.children) != COMBINATIONS[spec.kind]:
-            raise InvalidArgument(f"a {spec.kind} selector combines "
-                                  f"{COMBINATIONS[spec.kind]} selectors")
+            raise InvalidArgument(
+                f"a {spec.kind} selector combines {COMBINATIONS[spec.kind]} selectors"
+            )
         built = [build_selector(c, arrays, depth + 1) for c in spec.children]
         cls = getattr(faiss, f"IDSelector{spec.kind.title() if spec.kind != 'xor' else 'XOr'}")
         return cls(*(b[0] for b in built)), built

@@ -153,17 +153,35 @@ class ServerSettings(BaseModel):
         start so an operator sees them before a client does."""
         out: list[tuple[int, str]] = []
         if (self.auth_keys or self.auth_file) and not self.enable_auth:
-            out.append((logging.WARNING, "API keys were given but --enable-auth was not: the keys "
-                        "are NOT enforced, and any client can read, change and delete every "
-                        "tenant's indices (add --enable-auth)"))
-        if self.bind_address not in LOOPBACK and not self.enable_auth and (
-                self.curve_secret_key is None):
-            out.append((logging.WARNING, f"listening on {self.bind_address} with neither "
-                        "--enable-auth nor --curve-secret-key: anyone who can reach this port "
-                        "can read, change and delete every index (docs/security.md)"))
+            out.append(
+                (
+                    logging.WARNING,
+                    "API keys were given but --enable-auth was not: the keys "
+                    "are NOT enforced, and any client can read, change and delete every "
+                    "tenant's indices (add --enable-auth)",
+                )
+            )
+        if (
+            self.bind_address not in LOOPBACK
+            and not self.enable_auth
+            and (self.curve_secret_key is None)
+        ):
+            out.append(
+                (
+                    logging.WARNING,
+                    f"listening on {self.bind_address} with neither "
+                    "--enable-auth nor --curve-secret-key: anyone who can reach this port "
+                    "can read, change and delete every index (docs/security.md)",
+                )
+            )
         if self.data_dir is None:
-            out.append((logging.INFO, "no --data-dir: indices are kept in memory only and "
-                        "are lost when the server stops (give --data-dir to keep named indices)"))
+            out.append(
+                (
+                    logging.INFO,
+                    "no --data-dir: indices are kept in memory only and "
+                    "are lost when the server stops (give --data-dir to keep named indices)",
+                )
+            )
         return out
 
     @property

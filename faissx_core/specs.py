@@ -135,8 +135,10 @@ class IndexType(BaseModel):
     #: ``(args, kwargs) -> (args, kwargs)``, where an argument may be an :class:`IndexSpec`
     #: (a part the client builds locally or describes remotely). The seed's
     #: ``IndexIVFFlat(d, nlist=100)``, with no quantizer, is one.
-    shorthand: Callable[[tuple[Any, ...], dict[str, Any]],
-                        tuple[tuple[Any, ...], dict[str, Any]] | None] | None = None
+    shorthand: (
+        Callable[[tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]] | None]
+        | None
+    ) = None
     doc: str = ""
 
     def params_of(self, index: Any, types: Mapping[str, IndexType]) -> dict[str, RuntimeParam]:
@@ -151,7 +153,8 @@ class IndexType(BaseModel):
         fields = list(self.params.model_fields)
         if len(args) > len(fields):
             raise TypeError(
-                f"{self.name}() takes at most {len(fields)} arguments ({len(args)} given)")
+                f"{self.name}() takes at most {len(fields)} arguments ({len(args)} given)"
+            )
         values = dict(zip(fields, args, strict=False))
         for key, value in kwargs.items():
             if key in values:
@@ -166,7 +169,6 @@ class IndexType(BaseModel):
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err.get("loc", ())) or "arguments"
             raise InvalidArgument(f"{self.name}: {where}: {err.get('msg')}") from None
-
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary for listings (``faissx plugins``, ``docs/index-types.md``)."""
@@ -188,7 +190,8 @@ def lookup_param(params: dict[str, RuntimeParam], name: str, owner: str) -> Runt
     except KeyError:
         known = ", ".join(sorted(params)) or "none"
         raise UnknownParameter(
-            f"{owner} has no runtime parameter {name!r} (known: {known})") from None
+            f"{owner} has no runtime parameter {name!r} (known: {known})"
+        ) from None
 
 
 def params_by_structure(index: Any, types: Mapping[str, IndexType]) -> list[RuntimeParam]:
@@ -205,8 +208,9 @@ def params_by_structure(index: Any, types: Mapping[str, IndexType]) -> list[Runt
     for _ in range(8):  # wrappers nest shallowly; the bound guards against cycles
         itype = types.get(type(obj).__name__)
         if itype is not None:
-            found.extend(p.model_copy(update={"path": prefix + p.path})
-                         for p in itype.runtime_params)
+            found.extend(
+                p.model_copy(update={"path": prefix + p.path}) for p in itype.runtime_params
+            )
         if not isinstance(getattr(obj, "index", None), faiss.Index | faiss.IndexBinary):
             break
         obj = _step(obj, "index")
@@ -222,7 +226,8 @@ class ImportedParams(BaseModel):
 
 def _not_rebuildable(params: ImportedParams, _: BuildNested) -> Any:
     raise InvalidArgument(
-        f"an uploaded {params.faiss_class} has no constructor spec; it lives in its snapshot")
+        f"an uploaded {params.faiss_class} has no constructor spec; it lives in its snapshot"
+    )
 
 
 #: The type of indices uploaded as faiss bytes (``read_index`` in remote mode, unpickling)

@@ -29,7 +29,8 @@ def _whole_bytes(d: int) -> int:
 
 #: A binary dimension: bits, a positive multiple of 8.
 BinaryDimension = Annotated[
-    int, Field(gt=0, le=1 << 16, description="dimension in bits (a multiple of 8)"),
+    int,
+    Field(gt=0, le=1 << 16, description="dimension in bits (a multiple of 8)"),
     AfterValidator(_whole_bytes),
 ]
 
@@ -76,15 +77,28 @@ def _build_ivf(p: BinaryIVFParams, build_nested: BuildNested) -> Any:
     quantizer = build_nested(IndexSpec.model_validate(p.quantizer))
     if not isinstance(quantizer, faiss.IndexBinary):
         raise InvalidArgument(
-            f"IndexBinaryIVF needs a binary quantizer, not {type(quantizer).__name__}")
+            f"IndexBinaryIVF needs a binary quantizer, not {type(quantizer).__name__}"
+        )
     # faiss's Python constructor keeps a reference to the quantizer in the IVF object
     return faiss.IndexBinaryIVF(quantizer, p.d, p.nlist)
 
 
-NPROBE = RuntimeParam(name="nprobe", path="nprobe", kind="int", ge=1, le=1 << 20,
-                      doc="inverted lists visited per query")
-NFLIP = RuntimeParam(name="nflip", path="nflip", kind="int", ge=0, le=MAX_HASH_BITS,
-                     doc="bits flipped when probing neighbouring hash buckets")
+NPROBE = RuntimeParam(
+    name="nprobe",
+    path="nprobe",
+    kind="int",
+    ge=1,
+    le=1 << 20,
+    doc="inverted lists visited per query",
+)
+NFLIP = RuntimeParam(
+    name="nflip",
+    path="nflip",
+    kind="int",
+    ge=0,
+    le=MAX_HASH_BITS,
+    doc="bits flipped when probing neighbouring hash buckets",
+)
 
 
 @hookimpl

@@ -33,11 +33,28 @@ Degree = Annotated[int, Field(ge=2, le=512, description="HNSW graph degree M")]
 SQ_TYPES = {
     value
     for name in (
-        "QT_8bit", "QT_4bit", "QT_8bit_uniform", "QT_4bit_uniform", "QT_fp16", "QT_8bit_direct",
-        "QT_6bit", "QT_bf16", "QT_8bit_direct_signed",
-        "QT_1bit_tqmse", "QT_2bit_tqmse", "QT_3bit_tqmse", "QT_4bit_tqmse", "QT_8bit_tqmse",
-        "QT_1bit_eden", "QT_2bit_eden", "QT_3bit_eden", "QT_4bit_eden", "QT_5bit_eden",
-        "QT_6bit_eden", "QT_7bit_eden", "QT_8bit_eden",
+        "QT_8bit",
+        "QT_4bit",
+        "QT_8bit_uniform",
+        "QT_4bit_uniform",
+        "QT_fp16",
+        "QT_8bit_direct",
+        "QT_6bit",
+        "QT_bf16",
+        "QT_8bit_direct_signed",
+        "QT_1bit_tqmse",
+        "QT_2bit_tqmse",
+        "QT_3bit_tqmse",
+        "QT_4bit_tqmse",
+        "QT_8bit_tqmse",
+        "QT_1bit_eden",
+        "QT_2bit_eden",
+        "QT_3bit_eden",
+        "QT_4bit_eden",
+        "QT_5bit_eden",
+        "QT_6bit_eden",
+        "QT_7bit_eden",
+        "QT_8bit_eden",
     )
     if (value := getattr(faiss.ScalarQuantizer, name, None)) is not None
 }
@@ -48,20 +65,25 @@ CODEC_METRICS = {faiss.METRIC_L2, faiss.METRIC_INNER_PRODUCT}
 
 def _sq_type(qtype: int) -> int:
     if qtype not in SQ_TYPES:
-        raise ValueError(f"scalar quantizer type {qtype} cannot back an HNSW graph; use a "
-                         "faiss.ScalarQuantizer.QT_* such as QT_8bit, QT_4bit or QT_fp16")
+        raise ValueError(
+            f"scalar quantizer type {qtype} cannot back an HNSW graph; use a "
+            "faiss.ScalarQuantizer.QT_* such as QT_8bit, QT_4bit or QT_fp16"
+        )
     return qtype
 
 
 def _codec_metric(metric: int) -> int:
     if metric not in CODEC_METRICS:
-        raise ValueError("quantized HNSW storage supports only METRIC_L2 and "
-                         f"METRIC_INNER_PRODUCT, not metric {metric}")
+        raise ValueError(
+            "quantized HNSW storage supports only METRIC_L2 and "
+            f"METRIC_INNER_PRODUCT, not metric {metric}"
+        )
     return metric
 
 
-QuantizerType = Annotated[int, AfterValidator(_sq_type),
-                          Field(description="a faiss.ScalarQuantizer.QT_* type")]
+QuantizerType = Annotated[
+    int, AfterValidator(_sq_type), Field(description="a faiss.ScalarQuantizer.QT_* type")
+]
 CodecMetric = Annotated[Metric, AfterValidator(_codec_metric)]
 
 
@@ -118,10 +140,22 @@ def _search_params(p: SearchParamsHNSW, _: object) -> faiss.SearchParametersHNSW
 
 
 RUNTIME_PARAMS = (
-    RuntimeParam(name="efSearch", path="hnsw.efSearch", kind="int", ge=1, le=MAX_EF,
-                 doc="candidates explored per query; higher is slower and more accurate"),
-    RuntimeParam(name="efConstruction", path="hnsw.efConstruction", kind="int", ge=1, le=MAX_EF,
-                 doc="candidates explored when linking a new vector (affects later adds)"),
+    RuntimeParam(
+        name="efSearch",
+        path="hnsw.efSearch",
+        kind="int",
+        ge=1,
+        le=MAX_EF,
+        doc="candidates explored per query; higher is slower and more accurate",
+    ),
+    RuntimeParam(
+        name="efConstruction",
+        path="hnsw.efConstruction",
+        kind="int",
+        ge=1,
+        le=MAX_EF,
+        doc="candidates explored when linking a new vector (affects later adds)",
+    ),
 )
 
 
@@ -152,7 +186,7 @@ def faissx_index_types() -> list[IndexType]:
             requires_training=True,
             runtime_params=RUNTIME_PARAMS,
             doc="HNSW graph over scalar-quantized vectors (trained unless qtype is fp16/bf16/"
-                "direct).",
+            "direct).",
         ),
         IndexType(
             name="IndexHNSWPQ",

@@ -28,8 +28,9 @@ def _wrap(cls: type) -> Any:
     def build(p: IDMapParams, build_nested: BuildNested) -> Any:
         inner = build_nested(IndexSpec.model_validate(p.index))
         if isinstance(inner, faiss.IndexBinary):
-            raise InvalidArgument(f"{cls.__name__} wraps float indices; a binary index "
-                                  "needs IndexBinaryIDMap")
+            raise InvalidArgument(
+                f"{cls.__name__} wraps float indices; a binary index needs IndexBinaryIDMap"
+            )
         if not isinstance(inner, faiss.Index):
             raise InvalidArgument(f"{cls.__name__} wraps an index, not a {p.index.type}")
         wrapper = cls(inner)

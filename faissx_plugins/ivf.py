@@ -67,16 +67,24 @@ class SearchParamsIVF(SearchParams):
     """``faiss.SearchParametersIVF(nprobe=1, max_codes=0, sel=None)``: one call's IVF knobs."""
 
     nprobe: int = Field(1, ge=1, le=NPROBE_MAX, description="inverted lists visited per query")
-    max_codes: int = Field(0, ge=0, le=MAX_CODES_MAX,
-                           description="codes visited per query at most (0: no limit)")
-    max_lists_num: int = Field(0, ge=0, le=NPROBE_MAX, description="lists scanned at most "
-                               "(0: nprobe)")
+    max_codes: int = Field(
+        0, ge=0, le=MAX_CODES_MAX, description="codes visited per query at most (0: no limit)"
+    )
+    max_lists_num: int = Field(
+        0, ge=0, le=NPROBE_MAX, description="lists scanned at most (0: nprobe)"
+    )
     ensure_topk_full: bool = Field(False, description="keep scanning until k results")
-    max_empty_result_buckets: int = Field(0, ge=0, le=NPROBE_MAX, description="range search: "
-                                          "stop after this many lists without a hit (0: never)")
+    max_empty_result_buckets: int = Field(
+        0,
+        ge=0,
+        le=NPROBE_MAX,
+        description="range search: stop after this many lists without a hit (0: never)",
+    )
     quantizer_params: IndexSpec | None = Field(
-        None, description="SearchParameters for the coarse quantizer's search (a nested "
-                          "component, e.g. SearchParametersHNSW(efSearch=...))")
+        None,
+        description="SearchParameters for the coarse quantizer's search (a nested "
+        "component, e.g. SearchParametersHNSW(efSearch=...))",
+    )
 
 
 def _search_params_ivf(p: SearchParamsIVF) -> faiss.SearchParametersIVF:
@@ -96,21 +104,23 @@ def own_quantizer(params: type[IVFParams]) -> Any:
     faiss's order, because faiss's constructors take no keyword arguments."""
     fields = [name for name in params.model_fields if name != "quantizer"]
 
-    def rewrite(args: tuple[Any, ...], kwargs: dict[str, Any]
-                ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    def rewrite(
+        args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         first = args[0] if args else kwargs.get("d")
         if "quantizer" in kwargs or type(first) is not int:
             return None  # faiss's own spelling: a quantizer comes first
         if len(args) > len(fields):
-            raise TypeError(f"at most {len(fields)} arguments without a quantizer "
-                            f"({', '.join(fields)}); {len(args)} given")
+            raise TypeError(
+                f"at most {len(fields)} arguments without a quantizer "
+                f"({', '.join(fields)}); {len(args)} given"
+            )
         values = dict(zip(fields, args, strict=False))
         for key, value in kwargs.items():
             if key in values:
                 raise TypeError(f"got multiple values for argument {key!r}")
             if key not in fields:
-                raise TypeError(f"unexpected keyword argument {key!r} (known: "
-                                f"{', '.join(fields)})")
+                raise TypeError(f"unexpected keyword argument {key!r} (known: {', '.join(fields)})")
             values[key] = value
         last = max(fields.index(key) for key in values)
         ordered = []
@@ -131,10 +141,12 @@ def _quantizer(params: IVFParams, build_nested: BuildNested) -> Any:
     if not isinstance(quantizer, faiss.Index):
         raise InvalidArgument(
             f"the quantizer must be a float index such as IndexFlatL2(d), not "
-            f"{params.quantizer.type}")
+            f"{params.quantizer.type}"
+        )
     if quantizer.d != params.d:
         raise InvalidArgument(
-            f"the quantizer has d={quantizer.d} but the IVF index has d={params.d}")
+            f"the quantizer has d={quantizer.d} but the IVF index has d={params.d}"
+        )
     return quantizer
 
 
@@ -158,20 +170,38 @@ def _build_ivf_pq(p: IVFPQParams, build_nested: BuildNested) -> Any:
 def _build_ivf_sq(p: IVFSQParams, build_nested: BuildNested) -> Any:
     q = _quantizer(p, build_nested)
     return _owning(
-        faiss.IndexIVFScalarQuantizer(q, p.d, p.nlist, p.qtype, p.metric, p.by_residual), q)
+        faiss.IndexIVFScalarQuantizer(q, p.d, p.nlist, p.qtype, p.metric, p.by_residual), q
+    )
 
 
 IVF_RUNTIME = (
-    RuntimeParam(name="nprobe", path="nprobe", kind="int", ge=1, le=NPROBE_MAX,
-                 doc="inverted lists visited per query (more: slower, better recall)"),
-    RuntimeParam(name="max_codes", path="max_codes", kind="int", ge=0, le=MAX_CODES_MAX,
-                 doc="stop a query after visiting this many codes (0: no limit)"),
+    RuntimeParam(
+        name="nprobe",
+        path="nprobe",
+        kind="int",
+        ge=1,
+        le=NPROBE_MAX,
+        doc="inverted lists visited per query (more: slower, better recall)",
+    ),
+    RuntimeParam(
+        name="max_codes",
+        path="max_codes",
+        kind="int",
+        ge=0,
+        le=MAX_CODES_MAX,
+        doc="stop a query after visiting this many codes (0: no limit)",
+    ),
 )
 IVFPQ_RUNTIME = (
     *IVF_RUNTIME,
-    RuntimeParam(name="polysemous_ht", path="polysemous_ht", kind="int", ge=0,
-                 le=(1 << 31) - 1,
-                 doc="Hamming threshold of polysemous filtering (0: off; 8-bit codes only)"),
+    RuntimeParam(
+        name="polysemous_ht",
+        path="polysemous_ht",
+        kind="int",
+        ge=0,
+        le=(1 << 31) - 1,
+        doc="Hamming threshold of polysemous filtering (0: off; 8-bit codes only)",
+    ),
 )
 
 

@@ -31,13 +31,15 @@ def _known_qtype(qtype: int) -> int:
     if qtype not in QTYPES:
         raise ValueError(
             f"unknown scalar quantizer type {qtype}; use a faiss.ScalarQuantizer.QT_* constant "
-            f"({', '.join(f'{n}={v}' for v, n in sorted(QTYPES.items()))})")
+            f"({', '.join(f'{n}={v}' for v, n in sorted(QTYPES.items()))})"
+        )
     return qtype
 
 
 #: Field types the IVF family reuses for its IVFPQ / IVFScalarQuantizer.
-QType = Annotated[int, AfterValidator(_known_qtype),
-                  Field(description="a faiss.ScalarQuantizer.QT_* constant")]
+QType = Annotated[
+    int, AfterValidator(_known_qtype), Field(description="a faiss.ScalarQuantizer.QT_* constant")
+]
 Subquantizers = Annotated[int, Field(gt=0, le=1 << 16, description="number of sub-quantizers M")]
 #: faiss itself stops at 24 bits (and crashes on 0); 16 bits already means 65536 centroids per
 #: sub-quantizer, so the server refuses more rather than allocate gigabytes for one index.
@@ -85,10 +87,15 @@ PQ_SEARCH_TYPES = {
 class SearchParamsPQ(SearchParams):
     """``faiss.SearchParametersPQ(search_type=..., polysemous_ht=..., sel=...)``."""
 
-    search_type: int = Field(faiss.IndexPQ.ST_PQ, ge=min(PQ_SEARCH_TYPES),  # type: ignore[attr-defined]  # faiss's stubs lack it
-                             le=max(PQ_SEARCH_TYPES), description="a faiss.IndexPQ.ST_*")
-    polysemous_ht: int = Field(0, ge=0, le=(1 << 31) - 1,
-                               description="Hamming threshold of polysemous filtering")
+    search_type: int = Field(
+        faiss.IndexPQ.ST_PQ,  # type: ignore[attr-defined]  # faiss's stubs lack it
+        ge=min(PQ_SEARCH_TYPES),
+        le=max(PQ_SEARCH_TYPES),
+        description="a faiss.IndexPQ.ST_*",
+    )
+    polysemous_ht: int = Field(
+        0, ge=0, le=(1 << 31) - 1, description="Hamming threshold of polysemous filtering"
+    )
 
 
 def _search_params_pq(p: SearchParamsPQ) -> faiss.SearchParametersPQ:  # type: ignore[name-defined]  # faiss's stubs lack it
@@ -99,12 +106,22 @@ def _search_params_pq(p: SearchParamsPQ) -> faiss.SearchParametersPQ:  # type: i
 
 
 PQ_RUNTIME = (
-    RuntimeParam(name="search_type", path="search_type", kind="int",
-                 ge=min(PQ_SEARCH_TYPES), le=max(PQ_SEARCH_TYPES),
-                 doc="how codes are compared: faiss.IndexPQ.ST_PQ (asymmetric), ST_HE, ..."),
-    RuntimeParam(name="polysemous_ht", path="polysemous_ht", kind="int",
-                 ge=0, le=(1 << 31) - 1,
-                 doc="Hamming threshold for ST_polysemous search (8-bit codes only)"),
+    RuntimeParam(
+        name="search_type",
+        path="search_type",
+        kind="int",
+        ge=min(PQ_SEARCH_TYPES),
+        le=max(PQ_SEARCH_TYPES),
+        doc="how codes are compared: faiss.IndexPQ.ST_PQ (asymmetric), ST_HE, ...",
+    ),
+    RuntimeParam(
+        name="polysemous_ht",
+        path="polysemous_ht",
+        kind="int",
+        ge=0,
+        le=(1 << 31) - 1,
+        doc="Hamming threshold for ST_polysemous search (8-bit codes only)",
+    ),
 )
 
 
@@ -118,7 +135,7 @@ def faissx_index_types() -> list[IndexType]:
             params=SearchParamsPQ,
             build=lambda p, _: _search_params_pq(p),
             doc="Per-call IndexPQ parameters: search_type, polysemous_ht (and sel, which faiss "
-                "honours in range_search only).",
+            "honours in range_search only).",
         ),
         IndexType(
             name="IndexPQ",
@@ -136,6 +153,6 @@ def faissx_index_types() -> list[IndexType]:
             build=lambda p, _: faiss.IndexScalarQuantizer(p.d, p.qtype, p.metric),
             requires_training=True,
             doc="Scalar quantization of each dimension (QT_8bit, QT_4bit, QT_fp16, ...), "
-                "exhaustive search.",
+            "exhaustive search.",
         ),
     ]

@@ -39,10 +39,14 @@ class PCAParams(TransformParams):
 
     d_in: Dimension = Field(validation_alias=_alias("d_in", "din"))
     d_out: Dimension = Field(validation_alias=_alias("d_out", "dout"))
-    eigen_power: float = Field(0.0, validation_alias=_alias("eigen_power", "eigen_power_in"),
-                               description="0: no whitening, -0.5: full whitening")
+    eigen_power: float = Field(
+        0.0,
+        validation_alias=_alias("eigen_power", "eigen_power_in"),
+        description="0: no whitening, -0.5: full whitening",
+    )
     random_rotation: bool = Field(
-        False, validation_alias=_alias("random_rotation", "random_rotation_in"))
+        False, validation_alias=_alias("random_rotation", "random_rotation_in")
+    )
 
     @model_validator(mode="after")
     def _reduces(self) -> PCAParams:
@@ -148,8 +152,11 @@ class PreTransformParams(BaseModel):
     @classmethod
     def _single_argument_is_the_index(cls, values: Any) -> Any:
         # faiss has no IndexPreTransform(transform) overload: a lone argument is the index
-        if isinstance(values, dict) and values.get("index") is None \
-                and values.get("transform") is not None:
+        if (
+            isinstance(values, dict)
+            and values.get("index") is None
+            and values.get("transform") is not None
+        ):
             values = {**values, "index": values["transform"], "transform": None}
         return values
 
@@ -161,8 +168,10 @@ class PreTransformParams(BaseModel):
             dims = _transform_dims(self.transform)
             d = _input_dim(self.index)
             if dims is not None and d is not None and dims[1] != d:
-                raise ValueError(f"{self.transform.type} outputs {dims[1]} dimensions but the "
-                                 f"wrapped {self.index.type} has d={d}")
+                raise ValueError(
+                    f"{self.transform.type} outputs {dims[1]} dimensions but the "
+                    f"wrapped {self.index.type} has d={d}"
+                )
         return self
 
 
@@ -170,14 +179,14 @@ def _build_pretransform(p: PreTransformParams, build_nested: BuildNested) -> Any
     assert p.index is not None  # the params model requires it
     index = build_nested(IndexSpec.model_validate(p.index))
     if not isinstance(index, faiss.Index):
-        raise InvalidArgument(
-            f"IndexPreTransform wraps a float index, not {type(index).__name__}")
+        raise InvalidArgument(f"IndexPreTransform wraps a float index, not {type(index).__name__}")
     if p.transform is None:
         return faiss.IndexPreTransform(index)
     transform = build_nested(IndexSpec.model_validate(p.transform))
     if not isinstance(transform, faiss.VectorTransform):
         raise InvalidArgument(
-            f"IndexPreTransform's transform must be a vector transform, not {p.transform.type}")
+            f"IndexPreTransform's transform must be a vector transform, not {p.transform.type}"
+        )
     # faiss's Python constructor keeps references to both, so they live as long as the wrapper
     return faiss.IndexPreTransform(transform, index)
 
@@ -187,24 +196,38 @@ def _build_normalization(p: NormalizationParams, _: BuildNested) -> Any:
 
 
 def _component(name: str, params: type[BaseModel], build: Any, doc: str) -> IndexType:
-    return IndexType(name=name, family="pretransform", kind="component", params=params,
-                     build=build, doc=doc)
+    return IndexType(
+        name=name, family="pretransform", kind="component", params=params, build=build, doc=doc
+    )
 
 
 @hookimpl
 def faissx_index_types() -> list[IndexType]:
     return [
-        _component("PCAMatrix", PCAParams,
-                   lambda p, _: faiss.PCAMatrix(p.d_in, p.d_out, p.eigen_power,
-                                                p.random_rotation),
-                   "PCA projection to d_out dimensions, optionally whitened and rotated."),
-        _component("NormalizationTransform", NormalizationParams, _build_normalization,
-                   "Divides each vector by its L2 norm."),
-        _component("OPQMatrix", OPQParams, _opq,
-                   "Rotation learnt to suit a product quantizer with M sub-quantizers."),
-        _component("RandomRotationMatrix", RandomRotationParams,
-                   lambda p, _: faiss.RandomRotationMatrix(p.d_in, p.d_out),
-                   "Random orthogonal projection (faiss seeds it: the same everywhere)."),
+        _component(
+            "PCAMatrix",
+            PCAParams,
+            lambda p, _: faiss.PCAMatrix(p.d_in, p.d_out, p.eigen_power, p.random_rotation),
+            "PCA projection to d_out dimensions, optionally whitened and rotated.",
+        ),
+        _component(
+            "NormalizationTransform",
+            NormalizationParams,
+            _build_normalization,
+            "Divides each vector by its L2 norm.",
+        ),
+        _component(
+            "OPQMatrix",
+            OPQParams,
+            _opq,
+            "Rotation learnt to suit a product quantizer with M sub-quantizers.",
+        ),
+        _component(
+            "RandomRotationMatrix",
+            RandomRotationParams,
+            lambda p, _: faiss.RandomRotationMatrix(p.d_in, p.d_out),
+            "Random orthogonal projection (faiss seeds it: the same everywhere).",
+        ),
         IndexType(
             name="IndexPreTransform",
             family="pretransform",

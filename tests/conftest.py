@@ -61,8 +61,9 @@ def ping(endpoint: str, timeout: float = 0.5) -> bool:
 class ServerProcess:
     """A ``faissx serve`` subprocess on a free loopback port."""
 
-    def __init__(self, *args: str, port: int | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, port: int | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.args = list(args)
         #: Extra environment for the server (the harness strips the caller's FAISSX_* ones).
         self.env = env or {}
@@ -74,11 +75,21 @@ class ServerProcess:
     def start(self, timeout: float = 120.0) -> ServerProcess:
         """Start and wait until it answers. Generous: a loaded 2-core machine took more than
         30 s to import faiss and the server (the wait ends as soon as it answers)."""
-        cmd = [str(FAISSX), "serve", "--port", str(self.port), "--bind-address", "127.0.0.1",
-               "--log-level", "DEBUG", *self.args]
+        cmd = [
+            str(FAISSX),
+            "serve",
+            "--port",
+            str(self.port),
+            "--bind-address",
+            "127.0.0.1",
+            "--log-level",
+            "DEBUG",
+            *self.args,
+        ]
         self._logfile = self.log.open("ab")
-        self.proc = subprocess.Popen(cmd, env={**server_env(), **self.env},
-                                     stdout=self._logfile, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, env={**server_env(), **self.env}, stdout=self._logfile, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -22,8 +22,13 @@ Q = X[:7] + 0.01
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     # wide enough that rich never wraps a message across lines
-    out = subprocess.run([str(FAISSX), *args], capture_output=True, text=True, timeout=120,
-                         env={**server_env(), "COLUMNS": "400"})
+    out = subprocess.run(
+        [str(FAISSX), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**server_env(), "COLUMNS": "400"},
+    )
     if check:
         assert out.returncode == 0, out.stdout + out.stderr
     return out

@@ -48,8 +48,14 @@ SECRETS: list[str] = []
 
 
 def cli(*args: str, stdin: str | None = None) -> str:
-    out = subprocess.run([str(FAISSX), *args], capture_output=True, text=True, timeout=60,
-                         input=stdin, env={**server_env(), "COLUMNS": "200"})
+    out = subprocess.run(
+        [str(FAISSX), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+        env={**server_env(), "COLUMNS": "200"},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -60,20 +66,24 @@ class Keys:
     def __init__(self, folder: Path) -> None:
         self.file = folder / "auth.json"
         # `faissx keys add`: a generated key; only its scrypt hash (with its id) is written
-        self.alpha_write = cli("keys", "add", "--tenant", "alpha", "--role", "write",
-                               "--file", str(self.file)).strip()
+        self.alpha_write = cli(
+            "keys", "add", "--tenant", "alpha", "--role", "write", "--file", str(self.file)
+        ).strip()
         # `faissx keys hash` from stdin: a hand-chosen key, hashed with PBKDF2, no key id
         self.alpha_read = "alpha-reader-" + uuid.uuid4().hex
-        read_hash = cli("keys", "hash", "--algorithm", "pbkdf2_sha256",
-                        stdin=self.alpha_read + "\n").strip()
+        read_hash = cli(
+            "keys", "hash", "--algorithm", "pbkdf2_sha256", stdin=self.alpha_read + "\n"
+        ).strip()
         data = json.loads(self.file.read_text())
         data["keys"] += [
             {"key_hash": read_hash, "tenant": "alpha", "role": "read"},
             # a clear key in the rich form, and an admin key of a third tenant
-            {"key": (beta := "beta-clear-" + uuid.uuid4().hex), "tenant": "beta",
-             "role": "write"},
-            {"key_hash": hash_key(gamma := "gamma-" + uuid.uuid4().hex), "tenant": "gamma",
-             "role": "admin"},
+            {"key": (beta := "beta-clear-" + uuid.uuid4().hex), "tenant": "beta", "role": "write"},
+            {
+                "key_hash": hash_key(gamma := "gamma-" + uuid.uuid4().hex),
+                "tenant": "gamma",
+                "role": "admin",
+            },
         ]
         self.file.write_text(json.dumps(data))
         self.beta, self.gamma = beta, gamma
@@ -93,8 +103,15 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def secured(keys: Keys, data_dir: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess("--enable-auth", "--auth-file", str(keys.file), "--data-dir",
-                         str(data_dir), "--fsync", "off").start()
+    proc = ServerProcess(
+        "--enable-auth",
+        "--auth-file",
+        str(keys.file),
+        "--data-dir",
+        str(data_dir),
+        "--fsync",
+        "off",
+    ).start()
     yield proc
     proc.stop()
 
@@ -102,6 +119,7 @@ def secured(keys: Keys, data_dir: Path) -> Iterator[ServerProcess]:
 @pytest.fixture
 def as_key(secured: ServerProcess) -> Iterator[Any]:
     """``as_key(key, tenant=None)``: configure the drop-in client with that key."""
+
     def connect(key: str | None, tenant: str | None = None, **more: Any) -> Any:
         fx.configure(server=secured.endpoint, api_key=key, tenant_id=tenant, timeout=10, **more)
         return fx
@@ -149,6 +167,7 @@ def assert_docs_unchanged(endpoint: str, key: str) -> None:
 
 # -- who you are -------------------------------------------------------------------------------
 
+
 def test_no_key_wrong_key_and_claimed_tenant_are_refused(secured, keys, alpha_docs, as_key):
     with pytest.raises(Unauthenticated, match="requires an API key"):
         as_key(None)
@@ -176,11 +195,14 @@ def test_no_key_wrong_key_and_claimed_tenant_are_refused(secured, keys, alpha_do
     assert_docs_unchanged(secured.endpoint, keys.alpha_write)
 
 
-def test_hashed_and_clear_keys_resolve_to_their_tenant_and_role(secured, keys, alpha_docs,
-                                                                 as_key):
+def test_hashed_and_clear_keys_resolve_to_their_tenant_and_role(secured, keys, alpha_docs, as_key):
     # scrypt hash with a key id (keys add), PBKDF2 without one (keys hash), a clear key
-    for key, tenant in ((keys.alpha_write, "alpha"), (keys.alpha_read, "alpha"),
-                        (keys.beta, "beta"), (keys.gamma, "gamma")):
+    for key, tenant in (
+        (keys.alpha_write, "alpha"),
+        (keys.alpha_read, "alpha"),
+        (keys.beta, "beta"),
+        (keys.gamma, "gamma"),
+    ):
         client = as_key(key)
         assert client.get_client().hello()["tenant"] == tenant
         assert as_key(key, tenant=tenant).get_client().hello()["tenant"] == tenant
@@ -189,31 +211,59 @@ def test_hashed_and_clear_keys_resolve_to_their_tenant_and_role(secured, keys, a
     np.testing.assert_array_equal(docs.search(QUERIES, 4)[1], expected_search()[1])
     stored = json.loads(keys.file.read_text())
     assert keys.alpha_write not in keys.file.read_text()
-    assert all(e["key_hash"].startswith(("scrypt$", "pbkdf2_sha256$"))
-               for e in stored["keys"] if e["tenant"] != "beta")
+    assert all(
+        e["key_hash"].startswith(("scrypt$", "pbkdf2_sha256$"))
+        for e in stored["keys"]
+        if e["tenant"] != "beta"
+    )
 
 
 # -- what a read key may do ---------------------------------------------------------------------
 
+
 def test_read_key_may_not_run_any_mutating_op(secured, keys, alpha_docs):
     # from the contract's table, so a new operation is not missed
     mutating = {name for name, op in OPERATIONS.items() if op.access == "write"}
-    assert {"add", "add_with_ids", "train", "remove_ids", "reset", "set_parameter", "create",
-            "import", "delete", "merge_from", "bye"} <= mutating
+    assert {
+        "add",
+        "add_with_ids",
+        "train",
+        "remove_ids",
+        "reset",
+        "set_parameter",
+        "create",
+        "import",
+        "delete",
+        "merge_from",
+        "bye",
+    } <= mutating
     data = faiss.serialize_index(faiss.IndexFlatL2(D))
-    arrays = {"add": {"x": BASE[:2]}, "add_with_ids": {"x": BASE[:2], "ids": np.arange(2)},
-              "train": {"x": BASE[:2]}, "remove_ids": {"ids": np.arange(5)},
-              "import": {"data": data}}
-    args = {"create": {"spec": {"type": "IndexFlatL2", "params": {"d": D}}},
-            "merge_from": {"other": "docs"}, "set_parameter": {"name": "x", "value": 1}}
+    arrays = {
+        "add": {"x": BASE[:2]},
+        "add_with_ids": {"x": BASE[:2], "ids": np.arange(2)},
+        "train": {"x": BASE[:2]},
+        "remove_ids": {"ids": np.arange(5)},
+        "import": {"data": data},
+    }
+    args = {
+        "create": {"spec": {"type": "IndexFlatL2", "params": {"d": D}}},
+        "merge_from": {"other": "docs"},
+        "set_parameter": {"name": "x", "value": 1},
+    }
     w = Wire(secured.endpoint)
     try:
         for op in sorted(mutating):
             index = "new-one" if op in ("create", "import") else "docs"
-            h = header(op, index=index, args=args.get(op, {}), api_key=keys.alpha_read,
-                       session=uuid.uuid4().hex)
-            error = assert_error(w.call(message(h, arrays.get(op, {}))), "permission_denied",
-                                 h["id"])
+            h = header(
+                op,
+                index=index,
+                args=args.get(op, {}),
+                api_key=keys.alpha_read,
+                session=uuid.uuid4().hex,
+            )
+            error = assert_error(
+                w.call(message(h, arrays.get(op, {}))), "permission_denied", h["id"]
+            )
             assert "read key" in error["message"], (op, error)
         # and what it may do, it can
         for op in ("info", "list", "touch", "serialize"):
@@ -226,10 +276,14 @@ def test_read_key_may_not_run_any_mutating_op(secured, keys, alpha_docs):
 def test_read_key_through_the_drop_in_client(keys, alpha_docs, as_key):
     reader = as_key(keys.alpha_read)
     docs = reader.open_index("docs")
-    for call in (lambda: docs.add(BASE[:1]), docs.reset, lambda: docs.remove_ids(np.arange(3)),
-                 lambda: reader.delete_index("docs"),
-                 lambda: reader.IndexFlatL2(D, name="mine"),
-                 lambda: reader.IndexFlatL2(D).add(BASE[:1])):
+    for call in (
+        lambda: docs.add(BASE[:1]),
+        docs.reset,
+        lambda: docs.remove_ids(np.arange(3)),
+        lambda: reader.delete_index("docs"),
+        lambda: reader.IndexFlatL2(D, name="mine"),
+        lambda: reader.IndexFlatL2(D).add(BASE[:1]),
+    ):
         with pytest.raises(PermissionError) as info:
             call()
         assert type(info.value) is PermissionDenied
@@ -238,8 +292,8 @@ def test_read_key_through_the_drop_in_client(keys, alpha_docs, as_key):
 
 # -- where you are: tenants never meet -------------------------------------------------------
 
-def test_tenants_cannot_list_open_or_touch_each_others_indices(secured, keys, alpha_docs,
-                                                               as_key):
+
+def test_tenants_cannot_list_open_or_touch_each_others_indices(secured, keys, alpha_docs, as_key):
     beta = as_key(keys.beta)
     assert beta.list_indexes() == []
     for call in (lambda: beta.open_index("docs"), lambda: beta.delete_index("docs")):
@@ -253,8 +307,14 @@ def test_tenants_cannot_list_open_or_touch_each_others_indices(secured, keys, al
     w = Wire(secured.endpoint)
     try:
         other = f"private-{uuid.uuid4().hex[:6]}"
-        w.ok(header("create", index=other, api_key=keys.alpha_write,
-                    args={"spec": {"type": "IndexFlatL2", "params": {"d": D}}}))
+        w.ok(
+            header(
+                "create",
+                index=other,
+                api_key=keys.alpha_write,
+                args={"spec": {"type": "IndexFlatL2", "params": {"d": D}}},
+            )
+        )
         cases = [
             header("info", index=other, api_key=keys.beta),
             header("search", index=other, args={"k": 1}, api_key=keys.beta),
@@ -262,9 +322,17 @@ def test_tenants_cannot_list_open_or_touch_each_others_indices(secured, keys, al
             header("merge_from", index="docs", args={"other": other}, api_key=keys.beta),
             header("serialize", index=other, api_key=keys.beta),
             # a new index may copy an existing one by reference: only from its own tenant
-            header("create", index="copy", api_key=keys.beta, args={"spec": {
-                "type": "IndexIDMap", "params": {"index": {"type": "ref",
-                                                            "params": {"name": other}}}}}),
+            header(
+                "create",
+                index="copy",
+                api_key=keys.beta,
+                args={
+                    "spec": {
+                        "type": "IndexIDMap",
+                        "params": {"index": {"type": "ref", "params": {"name": other}}},
+                    }
+                },
+            ),
         ]
         for h in cases:
             arrays = {"x": QUERIES} if h["op"] == "search" else {}
@@ -303,26 +371,37 @@ def test_bad_auth_files_stop_the_server_without_echoing_keys(tmp_path):
     cases = {
         "bad tenant": {"keys": [{"key": secret, "tenant": "../up", "role": "write"}]},
         "bad role": {"keys": [{"key": secret, "tenant": "t", "role": "root"}]},
-        "two keys": {"keys": [{"key": secret, "key_hash": hash_key(secret), "tenant": "t",
-                               "role": "read"}]},
+        "two keys": {
+            "keys": [{"key": secret, "key_hash": hash_key(secret), "tenant": "t", "role": "read"}]
+        },
         "bad hash": {"keys": [{"key_hash": "scrypt$n=3$xx$yy", "tenant": "t", "role": "read"}]},
         "old form": {secret: "../up"},
     }
     for name, content in cases.items():
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(content))
-        out = subprocess.run([str(FAISSX), "serve", "--port", "1", "--enable-auth",
-                              "--auth-file", str(path)], capture_output=True, text=True,
-                             timeout=30, env=server_env())
+        out = subprocess.run(
+            [str(FAISSX), "serve", "--port", "1", "--enable-auth", "--auth-file", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=server_env(),
+        )
         assert out.returncode != 0, name
         assert "auth file" in out.stderr + out.stdout, (name, out.stderr)
         assert secret not in out.stderr + out.stdout, name
-    out = subprocess.run([str(FAISSX), "serve", "--auth-keys", f"{secret}"],
-                         capture_output=True, text=True, timeout=30, env=server_env())
+    out = subprocess.run(
+        [str(FAISSX), "serve", "--auth-keys", f"{secret}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=server_env(),
+    )
     assert out.returncode != 0 and "key:tenant" in out.stderr and secret not in out.stderr
 
 
 # -- CURVE -------------------------------------------------------------------------------------
+
 
 class CurveServer(ServerProcess):
     """A server with CURVE on: ready when a CURVE client's ping is answered."""
@@ -330,9 +409,11 @@ class CurveServer(ServerProcess):
     def __init__(self, *args: str, server_public: str, client: tuple[str, str] | None = None):
         super().__init__(*args)
         self.settings = ClientSettings(
-            server=self.endpoint, server_public_key=server_public,
+            server=self.endpoint,
+            server_public_key=server_public,
             client_public_key=client[0] if client else None,
-            client_secret_key=client[1] if client else None)
+            client_secret_key=client[1] if client else None,
+        )
 
     def ready(self) -> bool:
         return curve_ping(self.settings)
@@ -367,26 +448,36 @@ def curve_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_curve_encrypts_and_refuses_clients_without_the_server_key(curve_keys, tmp_path):
     server_pub, server_key = curve_keys["pairs"]["server"]
     stranger_pub = curve_keys["pairs"]["stranger"][0]
-    srv = CurveServer("--enable-auth", "--auth-keys", "curve-key-1:c1",
-                      "--curve-secret-key", str(server_key), server_public=server_pub).start()
+    srv = CurveServer(
+        "--enable-auth",
+        "--auth-keys",
+        "curve-key-1:c1",
+        "--curve-secret-key",
+        str(server_key),
+        server_public=server_pub,
+    ).start()
     try:
         assert server_pub in srv.output(), "the server logs its public key for clients"
-        for what, extra in (("no server key", {}),
-                            ("a wrong server key", {"server_public_key": stranger_pub})):
+        for what, extra in (
+            ("no server key", {}),
+            ("a wrong server key", {"server_public_key": stranger_pub}),
+        ):
             start = time.monotonic()
             with pytest.raises(ServerUnavailable):
                 fx.configure(server=srv.endpoint, api_key="curve-key-1", timeout=1.5, **extra)
             assert time.monotonic() - start < 6, f"{what}: the failure must be bounded"
         assert not plain_socket_answers(srv.endpoint), "a plain socket gets nothing back"
-        fx.configure(server=srv.endpoint, api_key="curve-key-1", timeout=10,
-                     server_public_key=server_pub)
+        fx.configure(
+            server=srv.endpoint, api_key="curve-key-1", timeout=10, server_public_key=server_pub
+        )
         index = fx.IndexFlatL2(D, name="secret-docs")
         index.add(BASE)
         np.testing.assert_array_equal(index.search(QUERIES, 4)[1], expected_search()[1])
         # the API key is still what decides the tenant
         with pytest.raises(Unauthenticated):
-            fx.configure(server=srv.endpoint, api_key="nope", timeout=10,
-                         server_public_key=server_pub)
+            fx.configure(
+                server=srv.endpoint, api_key="nope", timeout=10, server_public_key=server_pub
+            )
     finally:
         fx.disconnect()
         srv.stop()
@@ -406,19 +497,32 @@ def test_curve_allow_list_admits_only_listed_client_keys(curve_keys):
     server_pub, server_key = curve_keys["pairs"]["server"]
     allowed_pub, allowed_key = curve_keys["pairs"]["allowed"]
     stranger_pub, stranger_key = curve_keys["pairs"]["stranger"]
-    srv = CurveServer("--curve-secret-key", str(server_key), "--curve-allow-keys",
-                      str(curve_keys["allow"]), server_public=server_pub,
-                      client=(allowed_pub, str(allowed_key))).start()
+    srv = CurveServer(
+        "--curve-secret-key",
+        str(server_key),
+        "--curve-allow-keys",
+        str(curve_keys["allow"]),
+        server_public=server_pub,
+        client=(allowed_pub, str(allowed_key)),
+    ).start()
     try:
-        for client in ({}, {"client_public_key": stranger_pub,
-                            "client_secret_key": str(stranger_key)}):
+        for client in (
+            {},
+            {"client_public_key": stranger_pub, "client_secret_key": str(stranger_key)},
+        ):
             start = time.monotonic()
             with pytest.raises(ServerUnavailable):
-                fx.configure(server=srv.endpoint, timeout=1.5, server_public_key=server_pub,
-                             **client)
+                fx.configure(
+                    server=srv.endpoint, timeout=1.5, server_public_key=server_pub, **client
+                )
             assert time.monotonic() - start < 6
-        fx.configure(server=srv.endpoint, timeout=10, server_public_key=server_pub,
-                     client_public_key=allowed_pub, client_secret_key=str(allowed_key))
+        fx.configure(
+            server=srv.endpoint,
+            timeout=10,
+            server_public_key=server_pub,
+            client_public_key=allowed_pub,
+            client_secret_key=str(allowed_key),
+        )
         index = fx.IndexFlatL2(D)
         index.add(BASE[:5])
         assert index.ntotal == 5
@@ -431,12 +535,24 @@ def test_curve_allow_list_admits_only_listed_client_keys(curve_keys):
 
 # -- quotas and rates --------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def limited(keys: Keys) -> Iterator[ServerProcess]:
-    proc = ServerProcess("--enable-auth", "--auth-file", str(keys.file),
-                         "--tenant-max-vectors", "100", "--tenant-max-indices", "3",
-                         "--tenant-max-mb", str(3000 / (1 << 20)),
-                         "--max-request-vectors", "50", "--max-dimension", "64").start()
+    proc = ServerProcess(
+        "--enable-auth",
+        "--auth-file",
+        str(keys.file),
+        "--tenant-max-vectors",
+        "100",
+        "--tenant-max-indices",
+        "3",
+        "--tenant-max-mb",
+        str(3000 / (1 << 20)),
+        "--max-request-vectors",
+        "50",
+        "--max-dimension",
+        "64",
+    ).start()
     yield proc
     proc.stop()
 
@@ -462,8 +578,7 @@ def test_tenant_quotas_refuse_and_change_nothing(limited, keys):
         quota_refused(lambda: a.add(x4[:1]), "vectors")
         # an import counts its vectors too; a create counts an index
         b = fx.IndexFlatL2(4, name="b")
-        quota_refused(lambda: fx.deserialize_index(faiss.serialize_index(_flat(x4[:5]))),
-                      "vectors")
+        quota_refused(lambda: fx.deserialize_index(faiss.serialize_index(_flat(x4[:5]))), "vectors")
         a.remove_ids(np.arange(50))
         assert a.ntotal == 50
         b.add(x4[:50])  # room again after the removal
@@ -504,8 +619,9 @@ def test_per_request_limits(limited, keys):
         # 20 queries x k=5 reconstructed vectors: a reply of 100 vectors
         quota_refused(lambda: index.search_and_reconstruct(big[:20], 5), "reply of 100 vectors")
         assert index.reconstruct_n(0, 50).shape == (50, D)
-        quota_refused(lambda: fx.deserialize_index(faiss.serialize_index(
-            faiss.IndexFlatL2(100))), "dimension")
+        quota_refused(
+            lambda: fx.deserialize_index(faiss.serialize_index(faiss.IndexFlatL2(100))), "dimension"
+        )
         assert [i["name"] for i in fx.list_indexes()] == ["r"]
         assert index.ntotal == 50
         fx.delete_index("r")
@@ -540,14 +656,19 @@ def test_concurrent_adds_cannot_overshoot_a_quota(limited, keys):
 
 
 def test_rate_limit_per_key(keys):
-    srv = ServerProcess("--enable-auth", "--auth-file", str(keys.file), "--rate-limit", "1",
-                        "--rate-burst", "3").start()
+    srv = ServerProcess(
+        "--enable-auth", "--auth-file", str(keys.file), "--rate-limit", "1", "--rate-burst", "3"
+    ).start()
     try:
         w = Wire(srv.endpoint)
         other = Wire(srv.endpoint)
         refused = []
-        created = header("create", index="rated", api_key=keys.beta,
-                         args={"spec": {"type": "IndexFlatL2", "params": {"d": D}}})
+        created = header(
+            "create",
+            index="rated",
+            api_key=keys.beta,
+            args={"spec": {"type": "IndexFlatL2", "params": {"d": D}}},
+        )
         w.ok(created)
         for _ in range(8):
             h = header("add", index="rated", api_key=keys.beta)

@@ -73,56 +73,123 @@ def local_loaded() -> faiss.Index:
 # (case id, the bad call, FAISSx class or None for numpy's own refusal, built-ins it must be)
 Call = Callable[[Any], Any]
 CASES: list[tuple[str, Call, type[FaissxError] | None, tuple[type[BaseException], ...]]] = [
-    ("add-wrong-dim", lambda ix: ix.add(np.zeros((3, D // 2), "float32")),
-     InvalidArgument, (ValueError, AssertionError)),
-    ("add-too-wide", lambda ix: ix.add(np.zeros((3, D + 1), "float32")),
-     InvalidArgument, (ValueError, AssertionError)),
-    ("add-1d", lambda ix: ix.add(np.zeros(D, "float32")),
-     InvalidArgument, (ValueError,)),
-    ("search-wrong-dim", lambda ix: ix.search(np.zeros((2, D * 2), "float32"), K),
-     InvalidArgument, (ValueError, AssertionError)),
-    ("add_with_ids-wrong-dim",
-     lambda ix: ix.add_with_ids(np.zeros((3, D - 1), "float32"), np.arange(3)),
-     InvalidArgument, (ValueError, AssertionError)),
+    (
+        "add-wrong-dim",
+        lambda ix: ix.add(np.zeros((3, D // 2), "float32")),
+        InvalidArgument,
+        (ValueError, AssertionError),
+    ),
+    (
+        "add-too-wide",
+        lambda ix: ix.add(np.zeros((3, D + 1), "float32")),
+        InvalidArgument,
+        (ValueError, AssertionError),
+    ),
+    ("add-1d", lambda ix: ix.add(np.zeros(D, "float32")), InvalidArgument, (ValueError,)),
+    (
+        "search-wrong-dim",
+        lambda ix: ix.search(np.zeros((2, D * 2), "float32"), K),
+        InvalidArgument,
+        (ValueError, AssertionError),
+    ),
+    (
+        "add_with_ids-wrong-dim",
+        lambda ix: ix.add_with_ids(np.zeros((3, D - 1), "float32"), np.arange(3)),
+        InvalidArgument,
+        (ValueError, AssertionError),
+    ),
     ("add-nan", lambda ix: ix.add(_with(np.nan)), InvalidArgument, (ValueError, AssertionError)),
     ("add-inf", lambda ix: ix.add(_with(np.inf)), InvalidArgument, (ValueError, AssertionError)),
-    ("add-neg-inf", lambda ix: ix.add(_with(-np.inf)),
-     InvalidArgument, (ValueError, AssertionError)),
-    ("search-nan", lambda ix: ix.search(_with(np.nan), K),
-     InvalidArgument, (ValueError, AssertionError)),
-    ("search-inf", lambda ix: ix.search(_with(np.inf), K),
-     InvalidArgument, (ValueError, AssertionError)),
+    (
+        "add-neg-inf",
+        lambda ix: ix.add(_with(-np.inf)),
+        InvalidArgument,
+        (ValueError, AssertionError),
+    ),
+    (
+        "search-nan",
+        lambda ix: ix.search(_with(np.nan), K),
+        InvalidArgument,
+        (ValueError, AssertionError),
+    ),
+    (
+        "search-inf",
+        lambda ix: ix.search(_with(np.inf), K),
+        InvalidArgument,
+        (ValueError, AssertionError),
+    ),
     ("k-0", lambda ix: ix.search(QUERIES, 0), InvalidArgument, (ValueError, AssertionError)),
     ("k-minus-1", lambda ix: ix.search(QUERIES, -1), InvalidArgument, (ValueError, AssertionError)),
-    ("ids-too-few", lambda ix: ix.add_with_ids(BASE[:5], np.arange(4)),
-     InvalidArgument, (ValueError, AssertionError)),
-    ("ids-too-many", lambda ix: ix.add_with_ids(BASE[:5], np.arange(6)),
-     InvalidArgument, (ValueError, AssertionError)),
-    ("ids-2d", lambda ix: ix.add_with_ids(BASE[:5], np.arange(5).reshape(5, 1)),
-     InvalidArgument, (ValueError, AssertionError)),
-    ("ids-scalar", lambda ix: ix.add_with_ids(BASE[:1], np.int64(7)),
-     InvalidArgument, (ValueError, AssertionError)),
-    ("reconstruct-ntotal", lambda ix: ix.reconstruct(len(BASE)),
-     OutOfRange, (RuntimeError, ValueError)),
+    (
+        "ids-too-few",
+        lambda ix: ix.add_with_ids(BASE[:5], np.arange(4)),
+        InvalidArgument,
+        (ValueError, AssertionError),
+    ),
+    (
+        "ids-too-many",
+        lambda ix: ix.add_with_ids(BASE[:5], np.arange(6)),
+        InvalidArgument,
+        (ValueError, AssertionError),
+    ),
+    (
+        "ids-2d",
+        lambda ix: ix.add_with_ids(BASE[:5], np.arange(5).reshape(5, 1)),
+        InvalidArgument,
+        (ValueError, AssertionError),
+    ),
+    (
+        "ids-scalar",
+        lambda ix: ix.add_with_ids(BASE[:1], np.int64(7)),
+        InvalidArgument,
+        (ValueError, AssertionError),
+    ),
+    (
+        "reconstruct-ntotal",
+        lambda ix: ix.reconstruct(len(BASE)),
+        OutOfRange,
+        (RuntimeError, ValueError),
+    ),
     ("reconstruct-huge", lambda ix: ix.reconstruct(10**12), OutOfRange, (RuntimeError, ValueError)),
     ("reconstruct-negative", lambda ix: ix.reconstruct(-1), OutOfRange, (RuntimeError, ValueError)),
-    ("reconstruct_n-beyond", lambda ix: ix.reconstruct_n(0, len(BASE) + 1),
-     OutOfRange, (RuntimeError, ValueError)),
-    ("reconstruct_n-offset-beyond", lambda ix: ix.reconstruct_n(len(BASE) - 2, 5),
-     OutOfRange, (RuntimeError, ValueError)),
-    ("reconstruct_n-start-past-end", lambda ix: ix.reconstruct_n(len(BASE) + 3),
-     InvalidArgument, (ValueError, AssertionError)),
-    ("set_parameter-unknown", lambda ix: ix.set_parameter("nprobe", 4),
-     UnknownParameter, (AttributeError,)),
-    ("set_parameter-nonsense", lambda ix: ix.set_parameter("no_such_knob", 1),
-     UnknownParameter, (AttributeError,)),
+    (
+        "reconstruct_n-beyond",
+        lambda ix: ix.reconstruct_n(0, len(BASE) + 1),
+        OutOfRange,
+        (RuntimeError, ValueError),
+    ),
+    (
+        "reconstruct_n-offset-beyond",
+        lambda ix: ix.reconstruct_n(len(BASE) - 2, 5),
+        OutOfRange,
+        (RuntimeError, ValueError),
+    ),
+    (
+        "reconstruct_n-start-past-end",
+        lambda ix: ix.reconstruct_n(len(BASE) + 3),
+        InvalidArgument,
+        (ValueError, AssertionError),
+    ),
+    (
+        "set_parameter-unknown",
+        lambda ix: ix.set_parameter("nprobe", 4),
+        UnknownParameter,
+        (AttributeError,),
+    ),
+    (
+        "set_parameter-nonsense",
+        lambda ix: ix.set_parameter("no_such_knob", 1),
+        UnknownParameter,
+        (AttributeError,),
+    ),
     ("strings-add", lambda ix: ix.add(np.array([["a"] * D] * 2)), None, (ValueError,)),
     ("strings-search", lambda ix: ix.search(np.array([["x"] * D]), K), None, (ValueError,)),
 ]
 
 
-@pytest.mark.parametrize(("call", "cls", "builtins"),
-                         [pytest.param(*c[1:], id=c[0]) for c in CASES])
+@pytest.mark.parametrize(
+    ("call", "cls", "builtins"), [pytest.param(*c[1:], id=c[0]) for c in CASES]
+)
 def test_bad_call_is_typed_and_changes_nothing(loaded, call, cls, builtins):
     with pytest.raises(builtins[0]) as info:
         call(loaded.index)
@@ -137,19 +204,37 @@ def test_bad_call_is_typed_and_changes_nothing(loaded, call, cls, builtins):
 # -- the same except clause works local and remote ---------------------------------------------
 
 #: Cases where local faiss raises too (it accepts NaN/inf and reads garbage for key -1).
-_PARITY_OK = {"add-wrong-dim", "add-too-wide", "add-1d", "search-wrong-dim",
-              "add_with_ids-wrong-dim", "k-0", "k-minus-1", "ids-too-few", "ids-too-many",
-              "ids-2d", "ids-scalar", "reconstruct-ntotal", "reconstruct-huge",
-              "reconstruct_n-beyond", "reconstruct_n-offset-beyond",
-              "reconstruct_n-start-past-end", "strings-add", "strings-search"}
+_PARITY_OK = {
+    "add-wrong-dim",
+    "add-too-wide",
+    "add-1d",
+    "search-wrong-dim",
+    "add_with_ids-wrong-dim",
+    "k-0",
+    "k-minus-1",
+    "ids-too-few",
+    "ids-too-many",
+    "ids-2d",
+    "ids-scalar",
+    "reconstruct-ntotal",
+    "reconstruct-huge",
+    "reconstruct_n-beyond",
+    "reconstruct_n-offset-beyond",
+    "reconstruct_n-start-past-end",
+    "strings-add",
+    "strings-search",
+}
 
 PARITY = [
     *(pytest.param(c[0], c[1], id=c[0]) for c in CASES if c[0] in _PARITY_OK),
-    pytest.param("setattr-unknown", lambda ix: setattr(ix, "no_such_attribute", 3),
-                 id="setattr-unknown"),
-    pytest.param("reconstruct_batch-beyond",
-                 lambda ix: ix.reconstruct_batch(np.array([0, len(BASE)])),
-                 id="reconstruct_batch-beyond"),
+    pytest.param(
+        "setattr-unknown", lambda ix: setattr(ix, "no_such_attribute", 3), id="setattr-unknown"
+    ),
+    pytest.param(
+        "reconstruct_batch-beyond",
+        lambda ix: ix.reconstruct_batch(np.array([0, len(BASE)])),
+        id="reconstruct_batch-beyond",
+    ),
 ]
 
 
@@ -167,8 +252,10 @@ def test_remote_error_is_caught_by_what_faiss_raises(loaded, case, call):
         pass
     except Exception as exc:  # the remote error slipped past the user's except clause
         loaded.assert_unchanged()
-        pytest.fail(f"{case}: faiss raises {expected.__name__}, remote raised "
-                    f"{type(exc).__name__} ({exc}), which `except {expected.__name__}` misses")
+        pytest.fail(
+            f"{case}: faiss raises {expected.__name__}, remote raised "
+            f"{type(exc).__name__} ({exc}), which `except {expected.__name__}` misses"
+        )
     else:
         pytest.fail(f"{case}: remote accepted what faiss refuses")
     loaded.assert_unchanged()
@@ -186,6 +273,7 @@ def test_add_with_ids_on_flat_is_unsupported_like_faiss(loaded):
 
 
 # -- attributes and parameters -----------------------------------------------------------------
+
 
 def test_unknown_attribute(loaded):
     with pytest.raises(AttributeError) as info:
@@ -219,8 +307,10 @@ def test_metric_type_takes_only_faiss_metrics(loaded, remote):
 def test_unknown_parameter_is_refused_by_the_server_too(loaded, remote):
     """The client's own check is bypassed: the server must refuse the name itself."""
     client = remote.get_client()
-    for op, args in (("set_parameter", {"name": "nprobe", "value": 4}),
-                     ("get_parameter", {"name": "efSearch"})):
+    for op, args in (
+        ("set_parameter", {"name": "nprobe", "value": 4}),
+        ("get_parameter", {"name": "efSearch"}),
+    ):
         with pytest.raises(AttributeError) as info:
             client.call(op, loaded.index.name, args)
         assert type(info.value) is UnknownParameter
@@ -228,6 +318,7 @@ def test_unknown_parameter_is_refused_by_the_server_too(loaded, remote):
 
 
 # -- index names -------------------------------------------------------------------------------
+
 
 def test_unknown_index_name(remote, loaded):
     missing = f"nope-{uuid.uuid4().hex}"
@@ -241,12 +332,26 @@ def test_unknown_index_name(remote, loaded):
     loaded.assert_unchanged()
 
 
-BAD_NAMES = ["../x", "/abs", "a/../../b", "a\x00b", "n" * 300, "..", ".hidden", "a b", "",
-             "x" * 129, "tenants/../../etc"]
+BAD_NAMES = [
+    "../x",
+    "/abs",
+    "a/../../b",
+    "a\x00b",
+    "n" * 300,
+    "..",
+    ".hidden",
+    "a b",
+    "",
+    "x" * 129,
+    "tenants/../../etc",
+]
 
 
-@pytest.mark.parametrize("bad", [n for n in BAD_NAMES if n],
-                         ids=lambda n: repr(n if len(n) < 20 else f"{n[:8]}...x{len(n)}"))
+@pytest.mark.parametrize(
+    "bad",
+    [n for n in BAD_NAMES if n],
+    ids=lambda n: repr(n if len(n) < 20 else f"{n[:8]}...x{len(n)}"),
+)
 def test_invalid_index_name_is_refused(remote, loaded, bad):
     names = {i["name"] for i in remote.list_indexes()}
     with pytest.raises(ValueError) as info:
@@ -276,8 +381,11 @@ def test_invalid_names_never_touch_the_filesystem(start_server, tmp_path):
         assert good.ntotal == 3
     finally:
         fx.disconnect()
-    outside = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
-                     if data not in p.parents and p != data)
+    outside = sorted(
+        p.relative_to(tmp_path).as_posix()
+        for p in tmp_path.rglob("*")
+        if data not in p.parents and p != data
+    )
     assert outside == []
     inside = {p.name for p in data.rglob("*")}
     assert "good-name" in inside
@@ -286,6 +394,7 @@ def test_invalid_names_never_touch_the_filesystem(start_server, tmp_path):
 
 
 # -- drop-in parity: what faiss converts is accepted and answered the same ---------------------
+
 
 def _fortran(x: np.ndarray) -> np.ndarray:
     out = np.asfortranarray(x)
@@ -331,8 +440,9 @@ def test_converted_arrays_match_local_faiss(remote, convert):
     np.testing.assert_array_equal(Ir, Il)
     np.testing.assert_array_equal(Dr, Dl)
     assert (Dr.dtype, Ir.dtype) == (Dl.dtype, Il.dtype) == (np.float32, np.int64)
-    np.testing.assert_array_equal(proxy.reconstruct_n(0, len(BASE)),
-                                  local.reconstruct_n(0, len(BASE)))
+    np.testing.assert_array_equal(
+        proxy.reconstruct_n(0, len(BASE)), local.reconstruct_n(0, len(BASE))
+    )
 
 
 @pytest.mark.parametrize("op", ["add", "search"])
@@ -349,9 +459,11 @@ def test_strings_are_a_value_error_local_and_remote(loaded, op):
 
 
 def test_server_still_serves_after_bad_input(remote, server, loaded):
-    for bad in (lambda: loaded.index.add(_with(np.nan)),
-                lambda: loaded.index.search(QUERIES, 0),
-                lambda: remote.open_index(f"nope-{uuid.uuid4().hex}")):
+    for bad in (
+        lambda: loaded.index.add(_with(np.nan)),
+        lambda: loaded.index.search(QUERIES, 0),
+        lambda: remote.open_index(f"nope-{uuid.uuid4().hex}"),
+    ):
         with pytest.raises(FaissxError):
             bad()
     fresh = remote.IndexFlatL2(D)

@@ -20,20 +20,45 @@ def test_quick_benchmark_writes_its_json(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAISSX_")}
     out = tmp_path / "results"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--no-original", "--out", str(out),
-         "--cache", str(tmp_path / "cache")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--no-original",
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Ratios and goals" in done.stdout
     # every phase says what it is doing as it goes (a full run takes minutes)
-    for phase in ("building", "built locally; now on FAISSx", "flat adds: round 1/",
-                  "nq=1 latency"):
+    for phase in (
+        "building",
+        "built locally; now on FAISSx",
+        "flat adds: round 1/",
+        "nq=1 latency",
+    ):
         assert phase in done.stdout, phase
 
     results = json.loads((out / "latest.json").read_text())
-    assert {"meta", "machine", "sizes", "workloads", "ratios", "goals", "summary",
-            "vs_original"} <= set(results)
+    assert {
+        "meta",
+        "machine",
+        "sizes",
+        "workloads",
+        "ratios",
+        "goals",
+        "summary",
+        "vs_original",
+    } <= set(results)
     assert results["meta"]["quick"] is True
     assert {"cpu_count", "platform", "python", "faiss", "pyzmq"} <= set(results["machine"])
     assert len(list(out.glob("*.json"))) == 2  # latest.json and the dated copy

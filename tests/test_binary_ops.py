@@ -25,8 +25,14 @@ BASE = RNG.integers(0, 256, (300, D // 8), dtype=np.uint8)
 QUERIES = BASE[:4].copy()
 SPECS = {
     "flat": {"type": "IndexBinaryFlat", "params": {"d": D}},
-    "ivf": {"type": "IndexBinaryIVF", "params": {
-        "quantizer": {"type": "IndexBinaryFlat", "params": {"d": D}}, "d": D, "nlist": 4}},
+    "ivf": {
+        "type": "IndexBinaryIVF",
+        "params": {
+            "quantizer": {"type": "IndexBinaryFlat", "params": {"d": D}},
+            "d": D,
+            "nlist": 4,
+        },
+    },
 }
 
 
@@ -59,8 +65,10 @@ def remote(wire: Wire, kind: str) -> str:
 def arrays_of(reply: tuple[dict[str, Any], list[bytes]]) -> dict[str, np.ndarray]:
     h, frames = reply
     assert h["ok"] is True, h
-    return {d["name"]: np.frombuffer(f, dtype=d["dtype"]).reshape(d["shape"])
-            for d, f in zip(h["arrays"], frames, strict=True)}
+    return {
+        d["name"]: np.frombuffer(f, dtype=d["dtype"]).reshape(d["shape"])
+        for d, f in zip(h["arrays"], frames, strict=True)
+    }
 
 
 @pytest.mark.parametrize("radius", [1 << 31, 1 << 40, -(1 << 31) - 1])
@@ -69,8 +77,9 @@ def test_a_radius_past_a_c_int_is_a_typed_error(wire: Wire, radius: int) -> None
         local("flat").range_search(QUERIES, radius)
     name = remote(wire, "flat")
     rid = 77
-    error = assert_error(wire.call(wire_msg("range_search", name, {"radius": radius}, rid)),
-                         "wrong_type", rid)
+    error = assert_error(
+        wire.call(wire_msg("range_search", name, {"radius": radius}, rid)), "wrong_type", rid
+    )
     assert "32-bit" in error["message"]
 
 
@@ -92,8 +101,15 @@ def test_search_and_reconstruct_equals_faiss_cpp(wire: Wire, kind: str) -> None:
     R = np.empty((n, k, D // 8), dtype=np.uint8)
     if kind == "ivf":
         index.make_direct_map()
-    index.search_and_reconstruct(n, faiss.swig_ptr(QUERIES), k, faiss.swig_ptr(D_),
-                                 faiss.swig_ptr(I), faiss.swig_ptr(R), None)
+    index.search_and_reconstruct(
+        n,
+        faiss.swig_ptr(QUERIES),
+        k,
+        faiss.swig_ptr(D_),
+        faiss.swig_ptr(I),
+        faiss.swig_ptr(R),
+        None,
+    )
     name = remote(wire, kind)
     if kind == "ivf":
         wire.ok(header("set_direct_map_type", index=name, args={"type": 1}))
@@ -121,8 +137,11 @@ def test_reconstruct_batch_equals_reconstruct_per_key(wire: Wire, kind: str) -> 
 def test_reconstruct_batch_without_a_direct_map_is_a_typed_error(wire: Wire) -> None:
     name = remote(wire, "ivf")
     h = header("reconstruct_batch", index=name, rid=91)
-    assert_error(wire.call(_message(h, {"ids": np.array([1], dtype=np.int64)})),
-                 ("faiss_error", "unsupported_operation"), 91)
+    assert_error(
+        wire.call(_message(h, {"ids": np.array([1], dtype=np.int64)})),
+        ("faiss_error", "unsupported_operation"),
+        91,
+    )
 
 
 def wire_msg(op: str, name: str, args: dict[str, Any], rid: int | None = None) -> list[bytes]:

@@ -23,8 +23,13 @@ BIN = Path(sys.executable).parent
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30):
-    return subprocess.run([*args], capture_output=True, text=True, timeout=timeout,
-                          env={**server_env(), **(env or {})})
+    return subprocess.run(
+        [*args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**server_env(), **(env or {})},
+    )
 
 
 def test_version_both_spellings():
@@ -54,10 +59,19 @@ def test_bad_flags_are_refused_with_a_reason(args, message):
 
 def test_settings_from_environment_variables(tmp_path):
     port = free_port()
-    env = {"FAISSX_PORT": str(port), "FAISSX_BIND_ADDRESS": "127.0.0.1",
-           "FAISSX_DATA_DIR": str(tmp_path / "d"), "FAISSX_PLUGINS": "flat"}
-    proc = subprocess.Popen([str(FAISSX), "serve"], env={**server_env(), **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        "FAISSX_PORT": str(port),
+        "FAISSX_BIND_ADDRESS": "127.0.0.1",
+        "FAISSX_DATA_DIR": str(tmp_path / "d"),
+        "FAISSX_PLUGINS": "flat",
+    }
+    proc = subprocess.Popen(
+        [str(FAISSX), "serve"],
+        env={**server_env(), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not ping(f"tcp://127.0.0.1:{port}") and time.monotonic() < deadline:
@@ -72,8 +86,12 @@ def test_settings_from_environment_variables(tmp_path):
 
 def test_seed_spelling_faissx_server_run():
     port = free_port()
-    proc = subprocess.Popen([str(BIN / "faissx.server"), "run", "--port", str(port)],
-                            env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(BIN / "faissx.server"), "run", "--port", str(port)],
+        env=server_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while not ping(f"tcp://127.0.0.1:{port}"):
@@ -91,8 +109,13 @@ def test_seed_python_api_configure_and_run():
                          auth_keys={{"secret-1": "tenant-1"}}, enable_auth=True)
         server.run()
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code], env=server_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=server_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     endpoint = f"tcp://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

@@ -56,10 +56,14 @@ def make(description, binary, name):
 
 
 @pytest.mark.parametrize("kill_after", [0.2, 0.7])
-@pytest.mark.parametrize(("description", "binary", "trains", "with_ids", "approx"),
-                         family_cases(), ids=[c[0] for c in family_cases()])
-def test_acknowledged_writes_survive_kill_9(start_server, tmp_path, description, binary,
-                                            trains, with_ids, approx, kill_after):
+@pytest.mark.parametrize(
+    ("description", "binary", "trains", "with_ids", "approx"),
+    family_cases(),
+    ids=[c[0] for c in family_cases()],
+)
+def test_acknowledged_writes_survive_kill_9(
+    start_server, tmp_path, description, binary, trains, with_ids, approx, kill_after
+):
     rng = np.random.default_rng(int(kill_after * 10) + len(description))
     data_dir = tmp_path / "data"
     srv = start_server("--data-dir", str(data_dir))
@@ -157,8 +161,10 @@ def test_torn_and_corrupt_log_tails_are_dropped(start_server, tmp_path):
     records, good, dropped = read_records(memoryview(data))
     assert len(records) == 3 and good == len(data) and dropped is None
     # a torn append: half of a fourth record
-    fourth = b"".join(bytes(p) for p in encode_record(
-        LogRecord("add", {}, {"x": np.ones((1, D), dtype="float32")})))
+    fourth = b"".join(
+        bytes(p)
+        for p in encode_record(LogRecord("add", {}, {"x": np.ones((1, D), dtype="float32")}))
+    )
     log_path.write_bytes(data + fourth[: len(fourth) // 2])
     srv.start()
     fx.configure(server=srv.endpoint)

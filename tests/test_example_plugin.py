@@ -29,9 +29,21 @@ def cosine_site(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("src") / EXAMPLE.name
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(source)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     return target
@@ -50,8 +62,13 @@ def test_installing_the_example_leaves_no_build_folders_in_the_tree(cosine_site)
 
 
 def test_installed_example_is_listed(cosine_site):
-    out = subprocess.run([str(FAISSX), "plugins"], capture_output=True, text=True,
-                         env=env_with(cosine_site), timeout=60)
+    out = subprocess.run(
+        [str(FAISSX), "plugins"],
+        capture_output=True,
+        text=True,
+        env=env_with(cosine_site),
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "cosine" in out.stdout and "IndexFlatCosine" in out.stdout
     assert "faissx-cosine" in out.stdout
@@ -85,8 +102,13 @@ def test_installed_example_serves_cosine_search(cosine_site, monkeypatch):
             assert local.search(q, 3)[1].tolist() == I.tolist()
             print("ok")
         """)
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                             env=env_with(cosine_site), timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env=env_with(cosine_site),
+            timeout=120,
+        )
         assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
     finally:
         server.stop()

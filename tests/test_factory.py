@@ -60,7 +60,7 @@ def build_both(remote, description: str, metric: int):
     assert not isinstance(proxy, faiss.Index)
     assert proxy.is_trained == local.is_trained
     if not local.is_trained:
-        train = TRAIN[:TRAIN_ROWS.get(description, len(TRAIN))]
+        train = TRAIN[: TRAIN_ROWS.get(description, len(TRAIN))]
         local.train(train)
         proxy.train(train)
     ids = np.arange(len(BASE), dtype="int64") * 3 + 7
@@ -73,8 +73,11 @@ def build_both(remote, description: str, metric: int):
     return local, proxy
 
 
-@pytest.mark.parametrize(("description", "metric"), FLOAT_CASES,
-                         ids=[f"{d}-{'IP' if m == 0 else 'L2'}" for d, m in FLOAT_CASES])
+@pytest.mark.parametrize(
+    ("description", "metric"),
+    FLOAT_CASES,
+    ids=[f"{d}-{'IP' if m == 0 else 'L2'}" for d, m in FLOAT_CASES],
+)
 def test_factory_string_matches_local(remote, description, metric):
     local, proxy = build_both(remote, description, metric)
     assert proxy.ntotal == local.ntotal and proxy.d == local.d

@@ -98,12 +98,16 @@ def same_error(call_local, call_remote, kind=RuntimeError):
 
 # == binary family ==============================================================================
 
+
 @pytest.mark.parametrize("kind", BINARY)
 def test_binary_search_matches_local(remote, kind):
     local, proxy = pair(remote, BINARY[kind], train=CODES, base=CODES)
     assert proxy.ntotal == local.ntotal == len(CODES)
-    assert (proxy.d, proxy.metric_type, proxy.is_trained) == (
-        local.d, local.metric_type, local.is_trained) == (BITS, faiss.METRIC_L2, True)
+    assert (
+        (proxy.d, proxy.metric_type, proxy.is_trained)
+        == (local.d, local.metric_type, local.is_trained)
+        == (BITS, faiss.METRIC_L2, True)
+    )
     for k in (1, 10, 50):
         assert_same_search(local, proxy, CODE_QUERIES, k)
     D_, _ = proxy.search(CODE_QUERIES, 5)
@@ -130,8 +134,9 @@ def test_binary_ivf_training_is_exact_and_serializes_identically(remote):
     np.testing.assert_array_equal(proxy.serialize(), faiss.serialize_index_binary(local))
     local.add(CODES)
     proxy.add(CODES)
-    np.testing.assert_array_equal(remote.serialize_index_binary(proxy),
-                                  faiss.serialize_index_binary(local))
+    np.testing.assert_array_equal(
+        remote.serialize_index_binary(proxy), faiss.serialize_index_binary(local)
+    )
     assert_same((local.assign(CODE_QUERIES, 4),), (proxy.assign(CODE_QUERIES, 4),))
 
 
@@ -162,8 +167,10 @@ def test_binary_ivf_nprobe_runtime_param(remote):
 @pytest.mark.skipif(not IVF_PARAMS, reason="SearchParametersIVF comes with the ivf family")
 def test_binary_ivf_search_parameters_ivf(remote):
     local, proxy = pair(remote, binary_ivf, train=CODES, base=CODES)
-    assert_same(local.search(CODE_QUERIES, 10, params=faiss.SearchParametersIVF(nprobe=6)),
-                proxy.search(CODE_QUERIES, 10, params=remote.SearchParametersIVF(nprobe=6)))
+    assert_same(
+        local.search(CODE_QUERIES, 10, params=faiss.SearchParametersIVF(nprobe=6)),
+        proxy.search(CODE_QUERIES, 10, params=remote.SearchParametersIVF(nprobe=6)),
+    )
     assert proxy.nprobe == 1  # per-call parameters leave the index's own setting alone
 
 
@@ -175,8 +182,9 @@ def test_binary_hash_nflip_runtime_param(remote):
         proxy.nflip = nflip
         assert proxy.get_parameter("nflip") == nflip
         assert_same_search(local, proxy, CODE_QUERIES, 10)
-        assert_same(local.range_search(CODE_QUERIES, RADIUS),
-                    proxy.range_search(CODE_QUERIES, RADIUS))
+        assert_same(
+            local.range_search(CODE_QUERIES, RADIUS), proxy.range_search(CODE_QUERIES, RADIUS)
+        )
     proxy.set_parameter("nflip", 1)
     assert proxy.nflip == 1
     with pytest.raises(ValueError):
@@ -187,21 +195,33 @@ def test_binary_hash_nflip_runtime_param(remote):
 
 def test_binary_flat_params_with_selectors(remote):
     local, proxy = pair(remote, binary_flat, base=CODES)
-    assert_same(local.search(CODE_QUERIES, 10,
-                             params=faiss.SearchParameters(sel=faiss.IDSelectorRange(100, 900))),
-                proxy.search(CODE_QUERIES, 10,
-                             params=remote.SearchParameters(sel=remote.IDSelectorRange(100, 900))))
+    assert_same(
+        local.search(
+            CODE_QUERIES, 10, params=faiss.SearchParameters(sel=faiss.IDSelectorRange(100, 900))
+        ),
+        proxy.search(
+            CODE_QUERIES, 10, params=remote.SearchParameters(sel=remote.IDSelectorRange(100, 900))
+        ),
+    )
     ids = np.arange(0, 2000, 7, dtype="int64")
-    D_l, I_l = local.search(CODE_QUERIES, 10,
-                            params=faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids)))
-    D_r, I_r = proxy.search(CODE_QUERIES, 10,
-                            params=remote.SearchParameters(sel=remote.IDSelectorBatch(ids)))
+    D_l, I_l = local.search(
+        CODE_QUERIES, 10, params=faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids))
+    )
+    D_r, I_r = proxy.search(
+        CODE_QUERIES, 10, params=remote.SearchParameters(sel=remote.IDSelectorBatch(ids))
+    )
     assert_same((D_l, I_l), (D_r, I_r))
     assert np.isin(I_r, ids).all()
-    assert_same(local.range_search(CODE_QUERIES, RADIUS, params=faiss.SearchParameters(
-                    sel=faiss.IDSelectorRange(0, 1000))),
-                proxy.range_search(CODE_QUERIES, RADIUS, params=remote.SearchParameters(
-                    sel=remote.IDSelectorRange(0, 1000))))
+    assert_same(
+        local.range_search(
+            CODE_QUERIES, RADIUS, params=faiss.SearchParameters(sel=faiss.IDSelectorRange(0, 1000))
+        ),
+        proxy.range_search(
+            CODE_QUERIES,
+            RADIUS,
+            params=remote.SearchParameters(sel=remote.IDSelectorRange(0, 1000)),
+        ),
+    )
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hash"])
@@ -209,13 +229,17 @@ def test_binary_selectors_refused_like_faiss(remote, kind):
     """faiss's binary IVF and hash indices reject search parameters: so does the server."""
     local, proxy = pair(remote, BINARY[kind], train=CODES, base=CODES)
     same_error(
-        lambda: local.search(CODE_QUERIES, 5,
-                             params=faiss.SearchParameters(sel=faiss.IDSelectorRange(0, 9))),
-        lambda: proxy.search(CODE_QUERIES, 5,
-                             params=remote.SearchParameters(sel=remote.IDSelectorRange(0, 9))))
+        lambda: local.search(
+            CODE_QUERIES, 5, params=faiss.SearchParameters(sel=faiss.IDSelectorRange(0, 9))
+        ),
+        lambda: proxy.search(
+            CODE_QUERIES, 5, params=remote.SearchParameters(sel=remote.IDSelectorRange(0, 9))
+        ),
+    )
     same_error(
         lambda: local.range_search(CODE_QUERIES, RADIUS, params=faiss.SearchParameters()),
-        lambda: proxy.range_search(CODE_QUERIES, RADIUS, params=remote.SearchParameters()))
+        lambda: proxy.range_search(CODE_QUERIES, RADIUS, params=remote.SearchParameters()),
+    )
 
 
 def test_binary_add_with_ids(remote):
@@ -228,8 +252,10 @@ def test_binary_add_with_ids(remote):
         assert_same_search(local, proxy, CODE_QUERIES, 10)
     # IndexBinaryFlat numbers vectors itself: faiss refuses, and so does the server
     local, proxy = pair(remote, binary_flat)
-    err = same_error(lambda: local.add_with_ids(CODES[:5], ids[:5]),
-                     lambda: proxy.add_with_ids(CODES[:5], ids[:5]))
+    err = same_error(
+        lambda: local.add_with_ids(CODES[:5], ids[:5]),
+        lambda: proxy.add_with_ids(CODES[:5], ids[:5]),
+    )
     assert "add_with_ids" in str(err)
     assert proxy.ntotal == 0
 
@@ -255,10 +281,14 @@ def test_binary_reconstruct(remote):
 def test_binary_reconstruct_batch_and_search_and_reconstruct_fail_like_faiss(remote, kind):
     local, proxy = pair(remote, BINARY[kind], train=CODES, base=CODES)
     keys = np.array([1, 2], dtype="int64")
-    same_error(lambda: local.reconstruct_batch(keys), lambda: proxy.reconstruct_batch(keys),
-               AttributeError)
-    same_error(lambda: local.search_and_reconstruct(CODE_QUERIES, 3),
-               lambda: proxy.search_and_reconstruct(CODE_QUERIES, 3), TypeError)
+    same_error(
+        lambda: local.reconstruct_batch(keys), lambda: proxy.reconstruct_batch(keys), AttributeError
+    )
+    same_error(
+        lambda: local.search_and_reconstruct(CODE_QUERIES, 3),
+        lambda: proxy.search_and_reconstruct(CODE_QUERIES, 3),
+        TypeError,
+    )
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
@@ -266,8 +296,11 @@ def test_binary_remove_ids(remote, kind):
     local, proxy = pair(remote, BINARY[kind], train=CODES, base=CODES)
     ids = np.array([0, 3, 7, 400, 1999], dtype="int64")
     assert proxy.remove_ids(ids) == local.remove_ids(ids) == 5
-    assert proxy.remove_ids(remote.IDSelectorRange(100, 150)) == local.remove_ids(
-        faiss.IDSelectorRange(100, 150)) == 50
+    assert (
+        proxy.remove_ids(remote.IDSelectorRange(100, 150))
+        == local.remove_ids(faiss.IDSelectorRange(100, 150))
+        == 50
+    )
     assert proxy.ntotal == local.ntotal == len(CODES) - 55
     assert_same_search(local, proxy, CODE_QUERIES, 10)
 
@@ -357,9 +390,13 @@ def test_binary_wrong_byte_width_is_refused_and_nothing_changes(remote):
     wide = RNG.integers(0, 256, (3, NBYTES + 1), dtype=np.uint8)
     with pytest.raises(AssertionError):
         local.search(wide, 3)  # faiss's own check
-    for call in (lambda: proxy.search(wide, 3), lambda: proxy.add(wide),
-                 lambda: proxy.range_search(wide, RADIUS), lambda: proxy.assign(wide, 2),
-                 lambda: proxy.add(CODES[:, :2].copy())):
+    for call in (
+        lambda: proxy.search(wide, 3),
+        lambda: proxy.add(wide),
+        lambda: proxy.range_search(wide, RADIUS),
+        lambda: proxy.assign(wide, 2),
+        lambda: proxy.add(CODES[:, :2].copy()),
+    ):
         with pytest.raises(ValueError, match="expects"):
             call()
     with pytest.raises(ValueError):
@@ -414,6 +451,7 @@ def test_binary_ivf_add_before_train_fails_like_faiss(remote):
 
 # == pretransform family ========================================================================
 
+
 def pca(mod):
     return mod.IndexPreTransform(mod.PCAMatrix(D, 8), mod.IndexFlatL2(8))
 
@@ -436,16 +474,24 @@ def bare(mod):
 
 def chain(mod):
     """Two transforms: normalise, then PCA (faiss applies the outer wrapper's first)."""
-    return mod.IndexPreTransform(mod.NormalizationTransform(D),
-                                 mod.IndexPreTransform(mod.PCAMatrix(D, 8), mod.IndexFlatL2(8)))
+    return mod.IndexPreTransform(
+        mod.NormalizationTransform(D),
+        mod.IndexPreTransform(mod.PCAMatrix(D, 8), mod.IndexFlatL2(8)),
+    )
 
 
 def opq(mod):
     return mod.IndexPreTransform(mod.OPQMatrix(D, 4, 8), mod.IndexFlatL2(8))
 
 
-EXACT = {"pca": pca, "pca_whitened_rotated": pca_whitened_rotated, "normalized": normalized,
-         "rotated": rotated, "bare": bare, "chain": chain}
+EXACT = {
+    "pca": pca,
+    "pca_whitened_rotated": pca_whitened_rotated,
+    "normalized": normalized,
+    "rotated": rotated,
+    "bare": bare,
+    "chain": chain,
+}
 
 
 @pytest.mark.parametrize("kind", EXACT)
@@ -497,16 +543,22 @@ def test_pretransform_range_search_and_params(remote):
     assert lims[-1] > 0
     assert_same(res_l, proxy.range_search(FLOAT_QUERIES, 3.0))
     assert_same(
-        local.search(FLOAT_QUERIES, 10,
-                     params=faiss.SearchParameters(sel=faiss.IDSelectorRange(200, 700))),
-        proxy.search(FLOAT_QUERIES, 10,
-                     params=remote.SearchParameters(sel=remote.IDSelectorRange(200, 700))))
+        local.search(
+            FLOAT_QUERIES, 10, params=faiss.SearchParameters(sel=faiss.IDSelectorRange(200, 700))
+        ),
+        proxy.search(
+            FLOAT_QUERIES, 10, params=remote.SearchParameters(sel=remote.IDSelectorRange(200, 700))
+        ),
+    )
     ids = np.arange(1, 1000, 3, dtype="int64")
     assert_same(
-        local.range_search(FLOAT_QUERIES, 3.0,
-                           params=faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids))),
-        proxy.range_search(FLOAT_QUERIES, 3.0,
-                           params=remote.SearchParameters(sel=remote.IDSelectorBatch(ids))))
+        local.range_search(
+            FLOAT_QUERIES, 3.0, params=faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids))
+        ),
+        proxy.range_search(
+            FLOAT_QUERIES, 3.0, params=remote.SearchParameters(sel=remote.IDSelectorBatch(ids))
+        ),
+    )
 
 
 def test_pretransform_reconstruct_family(remote):
@@ -517,15 +569,18 @@ def test_pretransform_reconstruct_family(remote):
     assert_same((local.reconstruct_n(10, 30),), (proxy.reconstruct_n(10, 30),))
     keys = np.array([5, 1, 999, 5], dtype="int64")
     assert_same((local.reconstruct_batch(keys),), (proxy.reconstruct_batch(keys),))
-    assert_same(local.search_and_reconstruct(FLOAT_QUERIES, 4),
-                proxy.search_and_reconstruct(FLOAT_QUERIES, 4))
+    assert_same(
+        local.search_and_reconstruct(FLOAT_QUERIES, 4),
+        proxy.search_and_reconstruct(FLOAT_QUERIES, 4),
+    )
 
 
 def test_pretransform_add_with_ids_follows_the_wrapped_index(remote):
     local, proxy = pair(remote, pca, train=FLOAT_TRAIN)
     ids = np.arange(len(FLOAT_BASE), dtype="int64") + 100
-    err = same_error(lambda: local.add_with_ids(FLOAT_BASE, ids),
-                     lambda: proxy.add_with_ids(FLOAT_BASE, ids))
+    err = same_error(
+        lambda: local.add_with_ids(FLOAT_BASE, ids), lambda: proxy.add_with_ids(FLOAT_BASE, ids)
+    )
     assert "add_with_ids" in str(err)
     assert proxy.ntotal == 0
 
@@ -534,8 +589,11 @@ def test_pretransform_remove_ids_and_reset(remote):
     local, proxy = pair(remote, normalized, train=FLOAT_TRAIN, base=FLOAT_BASE)
     ids = np.array([0, 5, 999], dtype="int64")
     assert proxy.remove_ids(ids) == local.remove_ids(ids) == 3
-    assert proxy.remove_ids(remote.IDSelectorRange(10, 20)) == local.remove_ids(
-        faiss.IDSelectorRange(10, 20)) == 10
+    assert (
+        proxy.remove_ids(remote.IDSelectorRange(10, 20))
+        == local.remove_ids(faiss.IDSelectorRange(10, 20))
+        == 10
+    )
     assert proxy.ntotal == local.ntotal == len(FLOAT_BASE) - 13
     assert_same_search(local, proxy, FLOAT_QUERIES, 10)
     local.reset()
@@ -592,8 +650,9 @@ def test_pretransform_without_knobs_has_no_runtime_params(remote):
 @pytest.mark.skipif(not IVF_FAMILY, reason="the wrapped IVF needs the ivf family's plugin")
 def test_pretransform_reaches_the_wrapped_ivf_nprobe(remote):
     def make(mod):
-        return mod.IndexPreTransform(mod.PCAMatrix(D, 8),
-                                     mod.IndexIVFFlat(mod.IndexFlatL2(8), 8, NLIST))
+        return mod.IndexPreTransform(
+            mod.PCAMatrix(D, 8), mod.IndexIVFFlat(mod.IndexFlatL2(8), 8, NLIST)
+        )
 
     local, proxy = pair(remote, make, train=FLOAT_TRAIN, base=FLOAT_BASE)
     assert proxy.nprobe == 1
@@ -612,10 +671,17 @@ def test_transforms_are_components_described_by_the_client(remote):
     assert not isinstance(t, faiss.VectorTransform)
     assert (t.d_in, t.d_out, t.eigen_power, t.random_rotation) == (D, 8, 0.0, False)
     # faiss's keyword spellings work too
-    assert remote.PCAMatrix(din=D, dout=4, eigen_power_in=-0.5).spec == remote.PCAMatrix(
-        D, 4, -0.5).spec
-    assert remote.OPQMatrix(D, M_in=4).spec.params == {"d": D, "M": 4, "d2": -1, "niter": 50,
-                                                        "niter_pq": 4}
+    assert (
+        remote.PCAMatrix(din=D, dout=4, eigen_power_in=-0.5).spec
+        == remote.PCAMatrix(D, 4, -0.5).spec
+    )
+    assert remote.OPQMatrix(D, M_in=4).spec.params == {
+        "d": D,
+        "M": 4,
+        "d2": -1,
+        "niter": 50,
+        "niter_pq": 4,
+    }
     assert remote.NormalizationTransform(D).norm == 2.0
     t.eigen_power = -0.5  # attributes write like faiss's
     assert t.spec.params["eigen_power"] == -0.5
@@ -630,9 +696,10 @@ def test_pretransform_constructor_arguments_are_checked(remote):
     with pytest.raises(ValueError, match="outputs 8 dimensions"):
         remote.IndexPreTransform(remote.PCAMatrix(D, 8), remote.IndexFlatL2(4))
     with pytest.raises(ValueError, match="outputs 8 dimensions"):  # checked along a chain too
-        remote.IndexPreTransform(remote.PCAMatrix(D, 8),
-                                 remote.IndexPreTransform(remote.PCAMatrix(4, 2),
-                                                          remote.IndexFlatL2(2)))
+        remote.IndexPreTransform(
+            remote.PCAMatrix(D, 8),
+            remote.IndexPreTransform(remote.PCAMatrix(4, 2), remote.IndexFlatL2(2)),
+        )
     with pytest.raises(ValueError, match="multiple of M"):
         remote.OPQMatrix(D, 5)
     with pytest.raises(ValueError):

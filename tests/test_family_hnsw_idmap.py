@@ -58,6 +58,7 @@ CASE_IDS = [f"{c}{a[1:]}" for c, a in HNSW_CASES]
 
 # -- helpers -------------------------------------------------------------------------------
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_local_thread():
     """Build local graphs on one thread (the server keeps its own thread count).
@@ -150,6 +151,7 @@ def train_and_fill(local, proxy, ids=None):
 
 # -- HNSW: building and searching ----------------------------------------------------------
 
+
 def test_graph_build_does_not_depend_on_thread_count():
     """The premise of exact comparison: the server's OpenMP threads cannot change the graph."""
     if not DETERMINISTIC_BUILD:
@@ -193,11 +195,15 @@ def test_k_beyond_ntotal_is_padded_like_faiss(remote):
     assert (Ir[:, 3:] == -1).all()
 
 
-@pytest.mark.parametrize(("cls_name", "args"), [
-    ("IndexHNSWFlat", (D, 16)),
-    ("IndexHNSWSQ", (D, SQ8, 16)),
-    ("IndexHNSWPQ", (D, 4, 16, 6)),
-], ids=["Flat", "SQ8", "PQ"])
+@pytest.mark.parametrize(
+    ("cls_name", "args"),
+    [
+        ("IndexHNSWFlat", (D, 16)),
+        ("IndexHNSWSQ", (D, SQ8, 16)),
+        ("IndexHNSWPQ", (D, 4, 16, 6)),
+    ],
+    ids=["Flat", "SQ8", "PQ"],
+)
 def test_uploaded_graph_answers_every_read_exactly(remote, cls_name, args):
     """One graph, built here, served there: every read op must match bit for bit."""
     local = getattr(faiss, cls_name)(*args)
@@ -209,8 +215,10 @@ def test_uploaded_graph_answers_every_read_exactly(remote, cls_name, args):
     assert type(proxy).__name__ == cls_name
     assert proxy.ntotal == len(BASE) and proxy.is_trained
     assert proxy.hnsw.efSearch == 48, "efSearch travels inside the faiss bytes"
-    assert proxy._runtime_params() == {"efSearch": "hnsw.efSearch",
-                                       "efConstruction": "hnsw.efConstruction"}
+    assert proxy._runtime_params() == {
+        "efSearch": "hnsw.efSearch",
+        "efConstruction": "hnsw.efConstruction",
+    }
     same(*both(local, proxy, "search", QUERIES, K))
     same(*both(local, proxy, "assign", QUERIES, 4))
     lims_r, D_r, I_r = proxy.range_search(QUERIES, 9.0)
@@ -245,20 +253,28 @@ def test_operations_hnsw_lacks_fail_as_in_faiss(remote):
     local.add(BASE[:200])
     proxy.add(BASE[:200])
     ids = np.arange(10, dtype="int64")
-    raises_like_local(RuntimeError, lambda: local.add_with_ids(BASE[:10], ids),
-                      lambda: proxy.add_with_ids(BASE[:10], ids))
+    raises_like_local(
+        RuntimeError,
+        lambda: local.add_with_ids(BASE[:10], ids),
+        lambda: proxy.add_with_ids(BASE[:10], ids),
+    )
     raises_like_local(RuntimeError, lambda: local.remove_ids(ids), lambda: proxy.remove_ids(ids))
-    raises_like_local(RuntimeError, lambda: local.remove_ids(faiss.IDSelectorRange(0, 5)),
-                      lambda: proxy.remove_ids(remote.IDSelectorRange(0, 5)))
+    raises_like_local(
+        RuntimeError,
+        lambda: local.remove_ids(faiss.IDSelectorRange(0, 5)),
+        lambda: proxy.remove_ids(remote.IDSelectorRange(0, 5)),
+    )
     other_local, other_proxy = pair(remote, "IndexHNSWFlat", D, 16)
     other_local.add(BASE[:5])
     other_proxy.add(BASE[:5])
-    raises_like_local(RuntimeError, lambda: local.merge_from(other_local),
-                      lambda: proxy.merge_from(other_proxy))
+    raises_like_local(
+        RuntimeError, lambda: local.merge_from(other_local), lambda: proxy.merge_from(other_proxy)
+    )
     assert proxy.ntotal == local.ntotal == 200 and other_proxy.ntotal == 5
 
 
 # -- HNSW: runtime parameters ------------------------------------------------------------------
+
 
 def test_runtime_params_read_and_set_like_faiss(remote):
     local, proxy = pair(remote, "IndexHNSWFlat", D, 16)
@@ -287,11 +303,19 @@ def test_runtime_params_read_and_set_like_faiss(remote):
     same_graph_search(local, proxy)
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("efSearch", 0), ("efSearch", -1), ("efSearch", 1.5), ("efSearch", "many"),
-    ("efSearch", True), ("efSearch", (1 << 16) + 1), ("efConstruction", 0),
-    ("efConstruction", -40),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("efSearch", 0),
+        ("efSearch", -1),
+        ("efSearch", 1.5),
+        ("efSearch", "many"),
+        ("efSearch", True),
+        ("efSearch", (1 << 16) + 1),
+        ("efConstruction", 0),
+        ("efConstruction", -40),
+    ],
+)
 def test_bad_runtime_values_are_value_errors(remote, name, value):
     """faiss stores efSearch=0 and then returns no results; the server refuses it instead."""
     proxy = remote.IndexHNSWFlat(D, 16)
@@ -327,6 +351,7 @@ def test_unknown_attributes_are_attribute_errors(remote):
 
 # -- HNSW: SearchParametersHNSW ----------------------------------------------------------------
 
+
 def test_search_parameters_hnsw_and_selectors_match_local(remote):
     local = faiss.IndexHNSWFlat(D, 16)
     local.add(BASE)
@@ -335,8 +360,10 @@ def test_search_parameters_hnsw_and_selectors_match_local(remote):
         ({"efSearch": 8}, None),
         ({"efSearch": 100}, ("range", 200, 700)),
         ({}, ("batch", np.arange(0, 1200, 3, dtype="int64"))),
-        ({"efSearch": 40, "check_relative_distance": False}, ("array", np.arange(50, 400,
-                                                                                  dtype="int64"))),
+        (
+            {"efSearch": 40, "check_relative_distance": False},
+            ("array", np.arange(50, 400, dtype="int64")),
+        ),
     ]
     for kwargs, sel in cases:
         if sel is None:
@@ -355,13 +382,17 @@ def test_search_parameters_hnsw_and_selectors_match_local(remote):
         if sel is not None:
             allowed = {i for i in range(len(BASE)) if sel_l.is_member(i)}
             assert set(Ir[Ir >= 0].tolist()) <= allowed
-        same(proxy.range_search(QUERIES, 12.0, params=params_r),
-             local.range_search(QUERIES, 12.0, params=params_l))
+        same(
+            proxy.range_search(QUERIES, 12.0, params=params_r),
+            local.range_search(QUERIES, 12.0, params=params_l),
+        )
     # efSearch in the params wins over the index's, as in faiss
     proxy.hnsw.efSearch = 300
     local.hnsw.efSearch = 300
-    same(proxy.search(QUERIES, K, params=remote.SearchParametersHNSW(efSearch=4)),
-         local.search(QUERIES, K, params=faiss.SearchParametersHNSW(efSearch=4)))
+    same(
+        proxy.search(QUERIES, K, params=remote.SearchParametersHNSW(efSearch=4)),
+        local.search(QUERIES, K, params=faiss.SearchParametersHNSW(efSearch=4)),
+    )
 
 
 def test_search_parameters_hnsw_component_attributes(remote):
@@ -380,12 +411,16 @@ def test_search_parameters_hnsw_component_attributes(remote):
         remote.SearchParametersHNSW(efSearch=-3)
     with pytest.raises(AttributeError):
         params.nprobe = 3
-    raises_like_local(AssertionError, lambda: faiss.SearchParametersHNSW(nprobe=2),
-                      lambda: remote.SearchParametersHNSW(nprobe=2))
+    raises_like_local(
+        AssertionError,
+        lambda: faiss.SearchParametersHNSW(nprobe=2),
+        lambda: remote.SearchParametersHNSW(nprobe=2),
+    )
     assert params.efSearch == 32
 
 
 # -- HNSW: constructors and persistence --------------------------------------------------------
+
 
 def test_constructors_take_faiss_positional_order(remote):
     for cls_name, args in HNSW_CASES:
@@ -401,17 +436,20 @@ def test_constructors_take_faiss_positional_order(remote):
         remote.IndexHNSWFlat(D)
 
 
-@pytest.mark.parametrize(("cls_name", "args", "match"), [
-    ("IndexHNSWFlat", (D, 1), "M"),  # faiss: assertion abort
-    ("IndexHNSWFlat", (D, 0), "M"),  # faiss: segfault
-    ("IndexHNSWFlat", (D, 16, 999), "metric"),
-    ("IndexHNSWSQ", (D, SQ8, 16, faiss.METRIC_L1), "metric"),  # faiss: abort in add
-    ("IndexHNSWSQ", (D, faiss.ScalarQuantizer.QT_0bit, 16), "qtype"),  # faiss: abort in add
-    ("IndexHNSWSQ", (D, 99, 16), "qtype"),
-    ("IndexHNSWPQ", (D, 5, 16), "multiple"),  # faiss: RuntimeError
-    ("IndexHNSWPQ", (D, 4, 16, 0), "pq_nbits"),  # faiss: segfault
-    ("IndexHNSWPQ", (D, 4, 16, 8, faiss.METRIC_L1), "metric"),  # faiss: silently L2
-])
+@pytest.mark.parametrize(
+    ("cls_name", "args", "match"),
+    [
+        ("IndexHNSWFlat", (D, 1), "M"),  # faiss: assertion abort
+        ("IndexHNSWFlat", (D, 0), "M"),  # faiss: segfault
+        ("IndexHNSWFlat", (D, 16, 999), "metric"),
+        ("IndexHNSWSQ", (D, SQ8, 16, faiss.METRIC_L1), "metric"),  # faiss: abort in add
+        ("IndexHNSWSQ", (D, faiss.ScalarQuantizer.QT_0bit, 16), "qtype"),  # faiss: abort in add
+        ("IndexHNSWSQ", (D, 99, 16), "qtype"),
+        ("IndexHNSWPQ", (D, 5, 16), "multiple"),  # faiss: RuntimeError
+        ("IndexHNSWPQ", (D, 4, 16, 0), "pq_nbits"),  # faiss: segfault
+        ("IndexHNSWPQ", (D, 4, 16, 8, faiss.METRIC_L1), "metric"),  # faiss: silently L2
+    ],
+)
 def test_constructor_arguments_that_break_faiss_are_refused(remote, cls_name, args, match):
     with pytest.raises(ValueError, match=match):
         getattr(remote, cls_name)(*args)
@@ -456,8 +494,10 @@ def test_idmap_over_flat_matches_local(remote, wrapper):
     same(*both(local, proxy, "range_search", QUERIES, 9.0))
     # a selector over external ids: faiss translates it for the inner index
     sel = (int(IDS[100]), int(IDS[400]))
-    same(proxy.search(QUERIES, K, params=remote.SearchParameters(sel=remote.IDSelectorRange(*sel))),
-         local.search(QUERIES, K, params=faiss.SearchParameters(sel=faiss.IDSelectorRange(*sel))))
+    same(
+        proxy.search(QUERIES, K, params=remote.SearchParameters(sel=remote.IDSelectorRange(*sel))),
+        local.search(QUERIES, K, params=faiss.SearchParameters(sel=faiss.IDSelectorRange(*sel))),
+    )
     raises_like_local(RuntimeError, lambda: local.add(BASE[:3]), lambda: proxy.add(BASE[:3]))
     assert proxy.ntotal == local.ntotal == len(BASE)
 
@@ -465,8 +505,10 @@ def test_idmap_over_flat_matches_local(remote, wrapper):
 @pytest.mark.parametrize("wrapper", WRAPPERS)
 def test_idmap_over_hnsw_matches_local_and_exposes_ef(remote, wrapper):
     local, proxy = wrapped(remote, wrapper, "IndexHNSWFlat", D, 16)
-    assert proxy._runtime_params() == {"efSearch": "index.hnsw.efSearch",
-                                       "efConstruction": "index.hnsw.efConstruction"}
+    assert proxy._runtime_params() == {
+        "efSearch": "index.hnsw.efSearch",
+        "efConstruction": "index.hnsw.efConstruction",
+    }
     train_and_fill(local, proxy, IDS)
     same_graph(local, proxy)
     same_graph_search(local, proxy)
@@ -491,8 +533,9 @@ def test_idmap_over_hnsw_matches_local_and_exposes_ef(remote, wrapper):
         same((Dr, Ir), (Dl, Il))
 
 
-@pytest.mark.parametrize("inner", [("IndexFlatL2", (D,)), ("IndexHNSWFlat", (D, 16))],
-                         ids=["Flat", "HNSW"])
+@pytest.mark.parametrize(
+    "inner", [("IndexFlatL2", (D,)), ("IndexHNSWFlat", (D, 16))], ids=["Flat", "HNSW"]
+)
 def test_idmap2_reconstructs_by_external_id(remote, inner):
     local, proxy = wrapped(remote, "IndexIDMap2", inner[0], *inner[1])
     train_and_fill(local, proxy, IDS)
@@ -508,11 +551,16 @@ def test_idmap2_reconstructs_by_external_id(remote, inner):
         same((Dr, Ir, Rr), local.search_and_reconstruct(QUERIES, 3))
     np.testing.assert_array_equal(Rr, BASE[(Ir - 1000) // 7])  # rows are the hits' vectors
     for missing in (0, 1001):  # a position, and an id never added
-        raises_like_local(RuntimeError, lambda m=missing: local.reconstruct(m),
-                          lambda m=missing: proxy.reconstruct(m))
-    raises_like_local(RuntimeError,
-                      lambda: local.reconstruct_batch(np.array([IDS[0], 3], dtype="int64")),
-                      lambda: proxy.reconstruct_batch(np.array([IDS[0], 3], dtype="int64")))
+        raises_like_local(
+            RuntimeError,
+            lambda m=missing: local.reconstruct(m),
+            lambda m=missing: proxy.reconstruct(m),
+        )
+    raises_like_local(
+        RuntimeError,
+        lambda: local.reconstruct_batch(np.array([IDS[0], 3], dtype="int64")),
+        lambda: proxy.reconstruct_batch(np.array([IDS[0], 3], dtype="int64")),
+    )
 
 
 def test_idmap2_reconstruct_n_where_keys_are_ids(remote):
@@ -529,10 +577,16 @@ def test_idmap_without_reverse_map_cannot_reconstruct(remote):
     train_and_fill(local, proxy, IDS)
     key = int(IDS[3])
     raises_like_local(RuntimeError, lambda: local.reconstruct(key), lambda: proxy.reconstruct(key))
-    raises_like_local(RuntimeError, lambda: local.reconstruct_batch(IDS[:2]),
-                      lambda: proxy.reconstruct_batch(IDS[:2]))
-    raises_like_local(RuntimeError, lambda: local.search_and_reconstruct(QUERIES, 2),
-                      lambda: proxy.search_and_reconstruct(QUERIES, 2))
+    raises_like_local(
+        RuntimeError,
+        lambda: local.reconstruct_batch(IDS[:2]),
+        lambda: proxy.reconstruct_batch(IDS[:2]),
+    )
+    raises_like_local(
+        RuntimeError,
+        lambda: local.search_and_reconstruct(QUERIES, 2),
+        lambda: proxy.search_and_reconstruct(QUERIES, 2),
+    )
 
 
 @pytest.mark.parametrize("wrapper", WRAPPERS)
@@ -542,20 +596,32 @@ def test_remove_ids_matches_local(remote, wrapper):
     by_ids = np.array([IDS[0], IDS[10], IDS[11], 5, 999_999], dtype="int64")  # 2 not present
     assert proxy.remove_ids(by_ids) == local.remove_ids(by_ids) == 3
     rng = (int(IDS[100]), int(IDS[150]))
-    assert proxy.remove_ids(remote.IDSelectorRange(*rng)) == local.remove_ids(
-        faiss.IDSelectorRange(*rng)) == 50
+    assert (
+        proxy.remove_ids(remote.IDSelectorRange(*rng))
+        == local.remove_ids(faiss.IDSelectorRange(*rng))
+        == 50
+    )
     batch = IDS[[500, 501, 502, 0]]  # IDS[0] is gone already
-    assert proxy.remove_ids(remote.IDSelectorBatch(batch)) == local.remove_ids(
-        faiss.IDSelectorBatch(batch)) == 3
+    assert (
+        proxy.remove_ids(remote.IDSelectorBatch(batch))
+        == local.remove_ids(faiss.IDSelectorBatch(batch))
+        == 3
+    )
     arr = IDS[[600, 601]]
-    assert proxy.remove_ids(remote.IDSelectorArray(arr)) == local.remove_ids(
-        faiss.IDSelectorArray(arr)) == 2
+    assert (
+        proxy.remove_ids(remote.IDSelectorArray(arr))
+        == local.remove_ids(faiss.IDSelectorArray(arr))
+        == 2
+    )
     assert proxy.ntotal == local.ntotal == len(BASE) - 58
     same(*both(local, proxy, "search", QUERIES, K))
     same(*both(local, proxy, "range_search", QUERIES, 9.0))
     if wrapper == "IndexIDMap2":
-        raises_like_local(RuntimeError, lambda: local.reconstruct(int(IDS[10])),
-                          lambda: proxy.reconstruct(int(IDS[10])))
+        raises_like_local(
+            RuntimeError,
+            lambda: local.reconstruct(int(IDS[10])),
+            lambda: proxy.reconstruct(int(IDS[10])),
+        )
         same(*both(local, proxy, "reconstruct", int(IDS[12])))
 
 
@@ -563,15 +629,20 @@ def test_remove_ids_matches_local(remote, wrapper):
 def test_remove_ids_over_hnsw_fails_as_in_faiss(remote, wrapper):
     local, proxy = wrapped(remote, wrapper, "IndexHNSWFlat", D, 16)
     train_and_fill(local, proxy, IDS)
-    raises_like_local(RuntimeError, lambda: local.remove_ids(IDS[:3]),
-                      lambda: proxy.remove_ids(IDS[:3]))
-    raises_like_local(RuntimeError, lambda: local.remove_ids(faiss.IDSelectorRange(0, 2000)),
-                      lambda: proxy.remove_ids(remote.IDSelectorRange(0, 2000)))
+    raises_like_local(
+        RuntimeError, lambda: local.remove_ids(IDS[:3]), lambda: proxy.remove_ids(IDS[:3])
+    )
+    raises_like_local(
+        RuntimeError,
+        lambda: local.remove_ids(faiss.IDSelectorRange(0, 2000)),
+        lambda: proxy.remove_ids(remote.IDSelectorRange(0, 2000)),
+    )
     assert proxy.ntotal == local.ntotal == len(BASE)
 
 
-@pytest.mark.parametrize(("wrapper", "add_id"), [("IndexIDMap", 0), ("IndexIDMap", 50_000),
-                                                 ("IndexIDMap2", 0)])
+@pytest.mark.parametrize(
+    ("wrapper", "add_id"), [("IndexIDMap", 0), ("IndexIDMap", 50_000), ("IndexIDMap2", 0)]
+)
 def test_merge_from_remote_into_remote_matches_local(remote, wrapper, add_id):
     target_l, target_r = wrapped(remote, wrapper, "IndexFlatL2", D)
     source_l, source_r = wrapped(remote, wrapper, "IndexFlatL2", D)
@@ -598,15 +669,20 @@ def test_merge_from_over_hnsw_fails_as_in_faiss(remote):
     source_l, source_r = wrapped(remote, "IndexIDMap", "IndexHNSWFlat", D, 16)
     for index in (target_l, target_r, source_l, source_r):
         index.add_with_ids(BASE[:50], IDS[:50])
-    raises_like_local(RuntimeError, lambda: target_l.merge_from(source_l),
-                      lambda: target_r.merge_from(source_r))
+    raises_like_local(
+        RuntimeError, lambda: target_l.merge_from(source_l), lambda: target_r.merge_from(source_r)
+    )
     assert target_r.ntotal == source_r.ntotal == 50
 
 
-@pytest.mark.parametrize(("wrapper", "inner", "args"), [
-    ("IndexIDMap2", "IndexHNSWSQ", (D, SQ8, 16)),
-    ("IndexIDMap", "IndexHNSWPQ", (D, 4, 16, 6)),
-], ids=["IDMap2-HNSWSQ", "IDMap-HNSWPQ"])
+@pytest.mark.parametrize(
+    ("wrapper", "inner", "args"),
+    [
+        ("IndexIDMap2", "IndexHNSWSQ", (D, SQ8, 16)),
+        ("IndexIDMap", "IndexHNSWPQ", (D, 4, 16, 6)),
+    ],
+    ids=["IDMap2-HNSWSQ", "IDMap-HNSWPQ"],
+)
 def test_idmap_trains_the_index_it_wraps(remote, wrapper, inner, args):
     local, proxy = wrapped(remote, wrapper, inner, *args)
     assert proxy.is_trained is local.is_trained is False
@@ -660,12 +736,15 @@ def test_idmap_refuses_what_is_not_a_float_index(remote):
         _ = remote.IndexIDMap(remote.SearchParametersHNSW(efSearch=3)).ntotal
     with pytest.raises(ValueError, match="cannot be sent"):
         remote.IndexIDMap2(faiss.IndexFlatL2(D))  # a local faiss object has no spec to send
-    raises_like_local((TypeError, ValueError),
-                      lambda: faiss.IndexIDMap(faiss.IndexBinaryFlat(64)),
-                      lambda: remote.IndexIDMap(remote.index_binary_factory(64, "BFlat")).ntotal)
+    raises_like_local(
+        (TypeError, ValueError),
+        lambda: faiss.IndexIDMap(faiss.IndexBinaryFlat(64)),
+        lambda: remote.IndexIDMap(remote.index_binary_factory(64, "BFlat")).ntotal,
+    )
 
 
 # -- gaps that need the core (see the report) ----------------------------------------------
+
 
 @contextlib.contextmanager
 def own_server(start_server):

@@ -40,8 +40,10 @@ CASES = {
     "IVFFlat-IP": ("IndexIVFFlat", lambda m: (m.IndexFlatIP(D), D, NLIST, IP)),
     "IVFPQ": ("IndexIVFPQ", lambda m: (m.IndexFlatL2(D), D, NLIST, 4, 6)),
     "IVFSQ8": ("IndexIVFScalarQuantizer", lambda m: (m.IndexFlatL2(D), D, NLIST, QT.QT_8bit)),
-    "IVFSQ4-IP-direct": ("IndexIVFScalarQuantizer",
-                         lambda m: (m.IndexFlatIP(D), D, NLIST, QT.QT_4bit, IP, False)),
+    "IVFSQ4-IP-direct": (
+        "IndexIVFScalarQuantizer",
+        lambda m: (m.IndexFlatIP(D), D, NLIST, QT.QT_4bit, IP, False),
+    ),
     "PQ-L2": ("IndexPQ", lambda m: (D, 4, 6)),
     "PQ-IP": ("IndexPQ", lambda m: (D, 8, 4, IP)),
     "SQ8": ("IndexScalarQuantizer", lambda m: (D, QT.QT_8bit)),
@@ -100,6 +102,7 @@ def server_names(remote) -> set[str]:
 
 
 # -- train / add / search ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("case", CASES)
 def test_train_add_search_match_local(remote, case):
@@ -196,6 +199,7 @@ def test_k_beyond_ntotal_is_padded_like_faiss(remote):
 
 # -- reconstruction ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", CODE_CASES)
 def test_reconstruct_family_matches_local_for_flat_codes(remote, case):
     local, proxy = pair(remote, case)
@@ -257,16 +261,23 @@ def test_make_direct_map_then_reconstruct(remote):
 
 # -- remove / reset / merge ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", ["IVFFlat-L2", "IVFPQ", "IVFSQ8", "PQ-L2", "SQ8"])
 def test_remove_ids_then_search(remote, case):
     local, proxy = pair(remote, case)
     ids = np.array([0, 3, 7, 400, 1999], dtype="int64")
     assert proxy.remove_ids(ids) == local.remove_ids(ids) == 5
-    assert proxy.remove_ids(remote.IDSelectorRange(100, 150)) == local.remove_ids(
-        faiss.IDSelectorRange(100, 150)) == 50
+    assert (
+        proxy.remove_ids(remote.IDSelectorRange(100, 150))
+        == local.remove_ids(faiss.IDSelectorRange(100, 150))
+        == 50
+    )
     batch = np.array([10, 11, 12, 10_000], dtype="int64")
-    assert proxy.remove_ids(remote.IDSelectorBatch(batch)) == local.remove_ids(
-        faiss.IDSelectorBatch(batch)) == 3
+    assert (
+        proxy.remove_ids(remote.IDSelectorBatch(batch))
+        == local.remove_ids(faiss.IDSelectorBatch(batch))
+        == 3
+    )
     assert proxy.ntotal == local.ntotal == len(BASE) - 58
     if hasattr(local, "nprobe"):
         local.nprobe = proxy.nprobe = 6
@@ -285,8 +296,10 @@ def test_reset_keeps_training_and_reuses(remote, case):
     assert_same_search(local, proxy)
 
 
-@pytest.mark.parametrize(("case", "add_id"), [("IVFFlat-L2", 1000), ("IVFSQ8", 0),
-                                               ("IVFPQ", 5000), ("PQ-L2", 0), ("SQ8", 0)])
+@pytest.mark.parametrize(
+    ("case", "add_id"),
+    [("IVFFlat-L2", 1000), ("IVFSQ8", 0), ("IVFPQ", 5000), ("PQ-L2", 0), ("SQ8", 0)],
+)
 def test_merge_from_remote_into_remote(remote, case, add_id):
     local_a, proxy_a = pair(remote, case, add=False)
     local_b, proxy_b = pair(remote, case, add=False)
@@ -321,6 +334,7 @@ def test_merge_incompatible_code_sizes_like_faiss(remote):
 
 # -- per-call search parameters ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", IVF_CASES)
 def test_search_parameters_ivf_with_selectors(remote, case):
     local, proxy = pair(remote, case)
@@ -331,10 +345,10 @@ def test_search_parameters_ivf_with_selectors(remote, case):
     _, I1 = assert_same_search(local, proxy)  # the index's own nprobe (1) is untouched
     assert proxy.nprobe == 1 and not np.array_equal(I5, I1)
 
-    rng_l = faiss.SearchParametersIVF(nprobe=8, max_codes=400,
-                                      sel=faiss.IDSelectorRange(100, 1500))
-    rng_r = remote.SearchParametersIVF(nprobe=8, max_codes=400,
-                                       sel=remote.IDSelectorRange(100, 1500))
+    rng_l = faiss.SearchParametersIVF(nprobe=8, max_codes=400, sel=faiss.IDSelectorRange(100, 1500))
+    rng_r = remote.SearchParametersIVF(
+        nprobe=8, max_codes=400, sel=remote.IDSelectorRange(100, 1500)
+    )
     _, found = assert_same_search(local, proxy, params=(rng_l, rng_r))
     assert ((found == -1) | ((found >= 100) & (found < 1500))).all()
 
@@ -382,9 +396,14 @@ def test_search_parameters_ivf_bad_values_are_value_errors(remote):
 def test_scalar_quantizer_honours_a_selector(remote):
     local, proxy = pair(remote, "SQ8")
     ids = np.arange(3, len(BASE), 5, dtype="int64")
-    _, found = assert_same_search(local, proxy, params=(
-        faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids)),
-        remote.SearchParameters(sel=remote.IDSelectorBatch(ids))))
+    _, found = assert_same_search(
+        local,
+        proxy,
+        params=(
+            faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids)),
+            remote.SearchParameters(sel=remote.IDSelectorBatch(ids)),
+        ),
+    )
     assert np.isin(found, ids).all()
 
 
@@ -414,6 +433,7 @@ def test_search_parameters_pq(remote):
 
 
 # -- runtime parameters ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("cls", IVF_CLASSES)
 def test_nprobe_as_attribute_and_parameter(remote, cls):
@@ -556,6 +576,7 @@ def test_unknown_attributes_raise_attribute_error(remote, case):
 
 # -- constructors and plugins --------------------------------------------------------------------
 
+
 def test_quantizer_proxy_never_becomes_a_server_index(remote):
     before = server_names(remote)
     quantizer = remote.IndexFlatL2(D)
@@ -574,16 +595,19 @@ def test_local_quantizer_is_refused_in_remote_mode(remote):
         remote.IndexIVFFlat(faiss.IndexFlatL2(D), D, NLIST)
 
 
-@pytest.mark.parametrize(("cls", "args", "match"), [
-    ("IndexIVFPQ", lambda m: (m.IndexFlatL2(D), D, NLIST, 5, 8), "multiple of M"),
-    ("IndexIVFPQ", lambda m: (m.IndexFlatL2(D), D, NLIST, 4, 0), "nbits"),
-    ("IndexIVFFlat", lambda m: (m.IndexFlatL2(D), D, 0), "nlist"),
-    ("IndexIVFScalarQuantizer", lambda m: (m.IndexFlatL2(D), D, NLIST, QT.QT_count), "qtype"),
-    ("IndexScalarQuantizer", lambda m: (D, 12345), "qtype"),
-    ("IndexPQ", lambda m: (D, 3, 8), "multiple of M"),
-    ("IndexPQ", lambda m: (D, 4, 0), "nbits"),
-    ("IndexPQ", lambda m: (D, 4, 8, 99), "metric"),
-])
+@pytest.mark.parametrize(
+    ("cls", "args", "match"),
+    [
+        ("IndexIVFPQ", lambda m: (m.IndexFlatL2(D), D, NLIST, 5, 8), "multiple of M"),
+        ("IndexIVFPQ", lambda m: (m.IndexFlatL2(D), D, NLIST, 4, 0), "nbits"),
+        ("IndexIVFFlat", lambda m: (m.IndexFlatL2(D), D, 0), "nlist"),
+        ("IndexIVFScalarQuantizer", lambda m: (m.IndexFlatL2(D), D, NLIST, QT.QT_count), "qtype"),
+        ("IndexScalarQuantizer", lambda m: (D, 12345), "qtype"),
+        ("IndexPQ", lambda m: (D, 3, 8), "multiple of M"),
+        ("IndexPQ", lambda m: (D, 4, 0), "nbits"),
+        ("IndexPQ", lambda m: (D, 4, 8, 99), "metric"),
+    ],
+)
 def test_bad_constructor_arguments_are_value_errors(remote, cls, args, match):
     """Refused before the server builds anything (faiss would crash on nbits=0 or QT_count)."""
     with pytest.raises(ValueError, match=match):
@@ -599,12 +623,14 @@ def test_quantizer_dimension_mismatch_is_a_value_error(remote):
 
 
 def test_keyword_arguments_bind_like_the_signature(remote):
-    index = remote.IndexIVFScalarQuantizer(quantizer=remote.IndexFlatL2(D), d=D, nlist=NLIST,
-                                           qtype=QT.QT_6bit, by_residual=False)
+    index = remote.IndexIVFScalarQuantizer(
+        quantizer=remote.IndexFlatL2(D), d=D, nlist=NLIST, qtype=QT.QT_6bit, by_residual=False
+    )
     assert index.spec.params["by_residual"] is False
     assert index.spec.params["metric"] == faiss.METRIC_L2
-    local = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(D), D, NLIST, QT.QT_6bit,
-                                          faiss.METRIC_L2, False)
+    local = faiss.IndexIVFScalarQuantizer(
+        faiss.IndexFlatL2(D), D, NLIST, QT.QT_6bit, faiss.METRIC_L2, False
+    )
     for ix in (local, index):
         ix.train(TRAIN)
         ix.add(BASE)
@@ -651,6 +677,7 @@ def test_prefilled_quantizer_keeps_its_centroids(remote):
 
 
 # -- pickling ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("case", ["IVFFlat-L2", "IVFPQ", "PQ-L2", "SQ8"])
 def test_pickle_round_trip(remote, case):

@@ -94,12 +94,16 @@ def test_remove_ids_then_search(remote):
     sel_remote = remote.IDSelectorRange(100, 150)
     assert proxy.remove_ids(sel_remote) == local.remove_ids(sel_local) == 50
     batch = np.array([10, 11, 12, 10_000], dtype="int64")
-    assert proxy.remove_ids(remote.IDSelectorBatch(batch)) == local.remove_ids(
-        faiss.IDSelectorBatch(batch)) == 3
+    assert (
+        proxy.remove_ids(remote.IDSelectorBatch(batch))
+        == local.remove_ids(faiss.IDSelectorBatch(batch))
+        == 3
+    )
     assert proxy.ntotal == local.ntotal == len(BASE) - 58
     assert_same_search(local, proxy, QUERIES, 10)
-    np.testing.assert_array_equal(proxy.reconstruct_n(0, proxy.ntotal),
-                                  local.reconstruct_n(0, local.ntotal))
+    np.testing.assert_array_equal(
+        proxy.reconstruct_n(0, proxy.ntotal), local.reconstruct_n(0, local.ntotal)
+    )
 
 
 def test_remove_ids_accepts_a_faiss_range_selector(remote):

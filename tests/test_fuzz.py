@@ -49,15 +49,32 @@ SERVER_CODES = set(ERRORS) - {"unavailable", "not_configured"}
 #: Internal errors of a known bug outside this test's subject (see
 #: test_create_delete_race_on_a_durable_index): a named index's create and delete running at
 #: once on two workers break its files. Counted and reported, not failed on.
-KNOWN_RACE = re.compile(r"FileNotFoundError|has no snapshot to log against|could not open .*"
-                        r"for writing")
+KNOWN_RACE = re.compile(
+    r"FileNotFoundError|has no snapshot to log against|could not open .*"
+    r"for writing"
+)
 D = 8
 RNG = np.random.default_rng(77)
 BASE = RNG.standard_normal((60, D)).astype("float32")
 QUERIES = RNG.standard_normal((5, D)).astype("float32")
 ALL_OPS = sorted(OPERATIONS)
-NAMES = ["target", "target-ivf", "fz", "fz2", "../x", "/abs", "a/../../b", "a\x00b", "..",
-         ".hidden", "n" * 300, "tenants", "x" * 129, "../../../tmp/owned", "anon-1"]
+NAMES = [
+    "target",
+    "target-ivf",
+    "fz",
+    "fz2",
+    "../x",
+    "/abs",
+    "a/../../b",
+    "a\x00b",
+    "..",
+    ".hidden",
+    "n" * 300,
+    "tenants",
+    "x" * 129,
+    "../../../tmp/owned",
+    "anon-1",
+]
 DTYPES = ["float32", "uint8", "int64", "uint64", "int32", "float64", "object", "<f4", "V8"]
 ARRAY_NAMES = ["x", "ids", "sel_ids", "data", "D", "I", "y"]
 SPECS = [
@@ -78,11 +95,21 @@ class Creds:
         self.fuzz_write = "fuzz-w-" + uuid.uuid4().hex
         self.wrong = "wrong-" + uuid.uuid4().hex
         self.file = folder / "auth.json"
-        self.file.write_text(json.dumps({"keys": [
-            {"key_hash": hash_key(self.owner_write), "tenant": "owner", "role": "write"},
-            {"key": self.owner_read, "tenant": "owner", "role": "read"},
-            {"key": self.fuzz_write, "tenant": "fuzz", "role": "write"},
-        ]}))
+        self.file.write_text(
+            json.dumps(
+                {
+                    "keys": [
+                        {
+                            "key_hash": hash_key(self.owner_write),
+                            "tenant": "owner",
+                            "role": "write",
+                        },
+                        {"key": self.owner_read, "tenant": "owner", "role": "read"},
+                        {"key": self.fuzz_write, "tenant": "fuzz", "role": "write"},
+                    ]
+                }
+            )
+        )
 
     @property
     def fuzzer_keys(self) -> list[str | None]:
@@ -96,25 +123,59 @@ class Creds:
 # -- strategies --------------------------------------------------------------------------------
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
-    st.binary(max_size=40), st.sampled_from(NAMES), st.sampled_from(ALL_OPS))
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.binary(max_size=40),
+    st.sampled_from(NAMES),
+    st.sampled_from(ALL_OPS),
+)
 values = st.recursive(
-    scalars, lambda inner: st.one_of(st.lists(inner, max_size=5),
-                                     st.dictionaries(st.text(max_size=12), inner, max_size=5)),
-    max_leaves=12)
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=12), inner, max_size=5)
+    ),
+    max_leaves=12,
+)
 arg_maps = st.one_of(
-    st.dictionaries(st.sampled_from(["k", "radius", "key", "n0", "ni", "name", "value",
-                                     "selector", "params", "spec", "ephemeral", "other",
-                                     "add_id", "all"]), values, max_size=4),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "k",
+                "radius",
+                "key",
+                "n0",
+                "ni",
+                "name",
+                "value",
+                "selector",
+                "params",
+                "spec",
+                "ephemeral",
+                "other",
+                "add_id",
+                "all",
+            ]
+        ),
+        values,
+        max_size=4,
+    ),
     st.fixed_dictionaries({"k": st.integers(-5, 2**21)}),
-    st.fixed_dictionaries({"spec": st.sampled_from(SPECS)},
-                          optional={"ephemeral": st.booleans()}),
+    st.fixed_dictionaries({"spec": st.sampled_from(SPECS)}, optional={"ephemeral": st.booleans()}),
     st.fixed_dictionaries({"n0": st.integers(-3, 100), "ni": st.integers(-3, 2**40)}),
-    st.fixed_dictionaries({"name": st.sampled_from(["nprobe", "efSearch", "x"]),
-                           "value": st.one_of(st.integers(-5, 2**40), st.floats())}),
+    st.fixed_dictionaries(
+        {
+            "name": st.sampled_from(["nprobe", "efSearch", "x"]),
+            "value": st.one_of(st.integers(-5, 2**40), st.floats()),
+        }
+    ),
     st.fixed_dictionaries({"other": st.sampled_from(NAMES)}),
-    values)
+    values,
+)
+
+
 def mostly(usual: st.SearchStrategy, odd: st.SearchStrategy) -> st.SearchStrategy:
     """``usual`` three times in four: deep enough to get past the header checks."""
     return st.one_of(usual, usual, usual, odd)
@@ -122,15 +183,34 @@ def mostly(usual: st.SearchStrategy, odd: st.SearchStrategy) -> st.SearchStrateg
 
 shapes = mostly(
     st.lists(st.sampled_from([0, 1, 2, 3, D, 64]), min_size=1, max_size=2),
-    st.lists(st.one_of(st.integers(0, 12), st.sampled_from([2**34, 2**40, -1]),
-                       st.integers(-(2**63), 2**64 - 1)), max_size=4))
+    st.lists(
+        st.one_of(
+            st.integers(0, 12),
+            st.sampled_from([2**34, 2**40, -1]),
+            st.integers(-(2**63), 2**64 - 1),
+        ),
+        max_size=4,
+    ),
+)
 descriptors = mostly(
-    st.fixed_dictionaries({"name": st.sampled_from(ARRAY_NAMES[:4]),
-                           "dtype": st.sampled_from(["float32", "int64", "uint8"]),
-                           "shape": shapes}),
-    st.one_of(st.fixed_dictionaries({"name": st.sampled_from(ARRAY_NAMES),
-                                     "dtype": st.sampled_from(DTYPES), "shape": shapes}),
-              values))
+    st.fixed_dictionaries(
+        {
+            "name": st.sampled_from(ARRAY_NAMES[:4]),
+            "dtype": st.sampled_from(["float32", "int64", "uint8"]),
+            "shape": shapes,
+        }
+    ),
+    st.one_of(
+        st.fixed_dictionaries(
+            {
+                "name": st.sampled_from(ARRAY_NAMES),
+                "dtype": st.sampled_from(DTYPES),
+                "shape": shapes,
+            }
+        ),
+        values,
+    ),
+)
 
 
 def frame_for(desc: Any, draw: Any) -> bytes:
@@ -153,14 +233,17 @@ def structured(draw: Any, creds: Creds) -> list[bytes]:
     h: dict[str, Any] = {}
     fields = {
         "v": mostly(st.just(1), st.sampled_from([0, 2, "1", True, None, 1.0])),
-        "id": mostly(st.integers(0, 2**63 - 1),
-                     st.one_of(st.integers(-(2**63), 2**64 - 1), values)),
+        "id": mostly(
+            st.integers(0, 2**63 - 1), st.one_of(st.integers(-(2**63), 2**64 - 1), values)
+        ),
         "op": mostly(st.sampled_from(ALL_OPS), st.one_of(st.text(max_size=70), values)),
         "index": mostly(st.sampled_from(NAMES), st.one_of(st.text(max_size=20), values)),
         "args": arg_maps,
         "api_key": mostly(st.sampled_from(creds.fuzzer_keys), st.text(max_size=30)),
-        "tenant": mostly(st.sampled_from([None, "owner", "fuzz"]),
-                         st.one_of(st.sampled_from(["../owner", "t" * 200]), values)),
+        "tenant": mostly(
+            st.sampled_from([None, "owner", "fuzz"]),
+            st.one_of(st.sampled_from(["../owner", "t" * 200]), values),
+        ),
         "session": st.one_of(st.none(), st.sampled_from(["s1", "s2"]), st.text(max_size=130)),
         "idem": st.one_of(st.none(), st.text(max_size=20), st.text(min_size=129, max_size=130)),
     }
@@ -171,8 +254,12 @@ def structured(draw: Any, creds: Creds) -> list[bytes]:
     h["arrays"] = descs
     if draw(st.integers(0, 19)) == 0:
         h[draw(st.text(min_size=1, max_size=8))] = draw(values)
-    frames = [frame_for(d, draw) if isinstance(d, dict) and "shape" in d and "dtype" in d
-              and isinstance(d["shape"], list) else draw(st.binary(max_size=32)) for d in descs]
+    frames = [
+        frame_for(d, draw)
+        if isinstance(d, dict) and "shape" in d and "dtype" in d and isinstance(d["shape"], list)
+        else draw(st.binary(max_size=32))
+        for d in descs
+    ]
     if draw(st.integers(0, 5)) == 0:  # a frame more or less than described
         frames = frames[:-1] if frames and draw(st.booleans()) else [*frames, b"\x00" * 8]
     return [msgpack.packb(h, use_bin_type=draw(st.booleans())), *frames]
@@ -182,8 +269,9 @@ def mutate(frames: list[bytes], draw: Any) -> list[bytes]:
     """Truncate, flip, splice, drop or duplicate: what a broken or hostile peer sends."""
     frames = list(frames)
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["truncate", "flip", "insert", "drop", "dup", "swap",
-                                     "extend"]))
+        kind = draw(
+            st.sampled_from(["truncate", "flip", "insert", "drop", "dup", "swap", "extend"])
+        )
         i = draw(st.integers(0, len(frames) - 1))
         data = bytearray(frames[i])
         if kind == "truncate" and data:
@@ -208,8 +296,9 @@ def mutate(frames: list[bytes], draw: Any) -> list[bytes]:
 
 @st.composite
 def messages(draw: Any, creds: Creds, captured: list[list[bytes]]) -> list[bytes]:
-    kind = draw(st.sampled_from(["random", "structured", "structured", "mutated", "mutated",
-                                 "replay"]))
+    kind = draw(
+        st.sampled_from(["random", "structured", "structured", "mutated", "mutated", "replay"])
+    )
     if kind == "random":
         return draw(st.lists(st.binary(max_size=200), min_size=1, max_size=4))
     if kind == "structured":
@@ -219,6 +308,7 @@ def messages(draw: Any, creds: Creds, captured: list[list[bytes]]) -> list[bytes
 
 
 # -- the run -----------------------------------------------------------------------------------
+
 
 class Tally:
     def __init__(self) -> None:
@@ -283,10 +373,27 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("fuzz")
     creds = Creds(root)
     data = root / "data"
-    srv = ServerProcess("--enable-auth", "--auth-file", str(creds.file), "--data-dir",
-                        str(data), "--fsync", "off", "--rate-limit", "0", "--workers", "2",
-                        "--tenant-max-indices", "40", "--tenant-max-vectors", "100000",
-                        "--max-message-mb", "4", "--max-request-vectors", "20000").start()
+    srv = ServerProcess(
+        "--enable-auth",
+        "--auth-file",
+        str(creds.file),
+        "--data-dir",
+        str(data),
+        "--fsync",
+        "off",
+        "--rate-limit",
+        "0",
+        "--workers",
+        "2",
+        "--tenant-max-indices",
+        "40",
+        "--tenant-max-vectors",
+        "100000",
+        "--max-message-mb",
+        "4",
+        "--max-request-vectors",
+        "20000",
+    ).start()
     yield root, data, creds, srv
     srv.stop()
 
@@ -297,18 +404,37 @@ def owner_state(endpoint: str, creds: Creds) -> dict[str, Any]:
         listing = sorted((i["name"], i["ntotal"], i["is_trained"]) for i in fx.list_indexes())
         flat, ivf = fx.open_index("target"), fx.open_index("target-ivf")
         ivf.nprobe = 2
-        return {"list": listing, "flat": flat.search(QUERIES, 5),
-                "ivf": ivf.search(QUERIES, 5), "bytes": fx.serialize_index(flat).tobytes()}
+        return {
+            "list": listing,
+            "flat": flat.search(QUERIES, 5),
+            "ivf": ivf.search(QUERIES, 5),
+            "bytes": fx.serialize_index(flat).tobytes(),
+        }
     finally:
         fx.disconnect()
 
 
 def capture(endpoint: str, creds: Creds) -> list[list[bytes]]:
     """Real requests (frames as a client sends them) to replay and mutate."""
-    def msg(op: str, key: str, index: str | None = None, args: dict | None = None,
-            arrays: dict[str, np.ndarray] | None = None, **more: Any) -> list[bytes]:
-        h = {"v": 1, "id": int(RNG.integers(1, 1 << 40)), "op": op, "index": index,
-             "args": args or {}, "api_key": key, "session": "fuzz-session", **more}
+
+    def msg(
+        op: str,
+        key: str,
+        index: str | None = None,
+        args: dict | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
+        **more: Any,
+    ) -> list[bytes]:
+        h = {
+            "v": 1,
+            "id": int(RNG.integers(1, 1 << 40)),
+            "op": op,
+            "index": index,
+            "args": args or {},
+            "api_key": key,
+            "session": "fuzz-session",
+            **more,
+        }
         descs, frames = [], []
         for name, arr in (arrays or {}).items():
             descs.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape)})
@@ -319,16 +445,24 @@ def capture(endpoint: str, creds: Creds) -> list[list[bytes]]:
     ivf_data = np.frombuffer(faiss.serialize_index(faiss.IndexFlatL2(D)), dtype=np.uint8)
     return [
         msg("search", r, "target", {"k": 3}, {"x": QUERIES}),
-        msg("search", r, "target-ivf", {"k": 3, "params": {
-            "type": "SearchParametersIVF", "params": {"nprobe": 2}}}, {"x": QUERIES}),
+        msg(
+            "search",
+            r,
+            "target-ivf",
+            {"k": 3, "params": {"type": "SearchParametersIVF", "params": {"nprobe": 2}}},
+            {"x": QUERIES},
+        ),
         msg("range_search", r, "target", {"radius": 4.0}, {"x": QUERIES[:2]}),
         msg("reconstruct_batch", r, "target", {}, {"ids": np.arange(4)}),
         msg("reconstruct_n", r, "target", {"n0": 0, "ni": 5}),
-        msg("info", r, "target"), msg("list", r), msg("serialize", r, "target"),
+        msg("info", r, "target"),
+        msg("list", r),
+        msg("serialize", r, "target"),
         # writes a read key must be refused, whatever is done to them
         msg("add", r, "target", {}, {"x": BASE[:3]}),
         msg("remove_ids", r, "target", {"selector": {"kind": "range", "imin": 0, "imax": 9}}),
-        msg("reset", r, "target-ivf"), msg("delete", r, "target"),
+        msg("reset", r, "target-ivf"),
+        msg("delete", r, "target"),
         msg("merge_from", r, "target", {"other": "target-ivf"}),
         # the fuzz tenant's own writes, which may succeed
         msg("create", w, "fz", {"spec": SPECS[0]}),
@@ -339,7 +473,8 @@ def capture(endpoint: str, creds: Creds) -> list[list[bytes]]:
         msg("import", w, "fz3", {"ephemeral": True}, {"data": ivf_data}),
         msg("merge_from", w, "fz", {"other": "fz2"}),
         msg("set_parameter", w, "fz2", {"name": "nprobe", "value": 3}),
-        msg("delete", w, "fz2"), msg("bye", w),
+        msg("delete", w, "fz2"),
+        msg("bye", w),
     ]
 
 
@@ -359,8 +494,13 @@ def test_fuzz_live_server(world, record_property):
     tally = Tally()
     batches = st.lists(messages(creds, captured), min_size=1, max_size=12)
 
-    @settings(max_examples=30, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=30,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(batch=batches)
     def run(batch: list[list[bytes]]) -> None:
         exchange(srv.endpoint, batch, tally)
@@ -372,19 +512,30 @@ def test_fuzz_live_server(world, record_property):
         rounds += 1
         assert srv.alive and ping(srv.endpoint), "the server stopped answering"
     # frames past --max-message-mb (4 MiB): the connection is dropped, nothing else happens
-    big = [msgpack.packb({"v": 1, "id": 5, "op": "add", "index": "target",
-                          "api_key": creds.owner_read,
-                          "arrays": [{"name": "x", "dtype": "float32",
-                                      "shape": [(5 << 20) // 32, D]}]}), bytes(5 << 20)]
+    big = [
+        msgpack.packb(
+            {
+                "v": 1,
+                "id": 5,
+                "op": "add",
+                "index": "target",
+                "api_key": creds.owner_read,
+                "arrays": [{"name": "x", "dtype": "float32", "shape": [(5 << 20) // 32, D]}],
+            }
+        ),
+        bytes(5 << 20),
+    ]
     exchange(srv.endpoint, [big, [big[0][:40], bytes(5 << 20)]], tally)
     elapsed = time.monotonic() - start
     known = [m for m in tally.internal if KNOWN_RACE.search(m)]
     record_property("fuzz_messages", tally.sent)
     record_property("fuzz_replies", tally.replies)
-    print(f"\nfuzz: {tally.sent} messages in {tally.batches} batches ({rounds} hypothesis runs) "
-          f"in {elapsed:.1f}s: {tally.replies} replies, {tally.dropped} dropped; "
-          f"{dict(tally.codes.most_common())}; internal errors of the known create/delete "
-          f"race: {len(known)}")
+    print(
+        f"\nfuzz: {tally.sent} messages in {tally.batches} batches ({rounds} hypothesis runs) "
+        f"in {elapsed:.1f}s: {tally.replies} replies, {tally.dropped} dropped; "
+        f"{dict(tally.codes.most_common())}; internal errors of the known create/delete "
+        f"race: {len(known)}"
+    )
 
     # afterwards: the server serves a normal client, and nothing of the owner's changed
     assert srv.alive and ping(srv.endpoint)
@@ -404,8 +555,9 @@ def test_fuzz_live_server(world, record_property):
     finally:
         fx.disconnect()
     # the file system: nothing outside the data directory, only valid names inside it
-    outside = [p for p in root.rglob("*") if p != data and data not in p.parents
-               and p != creds.file]
+    outside = [
+        p for p in root.rglob("*") if p != data and data not in p.parents and p != creds.file
+    ]
     assert outside == [], outside
     for tenant in (data / "tenants").iterdir():
         check_name(tenant.name, "tenant id")
@@ -420,8 +572,7 @@ def test_fuzz_live_server(world, record_property):
 def test_create_delete_race_on_a_durable_index(start_server, tmp_path):
     """What the fuzzer found, made deterministic: pipelined create/delete/create/add of one
     name must give typed errors (index_exists, index_not_found) or success, never internal."""
-    srv = start_server("--data-dir", str(tmp_path / "data"), "--fsync", "off",
-                       "--workers", "4")
+    srv = start_server("--data-dir", str(tmp_path / "data"), "--fsync", "off", "--workers", "4")
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(srv.endpoint)
@@ -429,14 +580,33 @@ def test_create_delete_race_on_a_durable_index(start_server, tmp_path):
     codes: collections.Counter[str] = collections.Counter()
     try:
         for i in range(100):
-            batch = [("create", spec, {}), ("delete", {}, {}), ("create", spec, {}),
-                     ("add", {}, {"x": BASE[:2]}), ("delete", {}, {})]
+            batch = [
+                ("create", spec, {}),
+                ("delete", {}, {}),
+                ("create", spec, {}),
+                ("add", {}, {"x": BASE[:2]}),
+                ("delete", {}, {}),
+            ]
             for n, (op, args, arrays) in enumerate(batch):
-                descs = [{"name": k, "dtype": "float32", "shape": list(v.shape)}
-                         for k, v in arrays.items()]
-                sock.send_multipart([msgpack.packb(
-                    {"v": 1, "id": i * 10 + n + 1, "op": op, "index": "race", "args": args,
-                     "arrays": descs}), *(v.tobytes() for v in arrays.values())])
+                descs = [
+                    {"name": k, "dtype": "float32", "shape": list(v.shape)}
+                    for k, v in arrays.items()
+                ]
+                sock.send_multipart(
+                    [
+                        msgpack.packb(
+                            {
+                                "v": 1,
+                                "id": i * 10 + n + 1,
+                                "op": op,
+                                "index": "race",
+                                "args": args,
+                                "arrays": descs,
+                            }
+                        ),
+                        *(v.tobytes() for v in arrays.values()),
+                    ]
+                )
             for _ in batch:
                 assert sock.poll(10_000)
                 reply = msgpack.unpackb(sock.recv_multipart()[0])
@@ -448,11 +618,20 @@ def test_create_delete_race_on_a_durable_index(start_server, tmp_path):
 
 # -- the new bounds, one by one ----------------------------------------------------------------
 
+
 def test_oversized_header_is_refused_without_parsing(world):
     """A header frame over 1 MiB is refused from its length alone (no msgpack parse)."""
     _, _, creds, srv = world
-    huge = msgpack.packb({"v": 1, "id": 77, "op": "info", "index": "target",
-                          "api_key": creds.owner_read, "args": {"pad": "x" * (2 << 20)}})
+    huge = msgpack.packb(
+        {
+            "v": 1,
+            "id": 77,
+            "op": "info",
+            "index": "target",
+            "api_key": creds.owner_read,
+            "args": {"pad": "x" * (2 << 20)},
+        }
+    )
     tally = Tally()
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -465,8 +644,9 @@ def test_oversized_header_is_refused_without_parsing(world):
         sock.close(0)
     check_reply(frames, tally)
     reply = msgpack.unpackb(frames[0])
-    assert reply["error"]["code"] == "protocol_error" and "header frame" in reply["error"][
-        "message"]
+    assert (
+        reply["error"]["code"] == "protocol_error" and "header frame" in reply["error"]["message"]
+    )
     assert reply["id"] == 0, "the id of an unparsed header is not read"
 
 
@@ -487,15 +667,20 @@ def test_client_checks_reply_sizes_before_allocating():
         ident, _ = router.recv_multipart()
 
         def reply(descs: list[dict[str, Any]], *frames: bytes, rid: int = 1) -> None:
-            router.send_multipart([ident, msgpack.packb(
-                {"v": 1, "id": rid, "ok": True, "result": {}, "arrays": descs}), *frames])
+            router.send_multipart(
+                [
+                    ident,
+                    msgpack.packb({"v": 1, "id": rid, "ok": True, "result": {}, "arrays": descs}),
+                    *frames,
+                ]
+            )
 
         lies = [
             ([{"name": "D", "dtype": "float32", "shape": [1 << 20, 1 << 14]}], b"\x00" * 8),
             ([{"name": "I", "dtype": "int64", "shape": [1 << 17, 1 << 17]}], b""),
             ([{"name": "x", "dtype": "float32", "shape": [1 << 34, 1 << 34]}], b"\x00" * 4),
-            ([{"name": "D", "dtype": "float32", "shape": [2, 2]}],),          # frame missing
-            ([], b"\x00" * 16),                                               # frame extra
+            ([{"name": "D", "dtype": "float32", "shape": [2, 2]}],),  # frame missing
+            ([], b"\x00" * 16),  # frame extra
         ]
         start = time.monotonic()
         for descs, *frames in lies:

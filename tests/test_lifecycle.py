@@ -89,8 +89,15 @@ def raw_call(endpoint: str, header: dict) -> dict:
 def test_idle_expiry_reclaims_indices_of_a_vanished_client(start_server):
     srv = start_server("--idle-ttl", "1")
     spec = {"type": "IndexFlatL2", "params": {"d": 4}}
-    reply = raw_call(srv.endpoint, {"op": "create", "index": "orphan", "session": "gone",
-                                    "args": {"spec": spec, "ephemeral": True}})
+    reply = raw_call(
+        srv.endpoint,
+        {
+            "op": "create",
+            "index": "orphan",
+            "session": "gone",
+            "args": {"spec": spec, "ephemeral": True},
+        },
+    )
     assert reply["ok"], reply
     assert raw_call(srv.endpoint, {"op": "info", "index": "orphan", "session": "gone"})["ok"]
     # Probe from outside the session (which would keep it alive): the name stays taken

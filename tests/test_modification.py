@@ -121,6 +121,7 @@ def plain(index: Any) -> faiss.Index:
 
 # -- merge ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_merge_equals_faiss_merge_from_by_hand(fx, kind):
     parts = shards(fx, kind)
@@ -131,8 +132,9 @@ def test_merge_equals_faiss_merge_from_by_hand(fx, kind):
     reference = by_hand_merge([plain(p) for p in parts])
     same_search(merged, reference)
     if fx.is_remote():
-        assert merged.name in {i["name"] for i in fx.get_client().call(
-            "list", args={"all": True})[0]["indexes"]}, "the merged index lives on the server"
+        assert merged.name in {
+            i["name"] for i in fx.get_client().call("list", args={"all": True})[0]["indexes"]
+        }, "the merged index lives on the server"
 
 
 def test_merge_into_a_factory_type_equals_training_by_hand(fx):
@@ -173,13 +175,20 @@ def test_merge_refuses_mismatched_inputs(fx):
 
 # -- split ---------------------------------------------------------------------------------------
 
+
 def by_hand_split(index: faiss.Index, groups: list[np.ndarray]) -> list[faiss.Index]:
     """clone + remove_ids of everything not in the group, per group."""
     ids = faiss.vector_to_array(index.id_map) if hasattr(index, "id_map") else None
     if ids is None and hasattr(index, "invlists"):
-        ids = np.sort(np.concatenate([
-            faiss.rev_swig_ptr(index.invlists.get_ids(lst), index.invlists.list_size(lst))
-            for lst in range(index.nlist) if index.invlists.list_size(lst)]))
+        ids = np.sort(
+            np.concatenate(
+                [
+                    faiss.rev_swig_ptr(index.invlists.get_ids(lst), index.invlists.list_size(lst))
+                    for lst in range(index.nlist)
+                    if index.invlists.list_size(lst)
+                ]
+            )
+        )
     if ids is None:
         ids = np.arange(index.ntotal, dtype=np.int64)
     out = []
@@ -198,13 +207,17 @@ def test_sequential_split_equals_remove_ids_by_hand(fx, kind):
     assert all(is_remote(p) == fx.is_remote() for p in parts)
     reference = plain(index)
     if KINDS[kind][1]:
-        stored = faiss.vector_to_array(faiss.downcast_index(reference).id_map) \
-            if kind == "IDMap2" else np.sort(IDS)
+        stored = (
+            faiss.vector_to_array(faiss.downcast_index(reference).id_map)
+            if kind == "IDMap2"
+            else np.sort(IDS)
+        )
     else:
         stored = np.arange(len(BASE))
     groups = np.array_split(stored, 3)
-    for part, expected in zip(parts, by_hand_split(faiss.downcast_index(reference), groups),
-                              strict=True):
+    for part, expected in zip(
+        parts, by_hand_split(faiss.downcast_index(reference), groups), strict=True
+    ):
         same_search(part, expected)
 
 
@@ -229,7 +242,7 @@ def test_split_then_merge_answers_as_the_original(fx, kind, method):
     if kind == "Flat" and method != "sequential":
         pytest.skip("Flat renumbers by position: only an in-order split merges back to its ids")
     index = filled(fx, kind)
-    custom = (lambda v: (np.arange(len(v)) % 4)) if method == "custom" else None
+    custom = (lambda v: np.arange(len(v)) % 4) if method == "custom" else None
     parts = split_index(index, 4, method, custom)
     assert sum(p.ntotal for p in parts) == len(BASE)
     merged = merge_indices(parts)

@@ -175,8 +175,10 @@ def test_retries_answered_by_idempotency_key_are_counted(observed):
     # a request is counted just after its reply leaves: give the last one a moment to land
     deadline = time.monotonic() + 10
     samples = scrape(observed.metrics_port)
-    while (value(samples, "faissx_requests_deduplicated_total", op="add", tenant="default") < 1
-           and time.monotonic() < deadline):
+    while (
+        value(samples, "faissx_requests_deduplicated_total", op="add", tenant="default") < 1
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
         samples = scrape(observed.metrics_port)
     assert value(samples, "faissx_requests_deduplicated_total", op="add", tenant="default") == 1

@@ -71,25 +71,28 @@ def test_every_mutating_operation_needs_a_write_key_and_is_keyed() -> None:
 
 
 def test_the_contract_imports_without_the_server() -> None:
-    code = ("import sys, faissx_core.operations; "
-            "bad = [m for m in sys.modules if m.startswith('faissx_core.server')]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, faissx_core.operations; "
+        "bad = [m for m in sys.modules if m.startswith('faissx_core.server')]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # -- one completion event per answered request ----------------------------------------------
+
 
 class _Running:
     """A Server in a thread of this process (so its observers can be read), on loopback."""
 
     def __init__(self) -> None:
         self.events: list[RequestEvent] = []
-        self.server = Server(ServerSettings(port=free_port(), bind_address="127.0.0.1",
-                                            workers=2))
+        self.server = Server(ServerSettings(port=free_port(), bind_address="127.0.0.1", workers=2))
         self.server.observers.add(self.events.append)
         ready = threading.Event()
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(ready.set,),
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(ready.set,), daemon=True
+        )
         self.thread.start()
         assert ready.wait(30)
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -97,13 +100,28 @@ class _Running:
         self.sock.connect(f"tcp://127.0.0.1:{self.server.settings.port}")
         self.ids = iter(range(1, 1 << 30))
 
-    def call(self, op: str, index: str | None = None, args: dict[str, Any] | None = None,
-             arrays: dict[str, np.ndarray] | None = None, **header: Any) -> dict[str, Any]:
+    def call(
+        self,
+        op: str,
+        index: str | None = None,
+        args: dict[str, Any] | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
+        **header: Any,
+    ) -> dict[str, Any]:
         arrays = arrays or {}
-        head = {"v": 1, "id": next(self.ids), "op": op, "index": index, "args": args or {},
-                "session": "s1", "arrays": [
-                    {"name": n, "dtype": str(a.dtype), "shape": list(a.shape)}
-                    for n, a in arrays.items()], **header}
+        head = {
+            "v": 1,
+            "id": next(self.ids),
+            "op": op,
+            "index": index,
+            "args": args or {},
+            "session": "s1",
+            "arrays": [
+                {"name": n, "dtype": str(a.dtype), "shape": list(a.shape)}
+                for n, a in arrays.items()
+            ],
+            **header,
+        }
         before = len(self.events)
         self.sock.send_multipart([msgpack.packb(head), *(a.tobytes() for a in arrays.values())])
         assert self.sock.poll(30_000), f"no reply to {op}"
@@ -137,15 +155,23 @@ def test_each_request_ends_in_one_event_whatever_its_path(running: _Running) -> 
     assert running.call("add", "ev", arrays={"x": x}, idem="k1")["ok"]
     assert running.call("add", "ev", arrays={"x": x}, idem="k1")["ok"]  # a retry: not applied
     assert running.call("search", "ev", {"k": 3}, arrays={"x": x[:2]})["ok"]  # small: inline
-    assert running.call("search", "nope", {"k": 3}, arrays={"x": x[:2]})["error"]["code"] == \
-        "index_not_found"
+    assert (
+        running.call("search", "nope", {"k": 3}, arrays={"x": x[:2]})["error"]["code"]
+        == "index_not_found"
+    )
     assert running.call("frobnicate")["error"]["code"] == "protocol_error"
     assert running.call("info", "ev")["result"]["ntotal"] == 20
     seen = [(e.op, e.outcome, e.deduplicated) for e in running.events]
     assert seen == [
-        ("ping", "ok", False), ("create", "ok", False), ("add", "ok", False),
-        ("add", "ok", True), ("search", "ok", False), ("search", "index_not_found", False),
-        ("?", "protocol_error", False), ("info", "ok", False)]
+        ("ping", "ok", False),
+        ("create", "ok", False),
+        ("add", "ok", False),
+        ("add", "ok", True),
+        ("search", "ok", False),
+        ("search", "index_not_found", False),
+        ("?", "protocol_error", False),
+        ("info", "ok", False),
+    ]
     search = running.events[4]
     assert search.inline and search.index == "ev" and search.bytes_out > 2 * 3 * 8
     assert running.events[2].bytes_in >= x.nbytes

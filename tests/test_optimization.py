@@ -53,8 +53,9 @@ def fx(request, server):
     from faissx import client
 
     if request.param == "remote":
-        client.configure(server=server.endpoint, tenant_id=f"opt-{uuid.uuid4().hex[:12]}",
-                         timeout=120)
+        client.configure(
+            server=server.endpoint, tenant_id=f"opt-{uuid.uuid4().hex[:12]}", timeout=120
+        )
     try:
         yield client
     finally:
@@ -99,20 +100,31 @@ def counting(monkeypatch, fx, index) -> list[str]:
 
 #: case -> (builder given the module, [(parameter, value, attribute path)])
 PARAM_CASES = {
-    "IVFFlat": (lambda m: m.IndexIVFFlat(m.IndexFlatL2(D), D, 16),
-                [("nprobe", 7, "nprobe"), ("max_codes", 300, "max_codes")]),
-    "HNSWFlat": (lambda m: m.IndexHNSWFlat(D, 8),
-                 [("efSearch", 33, "hnsw.efSearch"),
-                  ("efConstruction", 12, "hnsw.efConstruction")]),
-    "IDMap2-HNSW": (lambda m: m.IndexIDMap2(m.IndexHNSWFlat(D, 8)),
-                    [("efSearch", 21, "index.hnsw.efSearch")]),
-    "IVFPQ": (lambda m: m.IndexIVFPQ(m.IndexFlatL2(D), D, 16, 4, 8),
-              [("nprobe", 3, "nprobe"), ("polysemous_ht", 20, "polysemous_ht")]),
-    "PQ": (lambda m: m.IndexPQ(D, 4, 8),
-           [("search_type", faiss.IndexPQ.ST_polysemous, "search_type")]),
+    "IVFFlat": (
+        lambda m: m.IndexIVFFlat(m.IndexFlatL2(D), D, 16),
+        [("nprobe", 7, "nprobe"), ("max_codes", 300, "max_codes")],
+    ),
+    "HNSWFlat": (
+        lambda m: m.IndexHNSWFlat(D, 8),
+        [("efSearch", 33, "hnsw.efSearch"), ("efConstruction", 12, "hnsw.efConstruction")],
+    ),
+    "IDMap2-HNSW": (
+        lambda m: m.IndexIDMap2(m.IndexHNSWFlat(D, 8)),
+        [("efSearch", 21, "index.hnsw.efSearch")],
+    ),
+    "IVFPQ": (
+        lambda m: m.IndexIVFPQ(m.IndexFlatL2(D), D, 16, 4, 8),
+        [("nprobe", 3, "nprobe"), ("polysemous_ht", 20, "polysemous_ht")],
+    ),
+    "PQ": (
+        lambda m: m.IndexPQ(D, 4, 8),
+        [("search_type", faiss.IndexPQ.ST_polysemous, "search_type")],
+    ),
     "Refine": (lambda m: m.index_factory(D, "IVF16,PQ4x4,RFlat"), [("k_factor", 4.0, "k_factor")]),
-    "BinaryIVF": (lambda m: m.IndexBinaryIVF(m.IndexBinaryFlat(D * 4), D * 4, 8),
-                  [("nprobe", 5, "nprobe")]),
+    "BinaryIVF": (
+        lambda m: m.IndexBinaryIVF(m.IndexBinaryFlat(D * 4), D * 4, 8),
+        [("nprobe", 5, "nprobe")],
+    ),
     "BinaryHash": (lambda m: m.IndexBinaryHash(D * 4, 12), [("nflip", 2, "nflip")]),
 }
 
@@ -176,15 +188,23 @@ def test_k_factor_reranks_like_faiss(fx):
 
 
 #: (parameter, bad value) pairs each index must refuse, with the error class.
-BAD_VALUES = [("nprobe", 0, InvalidArgument), ("nprobe", 1.5, InvalidArgument),
-              ("nprobe", "8", InvalidArgument), ("nprobe", True, InvalidArgument),
-              ("max_codes", -1, InvalidArgument), ("batch_size", -5, InvalidArgument),
-              ("batch_size", 2.5, InvalidArgument), ("efSearch", 16, UnknownParameter),
-              ("k_factor", 2.0, UnknownParameter), ("no_such_knob", 1, UnknownParameter)]
+BAD_VALUES = [
+    ("nprobe", 0, InvalidArgument),
+    ("nprobe", 1.5, InvalidArgument),
+    ("nprobe", "8", InvalidArgument),
+    ("nprobe", True, InvalidArgument),
+    ("max_codes", -1, InvalidArgument),
+    ("batch_size", -5, InvalidArgument),
+    ("batch_size", 2.5, InvalidArgument),
+    ("efSearch", 16, UnknownParameter),
+    ("k_factor", 2.0, UnknownParameter),
+    ("no_such_knob", 1, UnknownParameter),
+]
 
 
-@pytest.mark.parametrize(("name", "value", "error"), BAD_VALUES,
-                         ids=[f"{n}={v!r}" for n, v, _ in BAD_VALUES])
+@pytest.mark.parametrize(
+    ("name", "value", "error"), BAD_VALUES, ids=[f"{n}={v!r}" for n, v, _ in BAD_VALUES]
+)
 def test_bad_names_and_values_are_refused_and_change_nothing(fx, name, value, error):
     index = fx.IndexIVFFlat(fx.IndexFlatL2(D), D, 16)
     index.train(TRAIN)
@@ -196,8 +216,9 @@ def test_bad_names_and_values_are_refused_and_change_nothing(fx, name, value, er
         index.set_parameter(name, value)
     assert isinstance(info.value, ValueError if error is InvalidArgument else AttributeError)
     if error is UnknownParameter:
-        assert "nprobe" in str(info.value) and "batch_size" in str(info.value), \
+        assert "nprobe" in str(info.value) and "batch_size" in str(info.value), (
             "the message lists the known names"
+        )
         with pytest.raises(UnknownParameter):
             index.get_parameter(name)
     with pytest.raises(error):
@@ -235,6 +256,7 @@ def test_faiss_classes_gain_only_two_methods_and_keep_their_identity():
 
 
 # -- batching and progress ----------------------------------------------------------------------
+
 
 def test_batch_size_streams_add_and_search_in_chunks(fx, monkeypatch):
     index = fx.IndexFlatL2(D)
@@ -297,16 +319,25 @@ def test_progress_bar_on_request_and_by_default(fx, capsys):
 
 # -- memory ------------------------------------------------------------------------------------
 
+
 def test_memory_options_are_validated():
     assert memory_manager.get_option("max_memory_usage_mb") is None
     memory_manager.set_option("max_memory_usage_mb", 512)
     memory_manager.set_option("use_memory_mapping", True)
     memory_manager.set_option("index_cache_size", 10)
-    assert memory_manager.options() == {"max_memory_usage_mb": 512.0, "use_memory_mapping": True,
-                                        "index_cache_size": 10}
-    for name, value in (("max_memory_usage_mb", 0), ("max_memory_usage_mb", -1),
-                        ("max_memory_usage_mb", "1GB"), ("use_memory_mapping", 1),
-                        ("index_cache_size", -1), ("index_cache_size", 1.5)):
+    assert memory_manager.options() == {
+        "max_memory_usage_mb": 512.0,
+        "use_memory_mapping": True,
+        "index_cache_size": 10,
+    }
+    for name, value in (
+        ("max_memory_usage_mb", 0),
+        ("max_memory_usage_mb", -1),
+        ("max_memory_usage_mb", "1GB"),
+        ("use_memory_mapping", 1),
+        ("index_cache_size", -1),
+        ("index_cache_size", 1.5),
+    ):
         with pytest.raises(InvalidArgument):
             memory_manager.set_option(name, value)
     with pytest.raises(UnknownParameter):
@@ -371,7 +402,7 @@ def test_server_max_memory_refuses_creates_and_adds(start_server):
     client.configure(server=srv.endpoint, timeout=120)
     try:
         a = client.IndexFlatL2(D, name="a")
-        a.add(BASE[:4000 // 8])  # 32 kB
+        a.add(BASE[: 4000 // 8])  # 32 kB
         big = np.tile(BASE, (8, 1))  # 8000 x 64 B = 512 kB: would cross
         before = a.search(QUERIES, K)
         with pytest.raises(QuotaExceeded) as info:
@@ -425,6 +456,7 @@ def test_memory_mapped_read_index(tmp_path):
 
 # -- vector cache --------------------------------------------------------------------------------
 
+
 def test_reconstruct_cache_counts_hits_and_is_invalidated_by_mutations(remote):
     index = remote.IndexFlatL2(D)
     index.add(BASE)
@@ -474,8 +506,13 @@ def test_gpu_mode_without_a_gpu_is_a_clear_error(monkeypatch):
 
 @needs_cpu_faiss
 def test_server_gpu_flag_without_a_gpu_stops_with_a_clear_error():
-    proc = subprocess.run([str(FAISSX), "serve", "--port", "1", "--gpu"], env=server_env(),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(FAISSX), "serve", "--port", "1", "--gpu"],
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "GPU build of faiss" in proc.stderr
 

@@ -83,14 +83,15 @@ def test_pipelined_search_matches_one_call(remote):
     keep = np.arange(0, len(BASE), 3, dtype=np.int64)
     reference = faiss.IndexFlatL2(D)
     reference.add(BASE)
-    local = reference.search(QUERIES, K, params=faiss.SearchParameters(
-        sel=faiss.IDSelectorBatch(keep)))
-    got = index.search(QUERIES, K, params=remote.SearchParameters(
-        sel=remote.IDSelectorBatch(keep)))
+    local = reference.search(
+        QUERIES, K, params=faiss.SearchParameters(sel=faiss.IDSelectorBatch(keep))
+    )
+    got = index.search(QUERIES, K, params=remote.SearchParameters(sel=remote.IDSelectorBatch(keep)))
     np.testing.assert_array_equal(got[1], local[1])
 
 
 # -- the wire underneath ------------------------------------------------------------------------
+
 
 @pytest.fixture
 def wire(server):
@@ -106,8 +107,9 @@ def _add(name: str, x: np.ndarray, **extra) -> list[bytes]:
 def test_writes_on_one_index_apply_in_arrival_order(wire):
     """Fifty one-vector adds sent back to back, none awaited: the rows land in send order."""
     name = f"order-{uuid.uuid4().hex[:8]}"
-    wire.ok(header("create", index=name, args={"spec": {"type": "IndexFlatL2",
-                                                        "params": {"d": D}}}))
+    wire.ok(
+        header("create", index=name, args={"spec": {"type": "IndexFlatL2", "params": {"d": D}}})
+    )
     for row in BASE[:50]:
         wire.send(_add(name, row[None, :]))
     replies = [wire.recv() for _ in range(50)]
@@ -118,8 +120,9 @@ def test_writes_on_one_index_apply_in_arrival_order(wire):
 
 def test_after_names_the_write_that_must_have_succeeded(wire):
     name = f"after-{uuid.uuid4().hex[:8]}"
-    wire.ok(header("create", index=name, args={"spec": {"type": "IndexFlatL2",
-                                                        "params": {"d": D}}}))
+    wire.ok(
+        header("create", index=name, args={"spec": {"type": "IndexFlatL2", "params": {"d": D}}})
+    )
     first = uuid.uuid4().hex
     wire.ok(header("add", index=name, idem=first), {"x": BASE[:10]})
     wire.ok(header("add", index=name, idem=uuid.uuid4().hex, after=first), {"x": BASE[10:20]})
@@ -141,6 +144,7 @@ def test_after_names_the_write_that_must_have_succeeded(wire):
 
 
 # -- the queue itself ---------------------------------------------------------------------------
+
 
 def test_serial_queues_keep_order_per_key_and_run_keys_side_by_side():
     with ThreadPoolExecutor(4) as pool:
@@ -171,11 +175,14 @@ def test_serial_queues_keep_order_per_key_and_run_keys_side_by_side():
 def test_reserve_makes_room_without_adding(wire):
     """``reserve`` is a hint: storage grows ahead, ntotal and contents are only what was sent."""
     name = f"reserve-{uuid.uuid4().hex[:8]}"
-    wire.ok(header("create", index=name, args={"spec": {"type": "IndexFlatL2",
-                                                        "params": {"d": D}}}))
+    wire.ok(
+        header("create", index=name, args={"spec": {"type": "IndexFlatL2", "params": {"d": D}}})
+    )
     for lo in range(0, 300, 100):
-        wire.ok(header("add", index=name, idem=uuid.uuid4().hex,
-                       args={"reserve": 1000 - lo}), {"x": BASE[lo:lo + 100]})
+        wire.ok(
+            header("add", index=name, idem=uuid.uuid4().hex, args={"reserve": 1000 - lo}),
+            {"x": BASE[lo : lo + 100]},
+        )
     info, _ = wire.ok(header("info", index=name))
     assert info["ntotal"] == 300
     _, out = wire.ok(header("reconstruct_n", index=name, args={"n0": 0, "ni": 300}))

@@ -95,13 +95,17 @@ def reconnects():
 
 # -- the recovery API ------------------------------------------------------------------------
 
+
 def test_recovery_is_importable_at_the_seeds_path():
     import faissx.client.recovery as seed_path
     from faissx.client.recovery import configure_recovery, on_reconnect, with_retry
 
     assert seed_path is recovery
     assert (configure_recovery, on_reconnect, with_retry) == (
-        fx.configure_recovery, fx.on_reconnect, fx.with_retry)
+        fx.configure_recovery,
+        fx.on_reconnect,
+        fx.with_retry,
+    )
 
 
 def test_backoff_grows_is_capped_and_jittered():
@@ -146,11 +150,13 @@ def test_with_retry_repeats_keys_and_gives_up_with_the_last_error():
 
 # -- restarts and crashes --------------------------------------------------------------------
 
+
 def test_searches_survive_kill_and_restart(servers, tmp_path, reconnects):
     srv = servers("--data-dir", str(tmp_path / "data"))
     fx.configure(server=srv.endpoint, timeout=20, heartbeat=0.2)
-    recovery.configure_recovery(max_retries=100, initial_backoff=0.05, backoff_factor=2,
-                                max_backoff=0.5)
+    recovery.configure_recovery(
+        max_retries=100, initial_backoff=0.05, backoff_factor=2, max_backoff=0.5
+    )
     index = fx.IndexFlatL2(D, name="docs")
     index.add(BASE)
     stop = threading.Event()
@@ -181,8 +187,8 @@ def test_searches_survive_kill_and_restart(servers, tmp_path, reconnects):
         srv.start()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not all(
-                sum(end > restart and out == "ok" for _, end, out in c) >= 20
-                for c in calls.values()):
+            sum(end > restart and out == "ok" for _, end, out in c) >= 20 for c in calls.values()
+        ):
             time.sleep(0.05)
     finally:
         stop.set()
@@ -235,8 +241,7 @@ def test_write_applied_but_reply_lost_is_applied_once(servers, tmp_path, op, rec
 
 
 def test_with_retry_reruns_a_failed_write_without_applying_it_twice(servers, tmp_path):
-    srv = servers("--data-dir", str(tmp_path / "data"),
-                  env={"FAISSX_TEST_CRASH_AFTER_WRITES": "1"})
+    srv = servers("--data-dir", str(tmp_path / "data"), env={"FAISSX_TEST_CRASH_AFTER_WRITES": "1"})
     # Each call gives up after 1 s, and the server stays away longer: the transport's own
     # retries fail, and with_retry must run the function again.
     fx.configure(server=srv.endpoint, timeout=1.0, heartbeat=0.2)
@@ -280,8 +285,15 @@ def test_repeated_key_is_answered_from_memory(server):
     ids = iter(range(1, 100))
 
     def send(op, args=None, arrays=None, idem=None):
-        header = {"v": 1, "id": next(ids), "op": op, "index": name, "args": args or {},
-                  "tenant": tenant, "idem": idem}
+        header = {
+            "v": 1,
+            "id": next(ids),
+            "op": op,
+            "index": name,
+            "args": args or {},
+            "tenant": tenant,
+            "idem": idem,
+        }
         descs, frames = [], []
         for key, arr in (arrays or {}).items():
             descs.append({"name": key, "dtype": str(arr.dtype), "shape": list(arr.shape)})
@@ -319,11 +331,13 @@ def test_repeated_key_is_answered_from_memory(server):
 
 # -- a server that stays away ----------------------------------------------------------------
 
+
 def test_frozen_server_fails_fast_then_recovers(servers, reconnects):
     srv = servers()
     fx.configure(server=srv.endpoint, timeout=30, heartbeat=0.2)
-    recovery.configure_recovery(max_retries=2, initial_backoff=0.1, backoff_factor=2,
-                                max_backoff=0.5)
+    recovery.configure_recovery(
+        max_retries=2, initial_backoff=0.1, backoff_factor=2, max_backoff=0.5
+    )
     index = fx.IndexFlatL2(D)
     index.add(BASE)
     srv.signal(signal.SIGSTOP)
@@ -360,6 +374,7 @@ def test_dead_server_fails_within_the_timeout(servers):
 
 # -- many threads, one client ----------------------------------------------------------------
 
+
 def test_sixteen_threads_share_one_client(remote):
     shared = remote.IndexFlatL2(D)
     shared.add(BASE)
@@ -387,9 +402,9 @@ def test_sixteen_threads_share_one_client(remote):
                 _, found = shared.search(BASE[ids], 1)
                 if found[:, 0].tolist() != ids.tolist():
                     errors.append(f"thread {thread}: got another thread's search reply")
-                own.add(mine[step: step + 1])
-                sink.add(mine[step: step + 1])
-                _, found = own.search(mine[step: step + 1], 1)
+                own.add(mine[step : step + 1])
+                sink.add(mine[step : step + 1])
+                _, found = own.search(mine[step : step + 1], 1)
                 if found[0, 0] != step or own.ntotal != step + 1:
                     errors.append(f"thread {thread}: its own index answered wrongly")
                 if not long_done.is_set():

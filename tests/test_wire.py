@@ -41,10 +41,21 @@ def next_id() -> int:
     return next(_ids)
 
 
-def header(op: str, *, rid: int | None = None, index: str | None = None,
-           args: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    h: dict[str, Any] = {"v": 1, "id": next_id() if rid is None else rid, "op": op,
-                         "args": args or {}, "arrays": []}
+def header(
+    op: str,
+    *,
+    rid: int | None = None,
+    index: str | None = None,
+    args: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    h: dict[str, Any] = {
+        "v": 1,
+        "id": next_id() if rid is None else rid,
+        "op": op,
+        "args": args or {},
+        "arrays": [],
+    }
     if index is not None:
         h["index"] = index
     h.update(extra)
@@ -86,24 +97,28 @@ class Wire:
         assert time.monotonic() - start < BOUND
         return reply
 
-    def ok(self, h: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
-           ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def ok(
+        self, h: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """A well-formed request that must succeed; returns (result, arrays)."""
         reply, frames = self.call(message(h, arrays if arrays is not None else {}))
         assert reply["ok"] is True, reply
         assert reply["id"] == h["id"]
         descs = reply.get("arrays", [])
         assert len(descs) == len(frames)
-        out = {d["name"]: np.frombuffer(f, dtype=d["dtype"]).reshape(d["shape"])
-               for d, f in zip(descs, frames, strict=True)}
+        out = {
+            d["name"]: np.frombuffer(f, dtype=d["dtype"]).reshape(d["shape"])
+            for d, f in zip(descs, frames, strict=True)
+        }
         return reply.get("result", {}), out
 
     def close(self) -> None:
         self.sock.close(0)
 
 
-def assert_error(reply: tuple[dict[str, Any], list[bytes]], code: str | tuple[str, ...],
-                 rid: int) -> dict:
+def assert_error(
+    reply: tuple[dict[str, Any], list[bytes]], code: str | tuple[str, ...], rid: int
+) -> dict:
     h, frames = reply
     assert h.get("v") == 1, h
     assert h.get("ok") is False, h
@@ -131,8 +146,13 @@ class Target:
 
     def __init__(self, wire: Wire) -> None:
         self.name = f"wire-target-{uuid.uuid4().hex[:12]}"
-        info, _ = wire.ok(header("create", index=self.name,
-                                 args={"spec": {"type": "IndexFlatL2", "params": {"d": D}}}))
+        info, _ = wire.ok(
+            header(
+                "create",
+                index=self.name,
+                args={"spec": {"type": "IndexFlatL2", "params": {"d": D}}},
+            )
+        )
         assert info["ntotal"] == 0 and info["d"] == D
         result, _ = wire.ok(header("add", index=self.name), {"x": BASE})
         assert result["ntotal"] == len(BASE)
@@ -179,6 +199,7 @@ def _unreadable(frame: bytes):
 
 def _bad_header(code: str = "protocol_error", **fields: Any):
     """An ``info`` header with ``fields`` changed (None deletes a field)."""
+
     def build(t: Target):
         h = header("info", index=t.name)
         for key, value in fields.items():
@@ -189,27 +210,39 @@ def _bad_header(code: str = "protocol_error", **fields: Any):
         rid = h.get("id")
         rid = rid if type(rid) is int and 0 <= rid < 1 << 63 else 0
         return [msgpack.packb(h, use_bin_type=True)], code, rid
+
     return build
 
 
-def _search_with(descs: list[Any], frames: list[bytes],
-                 code: str | tuple[str, ...] = "protocol_error",
-                 op: str = "search"):
+def _search_with(
+    descs: list[Any],
+    frames: list[bytes],
+    code: str | tuple[str, ...] = "protocol_error",
+    op: str = "search",
+):
     def build(t: Target):
         h = header(op, index=t.name, args={"k": K} if op == "search" else {})
         return _raw(h, descs, frames), code, h["id"]
+
     return build
 
 
 _TARGET = "<the target index>"
 
 
-def _request(op: str, code: str, arrays: dict[str, np.ndarray] | None = None,
-             index: str | None = _TARGET, **fields: Any):
+def _request(
+    op: str,
+    code: str,
+    arrays: dict[str, np.ndarray] | None = None,
+    index: str | None = _TARGET,
+    **fields: Any,
+):
     """A well-framed request that the server must refuse for what it asks."""
+
     def build(t: Target):
         h = header(op, index=t.name if index == _TARGET else index, **fields)
         return message(h, arrays if arrays is not None else {}), code, h["id"]
+
     return build
 
 
@@ -267,16 +300,16 @@ MALFORMED = {
     "one-desc-no-frame": _search_with([_desc("float32", [2, D])], []),
     "no-desc-one-frame": _search_with([], [F32.tobytes()]),
     "two-descs-one-frame": _search_with(
-        [_desc("float32", [2, D]), _desc("int64", [2], "ids")], [F32.tobytes()]),
-    "nine-arrays": _search_with([_desc("uint8", [1], f"a{i}") for i in range(9)],
-                                [b"\x00"] * 9),
+        [_desc("float32", [2, D]), _desc("int64", [2], "ids")], [F32.tobytes()]
+    ),
+    "nine-arrays": _search_with([_desc("uint8", [1], f"a{i}") for i in range(9)], [b"\x00"] * 9),
     "desc-not-map": _search_with(["x"], [F32.tobytes()]),
-    "desc-extra-field": _search_with([{**_desc("float32", [2, D]), "order": "F"}],
-                                     [F32.tobytes()]),
+    "desc-extra-field": _search_with([{**_desc("float32", [2, D]), "order": "F"}], [F32.tobytes()]),
     "desc-no-name": _search_with([{"dtype": "float32", "shape": [2, D]}], [F32.tobytes()]),
     # dtypes outside the whitelist, frame sized to match
-    "dtype-float64": _search_with([_desc("float64", [2, D])],
-                                  [np.zeros((2, D), "float64").tobytes()]),
+    "dtype-float64": _search_with(
+        [_desc("float64", [2, D])], [np.zeros((2, D), "float64").tobytes()]
+    ),
     "dtype-object": _search_with([_desc("object", [2, D])], [b"\x00" * (2 * D * 8)]),
     "dtype-float16": _search_with([_desc("float16", [2, D])], [b"\x00" * (2 * D * 2)]),
     "dtype-numpy-str": _search_with([_desc("<f4", [2, D])], [F32.tobytes()]),
@@ -297,73 +330,100 @@ MALFORMED = {
     "shape-float": _search_with([_desc("float32", [2.0, 16.0])], [F32.tobytes()]),
     # more than two dimensions, bytes matching: no op takes one (the descriptor model admits
     # three dimensions and leaves the refusal to the op, four are refused by the framing)
-    "shape-3d": _search_with([_desc("float32", [1, 2, D])], [F32.tobytes()],
-                             ("protocol_error", "invalid_argument")),
-    "shape-3d-add": _search_with([_desc("float32", [2, 1, D])], [F32.tobytes()],
-                                 ("protocol_error", "invalid_argument"), op="add"),
+    "shape-3d": _search_with(
+        [_desc("float32", [1, 2, D])], [F32.tobytes()], ("protocol_error", "invalid_argument")
+    ),
+    "shape-3d-add": _search_with(
+        [_desc("float32", [2, 1, D])],
+        [F32.tobytes()],
+        ("protocol_error", "invalid_argument"),
+        op="add",
+    ),
     "shape-4d": _search_with([_desc("float32", [1, 1, 2, D])], [F32.tobytes()]),
     # well-framed, but wrong for the index
-    "uint8-vectors-add": _request("add", "invalid_argument",
-                                  {"x": np.ones((2, D), "uint8")}),
-    "uint8-vectors-search": _request("search", "invalid_argument",
-                                     {"x": np.ones((2, D), "uint8")}, args={"k": K}),
+    "uint8-vectors-add": _request("add", "invalid_argument", {"x": np.ones((2, D), "uint8")}),
+    "uint8-vectors-search": _request(
+        "search", "invalid_argument", {"x": np.ones((2, D), "uint8")}, args={"k": K}
+    ),
     "int64-vectors-add": _request("add", "invalid_argument", {"x": np.ones((2, D), "int64")}),
     "1d-vectors-add": _request("add", "invalid_argument", {"x": np.ones(D, "float32")}),
     "scalar-vector-add": _request("add", "invalid_argument", {"x": np.float32(1.0)}),
     "wrong-dim-add": _request("add", "invalid_argument", {"x": np.ones((2, D + 1), "float32")}),
-    "wrong-dim-search": _request("search", "invalid_argument",
-                                 {"x": np.ones((2, D - 1), "float32")}, args={"k": K}),
-    "nan-add": _request("add", "invalid_argument",
-                        {"x": np.full((2, D), np.nan, "float32")}),
-    "inf-search": _request("search", "invalid_argument",
-                           {"x": np.full((1, D), np.inf, "float32")}, args={"k": K}),
+    "wrong-dim-search": _request(
+        "search", "invalid_argument", {"x": np.ones((2, D - 1), "float32")}, args={"k": K}
+    ),
+    "nan-add": _request("add", "invalid_argument", {"x": np.full((2, D), np.nan, "float32")}),
+    "inf-search": _request(
+        "search", "invalid_argument", {"x": np.full((1, D), np.inf, "float32")}, args={"k": K}
+    ),
     "missing-x": _request("add", "invalid_argument", {}),
     "misnamed-x": _request("add", "invalid_argument", {"y": np.ones((2, D), "float32")}),
-    "ids-uint64": _request("add_with_ids", "invalid_argument",
-                           {"x": np.ones((2, D), "float32"), "ids": np.arange(2, dtype="uint64")}),
-    "ids-mismatch": _request("add_with_ids", "invalid_argument",
-                             {"x": np.ones((2, D), "float32"), "ids": np.arange(3)}),
+    "ids-uint64": _request(
+        "add_with_ids",
+        "invalid_argument",
+        {"x": np.ones((2, D), "float32"), "ids": np.arange(2, dtype="uint64")},
+    ),
+    "ids-mismatch": _request(
+        "add_with_ids", "invalid_argument", {"x": np.ones((2, D), "float32"), "ids": np.arange(3)}
+    ),
     "k-zero": _request("search", "invalid_argument", {"x": QUERIES}, args={"k": 0}),
     "k-negative": _request("search", "invalid_argument", {"x": QUERIES}, args={"k": -1}),
     "k-huge": _request("search", "invalid_argument", {"x": QUERIES}, args={"k": 2**62}),
     "k-str": _request("search", "invalid_argument", {"x": QUERIES}, args={"k": "many"}),
     "k-missing": _request("search", "invalid_argument", {"x": QUERIES}),
-    "unknown-arg": _request("search", "invalid_argument", {"x": QUERIES},
-                            args={"k": K, "nprobe": 3}),
-    "reconstruct-out-of-range": _request("reconstruct", "out_of_range",
-                                         args={"key": len(BASE)}),
+    "unknown-arg": _request(
+        "search", "invalid_argument", {"x": QUERIES}, args={"k": K, "nprobe": 3}
+    ),
+    "reconstruct-out-of-range": _request("reconstruct", "out_of_range", args={"key": len(BASE)}),
     "reconstruct-negative": _request("reconstruct", "out_of_range", args={"key": -1}),
-    "reconstruct_n-beyond": _request("reconstruct_n", "out_of_range",
-                                     args={"n0": 0, "ni": len(BASE) + 1}),
-    "reconstruct_n-negative": _request("reconstruct_n", "invalid_argument",
-                                       args={"n0": 0, "ni": -1}),
-    "unknown-parameter": _request("set_parameter", "unknown_parameter",
-                                  args={"name": "nprobe", "value": 2}),
-    "no-index-for-search": _request("search", "invalid_argument", {"x": QUERIES},
-                                    index=None, args={"k": K}),
+    "reconstruct_n-beyond": _request(
+        "reconstruct_n", "out_of_range", args={"n0": 0, "ni": len(BASE) + 1}
+    ),
+    "reconstruct_n-negative": _request(
+        "reconstruct_n", "invalid_argument", args={"n0": 0, "ni": -1}
+    ),
+    "unknown-parameter": _request(
+        "set_parameter", "unknown_parameter", args={"name": "nprobe", "value": 2}
+    ),
+    "no-index-for-search": _request(
+        "search", "invalid_argument", {"x": QUERIES}, index=None, args={"k": K}
+    ),
     # names and tenants
     "traversal-name": _request("info", "invalid_argument", index="../wire-target"),
     "nul-name": _request("info", "invalid_argument", index="wire\x00target"),
     "unknown-name": _request("info", "index_not_found", index=f"nope-{uuid.uuid4().hex}"),
     "delete-unknown": _request("delete", "index_not_found", index=f"nope-{uuid.uuid4().hex}"),
-    "other-tenant": lambda t: _request("info", "index_not_found",
-                                       tenant=f"someone-else-{uuid.uuid4().hex[:8]}")(t),
-    "other-tenant-delete": lambda t: _request("delete", "index_not_found",
-                                              tenant=f"someone-else-{uuid.uuid4().hex[:8]}")(t),
-    "other-tenant-add": lambda t: _request("add", "index_not_found", {"x": BASE[:2]},
-                                           tenant=f"someone-else-{uuid.uuid4().hex[:8]}")(t),
-    "other-session-unnamed": _request("info", "index_not_found",
-                                      index=f"anon-{uuid.uuid4().hex[:12]}-1",
-                                      session=uuid.uuid4().hex),
+    "other-tenant": lambda t: _request(
+        "info", "index_not_found", tenant=f"someone-else-{uuid.uuid4().hex[:8]}"
+    )(t),
+    "other-tenant-delete": lambda t: _request(
+        "delete", "index_not_found", tenant=f"someone-else-{uuid.uuid4().hex[:8]}"
+    )(t),
+    "other-tenant-add": lambda t: _request(
+        "add", "index_not_found", {"x": BASE[:2]}, tenant=f"someone-else-{uuid.uuid4().hex[:8]}"
+    )(t),
+    "other-session-unnamed": _request(
+        "info", "index_not_found", index=f"anon-{uuid.uuid4().hex[:12]}-1", session=uuid.uuid4().hex
+    ),
     "bad-tenant": _request("info", "invalid_argument", tenant="../default"),
-    "create-bad-spec": _request("create", "invalid_argument", index=f"w-{uuid.uuid4().hex[:8]}",
-                                args={"spec": {"type": "IndexFlatL2", "params": {"d": -1}}}),
-    "create-unknown-type": _request("create", "unknown_index_type",
-                                    index=f"w-{uuid.uuid4().hex[:8]}",
-                                    args={"spec": {"type": "IndexNoSuchThing", "params": {}}}),
+    "create-bad-spec": _request(
+        "create",
+        "invalid_argument",
+        index=f"w-{uuid.uuid4().hex[:8]}",
+        args={"spec": {"type": "IndexFlatL2", "params": {"d": -1}}},
+    ),
+    "create-unknown-type": _request(
+        "create",
+        "unknown_index_type",
+        index=f"w-{uuid.uuid4().hex[:8]}",
+        args={"spec": {"type": "IndexNoSuchThing", "params": {}}},
+    ),
     "create-existing": lambda t: _request(
-        "create", "index_exists", index=t.name,
-        args={"spec": {"type": "IndexFlatL2", "params": {"d": D}}})(t),
+        "create",
+        "index_exists",
+        index=t.name,
+        args={"spec": {"type": "IndexFlatL2", "params": {"d": D}}},
+    )(t),
 }
 
 
@@ -381,8 +441,11 @@ def test_malformed_message_gets_a_typed_error(wire, target, server, case):
 def test_duplicate_array_names_are_refused(wire, target):
     """Two frames both named ``x``: the request is ambiguous and must not be half-read."""
     h = header("search", index=target.name, args={"k": K})
-    frames = _raw(h, [_desc("float32", [2, D]), _desc("float32", [len(QUERIES), D])],
-                  [F32.tobytes(), QUERIES.tobytes()])
+    frames = _raw(
+        h,
+        [_desc("float32", [2, D]), _desc("float32", [len(QUERIES), D])],
+        [F32.tobytes(), QUERIES.tobytes()],
+    )
     assert_error(wire.call(frames), "protocol_error", h["id"])
     target.assert_unchanged(wire)
 
@@ -452,7 +515,9 @@ def test_barrage_then_normal_client(server, target, remote):
                 continue
             code, case = expected.pop(reply["id"])
             assert reply["error"]["code"] in ((code,) if isinstance(code, str) else code), (
-                case, reply)
+                case,
+                reply,
+            )
         assert expected == {} and zero_replies == unreadable
         assert not w.sock.poll(200), "more replies than requests"
         target.assert_unchanged(w)

@@ -1,8 +1,8 @@
 """The FAISSx server, and the seed's Python spelling of it::
 
-    from faissx import server
-    server.configure(port=45678, data_dir="/data", auth_keys={"key": "tenant"}, enable_auth=True)
-    server.run()
+from faissx import server
+server.configure(port=45678, data_dir="/data", auth_keys={"key": "tenant"}, enable_auth=True)
+server.run()
 """
 
 from __future__ import annotations
@@ -33,8 +33,13 @@ def configure(
     """Validate and remember the settings :func:`run` will use; returns them."""
     global _settings
     _settings = ServerSettings(
-        port=port, bind_address=bind_address, data_dir=data_dir, auth_keys=auth_keys or {},
-        auth_file=auth_file, enable_auth=enable_auth, **more,
+        port=port,
+        bind_address=bind_address,
+        data_dir=data_dir,
+        auth_keys=auth_keys or {},
+        auth_file=auth_file,
+        enable_auth=enable_auth,
+        **more,
     )
     return _settings
 
@@ -47,7 +52,8 @@ def get_config() -> dict[str, Any]:
     config = (_settings or ServerSettings()).model_dump(mode="json")
     config["auth_keys"] = {
         f"sha256:{hashlib.sha256(key.encode()).hexdigest()[:12]}": tenant
-        for key, tenant in config.get("auth_keys", {}).items()}
+        for key, tenant in config.get("auth_keys", {}).items()
+    }
     if config.get("curve_secret_key") is not None:
         config["curve_secret_key"] = "(set)"
     return config

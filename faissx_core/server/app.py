@@ -87,13 +87,15 @@ class Server:
         self.registry.manager.register(storage, name="builtin:faissx_core.server.storage")
         self.registry.manager.register(KeyStore(settings), name="builtin:keystore")
         store = self.registry.hook.faissx_open_store(settings=settings)
-        max_memory = (int(settings.max_memory_mb * (1 << 20))
-                      if settings.max_memory_mb is not None else None)
+        max_memory = (
+            int(settings.max_memory_mb * (1 << 20)) if settings.max_memory_mb is not None else None
+        )
         self.backend = make_backend(settings, self.registry, store, max_memory)
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="faissx-worker")
         self.writes = SerialQueues(self.pool)  # each index's writes, in arrival order
-        self.fair = FairScheduler(self.pool, settings.workers, heavy=SMALL_WORK,
-                                  quantum=INLINE_WORK)  # reads: one tenant cannot starve others
+        self.fair = FairScheduler(
+            self.pool, settings.workers, heavy=SMALL_WORK, quantum=INLINE_WORK
+        )  # reads: one tenant cannot starve others
         self.limits = Limits(settings)  # request sizes, tenant quotas, per-key rates
         self.uploads = Uploads(self.backend)  # imports larger than one message, being assembled
         self.progress = Progress(settings.progress_every)  # heartbeats of long requests
@@ -164,12 +166,20 @@ class Server:
             log.info("metrics on http://%s:%d/metrics", self.settings.bind_address, port)
         loaded = self.backend.load(self._replay)
         if self.backend.store is not None:
-            log.info("data dir %s: %d index(es) reopened; fsync=%s", self.settings.data_dir,
-                     loaded, self.settings.fsync)
-        log.info("faissx %s listening on %s (plugins: %s; workers: %d; auth: %s)",
-                 __version__, ", ".join(self.settings.endpoints), ", ".join(sorted(
-                     p for p, i in self.registry.plugins.items() if i.enabled)) or "none",
-                 self.settings.workers, "on" if self.settings.enable_auth else "off")
+            log.info(
+                "data dir %s: %d index(es) reopened; fsync=%s",
+                self.settings.data_dir,
+                loaded,
+                self.settings.fsync,
+            )
+        log.info(
+            "faissx %s listening on %s (plugins: %s; workers: %d; auth: %s)",
+            __version__,
+            ", ".join(self.settings.endpoints),
+            ", ".join(sorted(p for p, i in self.registry.plugins.items() if i.enabled)) or "none",
+            self.settings.workers,
+            "on" if self.settings.enable_auth else "off",
+        )
         # The socket thread only runs small reads inline (INLINE_WORK): one OpenMP thread each,
         # since waking a team costs more than such a search and would compete with the pool.
         faiss.omp_set_num_threads(1)
@@ -208,8 +218,11 @@ class Server:
                 try:
                     self.backend.store.close()
                 except OSError as exc:  # e.g. a full disk: say so plainly, no traceback
-                    log.critical("shutdown: %s; writes acknowledged since the last fsync may "
-                                 "be lost on power failure", exc)
+                    log.critical(
+                        "shutdown: %s; writes acknowledged since the last fsync may "
+                        "be lost on power failure",
+                        exc,
+                    )
                     self.exit_code = EXIT_UNSYNCED
             self.metrics.close()
             router.close()
@@ -227,8 +240,9 @@ class Server:
         limit = self.settings.max_connections
         if limit is None:
             limit = default_max_connections(fd_limit)
-        log.info("open-file limit %d; at most %s client connection(s)", fd_limit,
-                 limit or "unlimited")
+        log.info(
+            "open-file limit %d; at most %s client connection(s)", fd_limit, limit or "unlimited"
+        )
         return ConnectionCount(router, limit) if limit else None
 
     def _forward(self, replies: zmq.Socket, router: zmq.Socket) -> None:
@@ -258,11 +272,15 @@ class Server:
             op = call.op = operation(request.op)
             if op.access == "none":  # ping: no key, nothing to look up
                 call.inline = True
-                self._finish(call, router, self._ok(request.id, self._ping(
-                    None, request, op.parse(request.args), arrays)))
+                self._finish(
+                    call,
+                    router,
+                    self._ok(request.id, self._ping(None, request, op.parse(request.args), arrays)),
+                )
                 return
             principal = self.registry.hook.faissx_authenticate(
-                api_key=request.api_key, tenant=request.tenant, settings=self.settings)
+                api_key=request.api_key, tenant=request.tenant, settings=self.settings
+            )
             call.tenant = principal.tenant
             if op.access == "write" and not principal.can_write:
                 raise PermissionDenied(f"a {principal.role} key may not {op.name}")
@@ -277,21 +295,37 @@ class Server:
                 self.progress.start(call.ident, call.request_id)
             if op.ordered and request.index is not None:
                 # in arrival order per index: a pipelined add's parts must not overtake
-                self.writes.submit((principal.tenant, request.index),
-                                   lambda: self._work(call, principal, op, request, arrays))
+                self.writes.submit(
+                    (principal.tenant, request.index),
+                    lambda: self._work(call, principal, op, request, arrays),
+                )
             else:  # reads and control ops: fair queueing per tenant (fairness.py)
-                self.fair.submit(principal.tenant, self._cost(principal, op, request, arrays),
-                                 lambda: self._work(call, principal, op, request, arrays))
+                self.fair.submit(
+                    principal.tenant,
+                    self._cost(principal, op, request, arrays),
+                    lambda: self._work(call, principal, op, request, arrays),
+                )
         except FaissxError as exc:
             call.request_id = call.request_id or request_id(frames)
             self._finish(call, router, self._error(call.request_id, exc), exc.code)
         except Exception as exc:  # a bug must cost one request, not the server
             log.exception("unexpected error decoding a request")
-            self._finish(call, router, self._error(call.request_id, InternalError(str(exc))),
-                         InternalError.code)
+            self._finish(
+                call,
+                router,
+                self._error(call.request_id, InternalError(str(exc))),
+                InternalError.code,
+            )
 
-    def _inline(self, call: Call, principal: Principal, op: Operation, request: Request,
-                arrays: Arrays, router: zmq.Socket) -> bool:
+    def _inline(
+        self,
+        call: Call,
+        principal: Principal,
+        op: Operation,
+        request: Request,
+        arrays: Arrays,
+        router: zmq.Socket,
+    ) -> bool:
         """Answer a small read right here if its index is free; False sends it to the pool."""
         if op.target != "index" or op.mutates:
             return False
@@ -310,15 +344,15 @@ class Server:
         call.inline = True
         try:
             frames, outcome = self._respond(
-                request, lambda: self._run(self.index_ops[op.name], managed, request, arrays,
-                                           locked=True))
+                request,
+                lambda: self._run(self.index_ops[op.name], managed, request, arrays, locked=True),
+            )
         finally:
             managed.lock.release_read()
         self._finish(call, router, frames, outcome)
         return True
 
-    def _cost(self, principal: Principal, op: Operation, request: Request, arrays: Arrays
-              ) -> float:
+    def _cost(self, principal: Principal, op: Operation, request: Request, arrays: Arrays) -> float:
         """Estimated work of a pooled read (what fair queueing weighs it by); 0 for others."""
         if op.target != "index" or op.mutates:
             return 0.0
@@ -329,29 +363,37 @@ class Server:
         x = arrays.get("x")
         return managed.search_work(x.shape[0] if x is not None and x.ndim else 1, request.args)
 
-    def _work(self, call: Call, principal: Principal, op: Operation, request: Request,
-              arrays: Arrays) -> None:
+    def _work(
+        self, call: Call, principal: Principal, op: Operation, request: Request, arrays: Arrays
+    ) -> None:
         """On the pool: run the request (once per idempotency key) and send its reply."""
         outcome: str | None = None
 
         def execute() -> list[Any]:
             nonlocal outcome
             frames, outcome = self._respond(
-                request, lambda: self._execute(principal, op, request, arrays))
+                request, lambda: self._execute(principal, op, request, arrays)
+            )
             return frames
 
         if request.idem is not None and op.keyed:
+
             def reply(token: Call, frames: list[Any], deduplicated: bool) -> None:
                 token.deduplicated = deduplicated
-                self._finish(token, self._pusher(), frames,
-                             outcome if token is call and not deduplicated else None)
+                self._finish(
+                    token,
+                    self._pusher(),
+                    frames,
+                    outcome if token is call and not deduplicated else None,
+                )
 
             self.idempotency.handle(principal.tenant, request, call, execute, reply)
             return
         self._finish(call, self._pusher(), execute(), outcome)
 
-    def _finish(self, call: Call, sock: zmq.Socket, frames: list[Any],
-                outcome: str | None = "ok") -> None:
+    def _finish(
+        self, call: Call, sock: zmq.Socket, frames: list[Any], outcome: str | None = "ok"
+    ) -> None:
         """Send a request's reply, then tell the observers: the one exit of the pipeline.
         ``outcome`` None means: read it from the reply (one the idempotency table made)."""
         self.progress.finish(call.ident, call.request_id)  # no heartbeat after the answer
@@ -362,8 +404,7 @@ class Server:
         if self.observers:
             self.observers.notify(call.event(frames, outcome or _outcome(frames)))
 
-    def _respond(self, request: Request, execute: Callable[[], list[Any]]
-                 ) -> tuple[list[Any], str]:
+    def _respond(self, request: Request, execute: Callable[[], list[Any]]) -> tuple[list[Any], str]:
         """Frames of the reply to ``request`` (its result, or its error as a typed reply), and
         its outcome: ``ok`` or the error's code."""
         try:
@@ -372,24 +413,38 @@ class Server:
             return self._error(request.id, exc), exc.code
         except Exception as exc:
             log.exception("op %s failed unexpectedly", request.op)
-            return (self._error(request.id, InternalError(f"{type(exc).__name__}: {exc}")),
-                    InternalError.code)
+            return (
+                self._error(request.id, InternalError(f"{type(exc).__name__}: {exc}")),
+                InternalError.code,
+            )
 
-    def _execute(self, principal: Principal, op: Operation, request: Request, arrays: Arrays
-                 ) -> list[Any]:
+    def _execute(
+        self, principal: Principal, op: Operation, request: Request, arrays: Arrays
+    ) -> list[Any]:
         if op.target == "control":
-            return self._ok(request.id, self.control[op.name](
-                principal, request, op.parse(request.args), arrays))
+            return self._ok(
+                request.id,
+                self.control[op.name](principal, request, op.parse(request.args), arrays),
+            )
         managed = self._get(principal, request)
-        if request.after is not None and not self.idempotency.succeeded(principal.tenant,
-                                                                         request.after):
-            raise Aborted(f"{request.op} on {managed.name!r}: not applied, because the part "
-                          "of this call before it was not")
+        if request.after is not None and not self.idempotency.succeeded(
+            principal.tenant, request.after
+        ):
+            raise Aborted(
+                f"{request.op} on {managed.name!r}: not applied, because the part "
+                "of this call before it was not"
+            )
         with self.limits.write(op, principal.tenant, self.backend, arrays):
             return self._run(self.index_ops[op.name], managed, request, arrays)
 
-    def _run(self, op: IndexOp, managed: ManagedIndex, request: Request, arrays: Arrays,
-             locked: bool = False) -> list[Any]:
+    def _run(
+        self,
+        op: IndexOp,
+        managed: ManagedIndex,
+        request: Request,
+        arrays: Arrays,
+        locked: bool = False,
+    ) -> list[Any]:
         args = op.parse(request.args)  # malformed arguments are invalid_argument, first
         self.limits.check_op(op.name, managed, request.args, arrays)
         args._reply_bytes = self.limits.reply_bytes
@@ -397,8 +452,9 @@ class Server:
         if locked:
             result, out = job(managed.index)
         else:
-            record = (LogRecord(op.name, request.args, arrays, request.idem)
-                      if op.decl.logged else None)
+            record = (
+                LogRecord(op.name, request.args, arrays, request.idem) if op.decl.logged else None
+            )
             x = arrays.get("x")
             queries = x.shape[0] if x is not None and x.ndim else 1
             small = not op.write and managed.search_work(queries, request.args) <= SMALL_WORK
@@ -414,12 +470,12 @@ class Server:
         op = self.index_ops[record.op]
         result, _ = op.prepare(managed, op.parse(record.args), record.arrays)(managed.index)
         if record.idem:
-            self.idempotency.remember(managed.tenant, record.idem, record.op, managed.name,
-                                      self._ok(0, result))
+            self.idempotency.remember(
+                managed.tenant, record.idem, record.op, managed.name, self._ok(0, result)
+            )
         return result
 
-    def _get(self, principal: Principal, request: Request, name: str | None = None
-             ) -> ManagedIndex:
+    def _get(self, principal: Principal, request: Request, name: str | None = None) -> ManagedIndex:
         """The caller's index; another session's unnamed index does not exist for it."""
         managed = self.backend.get(principal.tenant, check_name(name or request.index or ""))
         if managed.ephemeral and managed.session != request.session:
@@ -443,18 +499,27 @@ class Server:
         return encode({"v": PROTOCOL_VERSION, "id": rid, "ok": False, "error": exc.to_wire()})
 
     # -- control ops -------------------------------------------------------------------------
-    def _create(self, principal: Principal, request: Request, args: Any,
-               arrays: Arrays) -> dict[str, Any]:
+    def _create(
+        self, principal: Principal, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
         name, session = _target(request, args.ephemeral)
-        with self.limits.new_index(principal.tenant, self.backend, spec=args.spec,
-                                   session=request.session):
-            info = self.backend.create(principal.tenant, name, args.spec, session,
-                                       idem=request.idem, caller=request.session,
-                                       **placement(args.shards, args.replicas)).info()
+        with self.limits.new_index(
+            principal.tenant, self.backend, spec=args.spec, session=request.session
+        ):
+            info = self.backend.create(
+                principal.tenant,
+                name,
+                args.spec,
+                session,
+                idem=request.idem,
+                caller=request.session,
+                **placement(args.shards, args.replicas),
+            ).info()
         return self._hint_volatile(info, args.ephemeral)
 
-    def _import(self, principal: Principal, request: Request, args: Any,
-               arrays: Arrays) -> dict[str, Any]:
+    def _import(
+        self, principal: Principal, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
         """Create an index from ``faiss.serialize_index`` bytes in the ``data`` frame."""
         data = arrays.get("data")
         if data is None or data.dtype != np.uint8 or data.ndim != 1:
@@ -463,16 +528,17 @@ class Server:
             key = (principal.tenant, request.session, check_name(request.index or ""))
             data = self.uploads.part(key, args.offset, args.total, data)
             if data is None:
-                return {"received": args.offset + int(arrays["data"].nbytes),
-                        "total": args.total}
+                return {"received": args.offset + int(arrays["data"].nbytes), "total": args.total}
         with self.backend.reserve(int(data.nbytes), f"importing {request.index!r}"):
             index = deserialize(data)  # faiss builds about what the bytes hold
-        spec = args.spec or IndexSpec(type=IMPORTED.name,
-                                      params={"faiss_class": faiss_class_name(index)})
+        spec = args.spec or IndexSpec(
+            type=IMPORTED.name, params={"faiss_class": faiss_class_name(index)}
+        )
         name, session = _target(request, args.ephemeral)
         with self.limits.new_index(principal.tenant, self.backend, index=index):
-            info = self.backend.create(principal.tenant, name, spec, session, index=index,
-                                       idem=request.idem, op="import").info()
+            info = self.backend.create(
+                principal.tenant, name, spec, session, index=index, idem=request.idem, op="import"
+            ).info()
         return self._hint_volatile(info, args.ephemeral)
 
     def _hint_volatile(self, info: dict[str, Any], ephemeral: bool) -> dict[str, Any]:
@@ -480,12 +546,17 @@ class Server:
         in the reply (the client shows it as a warning)."""
         if ephemeral or self.backend.store is not None:
             return info
-        return {**info, "warnings": [
-            f"index {info['name']!r} is named, but this server keeps indices in memory only "
-            "(no --data-dir): it will not survive a server restart"]}
+        return {
+            **info,
+            "warnings": [
+                f"index {info['name']!r} is named, but this server keeps indices in memory only "
+                "(no --data-dir): it will not survive a server restart"
+            ],
+        }
 
-    def _clone(self, principal: Principal, request: Request, args: Any,
-               arrays: Arrays) -> dict[str, Any]:
+    def _clone(
+        self, principal: Principal, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
         """``faiss.clone_index`` of ``source`` as a new index (``index``), state included."""
         source = self._get(principal, request, args.source)
         with source.lock.read():
@@ -493,104 +564,147 @@ class Server:
             index = run_faiss(lambda: copy(source.index), "clone", source)
         name, session = _target(request, args.ephemeral)
         with self.limits.new_index(principal.tenant, self.backend, index=index):
-            return self.backend.create(principal.tenant, name, source.spec, session,
-                                       index=index).info()
+            return self.backend.create(
+                principal.tenant, name, source.spec, session, index=index
+            ).info()
 
-    def _merge_from(self, principal: Principal, request: Request, args: Any,
-                   arrays: Arrays) -> dict[str, Any]:
+    def _merge_from(
+        self, principal: Principal, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
         """``target.merge_from(source, add_id)``: faiss moves the vectors, emptying the source."""
         target = self._get(principal, request)
         source = self._get(principal, request, args.other)
         if source is target:
             raise InvalidArgument("an index cannot be merged into itself")
         # one commit for both (the moved vectors are in no log), applied once per key
-        return self.backend.merge(target, source, lambda into, other: run_faiss(
-            lambda: into.merge_from(other, args.add_id), "merge_from", target), request.idem)
+        return self.backend.merge(
+            target,
+            source,
+            lambda into, other: run_faiss(
+                lambda: into.merge_from(other, args.add_id), "merge_from", target
+            ),
+            request.idem,
+        )
 
-    def _snapshot(self, principal: Principal, request: Request, args: Any,
-                 arrays: Arrays) -> dict[str, Any]:
+    def _snapshot(
+        self, principal: Principal, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
         """Snapshot one named index (``index``) or all of the tenant's, emptying their logs."""
         if self.backend.store is None:
             raise UnsupportedOperation("this server has no data directory to snapshot into")
-        targets = ([self._get(principal, request)] if request.index
-                   else [m for m in self.backend.list(principal.tenant) if not m.ephemeral])
+        targets = (
+            [self._get(principal, request)]
+            if request.index
+            else [m for m in self.backend.list(principal.tenant) if not m.ephemeral]
+        )
         # tenant-wide: deleted and broken indices are skipped (a named broken one is an error)
-        return {"snapshotted": [m.name for m in targets
-                                if self.backend.snapshot(m, strict=bool(request.index))]}
+        return {
+            "snapshotted": [
+                m.name for m in targets if self.backend.snapshot(m, strict=bool(request.index))
+            ]
+        }
 
-    def _delete(self, principal: Principal, request: Request, args: Any,
-               arrays: Arrays) -> dict[str, Any]:
+    def _delete(
+        self, principal: Principal, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
         self.backend.delete(principal.tenant, self._get(principal, request).name)
         return {}
 
-    def _list(self, principal: Principal, request: Request, args: Any,
-             arrays: Arrays) -> dict[str, Any]:
-        return {"indexes": [
-            m.info() for m in self.backend.list(principal.tenant)
-            if not m.ephemeral or (args.all and m.session == request.session)
-        ] + [d.info() for d in self.backend.damaged(principal.tenant)],
+    def _list(
+        self, principal: Principal, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
+        return {
+            "indexes": [
+                m.info()
+                for m in self.backend.list(principal.tenant)
+                if not m.ephemeral or (args.all and m.session == request.session)
+            ]
+            + [d.info() for d in self.backend.damaged(principal.tenant)],
             "memory_bytes": self.backend.memory_used(principal.tenant),
             "memory_limit_bytes": self.backend.max_memory_bytes,
-            "memory_free_bytes": self.backend.memory_free()}
+            "memory_free_bytes": self.backend.memory_free(),
+        }
 
-    def _ping(self, principal: Principal | None, request: Request, args: Any,
-              arrays: Arrays) -> dict[str, Any]:
+    def _ping(
+        self, principal: Principal | None, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
         """Liveness: answered on the socket thread, without a key."""
         return {"version": __version__, "protocol": PROTOCOL_VERSION}
 
-    def _repair(self, principal: Principal, request: Request, args: Any,
-                arrays: Arrays) -> dict[str, Any]:
+    def _repair(
+        self, principal: Principal, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
         """Rebuild a quarantined index from its intact part; its files are copied aside."""
-        return self.backend.repair(principal.tenant, check_name(request.index or ""),
-                                   self._replay)
+        return self.backend.repair(principal.tenant, check_name(request.index or ""), self._replay)
 
-    def _drop(self, principal: Principal, request: Request, args: Any,
-              arrays: Arrays) -> dict[str, Any]:
+    def _drop(
+        self, principal: Principal, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
         """Delete a quarantined index and its files, on the operator's explicit request."""
         return self.backend.drop(principal.tenant, check_name(request.index or ""))
 
-    def _stats(self, principal: Principal, request: Request, args: Any,
-               arrays: Arrays) -> dict[str, Any]:
+    def _stats(
+        self, principal: Principal, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
         """What ``faissx status`` shows: the server's vitals and the caller's indices.
 
         Server-wide index and memory totals (which sum over tenants) go to admin keys only.
         """
         store = self.backend.store
-        indexes = [{"name": m.name, "type": m.spec.type, "ntotal": int(m.index.ntotal),
-                    "memory_bytes": m.memory_bytes,
-                    "log_bytes": store.log_bytes(m.tenant, m.name) if store else None}
-                   for m in self.backend.list(principal.tenant) if not m.ephemeral]
+        indexes = [
+            {
+                "name": m.name,
+                "type": m.spec.type,
+                "ntotal": int(m.index.ntotal),
+                "memory_bytes": m.memory_bytes,
+                "log_bytes": store.log_bytes(m.tenant, m.name) if store else None,
+            }
+            for m in self.backend.list(principal.tenant)
+            if not m.ephemeral
+        ]
         stats: dict[str, Any] = {
-            "version": __version__, "uptime_s": round(self.metrics.uptime(), 3),
+            "version": __version__,
+            "uptime_s": round(self.metrics.uptime(), 3),
             "connections": self.metrics.connections.open,
             "connections_accepted": self.metrics.connections.accepted,
             "requests": self.metrics.requests.total(),
-            "workers": self.settings.workers, "durable": store is not None,
+            "workers": self.settings.workers,
+            "durable": store is not None,
             "fsync": self.settings.fsync if store else None,
-            "metrics_port": self.settings.metrics_port, "tenant": principal.tenant,
-            "indexes": indexes, "memory_bytes": self.backend.memory_used(principal.tenant),
+            "metrics_port": self.settings.metrics_port,
+            "tenant": principal.tenant,
+            "indexes": indexes,
+            "memory_bytes": self.backend.memory_used(principal.tenant),
             "memory_limit_bytes": self.backend.max_memory_bytes,
         }
         if principal.role == "admin":
             every = list(self.backend)
-            stats["server"] = {"indexes": len(every),
-                               "memory_bytes": sum(m.memory_bytes for m in every)}
+            stats["server"] = {
+                "indexes": len(every),
+                "memory_bytes": sum(m.memory_bytes for m in every),
+            }
         return stats
 
-    def _touch(self, principal: Principal, request: Request, args: Any,
-              arrays: Arrays) -> dict[str, Any]:
+    def _touch(
+        self, principal: Principal, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
         """Keep-alive (and, from configure(), a check that the key works)."""
-        return {"tenant": principal.tenant, "version": __version__,
-                "idle_ttl": self.settings.idle_ttl,
-                # the client splits what it sends to fit (0: no limit)
-                "max_message_bytes": self.settings.max_message_bytes,
-                "max_request_vectors": self.settings.max_request_vectors}
+        return {
+            "tenant": principal.tenant,
+            "version": __version__,
+            "idle_ttl": self.settings.idle_ttl,
+            # the client splits what it sends to fit (0: no limit)
+            "max_message_bytes": self.settings.max_message_bytes,
+            "max_request_vectors": self.settings.max_request_vectors,
+        }
 
-    def _bye(self, principal: Principal, request: Request, args: Any,
-            arrays: Arrays) -> dict[str, Any]:
+    def _bye(
+        self, principal: Principal, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
         """A client going away: drop the unnamed indices of its session."""
-        dropped = (self.backend.drop_session(request.session, principal.tenant)
-                   if request.session else 0)
+        dropped = (
+            self.backend.drop_session(request.session, principal.tenant) if request.session else 0
+        )
         if request.session:
             self.uploads.drop_session(request.session)
         return {"dropped": dropped}

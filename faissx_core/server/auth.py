@@ -71,6 +71,7 @@ def new_key() -> str:
 
 # -- salted slow hashes ------------------------------------------------------------------------
 
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -93,10 +94,18 @@ class KeyHash:
         secret = api_key.encode("utf-8")
         if self.algorithm == "scrypt":
             n, r, p = self.params["n"], self.params["r"], self.params["p"]
-            return hashlib.scrypt(secret, salt=self.salt, n=n, r=r, p=p,
-                                  maxmem=256 * n * r + (1 << 20), dklen=len(self.hash))
-        return hashlib.pbkdf2_hmac("sha256", secret, self.salt, self.params["i"],
-                                   dklen=len(self.hash))
+            return hashlib.scrypt(
+                secret,
+                salt=self.salt,
+                n=n,
+                r=r,
+                p=p,
+                maxmem=256 * n * r + (1 << 20),
+                dklen=len(self.hash),
+            )
+        return hashlib.pbkdf2_hmac(
+            "sha256", secret, self.salt, self.params["i"], dklen=len(self.hash)
+        )
 
     def verify(self, api_key: str) -> bool:
         return hmac.compare_digest(self.derive(api_key), self.hash)
@@ -109,8 +118,10 @@ class KeyHash:
 
 
 #: Accepted parameter ranges: a hash file is trusted, but a typo must not cost a gigabyte.
-_LIMITS = {"scrypt": {"n": (2, 1 << 20), "r": (1, 32), "p": (1, 16)},
-           "pbkdf2_sha256": {"i": (1000, 10_000_000)}}
+_LIMITS = {
+    "scrypt": {"n": (2, 1 << 20), "r": (1, 32), "p": (1, 16)},
+    "pbkdf2_sha256": {"i": (1000, 10_000_000)},
+}
 
 
 def parse_hash(text: str) -> KeyHash:
@@ -145,15 +156,26 @@ def parse_hash(text: str) -> KeyHash:
 
 def hash_key(api_key: str, algorithm: str = "scrypt") -> str:
     """A salted hash string for ``api_key``, with its salt and parameters inside."""
-    params = ({"n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P} if algorithm == "scrypt"
-              else {"i": PBKDF2_ITERATIONS})
+    params = (
+        {"n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P}
+        if algorithm == "scrypt"
+        else {"i": PBKDF2_ITERATIONS}
+    )
     salt = secrets.token_bytes(16)
     probe = KeyHash(algorithm, params, salt, bytes(32))  # type: ignore[arg-type]
-    return str(KeyHash(algorithm, params, salt, probe.derive(api_key),  # type: ignore[arg-type]
-                       key_id_of(api_key)))
+    return str(
+        KeyHash(
+            algorithm,  # type: ignore[arg-type]
+            params,
+            salt,
+            probe.derive(api_key),
+            key_id_of(api_key),
+        )
+    )
 
 
 # -- the key file ------------------------------------------------------------------------------
+
 
 class KeyEntry(BaseModel):
     """One entry of the rich file form: a clear ``key`` or a ``key_hash``, a tenant, a role."""
@@ -195,26 +217,31 @@ def read_key_file(path: Path) -> list[KeyEntry]:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         # a JSON error's text quotes no input, only a position
-        raise ValueError(f"cannot read auth file {path}: {type(exc).__name__}: "
-                         f"{getattr(exc, 'msg', exc)}") from None
+        raise ValueError(
+            f"cannot read auth file {path}: {type(exc).__name__}: {getattr(exc, 'msg', exc)}"
+        ) from None
     if isinstance(data, dict) and "keys" in data and isinstance(data["keys"], list):
         try:
             return KeyFile.model_validate(data).keys
         except ValidationError as exc:
             err = exc.errors(include_input=False)[0]
             where = ".".join(str(p) for p in err.get("loc", ()))
-            raise ValueError(f"auth file {path}: {where}: "
-                             f"{str(err.get('msg')).removeprefix('Value error, ')}") from None
-    if isinstance(data, dict) and all(isinstance(k, str) and k and isinstance(v, str)
-                                      for k, v in data.items()):
+            raise ValueError(
+                f"auth file {path}: {where}: {str(err.get('msg')).removeprefix('Value error, ')}"
+            ) from None
+    if isinstance(data, dict) and all(
+        isinstance(k, str) and k and isinstance(v, str) for k, v in data.items()
+    ):
         for number, tenant in enumerate(data.values(), 1):
             try:
                 check_name(tenant, "tenant id")
             except ValueError as exc:
                 raise ValueError(f"auth file {path}: entry #{number}: {exc}") from None
         return [KeyEntry(key=k, tenant=t, role="admin") for k, t in data.items()]
-    raise ValueError(f'auth file {path} must be {{"key": "tenant", ...}} or '
-                     '{"keys": [{"key" or "key_hash": ..., "tenant": ..., "role": ...}]}')
+    raise ValueError(
+        f'auth file {path} must be {{"key": "tenant", ...}} or '
+        '{"keys": [{"key" or "key_hash": ..., "tenant": ..., "role": ...}]}'
+    )
 
 
 def load_entries(settings: ServerSettings) -> list[KeyEntry]:
@@ -225,6 +252,7 @@ def load_entries(settings: ServerSettings) -> list[KeyEntry]:
 
 # -- the plugin --------------------------------------------------------------------------------
 
+
 class KeyStore:
     """Registered by the server; answers last so any other auth plugin is asked first."""
 
@@ -232,11 +260,16 @@ class KeyStore:
         self.enabled = settings.enable_auth
         entries = load_entries(settings)
         #: (sha256 of a clear key, principal): compared in full, every time
-        self._clear = [(digest(e.key), Principal(tenant=e.tenant, role=e.role))
-                       for e in entries if e.key is not None]
+        self._clear = [
+            (digest(e.key), Principal(tenant=e.tenant, role=e.role))
+            for e in entries
+            if e.key is not None
+        ]
         self._hashed: list[tuple[KeyHash, Principal]] = [
             (parse_hash(e.key_hash), Principal(tenant=e.tenant, role=e.role))
-            for e in entries if e.key_hash is not None]
+            for e in entries
+            if e.key_hash is not None
+        ]
         #: sha256 of keys whose slow hash verified -> principal
         self._verified: dict[bytes, Principal] = {}
         self._refused: OrderedDict[bytes, None] = OrderedDict()
@@ -276,8 +309,9 @@ class KeyStore:
                 self._refuse(key)
                 return None
             if not self._budget.take(len(candidates)):
-                raise Unauthenticated("too many requests with unknown API keys; try again in a "
-                                      "few seconds")
+                raise Unauthenticated(
+                    "too many requests with unknown API keys; try again in a few seconds"
+                )
             for hashed, principal in candidates:
                 if hashed.verify(api_key):
                     self._verified[key] = principal
@@ -290,4 +324,3 @@ class KeyStore:
         if len(self._refused) > REFUSED_MEMORY:
             self._refused.popitem(last=False)
         return None
-

@@ -133,8 +133,9 @@ class ManagedIndex:
 
     def __post_init__(self) -> None:
         self.params = self.itype.params_of(self.index, self.registry.types if self.registry else {})
-        self.params.update((p.name, p) for p in core_params(self.index)
-                           if p.name not in self.params)
+        self.params.update(
+            (p.name, p) for p in core_params(self.index) if p.name not in self.params
+        )
         self._gpu_mutex = threading.Lock()
         self._gpu_copy: Any = None
         self._gpu_failed = False
@@ -146,8 +147,13 @@ class ManagedIndex:
             self.memory_bytes = index_bytes(self.index)
             self.vector_bytes = bytes_per_vector(self.index)
         except Exception as exc:  # accounting must never fail a request; fall back to raw size
-            log.debug("%s/%s: cannot measure %s: %s", self.tenant, self.name,
-                      type(self.index).__name__, exc)
+            log.debug(
+                "%s/%s: cannot measure %s: %s",
+                self.tenant,
+                self.name,
+                type(self.index).__name__,
+                exc,
+            )
             self.vector_bytes = self.row_width * (1 if self.binary else 4)
             self.memory_bytes = int(self.index.ntotal) * self.vector_bytes
         self._gpu_copy = None  # a write happened: the GPU copy is out of date
@@ -165,8 +171,13 @@ class ManagedIndex:
                     self._gpu_copy = faiss.index_cpu_to_gpu(self.gpu, 0, index)
                 except (RuntimeError, AttributeError) as exc:
                     self._gpu_failed = True
-                    log.info("%s/%s: %s stays on the CPU (%s)", self.tenant, self.name,
-                             faiss_class_name(index), exc)
+                    log.info(
+                        "%s/%s: %s stays on the CPU (%s)",
+                        self.tenant,
+                        self.name,
+                        faiss_class_name(index),
+                        exc,
+                    )
             return self._gpu_copy if self._gpu_copy is not None else index
 
     def runtime_param(self, name: str) -> RuntimeParam:
@@ -264,11 +275,18 @@ class DamagedIndex:
             f"files is kept in {self.path}. Rebuild it from its intact part with `faissx "
             f"indexes repair {self.name}` (the damaged files are copied aside first), or "
             f"delete it with `faissx indexes drop {self.name}`.",
-            path=str(self.path), reason=self.reason)
+            path=str(self.path),
+            reason=self.reason,
+        )
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "state": "damaged", "damaged": self.reason,
-                "path": str(self.path), "ephemeral": False}
+        return {
+            "name": self.name,
+            "state": "damaged",
+            "damaged": self.reason,
+            "path": str(self.path),
+            "ephemeral": False,
+        }
 
 
 def reply_frames(result: Any) -> list[bytes]:
@@ -280,33 +298,29 @@ def reply_frames(result: Any) -> list[bytes]:
 
 def error_frames(error: Exception) -> list[bytes]:
     wire = error.to_wire()  # type: ignore[attr-defined]
-    return [bytes(f) for f in encode({"v": PROTOCOL_VERSION, "id": 0, "ok": False,
-                                      "error": wire})]
+    return [bytes(f) for f in encode({"v": PROTOCOL_VERSION, "id": 0, "ok": False, "error": wire})]
 
 
 class KeyMemory(Protocol):
     """Where recovered idempotency keys go (the server's idempotency table)."""
 
-    def remember(self, tenant: str, key: str, op: str, index: str | None,
-                 reply: list[Any]) -> None:
-        ...
+    def remember(
+        self, tenant: str, key: str, op: str, index: str | None, reply: list[Any]
+    ) -> None: ...
 
 
 class Backend(Protocol):
-    def create(self, tenant: str, name: str, spec: IndexSpec, session: str | None) -> ManagedIndex:
-        ...
+    def create(
+        self, tenant: str, name: str, spec: IndexSpec, session: str | None
+    ) -> ManagedIndex: ...
 
-    def get(self, tenant: str, name: str) -> ManagedIndex:
-        ...
+    def get(self, tenant: str, name: str) -> ManagedIndex: ...
 
-    def delete(self, tenant: str, name: str) -> None:
-        ...
+    def delete(self, tenant: str, name: str) -> None: ...
 
-    def list(self, tenant: str) -> list[ManagedIndex]:
-        ...
+    def list(self, tenant: str) -> list[ManagedIndex]: ...
 
-    def run(self, managed: ManagedIndex, write: bool, fn: Callable[[Any], Any]) -> Any:
-        ...
+    def run(self, managed: ManagedIndex, write: bool, fn: Callable[[Any], Any]) -> Any: ...
 
 
 class ThreadBudget:
@@ -339,9 +353,14 @@ class ThreadBudget:
 class LocalBackend:
     """All indices in this process, one readers-writer lock each."""
 
-    def __init__(self, registry: PluginRegistry, store: IndexStore | None = None,
-                 snapshot_bytes: int = 256 << 20, max_memory_bytes: int | None = None,
-                 gpu: bool = False) -> None:
+    def __init__(
+        self,
+        registry: PluginRegistry,
+        store: IndexStore | None = None,
+        snapshot_bytes: int = 256 << 20,
+        max_memory_bytes: int | None = None,
+        gpu: bool = False,
+    ) -> None:
         self.registry = registry
         self.store = store
         self.snapshot_bytes = snapshot_bytes
@@ -369,8 +388,7 @@ class LocalBackend:
     def memory_used(self, tenant: str | None = None) -> int:
         """Bytes held by every index (of ``tenant``, when given), as last measured."""
         with self._mutex:
-            return sum(m.memory_bytes for (t, _), m in self._indices.items()
-                       if tenant in (None, t))
+            return sum(m.memory_bytes for (t, _), m in self._indices.items() if tenant in (None, t))
 
     def memory_free(self) -> int | None:
         """Bytes ``--max-memory`` still allows (None without a limit)."""
@@ -392,7 +410,10 @@ class LocalBackend:
                 raise QuotaExceeded(
                     f"{what} needs {_mb(nbytes)} but the server holds {_mb(used)} of its "
                     f"{_mb(self.max_memory_bytes)} limit (--max-memory)",
-                    used=used, limit=self.max_memory_bytes, needed=nbytes)
+                    used=used,
+                    limit=self.max_memory_bytes,
+                    needed=nbytes,
+                )
             self._reserved += nbytes
         try:
             yield
@@ -401,9 +422,18 @@ class LocalBackend:
                 self._reserved -= nbytes
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def create(self, tenant: str, name: str, spec: IndexSpec, session: str | None,
-               index: Any = None, idem: str | None = None, op: str = "create",
-               caller: str | None = None, placement: Placement | None = None) -> ManagedIndex:
+    def create(
+        self,
+        tenant: str,
+        name: str,
+        spec: IndexSpec,
+        session: str | None,
+        index: Any = None,
+        idem: str | None = None,
+        op: str = "create",
+        caller: str | None = None,
+        placement: Placement | None = None,
+    ) -> ManagedIndex:
         """Register a new index, built from ``spec`` unless an ``index`` is given (an import).
 
         A durable create is published only once its first generation is on disk; if writing
@@ -416,7 +446,8 @@ class LocalBackend:
         if placement is not None and (placement.shards > 1 or placement.replicas > 1):
             raise UnsupportedOperation(
                 f"{placement.shards} shard(s) x {placement.replicas} replica(s) need a "
-                "distributed backend: start the server with --backend ray")
+                "distributed backend: start the server with --backend ray"
+            )
         itype = self.registry.index_type(spec.type)
         if itype.kind != "index":
             raise InvalidArgument(f"{spec.type} is a component, not an index: pass it to one")
@@ -424,9 +455,11 @@ class LocalBackend:
         if index is None:
             with self.reserve(self.estimate(tenant, spec, caller), f"creating {name!r}"):
                 index = self.registry.build(
-                    spec, resolve=lambda ref: self._copy(tenant, ref, caller))
-        managed = ManagedIndex(tenant, name, spec, itype, index, session=session,
-                               registry=self.registry, gpu=self.gpu)
+                    spec, resolve=lambda ref: self._copy(tenant, ref, caller)
+                )
+        managed = ManagedIndex(
+            tenant, name, spec, itype, index, session=session, registry=self.registry, gpu=self.gpu
+        )
         durable = session is None and self.store is not None
         # A durable create publishes the index and writes its first generation as one step
         # with respect to deletes of the same name (which remove its directory).
@@ -442,8 +475,9 @@ class LocalBackend:
                     with managed.lock.write():
                         if idem:
                             self._carry(managed, idem, op, managed.info())
-                        self.store.create(tenant, name, spec, managed.created, index,
-                                          self._carried(managed))
+                        self.store.create(
+                            tenant, name, spec, managed.created, index, self._carried(managed)
+                        )
                 except BaseException as exc:
                     with self._mutex:
                         self._indices.pop((tenant, name), None)
@@ -452,8 +486,9 @@ class LocalBackend:
                         raise IndexExists(f"index {name!r} already exists on disk") from None
                     if isinstance(exc, OSError):
                         log.error("%s/%s: create failed, nothing kept: %s", tenant, name, exc)
-                        raise InternalError(f"create of {name!r} failed and left nothing "
-                                            f"behind: {exc}") from None
+                        raise InternalError(
+                            f"create of {name!r} failed and left nothing behind: {exc}"
+                        ) from None
                     raise
         if session is not None:
             self.touch(session)
@@ -487,12 +522,14 @@ class LocalBackend:
             clone = faiss.clone_binary_index if source.binary else faiss.clone_index  # type: ignore[attr-defined]  # faiss's stubs lack it
             return clone(source.index)
 
-    def adopt(self, tenant: str, name: str, spec: IndexSpec, index: Any, created: float
-              ) -> ManagedIndex:
+    def adopt(
+        self, tenant: str, name: str, spec: IndexSpec, index: Any, created: float
+    ) -> ManagedIndex:
         """Register an index loaded from the store at start-up."""
         itype = self.registry.index_type(spec.type)
-        managed = ManagedIndex(tenant, name, spec, itype, index, created,
-                               registry=self.registry, gpu=self.gpu)
+        managed = ManagedIndex(
+            tenant, name, spec, itype, index, created, registry=self.registry, gpu=self.gpu
+        )
         with self._mutex:
             self._indices[(tenant, name)] = managed
         return managed
@@ -528,11 +565,18 @@ class LocalBackend:
     def damaged(self, tenant: str) -> builtins.list[DamagedIndex]:
         """The tenant's quarantined indices (listed with the others, served by none)."""
         with self._mutex:
-            return sorted((d for (t, _), d in self._damaged.items() if t == tenant),
-                          key=lambda d: d.name)
+            return sorted(
+                (d for (t, _), d in self._damaged.items() if t == tenant), key=lambda d: d.name
+            )
 
-    def run(self, managed: ManagedIndex, write: bool, fn: Callable[[Any], Any],
-            record: LogRecord | None = None, small: bool = False) -> Any:
+    def run(
+        self,
+        managed: ManagedIndex,
+        write: bool,
+        fn: Callable[[Any], Any],
+        record: LogRecord | None = None,
+        small: bool = False,
+    ) -> Any:
         """Run ``fn(index)`` under the index's lock; log ``record`` if the index is durable.
 
         The record is appended after ``fn`` succeeded and before the lock is released, so the
@@ -545,13 +589,17 @@ class LocalBackend:
             if managed.deleted:
                 raise IndexNotFound(f"no index named {managed.name!r}")
             if write and managed.broken:
-                raise InternalError(f"index {managed.name!r} refuses writes until the server "
-                                    f"restarts and recovers it: {managed.broken}")
+                raise InternalError(
+                    f"index {managed.name!r} refuses writes until the server "
+                    f"restarts and recovers it: {managed.broken}"
+                )
             if write and managed.snapshot_due and time.monotonic() >= managed.snapshot_retry_at:
                 self._threshold_snapshot(managed)
             if write:
-                with self.reserve(_growth(managed, record), f"{record.op if record else 'write'}"
-                                  f" on {managed.name!r}"):
+                with self.reserve(
+                    _growth(managed, record),
+                    f"{record.op if record else 'write'} on {managed.name!r}",
+                ):
                     try:
                         result = fn(managed.index)
                     finally:
@@ -565,11 +613,16 @@ class LocalBackend:
                     # The change is in memory but not on disk: refuse further writes (and
                     # snapshots) rather than acknowledge a history the log does not hold.
                     managed.broken = f"write-ahead log failed: {exc}"
-                    log.critical("%s/%s: %s; it is not snapshotted, and a restart recovers "
-                                 "its last durable state", managed.tenant, managed.name,
-                                 managed.broken)
-                    raise InternalError(f"{record.op} was applied but could not be logged: "
-                                        f"{exc}") from None
+                    log.critical(
+                        "%s/%s: %s; it is not snapshotted, and a restart recovers "
+                        "its last durable state",
+                        managed.tenant,
+                        managed.name,
+                        managed.broken,
+                    )
+                    raise InternalError(
+                        f"{record.op} was applied but could not be logged: {exc}"
+                    ) from None
                 if record.idem:
                     self._carry(managed, record.idem, record.op, result)
                 if self.store.log_bytes(managed.tenant, managed.name) > self.snapshot_bytes:
@@ -582,8 +635,13 @@ class LocalBackend:
                 raise InternalError(f"{record.op} could not be made durable: {exc}") from None
         return result
 
-    def merge(self, target: ManagedIndex, source: ManagedIndex,
-              merge: Callable[[Any, Any], None], idem: str | None = None) -> dict[str, Any]:
+    def merge(
+        self,
+        target: ManagedIndex,
+        source: ManagedIndex,
+        merge: Callable[[Any, Any], None],
+        idem: str | None = None,
+    ) -> dict[str, Any]:
         """``merge(target, source)`` (faiss's merge_from: moves the vectors) as one commit.
 
         For durable indices the merge runs on copies, both new generations are committed
@@ -597,10 +655,11 @@ class LocalBackend:
                 if managed.deleted:
                     raise IndexNotFound(f"no index named {managed.name!r}")
                 if managed.broken:
-                    raise InternalError(f"index {managed.name!r} refuses writes until the "
-                                        f"server restarts and recovers it: {managed.broken}")
-            durable = [m for m in (target, source)
-                       if self.store is not None and not m.ephemeral]
+                    raise InternalError(
+                        f"index {managed.name!r} refuses writes until the "
+                        f"server restarts and recovers it: {managed.broken}"
+                    )
+            durable = [m for m in (target, source) if self.store is not None and not m.ephemeral]
             if not durable:
                 merge(target.index, source.index)
                 target.measure()
@@ -608,14 +667,28 @@ class LocalBackend:
                 return target.info()
             new_target, new_source = _clone(target.index), _clone(source.index)
             merge(new_target, new_source)
-            preview = ManagedIndex(target.tenant, target.name, target.spec, target.itype,
-                                   new_target, target.created, registry=target.registry)
+            preview = ManagedIndex(
+                target.tenant,
+                target.name,
+                target.spec,
+                target.itype,
+                new_target,
+                target.created,
+                registry=target.registry,
+            )
             reply = preview.info()
             if idem:
                 self._carry(target, idem, "merge_from", reply)
-            entries = [SaveEntry(m.name, m.spec, m.created,
-                                 new_target if m is target else new_source, self._carried(m))
-                       for m in durable]
+            entries = [
+                SaveEntry(
+                    m.name,
+                    m.spec,
+                    m.created,
+                    new_target if m is target else new_source,
+                    self._carried(m),
+                )
+                for m in durable
+            ]
             assert self.store is not None  # durable is empty without one
             try:
                 self.store.save_many(target.tenant, entries)
@@ -630,8 +703,9 @@ class LocalBackend:
                 managed.measure()
             return target.info()
 
-    def repair(self, tenant: str, name: str,
-               replay: Callable[[ManagedIndex, LogRecord], Any]) -> dict[str, Any]:
+    def repair(
+        self, tenant: str, name: str, replay: Callable[[ManagedIndex, LogRecord], Any]
+    ) -> dict[str, Any]:
         """Rebuild a quarantined index from its intact part (the newest readable snapshot and
         the log records before the first bad one), after copying every file aside."""
         with self._files:
@@ -645,32 +719,52 @@ class LocalBackend:
                 stored, notes = self.store.salvage(tenant, name)
                 itype = self.registry.index_type(stored.spec.type)
             except (ValueError, FaissxError) as exc:
-                raise IndexDamaged(f"index {name!r} cannot be repaired: {exc}. Its files are "
-                                   f"kept in {damaged.path}; `faissx indexes drop {name}` "
-                                   "deletes them.", path=str(damaged.path),
-                                   reason=damaged.reason) from None
-            managed = ManagedIndex(tenant, name, stored.spec, itype, stored.index,
-                                   stored.created, registry=self.registry, gpu=self.gpu)
+                raise IndexDamaged(
+                    f"index {name!r} cannot be repaired: {exc}. Its files are "
+                    f"kept in {damaged.path}; `faissx indexes drop {name}` "
+                    "deletes them.",
+                    path=str(damaged.path),
+                    reason=damaged.reason,
+                ) from None
+            managed = ManagedIndex(
+                tenant,
+                name,
+                stored.spec,
+                itype,
+                stored.index,
+                stored.created,
+                registry=self.registry,
+                gpu=self.gpu,
+            )
             self._restore_keys(managed, stored.keys)
             for number, record in enumerate(stored.records):
                 try:
                     result = replay(managed, record)
                 except Exception as exc:
-                    raise IndexDamaged(f"index {name!r} cannot be repaired: replaying log "
-                                       f"record {number} ({record.op}) failed: {exc}",
-                                       path=str(damaged.path), reason=damaged.reason) from None
+                    raise IndexDamaged(
+                        f"index {name!r} cannot be repaired: replaying log "
+                        f"record {number} ({record.op}) failed: {exc}",
+                        path=str(damaged.path),
+                        reason=damaged.reason,
+                    ) from None
                 if record.idem:
                     self._carry(managed, record.idem, record.op, result)
             managed.measure()
-            backup = self.store.replace(tenant, name, stored.spec, stored.created,
-                                        managed.index, self._carried(managed))
+            backup = self.store.replace(
+                tenant, name, stored.spec, stored.created, managed.index, self._carried(managed)
+            )
             with self._mutex:
                 self._damaged.pop((tenant, name), None)
                 self._indices[(tenant, name)] = managed
-        log.warning("%s/%s repaired: %s; the damaged files are kept in %s", tenant, name, notes,
-                    backup)
-        return {**managed.info(), "backup": str(backup), "notes": notes,
-                "records": len(stored.records)}
+        log.warning(
+            "%s/%s repaired: %s; the damaged files are kept in %s", tenant, name, notes, backup
+        )
+        return {
+            **managed.info(),
+            "backup": str(backup),
+            "notes": notes,
+            "records": len(stored.records),
+        }
 
     def drop(self, tenant: str, name: str) -> dict[str, Any]:
         """Delete a quarantined index and its files: the one path that removes damaged data,
@@ -695,8 +789,11 @@ class LocalBackend:
     def drop_session(self, session: str, tenant: str | None = None) -> int:
         """Drop the session's unnamed indices (only ``tenant``'s, when given)."""
         with self._mutex:
-            doomed = [k for k, m in self._indices.items()
-                      if m.session == session and tenant in (None, m.tenant)]
+            doomed = [
+                k
+                for k, m in self._indices.items()
+                if m.session == session and tenant in (None, m.tenant)
+            ]
             for key in doomed:
                 del self._indices[key]
         if tenant is None:
@@ -733,39 +830,63 @@ class LocalBackend:
                 with self._mutex:
                     self._indices.pop((stored.tenant, stored.name), None)
                 keys = [(k.key, k.op) for k in stored.keys] + [
-                    (r.idem, r.op) for r in stored.records if r.idem]
-                self._quarantine(Damage(stored.tenant, stored.name,
-                                        self.store.path_of(stored.tenant, stored.name),
-                                        f"it cannot be reopened: {exc}", keys))
+                    (r.idem, r.op) for r in stored.records if r.idem
+                ]
+                self._quarantine(
+                    Damage(
+                        stored.tenant,
+                        stored.name,
+                        self.store.path_of(stored.tenant, stored.name),
+                        f"it cannot be reopened: {exc}",
+                        keys,
+                    )
+                )
         return count
 
-    def _recover(self, stored: StoredIndex, replay: Callable[[ManagedIndex, LogRecord], Any]
-                 ) -> None:
-        managed = self.adopt(stored.tenant, stored.name, stored.spec, stored.index,
-                             stored.created)
+    def _recover(
+        self, stored: StoredIndex, replay: Callable[[ManagedIndex, LogRecord], Any]
+    ) -> None:
+        managed = self.adopt(stored.tenant, stored.name, stored.spec, stored.index, stored.created)
         self._restore_keys(managed, stored.keys)
         for number, record in enumerate(stored.records):
             try:
                 result = replay(managed, record)
             except Exception as exc:  # it succeeded once: the files do not hold what we wrote
-                raise RuntimeError(f"replaying log record {number} ({record.op}) failed: "
-                                   f"{exc}") from None
+                raise RuntimeError(
+                    f"replaying log record {number} ({record.op}) failed: {exc}"
+                ) from None
             if record.idem:
                 self._carry(managed, record.idem, record.op, result)
         if stored.dropped:
-            log.warning("%s/%s: torn log tail cut (never acknowledged): %s", stored.tenant,
-                        stored.name, stored.dropped)
+            log.warning(
+                "%s/%s: torn log tail cut (never acknowledged): %s",
+                stored.tenant,
+                stored.name,
+                stored.dropped,
+            )
         managed.measure()
-        log.info("reopened %s/%s: snapshot + %d logged write(s), %d vectors", stored.tenant,
-                 stored.name, len(stored.records), managed.index.ntotal)
+        log.info(
+            "reopened %s/%s: snapshot + %d logged write(s), %d vectors",
+            stored.tenant,
+            stored.name,
+            len(stored.records),
+            managed.index.ntotal,
+        )
 
     def _quarantine(self, damage: Damage) -> None:
         item = DamagedIndex(damage.tenant, damage.name, damage.path, damage.reason)
         with self._mutex:
             self._damaged[(damage.tenant, damage.name)] = item
-        log.error("%s/%s QUARANTINED: %s. Its files are kept untouched in %s; run `faissx "
-                  "indexes repair %s` or `faissx indexes drop %s`.", damage.tenant, damage.name,
-                  damage.reason, damage.path, damage.name, damage.name)
+        log.error(
+            "%s/%s QUARANTINED: %s. Its files are kept untouched in %s; run `faissx "
+            "indexes repair %s` or `faissx indexes drop %s`.",
+            damage.tenant,
+            damage.name,
+            damage.reason,
+            damage.path,
+            damage.name,
+            damage.name,
+        )
         if self.keys is not None:  # a retry of a write found in its files is never re-applied
             reply = error_frames(item.error())
             for key, op in damage.keys:
@@ -795,10 +916,18 @@ class LocalBackend:
         """Snapshot (caller holds the write lock or otherwise excludes writers)."""
         assert self.store is not None
         if managed.broken:
-            raise InternalError(f"index {managed.name!r} is not snapshotted: its memory is "
-                                f"ahead of its log ({managed.broken})")
-        self.store.save(managed.tenant, managed.name, managed.spec, managed.created,
-                        managed.index, self._carried(managed))
+            raise InternalError(
+                f"index {managed.name!r} is not snapshotted: its memory is "
+                f"ahead of its log ({managed.broken})"
+            )
+        self.store.save(
+            managed.tenant,
+            managed.name,
+            managed.spec,
+            managed.created,
+            managed.index,
+            self._carried(managed),
+        )
         managed.snapshot_due = False
 
     def _threshold_snapshot(self, managed: ManagedIndex) -> None:
@@ -809,8 +938,14 @@ class LocalBackend:
             self._save(managed)
         except Exception as exc:
             managed.snapshot_retry_at = time.monotonic() + SNAPSHOT_RETRY
-            log.error("%s/%s: snapshot failed (%s); the log still holds every write, retrying "
-                      "in %.0f s or more", managed.tenant, managed.name, exc, SNAPSHOT_RETRY)
+            log.error(
+                "%s/%s: snapshot failed (%s); the log still holds every write, retrying "
+                "in %.0f s or more",
+                managed.tenant,
+                managed.name,
+                exc,
+                SNAPSHOT_RETRY,
+            )
 
     def snapshot(self, managed: ManagedIndex, strict: bool = True) -> bool:
         """Snapshot a named index now; False when it is unnamed or was deleted meanwhile, or
@@ -835,14 +970,22 @@ class LocalBackend:
         saved = 0
         for managed in named:
             if managed.broken:
-                log.error("%s/%s: not snapshotted (%s); its log holds its last durable state",
-                          managed.tenant, managed.name, managed.broken)
+                log.error(
+                    "%s/%s: not snapshotted (%s); its log holds its last durable state",
+                    managed.tenant,
+                    managed.name,
+                    managed.broken,
+                )
                 continue
             try:
                 saved += self.snapshot(managed)
             except Exception as exc:
-                log.error("%s/%s: snapshot failed (%s); its log still holds every "
-                          "acknowledged write", managed.tenant, managed.name, exc)
+                log.error(
+                    "%s/%s: snapshot failed (%s); its log still holds every acknowledged write",
+                    managed.tenant,
+                    managed.name,
+                    exc,
+                )
         return saved
 
     def __iter__(self) -> Iterator[ManagedIndex]:
@@ -871,8 +1014,11 @@ def _call_params(args: dict[str, Any] | None) -> dict[str, int]:
     params = spec.get("params") if isinstance(spec, dict) else None
     if not isinstance(params, dict):
         return {}
-    return {name: value for name in ("nprobe", "efSearch")
-            if type(value := params.get(name)) is int and value > 0}
+    return {
+        name: value
+        for name in ("nprobe", "efSearch")
+        if type(value := params.get(name)) is int and value > 0
+    }
 
 
 def _growth(managed: ManagedIndex, record: LogRecord | None) -> int:
@@ -898,7 +1044,8 @@ def gpu_resources() -> Any:
     if not count or not hasattr(faiss, "StandardGpuResources"):
         raise ValueError(
             "--gpu needs a GPU build of faiss (faiss-gpu) and a visible GPU; this faiss "
-            f"{faiss.__version__} sees {count} GPU(s)")
+            f"{faiss.__version__} sees {count} GPU(s)"
+        )
     return faiss.StandardGpuResources()
 
 
@@ -915,14 +1062,23 @@ def placement(shards: int | None, replicas: int | None) -> PlacementKeyword:
     return {"placement": Placement(shards or 1, replicas or 1)}
 
 
-def make_backend(settings: ServerSettings, registry: PluginRegistry, store: IndexStore | None,
-                 max_memory_bytes: int | None) -> LocalBackend:
+def make_backend(
+    settings: ServerSettings,
+    registry: PluginRegistry,
+    store: IndexStore | None,
+    max_memory_bytes: int | None,
+) -> LocalBackend:
     """The backend ``settings.backend`` names: this process, or Ray (``faissx[ray]``)."""
     if settings.backend == "local":
         if settings.shards > 1 or settings.replicas > 1:
             raise ValueError("--shards and --replicas need --backend ray")
-        return LocalBackend(registry, store, settings.snapshot_bytes,
-                            max_memory_bytes=max_memory_bytes, gpu=settings.gpu)
+        return LocalBackend(
+            registry,
+            store,
+            settings.snapshot_bytes,
+            max_memory_bytes=max_memory_bytes,
+            gpu=settings.gpu,
+        )
     if settings.gpu:
         raise ValueError("--gpu is not supported with --backend ray")
     from faissx_core.server.ray_loopback import keep_loopback
@@ -934,8 +1090,15 @@ def make_backend(settings: ServerSettings, registry: PluginRegistry, store: Inde
         raise ValueError("--backend ray needs Ray: pip install 'faissx[ray]'") from None
     from faissx_core.server.ray_backend import RayBackend
 
-    return RayBackend(registry, store, data_dir=settings.data_dir, fsync=settings.fsync,
-                      snapshot_bytes=settings.snapshot_bytes, max_memory_bytes=max_memory_bytes,
-                      address=settings.ray_address, node_ip=settings.ray_node_ip,
-                      placement=Placement(settings.shards, settings.replicas),
-                      plugins=settings.plugins)
+    return RayBackend(
+        registry,
+        store,
+        data_dir=settings.data_dir,
+        fsync=settings.fsync,
+        snapshot_bytes=settings.snapshot_bytes,
+        max_memory_bytes=max_memory_bytes,
+        address=settings.ray_address,
+        node_ip=settings.ray_node_ip,
+        placement=Placement(settings.shards, settings.replicas),
+        plugins=settings.plugins,
+    )

@@ -86,8 +86,9 @@ def _copy_index(folder: Path, target: Path) -> bool:
     return json.loads((folder / "meta.json").read_text())["generation"] == gen
 
 
-def restore(backup_dir: Path, data_dir: Path, force: bool = False,
-            on_index: OnIndex | None = None) -> list[str]:
+def restore(
+    backup_dir: Path, data_dir: Path, force: bool = False, on_index: OnIndex | None = None
+) -> list[str]:
     """Copy a backup into ``data_dir``, which must be empty (or ``force``) and not in use."""
     if not (backup_dir / "tenants").is_dir():
         raise ValueError(f"{backup_dir} is not a FAISSx backup (no tenants/)")

@@ -79,8 +79,12 @@ class _Entry:
 
 
 class IdempotencyTable:
-    def __init__(self, keep_for: float = KEEP_FOR, per_tenant: int = PER_TENANT,
-                 crash_after: int | None = None) -> None:
+    def __init__(
+        self,
+        keep_for: float = KEEP_FOR,
+        per_tenant: int = PER_TENANT,
+        crash_after: int | None = None,
+    ) -> None:
         self.keep_for = keep_for
         self.per_tenant = per_tenant
         self._tenants: dict[str, OrderedDict[str, _Entry]] = {}
@@ -94,8 +98,12 @@ class IdempotencyTable:
         raw = os.environ.get(CRASH_ENV)
         crash_after = int(raw) if raw else None
         if crash_after is not None:
-            log.warning("%s=%d: this server will exit abruptly after write %d (a test hook)",
-                        CRASH_ENV, crash_after, crash_after)
+            log.warning(
+                "%s=%d: this server will exit abruptly after write %d (a test hook)",
+                CRASH_ENV,
+                crash_after,
+                crash_after,
+            )
         return cls(crash_after=crash_after)
 
     def __len__(self) -> int:
@@ -103,8 +111,9 @@ class IdempotencyTable:
             return sum(len(keys) for keys in self._tenants.values())
 
     # -- the request path ------------------------------------------------------------------
-    def handle(self, tenant: str, request: Request, token: Any,
-               execute: Callable[[], Frames], reply: Reply) -> None:
+    def handle(
+        self, tenant: str, request: Request, token: Any, execute: Callable[[], Frames], reply: Reply
+    ) -> None:
         """Answer ``request`` (which has an ``idem`` key): run it once, or repeat its reply.
 
         ``token`` stands for the caller (the server's record of the request); every answer is
@@ -130,9 +139,15 @@ class IdempotencyTable:
                 return
             error = InvalidArgument(
                 f"idempotency key {request.idem!r} was used for {entry.op} on {entry.index!r}; "
-                "a different request needs a new key")
-            reply(token, encode({"v": PROTOCOL_VERSION, "id": request.id, "ok": False,
-                                 "error": error.to_wire()}), False)
+                "a different request needs a new key"
+            )
+            reply(
+                token,
+                encode(
+                    {"v": PROTOCOL_VERSION, "id": request.id, "ok": False, "error": error.to_wire()}
+                ),
+                False,
+            )
             return
         frames: Frames | None = None
         try:
@@ -155,8 +170,7 @@ class IdempotencyTable:
             entry = self._tenants.get(tenant, OrderedDict()).get(key)
             return entry is not None and entry.reply is not None and entry.ok
 
-    def remember(self, tenant: str, key: str, op: str, index: str | None,
-                 reply: Frames) -> None:
+    def remember(self, tenant: str, key: str, op: str, index: str | None, reply: Frames) -> None:
         """Record a key whose request was applied before (a logged write, at replay; a key
         kept in a snapshot; or a write in a quarantined index's files, whose reply is then
         the IndexDamaged error)."""
@@ -187,8 +201,7 @@ class IdempotencyTable:
         cutoff = time.monotonic() - self.keep_for
         while keys:
             key, oldest = next(iter(keys.items()))
-            if oldest.reply is None or (len(keys) <= self.per_tenant
-                                        and oldest.created >= cutoff):
+            if oldest.reply is None or (len(keys) <= self.per_tenant and oldest.created >= cutoff):
                 break  # a running request is never forgotten; the rest are younger
             del keys[key]
 
@@ -199,12 +212,18 @@ class IdempotencyTable:
                 del self._tenants[tenant]
 
     def _maybe_crash(self, request: Request, reply: Frames) -> None:
-        if (self._crash_after is None or OPERATIONS[request.op].target == "control"
-                or not _ok(reply)):
+        if (
+            self._crash_after is None
+            or OPERATIONS[request.op].target == "control"
+            or not _ok(reply)
+        ):
             return
         if next(self._writes) >= self._crash_after:
-            log.warning("%s: exiting after %s (idem %s) without replying", CRASH_ENV,
-                        request.op, request.idem)
+            log.warning(
+                "%s: exiting after %s (idem %s) without replying",
+                CRASH_ENV,
+                request.op,
+                request.idem,
+            )
             logging.shutdown()
             os._exit(75)
-

@@ -58,11 +58,21 @@ def _rich_form(path: Path) -> dict[str, Any]:
 
 @keys.command("add")
 @click.option("--tenant", required=True, help="The tenant the key works in.")
-@click.option("--role", type=ROLE_CHOICE, default="write", show_default=True,
-              help="`read`: search only; `write`: also change indices; `admin`: everything.")
-@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path),
-              envvar="FAISSX_AUTH_FILE", required=True,
-              help="The auth file to add the key's hash to (created if missing).")
+@click.option(
+    "--role",
+    type=ROLE_CHOICE,
+    default="write",
+    show_default=True,
+    help="`read`: search only; `write`: also change indices; `admin`: everything.",
+)
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FAISSX_AUTH_FILE",
+    required=True,
+    help="The auth file to add the key's hash to (created if missing).",
+)
 @click.option("--algorithm", type=ALGORITHMS, default="scrypt", show_default=True)
 def add_cmd(tenant: str, role: str, path: Path, algorithm: str) -> None:
     """Make a new API key for TENANT: its hash goes into the file, the key to stdout, once."""
@@ -78,8 +88,11 @@ def add_cmd(tenant: str, role: str, path: Path, algorithm: str) -> None:
     data["keys"].append({"key_hash": hash_key(key, algorithm), "tenant": tenant, "role": role})
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
     _write_private(path, json.dumps(data, indent=2) + "\n", mode)
-    click.echo(f"added key {key_id_of(key)} ({role}, tenant {tenant}) to {path}; "
-               "restart the server to use it. The key, shown only now:", err=True)
+    click.echo(
+        f"added key {key_id_of(key)} ({role}, tenant {tenant}) to {path}; "
+        "restart the server to use it. The key, shown only now:",
+        err=True,
+    )
     click.echo(key)
 
 
@@ -92,16 +105,24 @@ def hash_cmd(key: str | None, algorithm: str) -> None:
     from faissx_core.server.auth import hash_key
 
     if key is None:
-        key = (click.prompt("API key", hide_input=True, err=True) if sys.stdin.isatty()
-               else sys.stdin.readline().rstrip("\r\n"))
+        key = (
+            click.prompt("API key", hide_input=True, err=True)
+            if sys.stdin.isatty()
+            else sys.stdin.readline().rstrip("\r\n")
+        )
     if not key:
         raise click.BadParameter("an API key may not be empty", param_hint="KEY")
     click.echo(hash_key(key, algorithm))
 
 
 @keys.command("list")
-@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              envvar="FAISSX_AUTH_FILE", required=True)
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="FAISSX_AUTH_FILE",
+    required=True,
+)
 def list_cmd(path: Path) -> None:
     """List an auth file's entries: tenant, role, how the key is kept. Never a key."""
     from faissx_core.server.auth import parse_hash
@@ -111,15 +132,23 @@ def list_cmd(path: Path) -> None:
         table.add_column(column)
     for number, entry in enumerate(_rich_form(path)["keys"], 1):
         hashed = parse_hash(entry["key_hash"]) if "key_hash" in entry else None
-        table.add_row(str(number), entry["tenant"], entry["role"],
-                      hashed.algorithm + " hash" if hashed else "clear key",
-                      (hashed.key_id or "-") if hashed else "-")
+        table.add_row(
+            str(number),
+            entry["tenant"],
+            entry["role"],
+            hashed.algorithm + " hash" if hashed else "clear key",
+            (hashed.key_id or "-") if hashed else "-",
+        )
     Console().print(table)
 
 
 @keys.command("curve")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write OUT.key (the secret key, mode 600) and OUT.pub instead of printing.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write OUT.key (the secret key, mode 600) and OUT.pub instead of printing.",
+)
 def curve_cmd(out: Path | None) -> None:
     """Make a CURVE key pair (`zmq.curve_keypair`), for a server or for a client."""
     import zmq

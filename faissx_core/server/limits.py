@@ -103,9 +103,11 @@ class Limits:
         x = arrays.get("x")
         most = self.settings.max_request_vectors
         if most and x is not None and _rows(x) > most:
-            raise QuotaExceeded(f"{request.op}: {_rows(x):,} vectors in one request; this "
-                                f"server takes at most {most:,} (--max-request-vectors)",
-                                limit=most)
+            raise QuotaExceeded(
+                f"{request.op}: {_rows(x):,} vectors in one request; this "
+                f"server takes at most {most:,} (--max-request-vectors)",
+                limit=most,
+            )
         if request.op == "create":
             spec = request.args.get("spec")
             refs(spec)  # every ref names an index by a string, at any depth (or InvalidArgument)
@@ -117,15 +119,17 @@ class Limits:
             bucket = self._buckets.get(key)
             if bucket is None:
                 if len(self._buckets) >= MAX_BUCKETS:
-                    self._buckets = {k: b for k, b in self._buckets.items()
-                                     if b.refill() < b.burst}
+                    self._buckets = {k: b for k, b in self._buckets.items() if b.refill() < b.burst}
                 bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
             if bucket.take():
                 return
             wait = bucket.wait_for()
-        raise QuotaExceeded(f"rate limit: this API key may send {self.rate:g} requests per "
-                            f"second (bursts of {self.burst}); retry in {wait:.2f}s",
-                            retry_after=round(wait, 3), limit=self.rate)
+        raise QuotaExceeded(
+            f"rate limit: this API key may send {self.rate:g} requests per "
+            f"second (bursts of {self.burst}); retry in {wait:.2f}s",
+            retry_after=round(wait, 3),
+            limit=self.rate,
+        )
 
     def _dimensions(self, spec: Any) -> None:
         """Every ``d`` in a (possibly nested) index spec is within ``max_dimension``."""
@@ -133,24 +137,33 @@ class Limits:
         for params, _ in walk(spec) if most else ():
             d = _int(params.get("d"))
             if d is not None and d > most:
-                raise QuotaExceeded(f"dimension {d:,} exceeds this server's limit of {most:,} "
-                                    "(--max-dimension)", limit=most)
+                raise QuotaExceeded(
+                    f"dimension {d:,} exceeds this server's limit of {most:,} (--max-dimension)",
+                    limit=most,
+                )
 
     # -- per request, once the index is known (both the pool and the socket thread) ----------
-    def check_op(self, op: str, managed: ManagedIndex, args: dict[str, Any],
-                 arrays: dict[str, Any]) -> None:
+    def check_op(
+        self, op: str, managed: ManagedIndex, args: dict[str, Any], arrays: dict[str, Any]
+    ) -> None:
         """Bound what a reply would hold before it is built: nothing is allocated past these
         limits. ``range_search``, whose size is known only as it runs, is bounded while it runs
         (ops.range_search, from :attr:`reply_bytes`)."""
         rows, size = self.reply(op, managed, args, arrays)
         most, cap = self.settings.max_request_vectors, self.settings.max_message_bytes
         if most and rows > most:
-            raise QuotaExceeded(f"{op}: a reply of {rows:,} vectors; this server returns at "
-                                f"most {most:,} per request (--max-request-vectors)", limit=most)
+            raise QuotaExceeded(
+                f"{op}: a reply of {rows:,} vectors; this server returns at "
+                f"most {most:,} per request (--max-request-vectors)",
+                limit=most,
+            )
         if cap and size > cap:
-            raise QuotaExceeded(f"{op}: a reply of {_mib(size)}; this server's messages are at "
-                                f"most {_mib(cap)} (--max-message-mb)", limit=cap,
-                                needed=min(size, (1 << 63) - 1))  # msgpack: 64-bit ints
+            raise QuotaExceeded(
+                f"{op}: a reply of {_mib(size)}; this server's messages are at "
+                f"most {_mib(cap)} (--max-message-mb)",
+                limit=cap,
+                needed=min(size, (1 << 63) - 1),
+            )  # msgpack: 64-bit ints
 
     @property
     def reply_bytes(self) -> int:
@@ -158,8 +171,9 @@ class Limits:
         return self.settings.max_message_bytes
 
     @staticmethod
-    def reply(op: str, managed: ManagedIndex, args: dict[str, Any], arrays: dict[str, Any]
-              ) -> tuple[int, int]:
+    def reply(
+        op: str, managed: ManagedIndex, args: dict[str, Any], arrays: dict[str, Any]
+    ) -> tuple[int, int]:
         """``(vectors, bytes)`` the reply to ``op`` would hold, from its arguments alone
         (0, 0 when malformed arguments leave it unknown: the op's validation reports them)."""
         width = vector_bytes(managed)
@@ -189,8 +203,14 @@ class Limits:
 
     # -- per tenant ----------------------------------------------------------------------------
     @contextmanager
-    def reserve(self, tenant: str, backend: LocalBackend, indices: int = 0, vectors: int = 0,
-                nbytes: int = 0) -> Iterator[None]:
+    def reserve(
+        self,
+        tenant: str,
+        backend: LocalBackend,
+        indices: int = 0,
+        vectors: int = 0,
+        nbytes: int = 0,
+    ) -> Iterator[None]:
         """Hold room for a write of this size, or raise QuotaExceeded; released on exit
         (by then a successful write is counted in the index itself)."""
         s = self.settings
@@ -203,14 +223,21 @@ class Limits:
             stored = self._usage(tenant, backend)
             pending = self._pending.setdefault(tenant, [0, 0, 0])
             for what, have, held, want, limit in zip(
-                    ("indices", "vectors", "bytes of vectors"), stored, pending, wanted, limits,
-                    strict=True):
+                ("indices", "vectors", "bytes of vectors"),
+                stored,
+                pending,
+                wanted,
+                limits,
+                strict=True,
+            ):
                 if want and limit and have + held + want > limit:
-                    shown = (_mib if what.startswith("bytes") else "{:,}".format)
+                    shown = _mib if what.startswith("bytes") else "{:,}".format
                     raise QuotaExceeded(
                         f"tenant quota: this would bring the tenant to {shown(have + held + want)}"
                         f" {what}, over its limit of {shown(limit)} ({shown(have)} stored)",
-                        limit=limit, used=have)
+                        limit=limit,
+                        used=have,
+                    )
             for i, want in enumerate(wanted):
                 pending[i] += want
         try:
@@ -229,16 +256,23 @@ class Limits:
             nbytes += managed.ntotal * vector_bytes(managed)
         return count, vectors, nbytes
 
-    def write(self, op: Operation, tenant: str, backend: LocalBackend,
-              arrays: dict[str, Any]) -> Any:
+    def write(
+        self, op: Operation, tenant: str, backend: LocalBackend, arrays: dict[str, Any]
+    ) -> Any:
         """The reservation an index op needs: the vectors it adds (others need none)."""
         x = arrays.get("x")
         if not op.adds_vectors or not isinstance(x, np.ndarray):
             return self.reserve(tenant, backend)
         return self.reserve(tenant, backend, vectors=_rows(x), nbytes=int(x.nbytes))
 
-    def new_index(self, tenant: str, backend: LocalBackend, spec: Any = None,
-                  index: Any = None, session: str | None = None) -> Any:
+    def new_index(
+        self,
+        tenant: str,
+        backend: LocalBackend,
+        spec: Any = None,
+        index: Any = None,
+        session: str | None = None,
+    ) -> Any:
         """The reservation of a create (vectors of every index its spec copies, at any depth:
         estimate.refs) or an import; ``session`` is the caller's, whose unnamed indices a ref
         may name."""
@@ -248,8 +282,11 @@ class Limits:
 
             most = self.settings.max_dimension
             if most and index.d > most:
-                raise QuotaExceeded(f"dimension {index.d:,} exceeds this server's limit of "
-                                    f"{most:,} (--max-dimension)", limit=most)
+                raise QuotaExceeded(
+                    f"dimension {index.d:,} exceeds this server's limit of "
+                    f"{most:,} (--max-dimension)",
+                    limit=most,
+                )
             width = index.d // 8 if isinstance(index, faiss.IndexBinary) else index.d * 4
             vectors, nbytes = int(index.ntotal), int(index.ntotal) * width
         for name in refs(spec) if spec is not None else ():

@@ -106,8 +106,9 @@ def op(name: str) -> Callable:
     contract (faissx_core/operations.py) as an index operation."""
     decl = OPERATIONS.get(name)
     if decl is None or decl.target != "index":
-        raise LookupError(f"op {name!r}: declare it as an index operation in "
-                          "faissx_core/operations.py first")
+        raise LookupError(
+            f"op {name!r}: declare it as an index operation in faissx_core/operations.py first"
+        )
 
     def register(fn: Callable[[ManagedIndex, Any, Arrays], Job]) -> Callable:
         def bound(m: ManagedIndex, a: Any, arrays: Arrays) -> Job:
@@ -127,11 +128,13 @@ def run_faiss(fn: Callable[[], Any], what: str, managed: ManagedIndex) -> Any:
         raise
     except TypeError as exc:  # SWIG found no overload for these values: faiss refuses them
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WrongType(f"{what} on {managed.spec.type}: faiss refused the arguments "
-                        f"({first})") from None
+        raise WrongType(
+            f"{what} on {managed.spec.type}: faiss refused the arguments ({first})"
+        ) from None
     except AttributeError as exc:  # the faiss class has no such method
-        raise UnsupportedOperation(f"{what} is not supported by {managed.spec.type} "
-                                   f"({exc})") from None
+        raise UnsupportedOperation(
+            f"{what} is not supported by {managed.spec.type} ({exc})"
+        ) from None
     except RuntimeError as exc:
         text = str(exc)
         if "not implemented" in text.lower() or "not supported" in text.lower():
@@ -154,6 +157,7 @@ def deserialize(data: np.ndarray) -> Any:
 
 # -- input checks ------------------------------------------------------------------------------
 
+
 def vectors(m: ManagedIndex, arrays: Arrays, name: str = "x") -> np.ndarray:
     x = arrays.get(name)
     if x is None:
@@ -166,8 +170,7 @@ def vectors(m: ManagedIndex, arrays: Arrays, name: str = "x") -> np.ndarray:
     width = m.row_width
     if x.ndim != 2 or x.shape[1] != width:
         raise InvalidArgument(
-            f"{name} has shape {tuple(x.shape)}; {m.spec.type} (d={m.index.d}) expects "
-            f"(n, {width})"
+            f"{name} has shape {tuple(x.shape)}; {m.spec.type} (d={m.index.d}) expects (n, {width})"
         )
     if not binary and x.size and not _finite(x):
         raise InvalidArgument(f"{name} contains NaN or infinity")
@@ -221,9 +224,6 @@ def _info(index: Any) -> dict[str, Any]:
 # -- argument models ---------------------------------------------------------------------------
 
 
-
-
-
 class SearchParams(NamedTuple):
     """faiss search parameters plus what they point into (a selector and its id array).
 
@@ -238,8 +238,9 @@ class SearchParams(NamedTuple):
 _NO_PARAMS = SearchParams(None, None)
 
 
-def search_params(m: ManagedIndex, spec: IndexSpec | None, arrays: Arrays, depth: int = 0
-                  ) -> SearchParams:
+def search_params(
+    m: ManagedIndex, spec: IndexSpec | None, arrays: Arrays, depth: int = 0
+) -> SearchParams:
     """Build a ``SearchParameters*`` component (and its selector) for one call."""
     if spec is None:
         return _NO_PARAMS
@@ -273,25 +274,12 @@ def search_params(m: ManagedIndex, spec: IndexSpec | None, arrays: Arrays, depth
 NESTED_PARAMS = ("quantizer_params", "base_index_params")
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # -- operations --------------------------------------------------------------------------------
+
 
 @op("info")
 def info(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     return lambda index: (m.info(), {})
-
-
 
 
 #: Storage grows ahead by at most this many times the rows of the request asking, so a request
@@ -376,8 +364,7 @@ def search(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
 def assign(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
     k = _k(a.k, len(x))
-    return lambda index: ({}, {"I": run_faiss(lambda: m.searcher(index).assign(x, k), "assign",
-                                              m)})
+    return lambda index: ({}, {"I": run_faiss(lambda: m.searcher(index).assign(x, k), "assign", m)})
 
 
 @op("range_search")
@@ -408,8 +395,9 @@ RANGE_BATCH_SHARE = 8
 RANGE_RESULT_BYTES = 12
 
 
-def bounded_range_search(m: ManagedIndex, index: Any, x: np.ndarray, radius: float,
-                         params: Any, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bounded_range_search(
+    m: ManagedIndex, index: Any, x: np.ndarray, radius: float, params: Any, cap: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """faiss's range_search, in query batches, stopped with QuotaExceeded as soon as the
     results so far make a reply larger than ``cap`` bytes.
 
@@ -419,16 +407,16 @@ def bounded_range_search(m: ManagedIndex, index: Any, x: np.ndarray, radius: flo
     """
     nq = len(x)
     if not cap or not nq:
-        return run_faiss(lambda: index.range_search(x, radius, params=params),
-                         "range_search", m)
+        return run_faiss(lambda: index.range_search(x, radius, params=params), "range_search", m)
     worst = max(int(index.ntotal), 1) * RANGE_RESULT_BYTES
     batch = max(1, min(nq, cap // (RANGE_BATCH_SHARE * worst)))
     lims_parts, dists, ids = [np.zeros(1, dtype=np.uint64)], [], []
     found = 0
     for start in range(0, nq, batch):
-        part = x[start:start + batch]
-        lims, D, I = run_faiss(partial(index.range_search, part, radius, params=params),
-                               "range_search", m)
+        part = x[start : start + batch]
+        lims, D, I = run_faiss(
+            partial(index.range_search, part, radius, params=params), "range_search", m
+        )
         lims_parts.append(lims[1:] + np.uint64(found))
         dists.append(D)
         ids.append(I)
@@ -439,7 +427,9 @@ def bounded_range_search(m: ManagedIndex, index: Any, x: np.ndarray, radius: flo
                 f"range_search: the results of the first {start + len(part):,} of {nq:,} "
                 f"queries already exceed this server's message limit of {cap / (1 << 20):,.1f} "
                 "MiB (--max-message-mb); use a smaller radius or fewer queries per call",
-                limit=cap, queries_done=start + len(part))
+                limit=cap,
+                queries_done=start + len(part),
+            )
     return np.concatenate(lims_parts), np.concatenate(dists), np.concatenate(ids)
 
 
@@ -452,15 +442,19 @@ def search_and_reconstruct(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Jo
     def job(index: Any) -> Result:
         if m.binary:
             return {}, binary_search_and_reconstruct(m, index, x, k, sp.params)
-        D, I, R = run_faiss(lambda: index.search_and_reconstruct(x, k, params=sp.params),
-                            "search_and_reconstruct", m)
+        D, I, R = run_faiss(
+            lambda: index.search_and_reconstruct(x, k, params=sp.params),
+            "search_and_reconstruct",
+            m,
+        )
         return {}, {"D": D, "I": I, "R": R}
 
     return job
 
 
-def binary_search_and_reconstruct(m: ManagedIndex, index: Any, x: np.ndarray, k: int,
-                                  params: Any) -> Arrays:
+def binary_search_and_reconstruct(
+    m: ManagedIndex, index: Any, x: np.ndarray, k: int, params: Any
+) -> Arrays:
     """faiss's C++ ``IndexBinary::search_and_reconstruct``, which its Python wrapper does not
     expose (a call to it fails with TypeError): called through SWIG pointers instead, so the
     result is faiss's own, a label of -1 reconstructed as all 0xff bytes."""
@@ -468,9 +462,13 @@ def binary_search_and_reconstruct(m: ManagedIndex, index: Any, x: np.ndarray, k:
     D = np.empty((n, k), dtype=np.int32)
     I = np.empty((n, k), dtype=np.int64)
     R = np.empty((n, k, index.code_size), dtype=np.uint8)
-    run_faiss(lambda: index.search_and_reconstruct(
-        n, faiss.swig_ptr(x), k, faiss.swig_ptr(D), faiss.swig_ptr(I), faiss.swig_ptr(R),
-        params), "search_and_reconstruct", m)
+    run_faiss(
+        lambda: index.search_and_reconstruct(
+            n, faiss.swig_ptr(x), k, faiss.swig_ptr(D), faiss.swig_ptr(I), faiss.swig_ptr(R), params
+        ),
+        "search_and_reconstruct",
+        m,
+    )
     return {"D": D, "I": I, "R": R}
 
 
@@ -578,8 +576,7 @@ def export(m: ManagedIndex, a: ExportArgs, arrays: Arrays) -> Job:
     merge or split by itself. ``ntotal`` in the result is the whole count, for paging."""
 
     def job(index: Any) -> Result:
-        ids, x = run_faiss(lambda: export_vectors(index, a.vectors, a.start, a.count),
-                           "export", m)
+        ids, x = run_faiss(lambda: export_vectors(index, a.vectors, a.start, a.count), "export", m)
         result = {"ntotal": int(index.ntotal), "keeps_ids": keeps_ids(index)}
         return result, ({"ids": ids, "x": x} if x is not None else {"ids": ids})
 
@@ -601,12 +598,12 @@ def set_direct_map_type(m: ManagedIndex, a: DirectMapArgs, arrays: Arrays) -> Jo
 
 # -- structural attributes as remote views (faissx_core/attrs.py says what a path may name) ----
 
+
 @op("get_attr")
 def get_attr(m: ManagedIndex, a: AttrPath, arrays: Arrays) -> Job:
     """The value at a dotted path from the index: a scalar, an array, or an object to view."""
     attrs.check_path(a.path)
-    return lambda index: run_faiss(lambda: attrs.describe(attrs.walk(index, a.path)),
-                                   "get_attr", m)
+    return lambda index: run_faiss(lambda: attrs.describe(attrs.walk(index, a.path)), "get_attr", m)
 
 
 @op("call_attr")
@@ -622,9 +619,17 @@ def call_attr(m: ManagedIndex, a: AttrCall, arrays: Arrays) -> Job:
         if a.method in attrs.DC_METHODS:  # args: [1] for get_FlatCodesDistanceComputer
             flat = bool(a.args and a.args[0])
             return run_faiss(
-                lambda: ({"kind": "array"}, {"value": attrs.distance_computer_call(
-                    obj, a.method, flat, x, arrays.get("ids"))}),
-                "distance computer", m)
+                lambda: (
+                    {"kind": "array"},
+                    {
+                        "value": attrs.distance_computer_call(
+                            obj, a.method, flat, x, arrays.get("ids")
+                        )
+                    },
+                ),
+                "distance computer",
+                m,
+            )
         if x is not None and a.method != "sa_decode":  # sa_decode's x is codes
             width = obj.d
             vectors(_Shape(obj, width), {"x": x})  # type: ignore[arg-type]
@@ -648,8 +653,10 @@ def set_attr(m: ManagedIndex, a: AttrValue, arrays: Arrays) -> Job:
     """Set a tuning knob (attrs.WRITABLE) at a path; logged like every write."""
     *parents, leaf = attrs.check_path(a.path) or [""]
     if leaf not in attrs.WRITABLE:
-        raise UnsupportedOperation(f"{leaf!r} cannot be set on a remote index (it is not a "
-                                   "tuning knob; sizes and pointers stay the server's)")
+        raise UnsupportedOperation(
+            f"{leaf!r} cannot be set on a remote index (it is not a "
+            "tuning knob; sizes and pointers stay the server's)"
+        )
 
     def job(index: Any) -> Result:
         obj = attrs.walk(index, ".".join(parents))

@@ -56,11 +56,17 @@ class Call:
 
     def event(self, frames: list[Any], outcome: str) -> RequestEvent:
         return RequestEvent(
-            request_id=self.request_id, op=self.op.name if self.op else "?",
-            tenant=self.tenant, index=self.index, outcome=outcome,
-            duration_s=time.perf_counter() - self.started, bytes_in=self.bytes_in,
-            bytes_out=sum(_nbytes(f) for f in frames), deduplicated=self.deduplicated,
-            inline=self.inline)
+            request_id=self.request_id,
+            op=self.op.name if self.op else "?",
+            tenant=self.tenant,
+            index=self.index,
+            outcome=outcome,
+            duration_s=time.perf_counter() - self.started,
+            bytes_in=self.bytes_in,
+            bytes_out=sum(_nbytes(f) for f in frames),
+            deduplicated=self.deduplicated,
+            inline=self.inline,
+        )
 
 
 class Observers:

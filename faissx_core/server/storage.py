@@ -142,12 +142,26 @@ class LogScan:
 class IndexStore(Protocol):
     """What the server needs from a store. Calls for one index are serialised by its lock."""
 
-    def create(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
-               keys: list[RememberedKey]) -> None:
+    def create(
+        self,
+        tenant: str,
+        name: str,
+        spec: IndexSpec,
+        created: float,
+        index: Any,
+        keys: list[RememberedKey],
+    ) -> None:
         """Write a new index's first generation; nothing is left behind if this raises."""
 
-    def save(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
-             keys: list[RememberedKey]) -> None:
+    def save(
+        self,
+        tenant: str,
+        name: str,
+        spec: IndexSpec,
+        created: float,
+        index: Any,
+        keys: list[RememberedKey],
+    ) -> None:
         """Snapshot ``index`` atomically and empty its log (caller excludes writers)."""
 
     def save_many(self, tenant: str, entries: list[SaveEntry]) -> None:
@@ -171,8 +185,15 @@ class IndexStore(Protocol):
     def salvage(self, tenant: str, name: str) -> tuple[StoredIndex, str]:
         """A damaged index's intact part, and what was left out of it."""
 
-    def replace(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
-                keys: list[RememberedKey]) -> Path:
+    def replace(
+        self,
+        tenant: str,
+        name: str,
+        spec: IndexSpec,
+        created: float,
+        index: Any,
+        keys: list[RememberedKey],
+    ) -> Path:
         """Back a damaged index's files up, then commit ``index`` as its new generation."""
 
     def drop(self, tenant: str, name: str) -> None:
@@ -207,8 +228,9 @@ class CrashPoints:
         if spec:
             point, _, nth = spec.rpartition(":")
             self.point, self.count = point, int(nth)
-            log.warning("%s=%s: this server will exit abruptly there (a test hook)",
-                        CRASH_AT_ENV, spec)
+            log.warning(
+                "%s=%s: this server will exit abruptly there (a test hook)", CRASH_AT_ENV, spec
+            )
 
     def __call__(self, point: str) -> None:
         if self.point != point:
@@ -222,8 +244,9 @@ class CrashPoints:
 
 def encode_record(record: LogRecord) -> list[Any]:
     """The record as buffers to write in order: prefix, header, then each array's bytes."""
-    header, *arrays = encode({"op": record.op, "args": record.args, "idem": record.idem},
-                             record.arrays)
+    header, *arrays = encode(
+        {"op": record.op, "args": record.args, "idem": record.idem}, record.arrays
+    )
     parts = [struct.pack("<I", len(header)), header, *(memoryview(a).cast("B") for a in arrays)]
     crc = 0
     for part in parts:
@@ -240,7 +263,7 @@ def read_records(data: memoryview) -> tuple[list[LogRecord], int, str | None]:
         if len(data) - pos < _PREFIX.size:
             return records, pos, f"torn record header at byte {pos}"
         magic, length, crc = _PREFIX.unpack_from(data, pos)
-        body = data[pos + _PREFIX.size: pos + _PREFIX.size + length]
+        body = data[pos + _PREFIX.size : pos + _PREFIX.size + length]
         if magic != MAGIC:
             return records, pos, f"bad record marker at byte {pos}"
         if len(body) < length:
@@ -276,7 +299,7 @@ def scan_log(data: bytes) -> LogScan:
         record, size = found
         scan.later.append(record)
         pos += size
-        if pos < len(data) and data[pos: pos + len(MAGIC)] != MAGIC:
+        if pos < len(data) and data[pos : pos + len(MAGIC)] != MAGIC:
             pos = data.find(MAGIC, pos + 1)
     return scan
 
@@ -286,7 +309,7 @@ def _record_at(data: memoryview, pos: int) -> tuple[LogRecord, int] | None:
     if len(data) - pos < _PREFIX.size:
         return None
     magic, length, crc = _PREFIX.unpack_from(data, pos)
-    body = data[pos + _PREFIX.size: pos + _PREFIX.size + length]
+    body = data[pos + _PREFIX.size : pos + _PREFIX.size + length]
     if magic != MAGIC or len(body) < length or zlib.crc32(body) != crc:
         return None
     try:
@@ -297,18 +320,22 @@ def _record_at(data: memoryview, pos: int) -> tuple[LogRecord, int] | None:
 
 def _parse(body: memoryview) -> LogRecord:
     (hlen,) = struct.unpack_from("<I", body, 0)
-    header_bytes = body[4: 4 + hlen]
+    header_bytes = body[4 : 4 + hlen]
     header = msgpack.unpackb(header_bytes, raw=False)
     frames: list[Any] = [header_bytes]
     pos = 4 + hlen
     for desc in header.get("arrays", []):
         size = int(np.prod(desc["shape"], dtype=np.int64)) * np.dtype(desc["dtype"]).itemsize
-        frames.append(body[pos: pos + size])
+        frames.append(body[pos : pos + size])
         pos += size
     _, arrays = decode(frames)
     # copies: the log's buffer is released after recovery, the replayed index keeps nothing
-    return LogRecord(header["op"], header.get("args") or {},
-                     {k: np.array(v) for k, v in arrays.items()}, header.get("idem"))
+    return LogRecord(
+        header["op"],
+        header.get("args") or {},
+        {k: np.array(v) for k, v in arrays.items()},
+        header.get("idem"),
+    )
 
 
 def encode_keys(keys: list[RememberedKey]) -> bytes:
@@ -316,8 +343,10 @@ def encode_keys(keys: list[RememberedKey]) -> bytes:
 
 
 def decode_keys(data: bytes) -> list[RememberedKey]:
-    return [RememberedKey(str(k), str(op), float(saved), [bytes(f) for f in reply])
-            for k, op, saved, reply in msgpack.unpackb(data, raw=False)]
+    return [
+        RememberedKey(str(k), str(op), float(saved), [bytes(f) for f in reply])
+        for k, op, saved, reply in msgpack.unpackb(data, raw=False)
+    ]
 
 
 class FileStore:
@@ -370,8 +399,15 @@ class FileStore:
         return self._dir(tenant, name)
 
     # -- generations -------------------------------------------------------------------------
-    def _write_generation(self, folder: Path, gen: int, spec: IndexSpec, created: float,
-                          index: Any, keys: list[RememberedKey]) -> dict[str, Any]:
+    def _write_generation(
+        self,
+        folder: Path,
+        gen: int,
+        spec: IndexSpec,
+        created: float,
+        index: Any,
+        keys: list[RememberedKey],
+    ) -> dict[str, Any]:
         """Snapshot, keys and an empty log of generation ``gen``, all on disk; the meta.json
         that would commit them is returned, not written."""
         binary = isinstance(index, faiss.IndexBinary)
@@ -390,8 +426,15 @@ class FileStore:
         finally:
             os.close(fd)
         _fsync_dir(folder)
-        return {"format": FORMAT_VERSION, "spec": spec.model_dump(), "created": created,
-                "binary": binary, "generation": gen, "keys": True, "saved": time.time()}
+        return {
+            "format": FORMAT_VERSION,
+            "spec": spec.model_dump(),
+            "created": created,
+            "binary": binary,
+            "generation": gen,
+            "keys": True,
+            "saved": time.time(),
+        }
 
     @staticmethod
     def _commit_meta(folder: Path, meta: dict[str, Any]) -> None:
@@ -432,8 +475,15 @@ class FileStore:
         return old
 
     # -- create, snapshot, multi-index commit --------------------------------------------
-    def create(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
-               keys: list[RememberedKey]) -> None:
+    def create(
+        self,
+        tenant: str,
+        name: str,
+        spec: IndexSpec,
+        created: float,
+        index: Any,
+        keys: list[RememberedKey],
+    ) -> None:
         final = self._dir(tenant, name)
         if os.path.lexists(final):
             raise FileExistsError(f"{final} already exists")
@@ -443,8 +493,9 @@ class FileStore:
         renamed = False
         try:
             staging.mkdir()
-            self._commit_meta(staging, self._write_generation(staging, 1, spec, created, index,
-                                                              keys))
+            self._commit_meta(
+                staging, self._write_generation(staging, 1, spec, created, index, keys)
+            )
             self.crash("create:staged")
             os.rename(staging, final)
             renamed = True
@@ -457,12 +508,26 @@ class FileStore:
             raise
         self._switch((tenant, name), 1)
 
-    def save(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
-             keys: list[RememberedKey]) -> None:
+    def save(
+        self,
+        tenant: str,
+        name: str,
+        spec: IndexSpec,
+        created: float,
+        index: Any,
+        keys: list[RememberedKey],
+    ) -> None:
         self._timed("snapshot", lambda: self._save(tenant, name, spec, created, index, keys))
 
-    def _save(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
-              keys: list[RememberedKey]) -> None:
+    def _save(
+        self,
+        tenant: str,
+        name: str,
+        spec: IndexSpec,
+        created: float,
+        index: Any,
+        keys: list[RememberedKey],
+    ) -> None:
         key = (tenant, name)
         folder = self._dir(tenant, name)
         old = self._generations.get(key)
@@ -504,12 +569,17 @@ class FileStore:
                 if old is None or not folder.is_dir():
                     raise FileNotFoundError(f"{tenant}/{e.name} has no directory to write into")
                 plan.append((e.name, folder, old, old + 1, {}))
-                plan[-1][4].update(self._write_generation(folder, old + 1, e.spec, e.created,
-                                                          e.index, e.keys))
+                plan[-1][4].update(
+                    self._write_generation(folder, old + 1, e.spec, e.created, e.index, e.keys)
+                )
             self.crash("commit:prepared")
             tmp = intent.with_name(intent.name + ".tmp")
-            _write_synced(tmp, json.dumps({"indices": [
-                {"name": n, "meta": m} for n, _, _, _, m in plan]}).encode())
+            _write_synced(
+                tmp,
+                json.dumps(
+                    {"indices": [{"name": n, "meta": m} for n, _, _, _, m in plan]}
+                ).encode(),
+            )
             _fsync_rename(tmp, intent)  # the commit point for all of them
         except BaseException:
             for _, folder, _, gen, _ in plan:
@@ -529,8 +599,13 @@ class FileStore:
             intent.unlink()
             _fsync_dir(tenant_dir)
         except OSError as exc:
-            log.error("%s: a committed multi-index change is not fully switched over yet "
-                      "(%s); %s finishes it at the next start", tenant, exc, intent)
+            log.error(
+                "%s: a committed multi-index change is not fully switched over yet "
+                "(%s); %s finishes it at the next start",
+                tenant,
+                exc,
+                intent,
+            )
             return
         for _, folder, old, _, _ in plan:
             self._remove_generation(folder, old)
@@ -547,8 +622,12 @@ class FileStore:
                 plan = json.loads(intent.read_text())
                 self._finish_commit(tenant_dir, plan)
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.error("%s cannot be finished (%s): kept, with every newer-generation file "
-                          "of %s", intent, exc, tenant_dir)
+                log.error(
+                    "%s cannot be finished (%s): kept, with every newer-generation file of %s",
+                    intent,
+                    exc,
+                    tenant_dir,
+                )
                 sure = False
                 continue
             intent.unlink()
@@ -564,12 +643,10 @@ class FileStore:
                 current = json.loads((folder / "meta.json").read_text())["generation"]
             except (OSError, ValueError, KeyError, TypeError):
                 current = None
-            if not folder.is_dir() or (current is not None
-                                       and current >= meta["generation"]):
+            if not folder.is_dir() or (current is not None and current >= meta["generation"]):
                 continue  # deleted since, or already switched (and maybe snapshotted on)
             self._commit_meta(folder, meta)
-            log.info("%s: finished a committed change (generation %d)", folder,
-                     meta["generation"])
+            log.info("%s: finished a committed change (generation %d)", folder, meta["generation"])
 
     # -- the log -----------------------------------------------------------------------------
     def _log_fd(self, tenant: str, name: str) -> int:
@@ -605,8 +682,9 @@ class FileStore:
             self._dirty.add(fd)
             self._cond.notify_all()
             if self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
-                                                 name="faissx-wal-flusher")
+                self._flusher = threading.Thread(
+                    target=self._flush_loop, daemon=True, name="faissx-wal-flusher"
+                )
                 self._flusher.start()
             return self._written
 
@@ -715,11 +793,13 @@ class FileStore:
                 raise ValueError(
                     f"{wal.name} is damaged in the middle: {scan.problem}, and "
                     f"{len(scan.later)} valid record(s) follow it (acknowledged writes "
-                    "behind the damage; nothing was cut)")
+                    "behind the damage; nothing was cut)"
+                )
             stray = self._stray_logs(folder, files, gen)
             if stray:
-                raise ValueError(f"{', '.join(stray)} hold records but meta.json names "
-                                 f"generation {gen}")
+                raise ValueError(
+                    f"{', '.join(stray)} hold records but meta.json names generation {gen}"
+                )
         except Exception as exc:
             return self._damage(tenant, folder, files, str(exc))
         dropped = None
@@ -731,8 +811,7 @@ class FileStore:
             dropped = f"{scan.problem}; {len(data) - scan.good} byte(s) dropped"
         self._clean_leftovers(folder, files, gen, newer=sure)
         self._generations[(tenant, name)] = gen
-        return StoredIndex(tenant, name, spec, meta["created"], index, scan.records, dropped,
-                           keys)
+        return StoredIndex(tenant, name, spec, meta["created"], index, scan.records, dropped, keys)
 
     @staticmethod
     def _meta(folder: Path, files: set[str]) -> dict[str, Any]:
@@ -775,8 +854,12 @@ class FileStore:
         stray = []
         for name in files:
             match = _GENERATION_FILE.match(name)
-            if (match and match.group(1) == "wal" and int(match.group(2)) > gen
-                    and (folder / name).stat().st_size > 0):
+            if (
+                match
+                and match.group(1) == "wal"
+                and int(match.group(2)) > gen
+                and (folder / name).stat().st_size > 0
+            ):
                 stray.append(name)
         return sorted(stray)
 
@@ -787,8 +870,12 @@ class FileStore:
         for name in files:
             match = _GENERATION_FILE.match(name)
             number = int(match.group(2)) if match else gen
-            if (number < gen or (number > gen and newer) or name == "meta.json.tmp"
-                    or (match and match.group(4) and (number <= gen or newer))):
+            if (
+                number < gen
+                or (number > gen and newer)
+                or name == "meta.json.tmp"
+                or (match and match.group(4) and (number <= gen or newer))
+            ):
                 (folder / name).unlink(missing_ok=True)
 
     def _damage(self, tenant: str, folder: Path, files: set[str], reason: str) -> Damage:
@@ -826,8 +913,14 @@ class FileStore:
         except Exception as exc:
             notes.append(f"{exc}: rebuilt as an imported index")
             meta, spec, created = {}, None, time.time()
-            gens = sorted({int(m.group(2)) for m in map(_GENERATION_FILE.match, files)
-                           if m and m.group(1) == "snapshot" and not m.group(4)}, reverse=True)
+            gens = sorted(
+                {
+                    int(m.group(2))
+                    for m in map(_GENERATION_FILE.match, files)
+                    if m and m.group(1) == "snapshot" and not m.group(4)
+                },
+                reverse=True,
+            )
         for gen in gens:
             try:
                 index = self._snapshot(folder, gen, bool(meta.get("binary")))
@@ -839,8 +932,10 @@ class FileStore:
                 except ValueError as exc:
                     notes.append(str(exc))
         else:
-            raise ValueError(f"no readable snapshot in {folder}: nothing to rebuild from "
-                             f"({'; '.join(notes) or 'no snapshot file'})")
+            raise ValueError(
+                f"no readable snapshot in {folder}: nothing to rebuild from "
+                f"({'; '.join(notes) or 'no snapshot file'})"
+            )
         if spec is None:
             spec = IndexSpec(type=IMPORTED.name, params={"faiss_class": faiss_class_name(index)})
         try:
@@ -854,16 +949,25 @@ class FileStore:
             scan = scan_log(wal.read_bytes())
             records = scan.records
             if scan.problem:
-                notes.append(f"{wal.name}: kept {len(scan.records)} record(s) before "
-                             f"{scan.problem}; left out {len(scan.later)} valid record(s) "
-                             "after it")
+                notes.append(
+                    f"{wal.name}: kept {len(scan.records)} record(s) before "
+                    f"{scan.problem}; left out {len(scan.later)} valid record(s) "
+                    "after it"
+                )
         else:
             notes.append(f"{wal.name} is missing: the snapshot alone is rebuilt")
         stored = StoredIndex(tenant, name, spec, created, index, records, None, keys)
         return stored, "; ".join(notes) or "nothing was damaged"
 
-    def replace(self, tenant: str, name: str, spec: IndexSpec, created: float, index: Any,
-                keys: list[RememberedKey]) -> Path:
+    def replace(
+        self,
+        tenant: str,
+        name: str,
+        spec: IndexSpec,
+        created: float,
+        index: Any,
+        keys: list[RememberedKey],
+    ) -> Path:
         """Copy every file of the index into ``damaged/<tenant>/<name>-<time>/`` (synced),
         then commit ``index`` as a new generation in place; returns the backup's path."""
         folder = self._dir(tenant, name)
@@ -918,8 +1022,9 @@ class FileStore:
                 os.close(fd)
         self._lock_file.close()  # releases the flock
         if failures:
-            raise OSError(f"{len(failures)} write-ahead log(s) could not be synced at "
-                          f"shutdown: {failures[0]}")
+            raise OSError(
+                f"{len(failures)} write-ahead log(s) could not be synced at shutdown: {failures[0]}"
+            )
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -927,7 +1032,7 @@ def _write_synced(path: Path, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -21,5 +21,12 @@ def build(params: RotatedParams, _nested: object) -> faiss.Index:
 
 @hookimpl
 def faissx_index_types() -> list[IndexType]:
-    return [IndexType(name="IndexTestRotatedFlat", family="testrotated", params=RotatedParams,
-                      build=build, doc="Exact L2 search in a randomly rotated space.")]
+    return [
+        IndexType(
+            name="IndexTestRotatedFlat",
+            family="testrotated",
+            params=RotatedParams,
+            build=build,
+            doc="Exact L2 search in a randomly rotated space.",
+        )
+    ]

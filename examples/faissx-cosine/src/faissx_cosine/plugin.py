@@ -24,8 +24,9 @@ class CosineParams(BaseModel):
 
 
 def build(params: CosineParams, build_nested: object) -> faiss.Index:
-    return faiss.IndexPreTransform(faiss.NormalizationTransform(params.d, 2.0),
-                                   faiss.IndexFlatIP(params.d))
+    return faiss.IndexPreTransform(
+        faiss.NormalizationTransform(params.d, 2.0), faiss.IndexFlatIP(params.d)
+    )
 
 
 @hookimpl
