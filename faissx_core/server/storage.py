@@ -425,7 +425,7 @@ class FileStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(folder)
+        _fsync_path(folder)
         return {
             "format": FORMAT_VERSION,
             "spec": spec.model_dump(),
@@ -499,7 +499,7 @@ class FileStore:
             self.crash("create:staged")
             os.rename(staging, final)
             renamed = True
-            _fsync_dir(parent)
+            _fsync_path(parent)
             self.crash("create:committed")
         except BaseException:
             if renamed:  # on disk but not durably: take it back, the create is refused
@@ -597,7 +597,7 @@ class FileStore:
                 if number == 0:
                     self.crash("commit:meta")
             intent.unlink()
-            _fsync_dir(tenant_dir)
+            _fsync_path(tenant_dir)
         except OSError as exc:
             log.error(
                 "%s: a committed multi-index change is not fully switched over yet "
@@ -631,7 +631,7 @@ class FileStore:
                 sure = False
                 continue
             intent.unlink()
-            _fsync_dir(tenant_dir)
+            _fsync_path(tenant_dir)
         return sure
 
     def _finish_commit(self, tenant_dir: Path, plan: dict[str, Any]) -> None:
@@ -741,7 +741,7 @@ class FileStore:
             return
         gone = folder.with_name(f".deleting-{folder.name}-{uuid.uuid4().hex[:8]}")
         os.rename(folder, gone)
-        _fsync_dir(folder.parent)
+        _fsync_path(folder.parent)
         self.crash("delete:renamed")
         if gone.is_dir() and not gone.is_symlink():
             shutil.rmtree(gone, ignore_errors=True)
@@ -981,9 +981,9 @@ class FileStore:
         shutil.copytree(folder, backup)
         for path in backup.rglob("*"):
             if path.is_file():
-                _sync_file(path)
-        _fsync_dir(backup)
-        _fsync_dir(backup.parent)
+                _fsync_path(path)
+        _fsync_path(backup)
+        _fsync_path(backup.parent)
         files = {p.name for p in folder.iterdir()}
         gens = [int(m.group(2)) for m in map(_GENERATION_FILE.match, files) if m]
         gen = max(gens, default=0) + 1
@@ -996,7 +996,7 @@ class FileStore:
         for file in files:  # every one of them is in the backup
             if file != "meta.json" and (folder / file).is_file():
                 (folder / file).unlink()
-        _fsync_dir(folder)
+        _fsync_path(folder)
         self._switch((tenant, name), gen)
         return backup
 
@@ -1038,15 +1038,8 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _sync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
+    """fsync a file, or a directory (so a rename or a new entry in it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -1055,10 +1048,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _fsync_rename(tmp: Path, final: Path, sync_dir: bool = True) -> None:
-    _sync_file(tmp)
+    _fsync_path(tmp)
     os.replace(tmp, final)
     if sync_dir:
-        _fsync_dir(final.parent)
+        _fsync_path(final.parent)
 
 
 @hookimpl(trylast=True)
