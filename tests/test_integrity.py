@@ -724,6 +724,23 @@ def _check(raw: Raw, model: Model, cycle: int) -> None:
         assert tags_of(raw, name) == tags, f"cycle {cycle}: {name} lost or duplicated vectors"
 
 
+def _retry(raw: Raw, model: Model, doubt: tuple, cycle: int) -> None:
+    """Re-send the write a crash left in doubt, with its key: it must now be applied exactly
+    once. A delete that had been applied may answer "not found" (the index, and the keys it
+    held, are gone); every other write must succeed."""
+    op, name, args, tags, idem = doubt
+    header, _ = raw.call(
+        op,
+        name,
+        args,
+        {"x": tagged(np.asarray(tags, dtype="float32"))} if op == "add" else None,
+        idem,
+    )
+    gone = op == "delete" and not header["ok"] and header["error"]["code"] == "index_not_found"
+    assert header["ok"] or gone, (cycle, doubt, header)
+    model.apply(op, name, args, tags)
+
+
 def test_kill_9_at_random_points_of_create_delete_snapshot_and_merge(tmp_path):
     """21 crashes, each at a commit point (via the crash hook) or at a random moment (kill -9
     right after sending a request), then a restart, a retry of the write in doubt with its
@@ -745,21 +762,7 @@ def test_kill_9_at_random_points_of_create_delete_snapshot_and_merge(tmp_path):
             srv.start()
             raw = Raw(srv)
             if doubt is not None:  # after the restart: retry the write in doubt, same key
-                op, name, args, tags, idem = doubt
-                header, _ = raw.call(
-                    op,
-                    name,
-                    args,
-                    {"x": tagged(np.asarray(tags, dtype="float32"))} if op == "add" else None,
-                    idem,
-                )
-                gone = (
-                    op == "delete"
-                    and not header["ok"]
-                    and header["error"]["code"] == "index_not_found"
-                )
-                assert header["ok"] or gone, (cycle, doubt, header)
-                model.apply(op, name, args, tags)
+                _retry(raw, model, doubt, cycle)
                 doubt = None
             _check(raw, model, cycle)
             for _ in range(10):
@@ -785,16 +788,7 @@ def test_kill_9_at_random_points_of_create_delete_snapshot_and_merge(tmp_path):
         srv.start()
         raw = Raw(srv)
         if doubt is not None:
-            op, name, args, tags, idem = doubt
-            header, _ = raw.call(
-                op,
-                name,
-                args,
-                {"x": tagged(np.asarray(tags, dtype="float32"))} if op == "add" else None,
-                idem,
-            )
-            if header["ok"]:
-                model.apply(op, name, args, tags)
+            _retry(raw, model, doubt, -1)
         _check(raw, model, -1)
         raw.close()
     finally:
