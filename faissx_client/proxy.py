@@ -486,6 +486,77 @@ class RemoteIndex:
             other._mutated()
         object.__setattr__(self, "_info", info)
 
+    # -- inverted-list surgery (IVF indices; docs/client.md "IVF inverted lists") --------------
+    def copy_subset_to(self, other: RemoteIndex, subset_type: int, a1: int, a2: int) -> None:
+        """faiss's ``IndexIVF.copy_subset_to``: copy the entries of this index that the subset
+        selects into ``other`` (another remote IVF of the same kind), on the server. This index
+        is only read; ``other`` is written, and with a data directory durably."""
+        if not isinstance(other, RemoteIndex) or other._client is not self._client:
+            raise InvalidArgument("copy_subset_to needs another remote index on the same server")
+        if self._info is None:
+            self._create()
+        args = {"source": self.name, "subset_type": int(subset_type), "a1": int(a1), "a2": int(a2)}
+        try:
+            info, _ = other._call("copy_subset_to", args)
+        finally:
+            other._mutated()
+        object.__setattr__(other, "_info", info)
+
+    def search_preassigned(
+        self,
+        x: Any,
+        k: int,
+        Iq: Any,
+        Dq: Any,
+        *,
+        params: Any = None,
+        D: np.ndarray | None = None,
+        I: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's ``IndexIVF.search_preassigned``: search the lists ``Iq`` (``Dq``: their
+        coarse distances, or None) instead of asking the quantizer; ``Iq`` has ``nprobe``
+        columns, as in faiss."""
+        args, arrays = self._preassigned(x, Iq, Dq, params, {"k": _positive_k(k)})
+        _, out = self._call("search_preassigned", args, arrays)
+        return _into(D, out["D"]), _into(I, out["I"])
+
+    def range_search_preassigned(
+        self, x: Any, thresh: float, Iq: Any, Dq: Any, *, params: Any = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """faiss's ``IndexIVF.range_search_preassigned``: ``(lims, D, I)`` as range_search."""
+        radius = int(thresh) if self._binary() else float(thresh)
+        args, arrays = self._preassigned(x, Iq, Dq, params, {"radius": radius})
+        _, out = self._call("range_search_preassigned", args, arrays)
+        return out["lims"], out["D"], out["I"]
+
+    def _preassigned(
+        self, x: Any, Iq: Any, Dq: Any, params: Any, args: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        if params is not None:  # as faiss's own wrapper, which asserts it
+            raise InvalidArgument("search_preassigned takes no params (faiss supports none)")
+        x = self._vectors(x)
+        assign = np.ascontiguousarray(Iq, dtype="int64")
+        if assign.ndim != 2 or len(assign) != len(x):
+            raise InvalidArgument(f"Iq must have shape ({len(x)}, nprobe), got {assign.shape}")
+        arrays = {"x": x, "assign": assign}
+        if Dq is not None:
+            dis = np.ascontiguousarray(Dq, dtype="int32" if self._binary() else "float32")
+            if dis.shape != assign.shape:
+                raise InvalidArgument(f"Dq must have the shape of Iq {assign.shape}")
+            arrays["centroid_dis"] = dis
+        return args, arrays
+
+    def update_vectors(self, keys: Any, x: Any) -> None:
+        """faiss's ``IndexIVF.update_vectors``: new vectors for stored ids (a direct map is
+        needed, as in faiss); all of them change or, on an error, none."""
+        ids, x = _ids(keys), self._vectors(x)
+        if len(ids) != len(x):
+            raise InvalidArgument(f"{len(ids)} keys for {len(x)} vectors")
+        try:
+            self._call("update_vectors", arrays={"x": x, "ids": ids})
+        finally:
+            self._mutated()
+
     def serialize(self) -> np.ndarray:
         """``faiss.serialize_index`` of the server-side index, as faiss returns it (uint8)."""
         return self._call("serialize")[1]["data"]

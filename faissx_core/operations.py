@@ -161,6 +161,32 @@ class MergeArgs(ControlArgs):
     add_id: int = Field(0, ge=0, lt=1 << 62)
 
 
+class CopySubsetArgs(ControlArgs):
+    """``source.copy_subset_to(index, subset_type, a1, a2)``: the request's index is the
+    destination (the one written); ``source`` is only read."""
+
+    source: str
+    subset_type: int = Field(
+        ge=0,
+        le=4,
+        description="faiss.InvertedLists.SUBSET_TYPE_*: id range, id modulo, "
+        "element range, list fraction, list range",
+    )
+    a1: int = Field(ge=-(1 << 62), lt=1 << 62)
+    a2: int = Field(ge=-(1 << 62), lt=1 << 62)
+
+
+class PreassignedArgs(Args):
+    """``search_preassigned``: ``k`` results from the lists in the ``assign`` array (with their
+    coarse distances ``centroid_dis``), as faiss's IndexIVF.search_preassigned."""
+
+    k: int = Field(ge=1, le=1 << 20)
+
+
+class RangePreassignedArgs(Args):
+    radius: float
+
+
 class ListArgs(ControlArgs):
     all: bool = Field(False, description="include this session's unnamed indices")
 
@@ -312,6 +338,16 @@ _TABLE = (
         doc="move another index's vectors into this one (faiss merge_from)",
     ),
     Operation(
+        "copy_subset_to",
+        "write",
+        "control",
+        CopySubsetArgs,
+        mutates=True,
+        ordered=True,
+        adds_vectors=True,
+        doc="copy a subset of another IVF's inverted lists (source) into this one",
+    ),
+    Operation(
         "snapshot",
         "write",
         "control",
@@ -350,6 +386,8 @@ _TABLE = (
     _read("get_parameter", ParamName),
     _read("serialize", doc="faiss.serialize_index bytes"),
     _read("export", ExportArgs, doc="stored ids (and vectors), one page"),
+    _read("search_preassigned", PreassignedArgs, doc="IVF search in given lists"),
+    _read("range_search_preassigned", RangePreassignedArgs, doc="IVF range search in given lists"),
     _read("get_attr", AttrPath, doc="a structural member at a path, as a value or a view"),
     _read("call_attr", AttrCall, doc="a read-only method of the object at a path"),
     # -- writes on one index ----------------------------------------------------------------
@@ -360,6 +398,7 @@ _TABLE = (
     _write("reset"),
     _write("set_parameter", ParamValue),
     _write("set_direct_map_type", DirectMapArgs),
+    _write("update_vectors", doc="IVF with a direct map: replace the vectors of ids"),
     _write("set_attr", AttrValue, doc="a tuning knob at a path (attrs.WRITABLE)"),
 )
 

@@ -52,7 +52,14 @@ from faissx_core.server.idempotency import IdempotencyTable
 from faissx_core.server.limits import Limits
 from faissx_core.server.logs import RequestLog
 from faissx_core.server.metrics import Metrics
-from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
+from faissx_core.server.ops import (
+    OPS,
+    Arrays,
+    IndexOp,
+    copy_subset,
+    deserialize,
+    run_faiss,
+)
 from faissx_core.server.ordering import SerialQueues
 from faissx_core.server.outbound import SNDHWM, PeerOutput
 from faissx_core.server.pipeline import Call, Observers
@@ -585,6 +592,23 @@ class Server:
             ),
             request.idem,
         )
+
+    def _copy_subset_to(
+        self, principal: Principal, request: Request, args: Any, arrays: Arrays
+    ) -> dict[str, Any]:
+        """``source.copy_subset_to(index, ...)``: a write to ``index`` (the request's), one
+        commit like a merge (backend.copy_into); the source is only read."""
+        target = self._get(principal, request)
+        source = self._get(principal, request, args.source)
+        if source is target:
+            raise InvalidArgument("copy_subset_to: an index cannot be copied into itself")
+        rows = int(source.index.ntotal)  # at most all of them: the subset's bound
+        with self.limits.reserve(
+            principal.tenant, self.backend, vectors=rows, nbytes=rows * source.vector_bytes
+        ):
+            return self.backend.copy_into(
+                target, source, copy_subset(target, source, args), request.idem
+            )
 
     def _snapshot(
         self, principal: Principal, request: Request, args: Any, arrays: Arrays

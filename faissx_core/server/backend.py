@@ -703,6 +703,75 @@ class LocalBackend:
                 managed.measure()
             return target.info()
 
+    def copy_into(
+        self,
+        target: ManagedIndex,
+        source: ManagedIndex,
+        copy: Callable[[Any, Any], None],
+        idem: str | None = None,
+        op: str = "copy_subset_to",
+    ) -> dict[str, Any]:
+        """``copy(target, source)``, a write to ``target`` made of ``source``'s entries (faiss's
+        ``copy_subset_to``), with ``source`` only read.
+
+        The copied entries are in no log (replaying them would need ``source`` as it was), so
+        a durable target takes a new generation instead, as a merge does: the copy runs on a
+        clone of the target, whose snapshot (with the request's key) is committed before the
+        clone replaces the served object. A failure or a crash at any point leaves the target
+        as it was or with the whole copy, never half of it. Memory for the copy (and the clone)
+        is held against --max-memory before anything is copied.
+        """
+        first, second = sorted((target, source), key=lambda m: m.name)
+        locks = [m.lock.write() if m is target else m.lock.read() for m in (first, second)]
+        durable = self.store is not None and not target.ephemeral
+        need = int(source.index.ntotal) * max(source.vector_bytes, 1)
+        if durable:
+            need += int(target.memory_bytes)
+        with locks[0], locks[1], self.reserve(need, f"{op} into {target.name!r}"):
+            for managed in (target, source):
+                if managed.deleted:
+                    raise IndexNotFound(f"no index named {managed.name!r}")
+            if target.broken:
+                raise InternalError(
+                    f"index {target.name!r} refuses writes until the "
+                    f"server restarts and recovers it: {target.broken}"
+                )
+            if not durable:
+                try:
+                    copy(target.index, source.index)
+                finally:
+                    target.measure()
+                return target.info()
+            new_target = _clone(target.index)
+            copy(new_target, source.index)
+            preview = ManagedIndex(
+                target.tenant,
+                target.name,
+                target.spec,
+                target.itype,
+                new_target,
+                target.created,
+                registry=target.registry,
+            )
+            reply = preview.info()
+            if idem:
+                self._carry(target, idem, op, reply)
+            entry = SaveEntry(
+                target.name, target.spec, target.created, new_target, self._carried(target)
+            )
+            assert self.store is not None  # durable says there is one
+            try:
+                self.store.save_many(target.tenant, [entry])
+            except BaseException:
+                if idem:
+                    target.keys.pop(idem, None)
+                raise
+            target.index = new_target
+            target.storage_capacity = 0
+            target.snapshot_due = False
+            target.measure()
+            return target.info()
+
     def repair(
         self, tenant: str, name: str, replay: Callable[[ManagedIndex, LogRecord], Any]
     ) -> dict[str, Any]:
@@ -1024,7 +1093,8 @@ def _call_params(args: dict[str, Any] | None) -> dict[str, int]:
 def _growth(managed: ManagedIndex, record: LogRecord | None) -> int:
     """Bytes a logged write will add: vectors x bytes per vector for an add, what training
     keeps and works in for a train (estimate.train_bytes), else 0."""
-    if record is None or not (OPERATIONS[record.op].adds_vectors or record.op == "train"):
+    moves = record is not None and record.op == "update_vectors"  # a hashtable map re-adds
+    if record is None or not (OPERATIONS[record.op].adds_vectors or record.op == "train" or moves):
         return 0
     x = record.arrays.get("x")
     if x is None or x.ndim != 2:

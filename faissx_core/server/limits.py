@@ -187,9 +187,9 @@ class Limits:
             ids = arrays.get("ids")
             rows = int(ids.size) if isinstance(ids, np.ndarray) else 0
             return rows, rows * width
-        if op in ("search", "assign", "search_and_reconstruct"):
+        if op in ("search", "assign", "search_and_reconstruct", "search_preassigned"):
             results = max(queries * k, 0)
-            per = {"search": 12, "assign": 8}.get(op, 12 + width)
+            per = {"search": 12, "search_preassigned": 12, "assign": 8}.get(op, 12 + width)
             return (results if op == "search_and_reconstruct" else 0), results * per
         if op == "export":
             ntotal = int(managed.index.ntotal)

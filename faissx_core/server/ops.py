@@ -370,12 +370,7 @@ def assign(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
 @op("range_search")
 def range_search(m: ManagedIndex, a: RangeArgs, arrays: Arrays) -> Job:
     x = vectors(m, arrays)
-    if m.binary and a.radius != int(a.radius):
-        raise WrongType(f"a Hamming radius is an integer, got {a.radius}")
-    if m.binary and not -(1 << 31) <= a.radius < 1 << 31:
-        # faiss takes it as a C int (its Python call raises TypeError past that)
-        raise WrongType(f"a Hamming radius must fit a 32-bit int, got {int(a.radius)}")
-    radius = int(a.radius) if m.binary else float(a.radius)
+    radius = _radius(m, a.radius)
     sp = search_params(m, a.params, arrays)
 
     def job(index: Any) -> Result:
@@ -389,6 +384,16 @@ def range_search(m: ManagedIndex, a: RangeArgs, arrays: Arrays) -> Job:
     return job
 
 
+def _radius(m: ManagedIndex, radius: float) -> float | int:
+    """A range search's radius as faiss takes it: a float, or a C int for a Hamming radius."""
+    if m.binary and radius != int(radius):
+        raise WrongType(f"a Hamming radius is an integer, got {radius}")
+    if m.binary and not -(1 << 31) <= radius < 1 << 31:
+        # faiss takes it as a C int (its Python call raises TypeError past that)
+        raise WrongType(f"a Hamming radius must fit a 32-bit int, got {int(radius)}")
+    return int(radius) if m.binary else float(radius)
+
+
 #: A range_search batch may overshoot the reply limit by at most this share of it.
 RANGE_BATCH_SHARE = 8
 #: Bytes of one range_search result on the wire: a distance (float32 or int32) and an id.
@@ -396,7 +401,14 @@ RANGE_RESULT_BYTES = 12
 
 
 def bounded_range_search(
-    m: ManagedIndex, index: Any, x: np.ndarray, radius: float, params: Any, cap: int
+    m: ManagedIndex,
+    index: Any,
+    x: np.ndarray,
+    radius: float,
+    params: Any,
+    cap: int,
+    part: Callable[[int, int], Any] | None = None,
+    what: str = "range_search",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """faiss's range_search, in query batches, stopped with QuotaExceeded as soon as the
     results so far make a reply larger than ``cap`` bytes.
@@ -404,19 +416,23 @@ def bounded_range_search(
     A faiss ``RangeSearchResult`` cannot be capped while faiss fills it, so each batch is sized
     for its worst case (every stored vector within the radius of every query) to stay under
     ``cap / RANGE_BATCH_SHARE``: memory never goes much past the limit, whatever the radius.
+    ``part(lo, hi)``, when given, is the search of queries ``lo:hi`` (a preassigned one).
     """
     nq = len(x)
+    if part is None:
+
+        def part(lo: int, hi: int) -> Any:
+            return index.range_search(x[lo:hi], radius, params=params)
+
     if not cap or not nq:
-        return run_faiss(lambda: index.range_search(x, radius, params=params), "range_search", m)
+        return run_faiss(partial(part, 0, nq), what, m)
     worst = max(int(index.ntotal), 1) * RANGE_RESULT_BYTES
     batch = max(1, min(nq, cap // (RANGE_BATCH_SHARE * worst)))
     lims_parts, dists, ids = [np.zeros(1, dtype=np.uint64)], [], []
     found = 0
     for start in range(0, nq, batch):
-        part = x[start : start + batch]
-        lims, D, I = run_faiss(
-            partial(index.range_search, part, radius, params=params), "range_search", m
-        )
+        end = min(nq, start + batch)
+        lims, D, I = run_faiss(partial(part, start, end), what, m)
         lims_parts.append(lims[1:] + np.uint64(found))
         dists.append(D)
         ids.append(I)
@@ -424,11 +440,11 @@ def bounded_range_search(
         size = found * RANGE_RESULT_BYTES + (nq + 1) * 8
         if size > cap:
             raise QuotaExceeded(
-                f"range_search: the results of the first {start + len(part):,} of {nq:,} "
+                f"{what}: the results of the first {end:,} of {nq:,} "
                 f"queries already exceed this server's message limit of {cap / (1 << 20):,.1f} "
                 "MiB (--max-message-mb); use a smaller radius or fewer queries per call",
                 limit=cap,
-                queries_done=start + len(part),
+                queries_done=end,
             )
     return np.concatenate(lims_parts), np.concatenate(dists), np.concatenate(ids)
 
@@ -664,3 +680,182 @@ def set_attr(m: ManagedIndex, a: AttrValue, arrays: Arrays) -> Job:
         return attrs.describe(attrs.walk(index, a.path))
 
     return job
+
+
+# -- inverted-list surgery on IVF indices (faiss's IndexIVF methods) ----------------------------
+
+
+def ivf_of(m: ManagedIndex, index: Any, what: str) -> Any:
+    """``index`` as the IndexIVF (or IndexBinaryIVF) it is, or UnsupportedOperation: these
+    are methods of IVF classes only (faiss has no such method on a wrapper around one)."""
+    ivf = attrs.downcast_any(index)
+    if not isinstance(ivf, faiss.IndexIVF | faiss.IndexBinaryIVF):
+        raise UnsupportedOperation(f"{what} is a method of IVF indices; {m.spec.type} is not one")
+    return ivf
+
+
+def _array_lists(ivf: Any) -> bool:
+    """Whether the lists are plain ``ArrayInvertedLists`` (fast-scan's block lists are not:
+    faiss's entry-by-entry copy into them corrupts memory)."""
+    return isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.ArrayInvertedLists)
+
+
+#: faiss's ``InvertedLists::subset_type_t``: what ``a1`` and ``a2`` mean for each.
+SUBSET_TYPES = ("id range", "id modulo", "element range", "list fraction", "list range")
+
+
+def copy_subset(into_m: ManagedIndex, source_m: ManagedIndex, a: Any) -> Callable[[Any, Any], None]:
+    """The checked ``source.copy_subset_to(into, subset_type, a1, a2)`` for backend.copy_into.
+
+    faiss divides by ``a1`` for the modulo types and by the source's size for an element range,
+    and reads past its lists for an element range beyond ``ntotal``: each of those would kill
+    the server, so they are refused here with the reason, before faiss runs.
+    """
+    if a.subset_type in (1, 3) and a.a1 < 1:
+        raise InvalidArgument(
+            f"copy_subset_to: subset type {a.subset_type} ({SUBSET_TYPES[a.subset_type]}) "
+            f"takes a modulus a1 >= 1, got {a.a1}"
+        )
+
+    def copy(into: Any, source: Any) -> None:
+        src = ivf_of(source_m, source, "copy_subset_to")
+        dst = ivf_of(into_m, into, "copy_subset_to")
+        if not isinstance(src, faiss.IndexIVF) or not isinstance(dst, faiss.IndexIVF):
+            raise UnsupportedOperation("copy_subset_to is a method of float IVF indices")
+        if type(src) is not type(dst) or src.nlist != dst.nlist or src.code_size != dst.code_size:
+            raise InvalidArgument(
+                f"copy_subset_to needs two IVF indices of one kind, nlist and code size: "
+                f"{type(src).__name__}(nlist={src.nlist}, code_size={src.code_size}) into "
+                f"{type(dst).__name__}(nlist={dst.nlist}, code_size={dst.code_size})"
+            )
+        if not (_array_lists(src) and _array_lists(dst)):
+            raise UnsupportedOperation(
+                f"copy_subset_to on {type(src).__name__}: faiss copies entries one by one, "
+                "which its block (fast-scan) inverted lists do not support"
+            )
+        if not dst.direct_map.no():
+            raise InvalidArgument("copy_subset_to: the destination must have no direct map")
+        ntotal = int(src.ntotal)
+        if a.subset_type == 2 and not 0 <= a.a1 <= a.a2 <= ntotal:
+            raise OutOfRange(
+                f"copy_subset_to: element range [{a.a1}, {a.a2}) must lie in [0, {ntotal}]"
+            )
+        if ntotal == 0:
+            return  # nothing to copy (faiss would divide by the empty source's size)
+        run_faiss(
+            lambda: src.copy_subset_to(dst, a.subset_type, a.a1, a.a2), "copy_subset_to", into_m
+        )
+
+    return copy
+
+
+def preassigned(m: ManagedIndex, arrays: Arrays, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``assign`` (int64) and ``centroid_dis`` arrays of a preassigned search, checked
+    for shape; their list numbers are checked against ``nlist`` under the lock."""
+    assign = arrays.get("assign")
+    if assign is None or assign.dtype != np.int64 or assign.ndim != 2 or len(assign) != n:
+        raise InvalidArgument(f"assign must be an int64 array of shape ({n}, nprobe)")
+    dis_type = np.int32 if m.binary else np.float32
+    dis = arrays.get("centroid_dis")
+    if dis is None:
+        dis = np.zeros(assign.shape, dtype=dis_type)
+    elif dis.dtype != dis_type or dis.shape != assign.shape:
+        raise InvalidArgument(
+            f"centroid_dis must be a {np.dtype(dis_type).name} array of shape {assign.shape}"
+        )
+    if dis.dtype == np.float32 and dis.size and not _finite(dis):
+        raise InvalidArgument("centroid_dis contains NaN or infinity")
+    return np.ascontiguousarray(assign), np.ascontiguousarray(dis)
+
+
+def _check_lists(m: ManagedIndex, ivf: Any, assign: np.ndarray, what: str) -> None:
+    """faiss reads ``assign`` with a stride of the index's ``nprobe`` and takes every entry as
+    a list number (-1: none): both are checked, as a wrong one reads out of bounds."""
+    nprobe, nlist = int(ivf.nprobe), int(ivf.nlist)
+    if assign.shape[1] != nprobe or nprobe > nlist:
+        raise InvalidArgument(
+            f"{what}: assign has {assign.shape[1]} lists per query; {m.spec.type} searches "
+            f"nprobe={nprobe} of its {nlist} (set nprobe to the number of columns, at most nlist)"
+        )
+    if assign.size and (assign.min() < -1 or assign.max() >= nlist):
+        raise OutOfRange(f"{what}: list numbers must be in [-1, {nlist}) (-1: no list)")
+
+
+@op("search_preassigned")
+def search_preassigned(m: ManagedIndex, a: Any, arrays: Arrays) -> Job:
+    x = vectors(m, arrays)
+    k = _k(a.k, len(x))
+    assign, dis = preassigned(m, arrays, len(x))
+
+    def job(index: Any) -> Result:
+        ivf = ivf_of(m, index, "search_preassigned")
+        _check_lists(m, ivf, assign, "search_preassigned")
+        D, I = run_faiss(lambda: ivf.search_preassigned(x, k, assign, dis), "search_preassigned", m)
+        return {}, {"D": D, "I": I}
+
+    return job
+
+
+@op("range_search_preassigned")
+def range_search_preassigned(m: ManagedIndex, a: Any, arrays: Arrays) -> Job:
+    x = vectors(m, arrays)
+    radius = _radius(m, a.radius)
+    assign, dis = preassigned(m, arrays, len(x))
+
+    def job(index: Any) -> Result:
+        ivf = ivf_of(m, index, "range_search_preassigned")
+        _check_lists(m, ivf, assign, "range_search_preassigned")
+
+        def part(lo: int, hi: int) -> Any:
+            return ivf.range_search_preassigned(x[lo:hi], radius, assign[lo:hi], dis[lo:hi])
+
+        lims, D, I = bounded_range_search(
+            m, ivf, x, radius, None, a._reply_bytes, part=part, what="range_search_preassigned"
+        )
+        return {}, {"lims": lims, "D": D, "I": I}
+
+    return job
+
+
+@op("update_vectors")
+def update_vectors(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
+    """``IndexIVF.update_vectors(keys, x)``: new vectors for stored ids, through the direct map.
+
+    faiss changes entries one by one and throws at the first bad id, which would leave the
+    update half done: every id is checked first (present, unique), so it applies whole or
+    not at all.
+    """
+    x = vectors(m, arrays)
+    ids = id_array(arrays, "ids", len(x))
+    if len(np.unique(ids)) != len(ids):
+        raise InvalidArgument("update_vectors: ids must be distinct")
+
+    def job(index: Any) -> Result:
+        ivf = ivf_of(m, index, "update_vectors")
+        if not hasattr(ivf, "update_vectors"):
+            raise UnsupportedOperation(f"update_vectors is not supported by {m.spec.type}")
+        kind = int(ivf.direct_map.type)
+        if kind == faiss.DirectMap.NoMap:  # type: ignore[attr-defined]  # faiss's stubs lack it
+            raise InvalidArgument(
+                "update_vectors needs a direct map: call make_direct_map() or "
+                "set_direct_map_type() first"
+            )
+        if kind == faiss.DirectMap.Array:  # type: ignore[attr-defined]
+            if ids.size and (ids.min() < 0 or ids.max() >= ivf.ntotal):
+                raise OutOfRange(f"update_vectors: ids must be in [0, {ivf.ntotal})")
+        else:
+            missing = [i for i in ids.tolist() if not _in_hashtable(ivf, i)]
+            if missing:
+                raise OutOfRange(f"update_vectors: no stored vector has id {missing[0]}")
+        run_faiss(lambda: ivf.update_vectors(ids, x), "update_vectors", m)
+        return _info(index), {}
+
+    return job
+
+
+def _in_hashtable(ivf: Any, key: int) -> bool:
+    try:
+        ivf.direct_map.get(key)
+    except RuntimeError:
+        return False
+    return True

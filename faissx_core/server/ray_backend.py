@@ -425,6 +425,18 @@ class RayBackend(LocalBackend):
             managed.local_only("merge_from")
         return super().merge(target, source, merge, idem)
 
+    def copy_into(
+        self,
+        target: ManagedIndex,
+        source: ManagedIndex,
+        copy: Callable[[Any, Any], None],
+        idem: str | None = None,
+        op: str = "copy_subset_to",
+    ) -> dict[str, Any]:
+        for managed in (target, source):
+            managed.local_only(op)
+        return super().copy_into(target, source, copy, idem, op)
+
     def _save(self, managed: ManagedIndex) -> None:
         managed.local_only("a snapshot outside the backend")
 
