@@ -87,7 +87,7 @@ NPROBE = RuntimeParam(
     name="nprobe",
     path="nprobe",
     kind="int",
-    ge=1,
+    ge=0,  # faiss takes 0; a search then fails with faiss's own error
     le=1 << 20,
     doc="inverted lists visited per query",
 )

@@ -179,7 +179,7 @@ IVF_RUNTIME = (
         name="nprobe",
         path="nprobe",
         kind="int",
-        ge=1,
+        ge=0,  # faiss takes 0; a search then fails with faiss's own error
         le=NPROBE_MAX,
         doc="inverted lists visited per query (more: slower, better recall)",
     ),

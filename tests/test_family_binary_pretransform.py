@@ -154,7 +154,7 @@ def test_binary_ivf_nprobe_runtime_param(remote):
     assert_same_search(local, proxy, CODE_QUERIES, 10)
     assert remote.extract_index_ivf(proxy) is proxy
     with pytest.raises(ValueError, match="nprobe"):
-        proxy.nprobe = 0
+        proxy.nprobe = -1
     assert proxy.nprobe == 3
     with pytest.raises(AttributeError):
         proxy.nprobes = 2  # a typo must not pass silently

@@ -189,7 +189,7 @@ def test_k_factor_reranks_like_faiss(fx):
 
 #: (parameter, bad value) pairs each index must refuse, with the error class.
 BAD_VALUES = [
-    ("nprobe", 0, InvalidArgument),
+    ("nprobe", -1, InvalidArgument),
     ("nprobe", 1.5, InvalidArgument),
     ("nprobe", "8", InvalidArgument),
     ("nprobe", True, InvalidArgument),

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Protocol, TypedDict
 import faiss
 import numpy as np
 
+from faissx_core import attrs
 from faissx_core.errors import (
     FaissxError,
     IndexDamaged,
@@ -455,7 +456,7 @@ class LocalBackend:
         if index is None:
             with self.reserve(self.estimate(tenant, spec, caller), f"creating {name!r}"):
                 index = self.registry.build(
-                    spec, resolve=lambda ref: self._copy(tenant, ref, caller)
+                    spec, resolve=lambda ref, path="": self._copy(tenant, ref, caller, path)
                 )
         managed = ManagedIndex(
             tenant, name, spec, itype, index, session=session, registry=self.registry, gpu=self.gpu
@@ -515,12 +516,17 @@ class LocalBackend:
             raise IndexNotFound(f"no index named {name!r}")
         return source
 
-    def _copy(self, tenant: str, name: str, caller: str | None) -> Any:
-        """A copy of one of ``tenant``'s indices, as a nested part of a new one."""
+    def _copy(self, tenant: str, name: str, caller: str | None, path: str = "") -> Any:
+        """A copy of one of ``tenant``'s indices (or of the index at ``path`` inside it, such
+        as its ``quantizer``), as a nested part of a new one."""
         source = self.source(tenant, name, caller)
         with source.lock.read():
-            clone = faiss.clone_binary_index if source.binary else faiss.clone_index  # type: ignore[attr-defined]  # faiss's stubs lack it
-            return clone(source.index)
+            part = attrs.walk(source.index, path) if path else source.index
+            if not isinstance(part, faiss.Index | faiss.IndexBinary):
+                raise InvalidArgument(f"{path!r} of index {name!r} is not an index")
+            binary = isinstance(part, faiss.IndexBinary)
+            clone = faiss.clone_binary_index if binary else faiss.clone_index  # type: ignore[attr-defined]  # faiss's stubs lack it
+            return clone(part)
 
     def adopt(
         self, tenant: str, name: str, spec: IndexSpec, index: Any, created: float
