@@ -64,6 +64,7 @@ READ_METHODS: dict[str, int | None] = {
     "sa_decode": None,
     "check_ids_sorted": 0,
     "check_consistency": 0,
+    "real_list_size": 1,  # a CappedInvertedLists' uncapped size
 }
 
 #: Scalar members a remote client may set: knobs faiss reads when it trains, adds or searches.
@@ -285,7 +286,7 @@ def call(
         return {"kind": "tuple", "n": len(out)}, {str(i): a for i, a in enumerate(out)}
     if len(args) != want:
         raise InvalidArgument(f"{method} takes {want} integer argument(s)")
-    if method in ("list_size", "get_ids", "get_codes", "get_list_size"):
+    if method in ("list_size", "get_ids", "get_codes", "get_list_size", "real_list_size"):
         nlist = int(obj.nlist)
         if not 0 <= args[0] < nlist:
             raise OutOfRange(f"list {args[0]} out of range [0, {nlist})")

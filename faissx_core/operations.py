@@ -119,9 +119,28 @@ class AttrPath(Args):
     path: str = Field("", max_length=512)
 
 
+class InvlistWrap(BaseModel):
+    """A faiss wrapper over an IVF's own inverted lists, built on the server:
+    ``CappedInvertedLists(lists, value)`` (each list read as at most ``value`` entries) or
+    ``StopWordsInvertedLists(lists, value)`` (lists longer than ``value`` read as empty)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["CappedInvertedLists", "StopWordsInvertedLists"]
+    value: int = Field(ge=0, lt=1 << 62)
+
+
 class AttrCall(AttrPath):
     method: str = Field(max_length=64)
     args: list[StrictInt] = Field(default_factory=list, max_length=4)
+    #: Call the method on this wrapper over the inverted lists at ``path`` (built for the call).
+    wrap: InvlistWrap | None = None
+
+
+class ReplaceInvlistsArgs(Args):
+    """``index.replace_invlists(...)``: serve through ``wrap`` over the index's own lists, or
+    (``None``) through its own lists again."""
+
+    wrap: InvlistWrap | None = None
 
 
 class AttrValue(AttrPath):
@@ -398,6 +417,7 @@ _TABLE = (
     _write("reset"),
     _write("set_parameter", ParamValue),
     _write("set_direct_map_type", DirectMapArgs),
+    _write("replace_invlists", ReplaceInvlistsArgs, doc="IVF: serve through a wrapper"),
     _write("update_vectors", doc="IVF with a direct map: replace the vectors of ids"),
     _write("set_attr", AttrValue, doc="a tuning knob at a path (attrs.WRITABLE)"),
 )

@@ -130,6 +130,9 @@ class ManagedIndex:
     vector_bytes: int = field(init=False, default=0)
     #: Bytes of flat storage made room for ahead of a pipelined add (ops.grow_storage).
     storage_capacity: int = field(init=False, default=0)
+    #: ``(own lists, wrapper)`` while an IVF serves through a wrapper over its own inverted
+    #: lists (ops.replace_invlists): both are kept alive here, the lists owned by Python.
+    invlists_held: tuple[Any, Any] | None = field(init=False, default=None)
     _layout: _Layout | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:

@@ -43,6 +43,7 @@ from faissx_core.operations import (
     AttrValue,
     DirectMapArgs,
     ExportArgs,
+    InvlistWrap,
     KeyArgs,
     Operation,
     ParamName,
@@ -50,6 +51,7 @@ from faissx_core.operations import (
     RangeArgs,
     RangeOfKeys,
     RemoveArgs,
+    ReplaceInvlistsArgs,
     SearchArgs,
 )
 from faissx_core.selectors import SelectorSpec, build_selector
@@ -629,8 +631,19 @@ def call_attr(m: ManagedIndex, a: AttrCall, arrays: Arrays) -> Job:
     if a.method not in attrs.READ_METHODS and a.method not in attrs.DC_METHODS:
         raise InvalidArgument(f"{a.method!r} is not a read-only method a view may call")
     x = arrays.get("x")
+    if a.wrap is not None and (a.path != "invlists" or a.method not in WRAPPER_READS):
+        raise InvalidArgument(
+            f"a wrapper over inverted lists is read at path 'invlists' with "
+            f"{', '.join(WRAPPER_READS)}, not {a.path!r}.{a.method}"
+        )
 
     def job(index: Any) -> Result:
+        if a.wrap is not None:  # built for this one call over the index's own lists
+            lists = own_lists(m, ivf_of(m, index, "an inverted-lists wrapper"))
+            wrapper = run_faiss(partial(wrap_lists, lists, a.wrap), "call_attr", m)
+            return run_faiss(
+                lambda: attrs.call(wrapper, a.method, list(a.args), None), "call_attr", m
+            )
         obj = attrs.walk(index, a.path)
         if a.method in attrs.DC_METHODS:  # args: [1] for get_FlatCodesDistanceComputer
             flat = bool(a.args and a.args[0])
@@ -859,3 +872,67 @@ def _in_hashtable(ivf: Any, key: int) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+# -- wrappers over an IVF's own inverted lists (faiss's CappedInvertedLists, ...) ------------
+
+#: What a client may read from a wrapper before (or without) installing it.
+WRAPPER_READS = ("list_size", "real_list_size", "get_ids", "get_codes", "imbalance_factor")
+WRAPPERS = {
+    "CappedInvertedLists": "CappedInvertedLists",
+    "StopWordsInvertedLists": "StopWordsInvertedLists",
+}
+
+
+def own_lists(m: ManagedIndex, ivf: Any) -> Any:
+    """The IVF's own inverted lists, under whatever wrapper it serves through now."""
+    return m.invlists_held[0] if m.invlists_held is not None else ivf.invlists
+
+
+def wrap_lists(lists: Any, wrap: InvlistWrap) -> Any:
+    """faiss's wrapper ``wrap.type`` over ``lists`` (which it points into, not owns)."""
+    if wrap.type == "CappedInvertedLists" and wrap.value < 1:
+        raise InvalidArgument("CappedInvertedLists caps each list at 1 entry or more")
+    return getattr(faiss, WRAPPERS[wrap.type])(lists, wrap.value)
+
+
+@op("replace_invlists")
+def replace_invlists(m: ManagedIndex, a: ReplaceInvlistsArgs, arrays: Arrays) -> Job:
+    """``index.replace_invlists(wrapper over index.invlists)`` and back, built on the server.
+
+    The server keeps ownership straight whatever ``own`` the client passed: while a wrapper
+    serves, the index's own lists are held (and owned) by the managed index and the wrapper
+    by the same; putting the own lists back gives them to the index again. A named index is
+    refused a wrapper: faiss cannot write one into a snapshot, so it could not stay durable.
+    """
+    if a.wrap is not None and not m.ephemeral:
+        raise UnsupportedOperation(
+            f"replace_invlists with a {a.wrap.type} on named index {m.name!r}: faiss cannot "
+            "write that wrapper into a snapshot, so a named (durable) index cannot serve "
+            "through it; use it on an unnamed index"
+        )
+
+    def job(index: Any) -> Result:
+        ivf = ivf_of(m, index, "replace_invlists")
+        if not isinstance(ivf, faiss.IndexIVF):
+            raise UnsupportedOperation("replace_invlists with a wrapper needs a float IVF index")
+        held = m.invlists_held
+        if a.wrap is None:
+            if held is not None:
+                lists = held[0]
+                ivf.replace_invlists(lists, True)  # not owned now: the wrapper is not freed
+                lists.this.disown()  # the index owns its lists again
+                m.invlists_held = None
+            return _info(index), {}
+        lists = own_lists(m, ivf)
+        wrapper = run_faiss(partial(wrap_lists, lists, a.wrap), "replace_invlists", m)
+        if held is None:
+            ivf.own_invlists = False  # replace_invlists would free the own lists otherwise
+            ivf.replace_invlists(wrapper, False)
+            lists.this.acquire()  # freed with the managed index if it goes while wrapped
+        else:
+            ivf.replace_invlists(wrapper, False)  # the previous wrapper is freed below
+        m.invlists_held = (lists, wrapper)
+        return _info(index), {}
+
+    return job
