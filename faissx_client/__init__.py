@@ -18,7 +18,7 @@ import numpy as np
 
 from faissx_client import classes as _classes_module
 from faissx_client import gpu as gpu_module
-from faissx_client import modification, optimization, recovery, views
+from faissx_client import invlists, modification, optimization, recovery, views
 from faissx_client.cache import vector_cache
 from faissx_client.classes import _placement, make_class, make_generic_class
 from faissx_client.client import Client
@@ -619,6 +619,31 @@ def _id_set(kind: str, local: Any, args: tuple[Any, ...]) -> Any:
     if len(args) == 2:
         ids = ids[: int(args[0])]
     return RemoteSelector(SelectorSpec(kind=kind), ids)
+
+
+# -- inverted-list wrappers: faiss's own over local lists, built on the server over remote ones -
+
+
+def CappedInvertedLists(il: Any, maxsize: int) -> Any:
+    """Each list of ``il`` read as at most ``maxsize`` entries (writes pass through)."""
+    return invlists.wrapper("CappedInvertedLists", il, maxsize)
+
+
+def StopWordsInvertedLists(il: Any, maxsize: int) -> Any:
+    """Lists of ``il`` longer than ``maxsize`` read as empty (their "stop words")."""
+    return invlists.wrapper("StopWordsInvertedLists", il, maxsize)
+
+
+def SliceInvertedLists(*args: Any) -> Any:
+    return invlists.shared("SliceInvertedLists", args)
+
+
+def VStackInvertedLists(*args: Any) -> Any:
+    return invlists.shared("VStackInvertedLists", args)
+
+
+def HStackInvertedLists(*args: Any) -> Any:
+    return invlists.shared("HStackInvertedLists", args)
 
 
 def __getattr__(name: str) -> Any:

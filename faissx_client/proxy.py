@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 _anon = itertools.count(1)
 
+#: Ownership flags of faiss's C++ parts: the server decides who frees what (see __setattr__).
+SERVER_OWNED = frozenset({"own_invlists"})
+
 #: Attributes every proxy answers from the server; faiss lets you read, not meaningfully set them.
 READ_ONLY = frozenset({"d", "ntotal", "is_trained", "name", "spec"})
 
@@ -183,6 +186,13 @@ class RemoteIndex:
             raise AttributeError(f"{attr!r} of a remote index is read-only")
         if attr in self._runtime_params() or attr in _opt.CLIENT_PARAMS:
             self.set_parameter(attr, value)
+            return
+        if attr in SERVER_OWNED:
+            # faiss users clear these before handing lists or parts to a second owner; on
+            # the server every part has one owner already (invlists.py), so there is nothing
+            # to change: the value read back is the server's own
+            if not isinstance(value, bool | int | np.bool_):
+                raise InvalidArgument(f"{attr} is a flag, not {value!r}")
             return
         if attr in views.WRITABLE:
             views.set_value(self, attr, attr, value)
@@ -561,6 +571,18 @@ class RemoteIndex:
                 raise InvalidArgument(f"Dq must have the shape of Iq {assign.shape}")
             arrays["centroid_dis"] = dis
         return args, arrays
+
+    def replace_invlists(self, il: Any, own: bool = False) -> None:
+        """faiss's ``IndexIVF.replace_invlists``: serve through a wrapper over this index's own
+        lists (``CappedInvertedLists(index.invlists, n)``, ``StopWordsInvertedLists``), built
+        on the server, or through ``index.invlists`` again. ``own`` is accepted as faiss's
+        signature has it; the server owns every list (invlists.py)."""
+        from faissx_client import invlists
+
+        try:
+            invlists.replace(self, il)
+        finally:
+            self._mutated()
 
     def update_vectors(self, keys: Any, x: Any) -> None:
         """faiss's ``IndexIVF.update_vectors``: new vectors for stored ids (a direct map is

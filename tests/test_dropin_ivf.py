@@ -20,6 +20,7 @@ import pytest
 
 from faissx_core.errors import (
     FaissxError,
+    FaissxWarning,
     InvalidArgument,
     OutOfRange,
     UnsupportedOperation,
@@ -61,7 +62,8 @@ def remote_lists(proxy) -> list[list[int]]:
 
 # -- copy_subset_to --------------------------------------------------------------------------
 
-SUBSETS = {  # faiss's subset types: 0 id range, 1 id modulo, 2 element range, 3 list fraction, 4 list range
+#: faiss's subset types: 0 id range, 1 id modulo, 2 element range, 3 list fraction, 4 list range
+SUBSETS = {
     "id-range": (0, 100, 250),
     "id-mod": (1, 3, 1),
     "elements": (2, 50, 300),
@@ -159,8 +161,7 @@ def test_search_preassigned_matches_faiss(remote, data, key):
         index.nprobe = 3
         Dq, Iq = index.quantizer.search(data["xq"], 3)
         D, I = index.search_preassigned(data["xq"], 5, Iq, Dq)
-        Dref, Iref = index.search(data["xq"], 5)
-        np.testing.assert_array_equal(I, Iref)
+        np.testing.assert_array_equal(I, index.search(data["xq"], 5)[1])
         out.append((D, I, Iq, Dq))
     np.testing.assert_array_equal(out[1][1], out[0][1])
     np.testing.assert_allclose(out[1][0], out[0][0], rtol=1e-5)
@@ -245,6 +246,98 @@ def test_update_vectors_checks_every_id_first(remote, data):
         index.update_vectors(np.array([1, 999, 2], "int64"), x)
     assert index.ntotal == 400
     np.testing.assert_array_equal(index.reconstruct(1), before)
+
+
+# -- inverted-list wrappers and replace_invlists ---------------------------------------------
+
+
+def _filled(f, data, key="IVF8,Flat"):
+    index = trained(f, key, data)
+    index.add(data["xb"])
+    index.nprobe = 4
+    return index
+
+
+def test_capped_invlists_read_and_serve_as_in_faiss(remote, data):
+    out = []
+    for f in (faiss, remote):
+        index = _filled(f, data)
+        il = index.invlists
+        sizes = [il.list_size(i) for i in range(NLIST)]
+        cap = max(sizes) // 2
+        il2 = f.CappedInvertedLists(il, cap)
+        assert [il2.list_size(i) for i in range(NLIST)] == [min(s, cap) for s in sizes]
+        assert [il2.real_list_size(i) for i in range(NLIST)] == sizes
+        index.own_invlists = False
+        index.replace_invlists(il2, False)
+        capped = index.search(data["xq"], 5)
+        index.add(data["xb"][:10])  # writes pass through the cap, as in faiss
+        assert index.ntotal == 410
+        index.replace_invlists(il, True)
+        out.append((capped, index.search(data["xq"], 5)))
+    for (lc, lf), (rc, rf) in [(out[0], out[1])]:
+        np.testing.assert_array_equal(rc[1], lc[1])
+        np.testing.assert_array_equal(rf[1], lf[1])
+    assert not np.array_equal(out[1][0][1], out[1][1][1])  # the cap changed the results
+
+
+def test_stop_words_hide_long_lists_as_in_faiss(remote, data):
+    xq = data["xq"][:1]
+    for f in (faiss, remote):
+        index = _filled(f, data)
+        Iref = index.search(xq, 10)[1]
+        il = index.invlists
+        longest = max(il.list_size(i) for i in range(NLIST))
+        il2 = f.StopWordsInvertedLists(il, longest + 1)
+        index.own_invlists = False
+        index.replace_invlists(il2, False)
+        np.testing.assert_array_equal(index.search(xq, 10)[1], Iref)
+        index.replace_invlists(il, False)
+        i = int(Iref[0, 0])
+        index.add(np.vstack([data["xb"][i]] * (longest + 10)))  # one list now too long
+        index.replace_invlists(il2, False)
+        assert i not in index.search(xq, 10)[1].ravel()
+        if f is remote:  # faiss aborts the process on a write through read-only lists
+            with pytest.raises(UnsupportedOperation, match="read-only"):
+                index.add(data["xb"][:3])
+            other = _filled(remote, data)
+            with pytest.raises(UnsupportedOperation, match="read-only"):
+                other.merge_from(index)
+            assert other.ntotal == 400
+        index.replace_invlists(il, True)
+        assert i in index.search(xq, 10)[1].ravel()
+
+
+def test_invlist_wrappers_refused_where_they_cannot_be_served(remote, data, tmp_path):
+    index = _filled(remote, data)
+    other = _filled(remote, data)
+    with pytest.raises(UnsupportedOperation, match="copy_subset_to"):
+        remote.SliceInvertedLists(index.invlists, 0, 4)
+    with pytest.raises(UnsupportedOperation, match="own lists"):
+        other.replace_invlists(remote.CappedInvertedLists(index.invlists, 3))
+    with pytest.raises(UnsupportedOperation, match="OnDiskInvertedLists"):
+        index.replace_invlists(
+            remote.OnDiskInvertedLists(NLIST, index.code_size, str(tmp_path / "lists"))
+        )
+    with pytest.warns(FaissxWarning, match="memory only"):
+        named = remote.index_factory(D, "IVF8,Flat", name="ivf-wrapped-named")
+    try:
+        named.train(data["xt"])
+        with pytest.raises(UnsupportedOperation, match="snapshot"):
+            named.replace_invlists(remote.CappedInvertedLists(named.invlists, 3))
+    finally:
+        remote.delete_index("ivf-wrapped-named")
+    with pytest.raises(InvalidArgument):
+        remote.CappedInvertedLists(index.invlists, -1)
+    assert index.ntotal == 400
+    # a wrapped index dropped while wrapped frees its lists once: the server lives on
+    for wrapper in (remote.StopWordsInvertedLists, remote.CappedInvertedLists) * 2:
+        doomed = _filled(remote, data)
+        doomed.replace_invlists(wrapper(doomed.invlists, 5))
+        remote.delete_index(doomed.name)
+    fresh = _filled(remote, data)  # new faiss objects are sound (a double free broke them)
+    assert fresh.search(data["xq"], 3)[1].shape == (len(data["xq"]), 3)
+    assert index.search(data["xq"], 3)[1].shape == (len(data["xq"]), 3)
 
 
 # -- small fidelity items ----------------------------------------------------------------------
@@ -359,7 +452,7 @@ def test_copy_and_update_survive_kill_9(tmp_path, data):
         source.make_direct_map()
         new = data["xb"][:20][::-1].copy()
         source.update_vectors(np.arange(20, dtype="int64"), new)
-        Dref, Iref = source.search(data["xq"], 5)
+        Iref = source.search(data["xq"], 5)[1]
         client.disconnect()
         srv.stop(signal.SIGKILL)
         srv.start()
@@ -368,8 +461,7 @@ def test_copy_and_update_survive_kill_9(tmp_path, data):
         assert dest.ntotal == 200
         assert all(i % 2 == 0 for lst in remote_lists(dest) for i in lst)
         np.testing.assert_array_equal(source.reconstruct(3), new[3])
-        D, I = source.search(data["xq"], 5)
-        np.testing.assert_array_equal(I, Iref)
+        np.testing.assert_array_equal(source.search(data["xq"], 5)[1], Iref)
     finally:
         client.disconnect()
         srv.kill()

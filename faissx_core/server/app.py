@@ -59,6 +59,7 @@ from faissx_core.server.ops import (
     copy_subset,
     deserialize,
     run_faiss,
+    writable_lists,
 )
 from faissx_core.server.ordering import SerialQueues
 from faissx_core.server.outbound import SNDHWM, PeerOutput
@@ -583,15 +584,14 @@ class Server:
         source = self._get(principal, request, args.other)
         if source is target:
             raise InvalidArgument("an index cannot be merged into itself")
+
+        def merge(into: Any, other: Any) -> None:
+            for managed in (target, source):  # under both locks: no wrapper comes meanwhile
+                writable_lists(managed, "merge_from")
+            run_faiss(lambda: into.merge_from(other, args.add_id), "merge_from", target)
+
         # one commit for both (the moved vectors are in no log), applied once per key
-        return self.backend.merge(
-            target,
-            source,
-            lambda into, other: run_faiss(
-                lambda: into.merge_from(other, args.add_id), "merge_from", target
-            ),
-            request.idem,
-        )
+        return self.backend.merge(target, source, merge, request.idem)
 
     def _copy_subset_to(
         self, principal: Principal, request: Request, args: Any, arrays: Arrays

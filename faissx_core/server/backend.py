@@ -131,9 +131,22 @@ class ManagedIndex:
     #: Bytes of flat storage made room for ahead of a pipelined add (ops.grow_storage).
     storage_capacity: int = field(init=False, default=0)
     #: ``(own lists, wrapper)`` while an IVF serves through a wrapper over its own inverted
-    #: lists (ops.replace_invlists): both are kept alive here, the lists owned by Python.
+    #: lists (ops.replace_invlists); the index does not own its lists meanwhile.
     invlists_held: tuple[Any, Any] | None = field(init=False, default=None)
     _layout: _Layout | None = field(init=False, default=None, repr=False)
+
+    def restore_invlists(self) -> None:
+        """Serve through the IVF's own inverted lists again (they were wrapped), the index
+        owning them once more. Taking the lists' ownership into Python instead breaks SWIG's
+        type table (faiss 1.15), so the index must get them back before it is freed."""
+        held, self.invlists_held = self.invlists_held, None
+        if held is not None:
+            faiss.extract_index_ivf(self.index).replace_invlists(held[0], True)
+
+    def __del__(self) -> None:
+        # an index dropped while wrapped: its lists go back to it, which frees them
+        if getattr(self, "invlists_held", None) is not None:
+            self.restore_invlists()
 
     def __post_init__(self) -> None:
         self.params = self.itype.params_of(self.index, self.registry.types if self.registry else {})

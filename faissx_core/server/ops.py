@@ -315,6 +315,7 @@ def add(m: ManagedIndex, a: AddArgs, arrays: Arrays) -> Job:
     def job(index: Any) -> Result:
         if not index.is_trained:
             raise NotTrained(f"{m.spec.type} must be trained before add")
+        writable_lists(m, "add")
         if a.reserve > len(x):
             run_faiss(lambda: grow_storage(m, index, len(x), a.reserve), "add", m)
         run_faiss(lambda: index.add(x), "add", m)
@@ -331,6 +332,7 @@ def add_with_ids(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
     def job(index: Any) -> Result:
         if not index.is_trained:
             raise NotTrained(f"{m.spec.type} must be trained before add_with_ids")
+        writable_lists(m, "add_with_ids")
         run_faiss(lambda: index.add_with_ids(x, ids), "add_with_ids", m)
         return _info(index), {}
 
@@ -845,6 +847,7 @@ def update_vectors(m: ManagedIndex, a: Args, arrays: Arrays) -> Job:
 
     def job(index: Any) -> Result:
         ivf = ivf_of(m, index, "update_vectors")
+        writable_lists(m, "update_vectors")
         if not hasattr(ivf, "update_vectors"):
             raise UnsupportedOperation(f"update_vectors is not supported by {m.spec.type}")
         kind = int(ivf.direct_map.type)
@@ -884,6 +887,17 @@ WRAPPERS = {
 }
 
 
+def writable_lists(m: ManagedIndex, what: str) -> None:
+    """Refuse a write through a read-only wrapper (StopWordsInvertedLists): faiss throws it
+    inside a parallel loop, which aborts the whole server process."""
+    held = m.invlists_held
+    if held is not None and isinstance(held[1], faiss.ReadOnlyInvertedLists):
+        raise UnsupportedOperation(
+            f"{what} on {m.name!r}: it serves through a {type(held[1]).__name__}, which is "
+            "read-only; put its own lists back first (index.replace_invlists(index.invlists))"
+        )
+
+
 def own_lists(m: ManagedIndex, ivf: Any) -> Any:
     """The IVF's own inverted lists, under whatever wrapper it serves through now."""
     return m.invlists_held[0] if m.invlists_held is not None else ivf.invlists
@@ -901,8 +915,9 @@ def replace_invlists(m: ManagedIndex, a: ReplaceInvlistsArgs, arrays: Arrays) ->
     """``index.replace_invlists(wrapper over index.invlists)`` and back, built on the server.
 
     The server keeps ownership straight whatever ``own`` the client passed: while a wrapper
-    serves, the index's own lists are held (and owned) by the managed index and the wrapper
-    by the same; putting the own lists back gives them to the index again. A named index is
+    serves, the managed index holds the wrapper (Python frees it) and the index's own lists,
+    which it gives back to the index when they are put back or the index goes
+    (ManagedIndex.restore_invlists), so the index frees them, once. A named index is
     refused a wrapper: faiss cannot write one into a snapshot, so it could not stay durable.
     """
     if a.wrap is not None and not m.ephemeral:
@@ -919,19 +934,13 @@ def replace_invlists(m: ManagedIndex, a: ReplaceInvlistsArgs, arrays: Arrays) ->
         held = m.invlists_held
         if a.wrap is None:
             if held is not None:
-                lists = held[0]
-                ivf.replace_invlists(lists, True)  # not owned now: the wrapper is not freed
-                lists.this.disown()  # the index owns its lists again
-                m.invlists_held = None
+                m.restore_invlists()
             return _info(index), {}
         lists = own_lists(m, ivf)
         wrapper = run_faiss(partial(wrap_lists, lists, a.wrap), "replace_invlists", m)
         if held is None:
             ivf.own_invlists = False  # replace_invlists would free the own lists otherwise
-            ivf.replace_invlists(wrapper, False)
-            lists.this.acquire()  # freed with the managed index if it goes while wrapped
-        else:
-            ivf.replace_invlists(wrapper, False)  # the previous wrapper is freed below
+        ivf.replace_invlists(wrapper, False)  # a previous wrapper is freed as Python drops it
         m.invlists_held = (lists, wrapper)
         return _info(index), {}
 
