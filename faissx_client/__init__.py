@@ -22,6 +22,7 @@ from faissx_client import invlists, modification, optimization, recovery, views
 from faissx_client.cache import vector_cache
 from faissx_client.classes import _placement, make_class, make_generic_class
 from faissx_client.client import Client
+from faissx_client.ivf_stats import CVar
 from faissx_client.original import FaissXClient
 from faissx_client.pointers import pointers
 from faissx_client.proxy import ParamNamespace, RemoteIndex, _ids
@@ -619,6 +620,10 @@ def _id_set(kind: str, local: Any, args: tuple[Any, ...]) -> Any:
     if len(args) == 2:
         ids = ids[: int(args[0])]
     return RemoteSelector(SelectorSpec(kind=kind), ids)
+
+
+#: ``faiss.cvar``: faiss's own globals, except ``indexIVF_stats`` in remote mode (ivf_stats.py).
+cvar = CVar(lambda: get_client())
 
 
 # -- inverted-list wrappers: faiss's own over local lists, built on the server over remote ones -

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from faissx_client.ivf_stats import IVFStats
 from faissx_client.settings import ClientSettings
 from faissx_client.transport import Transport
 
@@ -26,6 +27,8 @@ class Client:
     def __init__(self, settings: ClientSettings, heartbeat: float | None = None) -> None:
         self.settings = settings
         self.transport = Transport(settings, heartbeat)
+        #: What this client's remote IVF searches counted (``faiss.cvar.indexIVF_stats``).
+        self.ivf_stats = IVFStats()
         self._anonymous: set[str] = set()
         self._mutex = threading.Lock()
         self._stop = threading.Event()

@@ -325,6 +325,9 @@ class RemoteIndex:
                 _opt.PIPELINE_WINDOW,
                 done=lambda i: advance(bounds[i][1] - bounds[i][0]),
             )
+        for result, _ in replies:
+            if "ivf_stats" in result:  # a search's parts, counted as faiss counts one search
+                self._client.ivf_stats.add(result["ivf_stats"])
         return [out for _, out in replies]
 
     # -- faiss methods -----------------------------------------------------------------------
@@ -382,9 +385,13 @@ class RemoteIndex:
         asked."""
         x = self._vectors(x)
         args, arrays = _with_params({"k": _positive_k(k)}, {"x": x}, params)
+        if self._client.ivf_stats.wanted:  # faiss.cvar.indexIVF_stats was read (ivf_stats.py)
+            args["stats"] = True
         rows, show = self._rows(x, progress, k=args["k"])
         if rows >= len(x) and not show:
-            out = self._call("search", args, arrays)[1]
+            result, out = self._call("search", args, arrays)
+            if "ivf_stats" in result:
+                self._client.ivf_stats.add(result["ivf_stats"])
             return _into(D, out["D"]), _into(I, out["I"])
         if self._info is None:
             self._create()

@@ -71,6 +71,8 @@ class ControlArgs(BaseModel):
 class SearchArgs(Args):
     k: int = Field(ge=1, le=1 << 20)
     params: IndexSpec | None = None
+    #: Answer an IVF search's own counts too (``ivf_stats``: faiss's IndexIVFStats fields).
+    stats: bool = False
     #: A sharded index (``--backend ray``) with a shard down answers from the other shards
     #: instead of failing with ``shard_unavailable``; a single index has nothing to leave out.
     partial: bool = False

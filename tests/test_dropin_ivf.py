@@ -398,6 +398,27 @@ def test_a_shared_quantizer_comes_trained_to_the_second_index(remote, data):
     np.testing.assert_array_equal(Dnew, Dref)
 
 
+def test_ivf_stats_count_this_clients_searches_as_faiss_does(remote, data):
+    """``faiss.cvar.indexIVF_stats`` after a remote search holds that search's counts (the
+    server's own global would mix every tenant's); with every list probed, the distances
+    computed are queries x stored vectors, and a selector keeping half of them halves that."""
+    keep = np.arange(0, 400, 2, dtype="int64")
+    seen = []
+    for f in (faiss, remote):
+        index = _filled(f, data)
+        index.nprobe = NLIST
+        stats = f.cvar.indexIVF_stats
+        stats.reset()
+        index.search(data["xq"], 5)
+        plain = (stats.nq, stats.ndis)
+        stats.reset()
+        params = f.SearchParametersIVF(nprobe=NLIST, sel=f.IDSelectorBatch(keep))
+        index.search(data["xq"], 5, params=params)
+        seen.append((plain, (stats.nq, stats.ndis), stats.nheap_updates > 0))
+    assert seen[0] == seen[1] == ((12, 12 * 400), (12, 12 * 200), True)
+    assert remote.cvar.hnsw_stats is not None  # other globals are faiss's own
+
+
 # -- durability ------------------------------------------------------------------------------
 
 

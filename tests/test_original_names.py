@@ -184,7 +184,7 @@ def test_set_nprobe_validates_and_is_refused_where_there_is_none(fx):
 
     ivf = IndexIVFFlat(fx.IndexFlatL2(D), D, 4)
     with pytest.raises(ValueError):
-        ivf.set_nprobe(0)
+        ivf.set_nprobe(-1)
     flat = fx.IndexFlatL2(D)
     with pytest.raises(AttributeError, match="nprobe"):
         flat.set_nprobe(3)

@@ -10,6 +10,7 @@ families lives in the plugins' specs, not here.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -357,11 +358,81 @@ def search(m: ManagedIndex, a: SearchArgs, arrays: Arrays) -> Job:
     sp = search_params(m, a.params, arrays)
 
     def job(index: Any) -> Result:
+        if a.stats:
+            counted = run_faiss(lambda: ivf_search_counted(index, x, k, sp.params), "search", m)
+            if counted is not None:
+                D, I, stats = counted
+                return {"ivf_stats": stats}, {"D": D, "I": I}
         on = m.searcher(index) if sp.params is None else index  # --gpu: a GPU copy
         D, I = run_faiss(lambda: on.search(x, k, params=sp.params), "search", m)
         return {}, {"D": D, "I": I}
 
     return job
+
+
+#: IVF classes whose search is faiss's IndexIVF::search (a quantizer search, then
+#: search_preassigned): for them that pair, with a stats object of its own, is the same search.
+COUNTED_IVF = tuple(
+    getattr(faiss, name)
+    for name in (
+        "IndexIVFFlat",
+        "IndexIVFFlatDedup",
+        "IndexIVFScalarQuantizer",
+        "IndexIVFPQ",
+        "IndexIVFResidualQuantizer",
+        "IndexIVFLocalSearchQuantizer",
+        "IndexIVFProductResidualQuantizer",
+        "IndexIVFProductLocalSearchQuantizer",
+    )
+    if hasattr(faiss, name)
+)
+
+
+def ivf_search_counted(
+    index: Any, x: np.ndarray, k: int, params: Any
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """faiss's IVF search with its own ``IndexIVFStats`` (the global one mixes every caller's
+    searches); None for an index that is not one of :data:`COUNTED_IVF`, which searches as usual.
+    """
+    ivf = attrs.downcast_any(index)
+    if type(ivf) not in COUNTED_IVF:
+        return None
+    if params is not None and not isinstance(params, faiss.SearchParametersIVF):
+        return None  # faiss's own search refuses them, with its own error
+    nprobe = int(params.nprobe if isinstance(params, faiss.SearchParametersIVF) else ivf.nprobe)
+    nprobe = min(nprobe, int(ivf.nlist))
+    if nprobe < 1:
+        return None  # faiss's own search reports it
+    n = len(x)
+    quantizer_params = getattr(params, "quantizer_params", None)
+    start = time.perf_counter()
+    Dq, Iq = ivf.quantizer.search(x, nprobe, params=quantizer_params)
+    quantized = time.perf_counter()
+    stats = faiss.IndexIVFStats()
+    D = np.empty((n, k), dtype=np.float32)
+    I = np.empty((n, k), dtype=np.int64)
+    ivf.search_preassigned_c(
+        n,
+        faiss.swig_ptr(x),
+        k,
+        faiss.swig_ptr(Iq),
+        faiss.swig_ptr(Dq),
+        faiss.swig_ptr(D),
+        faiss.swig_ptr(I),
+        False,
+        params,
+        stats,
+    )
+    done = time.perf_counter()
+    counts = {
+        "nq": int(stats.nq),
+        "nlist": int(stats.nlist),
+        "ndis": int(stats.ndis),
+        "nheap_updates": int(stats.nheap_updates),
+        "quantization_time": (quantized - start) * 1000.0,  # milliseconds, as faiss's
+        "search_time": (done - quantized) * 1000.0,
+    }
+    return D, I, counts
 
 
 @op("assign")
