@@ -40,12 +40,13 @@ class RemoteInvertedLists:
 
     def __init__(self, proxy: RemoteIndex, kind: str, value: int) -> None:
         self._proxy = proxy
-        self._wrap = {"type": kind, "value": int(value)}
+        self._value = int(value)
+        self._wrap: dict[str, Any] = {"type": kind, "value": self._value}
         self.faiss_class = kind
 
     @property
     def maxsize(self) -> int:
-        return int(self._wrap["value"])
+        return self._value
 
     @property
     def nlist(self) -> int:

@@ -471,9 +471,11 @@ class LocalBackend:
         self._refuse_damaged(tenant, name)
         if index is None:
             with self.reserve(self.estimate(tenant, spec, caller), f"creating {name!r}"):
-                index = self.registry.build(
-                    spec, resolve=lambda ref, path="": self._copy(tenant, ref, caller, path)
-                )
+
+                def resolve(ref: str, path: str = "") -> Any:
+                    return self._copy(tenant, ref, caller, path)
+
+                index = self.registry.build(spec, resolve=resolve)
         managed = ManagedIndex(
             tenant, name, spec, itype, index, session=session, registry=self.registry, gpu=self.gpu
         )
@@ -542,7 +544,7 @@ class LocalBackend:
                 raise InvalidArgument(f"{path!r} of index {name!r} is not an index")
             binary = isinstance(part, faiss.IndexBinary)
             clone = faiss.clone_binary_index if binary else faiss.clone_index  # type: ignore[attr-defined]  # faiss's stubs lack it
-            return clone(part)
+            return clone(part)  # type: ignore[arg-type]  # either kind, as its own clone
 
     def adopt(
         self, tenant: str, name: str, spec: IndexSpec, index: Any, created: float

@@ -962,7 +962,7 @@ def writable_lists(m: ManagedIndex, what: str) -> None:
     """Refuse a write through a read-only wrapper (StopWordsInvertedLists): faiss throws it
     inside a parallel loop, which aborts the whole server process."""
     held = m.invlists_held
-    if held is not None and isinstance(held[1], faiss.ReadOnlyInvertedLists):
+    if held is not None and isinstance(held[1], faiss.ReadOnlyInvertedLists):  # type: ignore[attr-defined]  # faiss's stubs lack it
         raise UnsupportedOperation(
             f"{what} on {m.name!r}: it serves through a {type(held[1]).__name__}, which is "
             "read-only; put its own lists back first (index.replace_invlists(index.invlists))"
