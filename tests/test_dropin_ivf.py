@@ -23,6 +23,7 @@ from faissx_core.errors import (
     FaissxWarning,
     InvalidArgument,
     OutOfRange,
+    QuotaExceeded,
     UnsupportedOperation,
 )
 from tests.conftest import ServerProcess
@@ -147,6 +148,41 @@ def test_copy_subset_to_refusals_name_the_reason(remote, data):
     with pytest.raises(InvalidArgument, match="same server"):
         source.copy_subset_to(trained(faiss, "IVF8,Flat", data), 0, 0, 10)
     assert source.ntotal == 400
+
+
+def test_copy_subset_to_is_bounded_by_the_tenant_quota_before_it_copies(start_server, data):
+    """The subset can be as large as the source, so that much is held against the tenant's
+    quota first: over it, QuotaExceeded, and the destination is as it was."""
+    from faissx import client
+
+    srv = start_server("--tenant-max-vectors", "600")
+    try:
+        client.configure(server=srv.endpoint, timeout=60)
+        source = trained(client, "IVF8,Flat", data)
+        dest = client.clone_index(source)
+        source.add(data["xb"])  # 400 of the tenant's 600
+        with pytest.raises(QuotaExceeded, match="tenant quota"):
+            source.copy_subset_to(dest, 0, 0, 10)
+        assert dest.ntotal == 0
+        source.remove_ids(np.arange(250, 400, dtype="int64"))  # 250 + 250 fit
+        source.copy_subset_to(dest, 0, 0, 10)
+        assert dest.ntotal == 10
+    finally:
+        client.disconnect()
+
+
+def test_a_ref_path_must_name_an_index_inside(remote, data):
+    """A part handed to a second constructor travels as a ref with a path: one that names
+    no index inside the source is refused with a typed error, not built."""
+    source = _filled(remote, data)
+    spec = {"type": "ref", "params": {"name": source.name, "path": "nlist"}}
+    bad = {"type": "IndexIDMap", "params": {"index": spec}}
+    client = remote.get_client()
+    with pytest.raises(InvalidArgument, match="not an index"):
+        client.call("create", "ref-path-bad", {"spec": bad, "ephemeral": True})
+    spec["params"]["path"] = "no.such"
+    with pytest.raises(AttributeError, match="no data member"):
+        client.call("create", "ref-path-bad", {"spec": bad, "ephemeral": True})
 
 
 # -- search_preassigned ----------------------------------------------------------------------
