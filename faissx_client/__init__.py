@@ -18,10 +18,12 @@ import numpy as np
 
 from faissx_client import classes as _classes_module
 from faissx_client import gpu as gpu_module
-from faissx_client import invlists, modification, optimization, recovery, views
+from faissx_client import modification, optimization, recovery, views
 from faissx_client.cache import vector_cache
 from faissx_client.classes import _placement, make_class, make_generic_class
 from faissx_client.client import Client
+from faissx_client.invlists import shared as _shared_lists
+from faissx_client.invlists import wrapper as _wrapped_lists
 from faissx_client.ivf_stats import CVar
 from faissx_client.original import FaissXClient
 from faissx_client.pointers import pointers
@@ -631,24 +633,24 @@ cvar = CVar(lambda: get_client())
 
 def CappedInvertedLists(il: Any, maxsize: int) -> Any:
     """Each list of ``il`` read as at most ``maxsize`` entries (writes pass through)."""
-    return invlists.wrapper("CappedInvertedLists", il, maxsize)
+    return _wrapped_lists("CappedInvertedLists", il, maxsize)
 
 
 def StopWordsInvertedLists(il: Any, maxsize: int) -> Any:
     """Lists of ``il`` longer than ``maxsize`` read as empty (their "stop words")."""
-    return invlists.wrapper("StopWordsInvertedLists", il, maxsize)
+    return _wrapped_lists("StopWordsInvertedLists", il, maxsize)
 
 
 def SliceInvertedLists(*args: Any) -> Any:
-    return invlists.shared("SliceInvertedLists", args)
+    return _shared_lists("SliceInvertedLists", args)
 
 
 def VStackInvertedLists(*args: Any) -> Any:
-    return invlists.shared("VStackInvertedLists", args)
+    return _shared_lists("VStackInvertedLists", args)
 
 
 def HStackInvertedLists(*args: Any) -> Any:
-    return invlists.shared("HStackInvertedLists", args)
+    return _shared_lists("HStackInvertedLists", args)
 
 
 def __getattr__(name: str) -> Any:

@@ -506,19 +506,6 @@ class RemoteIndex:
         direct_map = faiss.DirectMap  # type: ignore[attr-defined]  # faiss's stubs lack it
         self.set_direct_map_type(direct_map.Array if new_maintain_direct_map else direct_map.NoMap)
 
-    def merge_from(self, other: RemoteIndex, add_id: int = 0) -> None:
-        """Move ``other``'s vectors into this index on the server (faiss empties ``other``)."""
-        if not isinstance(other, RemoteIndex) or other._client is not self._client:
-            raise InvalidArgument("merge_from needs another remote index on the same server")
-        if other._info is None:
-            other._create()
-        try:
-            info, _ = self._call("merge_from", {"other": other.name, "add_id": int(add_id)})
-        finally:
-            self._mutated()
-            other._mutated()
-        object.__setattr__(self, "_info", info)
-
     # -- inverted-list surgery (IVF indices; docs/client.md "IVF inverted lists") --------------
     def copy_subset_to(self, other: RemoteIndex, subset_type: int, a1: int, a2: int) -> None:
         """faiss's ``IndexIVF.copy_subset_to``: copy the entries of this index that the subset
@@ -601,6 +588,19 @@ class RemoteIndex:
             self._call("update_vectors", arrays={"x": x, "ids": ids})
         finally:
             self._mutated()
+
+    def merge_from(self, other: RemoteIndex, add_id: int = 0) -> None:
+        """Move ``other``'s vectors into this index on the server (faiss empties ``other``)."""
+        if not isinstance(other, RemoteIndex) or other._client is not self._client:
+            raise InvalidArgument("merge_from needs another remote index on the same server")
+        if other._info is None:
+            other._create()
+        try:
+            info, _ = self._call("merge_from", {"other": other.name, "add_id": int(add_id)})
+        finally:
+            self._mutated()
+            other._mutated()
+        object.__setattr__(self, "_info", info)
 
     def serialize(self) -> np.ndarray:
         """``faiss.serialize_index`` of the server-side index, as faiss returns it (uint8)."""

@@ -44,6 +44,7 @@ _STEP = re.compile(r"^(?:[A-Za-z][A-Za-z0-9_]{0,63}|@ivf|#\d{1,9})$")
 #: takes the request's ``x`` and an integer ``k``, as a search does).
 READ_METHODS: dict[str, int | None] = {
     "list_size": 1,
+    "real_list_size": 1,  # a CappedInvertedLists' uncapped size
     "get_ids": 1,
     "get_codes": 1,
     "sa_code_size": 0,
@@ -64,7 +65,6 @@ READ_METHODS: dict[str, int | None] = {
     "sa_decode": None,
     "check_ids_sorted": 0,
     "check_consistency": 0,
-    "real_list_size": 1,  # a CappedInvertedLists' uncapped size
 }
 
 #: Scalar members a remote client may set: knobs faiss reads when it trains, adds or searches.
