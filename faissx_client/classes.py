@@ -94,10 +94,7 @@ class DropIn(type):
         # Like faiss's referenced_objects: a proxy given as a part stays alive (and on the
         # server) at least until this index, created lazily, has copied it.
         parts = [a for a in (*args, *given.values()) if isinstance(a, RemoteIndex)]
-        # a part sent as a copy of another index's (proxy.describe): that index too
-        parts += [a._owner[0]() for a in parts if a._shared_as() is not None]
         object.__setattr__(proxy, "_parts", parts)
-        _share_parts(proxy, spec)
         if name is not None:  # a named index exists from the constructor on, as users expect
             proxy._create()
         return proxy
@@ -177,22 +174,6 @@ def make_generic_class(
             "__module__": "faissx_client",
         },
     )
-
-
-def _share_parts(proxy: RemoteIndex, spec: IndexSpec) -> None:
-    """Bind each described part (an IVF's ``quantizer``, an IDMap's ``index``) to the place
-    it takes in ``proxy``: faiss shares one such object between the indices built on it, so
-    once ``proxy`` exists on the server, handing the same part to another constructor sends a
-    copy of it as ``proxy`` holds it now (trained, filled), not the empty spec it was made
-    from (proxy.describe)."""
-    for part in getattr(proxy, "_parts", ()):
-        if part._info is not None or part._owner is not None:
-            continue  # created: sent by reference anyway; bound: the first index keeps it
-        described = part.spec.model_dump()
-        for field, value in spec.params.items():
-            if value == described:
-                part._bind_owner(proxy, field)
-                break
 
 
 def _placement(shards: int | None, replicas: int | None) -> dict[str, int]:

@@ -63,8 +63,6 @@ class RemoteIndex:
         object.__setattr__(self, "_create_lock", threading.Lock())
         #: Client-side parameters (batch_size): they shape this proxy's calls.
         object.__setattr__(self, "_values", {})
-        #: (the index this one is a part of, the attribute it is there), once bound.
-        object.__setattr__(self, "_owner", None)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _create(
@@ -112,20 +110,6 @@ class RemoteIndex:
         if self._info is None:
             self._create()
         return self._client.call(op, self._name, args, arrays)
-
-    def _bind_owner(self, owner: RemoteIndex, path: str) -> None:
-        """This never-created proxy is ``owner.<path>`` on the server from now on (classes.py
-        ``_share_parts``); the owner is held weakly, as it holds this proxy."""
-        object.__setattr__(self, "_owner", (weakref.ref(owner), path))
-
-    def _shared_as(self) -> tuple[str, str] | None:
-        """``(owner's name, path)`` when this proxy stands for a part of a created index."""
-        if self._owner is None:
-            return None
-        owner = self._owner[0]()
-        if owner is None or owner._info is None:
-            return None
-        return owner.name, self._owner[1]
 
     @property
     def name(self) -> str:
@@ -716,10 +700,6 @@ def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
         return value.model_dump(), {}
     if isinstance(value, RemoteIndex) and value._info is not None:
         return IndexSpec(type=REF_TYPE, params={"name": value.name}).model_dump(), {}
-    shared = value._shared_as() if isinstance(value, RemoteIndex) else None
-    if shared is not None:  # a part faiss would share: a copy of it as its index holds it now
-        ref = {"name": shared[0], "path": shared[1]}
-        return IndexSpec(type=REF_TYPE, params=ref).model_dump(), {}
     if isinstance(value, RemoteIndex | RemoteComponent):
         arrays = value._arrays if isinstance(value, RemoteComponent) else {}
         return value.spec.model_dump(), arrays

@@ -404,11 +404,11 @@ _TABLE = (
     _read("reconstruct", KeyArgs),
     _read("reconstruct_n", RangeOfKeys),
     _read("reconstruct_batch"),
+    _read("search_preassigned", PreassignedArgs, doc="IVF search in given lists"),
+    _read("range_search_preassigned", RangePreassignedArgs, doc="IVF range search in given lists"),
     _read("get_parameter", ParamName),
     _read("serialize", doc="faiss.serialize_index bytes"),
     _read("export", ExportArgs, doc="stored ids (and vectors), one page"),
-    _read("search_preassigned", PreassignedArgs, doc="IVF search in given lists"),
-    _read("range_search_preassigned", RangePreassignedArgs, doc="IVF range search in given lists"),
     _read("get_attr", AttrPath, doc="a structural member at a path, as a value or a view"),
     _read("call_attr", AttrCall, doc="a read-only method of the object at a path"),
     # -- writes on one index ----------------------------------------------------------------
@@ -419,8 +419,8 @@ _TABLE = (
     _write("reset"),
     _write("set_parameter", ParamValue),
     _write("set_direct_map_type", DirectMapArgs),
-    _write("replace_invlists", ReplaceInvlistsArgs, doc="IVF: serve through a wrapper"),
     _write("update_vectors", doc="IVF with a direct map: replace the vectors of ids"),
+    _write("replace_invlists", ReplaceInvlistsArgs, doc="IVF: serve through a wrapper"),
     _write("set_attr", AttrValue, doc="a tuning knob at a path (attrs.WRITABLE)"),
 )
 

@@ -89,12 +89,11 @@ class PluginRegistry:
             )
         raise UnknownIndexType(f"no plugin provides index type {name!r}", plugin=None)
 
-    def build(self, spec: IndexSpec, resolve: Callable[..., Any] | None = None) -> Any:
+    def build(self, spec: IndexSpec, resolve: Callable[[str], Any] | None = None) -> Any:
         """Build the faiss object for ``spec``, nested specs recursively.
 
-        ``resolve(name)`` turns a ``ref`` spec into a copy of an existing index (``resolve(name,
-        path)`` into a copy of the index at an attribute path inside it, faissx_core/attrs.py);
-        without it references are refused (there is nothing to refer to outside a server).
+        ``resolve(name)`` turns a ``ref`` spec into a copy of an existing index; without it
+        references are refused (there is nothing to refer to outside a server).
         """
         if spec.type == REF_TYPE:
             if resolve is None:
@@ -104,11 +103,7 @@ class PluginRegistry:
                 raise InvalidArgument(
                     f"a ref names an index by a non-empty string, got {type(name).__name__}"
                 )
-            path = spec.params.get("path", "")
-            if not isinstance(path, str):
-                raise InvalidArgument(f"a ref's path is a string, got {type(path).__name__}")
-            # a part of an existing index (its ``quantizer``), as faiss users share one
-            return resolve(name, path) if path else resolve(name)
+            return resolve(name)
         itype = self.index_type(spec.type)
         params = itype.validate_params(spec.params)
 

@@ -2,8 +2,8 @@
 
 ``copy_subset_to`` (a durable write to the destination, committed whole like a merge),
 ``search_preassigned`` / ``range_search_preassigned`` (reads), ``update_vectors`` (a logged
-write), ``nprobe = 0`` (taken, then refused by the search as faiss does), and a quantizer
-shared by two IVF constructors (the second index starts with the first's trained quantizer).
+write), ``nprobe = 0`` (taken, then refused by the search as faiss does), inverted-list
+wrappers built on the server, and ``faiss.cvar.indexIVF_stats`` counting remote searches.
 Each behaviour runs the same code on plain faiss and through ``faissx.client`` against a real
 server; where faiss itself would crash or corrupt memory, the server refuses with a typed error
 and changes nothing. The durability tests kill a server with a data directory (``kill -9`` and
@@ -169,20 +169,6 @@ def test_copy_subset_to_is_bounded_by_the_tenant_quota_before_it_copies(start_se
         assert dest.ntotal == 10
     finally:
         client.disconnect()
-
-
-def test_a_ref_path_must_name_an_index_inside(remote, data):
-    """A part handed to a second constructor travels as a ref with a path: one that names
-    no index inside the source is refused with a typed error, not built."""
-    source = _filled(remote, data)
-    spec = {"type": "ref", "params": {"name": source.name, "path": "nlist"}}
-    bad = {"type": "IndexIDMap", "params": {"index": spec}}
-    client = remote.get_client()
-    with pytest.raises(InvalidArgument, match="not an index"):
-        client.call("create", "ref-path-bad", {"spec": bad, "ephemeral": True})
-    spec["params"]["path"] = "no.such"
-    with pytest.raises(AttributeError, match="no data member"):
-        client.call("create", "ref-path-bad", {"spec": bad, "ephemeral": True})
 
 
 # -- search_preassigned ----------------------------------------------------------------------
@@ -401,37 +387,6 @@ def test_nprobe_zero_is_taken_and_the_search_refused(remote, data, family):
         assert index.search(xq, 3)[1].shape == (len(xq), 3)
     with pytest.raises(InvalidArgument):
         index.nprobe = -1
-
-
-def test_a_shared_quantizer_comes_trained_to_the_second_index(remote, data):
-    """faiss shares the quantizer object: a second IVF built on it after the first trained
-    it is trained at once. Remotely the second gets a copy of the first's quantizer."""
-    codes = (data["xt"] * 255).astype("uint8")
-    for f in (faiss, remote):
-        quantizer = f.IndexBinaryFlat(D * 8)
-        first = f.IndexBinaryIVF(quantizer, D * 8, 4)
-        first.train(codes)
-        second = f.IndexBinaryIVF(quantizer, D * 8, 4)
-        assert second.is_trained
-        ids = np.arange(len(codes), dtype="int64") * 3
-        second.add_with_ids(codes, ids)
-        second.set_direct_map_type(faiss.DirectMap.Hashtable)
-        np.testing.assert_array_equal(second.reconstruct(int(ids[5])), codes[5])
-        del first  # the copy outlives the index it came from
-        assert second.quantizer.ntotal == 4
-    q = remote.IndexFlatL2(D)
-    a = remote.IndexIVFFlat(q, D, NLIST)
-    a.train(data["xt"])
-    b = remote.IndexIVFFlat(q, D, NLIST)
-    assert b.is_trained
-    a.add(data["xb"][:200])
-    b.add(data["xb"][200:])
-    Dref, Iref = a.search(data["xq"], 5)
-    a.merge_from(b, 200)
-    a.remove_ids(remote.IDSelectorRange(200, 400))
-    Dnew, Inew = a.search(data["xq"], 5)
-    np.testing.assert_array_equal(Inew, Iref)
-    np.testing.assert_array_equal(Dnew, Dref)
 
 
 def test_ivf_stats_count_this_clients_searches_as_faiss_does(remote, data):

@@ -22,7 +22,6 @@ from typing import Any, NamedTuple, Protocol, TypedDict
 import faiss
 import numpy as np
 
-from faissx_core import attrs
 from faissx_core.errors import (
     FaissxError,
     IndexDamaged,
@@ -471,11 +470,9 @@ class LocalBackend:
         self._refuse_damaged(tenant, name)
         if index is None:
             with self.reserve(self.estimate(tenant, spec, caller), f"creating {name!r}"):
-
-                def resolve(ref: str, path: str = "") -> Any:
-                    return self._copy(tenant, ref, caller, path)
-
-                index = self.registry.build(spec, resolve=resolve)
+                index = self.registry.build(
+                    spec, resolve=lambda ref: self._copy(tenant, ref, caller)
+                )
         managed = ManagedIndex(
             tenant, name, spec, itype, index, session=session, registry=self.registry, gpu=self.gpu
         )
@@ -534,17 +531,12 @@ class LocalBackend:
             raise IndexNotFound(f"no index named {name!r}")
         return source
 
-    def _copy(self, tenant: str, name: str, caller: str | None, path: str = "") -> Any:
-        """A copy of one of ``tenant``'s indices (or of the index at ``path`` inside it, such
-        as its ``quantizer``), as a nested part of a new one."""
+    def _copy(self, tenant: str, name: str, caller: str | None) -> Any:
+        """A copy of one of ``tenant``'s indices, as a nested part of a new one."""
         source = self.source(tenant, name, caller)
         with source.lock.read():
-            part = attrs.walk(source.index, path) if path else source.index
-            if not isinstance(part, faiss.Index | faiss.IndexBinary):
-                raise InvalidArgument(f"{path!r} of index {name!r} is not an index")
-            binary = isinstance(part, faiss.IndexBinary)
-            clone = faiss.clone_binary_index if binary else faiss.clone_index  # type: ignore[attr-defined]  # faiss's stubs lack it
-            return clone(part)  # type: ignore[arg-type]  # either kind, as its own clone
+            clone = faiss.clone_binary_index if source.binary else faiss.clone_index  # type: ignore[attr-defined]  # faiss's stubs lack it
+            return clone(source.index)
 
     def adopt(
         self, tenant: str, name: str, spec: IndexSpec, index: Any, created: float

@@ -687,87 +687,6 @@ def set_direct_map_type(m: ManagedIndex, a: DirectMapArgs, arrays: Arrays) -> Jo
     return job
 
 
-# -- structural attributes as remote views (faissx_core/attrs.py says what a path may name) ----
-
-
-@op("get_attr")
-def get_attr(m: ManagedIndex, a: AttrPath, arrays: Arrays) -> Job:
-    """The value at a dotted path from the index: a scalar, an array, or an object to view."""
-    attrs.check_path(a.path)
-    return lambda index: run_faiss(lambda: attrs.describe(attrs.walk(index, a.path)), "get_attr", m)
-
-
-@op("call_attr")
-def call_attr(m: ManagedIndex, a: AttrCall, arrays: Arrays) -> Job:
-    """A read-only method (attrs.READ_METHODS) of the object at a path."""
-    attrs.check_path(a.path)
-    if a.method not in attrs.READ_METHODS and a.method not in attrs.DC_METHODS:
-        raise InvalidArgument(f"{a.method!r} is not a read-only method a view may call")
-    x = arrays.get("x")
-    if a.wrap is not None and (a.path != "invlists" or a.method not in WRAPPER_READS):
-        raise InvalidArgument(
-            f"a wrapper over inverted lists is read at path 'invlists' with "
-            f"{', '.join(WRAPPER_READS)}, not {a.path!r}.{a.method}"
-        )
-
-    def job(index: Any) -> Result:
-        if a.wrap is not None:  # built for this one call over the index's own lists
-            lists = own_lists(m, ivf_of(m, index, "an inverted-lists wrapper"))
-            wrapper = run_faiss(partial(wrap_lists, lists, a.wrap), "call_attr", m)
-            return run_faiss(
-                lambda: attrs.call(wrapper, a.method, list(a.args), None), "call_attr", m
-            )
-        obj = attrs.walk(index, a.path)
-        if a.method in attrs.DC_METHODS:  # args: [1] for get_FlatCodesDistanceComputer
-            flat = bool(a.args and a.args[0])
-            return run_faiss(
-                lambda: (
-                    {"kind": "array"},
-                    {
-                        "value": attrs.distance_computer_call(
-                            obj, a.method, flat, x, arrays.get("ids")
-                        )
-                    },
-                ),
-                "distance computer",
-                m,
-            )
-        if x is not None and a.method != "sa_decode":  # sa_decode's x is codes
-            width = obj.d
-            vectors(_Shape(obj, width), {"x": x})  # type: ignore[arg-type]
-        return run_faiss(lambda: attrs.call(obj, a.method, list(a.args), x), "call_attr", m)
-
-    return job
-
-
-class _Shape:
-    """What :func:`vectors` needs to check ``x`` against a nested object (not the index)."""
-
-    def __init__(self, obj: Any, width: int) -> None:
-        self.binary = isinstance(obj, faiss.IndexBinary)
-        self.row_width = int(width) // 8 if self.binary else int(width)
-        self.spec = IndexSpec(type=type(obj).__name__)
-        self.index = obj
-
-
-@op("set_attr")
-def set_attr(m: ManagedIndex, a: AttrValue, arrays: Arrays) -> Job:
-    """Set a tuning knob (attrs.WRITABLE) at a path; logged like every write."""
-    *parents, leaf = attrs.check_path(a.path) or [""]
-    if leaf not in attrs.WRITABLE:
-        raise UnsupportedOperation(
-            f"{leaf!r} cannot be set on a remote index (it is not a "
-            "tuning knob; sizes and pointers stay the server's)"
-        )
-
-    def job(index: Any) -> Result:
-        obj = attrs.walk(index, ".".join(parents))
-        run_faiss(lambda: attrs.set_member(obj, leaf, a.value), "set_attr", m)
-        return attrs.describe(attrs.walk(index, a.path))
-
-    return job
-
-
 # -- inverted-list surgery on IVF indices (faiss's IndexIVF methods) ----------------------------
 
 
@@ -1014,5 +933,86 @@ def replace_invlists(m: ManagedIndex, a: ReplaceInvlistsArgs, arrays: Arrays) ->
         ivf.replace_invlists(wrapper, False)  # a previous wrapper is freed as Python drops it
         m.invlists_held = (lists, wrapper)
         return _info(index), {}
+
+    return job
+
+
+# -- structural attributes as remote views (faissx_core/attrs.py says what a path may name) ----
+
+
+@op("get_attr")
+def get_attr(m: ManagedIndex, a: AttrPath, arrays: Arrays) -> Job:
+    """The value at a dotted path from the index: a scalar, an array, or an object to view."""
+    attrs.check_path(a.path)
+    return lambda index: run_faiss(lambda: attrs.describe(attrs.walk(index, a.path)), "get_attr", m)
+
+
+@op("call_attr")
+def call_attr(m: ManagedIndex, a: AttrCall, arrays: Arrays) -> Job:
+    """A read-only method (attrs.READ_METHODS) of the object at a path."""
+    attrs.check_path(a.path)
+    if a.method not in attrs.READ_METHODS and a.method not in attrs.DC_METHODS:
+        raise InvalidArgument(f"{a.method!r} is not a read-only method a view may call")
+    x = arrays.get("x")
+    if a.wrap is not None and (a.path != "invlists" or a.method not in WRAPPER_READS):
+        raise InvalidArgument(
+            f"a wrapper over inverted lists is read at path 'invlists' with "
+            f"{', '.join(WRAPPER_READS)}, not {a.path!r}.{a.method}"
+        )
+
+    def job(index: Any) -> Result:
+        if a.wrap is not None:  # built for this one call over the index's own lists
+            lists = own_lists(m, ivf_of(m, index, "an inverted-lists wrapper"))
+            wrapper = run_faiss(partial(wrap_lists, lists, a.wrap), "call_attr", m)
+            return run_faiss(
+                lambda: attrs.call(wrapper, a.method, list(a.args), None), "call_attr", m
+            )
+        obj = attrs.walk(index, a.path)
+        if a.method in attrs.DC_METHODS:  # args: [1] for get_FlatCodesDistanceComputer
+            flat = bool(a.args and a.args[0])
+            return run_faiss(
+                lambda: (
+                    {"kind": "array"},
+                    {
+                        "value": attrs.distance_computer_call(
+                            obj, a.method, flat, x, arrays.get("ids")
+                        )
+                    },
+                ),
+                "distance computer",
+                m,
+            )
+        if x is not None and a.method != "sa_decode":  # sa_decode's x is codes
+            width = obj.d
+            vectors(_Shape(obj, width), {"x": x})  # type: ignore[arg-type]
+        return run_faiss(lambda: attrs.call(obj, a.method, list(a.args), x), "call_attr", m)
+
+    return job
+
+
+class _Shape:
+    """What :func:`vectors` needs to check ``x`` against a nested object (not the index)."""
+
+    def __init__(self, obj: Any, width: int) -> None:
+        self.binary = isinstance(obj, faiss.IndexBinary)
+        self.row_width = int(width) // 8 if self.binary else int(width)
+        self.spec = IndexSpec(type=type(obj).__name__)
+        self.index = obj
+
+
+@op("set_attr")
+def set_attr(m: ManagedIndex, a: AttrValue, arrays: Arrays) -> Job:
+    """Set a tuning knob (attrs.WRITABLE) at a path; logged like every write."""
+    *parents, leaf = attrs.check_path(a.path) or [""]
+    if leaf not in attrs.WRITABLE:
+        raise UnsupportedOperation(
+            f"{leaf!r} cannot be set on a remote index (it is not a "
+            "tuning knob; sizes and pointers stay the server's)"
+        )
+
+    def job(index: Any) -> Result:
+        obj = attrs.walk(index, ".".join(parents))
+        run_faiss(lambda: attrs.set_member(obj, leaf, a.value), "set_attr", m)
+        return attrs.describe(attrs.walk(index, a.path))
 
     return job
