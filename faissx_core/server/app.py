@@ -49,18 +49,11 @@ from faissx_core.server.connections import (
 )
 from faissx_core.server.fairness import FairScheduler
 from faissx_core.server.idempotency import IdempotencyTable
+from faissx_core.server.ivf_ops import copy_subset  # also registers the IVF list ops
 from faissx_core.server.limits import Limits
 from faissx_core.server.logs import RequestLog
 from faissx_core.server.metrics import Metrics
-from faissx_core.server.ops import (
-    OPS,
-    Arrays,
-    IndexOp,
-    copy_subset,
-    deserialize,
-    run_faiss,
-    writable_lists,
-)
+from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
 from faissx_core.server.ordering import SerialQueues
 from faissx_core.server.outbound import SNDHWM, PeerOutput
 from faissx_core.server.pipeline import Call, Observers
@@ -587,7 +580,7 @@ class Server:
 
         def merge(into: Any, other: Any) -> None:
             for managed in (target, source):  # under both locks: no wrapper comes meanwhile
-                writable_lists(managed, "merge_from")
+                managed.check_lists_writable("merge_from")
             run_faiss(lambda: into.merge_from(other, args.add_id), "merge_from", target)
 
         # one commit for both (the moved vectors are in no log), applied once per key

@@ -142,6 +142,17 @@ class ManagedIndex:
         if held is not None:
             faiss.extract_index_ivf(self.index).replace_invlists(held[0], True)
 
+    def check_lists_writable(self, what: str) -> None:
+        """Refuse a write through a read-only wrapper (StopWordsInvertedLists): faiss throws it
+        inside a parallel loop, which aborts the whole server process."""
+        held = self.invlists_held
+        if held is not None and isinstance(held[1], faiss.ReadOnlyInvertedLists):  # type: ignore[attr-defined]  # faiss's stubs lack it
+            raise UnsupportedOperation(
+                f"{what} on {self.name!r}: it serves through a {type(held[1]).__name__}, which "
+                "is read-only; put its own lists back first "
+                "(index.replace_invlists(index.invlists))"
+            )
+
     def __del__(self) -> None:
         # an index dropped while wrapped: its lists go back to it, which frees them
         if getattr(self, "invlists_held", None) is not None:
