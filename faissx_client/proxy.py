@@ -166,17 +166,17 @@ class RemoteIndex:
         return views.fetch(self, attr)  # structure: index.nlist, index.pq, index.invlists
 
     def __setattr__(self, attr: str, value: Any) -> None:
-        if attr in READ_ONLY:
-            raise AttributeError(f"{attr!r} of a remote index is read-only")
-        if attr in self._runtime_params() or attr in _opt.CLIENT_PARAMS:
-            self.set_parameter(attr, value)
-            return
         if attr in SERVER_OWNED:
             # faiss users clear these before handing lists or parts to a second owner; on
             # the server every part has one owner already (invlists.py), so there is nothing
             # to change: the value read back is the server's own
             if not isinstance(value, bool | int | np.bool_):
                 raise InvalidArgument(f"{attr} is a flag, not {value!r}")
+            return
+        if attr in READ_ONLY:
+            raise AttributeError(f"{attr!r} of a remote index is read-only")
+        if attr in self._runtime_params() or attr in _opt.CLIENT_PARAMS:
+            self.set_parameter(attr, value)
             return
         if attr in views.WRITABLE:
             views.set_value(self, attr, attr, value)
@@ -369,9 +369,9 @@ class RemoteIndex:
         asked."""
         x = self._vectors(x)
         args, arrays = _with_params({"k": _positive_k(k)}, {"x": x}, params)
+        rows, show = self._rows(x, progress, k=args["k"])
         if self._client.ivf_stats.wanted:  # faiss.cvar.indexIVF_stats was read (ivf_stats.py)
             args["stats"] = True
-        rows, show = self._rows(x, progress, k=args["k"])
         if rows >= len(x) and not show:
             result, out = self._call("search", args, arrays)
             if "ivf_stats" in result:

@@ -415,12 +415,12 @@ _TABLE = (
     _write("add", AddArgs, adds_vectors=True),
     _write("add_with_ids", adds_vectors=True),
     _write("train"),
+    _write("update_vectors", doc="IVF with a direct map: replace the vectors of ids"),
+    _write("replace_invlists", ReplaceInvlistsArgs, doc="IVF: serve through a wrapper"),
     _write("remove_ids", RemoveArgs),
     _write("reset"),
     _write("set_parameter", ParamValue),
     _write("set_direct_map_type", DirectMapArgs),
-    _write("update_vectors", doc="IVF with a direct map: replace the vectors of ids"),
-    _write("replace_invlists", ReplaceInvlistsArgs, doc="IVF: serve through a wrapper"),
     _write("set_attr", AttrValue, doc="a tuning knob at a path (attrs.WRITABLE)"),
 )
 
