@@ -211,6 +211,22 @@ def test_range_search_preassigned_matches_faiss(remote, data):
         assert sorted(out[0][2][lo:hi]) == sorted(out[1][2][lo:hi])
 
 
+def test_binary_ivf_preassigned_searches_match_faiss(remote):
+    codes = np.random.RandomState(1).randint(0, 256, (500, 8)).astype("uint8")
+    out = []
+    for f in (faiss, remote):
+        index = f.IndexBinaryIVF(f.IndexBinaryFlat(64), 64, NLIST)
+        index.train(codes)
+        index.add(codes)
+        index.nprobe = 3
+        Dq, Iq = index.quantizer.search(codes[:5], 3)
+        D, I = index.search_preassigned(codes[:5], 4, Iq, Dq)
+        lims, _, Ir = index.range_search_preassigned(codes[:5], 20, Iq, Dq)
+        out.append((D, I, lims, np.sort(Ir)))
+    for local, there in zip(out[0], out[1], strict=True):
+        np.testing.assert_array_equal(there, local)
+
+
 def test_search_preassigned_refuses_lists_faiss_would_read_past(remote, data):
     index = trained(remote, "IVF8,Flat", data)
     index.add(data["xb"])
