@@ -60,6 +60,11 @@ class RemoteIndex:
         object.__setattr__(self, "_create_lock", threading.Lock())
         #: Client-side parameters (batch_size): they shape this proxy's calls.
         object.__setattr__(self, "_values", {})
+        #: Set by the constructor that took this (still unbuilt) proxy as a part:
+        #: (weak reference to that index, the member path it is there, e.g. "quantizer").
+        object.__setattr__(self, "_bound", None)
+        #: Re-describes this index's constructor arguments when it is created (parts).
+        object.__setattr__(self, "_rebuild", None)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _create(
@@ -80,6 +85,12 @@ class RemoteIndex:
                 **self._placement,
                 **(extra or {}),
             }
+            source = self._source_member() if op == "create" else None
+            if source is not None:  # a part handed to a constructor: a copy of that member
+                op = "clone"
+                args.update(source=source[0], path=source[1])
+            elif op == "create" and self._rebuild is not None:  # parts may exist since
+                object.__setattr__(self, "_spec", self._rebuild())
             # an upload's spec is the server's to infer; a clone's is its source's
             if self._spec.type != IMPORTED.name and op != "clone":
                 args["spec"] = self._spec.model_dump()
@@ -97,6 +108,26 @@ class RemoteIndex:
                 client.adopt_anonymous(self._name)
                 weakref.finalize(self, client.forget_anonymous, self._name)
             return info
+
+    def _source_member(self) -> tuple[str, str] | None:
+        """(server-side index, member path) that this proxy stands for, or None.
+
+        In faiss, an index handed to a constructor (``IndexIVFFlat(quantizer, ...)``) *is*
+        the new index's member: training the IVF trains it, and the same object can be handed
+        to the next constructor. A proxy that was only described when it was handed over is
+        bound to that member; once the owner exists on the server, using the proxy (or
+        handing it to another constructor) copies the member as it is then, state included.
+        """
+        if self._info is not None:
+            return (self._name, "")
+        if self._bound is None:
+            return None
+        owner_ref, path = self._bound
+        owner = owner_ref()
+        source = owner._source_member() if owner is not None else None
+        if source is None:
+            return None
+        return source[0], views.join(source[1], path)
 
     def _call(
         self,
@@ -598,8 +629,10 @@ def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
     """
     if isinstance(value, IndexSpec):  # a part a shorthand constructor made up (a quantizer)
         return value.model_dump(), {}
-    if isinstance(value, RemoteIndex) and value._info is not None:
-        return IndexSpec(type=REF_TYPE, params={"name": value.name}).model_dump(), {}
+    source = value._source_member() if isinstance(value, RemoteIndex) else None
+    if source is not None:  # an existing index, or a member of one (see _source_member)
+        params = {"name": source[0], **({"path": source[1]} if source[1] else {})}
+        return IndexSpec(type=REF_TYPE, params=params).model_dump(), {}
     if isinstance(value, RemoteIndex | RemoteComponent):
         arrays = value._arrays if isinstance(value, RemoteComponent) else {}
         return value.spec.model_dump(), arrays

@@ -153,6 +153,8 @@ class ImportArgs(ControlArgs):
 
 class CloneArgs(ControlArgs):
     source: str
+    #: A member of ``source`` to copy instead of the whole index (``quantizer``; attrs.py).
+    path: str = Field("", max_length=512)
     ephemeral: bool = False
 
 

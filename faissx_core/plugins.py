@@ -92,7 +92,9 @@ class PluginRegistry:
     def build(self, spec: IndexSpec, resolve: Callable[[str], Any] | None = None) -> Any:
         """Build the faiss object for ``spec``, nested specs recursively.
 
-        ``resolve(name)`` turns a ``ref`` spec into a copy of an existing index; without it
+        ``resolve(name)`` turns a ``ref`` spec into a copy of an existing index (and
+        ``resolve(name, path)`` into a copy of the index at a member path inside it, such as an
+        IVF's ``quantizer``: a remote proxy handed to a constructor is that member); without it
         references are refused (there is nothing to refer to outside a server).
         """
         if spec.type == REF_TYPE:
@@ -103,7 +105,10 @@ class PluginRegistry:
                 raise InvalidArgument(
                     f"a ref names an index by a non-empty string, got {type(name).__name__}"
                 )
-            return resolve(name)
+            path = spec.params.get("path") or ""
+            if not isinstance(path, str):
+                raise InvalidArgument(f"a ref's path is a string, got {type(path).__name__}")
+            return resolve(name, path) if path else resolve(name)
         itype = self.index_type(spec.type)
         params = itype.validate_params(spec.params)
 

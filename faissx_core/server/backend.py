@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Protocol, TypedDict
 import faiss
 import numpy as np
 
+from faissx_core import attrs
 from faissx_core.errors import (
     FaissxError,
     IndexDamaged,
@@ -455,7 +456,7 @@ class LocalBackend:
         if index is None:
             with self.reserve(self.estimate(tenant, spec, caller), f"creating {name!r}"):
                 index = self.registry.build(
-                    spec, resolve=lambda ref: self._copy(tenant, ref, caller)
+                    spec, resolve=lambda ref, path="": self._copy(tenant, ref, caller, path)
                 )
         managed = ManagedIndex(
             tenant, name, spec, itype, index, session=session, registry=self.registry, gpu=self.gpu
@@ -515,12 +516,12 @@ class LocalBackend:
             raise IndexNotFound(f"no index named {name!r}")
         return source
 
-    def _copy(self, tenant: str, name: str, caller: str | None) -> Any:
-        """A copy of one of ``tenant``'s indices, as a nested part of a new one."""
+    def _copy(self, tenant: str, name: str, caller: str | None, path: str = "") -> Any:
+        """A copy of one of ``tenant``'s indices (or of the index at ``path`` inside it, such
+        as its ``quantizer``), as a nested part of a new one."""
         source = self.source(tenant, name, caller)
         with source.lock.read():
-            clone = faiss.clone_binary_index if source.binary else faiss.clone_index  # type: ignore[attr-defined]  # faiss's stubs lack it
-            return clone(source.index)
+            return clone_member(source.index, path)
 
     def adopt(
         self, tenant: str, name: str, spec: IndexSpec, index: Any, created: float
@@ -1102,3 +1103,14 @@ def make_backend(
         placement=Placement(settings.shards, settings.replicas),
         plugins=settings.plugins,
     )
+
+
+def clone_member(index: Any, path: str = "") -> Any:
+    """``faiss.clone_index`` of ``index`` or of the index at ``path`` inside it (a remote
+    proxy that was handed to a constructor stands for that member, see attrs.py)."""
+    obj = attrs.walk(index, path) if path else index
+    if isinstance(obj, faiss.IndexBinary):
+        return faiss.clone_binary_index(obj)  # type: ignore[attr-defined]  # faiss's stubs lack it
+    if not isinstance(obj, faiss.Index):
+        raise InvalidArgument(f"{path!r} is a {type(obj).__name__}, not an index to copy")
+    return faiss.clone_index(obj)
