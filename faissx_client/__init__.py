@@ -527,6 +527,20 @@ def vector_to_array(v: Any) -> Any:
     return v.array.copy() if isinstance(v, RemoteVector) else faiss.vector_to_array(v)
 
 
+def vector_float_to_array(v: Any) -> Any:
+    """faiss.vector_float_to_array (the older spelling), remote vectors included."""
+    return v.array.copy() if isinstance(v, RemoteVector) else faiss.vector_float_to_array(v)
+
+
+def copy_array_to_vector(a: Any, v: Any) -> None:
+    """faiss.copy_array_to_vector; a vector read from a remote index (``index.sq.trained``,
+    ``index.pq.centroids``) is overwritten on the server, which checks its size first."""
+    if isinstance(v, RemoteVector):
+        v.assign(np.asarray(a))
+        return
+    faiss.copy_array_to_vector(a, v)
+
+
 def rev_swig_ptr(ptr: Any, n: int) -> Any:
     """faiss.rev_swig_ptr; remote views hand out arrays (``get_ids``) where faiss has
     pointers, so those are cut to ``n`` here."""

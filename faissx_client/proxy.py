@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 _anon = itertools.count(1)
 
 #: Attributes every proxy answers from the server; faiss lets you read, not meaningfully set them.
-READ_ONLY = frozenset({"d", "ntotal", "is_trained", "name", "spec"})
+READ_ONLY = frozenset({"d", "ntotal", "name", "spec"})
 
 
 class RemoteIndex:
@@ -199,7 +199,7 @@ class RemoteIndex:
         if attr in self._runtime_params() or attr in _opt.CLIENT_PARAMS:
             self.set_parameter(attr, value)
             return
-        if attr in views.WRITABLE:
+        if attr in views.WRITABLE or attr in views.ASSIGNABLE:
             views.set_value(self, attr, attr, value)
             if attr == "metric_type":
                 self._fetch()  # the cached info holds it
@@ -495,6 +495,10 @@ class RemoteIndex:
         if not issubclass(views.class_of(self) or object, faiss.IndexFlatCodes):
             raise AttributeError(f"{type(self).__name__!r} is not an IndexFlatCodes")
         return views.RemoteDistanceComputer(self, "", flat=True)
+
+    def precompute_table(self) -> None:
+        """``IndexIVFPQ.precompute_table()``: rebuilt on the server (a logged write)."""
+        views.assign_value(self, "precompute_table", "call", {}, None)
 
     def set_direct_map_type(self, map_type: int) -> None:
         """IVF: ``faiss.DirectMap.Array`` or ``Hashtable`` makes ``reconstruct`` possible."""

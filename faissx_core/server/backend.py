@@ -453,6 +453,7 @@ class LocalBackend:
         if itype.kind != "index":
             raise InvalidArgument(f"{spec.type} is a component, not an index: pass it to one")
         self._refuse_damaged(tenant, name)
+        built_here = index is None
         if index is None:
             with self.reserve(self.estimate(tenant, spec, caller), f"creating {name!r}"):
                 index = self.registry.build(
@@ -462,6 +463,12 @@ class LocalBackend:
             tenant, name, spec, itype, index, session=session, registry=self.registry, gpu=self.gpu
         )
         durable = session is None and self.store is not None
+        loss = attrs.round_trip_loss(index) if durable and built_here else None
+        if loss is not None:  # its snapshot would come back broken after a restart
+            raise UnsupportedOperation(
+                f"a named {spec.type} cannot be stored before it is trained: faiss's snapshot "
+                f"of it would be incomplete ({loss}); create it unnamed, or train a copy first"
+            )
         # A durable create publishes the index and writes its first generation as one step
         # with respect to deletes of the same name (which remove its directory).
         with self._files if durable else contextlib.nullcontext():

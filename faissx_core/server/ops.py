@@ -38,6 +38,7 @@ from faissx_core.operations import (
     OPERATIONS,
     AddArgs,
     Args,
+    AttrAssign,
     AttrCall,
     AttrPath,
     AttrValue,
@@ -652,15 +653,50 @@ class _Shape:
 def set_attr(m: ManagedIndex, a: AttrValue, arrays: Arrays) -> Job:
     """Set a tuning knob (attrs.WRITABLE) at a path; logged like every write."""
     *parents, leaf = attrs.check_path(a.path) or [""]
-    if leaf not in attrs.WRITABLE:
+    if leaf not in attrs.WRITABLE and leaf not in attrs.FLAGS:
         raise UnsupportedOperation(
             f"{leaf!r} cannot be set on a remote index (it is not a "
             "tuning knob; sizes and pointers stay the server's)"
         )
+    setter = attrs.set_flag if leaf in attrs.FLAGS else attrs.set_member
 
     def job(index: Any) -> Result:
         obj = attrs.walk(index, ".".join(parents))
-        run_faiss(lambda: attrs.set_member(obj, leaf, a.value), "set_attr", m)
+        run_faiss(lambda: setter(obj, leaf, a.value), "set_attr", m)
         return attrs.describe(attrs.walk(index, a.path))
+
+    return job
+
+
+@op("pack_attr")
+def pack_attr(m: ManagedIndex, a: AttrPath, arrays: Arrays) -> Job:
+    """The object at a path as (kind, fields, data): what ``assign_attr`` on another index
+    takes (``index.pq = other.pq`` in remote mode)."""
+    attrs.check_path(a.path)
+
+    def job(index: Any) -> Result:
+        kind, fields, data = run_faiss(lambda: attrs.pack(attrs.walk(index, a.path)), "pack", m)
+        if data is not None and data.nbytes > attrs.MAX_BYTES:
+            raise InvalidArgument(f"{a.path!r} is {data.nbytes} bytes, over {attrs.MAX_BYTES}")
+        return {"kind": kind, "fields": fields}, ({"data": data} if data is not None else {})
+
+    return job
+
+
+@op("assign_attr")
+def assign_attr(m: ManagedIndex, a: AttrAssign, arrays: Arrays) -> Job:
+    """Replace a structural member (attrs.assign checks it fits); logged like every write,
+    with the value's bytes, so a replay applies the same value."""
+    *parents, leaf = attrs.check_path(a.path) or [""]
+    if not leaf:
+        raise InvalidArgument("assign_attr needs a member path")
+    data = arrays.get("data")
+
+    def job(index: Any) -> Result:
+        obj = attrs.walk(index, ".".join(parents))
+        kept = index.__dict__.setdefault("_faissx_kept", {})  # what pointer members point to
+        keep = partial(kept.__setitem__, a.path)
+        run_faiss(lambda: attrs.assign(obj, leaf, a.kind, a.fields, data, keep), "assign", m)
+        return _info(index), {}
 
     return job
