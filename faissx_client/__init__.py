@@ -24,7 +24,7 @@ from faissx_client.classes import _placement, make_class, make_generic_class
 from faissx_client.client import Client
 from faissx_client.original import FaissXClient
 from faissx_client.pointers import pointers
-from faissx_client.proxy import ParamNamespace, RemoteIndex, _ids
+from faissx_client.proxy import ParamNamespace, RemoteIndex, _ids, member_info
 from faissx_client.recovery import configure_recovery, on_reconnect, with_retry
 from faissx_client.selection import RemoteSelector, combination
 from faissx_client.settings import ClientSettings
@@ -470,10 +470,36 @@ class ParameterSpace(faiss.ParameterSpace):
 _REMOTE = (RemoteIndex, ParamNamespace, RemoteView)
 
 
+def member_proxy(obj: Any) -> Any:
+    """An index inside a remote index (``index.quantizer``, ``index.index``) as a proxy of its
+    own faiss class, as ``faiss.downcast_index`` hands out locally: ``type(q) is
+    faiss.IndexHNSWFlat``, and reads, searches and knob writes reach that member on the
+    server (proxy.RemoteIndex._member_call). Anything else is returned as it is."""
+    if isinstance(obj, RemoteView):
+        owner, path, described = obj._proxy, obj._path, obj._described
+    elif isinstance(obj, ParamNamespace):
+        owner, path = obj._proxy, obj._prefix
+        described = owner._call("get_attr", {"path": path})[0]
+    else:
+        return obj
+    if described.get("kind") != "index":
+        return obj
+    name = f"{owner.name}.{path}"
+    info = member_info(name, described)
+    proxy = type.__call__(RemoteIndex, owner._client, IndexSpec(**info["spec"]), info=info)
+    object.__setattr__(proxy, "_member", (owner, path))
+    object.__setattr__(proxy, "_name", name)
+    object.__setattr__(proxy, "__class__", _proxy_class(info))
+    return proxy
+
+
 def _downcaster(name: str) -> Any:
     def downcast(obj: Any) -> Any:
-        """Proxies and remote views already are their server-side object's class."""
-        return obj if isinstance(obj, _REMOTE) else getattr(faiss, name)(obj)
+        """Proxies already are their server-side object's class; an index inside one comes
+        back as a proxy of its own class (member_proxy), other remote views as they are."""
+        if isinstance(obj, _REMOTE):
+            return member_proxy(obj) if name in ("downcast_index", "downcast_IndexBinary") else obj
+        return getattr(faiss, name)(obj)
 
     downcast.__name__ = downcast.__qualname__ = name
     return downcast

@@ -24,7 +24,13 @@ from faissx_client import optimization as _opt
 from faissx_client import views
 from faissx_client.cache import vector_cache
 from faissx_client.selection import RemoteSelector, describe_selector
-from faissx_core.errors import FaissxWarning, InvalidArgument, ServerUnavailable, WrongType
+from faissx_core.errors import (
+    FaissxWarning,
+    InvalidArgument,
+    ServerUnavailable,
+    UnsupportedOperation,
+    WrongType,
+)
 from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType
 
 if TYPE_CHECKING:
@@ -65,6 +71,9 @@ class RemoteIndex:
         object.__setattr__(self, "_bound", None)
         #: Re-describes this index's constructor arguments when it is created (parts).
         object.__setattr__(self, "_rebuild", None)
+        #: (proxy, path) when this proxy is an index *inside* another remote index, as
+        #: ``faiss.downcast_index(index.quantizer)`` hands out (see :func:`member_proxy`).
+        object.__setattr__(self, "_member", None)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _create(
@@ -78,6 +87,8 @@ class RemoteIndex:
         with self._create_lock:  # threads sharing a fresh proxy create it once
             if self._info is not None:
                 return self._info
+            if self._member is not None:  # a member exists inside its index
+                return self._fetch()
             client = self._client
             _opt.memory_manager.check_create(0 if data is None else int(data.nbytes), client)
             args: dict[str, Any] = {
@@ -135,9 +146,44 @@ class RemoteIndex:
         args: dict[str, Any] | None = None,
         arrays: dict[str, np.ndarray] | None = None,
     ) -> tuple[dict[str, Any], dict]:
+        if self._member is not None:
+            return self._member_call(op, args or {}, arrays)
         if self._info is None:
             self._create()
         return self._client.call(op, self._name, args, arrays)
+
+    def _member_call(
+        self, op: str, args: dict[str, Any], arrays: dict[str, np.ndarray] | None
+    ) -> tuple[dict[str, Any], dict]:
+        """An operation on an index inside another one, as that index's path operations:
+        reads, searches and knob writes reach the member itself; adding, training and
+        removing go through the index that holds it (faiss's own wrappers keep the two in
+        step: an IVF's lists and its quantizer's centroids)."""
+        owner, prefix = self._member
+        if op in ("get_attr", "call_attr", "set_attr", "assign_attr", "pack_attr"):
+            path = views.join(prefix, args.get("path", ""))
+            return owner._call(op, {**args, "path": path}, arrays)
+        if op == "info":
+            result, _ = owner._call("get_attr", {"path": prefix})
+            return member_info(self._name, result), {}
+        if op == "serialize":
+            return {}, {"data": owner._call("pack_attr", {"path": prefix})[1]["data"]}
+        calls = {"search": "D I", "assign": "I", "reconstruct": "x", "reconstruct_n": "x"}
+        if op in calls and "params" not in args:
+            ints = [args[k] for k in ("k", "key", "n0", "ni") if k in args]
+            result, out = owner._call(
+                "call_attr", {"path": prefix, "method": op, "args": ints}, arrays
+            )
+            names = calls[op].split()
+            values = [out[str(i)] for i in range(len(names))] if len(names) > 1 else [out["value"]]
+            if op == "reconstruct":
+                values = [values[0].reshape(-1)]
+            return {}, dict(zip(names, values, strict=True))
+        raise UnsupportedOperation(
+            f"{op} on {type(self).__name__} at {prefix!r} inside a remote index: a member "
+            "index answers reads, searches and tuning knobs here; change its contents "
+            "through the index that holds it"
+        )
 
     @property
     def name(self) -> str:
@@ -317,6 +363,8 @@ class RemoteIndex:
         """``op`` on the rows of ``x`` in parts of ``rows``, several in flight; the parts'
         result arrays in order. ``args_of(lo)``, when given, are the args of the part at row
         ``lo`` (else ``args``)."""
+        if self._member is not None:
+            return [self._member_call(op, args or {}, {"x": x, **extra(0, len(x))})[1]]
         bounds = [(lo, min(len(x), lo + rows)) for lo in range(0, len(x), rows)]
         parts = [
             (args_of(lo) if args_of is not None else args, {"x": x[lo:hi], **extra(lo, hi)})
@@ -535,6 +583,24 @@ class RemoteIndex:
     def __repr__(self) -> str:
         kind = "named" if self._named else "unnamed"
         return f"<remote {type(self).__name__} {kind} {self._name!r} on {self._client.server}>"
+
+
+def member_info(name: str, described: dict[str, Any]) -> dict[str, Any]:
+    """The index info of a member index, from its ``get_attr`` description."""
+    cls = str(described.get("class") or "Index")
+    spec = {"type": IMPORTED.name, "params": {"faiss_class": cls}}
+    return {
+        "name": name,
+        "type": IMPORTED.name,
+        "faiss_class": cls,
+        "spec": spec,
+        "d": described.get("d"),
+        "ntotal": described.get("ntotal"),
+        "is_trained": described.get("is_trained"),
+        "metric_type": described.get("metric_type"),
+        "vector_kind": "binary" if described.get("binary") else "float",
+        "runtime_params": {},
+    }
 
 
 class ParamNamespace:

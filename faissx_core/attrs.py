@@ -660,7 +660,10 @@ def structure_loss(original: Any, copy: Any) -> str | None:
     incompletely (an untrained ``IndexIVFPQR`` comes back with an empty ``refine_pq``, whose
     training then divides by zero and kills the process), so a copy is checked, not trusted."""
     a, b = downcast_any(original), downcast_any(copy)
-    if type(a) is not type(b):
+    # a freshly built object has its own class; faiss's downcast may stop at a base
+    # (IndexFlat1D reads as IndexFlatL2, and faiss writes it as one)
+    made = type(original) if type(original) not in (faiss.Index, faiss.IndexBinary) else type(a)
+    if type(a) is not type(b) or made is not type(b):
         return f"it came back as a {type(b).__name__}"
     pairs = [("", a, b)]
     for name in _STRUCT_MEMBERS:

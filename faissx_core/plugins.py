@@ -18,7 +18,13 @@ from typing import Any
 import pluggy
 
 from faissx_core import hookspecs
-from faissx_core.errors import FaissxError, InvalidArgument, UnknownIndexType, faiss_reason
+from faissx_core.errors import (
+    FaissxError,
+    InvalidArgument,
+    InvalidParameters,
+    UnknownIndexType,
+    faiss_reason,
+)
 from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType
 
 ENTRY_POINT_GROUP = "faissx.plugins"
@@ -121,7 +127,8 @@ class PluginRegistry:
             if isinstance(exc, FaissxError):
                 raise
             reason = faiss_reason(str(exc)) or type(exc).__name__
-            raise InvalidArgument(f"cannot build {spec.type}: {reason}") from None
+            refused = InvalidParameters if isinstance(exc, RuntimeError) else InvalidArgument
+            raise refused(f"cannot build {spec.type}: {reason}") from None
 
 
 def _dist_name(ep: Any) -> str:
