@@ -663,7 +663,9 @@ def structure_loss(original: Any, copy: Any) -> str | None:
     # a freshly built object has its own class; faiss's downcast may stop at a base
     # (IndexFlat1D reads as IndexFlatL2, and faiss writes it as one)
     made = type(original) if type(original) not in (faiss.Index, faiss.IndexBinary) else type(a)
-    if type(a) is not type(b) or made is not type(b):
+    if not issubclass(type(b), type(a)) or not issubclass(type(b), made):
+        # a subclass is faiss's equivalent (IndexRefine over a flat index reads back as
+        # IndexRefineFlat); a base is not (IndexFlat1D would search as IndexFlatL2)
         return f"it came back as a {type(b).__name__}"
     pairs = [("", a, b)]
     for name in _STRUCT_MEMBERS:
@@ -676,7 +678,8 @@ def structure_loss(original: Any, copy: Any) -> str | None:
             continue
         fx, fy = scalar_fields(downcast_any(x)), scalar_fields(downcast_any(y))
         for key in fx:
-            if key not in ("verbose", "own_fields", "own_invlists") and fx[key] != fy.get(key):
+            # who owns what, and logging, are not the index's contents
+            if not key.startswith("own") and key != "verbose" and fx[key] != fy.get(key):
                 where = f"{name}.{key}" if name else key
                 return f"{where} came back {fy.get(key)!r}, was {fx[key]!r}"
     return None
