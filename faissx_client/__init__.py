@@ -26,7 +26,8 @@ from faissx_client.original import FaissXClient
 from faissx_client.pointers import pointers
 from faissx_client.proxy import ParamNamespace, RemoteIndex, _ids, member_info
 from faissx_client.recovery import configure_recovery, on_reconnect, with_retry
-from faissx_client.selection import RemoteSelector, combination
+from faissx_client.selection import CallbackSelector, RemoteSelector, combination
+from faissx_client.selection import translated as translated_selector
 from faissx_client.settings import ClientSettings
 from faissx_client.views import RemoteVector, RemoteView, class_of
 from faissx_core import __version__
@@ -639,6 +640,24 @@ def IDSelectorOr(lhs: Any, rhs: Any) -> Any:
 
 def IDSelectorXOr(lhs: Any, rhs: Any) -> Any:
     return combination("xor", faiss.IDSelectorXOr, (lhs, rhs), get_client() is not None)
+
+
+def IDSelectorTranslated(*args: Any) -> Any:
+    """``IDSelectorTranslated(index_idmap, sel)`` or ``(id_map, sel)``: ``sel`` asked about
+    the external ids an id map gives an index's internal numbers."""
+    if get_client() is None and not any(isinstance(a, RemoteSelector | RemoteIndex) for a in args):
+        return faiss.IDSelectorTranslated(*args)
+    if len(args) != 2:
+        raise InvalidArgument("IDSelectorTranslated takes (index or id_map, selector)")
+    return translated_selector(*args)
+
+
+def PyCallbackIDSelector(callback: Any) -> Any:
+    """A selector that asks a Python function; in remote mode it is evaluated here over the
+    index's ids before each call (selection.CallbackSelector says how, and its bound)."""
+    if get_client() is None:
+        return faiss.PyCallbackIDSelector(callback)
+    return CallbackSelector(callback)
 
 
 def IDSelectorBatch(*args: Any) -> Any:

@@ -76,7 +76,7 @@ class DropIn(type):
                 raise TypeError(
                     f"{itype.name} is a component; only indices take name=, shards= and replicas="
                 )
-            return super().__call__(spec, arrays)
+            return super().__call__(spec, arrays, [*args, *given.values()])
         if arrays:
             raise TypeError(
                 f"{itype.name}(): selectors with id arrays cannot be constructor "

@@ -23,7 +23,7 @@ import numpy as np
 from faissx_client import optimization as _opt
 from faissx_client import views
 from faissx_client.cache import vector_cache
-from faissx_client.selection import RemoteSelector, describe_selector
+from faissx_client.selection import RemoteSelector, describe_selector, resolve
 from faissx_core.errors import (
     FaissxWarning,
     InvalidArgument,
@@ -434,7 +434,7 @@ class RemoteIndex:
         4 MiB parts above 8 MiB of queries, at most 4M results each), with a progress bar when
         asked."""
         x = self._vectors(x)
-        args, arrays = _with_params({"k": _positive_k(k)}, {"x": x}, params)
+        args, arrays = self._with_params({"k": _positive_k(k)}, {"x": x}, params)
         rows, show = self._rows(x, progress, k=args["k"])
         if rows >= len(x) and not show:
             out = self._call("search", args, arrays)[1]
@@ -454,7 +454,7 @@ class RemoteIndex:
         self, x: Any, thresh: float, *, params: Any = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         radius = thresh if isinstance(thresh, int) else float(thresh)  # binary wants an int
-        args, arrays = _with_params({"radius": radius}, {"x": self._vectors(x)}, params)
+        args, arrays = self._with_params({"radius": radius}, {"x": self._vectors(x)}, params)
         _, out = self._call("range_search", args, arrays)
         return out["lims"], out["D"], out["I"]
 
@@ -470,7 +470,9 @@ class RemoteIndex:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._binary():  # faiss's binary wrapper lacks it: its call fails with TypeError
             raise TypeError(f"{type(self).__name__} does not support search_and_reconstruct")
-        args, arrays = _with_params({"k": _positive_k(k)}, {"x": self._vectors(x)}, params)
+        args, arrays = self._with_params(
+            {"k": _positive_k(k)}, {"x": self._vectors(x)}, params
+        )
         _, out = self._call("search_and_reconstruct", args, arrays)
         return _into(D, out["D"]), _into(I, out["I"]), _into(R, out["R"])
 
@@ -522,10 +524,29 @@ class RemoteIndex:
         try:
             if isinstance(x, RemoteSelector | faiss.IDSelector):
                 selector, arrays = describe(x)
+                arrays = resolve(arrays, self._stored_ids)
                 return int(self._call("remove_ids", {"selector": selector}, arrays)[0]["removed"])
             return int(self._call("remove_ids", arrays={"ids": _ids(x)})[0]["removed"])
         finally:
             self._mutated()
+
+    def _with_params(
+        self, args: dict[str, Any], arrays: dict[str, np.ndarray], params: Any
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """A call's args and arrays with its ``params`` described (callback selectors
+        evaluated over this index's ids)."""
+        args, arrays = _with_params(args, arrays, params)
+        return args, resolve(arrays, self._stored_ids)
+
+    def _stored_ids(self) -> np.ndarray:
+        """Every id the index stores (``export`` without vectors, in pages)."""
+        ids, start, total = [], 0, None
+        while total is None or start < total:
+            result, out = self._call("export", {"vectors": False, "start": start, "count": 1 << 20})
+            total = int(result["ntotal"])
+            ids.append(out["ids"])
+            start += 1 << 20
+        return np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
 
     def reset(self) -> None:
         try:
@@ -651,9 +672,16 @@ class RemoteComponent:
 
     itype: ClassVar[IndexType | None] = None
 
-    def __init__(self, spec: IndexSpec, arrays: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        spec: IndexSpec,
+        arrays: dict[str, np.ndarray] | None = None,
+        referenced: list[Any] | None = None,
+    ) -> None:
         object.__setattr__(self, "_spec", spec)
         object.__setattr__(self, "_arrays", arrays or {})
+        #: The objects it was given (a selector...), kept alive with it as faiss keeps them.
+        object.__setattr__(self, "_referenced", list(referenced or ()))
 
     @property
     def spec(self) -> IndexSpec:
@@ -668,10 +696,11 @@ class RemoteComponent:
         itype = type(self).itype
         if itype is None or attr not in itype.params.model_fields:
             raise AttributeError(f"{type(self).__name__!r} has no attribute {attr!r}")
-        value, arrays = describe(value)
-        params = itype.validate_params({**self._spec.params, attr: value}).model_dump()
+        described, arrays = describe(value)
+        params = itype.validate_params({**self._spec.params, attr: described}).model_dump()
         object.__setattr__(self, "_spec", IndexSpec(type=self._spec.type, params=params))
         object.__setattr__(self, "_arrays", {**self._arrays, **arrays})
+        self._referenced.append(value)
 
     def __repr__(self) -> str:
         return f"<remote {self._spec.type} {self._spec.params}>"

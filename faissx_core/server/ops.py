@@ -259,7 +259,7 @@ def search_params(
             sel_spec = SelectorSpec.model_validate(sel)
         except ValidationError as exc:
             raise InvalidArgument(f"params.sel: {exc.errors()[0].get('msg')}") from None
-        built = build_selector(sel_spec, arrays)
+        built = build_selector(sel_spec, arrays, id_map_of=partial(_searched, m))
         params.sel = built[0]
         held.append(built)
     for key, inner_spec in nested.items():  # the coarse quantizer's, a refine base's
@@ -269,6 +269,17 @@ def search_params(
         setattr(params, key, inner.params)
         held.append(inner)
     return SearchParams(params, held)
+
+
+def _searched(m: ManagedIndex, name: str) -> Any:
+    """The index an ``IDSelectorTranslated`` names: only the one the call is on (its id map
+    is read under this call's lock; another index's would not be)."""
+    if name != m.name:
+        raise InvalidArgument(
+            f"IDSelectorTranslated over index {name!r} cannot be used on {m.name!r}: "
+            "a remote call translates through the id map of the index it runs on"
+        )
+    return m.index
 
 
 #: SearchParameters fields that hold the parameters of a nested search.
@@ -526,7 +537,7 @@ def remove_ids(m: ManagedIndex, a: RemoveArgs, arrays: Arrays) -> Job:
         ids = id_array(arrays, "ids")
         held = ids, None
     else:
-        held = build_selector(a.selector, arrays)
+        held = build_selector(a.selector, arrays, id_map_of=partial(_searched, m))
 
     def job(index: Any) -> Result:
         # held = (selector, the id array it points into): both live as long as this closure
