@@ -88,6 +88,10 @@ class DropIn(type):
         parts = [a for a in (*args, *given.values()) if isinstance(a, RemoteIndex)]
         object.__setattr__(proxy, "_parts", parts)
         if parts:
+            # the indices that parts are members of stay too, until this one has copied
+            # them (a loop that rebinds ``index = IndexIVFFlat(quantizer, ...)`` drops the
+            # previous index before the new one, created lazily, reaches the server)
+            object.__setattr__(proxy, "_sources", [o for p in parts for o in p._owners()])
             _bind_parts(proxy, cls._faiss_cls, parts)
             object.__setattr__(proxy, "_rebuild", lambda: cls._describe(args, given)[0])
         if name is not None:  # a named index exists from the constructor on, as users expect

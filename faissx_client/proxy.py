@@ -74,6 +74,8 @@ class RemoteIndex:
         #: (proxy, path) when this proxy is an index *inside* another remote index, as
         #: ``faiss.downcast_index(index.quantizer)`` hands out (see :func:`member_proxy`).
         object.__setattr__(self, "_member", None)
+        #: Indices this one's parts are members of, kept alive until it is created.
+        object.__setattr__(self, "_sources", [])
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _create(
@@ -115,6 +117,7 @@ class RemoteIndex:
                 warnings.warn(line, FaissxWarning, stacklevel=_caller_level())
             object.__setattr__(self, "_spec", IndexSpec.model_validate(info["spec"]))
             object.__setattr__(self, "_info", info)
+            object.__setattr__(self, "_sources", [])  # copied: they may go now
             if not self._named:
                 client.adopt_anonymous(self._name)
                 weakref.finalize(self, client.forget_anonymous, self._name)
@@ -139,6 +142,18 @@ class RemoteIndex:
         if source is None:
             return None
         return source[0], views.join(source[1], path)
+
+    def _owners(self) -> list[RemoteIndex]:
+        """The live indices this unbuilt proxy is a member of, innermost first."""
+        owners: list[RemoteIndex] = []
+        bound = self._bound if self._info is None else None
+        while bound is not None:
+            owner = bound[0]()
+            if owner is None:
+                break
+            owners.append(owner)
+            bound = owner._bound if owner._info is None else None
+        return owners
 
     def _call(
         self,
