@@ -466,7 +466,8 @@ class LocalBackend:
         loss = attrs.round_trip_loss(index) if durable and built_here else None
         if loss is not None:  # its snapshot would come back broken after a restart
             raise UnsupportedOperation(
-                f"a named {spec.type} cannot be stored before it is trained: faiss's snapshot "
+                f"a named {type(index).__name__} cannot be stored before it is trained: "
+                "faiss's snapshot "
                 f"of it would be incomplete ({loss}); create it unnamed, or train a copy first"
             )
         # A durable create publishes the index and writes its first generation as one step
