@@ -77,7 +77,7 @@ ASSIGNABLE = FLAGS | OBJECT_MEMBERS | VECTOR_MEMBERS
 
 
 def join(path: str, step: str) -> str:
-    return f"{path}.{step}" if path else step
+    return f"{path}.{step}" if path and step else path or step
 
 
 def fetch(proxy: RemoteIndex, path: str) -> Any:
