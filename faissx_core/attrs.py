@@ -30,7 +30,13 @@ from typing import Any
 import faiss
 import numpy as np
 
-from faissx_core.errors import InvalidArgument, OutOfRange, UnknownParameter, UnsupportedOperation
+from faissx_core.errors import (
+    InvalidArgument,
+    OutOfRange,
+    UnknownParameter,
+    UnsupportedOperation,
+    WrongType,
+)
 
 #: Largest array one view read returns (a whole flat index's codes fit; a runaway read not).
 MAX_BYTES = 256 << 20
@@ -484,8 +490,8 @@ def set_flag(obj: Any, leaf: str, value: Any) -> None:
     """``is_trained`` / ``use_precomputed_table``, as faiss lets users write them, checked."""
     flag = value
     if leaf == "is_trained":
-        if not isinstance(flag, bool | int) or flag not in (0, 1):
-            raise InvalidArgument(f"is_trained is a bool, not {value!r}")
+        if not isinstance(flag, bool):  # faiss's setter takes a bool only (TypeError)
+            raise WrongType(f"is_trained is a bool, not {value!r}")
         if flag:
             reason = untrained_reason(obj)
             if reason is not None:
