@@ -485,9 +485,7 @@ class RemoteIndex:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._binary():  # faiss's binary wrapper lacks it: its call fails with TypeError
             raise TypeError(f"{type(self).__name__} does not support search_and_reconstruct")
-        args, arrays = self._with_params(
-            {"k": _positive_k(k)}, {"x": self._vectors(x)}, params
-        )
+        args, arrays = self._with_params({"k": _positive_k(k)}, {"x": self._vectors(x)}, params)
         _, out = self._call("search_and_reconstruct", args, arrays)
         return _into(D, out["D"]), _into(I, out["I"]), _into(R, out["R"])
 

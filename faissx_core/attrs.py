@@ -619,9 +619,7 @@ def _assign_quantizer(
     setattr(parent, leaf, new)  # SWIG copies the struct into the index
 
 
-def _assign_index(
-    parent: Any, leaf: str, current: Any, kind: str, data: np.ndarray | None
-) -> None:
+def _assign_index(parent: Any, leaf: str, current: Any, kind: str, data: np.ndarray | None) -> None:
     if leaf != "quantizer" or not isinstance(parent, faiss.Level1Quantizer | faiss.IndexBinaryIVF):
         raise UnsupportedOperation(
             f"an index can replace an IVF's quantizer on a remote index, not {leaf!r} of "
