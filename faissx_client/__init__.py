@@ -656,7 +656,7 @@ def PyCallbackIDSelector(callback: Any) -> Any:
     """A selector that asks a Python function; in remote mode it is evaluated here over the
     index's ids before each call (selection.CallbackSelector says how, and its bound)."""
     if get_client() is None:
-        return faiss.PyCallbackIDSelector(callback)
+        return faiss.PyCallbackIDSelector(callback)  # type: ignore[attr-defined]  # faiss's stubs lack it
     return CallbackSelector(callback)
 
 

@@ -556,7 +556,7 @@ def _deserialize(data: np.ndarray | None, binary: bool) -> Any:
     one that owns is released here, and ownership moves to the one returned)."""
     try:
         read = faiss.deserialize_index_binary if binary else faiss.deserialize_index
-        raw = read(_bytes(data))
+        raw: Any = read(_bytes(data))
     except RuntimeError as exc:
         raise InvalidArgument(f"the assigned value's bytes are not a faiss index: {exc}") from None
     obj = downcast_any(raw)
@@ -620,7 +620,8 @@ def _assign_quantizer(
 
 
 def _assign_index(parent: Any, leaf: str, current: Any, kind: str, data: np.ndarray | None) -> None:
-    if leaf != "quantizer" or not isinstance(parent, faiss.Level1Quantizer | faiss.IndexBinaryIVF):
+    level1 = faiss.Level1Quantizer  # type: ignore[attr-defined]  # faiss's stubs lack it
+    if leaf != "quantizer" or not isinstance(parent, level1 | faiss.IndexBinaryIVF):
         raise UnsupportedOperation(
             f"an index can replace an IVF's quantizer on a remote index, not {leaf!r} of "
             f"a {type(parent).__name__}"

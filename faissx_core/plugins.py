@@ -95,7 +95,7 @@ class PluginRegistry:
             )
         raise UnknownIndexType(f"no plugin provides index type {name!r}", plugin=None)
 
-    def build(self, spec: IndexSpec, resolve: Callable[[str], Any] | None = None) -> Any:
+    def build(self, spec: IndexSpec, resolve: Callable[..., Any] | None = None) -> Any:
         """Build the faiss object for ``spec``, nested specs recursively.
 
         ``resolve(name)`` turns a ``ref`` spec into a copy of an existing index (and

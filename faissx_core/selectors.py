@@ -83,7 +83,8 @@ def translated(index: Any, child: Any) -> tuple[Any, Any]:
             f"IDSelectorTranslated needs an IndexIDMap (it translates through its id map), "
             f"not a {type(target).__name__}"
         )
-    return faiss.IDSelectorTranslated(target, child), target
+    # faiss's stubs know only the id-array overload
+    return faiss.IDSelectorTranslated(target, child), target  # type: ignore[arg-type]
 
 
 #: Resolves a ``translated`` selector's ``index`` to that index (the server's searched one).
@@ -113,7 +114,7 @@ def build_selector(
         data = arrays.get(spec.frame)
         if data is None or data.dtype != np.int64 or data.ndim != 1:
             raise InvalidArgument(f"a translation map is a 1-d int64 array {spec.frame!r}")
-        id_map = faiss.Int64Vector()  # type: ignore[attr-defined]  # faiss's stubs lack it
+        id_map: Any = faiss.Int64Vector()
         faiss.copy_array_to_vector(data, id_map)
         return faiss.IDSelectorTranslated(id_map, inner[0]), (inner, id_map)
     if spec.kind in COMBINATIONS:

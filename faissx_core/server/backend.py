@@ -456,9 +456,11 @@ class LocalBackend:
         built_here = index is None
         if index is None:
             with self.reserve(self.estimate(tenant, spec, caller), f"creating {name!r}"):
-                index = self.registry.build(
-                    spec, resolve=lambda ref, path="": self._copy(tenant, ref, caller, path)
-                )
+
+                def copy(ref: str, path: str = "") -> Any:
+                    return self._copy(tenant, ref, caller, path)
+
+                index = self.registry.build(spec, resolve=copy)
         managed = ManagedIndex(
             tenant, name, spec, itype, index, session=session, registry=self.registry, gpu=self.gpu
         )
