@@ -32,6 +32,7 @@ import numpy as np
 
 from faissx_core.errors import (
     InvalidArgument,
+    NotTrained,
     OutOfRange,
     UnknownParameter,
     UnsupportedOperation,
@@ -478,6 +479,11 @@ def untrained_reason(obj: Any) -> str | None:
     if isinstance(obj, faiss.IndexIDMap | faiss.IndexIDMap2):
         inner = downcast_any(obj.index)
         return None if inner.is_trained else f"its inner {type(inner).__name__} is not trained"
+    nlist = getattr(obj, "nlist", None)
+    quantizer = getattr(obj, "quantizer", None)
+    if isinstance(nlist, int) and quantizer is not None and quantizer.ntotal > nlist:
+        # the quantizer's ids are list numbers: one past nlist would write past the lists
+        return f"its quantizer holds {quantizer.ntotal} centroids for {nlist} lists"
     sq = getattr(obj, "sq", None)
     if isinstance(sq, faiss.ScalarQuantizer):
         need, have = _sq_trained_size(sq), int(sq.trained.size())
@@ -504,15 +510,27 @@ def set_flag(obj: Any, leaf: str, value: Any) -> None:
         raise InvalidArgument(f"use_precomputed_table is -1, 0, 1 or 2, not {value!r}")
     if flag == 2 and not isinstance(downcast_any(obj.quantizer), faiss.MultiIndexQuantizer):
         raise InvalidArgument("use_precomputed_table=2 needs a MultiIndexQuantizer quantizer")
+    if flag > 0:
+        _check_table_source(obj)
     obj.use_precomputed_table = flag
     if flag > 0:  # faiss reads the table at search time: it must be there, at its size
         obj.precompute_table()
 
 
+def _check_table_source(obj: Any) -> None:
+    """A precomputed table reads ``nlist`` centroids from the quantizer: it must hold them."""
+    if not obj.is_trained or obj.quantizer.ntotal < obj.nlist:
+        raise NotTrained(
+            f"a precomputed table needs the {obj.nlist} trained centroids of the quantizer "
+            f"(it holds {obj.quantizer.ntotal})"
+        )
+
+
 def call_write(obj: Any, method: str) -> None:
     """A method of :data:`WRITE_METHODS` (it rebuilds a cache the index reads)."""
-    if method not in WRITE_METHODS or not callable(getattr(obj, method, None)):
+    if method not in WRITE_METHODS or not isinstance(obj, faiss.IndexIVFPQ):
         raise InvalidArgument(f"{type(obj).__name__} has no method {method!r} a client may call")
+    _check_table_source(obj)
     getattr(obj, method)()
 
 

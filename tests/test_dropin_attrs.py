@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import faissx_client as fx
-from faissx_core.errors import InvalidArgument, UnsupportedOperation
+from faissx_core.errors import InvalidArgument, NotTrained, UnsupportedOperation
 
 D = 16
 NLIST = 8
@@ -175,6 +175,17 @@ def test_is_trained_is_refused_where_the_state_is_incomplete(remote, data):
     lsh = remote.IndexLSH(D, 8, True, True)
     with pytest.raises(UnsupportedOperation, match="cannot check"):
         lsh.is_trained = True
+    big = remote.IndexFlatL2(D)
+    big.add(data["xt"][: 2 * NLIST])
+    ivf = remote.IndexIVFFlat(big, D, NLIST)  # faiss: untrained, 16 centroids for 8 lists
+    assert not ivf.is_trained
+    with pytest.raises(UnsupportedOperation, match="16 centroids for 8 lists"):
+        ivf.is_trained = True  # its list numbers would run past the lists
+    untrained = remote.IndexIVFPQ(remote.IndexFlatL2(D), D, NLIST, 4, 4)
+    with pytest.raises(NotTrained, match="precomputed table"):
+        untrained.use_precomputed_table = 1
+    with pytest.raises(NotTrained):
+        untrained.precompute_table()
 
 
 def polysemous(f, data):
