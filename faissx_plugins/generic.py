@@ -94,9 +94,16 @@ def build(p: GenericParams, build_nested: BuildNested) -> Any:
         # object is kept as built.
         return _keep_built(p.cls, built, args, reason)
     loss = structure_loss(built, copy)
-    if loss is not None:  # faiss writes it incompletely (an untrained IndexIVFPQR)
+    if loss is None:
+        return copy
+    try:  # faiss writes it incompletely (an untrained IndexIVFPQR), or as a base class
         return _keep_built(p.cls, built, args, f"faiss's copy is incomplete: {loss}")
-    return copy
+    except UnsupportedOperation:
+        if loss.startswith("it came back as"):
+            # only the class changed, to the one faiss itself reads back from its file
+            # (a MultiIndexQuantizer2 is written as the MultiIndexQuantizer it computes as)
+            return copy
+        raise
 
 
 def _keep_built(cls: str, built: Any, args: list[Any], reason: str) -> Any:

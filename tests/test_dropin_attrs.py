@@ -409,3 +409,35 @@ def test_search_parameters_keep_their_selector_alive(remote):
     before = sys.getrefcount(sel)
     del params
     assert sys.getrefcount(sel) == before - 1
+
+
+def imi(f, data):
+    """FAISS's test_IMI recipe: a trained MultiIndexQuantizer's pq moved into a
+    MultiIndexQuantizer2 over explicit sub-quantizers, which then replaces the IVF's."""
+    nbits = 3
+    coarse = f.MultiIndexQuantizer(D, 2, nbits)
+    index = f.IndexIVFPQ(coarse, D, (1 << nbits) ** 2, 4, 4)
+    index.quantizer_trains_alone = 1
+    index.train(data["xt"])
+    pq = coarse.pq
+    centroids = f.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
+    sub = []
+    for half in centroids:
+        flat = f.IndexFlatL2(pq.dsub)
+        flat.add(half)
+        sub.append(flat)
+    coarse2 = f.MultiIndexQuantizer2(D, nbits, sub[0], sub[1])
+    coarse2.pq = pq
+    coarse2.is_trained = True
+    index.quantizer = coarse2
+    index.add(data["xb"])
+    index.nprobe = 16
+    return index, (coarse2, sub)
+
+
+def test_a_multi_index_quantizer_is_rebuilt_and_swapped_in(remote, data):
+    local, keep = imi(faiss, data)  # faiss: the index points into these, kept alive here
+    proxy, _ = imi(remote, data)
+    same(local, proxy, data["xq"])
+    assert keep[0].d == proxy.quantizer.d == D
+    assert faiss.downcast_index(local.quantizer).pq.M == proxy.quantizer.pq.M == 2
