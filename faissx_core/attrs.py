@@ -673,15 +673,22 @@ def _set_scalar(obj: Any, name: str, value: Any) -> None:
     setattr(obj, name, type(current)(value))
 
 
+#: The scalars that fix how codes are laid out and read: a copy differing in one of them is
+#: broken, not just reset (faiss does not write training knobs such as
+#: ``do_polysemous_training``, and reads them back at their defaults, as it does locally).
+_SHAPE_KEYS = frozenset(
+    {"d", "code_size", "M", "nbits", "ksub", "dsub", "nlist", "qtype", "ntotal", "metric_type"}
+)
 #: Struct members compared by :func:`structure_loss` (the parts codes are read with).
 _STRUCT_MEMBERS = ("pq", "refine_pq", "sq", "quantizer", "refine_index", "base_index", "index")
 
 
 def structure_loss(original: Any, copy: Any) -> str | None:
-    """What a faiss serialization round trip lost, or None: the scalar members of the index
-    and of its quantizers / nested indices, compared. faiss writes some untrained indices
-    incompletely (an untrained ``IndexIVFPQR`` comes back with an empty ``refine_pq``, whose
-    training then divides by zero and kills the process), so a copy is checked, not trusted."""
+    """What a faiss serialization round trip broke, or None: the class, and the layout
+    scalars of the index and of its quantizers / nested indices, compared. faiss writes some
+    untrained indices incompletely (an untrained ``IndexIVFPQR`` comes back with an empty
+    ``refine_pq``, whose training then divides by zero and kills the process), so a copy is
+    checked, not trusted."""
     a, b = downcast_any(original), downcast_any(copy)
     # a freshly built object has its own class; faiss's downcast may stop at a base
     # (IndexFlat1D reads as IndexFlatL2, and faiss writes it as one)
@@ -701,20 +708,20 @@ def structure_loss(original: Any, copy: Any) -> str | None:
             continue
         fx, fy = scalar_fields(downcast_any(x)), scalar_fields(downcast_any(y))
         for key in fx:
-            # who owns what, and logging, are not the index's contents
-            if not key.startswith("own") and key != "verbose" and fx[key] != fy.get(key):
+            if key in _SHAPE_KEYS and fx[key] != fy.get(key):
                 where = f"{name}.{key}" if name else key
                 return f"{where} came back {fy.get(key)!r}, was {fx[key]!r}"
     return None
 
 
 def round_trip_loss(index: Any) -> str | None:
-    """What faiss's own serialization of ``index`` loses (see :func:`structure_loss`)."""
+    """What faiss's own serialization of ``index`` breaks (see :func:`structure_loss`); None
+    also where faiss refuses to read it back: a restart then quarantines it, visibly."""
     binary = isinstance(index, faiss.IndexBinary)
     write = faiss.serialize_index_binary if binary else faiss.serialize_index
     read = faiss.deserialize_index_binary if binary else faiss.deserialize_index
     try:
         copy = read(write(index))
-    except RuntimeError as exc:
-        return str(exc).splitlines()[0] if str(exc) else "faiss cannot serialize it"
+    except RuntimeError:
+        return None
     return structure_loss(index, copy)
