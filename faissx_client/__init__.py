@@ -27,9 +27,10 @@ from faissx_client.invlists import wrapper as _wrapped_lists
 from faissx_client.ivf_stats import CVar
 from faissx_client.original import FaissXClient
 from faissx_client.pointers import pointers
-from faissx_client.proxy import ParamNamespace, RemoteIndex, _ids
+from faissx_client.proxy import ParamNamespace, RemoteIndex, _ids, member_info
 from faissx_client.recovery import configure_recovery, on_reconnect, with_retry
-from faissx_client.selection import RemoteSelector, combination
+from faissx_client.selection import CallbackSelector, RemoteSelector, combination
+from faissx_client.selection import translated as translated_selector
 from faissx_client.settings import ClientSettings
 from faissx_client.views import RemoteVector, RemoteView, class_of
 from faissx_core import __version__
@@ -473,10 +474,36 @@ class ParameterSpace(faiss.ParameterSpace):
 _REMOTE = (RemoteIndex, ParamNamespace, RemoteView)
 
 
+def member_proxy(obj: Any) -> Any:
+    """An index inside a remote index (``index.quantizer``, ``index.index``) as a proxy of its
+    own faiss class, as ``faiss.downcast_index`` hands out locally: ``type(q) is
+    faiss.IndexHNSWFlat``, and reads, searches and knob writes reach that member on the
+    server (proxy.RemoteIndex._member_call). Anything else is returned as it is."""
+    if isinstance(obj, RemoteView):
+        owner, path, described = obj._proxy, obj._path, obj._described
+    elif isinstance(obj, ParamNamespace):
+        owner, path = obj._proxy, obj._prefix
+        described = owner._call("get_attr", {"path": path})[0]
+    else:
+        return obj
+    if described.get("kind") != "index":
+        return obj
+    name = f"{owner.name}.{path}"
+    info = member_info(name, described)
+    proxy = type.__call__(RemoteIndex, owner._client, IndexSpec(**info["spec"]), info=info)
+    object.__setattr__(proxy, "_member", (owner, path))
+    object.__setattr__(proxy, "_name", name)
+    object.__setattr__(proxy, "__class__", _proxy_class(info))
+    return proxy
+
+
 def _downcaster(name: str) -> Any:
     def downcast(obj: Any) -> Any:
-        """Proxies and remote views already are their server-side object's class."""
-        return obj if isinstance(obj, _REMOTE) else getattr(faiss, name)(obj)
+        """Proxies already are their server-side object's class; an index inside one comes
+        back as a proxy of its own class (member_proxy), other remote views as they are."""
+        if isinstance(obj, _REMOTE):
+            return member_proxy(obj) if name in ("downcast_index", "downcast_IndexBinary") else obj
+        return getattr(faiss, name)(obj)
 
     downcast.__name__ = downcast.__qualname__ = name
     return downcast
@@ -528,6 +555,20 @@ def swig_ptr(array: Any) -> Any:
 def vector_to_array(v: Any) -> Any:
     """faiss.vector_to_array; a vector read from a remote index is already numpy inside."""
     return v.array.copy() if isinstance(v, RemoteVector) else faiss.vector_to_array(v)
+
+
+def vector_float_to_array(v: Any) -> Any:
+    """faiss.vector_float_to_array (the older spelling), remote vectors included."""
+    return v.array.copy() if isinstance(v, RemoteVector) else faiss.vector_float_to_array(v)
+
+
+def copy_array_to_vector(a: Any, v: Any) -> None:
+    """faiss.copy_array_to_vector; a vector read from a remote index (``index.sq.trained``,
+    ``index.pq.centroids``) is overwritten on the server, which checks its size first."""
+    if isinstance(v, RemoteVector):
+        v.assign(np.asarray(a))
+        return
+    faiss.copy_array_to_vector(a, v)
 
 
 def rev_swig_ptr(ptr: Any, n: int) -> Any:
@@ -602,6 +643,24 @@ def IDSelectorOr(lhs: Any, rhs: Any) -> Any:
 
 def IDSelectorXOr(lhs: Any, rhs: Any) -> Any:
     return combination("xor", faiss.IDSelectorXOr, (lhs, rhs), get_client() is not None)
+
+
+def IDSelectorTranslated(*args: Any) -> Any:
+    """``IDSelectorTranslated(index_idmap, sel)`` or ``(id_map, sel)``: ``sel`` asked about
+    the external ids an id map gives an index's internal numbers."""
+    if get_client() is None and not any(isinstance(a, RemoteSelector | RemoteIndex) for a in args):
+        return faiss.IDSelectorTranslated(*args)
+    if len(args) != 2:
+        raise InvalidArgument("IDSelectorTranslated takes (index or id_map, selector)")
+    return translated_selector(*args)
+
+
+def PyCallbackIDSelector(callback: Any) -> Any:
+    """A selector that asks a Python function; in remote mode it is evaluated here over the
+    index's ids before each call (selection.CallbackSelector says how, and its bound)."""
+    if get_client() is None:
+        return faiss.PyCallbackIDSelector(callback)  # type: ignore[attr-defined]  # faiss's stubs lack it
+    return CallbackSelector(callback)
 
 
 def IDSelectorBatch(*args: Any) -> Any:

@@ -8,6 +8,7 @@ metaclass, so ``from faissx.client import IndexFlatL2`` works whichever happens 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -68,23 +69,14 @@ class DropIn(type):
                     "faissx.client.configure() first"
                 )
             return local_hook(build, args, kwargs)
-        arrays: dict[str, Any] = {}
-        described = []
-        for arg in args:
-            value, more = describe(arg)
-            described.append(value)
-            arrays.update(more)
         given = dict(kwargs)
-        for key, arg in given.items():
-            kwargs[key], more = describe(arg)
-            arrays.update(more)
-        spec = cls._bind(tuple(described), kwargs)
+        spec, arrays = cls._describe(args, given)
         if itype.kind == "component":
             if name is not None or shards is not None or replicas is not None:
                 raise TypeError(
                     f"{itype.name} is a component; only indices take name=, shards= and replicas="
                 )
-            return super().__call__(spec, arrays)
+            return super().__call__(spec, arrays, [*args, *given.values()])
         if arrays:
             raise TypeError(
                 f"{itype.name}(): selectors with id arrays cannot be constructor "
@@ -95,9 +87,32 @@ class DropIn(type):
         # server) at least until this index, created lazily, has copied it.
         parts = [a for a in (*args, *given.values()) if isinstance(a, RemoteIndex)]
         object.__setattr__(proxy, "_parts", parts)
+        if parts:
+            # the indices that parts are members of stay too, until this one has copied
+            # them (a loop that rebinds ``index = IndexIVFFlat(quantizer, ...)`` drops the
+            # previous index before the new one, created lazily, reaches the server)
+            object.__setattr__(proxy, "_sources", [o for p in parts for o in p._owners()])
+            _bind_parts(proxy, cls._faiss_cls, parts)
+            object.__setattr__(proxy, "_rebuild", lambda: cls._describe(args, given)[0])
         if name is not None:  # a named index exists from the constructor on, as users expect
             proxy._create()
         return proxy
+
+    def _describe(
+        cls, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[IndexSpec, dict[str, Any]]:
+        """The spec of a constructor call, its proxies and components described (proxy.py)."""
+        arrays: dict[str, Any] = {}
+        described = []
+        for arg in args:
+            value, more = describe(arg)
+            described.append(value)
+            arrays.update(more)
+        named = {}
+        for key, arg in kwargs.items():
+            named[key], more = describe(arg)
+            arrays.update(more)
+        return cls._bind(tuple(described), named), arrays
 
     def _bind(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> IndexSpec:
         return cls.itype.bind(args, kwargs)
@@ -120,6 +135,40 @@ class DropIn(type):
         # a proxy or a view whose server-side object is of (a subclass of) this faiss class
         remote = class_of(obj) if isinstance(obj, RemoteIndex | RemoteView) else None
         return remote is not None and issubclass(remote, cls._faiss_cls)
+
+
+#: Where a faiss class keeps the indices its constructor takes, in argument order: a proxy
+#: handed over unbuilt stands for that member afterwards (RemoteIndex._source_member). The
+#: first class the index is an instance of wins; a class not listed binds nothing.
+PART_MEMBERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("IndexIVFIndependentQuantizer", ("quantizer", "index_ivf")),
+    ("IndexRefine", ("base_index", "refine_index")),
+    ("IndexIVF", ("quantizer",)),
+    ("IndexBinaryIVF", ("quantizer",)),
+    ("Index2Layer", ("q1.quantizer",)),
+    ("IndexIDMap", ("index",)),
+    ("IndexIDMap2", ("index",)),
+    ("IndexBinaryIDMap", ("index",)),
+    ("IndexBinaryIDMap2", ("index",)),
+    ("IndexPreTransform", ("index",)),
+    ("IndexHNSW", ("storage",)),
+    ("IndexNSG", ("storage",)),
+    ("IndexNNDescent", ("storage",)),
+)
+
+
+def _bind_parts(proxy: RemoteIndex, faiss_cls: type | None, parts: list[RemoteIndex]) -> None:
+    """Bind each unbuilt part to the member of ``proxy`` it becomes (see PART_MEMBERS)."""
+    members: tuple[str, ...] = ()
+    for name, paths in PART_MEMBERS:
+        base = getattr(faiss, name, None)
+        if faiss_cls is not None and isinstance(base, type) and issubclass(faiss_cls, base):
+            members = paths
+            break
+    owner = weakref.ref(proxy)
+    for part, path in zip(parts, members, strict=False):
+        if part._info is None and part._bound is None:
+            object.__setattr__(part, "_bound", (owner, path))
 
 
 def make_class(itype: IndexType, registry: PluginRegistry, current: Callable[[], Any]) -> type:

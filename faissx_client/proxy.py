@@ -23,8 +23,14 @@ import numpy as np
 from faissx_client import optimization as _opt
 from faissx_client import views
 from faissx_client.cache import vector_cache
-from faissx_client.selection import RemoteSelector, describe_selector
-from faissx_core.errors import FaissxWarning, InvalidArgument, ServerUnavailable, WrongType
+from faissx_client.selection import RemoteSelector, describe_selector, resolve
+from faissx_core.errors import (
+    FaissxWarning,
+    InvalidArgument,
+    ServerUnavailable,
+    UnsupportedOperation,
+    WrongType,
+)
 from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType
 
 if TYPE_CHECKING:
@@ -36,7 +42,7 @@ _anon = itertools.count(1)
 SERVER_OWNED = frozenset({"own_invlists"})
 
 #: Attributes every proxy answers from the server; faiss lets you read, not meaningfully set them.
-READ_ONLY = frozenset({"d", "ntotal", "is_trained", "name", "spec"})
+READ_ONLY = frozenset({"d", "ntotal", "name", "spec"})
 
 
 class RemoteIndex:
@@ -63,6 +69,16 @@ class RemoteIndex:
         object.__setattr__(self, "_create_lock", threading.Lock())
         #: Client-side parameters (batch_size): they shape this proxy's calls.
         object.__setattr__(self, "_values", {})
+        #: Set by the constructor that took this (still unbuilt) proxy as a part:
+        #: (weak reference to that index, the member path it is there, e.g. "quantizer").
+        object.__setattr__(self, "_bound", None)
+        #: Re-describes this index's constructor arguments when it is created (parts).
+        object.__setattr__(self, "_rebuild", None)
+        #: (proxy, path) when this proxy is an index *inside* another remote index, as
+        #: ``faiss.downcast_index(index.quantizer)`` hands out (see :func:`member_proxy`).
+        object.__setattr__(self, "_member", None)
+        #: Indices this one's parts are members of, kept alive until it is created.
+        object.__setattr__(self, "_sources", [])
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _create(
@@ -76,6 +92,8 @@ class RemoteIndex:
         with self._create_lock:  # threads sharing a fresh proxy create it once
             if self._info is not None:
                 return self._info
+            if self._member is not None:  # a member exists inside its index
+                return self._fetch()
             client = self._client
             _opt.memory_manager.check_create(0 if data is None else int(data.nbytes), client)
             args: dict[str, Any] = {
@@ -83,6 +101,12 @@ class RemoteIndex:
                 **self._placement,
                 **(extra or {}),
             }
+            source = self._source_member() if op == "create" else None
+            if source is not None:  # a part handed to a constructor: a copy of that member
+                op = "clone"
+                args.update(source=source[0], path=source[1])
+            elif op == "create" and self._rebuild is not None:  # parts may exist since
+                object.__setattr__(self, "_spec", self._rebuild())
             # an upload's spec is the server's to infer; a clone's is its source's
             if self._spec.type != IMPORTED.name and op != "clone":
                 args["spec"] = self._spec.model_dump()
@@ -96,10 +120,43 @@ class RemoteIndex:
                 warnings.warn(line, FaissxWarning, stacklevel=_caller_level())
             object.__setattr__(self, "_spec", IndexSpec.model_validate(info["spec"]))
             object.__setattr__(self, "_info", info)
+            object.__setattr__(self, "_sources", [])  # copied: they may go now
             if not self._named:
                 client.adopt_anonymous(self._name)
                 weakref.finalize(self, client.forget_anonymous, self._name)
             return info
+
+    def _source_member(self) -> tuple[str, str] | None:
+        """(server-side index, member path) that this proxy stands for, or None.
+
+        In faiss, an index handed to a constructor (``IndexIVFFlat(quantizer, ...)``) *is*
+        the new index's member: training the IVF trains it, and the same object can be handed
+        to the next constructor. A proxy that was only described when it was handed over is
+        bound to that member; once the owner exists on the server, using the proxy (or
+        handing it to another constructor) copies the member as it is then, state included.
+        """
+        if self._info is not None:
+            return (self._name, "")
+        if self._bound is None:
+            return None
+        owner_ref, path = self._bound
+        owner = owner_ref()
+        source = owner._source_member() if owner is not None else None
+        if source is None:
+            return None
+        return source[0], views.join(source[1], path)
+
+    def _owners(self) -> list[RemoteIndex]:
+        """The live indices this unbuilt proxy is a member of, innermost first."""
+        owners: list[RemoteIndex] = []
+        bound = self._bound if self._info is None else None
+        while bound is not None:
+            owner = bound[0]()
+            if owner is None:
+                break
+            owners.append(owner)
+            bound = owner._bound if owner._info is None else None
+        return owners
 
     def _call(
         self,
@@ -107,9 +164,44 @@ class RemoteIndex:
         args: dict[str, Any] | None = None,
         arrays: dict[str, np.ndarray] | None = None,
     ) -> tuple[dict[str, Any], dict]:
+        if self._member is not None:
+            return self._member_call(op, args or {}, arrays)
         if self._info is None:
             self._create()
         return self._client.call(op, self._name, args, arrays)
+
+    def _member_call(
+        self, op: str, args: dict[str, Any], arrays: dict[str, np.ndarray] | None
+    ) -> tuple[dict[str, Any], dict]:
+        """An operation on an index inside another one, as that index's path operations:
+        reads, searches and knob writes reach the member itself; adding, training and
+        removing go through the index that holds it (faiss's own wrappers keep the two in
+        step: an IVF's lists and its quantizer's centroids)."""
+        owner, prefix = self._member
+        if op in ("get_attr", "call_attr", "set_attr", "assign_attr", "pack_attr"):
+            path = views.join(prefix, args.get("path", ""))
+            return owner._call(op, {**args, "path": path}, arrays)
+        if op == "info":
+            result, _ = owner._call("get_attr", {"path": prefix})
+            return member_info(self._name, result), {}
+        if op == "serialize":
+            return {}, {"data": owner._call("pack_attr", {"path": prefix})[1]["data"]}
+        calls = {"search": "D I", "assign": "I", "reconstruct": "x", "reconstruct_n": "x"}
+        if op in calls and "params" not in args:
+            ints = [args[k] for k in ("k", "key", "n0", "ni") if k in args]
+            result, out = owner._call(
+                "call_attr", {"path": prefix, "method": op, "args": ints}, arrays
+            )
+            names = calls[op].split()
+            values = [out[str(i)] for i in range(len(names))] if len(names) > 1 else [out["value"]]
+            if op == "reconstruct":
+                values = [values[0].reshape(-1)]
+            return {}, dict(zip(names, values, strict=True))
+        raise UnsupportedOperation(
+            f"{op} on {type(self).__name__} at {prefix!r} inside a remote index: a member "
+            "index answers reads, searches and tuning knobs here; change its contents "
+            "through the index that holds it"
+        )
 
     @property
     def name(self) -> str:
@@ -178,7 +270,7 @@ class RemoteIndex:
         if attr in self._runtime_params() or attr in _opt.CLIENT_PARAMS:
             self.set_parameter(attr, value)
             return
-        if attr in views.WRITABLE:
+        if attr in views.WRITABLE or attr in views.ASSIGNABLE:
             views.set_value(self, attr, attr, value)
             if attr == "metric_type":
                 self._fetch()  # the cached info holds it
@@ -296,6 +388,8 @@ class RemoteIndex:
         """``op`` on the rows of ``x`` in parts of ``rows``, several in flight; the parts'
         result arrays in order. ``args_of(lo)``, when given, are the args of the part at row
         ``lo`` (else ``args``)."""
+        if self._member is not None:
+            return [self._member_call(op, args or {}, {"x": x, **extra(0, len(x))})[1]]
         bounds = [(lo, min(len(x), lo + rows)) for lo in range(0, len(x), rows)]
         parts = [
             (args_of(lo) if args_of is not None else args, {"x": x[lo:hi], **extra(lo, hi)})
@@ -368,7 +462,7 @@ class RemoteIndex:
         4 MiB parts above 8 MiB of queries, at most 4M results each), with a progress bar when
         asked."""
         x = self._vectors(x)
-        args, arrays = _with_params({"k": _positive_k(k)}, {"x": x}, params)
+        args, arrays = self._with_params({"k": _positive_k(k)}, {"x": x}, params)
         rows, show = self._rows(x, progress, k=args["k"])
         if self._client.ivf_stats.wanted:  # faiss.cvar.indexIVF_stats was read (ivf_stats.py)
             args["stats"] = True
@@ -392,7 +486,7 @@ class RemoteIndex:
         self, x: Any, thresh: float, *, params: Any = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         radius = thresh if isinstance(thresh, int) else float(thresh)  # binary wants an int
-        args, arrays = _with_params({"radius": radius}, {"x": self._vectors(x)}, params)
+        args, arrays = self._with_params({"radius": radius}, {"x": self._vectors(x)}, params)
         _, out = self._call("range_search", args, arrays)
         return out["lims"], out["D"], out["I"]
 
@@ -408,7 +502,7 @@ class RemoteIndex:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._binary():  # faiss's binary wrapper lacks it: its call fails with TypeError
             raise TypeError(f"{type(self).__name__} does not support search_and_reconstruct")
-        args, arrays = _with_params({"k": _positive_k(k)}, {"x": self._vectors(x)}, params)
+        args, arrays = self._with_params({"k": _positive_k(k)}, {"x": self._vectors(x)}, params)
         _, out = self._call("search_and_reconstruct", args, arrays)
         return _into(D, out["D"]), _into(I, out["I"]), _into(R, out["R"])
 
@@ -460,10 +554,29 @@ class RemoteIndex:
         try:
             if isinstance(x, RemoteSelector | faiss.IDSelector):
                 selector, arrays = describe(x)
+                arrays = resolve(arrays, self._stored_ids)
                 return int(self._call("remove_ids", {"selector": selector}, arrays)[0]["removed"])
             return int(self._call("remove_ids", arrays={"ids": _ids(x)})[0]["removed"])
         finally:
             self._mutated()
+
+    def _with_params(
+        self, args: dict[str, Any], arrays: dict[str, np.ndarray], params: Any
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """A call's args and arrays with its ``params`` described (callback selectors
+        evaluated over this index's ids)."""
+        args, arrays = _with_params(args, arrays, params)
+        return args, resolve(arrays, self._stored_ids)
+
+    def _stored_ids(self) -> np.ndarray:
+        """Every id the index stores (``export`` without vectors, in pages)."""
+        ids, start, total = [], 0, None
+        while total is None or start < total:
+            result, out = self._call("export", {"vectors": False, "start": start, "count": 1 << 20})
+            total = int(result["ntotal"])
+            ids.append(out["ids"])
+            start += 1 << 20
+        return np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
 
     def reset(self) -> None:
         try:
@@ -481,6 +594,10 @@ class RemoteIndex:
         if not issubclass(views.class_of(self) or object, faiss.IndexFlatCodes):
             raise AttributeError(f"{type(self).__name__!r} is not an IndexFlatCodes")
         return views.RemoteDistanceComputer(self, "", flat=True)
+
+    def precompute_table(self) -> None:
+        """``IndexIVFPQ.precompute_table()``: rebuilt on the server (a logged write)."""
+        views.assign_value(self, "precompute_table", "call", {}, None)
 
     def set_direct_map_type(self, map_type: int) -> None:
         """IVF: ``faiss.DirectMap.Array`` or ``Hashtable`` makes ``reconstruct`` possible."""
@@ -602,6 +719,24 @@ class RemoteIndex:
         return f"<remote {type(self).__name__} {kind} {self._name!r} on {self._client.server}>"
 
 
+def member_info(name: str, described: dict[str, Any]) -> dict[str, Any]:
+    """The index info of a member index, from its ``get_attr`` description."""
+    cls = str(described.get("class") or "Index")
+    spec = {"type": IMPORTED.name, "params": {"faiss_class": cls}}
+    return {
+        "name": name,
+        "type": IMPORTED.name,
+        "faiss_class": cls,
+        "spec": spec,
+        "d": described.get("d"),
+        "ntotal": described.get("ntotal"),
+        "is_trained": described.get("is_trained"),
+        "metric_type": described.get("metric_type"),
+        "vector_kind": "binary" if described.get("binary") else "float",
+        "runtime_params": {},
+    }
+
+
 class ParamNamespace:
     """``index.hnsw`` on a proxy: attribute reads and writes of ``hnsw.*`` runtime parameters."""
 
@@ -650,9 +785,16 @@ class RemoteComponent:
 
     itype: ClassVar[IndexType | None] = None
 
-    def __init__(self, spec: IndexSpec, arrays: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        spec: IndexSpec,
+        arrays: dict[str, np.ndarray] | None = None,
+        referenced: list[Any] | None = None,
+    ) -> None:
         object.__setattr__(self, "_spec", spec)
         object.__setattr__(self, "_arrays", arrays or {})
+        #: The objects it was given (a selector...), kept alive with it as faiss keeps them.
+        object.__setattr__(self, "_referenced", list(referenced or ()))
 
     @property
     def spec(self) -> IndexSpec:
@@ -667,10 +809,11 @@ class RemoteComponent:
         itype = type(self).itype
         if itype is None or attr not in itype.params.model_fields:
             raise AttributeError(f"{type(self).__name__!r} has no attribute {attr!r}")
-        value, arrays = describe(value)
-        params = itype.validate_params({**self._spec.params, attr: value}).model_dump()
+        described, arrays = describe(value)
+        params = itype.validate_params({**self._spec.params, attr: described}).model_dump()
         object.__setattr__(self, "_spec", IndexSpec(type=self._spec.type, params=params))
         object.__setattr__(self, "_arrays", {**self._arrays, **arrays})
+        self._referenced.append(value)
 
     def __repr__(self) -> str:
         return f"<remote {self._spec.type} {self._spec.params}>"
@@ -698,8 +841,10 @@ def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
     """
     if isinstance(value, IndexSpec):  # a part a shorthand constructor made up (a quantizer)
         return value.model_dump(), {}
-    if isinstance(value, RemoteIndex) and value._info is not None:
-        return IndexSpec(type=REF_TYPE, params={"name": value.name}).model_dump(), {}
+    source = value._source_member() if isinstance(value, RemoteIndex) else None
+    if source is not None:  # an existing index, or a member of one (see _source_member)
+        params = {"name": source[0], **({"path": source[1]} if source[1] else {})}
+        return IndexSpec(type=REF_TYPE, params=params).model_dump(), {}
     if isinstance(value, RemoteIndex | RemoteComponent):
         arrays = value._arrays if isinstance(value, RemoteComponent) else {}
         return value.spec.model_dump(), arrays

@@ -9,13 +9,15 @@ form and the server's builder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import faiss
 import numpy as np
 
 from faissx_client.pointers import pointers
-from faissx_core.errors import InvalidArgument
+from faissx_client.views import _Owned
+from faissx_core.errors import InvalidArgument, UnsupportedOperation
 from faissx_core.selectors import IDS_FRAME, SelectorSpec, combine
 
 Described = tuple[SelectorSpec, dict[str, np.ndarray]]
@@ -23,6 +25,9 @@ Described = tuple[SelectorSpec, dict[str, np.ndarray]]
 
 class RemoteSelector:
     """A remote-mode ID selector: a :class:`SelectorSpec` and the arrays its leaves name."""
+
+    #: ``sel.this.own()``: the Python object owns what it stands for, as faiss's does.
+    this = _Owned()
 
     def __init__(
         self,
@@ -66,8 +71,63 @@ class RemoteSelector:
         return f"<remote IDSelector {self.spec.kind}>"
 
 
+#: Most ids a callback selector is evaluated on before a remote call (one Python call each).
+MAX_CALLBACK_IDS = 1 << 20
+
+
+class DeferredIds:
+    """The ids a Python callback selects, worked out once the index is known: in place of
+    an id array until a call on a remote index sends it (see :func:`resolve`)."""
+
+    def __init__(self, callback: Callable[[int], Any]) -> None:
+        self.callback = callback
+
+    def select(self, ids: np.ndarray) -> np.ndarray:
+        if len(ids) > MAX_CALLBACK_IDS:
+            raise UnsupportedOperation(
+                f"a PyCallbackIDSelector runs in this process, so FAISSx asks it about each of "
+                f"the index's ids before the call, for at most {MAX_CALLBACK_IDS:,} ids (this "
+                f"index has {len(ids):,}); use IDSelectorBatch, IDSelectorBitmap or a range"
+            )
+        keep = [i for i in ids.tolist() if self.callback(i)]
+        return np.array(keep, dtype=np.int64)
+
+
+class CallbackSelector(RemoteSelector):
+    """``faiss.PyCallbackIDSelector(fn)`` in remote mode. A callback cannot run on the
+    server; a call on a remote index first asks it about every id the index stores (fetched
+    with ``export``) and sends the selected ones as an ``IDSelectorBatch``: the same filter,
+    evaluated here, once per call rather than once per candidate."""
+
+    def __init__(self, callback: Callable[[int], Any]) -> None:
+        if not callable(callback):
+            raise InvalidArgument("PyCallbackIDSelector takes a callable")
+        super().__init__(SelectorSpec(kind="batch"), arrays={IDS_FRAME: DeferredIds(callback)})  # type: ignore[dict-item]  # resolved before it is sent
+        self.callback = callback
+
+    def is_member(self, i: int) -> bool:
+        return bool(self.callback(int(i)))
+
+
+def deferred(arrays: dict[str, Any]) -> bool:
+    """Whether some of a call's arrays wait for the index's ids (callback selectors)."""
+    return any(isinstance(a, DeferredIds) for a in arrays.values())
+
+
+def resolve(arrays: dict[str, Any], stored_ids: Callable[[], np.ndarray]) -> dict[str, Any]:
+    """``arrays`` with every callback selector's ids worked out over ``stored_ids()``."""
+    if not deferred(arrays):
+        return arrays
+    ids = stored_ids()
+    return {k: a.select(ids) if isinstance(a, DeferredIds) else a for k, a in arrays.items()}
+
+
 def _member(spec: SelectorSpec, arrays: dict[str, np.ndarray], i: int) -> bool:
     kind = spec.kind
+    if kind == "translated":
+        raise InvalidArgument("IDSelectorTranslated.is_member needs the index's id map")
+    if isinstance(arrays.get(spec.frame), DeferredIds):
+        return bool(arrays[spec.frame].callback(i))  # type: ignore[attr-defined]  # a DeferredIds here
     if kind == "range":
         return spec.imin <= i < spec.imax
     if kind in ("batch", "array"):
@@ -113,6 +173,11 @@ def describe_selector(value: Any) -> Described:
             faiss.rev_swig_ptr(value.bitmap, value.n).copy() if value.n else np.empty(0, "uint8")  # type: ignore[attr-defined]  # faiss's stubs lack it
         )
         return SelectorSpec(kind="bitmap"), {IDS_FRAME: bitmap}
+    if isinstance(value, faiss.IDSelectorTranslated):
+        raise InvalidArgument(
+            "a local faiss IDSelectorTranslated cannot be sent to the server (its id map is "
+            "C++); create it after configure() over the remote index"
+        )
     for kind, cls in (
         ("not", faiss.IDSelectorNot),
         ("and", faiss.IDSelectorAnd),
@@ -139,3 +204,33 @@ def combination(kind: str, local: Any, parts: tuple[Any, ...], remote: bool) -> 
         return local(*parts)
     spec, arrays = combine(kind, [describe_selector(p) for p in parts])
     return RemoteSelector(spec, arrays=arrays)
+
+
+def translated(target: Any, sel: Any) -> RemoteSelector:
+    """``IDSelectorTranslated(index, sel)`` over a remote IDMap index (its own id map, on
+    the server) or ``IDSelectorTranslated(id_map, sel)`` over an array of external ids."""
+    from faissx_client.proxy import RemoteIndex
+    from faissx_client.views import RemoteVector
+
+    child = describe_selector(sel)
+    if isinstance(target, RemoteIndex):
+        inner, arrays = combine_one(child)
+        return RemoteSelector(
+            SelectorSpec(kind="translated", index=target.name, children=[inner]), arrays=arrays
+        )
+    id_map = np.asarray(target.array if isinstance(target, RemoteVector) else target)
+    if id_map.ndim != 1 or id_map.dtype.kind not in "iu":
+        raise InvalidArgument("IDSelectorTranslated takes an IDMap index or a 1-d id array")
+    inner, arrays = combine_one(child)
+    frame = f"{IDS_FRAME}_{len(arrays) + 1}"
+    arrays[frame] = np.ascontiguousarray(id_map, dtype=np.int64)
+    return RemoteSelector(
+        SelectorSpec(kind="translated", frame=frame, children=[inner]), arrays=arrays
+    )
+
+
+def combine_one(part: Described) -> Described:
+    """One described selector with its frames renumbered (``sel_ids_1``, ...), as
+    :func:`faissx_core.selectors.combine` numbers a combination's."""
+    spec, arrays = combine("not", [part])
+    return spec.children[0], arrays

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 
-from faissx_core.attrs import READ_METHODS, WRITABLE
+from faissx_core.attrs import (
+    FLAGS,
+    OBJECT_MEMBERS,
+    READ_METHODS,
+    VECTOR_MEMBERS,
+    WRITABLE,
+    pack,
+)
 from faissx_core.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -27,9 +34,21 @@ if TYPE_CHECKING:
 class RemoteVector:
     """A numeric ``std::vector`` read from a remote index: ``size()``, ``at(i)``, numpy."""
 
-    def __init__(self, array: np.ndarray, cls: str) -> None:
+    def __init__(
+        self, array: np.ndarray, cls: str, proxy: RemoteIndex | None = None, path: str = ""
+    ) -> None:
         self.array = array
         self.faiss_class = cls
+        #: Where it was read (``faiss.copy_array_to_vector`` writes it back there).
+        self.origin = (proxy, path)
+
+    def assign(self, values: np.ndarray) -> None:
+        """Overwrite the vector on the server (``faiss.copy_array_to_vector``)."""
+        proxy, path = self.origin
+        if proxy is None:
+            raise InvalidArgument(f"this {self.faiss_class} was not read from a remote index")
+        set_value(proxy, path, path.rpartition(".")[2], np.ascontiguousarray(values).ravel())
+        self.array = np.array(values, dtype=self.array.dtype).ravel()
 
     def size(self) -> int:
         return len(self.array)
@@ -53,8 +72,12 @@ class RemoteVector:
         return f"<remote {self.faiss_class} of {len(self.array)}>"
 
 
+#: Members a remote index takes assignments to beyond its tuning knobs (attrs.py checks them).
+ASSIGNABLE = FLAGS | OBJECT_MEMBERS | VECTOR_MEMBERS
+
+
 def join(path: str, step: str) -> str:
-    return f"{path}.{step}" if path else step
+    return f"{path}.{step}" if path and step else path or step
 
 
 def fetch(proxy: RemoteIndex, path: str) -> Any:
@@ -77,7 +100,7 @@ def _value(proxy: RemoteIndex, path: str, result: dict[str, Any], arrays: dict) 
     if kind == "tuple":
         return tuple(arrays[str(i)] for i in range(int(result["n"])))
     if kind == "vector":
-        return RemoteVector(arrays["value"], result["class"])
+        return RemoteVector(arrays["value"], result["class"], proxy, path)
     return RemoteView(proxy, path, result)
 
 
@@ -96,6 +119,10 @@ class RemoteView:
     @property
     def faiss_class(self) -> str:
         return str(self._described.get("class", "?"))
+
+    def precompute_table(self) -> None:
+        """``IndexIVFPQ.precompute_table()``: rebuilt on the server (a logged write)."""
+        assign_value(self._proxy, join(self._path, "precompute_table"), "call", {}, None)
 
     def _method(self, name: str) -> Any:
         def call(*args: Any, include_listnos: bool | None = None) -> Any:
@@ -146,18 +173,64 @@ class RemoteView:
 
 
 def set_value(proxy: RemoteIndex, path: str, leaf: str, value: Any) -> None:
-    """Set a tuning knob at ``path``; faiss-typed values only, other members refused."""
-    if leaf not in WRITABLE:
-        raise AttributeError(
-            f"{leaf!r} cannot be set on a remote index: only tuning knobs "
-            f"can ({', '.join(sorted(WRITABLE)[:6])}, ...)"
-        )
+    """``obj.<leaf> = value`` at ``path``: a tuning knob or a checked flag (``is_trained``)
+    by value, a structural member (``pq``, ``quantizer``, ``sq.trained``...) by what
+    :func:`pack_value` makes of the new value; other members refused."""
     if isinstance(value, np.generic):
         value = value.item()
+    scalar = isinstance(value, bool | int | float | str)
+    if leaf in WRITABLE or (leaf in FLAGS and scalar):
+        try:
+            proxy._call("set_attr", {"path": path, "value": value})
+        finally:
+            proxy._mutated()
+        return
+    if leaf in OBJECT_MEMBERS or leaf in VECTOR_MEMBERS:
+        kind, fields, data = pack_value(value)
+        assign_value(proxy, path, kind, fields, data)
+        return
+    raise AttributeError(
+        f"{leaf!r} cannot be set on a remote index: tuning knobs "
+        f"({', '.join(sorted(WRITABLE)[:6])}, ...), the flags {', '.join(sorted(FLAGS))} and "
+        f"the members {', '.join(sorted(OBJECT_MEMBERS | VECTOR_MEMBERS))} can"
+    )
+
+
+def assign_value(
+    proxy: RemoteIndex, path: str, kind: str, fields: dict[str, Any], data: np.ndarray | None
+) -> None:
+    """Send a packed value for the member at ``path`` (the server checks that it fits)."""
     try:
-        proxy._call("set_attr", {"path": path, "value": value})
+        proxy._call(
+            "assign_attr",
+            {"path": path, "kind": kind, "fields": fields},
+            {"data": data} if data is not None else None,
+        )
     finally:
         proxy._mutated()
+
+
+def pack_value(value: Any) -> tuple[str, dict[str, Any], np.ndarray | None]:
+    """A new member value as (kind, fields, data): a remote object is packed by its server
+    (``pack_attr``) and travels through this client, so the target's write log holds the
+    very bytes it applied; a local faiss object is packed here the same way (attrs.pack)."""
+    from faissx_client.proxy import ParamNamespace, RemoteIndex
+
+    if isinstance(value, RemoteVector):
+        return "vector", {}, value.array
+    if isinstance(value, np.ndarray):
+        return "vector", {}, np.ascontiguousarray(value).ravel()
+    source: tuple[Any, str] | None = None
+    if isinstance(value, RemoteView):
+        source = (value._proxy, value._path)
+    elif isinstance(value, ParamNamespace):
+        source = (value._proxy, value._prefix)
+    elif isinstance(value, RemoteIndex):
+        source = (value, "")
+    if source is not None:
+        result, out = source[0]._call("pack_attr", {"path": source[1]})
+        return str(result["kind"]), dict(result.get("fields") or {}), out.get("data")
+    return pack(value)
 
 
 def class_of(obj: Any) -> type | None:

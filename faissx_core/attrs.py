@@ -30,7 +30,14 @@ from typing import Any
 import faiss
 import numpy as np
 
-from faissx_core.errors import InvalidArgument, OutOfRange, UnknownParameter, UnsupportedOperation
+from faissx_core.errors import (
+    InvalidArgument,
+    NotTrained,
+    OutOfRange,
+    UnknownParameter,
+    UnsupportedOperation,
+    WrongType,
+)
 
 #: Largest array one view read returns (a whole flat index's codes fit; a runaway read not).
 MAX_BYTES = 256 << 20
@@ -371,3 +378,351 @@ def distance_computer_call(
     query = np.ascontiguousarray(x[0])
     dc.set_query(faiss.swig_ptr(query))
     return np.array([dc(int(i)) for i in ids], dtype="float32")
+
+
+# -- structure a client may assign: index.pq = other.pq, index.quantizer = q, ... -------------
+#
+# faiss lets Python code replace parts of an index wholesale. Remotely the new value travels as
+# data (faiss's own serialization, a numeric array, or a plain struct's scalars), so the write
+# log holds exactly what was applied and replays it. Every assignment is checked first against
+# what the index already holds: a part whose sizes differ from the codes it must read would make
+# faiss read out of bounds, on a server other tenants share.
+
+#: Flags faiss lets users write; the server checks the value against the object's state.
+FLAGS = frozenset({"is_trained", "use_precomputed_table"})
+#: Members that may be replaced by a whole object of the same kind.
+OBJECT_MEMBERS = frozenset(
+    {"pq", "refine_pq", "sq", "quantizer", "polysemous_training", "cp", "pq_cp"}
+)
+#: Numeric vectors that may be overwritten (``faiss.copy_array_to_vector``), at the size
+#: faiss expects of them.
+VECTOR_MEMBERS = frozenset({"centroids", "trained"})
+#: Methods that rebuild a cache from the index's state: writes, run under the write lock.
+WRITE_METHODS = frozenset({"precompute_table"})
+#: Plain structs of scalars that travel as their fields.
+STRUCTS = frozenset({"PolysemousTraining", "ClusteringParameters"})
+#: Index classes whose ``is_trained = True`` the server can check is true of their state
+#: (an untrained codebook, transform or scalar range would be read out of bounds).
+_CHECKABLE_TRAINING: tuple[str, ...] = (
+    "IndexFlat",
+    "IndexBinaryFlat",
+    "IndexPQ",
+    "IndexScalarQuantizer",
+    "IndexIVFFlat",
+    "IndexIVFPQ",
+    "IndexIVFScalarQuantizer",
+    "IndexBinaryIVF",
+    "Index2Layer",
+    "MultiIndexQuantizer",
+    "IndexIDMap",
+    "IndexIDMap2",
+)
+
+
+def scalar_fields(obj: Any) -> dict[str, Any]:
+    """The scalar data members of a SWIG struct (what a plain struct is made of)."""
+    out = {}
+    for name in dir(type(obj)):
+        if name in ("this", "thisown") or not isinstance(getattr(type(obj), name), property):
+            continue
+        value = getattr(obj, name)
+        if isinstance(value, SCALAR):
+            out[name] = value
+    return out
+
+
+def pack(obj: Any) -> tuple[str, dict[str, Any], np.ndarray | None]:
+    """``obj`` as (kind, fields, bytes or array) for :func:`assign` on another index.
+
+    Indices travel as ``faiss.serialize_index``; a product or scalar quantizer inside a bare
+    ``IndexPQ`` / ``IndexScalarQuantizer`` carrier (faiss serializes no quantizer alone);
+    plain structs as their scalar fields; numeric vectors as arrays.
+    """
+    obj = downcast_any(obj)
+    if isinstance(obj, faiss.IndexBinary):
+        return "index_binary", {}, faiss.serialize_index_binary(obj)
+    if isinstance(obj, faiss.Index):
+        return "index", {}, faiss.serialize_index(obj)
+    if isinstance(obj, faiss.ProductQuantizer):
+        pq_carrier = faiss.IndexPQ(obj.d, obj.M, obj.nbits)
+        pq_carrier.pq = obj
+        pq_carrier.is_trained = True
+        return "ProductQuantizer", {}, faiss.serialize_index(pq_carrier)
+    if isinstance(obj, faiss.ScalarQuantizer):
+        sq_carrier = faiss.IndexScalarQuantizer(obj.d, obj.qtype)
+        sq_carrier.sq = obj
+        return "ScalarQuantizer", {}, faiss.serialize_index(sq_carrier)
+    if type(obj).__name__ in STRUCTS:
+        return type(obj).__name__, scalar_fields(obj), None
+    arr = as_vector(obj)
+    if arr is not None:
+        return "vector", {}, arr
+    raise InvalidArgument(f"a {type(obj).__name__} cannot be assigned to a remote index")
+
+
+def _sq_trained_size(sq: Any) -> int:
+    """How many trained values faiss's scalar quantizer of this type reads."""
+    probe = faiss.ScalarQuantizer(int(sq.d), int(sq.qtype))
+    probe.rangestat = sq.rangestat
+    probe.train(np.zeros((2, int(sq.d)), dtype="float32"))
+    return int(probe.trained.size())
+
+
+def untrained_reason(obj: Any) -> str | None:
+    """Why ``obj.is_trained = True`` would be false of its state, or None when it is true."""
+    obj = downcast_any(obj)
+    name = type(obj).__name__
+    if not any(isinstance(obj, getattr(faiss, c)) for c in _CHECKABLE_TRAINING):
+        return (
+            f"FAISSx cannot check that a {name}'s trained state is complete, so it only "
+            "becomes trained by train()"
+        )
+    if isinstance(obj, faiss.IndexIDMap | faiss.IndexIDMap2):
+        inner = downcast_any(obj.index)
+        return None if inner.is_trained else f"its inner {type(inner).__name__} is not trained"
+    nlist = getattr(obj, "nlist", None)
+    quantizer = getattr(obj, "quantizer", None)
+    if isinstance(nlist, int) and quantizer is not None and quantizer.ntotal > nlist:
+        # the quantizer's ids are list numbers: one past nlist would write past the lists
+        return f"its quantizer holds {quantizer.ntotal} centroids for {nlist} lists"
+    sq = getattr(obj, "sq", None)
+    if isinstance(sq, faiss.ScalarQuantizer):
+        need, have = _sq_trained_size(sq), int(sq.trained.size())
+        if need != have:
+            return f"its scalar quantizer holds {have} trained values where it reads {need}"
+    return None
+
+
+def set_flag(obj: Any, leaf: str, value: Any) -> None:
+    """``is_trained`` / ``use_precomputed_table``, as faiss lets users write them, checked."""
+    flag = value
+    if leaf == "is_trained":
+        if not isinstance(flag, bool):  # faiss's setter takes a bool only (TypeError)
+            raise WrongType(f"is_trained is a bool, not {value!r}")
+        if flag:
+            reason = untrained_reason(obj)
+            if reason is not None:
+                raise UnsupportedOperation(f"is_trained cannot be set on a remote index: {reason}")
+        obj.is_trained = bool(flag)
+        return
+    if not isinstance(obj, faiss.IndexIVFPQ):
+        raise UnknownParameter(f"{type(obj).__name__} has no data member {leaf!r}")
+    if isinstance(flag, bool) or flag not in (-1, 0, 1, 2):
+        raise InvalidArgument(f"use_precomputed_table is -1, 0, 1 or 2, not {value!r}")
+    if flag == 2 and not isinstance(downcast_any(obj.quantizer), faiss.MultiIndexQuantizer):
+        raise InvalidArgument("use_precomputed_table=2 needs a MultiIndexQuantizer quantizer")
+    if flag > 0:
+        _check_table_source(obj)
+    obj.use_precomputed_table = flag
+    if flag > 0:  # faiss reads the table at search time: it must be there, at its size
+        obj.precompute_table()
+
+
+def _check_table_source(obj: Any) -> None:
+    """A precomputed table reads ``nlist`` centroids from the quantizer: it must hold them."""
+    if not obj.is_trained or obj.quantizer.ntotal < obj.nlist:
+        raise NotTrained(
+            f"a precomputed table needs the {obj.nlist} trained centroids of the quantizer "
+            f"(it holds {obj.quantizer.ntotal})"
+        )
+
+
+def call_write(obj: Any, method: str) -> None:
+    """A method of :data:`WRITE_METHODS` (it rebuilds a cache the index reads)."""
+    if method not in WRITE_METHODS or not isinstance(obj, faiss.IndexIVFPQ):
+        raise InvalidArgument(f"{type(obj).__name__} has no method {method!r} a client may call")
+    _check_table_source(obj)
+    getattr(obj, method)()
+
+
+def assign(
+    parent: Any, leaf: str, kind: str, fields: dict[str, Any], data: np.ndarray | None, keep: Any
+) -> None:
+    """``parent.<leaf> = <value packed by pack()>``, checked against what ``parent`` holds.
+
+    ``keep(obj)`` keeps a new object alive as long as the index (a pointer member such as an
+    ``IndexIVFPQ``'s ``polysemous_training`` does not own what it points to).
+    """
+    if leaf in WRITE_METHODS and kind == "call":
+        call_write(parent, leaf)
+        return
+    if leaf not in OBJECT_MEMBERS | VECTOR_MEMBERS:
+        raise UnsupportedOperation(
+            f"{leaf!r} cannot be assigned on a remote index (assignable: "
+            f"{', '.join(sorted(OBJECT_MEMBERS | VECTOR_MEMBERS))})"
+        )
+    current = _member(parent, leaf)  # None for a null pointer (polysemous_training)
+    if kind == "vector":
+        _assign_vector(parent, leaf, current, data)
+    elif kind in STRUCTS:
+        _assign_struct(parent, leaf, current, kind, fields, keep)
+    elif kind in ("ProductQuantizer", "ScalarQuantizer"):
+        _assign_quantizer(parent, leaf, current, kind, data)
+    elif kind in ("index", "index_binary"):
+        _assign_index(parent, leaf, current, kind, data)
+    else:
+        raise InvalidArgument(f"{kind!r} is not a kind of value to assign")
+
+
+def _bytes(data: np.ndarray | None) -> np.ndarray:
+    if data is None or data.dtype != np.uint8 or data.ndim != 1:
+        raise InvalidArgument("an object assignment carries faiss bytes as a 1-d uint8 'data'")
+    return data
+
+
+def _deserialize(data: np.ndarray | None, binary: bool) -> Any:
+    """The index in ``data``, downcast, owning its memory (a downcast wrapper does not: the
+    one that owns is released here, and ownership moves to the one returned)."""
+    try:
+        read = faiss.deserialize_index_binary if binary else faiss.deserialize_index
+        raw: Any = read(_bytes(data))
+    except RuntimeError as exc:
+        raise InvalidArgument(f"the assigned value's bytes are not a faiss index: {exc}") from None
+    obj = downcast_any(raw)
+    if obj is not raw:
+        raw.this.disown()
+        obj.this.acquire()
+    return obj
+
+
+def _assign_vector(parent: Any, leaf: str, current: Any, data: np.ndarray | None) -> None:
+    if isinstance(parent, faiss.ProductQuantizer) and leaf == "centroids":
+        need = int(parent.d) * int(parent.ksub)
+    elif isinstance(parent, faiss.ScalarQuantizer) and leaf == "trained":
+        need = _sq_trained_size(parent)
+    else:
+        raise UnsupportedOperation(
+            f"{type(parent).__name__}.{leaf} cannot be overwritten on a remote index "
+            "(ProductQuantizer.centroids and ScalarQuantizer.trained can)"
+        )
+    dtype = faiss.vector_to_array(current).dtype
+    if data is None or data.ndim != 1 or data.dtype.kind != dtype.kind:
+        raise InvalidArgument(f"{leaf} takes a 1-d {dtype} array")
+    if data.size != need:
+        raise InvalidArgument(
+            f"{type(parent).__name__}.{leaf} holds {need} values here, not {data.size}"
+        )
+    faiss.copy_array_to_vector(np.ascontiguousarray(data, dtype=dtype), current)
+    if isinstance(parent, faiss.ProductQuantizer) and parent.transposed_centroids.size():
+        parent.sync_transposed_centroids()  # the cache fast paths read
+
+
+def _assign_struct(
+    parent: Any, leaf: str, current: Any, kind: str, fields: dict[str, Any], keep: Any
+) -> None:
+    if current is not None and type(current).__name__ != kind:
+        raise InvalidArgument(f"{leaf} is a {type(current).__name__}, not a {kind}")
+    new = getattr(faiss, kind)()
+    for name, value in fields.items():
+        _set_scalar(new, name, value)
+    setattr(parent, leaf, new)  # a value member copies it; a pointer member points to it
+    keep(new)
+
+
+def _assign_quantizer(
+    parent: Any, leaf: str, current: Any, kind: str, data: np.ndarray | None
+) -> None:
+    if type(current).__name__ != kind:
+        raise InvalidArgument(f"{leaf} is a {type(current).__name__}, not a {kind}")
+    carrier = _deserialize(data, binary=False)
+    new = carrier.pq if kind == "ProductQuantizer" else carrier.sq
+    shape = ("d", "M", "nbits") if kind == "ProductQuantizer" else ("d", "qtype", "code_size")
+    for key in shape:
+        if getattr(new, key) != getattr(current, key):
+            raise InvalidArgument(
+                f"the assigned {kind} has {key}={getattr(new, key)}, the index's has "
+                f"{getattr(current, key)}: its codes would not fit"
+            )
+    if kind == "ScalarQuantizer" and new.trained.size() != _sq_trained_size(new):
+        raise InvalidArgument("the assigned ScalarQuantizer's trained values are incomplete")
+    setattr(parent, leaf, new)  # SWIG copies the struct into the index
+
+
+def _assign_index(parent: Any, leaf: str, current: Any, kind: str, data: np.ndarray | None) -> None:
+    level1 = faiss.Level1Quantizer  # type: ignore[attr-defined]  # faiss's stubs lack it
+    if leaf != "quantizer" or not isinstance(parent, level1 | faiss.IndexBinaryIVF):
+        raise UnsupportedOperation(
+            f"an index can replace an IVF's quantizer on a remote index, not {leaf!r} of "
+            f"a {type(parent).__name__}"
+        )
+    new = _deserialize(data, binary=kind == "index_binary")
+    if isinstance(new, faiss.IndexBinary) != isinstance(current, faiss.IndexBinary):
+        raise InvalidArgument("the new quantizer's vectors are not of the index's kind")
+    if new.d != current.d:
+        raise InvalidArgument(f"the new quantizer has d={new.d}, the index's has d={current.d}")
+    if new.ntotal > parent.nlist:  # its ids are list numbers: more would index past nlist
+        raise InvalidArgument(
+            f"the new quantizer holds {new.ntotal} centroids for {parent.nlist} lists"
+        )
+    owned = bool(parent.own_fields)
+    parent.quantizer = new
+    new.this.disown()  # the index owns it from now on and frees it
+    parent.own_fields = True
+    if owned:
+        current.this.acquire()  # the replaced one is freed with its last reference
+
+
+def _set_scalar(obj: Any, name: str, value: Any) -> None:
+    """Set one scalar data member with faiss's own type (a struct's field)."""
+    if not isinstance(getattr(type(obj), name, None), property) or name in ("this", "thisown"):
+        raise UnknownParameter(f"{type(obj).__name__} has no data member {name!r}")
+    current = getattr(obj, name)
+    if not isinstance(current, SCALAR) or isinstance(value, str) != isinstance(current, str):
+        raise InvalidArgument(f"{name} is a {type(current).__name__}, not {value!r}")
+    if isinstance(current, bool | int) and isinstance(value, float) and value != int(value):
+        raise InvalidArgument(f"{name} is an integer, got {value!r}")
+    setattr(obj, name, type(current)(value))
+
+
+#: The scalars that fix how codes are laid out and read: a copy differing in one of them is
+#: broken, not just reset (faiss does not write training knobs such as
+#: ``do_polysemous_training``, and reads them back at their defaults, as it does locally).
+_SHAPE_KEYS = frozenset(
+    {"d", "code_size", "M", "nbits", "ksub", "dsub", "nlist", "qtype", "ntotal", "metric_type"}
+)
+#: Struct members compared by :func:`structure_loss` (the parts codes are read with).
+_STRUCT_MEMBERS = ("pq", "refine_pq", "sq", "quantizer", "refine_index", "base_index", "index")
+
+
+def structure_loss(original: Any, copy: Any) -> str | None:
+    """What a faiss serialization round trip broke, or None: the class, and the layout
+    scalars of the index and of its quantizers / nested indices, compared. faiss writes some
+    untrained indices incompletely (an untrained ``IndexIVFPQR`` comes back with an empty
+    ``refine_pq``, whose training then divides by zero and kills the process), so a copy is
+    checked, not trusted."""
+    a, b = downcast_any(original), downcast_any(copy)
+    # a freshly built object has its own class; faiss's downcast may stop at a base
+    # (IndexFlat1D reads as IndexFlatL2, and faiss writes it as one)
+    made = type(original) if type(original) not in (faiss.Index, faiss.IndexBinary) else type(a)
+    if not issubclass(type(b), type(a)) or not issubclass(type(b), made):
+        # a subclass is faiss's equivalent (IndexRefine over a flat index reads back as
+        # IndexRefineFlat); a base is not (IndexFlat1D would search as IndexFlatL2)
+        return f"it came back as a {type(b).__name__}"
+    pairs = [("", a, b)]
+    for name in _STRUCT_MEMBERS:
+        if isinstance(getattr(type(a), name, None), property):
+            pairs.append((name, getattr(a, name), getattr(b, name)))
+    for name, x, y in pairs:
+        if x is None or y is None:
+            if (x is None) != (y is None):
+                return f"{name or 'the index'} came back {'empty' if y is None else 'set'}"
+            continue
+        fx, fy = scalar_fields(downcast_any(x)), scalar_fields(downcast_any(y))
+        for key in fx:
+            if key in _SHAPE_KEYS and fx[key] != fy.get(key):
+                where = f"{name}.{key}" if name else key
+                return f"{where} came back {fy.get(key)!r}, was {fx[key]!r}"
+    return None
+
+
+def round_trip_loss(index: Any) -> str | None:
+    """What faiss's own serialization of ``index`` breaks (see :func:`structure_loss`); None
+    also where faiss refuses to read it back: a restart then quarantines it, visibly."""
+    binary = isinstance(index, faiss.IndexBinary)
+    write = faiss.serialize_index_binary if binary else faiss.serialize_index
+    read = faiss.deserialize_index_binary if binary else faiss.deserialize_index
+    try:
+        copy = read(write(index))
+    except RuntimeError:
+        return None
+    return structure_loss(index, copy)

@@ -64,6 +64,13 @@ class NotTrained(InvalidArgument, RuntimeError):
     code = "not_trained"
 
 
+class InvalidParameters(InvalidArgument, RuntimeError):
+    """faiss refused an index's construction parameters (a factory string it cannot parse,
+    ``d`` not a multiple of ``M``): faiss raises RuntimeError for the same."""
+
+    code = "invalid_parameters"
+
+
 class WrongType(InvalidArgument, TypeError):
     """An argument of a type faiss refuses outright (binary codes that are not uint8, a
     fractional Hamming radius); faiss raises TypeError for the same."""
@@ -176,6 +183,7 @@ ERRORS: dict[str, type[FaissxError]] = {
         InvalidArgument,
         OutOfRange,
         NotTrained,
+        InvalidParameters,
         WrongType,
         UnknownParameter,
         IndexNotFound,

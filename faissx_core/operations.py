@@ -149,6 +149,16 @@ class AttrValue(AttrPath):
     value: StrictBool | StrictInt | StrictFloat | str
 
 
+class AttrAssign(AttrPath):
+    """A whole value for a structural member (attrs.assign): its kind, a plain struct's
+    scalar fields, and faiss bytes or an array in the ``data`` frame."""
+
+    kind: str = Field(max_length=64)
+    fields: dict[str, StrictBool | StrictInt | StrictFloat | str] = Field(
+        default_factory=dict, max_length=64
+    )
+
+
 class AddArgs(Args):
     #: Rows this request and the rest of its call add (each part of a pipelined add says so):
     #: flat storage then grows ahead instead of reallocating, part after part.
@@ -174,6 +184,8 @@ class ImportArgs(ControlArgs):
 
 class CloneArgs(ControlArgs):
     source: str
+    #: A member of ``source`` to copy instead of the whole index (``quantizer``; attrs.py).
+    path: str = Field("", max_length=512)
     ephemeral: bool = False
 
 
@@ -411,6 +423,7 @@ _TABLE = (
     _read("export", ExportArgs, doc="stored ids (and vectors), one page"),
     _read("get_attr", AttrPath, doc="a structural member at a path, as a value or a view"),
     _read("call_attr", AttrCall, doc="a read-only method of the object at a path"),
+    _read("pack_attr", AttrPath, doc="the object at a path as data another index can take"),
     # -- writes on one index ----------------------------------------------------------------
     _write("add", AddArgs, adds_vectors=True),
     _write("add_with_ids", adds_vectors=True),
@@ -421,7 +434,8 @@ _TABLE = (
     _write("reset"),
     _write("set_parameter", ParamValue),
     _write("set_direct_map_type", DirectMapArgs),
-    _write("set_attr", AttrValue, doc="a tuning knob at a path (attrs.WRITABLE)"),
+    _write("set_attr", AttrValue, doc="a tuning knob or checked flag at a path (attrs.py)"),
+    _write("assign_attr", AttrAssign, doc="replace a structural member (attrs.assign)"),
 )
 
 #: Every operation by name (read-only).

@@ -18,7 +18,13 @@ from typing import Any
 import pluggy
 
 from faissx_core import hookspecs
-from faissx_core.errors import FaissxError, InvalidArgument, UnknownIndexType, faiss_reason
+from faissx_core.errors import (
+    FaissxError,
+    InvalidArgument,
+    InvalidParameters,
+    UnknownIndexType,
+    faiss_reason,
+)
 from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType
 
 ENTRY_POINT_GROUP = "faissx.plugins"
@@ -89,10 +95,12 @@ class PluginRegistry:
             )
         raise UnknownIndexType(f"no plugin provides index type {name!r}", plugin=None)
 
-    def build(self, spec: IndexSpec, resolve: Callable[[str], Any] | None = None) -> Any:
+    def build(self, spec: IndexSpec, resolve: Callable[..., Any] | None = None) -> Any:
         """Build the faiss object for ``spec``, nested specs recursively.
 
-        ``resolve(name)`` turns a ``ref`` spec into a copy of an existing index; without it
+        ``resolve(name)`` turns a ``ref`` spec into a copy of an existing index (and
+        ``resolve(name, path)`` into a copy of the index at a member path inside it, such as an
+        IVF's ``quantizer``: a remote proxy handed to a constructor is that member); without it
         references are refused (there is nothing to refer to outside a server).
         """
         if spec.type == REF_TYPE:
@@ -103,7 +111,10 @@ class PluginRegistry:
                 raise InvalidArgument(
                     f"a ref names an index by a non-empty string, got {type(name).__name__}"
                 )
-            return resolve(name)
+            path = spec.params.get("path") or ""
+            if not isinstance(path, str):
+                raise InvalidArgument(f"a ref's path is a string, got {type(path).__name__}")
+            return resolve(name, path) if path else resolve(name)
         itype = self.index_type(spec.type)
         params = itype.validate_params(spec.params)
 
@@ -116,7 +127,8 @@ class PluginRegistry:
             if isinstance(exc, FaissxError):
                 raise
             reason = faiss_reason(str(exc)) or type(exc).__name__
-            raise InvalidArgument(f"cannot build {spec.type}: {reason}") from None
+            refused = InvalidParameters if isinstance(exc, RuntimeError) else InvalidArgument
+            raise refused(f"cannot build {spec.type}: {reason}") from None
 
 
 def _dist_name(ep: Any) -> str:

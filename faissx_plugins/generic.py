@@ -21,6 +21,7 @@ from typing import Any
 import faiss
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
+from faissx_core.attrs import structure_loss
 from faissx_core.errors import InvalidArgument, UnsupportedOperation, faiss_reason
 from faissx_core.hookspecs import hookimpl
 from faissx_core.specs import BuildNested, IndexSpec, IndexType, params_by_structure
@@ -81,7 +82,7 @@ def build(p: GenericParams, build_nested: BuildNested) -> Any:
     write = faiss.serialize_index_binary if binary else faiss.serialize_index
     read = faiss.deserialize_index_binary if binary else faiss.deserialize_index
     try:
-        return read(write(built))
+        copy = read(write(built))
     except RuntimeError as exc:
         reason = faiss_reason(str(exc))
         if "don't know how to serialize" in reason or "not supported" in reason:
@@ -90,17 +91,34 @@ def build(p: GenericParams, build_nested: BuildNested) -> Any:
                 f"could not snapshot it ({reason})"
             ) from None
         # Some classes serialize only once trained (an additive quantizer's codebooks): the
-        # object is kept as built. A nested part it points to must then be owned by it.
-        nested = [a for a in args if isinstance(a, faiss.Index | faiss.IndexBinary)]
-        if len(nested) > 1 or (nested and not hasattr(built, "own_fields")):
-            raise UnsupportedOperation(
-                f"{p.cls} with nested indices cannot be served remotely before it is trained: "
-                f"faiss cannot copy it yet ({reason})"
-            ) from None
-        for part in nested:
-            part.this.disown()  # type: ignore[union-attr]  # faiss's stubs lack it
-            built.own_fields = True
-        return built
+        # object is kept as built.
+        return _keep_built(p.cls, built, args, reason)
+    loss = structure_loss(built, copy)
+    if loss is None:
+        return copy
+    try:  # faiss writes it incompletely (an untrained IndexIVFPQR), or as a base class
+        return _keep_built(p.cls, built, args, f"faiss's copy is incomplete: {loss}")
+    except UnsupportedOperation:
+        if loss.startswith("it came back as"):
+            # only the class changed, to the one faiss itself reads back from its file
+            # (a MultiIndexQuantizer2 is written as the MultiIndexQuantizer it computes as)
+            return copy
+        raise
+
+
+def _keep_built(cls: str, built: Any, args: list[Any], reason: str) -> Any:
+    """``built`` itself, for a class faiss cannot copy yet; a nested part it points to must
+    then be owned by it."""
+    nested = [a for a in args if isinstance(a, faiss.Index | faiss.IndexBinary)]
+    if len(nested) > 1 or (nested and not hasattr(built, "own_fields")):
+        raise UnsupportedOperation(
+            f"{cls} with nested indices cannot be served remotely before it is trained: "
+            f"faiss cannot copy it yet ({reason})"
+        )
+    for part in nested:
+        part.this.disown()  # type: ignore[union-attr]  # faiss's stubs lack it
+        built.own_fields = True
+    return built
 
 
 class RefineSearchParams(SearchParams):

@@ -285,12 +285,21 @@ def test_unknown_attribute(loaded):
     loaded.assert_unchanged()
 
 
-@pytest.mark.parametrize("attr", ["ntotal", "d", "is_trained"])
+@pytest.mark.parametrize("attr", ["ntotal", "d"])
 def test_read_only_attributes_cannot_be_set(loaded, attr):
     before = getattr(loaded.index, attr)
     with pytest.raises(AttributeError):
         setattr(loaded.index, attr, 99)
     assert getattr(loaded.index, attr) == before
+    loaded.assert_unchanged()
+
+
+def test_is_trained_takes_a_bool_only(loaded):
+    """faiss lets ``is_trained`` be written (tests/test_dropin_attrs.py), with a bool only."""
+    before = loaded.index.is_trained
+    with pytest.raises(TypeError, match="bool"):
+        loaded.index.is_trained = 99
+    assert loaded.index.is_trained == before
     loaded.assert_unchanged()
 
 

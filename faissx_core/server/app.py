@@ -40,7 +40,7 @@ from faissx_core.protocol import decode_request, encode, request_id, send
 from faissx_core.security import configure_router
 from faissx_core.server import storage
 from faissx_core.server.auth import KeyStore
-from faissx_core.server.backend import ManagedIndex, make_backend, placement
+from faissx_core.server.backend import ManagedIndex, clone_member, make_backend, placement
 from faissx_core.server.connections import (
     ConnectionCount,
     default_max_connections,
@@ -558,16 +558,17 @@ class Server:
     def _clone(
         self, principal: Principal, request: Request, args: Any, arrays: Arrays
     ) -> dict[str, Any]:
-        """``faiss.clone_index`` of ``source`` as a new index (``index``), state included."""
+        """``faiss.clone_index`` of ``source`` (or of the index at ``path`` inside it) as a
+        new index (``index``), state included."""
         source = self._get(principal, request, args.source)
         with source.lock.read():
-            copy = faiss.clone_binary_index if source.binary else faiss.clone_index  # type: ignore[attr-defined]  # faiss's stubs lack it
-            index = run_faiss(lambda: copy(source.index), "clone", source)
+            index = run_faiss(lambda: clone_member(source.index, args.path), "clone", source)
+        spec = source.spec
+        if args.path:  # a member has no spec of its own: it is known by its faiss class
+            spec = IndexSpec(type=IMPORTED.name, params={"faiss_class": faiss_class_name(index)})
         name, session = _target(request, args.ephemeral)
         with self.limits.new_index(principal.tenant, self.backend, index=index):
-            return self.backend.create(
-                principal.tenant, name, source.spec, session, index=index
-            ).info()
+            return self.backend.create(principal.tenant, name, spec, session, index=index).info()
 
     def _merge_from(
         self, principal: Principal, request: Request, args: Any, arrays: Arrays

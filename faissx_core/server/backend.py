@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Protocol, TypedDict
 import faiss
 import numpy as np
 
+from faissx_core import attrs
 from faissx_core.errors import (
     FaissxError,
     IndexDamaged,
@@ -479,15 +480,25 @@ class LocalBackend:
         if itype.kind != "index":
             raise InvalidArgument(f"{spec.type} is a component, not an index: pass it to one")
         self._refuse_damaged(tenant, name)
+        built_here = index is None
         if index is None:
             with self.reserve(self.estimate(tenant, spec, caller), f"creating {name!r}"):
-                index = self.registry.build(
-                    spec, resolve=lambda ref: self._copy(tenant, ref, caller)
-                )
+
+                def copy(ref: str, path: str = "") -> Any:
+                    return self._copy(tenant, ref, caller, path)
+
+                index = self.registry.build(spec, resolve=copy)
         managed = ManagedIndex(
             tenant, name, spec, itype, index, session=session, registry=self.registry, gpu=self.gpu
         )
         durable = session is None and self.store is not None
+        loss = attrs.round_trip_loss(index) if durable and built_here else None
+        if loss is not None:  # its snapshot would come back broken after a restart
+            raise UnsupportedOperation(
+                f"a named {type(index).__name__} cannot be stored before it is trained: "
+                "faiss's snapshot "
+                f"of it would be incomplete ({loss}); create it unnamed, or train a copy first"
+            )
         # A durable create publishes the index and writes its first generation as one step
         # with respect to deletes of the same name (which remove its directory).
         with self._files if durable else contextlib.nullcontext():
@@ -542,12 +553,12 @@ class LocalBackend:
             raise IndexNotFound(f"no index named {name!r}")
         return source
 
-    def _copy(self, tenant: str, name: str, caller: str | None) -> Any:
-        """A copy of one of ``tenant``'s indices, as a nested part of a new one."""
+    def _copy(self, tenant: str, name: str, caller: str | None, path: str = "") -> Any:
+        """A copy of one of ``tenant``'s indices (or of the index at ``path`` inside it, such
+        as its ``quantizer``), as a nested part of a new one."""
         source = self.source(tenant, name, caller)
         with source.lock.read():
-            clone = faiss.clone_binary_index if source.binary else faiss.clone_index  # type: ignore[attr-defined]  # faiss's stubs lack it
-            return clone(source.index)
+            return clone_member(source.index, path)
 
     def adopt(
         self, tenant: str, name: str, spec: IndexSpec, index: Any, created: float
@@ -1199,3 +1210,14 @@ def make_backend(
         placement=Placement(settings.shards, settings.replicas),
         plugins=settings.plugins,
     )
+
+
+def clone_member(index: Any, path: str = "") -> Any:
+    """``faiss.clone_index`` of ``index`` or of the index at ``path`` inside it (a remote
+    proxy that was handed to a constructor stands for that member, see attrs.py)."""
+    obj = attrs.walk(index, path) if path else index
+    if isinstance(obj, faiss.IndexBinary):
+        return faiss.clone_binary_index(obj)  # type: ignore[attr-defined]  # faiss's stubs lack it
+    if not isinstance(obj, faiss.Index):
+        raise InvalidArgument(f"{path!r} is a {type(obj).__name__}, not an index to copy")
+    return faiss.clone_index(obj)

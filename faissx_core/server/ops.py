@@ -38,6 +38,7 @@ from faissx_core.operations import (
     OPERATIONS,
     AddArgs,
     Args,
+    AttrAssign,
     AttrCall,
     AttrPath,
     AttrValue,
@@ -258,7 +259,7 @@ def search_params(
             sel_spec = SelectorSpec.model_validate(sel)
         except ValidationError as exc:
             raise InvalidArgument(f"params.sel: {exc.errors()[0].get('msg')}") from None
-        built = build_selector(sel_spec, arrays)
+        built = build_selector(sel_spec, arrays, id_map_of=partial(_searched, m))
         params.sel = built[0]
         held.append(built)
     for key, inner_spec in nested.items():  # the coarse quantizer's, a refine base's
@@ -268,6 +269,17 @@ def search_params(
         setattr(params, key, inner.params)
         held.append(inner)
     return SearchParams(params, held)
+
+
+def _searched(m: ManagedIndex, name: str) -> Any:
+    """The index an ``IDSelectorTranslated`` names: only the one the call is on (its id map
+    is read under this call's lock; another index's would not be)."""
+    if name != m.name:
+        raise InvalidArgument(
+            f"IDSelectorTranslated over index {name!r} cannot be used on {m.name!r}: "
+            "a remote call translates through the id map of the index it runs on"
+        )
+    return m.index
 
 
 #: SearchParameters fields that hold the parameters of a nested search.
@@ -550,7 +562,7 @@ def remove_ids(m: ManagedIndex, a: RemoveArgs, arrays: Arrays) -> Job:
         ids = id_array(arrays, "ids")
         held = ids, None
     else:
-        held = build_selector(a.selector, arrays)
+        held = build_selector(a.selector, arrays, id_map_of=partial(_searched, m))
 
     def job(index: Any) -> Result:
         # held = (selector, the id array it points into): both live as long as this closure
@@ -681,15 +693,50 @@ class _Shape:
 def set_attr(m: ManagedIndex, a: AttrValue, arrays: Arrays) -> Job:
     """Set a tuning knob (attrs.WRITABLE) at a path; logged like every write."""
     *parents, leaf = attrs.check_path(a.path) or [""]
-    if leaf not in attrs.WRITABLE:
+    if leaf not in attrs.WRITABLE and leaf not in attrs.FLAGS:
         raise UnsupportedOperation(
             f"{leaf!r} cannot be set on a remote index (it is not a "
             "tuning knob; sizes and pointers stay the server's)"
         )
+    setter = attrs.set_flag if leaf in attrs.FLAGS else attrs.set_member
 
     def job(index: Any) -> Result:
         obj = attrs.walk(index, ".".join(parents))
-        run_faiss(lambda: attrs.set_member(obj, leaf, a.value), "set_attr", m)
+        run_faiss(lambda: setter(obj, leaf, a.value), "set_attr", m)
         return attrs.describe(attrs.walk(index, a.path))
+
+    return job
+
+
+@op("pack_attr")
+def pack_attr(m: ManagedIndex, a: AttrPath, arrays: Arrays) -> Job:
+    """The object at a path as (kind, fields, data): what ``assign_attr`` on another index
+    takes (``index.pq = other.pq`` in remote mode)."""
+    attrs.check_path(a.path)
+
+    def job(index: Any) -> Result:
+        kind, fields, data = run_faiss(lambda: attrs.pack(attrs.walk(index, a.path)), "pack", m)
+        if data is not None and data.nbytes > attrs.MAX_BYTES:
+            raise InvalidArgument(f"{a.path!r} is {data.nbytes} bytes, over {attrs.MAX_BYTES}")
+        return {"kind": kind, "fields": fields}, ({"data": data} if data is not None else {})
+
+    return job
+
+
+@op("assign_attr")
+def assign_attr(m: ManagedIndex, a: AttrAssign, arrays: Arrays) -> Job:
+    """Replace a structural member (attrs.assign checks it fits); logged like every write,
+    with the value's bytes, so a replay applies the same value."""
+    *parents, leaf = attrs.check_path(a.path) or [""]
+    if not leaf:
+        raise InvalidArgument("assign_attr needs a member path")
+    data = arrays.get("data")
+
+    def job(index: Any) -> Result:
+        obj = attrs.walk(index, ".".join(parents))
+        kept = index.__dict__.setdefault("_faissx_kept", {})  # what pointer members point to
+        keep = partial(kept.__setitem__, a.path)
+        run_faiss(lambda: attrs.assign(obj, leaf, a.kind, a.fields, data, keep), "assign", m)
+        return _info(index), {}
 
     return job

@@ -929,7 +929,7 @@ def _actor_class() -> type:
     return ShardReplica
 
 
-def _no_refs(name: str) -> Any:
+def _no_refs(name: str, path: str = "") -> Any:
     raise UnsupportedOperation(
         f"an index built from another index ({name!r}) is not supported with --backend ray"
     )
