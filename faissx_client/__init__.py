@@ -18,7 +18,7 @@ import numpy as np
 
 from faissx_client import classes as _classes_module
 from faissx_client import gpu as gpu_module
-from faissx_client import modification, optimization, recovery, views
+from faissx_client import modification, optimization, recovery, shards, views
 from faissx_client.cache import vector_cache
 from faissx_client.classes import _placement, make_class, make_generic_class
 from faissx_client.client import Client
@@ -224,6 +224,12 @@ def _generic_class(name: str) -> type | None:
     return _classes[name]
 
 
+#: IndexShards, IndexReplicas and their binary and IVF variants: faiss cannot serialize them,
+#: so in remote mode the client holds them over remote sub-indices (faissx_client/shards.py).
+for _name in shards.WRAPPERS:
+    globals()[_name] = shards.drop_in(_name, get_client)
+
+
 if "SearchParametersIVF" in _classes:  # faiss's other spelling of it
     IVFSearchParameters = _classes["SearchParametersIVF"]
 
@@ -320,13 +326,24 @@ def index_binary_factory(d: int, description: str, *, name: str | None = None) -
 # -- persistence: faiss's own functions locally, real faiss bytes to and from the server ------
 
 
+def _not_serializable(index: Any) -> None:
+    """faiss cannot write its sharding wrappers; neither can a client-held one be written."""
+    if isinstance(index, shards.ThreadedIndex):
+        raise UnsupportedOperation(
+            f"{index.faiss_name} cannot be serialized (faiss does not know how either): "
+            "write its sub-indices (index.at(i)) one by one"
+        )
+
+
 def serialize_index(index: Any) -> Any:
+    _not_serializable(index)
     if isinstance(index, RemoteIndex):
         return index.serialize()
     return faiss.serialize_index(gpu_module.to_cpu(index))
 
 
 def serialize_index_binary(index: Any) -> Any:
+    _not_serializable(index)
     if isinstance(index, RemoteIndex):
         return index.serialize()
     return faiss.serialize_index_binary(index)
@@ -351,6 +368,7 @@ def deserialize_index_binary(data: Any, *, name: str | None = None) -> Any:
 
 def write_index(index: Any, path: Any, *args: Any) -> None:
     """A remote index is written locally as the same faiss file ``faiss.read_index`` opens."""
+    _not_serializable(index)
     if not isinstance(index, RemoteIndex):
         return faiss.write_index(gpu_module.to_cpu(index), path, *args)
     with open(path, "wb") as out:
@@ -359,6 +377,7 @@ def write_index(index: Any, path: Any, *args: Any) -> None:
 
 
 def write_index_binary(index: Any, path: Any) -> None:
+    _not_serializable(index)
     if not isinstance(index, RemoteIndex):
         return faiss.write_index_binary(index, path)
     return write_index(index, path)
@@ -467,7 +486,7 @@ class ParameterSpace(faiss.ParameterSpace):
             index.set_parameter(key.strip(), float(value) if "." in value else int(value))
 
 
-_REMOTE = (RemoteIndex, ParamNamespace, RemoteView)
+_REMOTE = (RemoteIndex, ParamNamespace, RemoteView, shards.ThreadedIndex)
 
 
 def _downcaster(name: str) -> Any:
