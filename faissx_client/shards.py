@@ -482,7 +482,7 @@ class IndexShardsIVF(IndexShards):
         super().__init__(int(quantizer.d), threaded, successive_ids)
         self.quantizer = quantizer
         self.nlist = int(nlist)
-        self.cp = faiss.ClusteringParameters()
+        self.cp = _level1_cp()
         self.quantizer_trains_alone = 0
         self.metric_type = int(quantizer.metric_type)
         self.is_trained = bool(quantizer.is_trained) and int(quantizer.ntotal) == self.nlist
@@ -551,26 +551,11 @@ class IndexShardsIVF(IndexShards):
         scratch.train(x)
         return np.ascontiguousarray(scratch.quantizer.reconstruct_n(0, self.nlist))
 
-    #: ClusteringParameters members copied onto a remote IVF's ``cp`` (all tuning knobs).
-    CP_FIELDS = (
-        "niter",
-        "nredo",
-        "seed",
-        "spherical",
-        "int_centroids",
-        "update_index",
-        "frozen_centroids",
-        "min_points_per_centroid",
-        "max_points_per_centroid",
-        "decode_block_size",
-        "check_input_data_for_NaNs",
-        "use_faster_subsampling",
-        "verbose",
-    )
-
     def _copy_cp(self, ivf: RemoteIndex) -> None:
+        """Give a remote IVF the wrapper's clustering parameters (a member the server may not
+        set, such as ``init_method``, is refused if it differs)."""
         remote_cp = ivf.cp
-        for name in self.CP_FIELDS:
+        for name in _cp_fields(self.cp):
             mine = getattr(self.cp, name)
             if getattr(remote_cp, name) != mine:
                 setattr(remote_cp, name, mine)
@@ -661,6 +646,20 @@ class IndexShardsIVF(IndexShards):
             keep_max=self._keep_max(),
         )
         return _into(D, Dm), _into(I, Im)
+
+
+def _cp_fields(cp: Any) -> list[str]:
+    return [n for n in dir(cp) if not n.startswith("_") and n not in ("this", "thisown")]
+
+
+def _level1_cp() -> Any:
+    """A copy of the clustering parameters faiss's IVF quantizers start with (``niter`` is 10
+    there, not ClusteringParameters' 25), read from faiss rather than restated."""
+    level1 = faiss.Level1Quantizer(faiss.IndexFlatL2(1), 1)
+    cp = faiss.ClusteringParameters()
+    for name in _cp_fields(cp):
+        setattr(cp, name, getattr(level1.cp, name))
+    return cp
 
 
 class IndexBinaryShards(IndexShards):
