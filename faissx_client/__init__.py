@@ -486,13 +486,14 @@ class ParameterSpace(faiss.ParameterSpace):
             index.set_parameter(key.strip(), float(value) if "." in value else int(value))
 
 
-_REMOTE = (RemoteIndex, ParamNamespace, RemoteView, shards.ThreadedIndex)
+_REMOTE = (RemoteIndex, ParamNamespace, RemoteView)
 
 
 def _downcaster(name: str) -> Any:
     def downcast(obj: Any) -> Any:
         """Proxies and remote views already are their server-side object's class."""
-        return obj if isinstance(obj, _REMOTE) else getattr(faiss, name)(obj)
+        held = (*_REMOTE, shards.ThreadedIndex)  # a client-held wrapper is its own class too
+        return obj if isinstance(obj, held) else getattr(faiss, name)(obj)
 
     downcast.__name__ = downcast.__qualname__ = name
     return downcast

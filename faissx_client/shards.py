@@ -256,7 +256,15 @@ class ThreadedIndex(ABC):
         raise self._unsupported("range search")
 
     @abstractmethod
-    def search(self, x: Any, k: int, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        x: Any,
+        k: int,
+        *,
+        params: Any = None,
+        D: np.ndarray | None = None,
+        I: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest neighbours of each row of ``x``, as faiss's wrapper finds them."""
 
     def __repr__(self) -> str:
@@ -314,9 +322,7 @@ class IndexShards(ThreadedIndex):
     def _add(self, x: np.ndarray, ids: np.ndarray | None) -> None:
         if self.successive_ids:
             if ids is not None:
-                raise FaissError(
-                    "It makes no sense to pass in ids and request them to be shifted"
-                )
+                raise FaissError("It makes no sense to pass in ids and request them to be shifted")
             if self.ntotal != 0:
                 raise FaissError(
                     "when adding to IndexShards with successive_ids, only add() in a single "
@@ -370,7 +376,8 @@ class IndexShards(ThreadedIndex):
         return _into(D, Dm), _into(I, Im)
 
     def _keep_max(self) -> bool:
-        return not self.binary and bool(faiss.is_similarity_metric(int(self.metric_type)))
+        similar = faiss.is_similarity_metric  # type: ignore[attr-defined]  # faiss's stubs lack it
+        return not self.binary and bool(similar(int(self.metric_type)))
 
     def reconstruct(self, key: int, x: np.ndarray | None = None) -> np.ndarray:
         raise self._unsupported("reconstruct")
@@ -533,20 +540,26 @@ class IndexShardsIVF(IndexShards):
                 f"IndexShardsIVF with quantizer_trains_alone={self.quantizer_trains_alone} "
                 "is not supported over remote indices"
             )
-        if not isinstance(q, RemoteIndex):  # a local faiss quantizer: faiss's k-means here
+        if isinstance(q, faiss.Index):  # a local faiss quantizer: faiss's k-means here
             q.reset()
             faiss.Clustering(self.d, self.nlist, self.cp).train(x, q)
             q.is_trained = True
             return
+        if not isinstance(q, RemoteIndex):
+            raise UnsupportedOperation(
+                f"IndexShardsIVF cannot train its quantizer {q!r}: a part of another remote "
+                "index is trained with that index (train it, or give a quantizer of its own)"
+            )
         q.reset()
         q.add(self._remote_kmeans(q, x))
 
     def _remote_kmeans(self, q: RemoteIndex, x: np.ndarray) -> np.ndarray:
         """faiss's k-means with ``cp``, run on the server: a scratch remote IVF over a copy of
         the quantizer trains (that is ``train_q1``) and hands back its centroids."""
-        from faissx_client import IndexIVFFlat  # the drop-in class (the package imports us)
+        import faissx_client  # the drop-in classes (the package imports this module)
 
-        scratch = IndexIVFFlat(q, self.d, self.nlist, int(q.metric_type))
+        ivf_class: Any = vars(faissx_client)["IndexIVFFlat"]  # generated at import
+        scratch = ivf_class(q, self.d, self.nlist, int(q.metric_type))
         self._copy_cp(scratch)
         scratch.train(x)
         return np.ascontiguousarray(scratch.quantizer.reconstruct_n(0, self.nlist))
@@ -602,7 +615,10 @@ class IndexShardsIVF(IndexShards):
             part = np.ascontiguousarray(x[i0:i1])
             part_ids = None if ids is None else np.ascontiguousarray(ids[i0:i1])
             if isinstance(sub, RemoteIndex):
-                sub.add(part) if part_ids is None else sub.add_with_ids(part, part_ids)
+                if part_ids is None:
+                    sub.add(part)
+                else:
+                    sub.add_with_ids(part, part_ids)
                 return
             assert Iq is not None
             assigned = np.ascontiguousarray(Iq[i0:i1])
@@ -655,7 +671,7 @@ def _cp_fields(cp: Any) -> list[str]:
 def _level1_cp() -> Any:
     """A copy of the clustering parameters faiss's IVF quantizers start with (``niter`` is 10
     there, not ClusteringParameters' 25), read from faiss rather than restated."""
-    level1 = faiss.Level1Quantizer(faiss.IndexFlatL2(1), 1)
+    level1 = faiss.Level1Quantizer(faiss.IndexFlatL2(1), 1)  # type: ignore[attr-defined]  # faiss's stubs lack it
     cp = faiss.ClusteringParameters()
     for name in _cp_fields(cp):
         setattr(cp, name, getattr(level1.cp, name))

@@ -70,6 +70,7 @@ def test_shards_merge_like_faiss(remote, data, metric, threaded):
 def test_shards_add_splits_rows_like_faiss(remote, data):
     """``add`` cuts the rows into consecutive slices; without successive ids the wrapper
     numbers them (``add_with_ids`` on id maps), and a second add continues the numbering."""
+
     def make(f):
         return f.IndexIDMap(f.IndexFlatL2(D))
 
