@@ -371,8 +371,13 @@ def write_index(index: Any, path: Any, *args: Any) -> None:
     _not_serializable(index)
     if not isinstance(index, RemoteIndex):
         return faiss.write_index(gpu_module.to_cpu(index), path, *args)
+    data = np.ascontiguousarray(index.serialize())
+    if isinstance(path, faiss.IOWriter):  # a VectorIOWriter, a PyCallbackIOWriter, ...
+        if len(data) and path(faiss.swig_ptr(data), 1, len(data)) != len(data):
+            raise OSError(f"{type(path).__name__} took fewer than the index's {len(data)} bytes")
+        return None
     with open(path, "wb") as out:
-        out.write(index.serialize().tobytes())
+        out.write(data.tobytes())
     return None
 
 
@@ -388,6 +393,8 @@ def read_index(path: Any, io_flags: int = 0, *, name: str | None = None) -> Any:
     client = get_client()
     if client is None:
         return _read_local(faiss.read_index, path, io_flags)
+    if isinstance(path, faiss.IOReader):
+        return _upload(client, _reader_bytes(path, io_flags, binary=False), name, None)
     with open(path, "rb") as src:
         return _upload(client, src.read(), name, None)
 
@@ -396,7 +403,21 @@ def read_index_binary(path: Any, io_flags: int = 0, *, name: str | None = None) 
     client = get_client()
     if client is None:
         return _read_local(faiss.read_index_binary, path, io_flags)
+    if isinstance(path, faiss.IOReader):
+        return _upload(client, _reader_bytes(path, io_flags, binary=True), name, None)
     return read_index(path, io_flags, name=name)
+
+
+def _reader_bytes(reader: Any, io_flags: int, binary: bool) -> np.ndarray:
+    """The faiss bytes of the next index in a faiss ``IOReader`` (a ``VectorIOReader``, ...).
+
+    A reader hands out bytes only as faiss parses them, so faiss reads the index here (a local
+    copy, for as long as this call) and serializes it again for the upload."""
+    if binary:
+        return np.ascontiguousarray(
+            faiss.serialize_index_binary(faiss.read_index_binary(reader, io_flags))
+        )
+    return np.ascontiguousarray(faiss.serialize_index(faiss.read_index(reader, io_flags)))
 
 
 def _read_local(reader: Any, path: Any, io_flags: int) -> Any:

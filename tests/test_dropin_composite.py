@@ -315,3 +315,62 @@ def test_shards_ivf_over_clones_like_faiss(remote, data):
     *_lk, lfound = run(faiss)
     *_rk, rfound = run(remote)
     assert_same(lfound, rfound)
+
+
+# -- faiss's IOWriter / IOReader with remote indices ------------------------------------------
+
+
+def test_write_index_to_a_vector_writer_and_back(remote, data):
+    """write_index into a VectorIOWriter gives faiss's bytes; read_index from a VectorIOReader
+    uploads them (faiss's test_serialize_to_vector)."""
+    local, proxy = faiss.IndexFlatL2(D), remote.IndexFlatL2(D)
+    local.add(data["xb"])
+    proxy.add(data["xb"])
+    lw, rw = faiss.VectorIOWriter(), faiss.VectorIOWriter()
+    faiss.write_index(local, lw)
+    remote.write_index(proxy, rw)
+    np.testing.assert_array_equal(faiss.vector_to_array(lw.data), faiss.vector_to_array(rw.data))
+    reader = faiss.VectorIOReader()
+    reader.data.swap(rw.data)
+    copy = remote.read_index(reader)
+    assert isinstance(copy, RemoteIndex) and copy.name != proxy.name
+    assert_same(local.search(data["xq"], 5), copy.search(data["xq"], 5))
+
+
+def test_binary_index_through_io_objects(remote, codes):
+    proxy = remote.IndexBinaryFlat(32)
+    proxy.add(codes["xb"])
+    writer = faiss.VectorIOWriter()
+    remote.write_index_binary(proxy, writer)
+    reader = faiss.VectorIOReader()
+    faiss.copy_array_to_vector(faiss.vector_to_array(writer.data), reader.data)
+    copy = remote.read_index_binary(reader)
+    np.testing.assert_array_equal(proxy.search(codes["xq"], 4)[1], copy.search(codes["xq"], 4)[1])
+
+
+# -- a transform inside a remote index, applied through its view ------------------------------
+
+
+def test_transform_view_applies_like_faiss(remote, data):
+    """``index.chain.at(i).apply_py(x)`` runs faiss's transform on the server (faiss's
+    test_chain); the width and the training are checked first."""
+
+    def run(f):
+        index = f.index_factory(D, "L2norm,PCA4,L2norm,Flat")
+        pca = f.downcast_VectorTransform(index.chain.at(1))
+        trained_before = pca.is_trained
+        index.train(data["xt"])
+        return index, pca, trained_before, pca.apply_py(data["xq"])
+
+    _lkeep, lpca, lbefore, lout = run(faiss)  # the index owns the transform: keep it alive
+    _rkeep, rpca, rbefore, rout = run(remote)
+    assert lbefore is rbefore is False
+    np.testing.assert_allclose(lout, rout, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        lpca.reverse_transform(lout), rpca.reverse_transform(rout), rtol=1e-4, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="width"):
+        rpca.apply_py(data["xq"][:, :5])
+    untrained = remote.index_factory(D, "PCA4,Flat").chain.at(0)
+    with pytest.raises(RuntimeError, match="trained"):
+        untrained.apply_py(data["xq"])

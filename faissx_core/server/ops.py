@@ -630,7 +630,8 @@ def call_attr(m: ManagedIndex, a: AttrCall, arrays: Arrays) -> Job:
                 "distance computer",
                 m,
             )
-        if x is not None and a.method != "sa_decode":  # sa_decode's x is codes
+        # sa_decode's x is codes; a transform's x is checked against its own d_in / d_out
+        if x is not None and a.method != "sa_decode" and a.method not in attrs.TRANSFORM_METHODS:
             width = obj.d
             vectors(_Shape(obj, width), {"x": x})  # type: ignore[arg-type]
         return run_faiss(lambda: attrs.call(obj, a.method, list(a.args), x), "call_attr", m)
