@@ -49,7 +49,7 @@ from faissx_core.errors import (
 )
 from faissx_core.plugins import PluginRegistry
 from faissx_core.selectors import SelectorSpec
-from faissx_core.specs import IMPORTED, IndexSpec
+from faissx_core.specs import IMPORTED, SERIALIZED, IndexSpec
 
 __all__ = [
     "Aborted",
@@ -190,8 +190,9 @@ def _require_client(what: str) -> Client:
 # -- index classes from plugins ----------------------------------------------------------------
 
 _registry = PluginRegistry()
-#: Types reached through a function of faiss's rather than a class of the same name.
-_FUNCTIONS = {"index_factory", "index_binary_factory", IMPORTED.name}
+#: Types reached through a function of faiss's rather than a class of the same name (and the
+#: core's ``serialized``, which stands for a local faiss object handed to a remote one).
+_FUNCTIONS = {"index_factory", "index_binary_factory", IMPORTED.name, SERIALIZED.name}
 _classes: dict[str, type] = {}
 for _itype in _registry.types.values():
     if _itype.name not in _FUNCTIONS:
@@ -373,7 +374,8 @@ def write_index(index: Any, path: Any, *args: Any) -> None:
         return faiss.write_index(gpu_module.to_cpu(index), path, *args)
     data = np.ascontiguousarray(index.serialize())
     if isinstance(path, faiss.IOWriter):  # a VectorIOWriter, a PyCallbackIOWriter, ...
-        if len(data) and path(faiss.swig_ptr(data), 1, len(data)) != len(data):
+        write: Any = path  # faiss's stubs lack IOWriter.__call__ (the bytes, 1, how many)
+        if len(data) and write(faiss.swig_ptr(data), 1, len(data)) != len(data):
             raise OSError(f"{type(path).__name__} took fewer than the index's {len(data)} bytes")
         return None
     with open(path, "wb") as out:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from faissx_client.proxy import RemoteIndex
-from faissx_core.errors import FaissError, UnsupportedOperation
+from faissx_core.errors import FaissError, InvalidArgument, UnsupportedOperation
 
 D = 16
 
@@ -31,6 +31,13 @@ def data() -> dict[str, np.ndarray]:
 def assert_same(local: tuple[np.ndarray, np.ndarray], remote: tuple[np.ndarray, np.ndarray]):
     np.testing.assert_array_equal(local[1], remote[1])
     np.testing.assert_allclose(local[0], remote[0], rtol=1e-5, atol=1e-6)
+
+
+def fill(index, data):
+    if not index.is_trained:
+        index.train(data["xt"])
+    index.add(data["xb"])
+    return index
 
 
 def sharded(f, make, nshard, *args, fill=None):
@@ -374,3 +381,110 @@ def test_transform_view_applies_like_faiss(remote, data):
     untrained = remote.index_factory(D, "PCA4,Flat").chain.at(0)
     with pytest.raises(RuntimeError, match="trained"):
         untrained.apply_py(data["xq"])
+
+
+# -- local faiss objects handed to a remote index ----------------------------------------------
+
+
+def select_first(d_in: int, d_out: int):
+    """A trained LinearTransform keeping the first ``d_out`` components (faiss's
+    make_LinearTransform_matrix, built on local faiss as faiss's tests build it)."""
+    lt = faiss.LinearTransform(d_in, d_out, False)
+    faiss.copy_array_to_vector(np.eye(d_in, dtype="float32")[:d_out].ravel(), lt.A)
+    lt.is_trained = True
+    lt.set_is_orthonormal()
+    return lt
+
+
+def test_local_transform_in_a_remote_pretransform(remote, data):
+    """A LinearTransform the program built and trained locally travels as faiss's bytes
+    (faiss's test_half_store)."""
+
+    def run(f):
+        ivf = f.index_factory(D // 2, "IVF8,Flat")
+        ivf.nprobe = 4
+        index = f.IndexPreTransform(select_first(D, D // 2), ivf)
+        fill(index, data)
+        return index, index.search(data["xq"], 5)
+
+    local, lfound = run(faiss)
+    proxy, rfound = run(remote)
+    assert isinstance(proxy, RemoteIndex)
+    assert_same(lfound, rfound)
+    np.testing.assert_array_equal(
+        faiss.vector_to_array(faiss.downcast_VectorTransform(local.chain.at(0)).A),
+        remote.vector_to_array(proxy.chain.at(0).A),
+    )
+
+
+def test_local_transform_in_an_independent_quantizer(remote, data):
+    def run(f):
+        ivf = f.index_factory(D // 2, "IVF8,Flat")
+        ivf.nprobe = 4
+        index = f.IndexIVFIndependentQuantizer(f.IndexFlatL2(D), ivf, select_first(D, D // 2))
+        fill(index, data)
+        return index, index.search(data["xq"], 5)
+
+    _lk, lfound = run(faiss)
+    _rk, rfound = run(remote)
+    assert_same(lfound, rfound)
+
+
+def test_local_trained_quantizer_in_a_remote_ivf(remote, data):
+    """A quantizer filled locally gives the remote IVF its centroids: no k-means runs."""
+    centroids = data["xt"][:8].copy()
+
+    def run(f, quantizer):
+        index = f.IndexIVFFlat(quantizer, D, 8)
+        trained = index.is_trained
+        index.add(data["xb"])
+        index.nprobe = 2
+        return trained, index.search(data["xq"], 5)
+
+    quantizers = []
+    for _ in range(2):
+        q = faiss.IndexFlatL2(D)
+        q.add(centroids)
+        quantizers.append(q)
+    ltrained, lfound = run(faiss, quantizers[0])
+    rtrained, rfound = run(remote, quantizers[1])
+    assert ltrained is rtrained is True
+    assert_same(lfound, rfound)
+    assert quantizers[1].ntotal == 8  # the program's own object is untouched
+
+
+def test_local_objects_too_large_or_unreadable(remote):
+    big = faiss.IndexFlatL2(D)
+    big.add(np.zeros((9000, D), dtype="float32"))  # 576 KB of vectors
+    with pytest.raises(InvalidArgument, match=r"too large.*deserialize_index"):
+        remote.IndexIVFFlat(big, D, 8)
+    untrained = faiss.ITQTransform(D, D)  # faiss cannot read one back before training
+    ivf = remote.IndexPreTransform(untrained, remote.IndexFlatL2(D))
+    with pytest.raises(InvalidArgument, match="serialized"):
+        ivf.add(np.zeros((1, D), "float32"))
+    with pytest.raises(InvalidArgument, match="cannot be sent"):  # still no bytes for these
+        remote.IndexFlatL2(D).search(
+            np.zeros((1, D), "float32"), 1, params=faiss.SearchParameters()
+        )
+
+
+def test_hostile_serialized_parts_are_refused(remote):
+    """A ``serialized`` spec that is not base64, not faiss's bytes, or of an unknown kind is a
+    typed error, and nothing is created."""
+    client = remote.get_client()
+    flat = {"type": "IndexFlatL2", "params": {"d": D}}
+    bad = [
+        {"kind": "VectorTransform", "faiss_class": "X", "data": "not base64!"},
+        {"kind": "VectorTransform", "faiss_class": "X", "data": "AAAAAAAA"},
+        {"kind": "Index", "faiss_class": "X", "data": "QUJDRA=="},
+        {"kind": "Selector", "faiss_class": "X", "data": ""},
+    ]
+    before = {i["name"] for i in remote.list_indexes()}
+    for n, params in enumerate(bad):
+        spec = {
+            "type": "IndexPreTransform",
+            "params": {"transform": {"type": "serialized", "params": params}, "index": flat},
+        }
+        with pytest.raises(InvalidArgument):
+            client.call("create", f"hostile-{n}", {"spec": spec, "ephemeral": False})
+    assert {i["name"] for i in remote.list_indexes()} == before
