@@ -38,7 +38,7 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, ClassVar
 
 import faiss
@@ -174,11 +174,20 @@ class ThreadedIndex(ABC):
         ``runOnIndex`` waits for all its workers."""
         subs = self._subs if subs is None else subs
         if not self._threaded or len(subs) < 2:
-            return [fn(i, sub) for i, sub in enumerate(subs)]
+            results, errors = [], []
+            for i, sub in enumerate(subs):
+                try:
+                    results.append(fn(i, sub))
+                except Exception as exc:  # faiss runs the others to completion too
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+            return results
         pool = self._executor(len(subs))
         futures = [pool.submit(fn, i, sub) for i, sub in enumerate(subs)]
-        errors = [f.exception() for f in futures]
-        for error in errors:
+        wait(futures)  # every call finishes before one's error is raised
+        for future in futures:
+            error = future.exception()
             if error is not None:
                 raise error
         return [f.result() for f in futures]

@@ -91,6 +91,39 @@ def test_shards_add_splits_rows_like_faiss(remote, data):
     assert_same(local.search(data["xq"], 10), proxy.search(data["xq"], 10))
 
 
+def test_shards_pass_search_parameters_and_caller_ids(remote, data):
+    """``search(params=...)`` reaches every shard; ``add_with_ids`` without successive ids
+    keeps the caller's ids (split like the rows)."""
+    ids = np.arange(300, dtype="int64") * 3 + 7
+    sel = (np.arange(300) % 2 == 0).nonzero()[0] * 3 + 7  # keep every other stored id
+
+    def run(f):
+        index = f.IndexShards(D, True, False)
+        subs = [f.IndexIDMap2(f.IndexFlatL2(D)) for _ in range(3)]
+        for sub in subs:
+            index.add_shard(sub)
+        index.add_with_ids(data["xb"], ids)
+        params = f.SearchParameters(sel=f.IDSelectorBatch(sel.astype("int64")))
+        return subs, index.search(data["xq"], 6, params=params)
+
+    _lk, lfound = run(faiss)
+    _rk, rfound = run(remote)
+    assert_same(lfound, rfound)
+    assert set(rfound[1].ravel().tolist()) <= set(sel.tolist())
+
+
+def test_a_failing_shard_fails_the_call_after_all_ran(remote, data):
+    """A sub-index's error is the wrapper's (threaded or not); the others still ran."""
+    for threaded in (False, True):
+        index = remote.IndexShards(D, threaded, False)
+        subs = [remote.IndexFlatL2(D), remote.IndexIDMap(remote.IndexFlatL2(D))]
+        for sub in subs:
+            index.add_shard(sub)
+        with pytest.raises(RuntimeError, match="add_with_ids"):
+            index.add(data["xb"][:10])  # a flat index takes no ids: faiss refuses it too
+        assert subs[1].ntotal == 5 and subs[0].ntotal == 0
+
+
 def test_shards_flags_follow_faiss(remote, data):
     """faiss's test_shard_flag_propagation: training and ntotal propagate; removing a shard
     takes its vectors out of ntotal."""
