@@ -98,13 +98,16 @@ def test_shards_pass_search_parameters_and_caller_ids(remote, data):
     sel = (np.arange(300) % 2 == 0).nonzero()[0] * 3 + 7  # keep every other stored id
 
     def run(f):
-        index = f.IndexShards(D, True, False)
+        # faiss 1.15's threaded IndexShards crashes on a search with params: its reference is
+        # unthreaded, the wrapper over remote shards threaded
+        index = f.IndexShards(D, f is remote, False)
         subs = [f.IndexIDMap2(f.IndexFlatL2(D)) for _ in range(3)]
         for sub in subs:
             index.add_shard(sub)
         index.add_with_ids(data["xb"], ids)
-        params = f.SearchParameters(sel=f.IDSelectorBatch(sel.astype("int64")))
-        return subs, index.search(data["xq"], 6, params=params)
+        selector = f.IDSelectorBatch(sel.astype("int64"))  # kept alive: params points to it
+        params = f.SearchParameters(sel=selector)
+        return (subs, selector), index.search(data["xq"], 6, params=params)
 
     _lk, lfound = run(faiss)
     _rk, rfound = run(remote)
