@@ -486,6 +486,19 @@ class RemoteIndex:
             other._mutated()
         object.__setattr__(self, "_info", info)
 
+    def replace_vt(self, vt: Any, own: bool = False) -> None:
+        """``IndexIVFSpectralHash.replace_vt``: a new vector transform (a transform component
+        such as ``faiss.ITQTransform(d, nbit)`` made after configure(), or a local faiss one,
+        sent as its bytes), on the server as a logged write. The server's index owns its copy,
+        so ``own`` changes nothing."""
+        spec, arrays = describe(vt)
+        if arrays or not isinstance(spec, dict):
+            raise InvalidArgument(f"replace_vt takes a vector transform, not {vt!r}")
+        try:
+            self._call("replace_vt", {"transform": spec})
+        finally:
+            self._mutated()
+
     def serialize(self) -> np.ndarray:
         """``faiss.serialize_index`` of the server-side index, as faiss returns it (uint8)."""
         return self._call("serialize")[1]["data"]

@@ -339,6 +339,23 @@ def _transform(obj: Any, method: str, fn: Callable[..., Any], x: np.ndarray) -> 
     return np.ascontiguousarray(fn(x), dtype=np.float32)
 
 
+def check_transform_readable(vt: Any) -> None:
+    """InvalidArgument unless faiss reads ``vt`` back from its own serialization (an untrained
+    ``ITQTransform`` it cannot): a durable index's snapshot must load again."""
+    writer = faiss.VectorIOWriter()
+    faiss.write_VectorTransform(vt, writer)  # type: ignore[arg-type]  # faiss's stubs lack the IOWriter overload
+    reader = faiss.VectorIOReader()
+    reader.data.swap(writer.data)
+    try:
+        faiss.read_VectorTransform(reader)  # type: ignore[arg-type]  # faiss's stubs lack the IOReader overload
+    except RuntimeError as exc:
+        raise InvalidArgument(
+            f"a named index cannot take this {type(vt).__name__} yet: faiss could not read it "
+            f"back from the index's snapshot ({str(exc).splitlines()[0]}); train it first, or "
+            "use an unnamed index"
+        ) from None
+
+
 def set_member(obj: Any, name: str, value: Any) -> None:
     """Set a knob in :data:`WRITABLE` on the object at a path, with faiss's own type."""
     if name not in WRITABLE:

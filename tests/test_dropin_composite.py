@@ -6,12 +6,15 @@ the same refusals.
 
 from __future__ import annotations
 
+import gc
+import signal
+
 import faiss
 import numpy as np
 import pytest
 
 from faissx_client.proxy import RemoteIndex
-from faissx_core.errors import FaissError, InvalidArgument, UnsupportedOperation
+from faissx_core.errors import FaissError, FaissxWarning, InvalidArgument, UnsupportedOperation
 
 D = 16
 
@@ -524,3 +527,70 @@ def test_hostile_serialized_parts_are_refused(remote):
         with pytest.raises(InvalidArgument):
             client.call("create", f"hostile-{n}", {"spec": spec, "ephemeral": False})
     assert {i["name"] for i in remote.list_indexes()} == before
+
+
+# -- IndexIVFSpectralHash.replace_vt ----------------------------------------------------------
+
+
+def test_replace_vt_like_faiss(remote, data):
+    """faiss's test_replace_vt: the index takes (and owns) a new transform; then it trains,
+    adds and searches as faiss's does."""
+
+    def run(f):
+        index = f.IndexIVFSpectralHash(f.IndexFlatL2(D), D, 4, 16, 1.0)
+        index.replace_vt(f.ITQTransform(D, 16))
+        gc.collect()
+        shape = (index.vt.d_in, index.vt.d_out, index.is_trained)
+        index.train(data["xt"])
+        index.add(data["xb"])
+        index.nprobe = 2
+        return shape, index.search(data["xq"], 5)
+
+    lshape, lfound = run(faiss)
+    rshape, rfound = run(remote)
+    assert lshape == rshape == (D, 16, False)
+    np.testing.assert_array_equal(lfound[1], rfound[1])
+    np.testing.assert_array_equal(lfound[0], rfound[0])
+
+
+def test_replace_vt_refusals(remote):
+    index = remote.IndexIVFSpectralHash(remote.IndexFlatL2(D), D, 4, 16, 1.0)
+    with pytest.raises(ValueError, match="needs 16 -> 16"):
+        index.replace_vt(remote.RandomRotationMatrix(D, 8))
+    with pytest.raises(ValueError, match="vector transform"):
+        index.replace_vt(remote.IndexFlatL2(D))
+    with pytest.raises(RuntimeError, match="no replace_vt"):
+        remote.IndexFlatL2(D).replace_vt(remote.ITQTransform(D, 16))
+    with pytest.warns(FaissxWarning, match="memory only"):
+        named = remote.IndexIVFSpectralHash(remote.IndexFlatL2(D), D, 4, 16, 1.0, name="sh-nm")
+    try:
+        with pytest.raises(ValueError, match="could not read it back"):
+            named.replace_vt(remote.ITQTransform(D, 16))  # its snapshot would not load
+        named.replace_vt(remote.RandomRotationMatrix(D, 16))
+        assert named.vt.faiss_class == "RandomRotationMatrix"
+    finally:
+        remote.delete_index("sh-nm")
+
+
+def test_replace_vt_survives_kill_9(start_server, tmp_path, data):
+    """The write is logged: after kill -9 the index has the new transform, trained as before."""
+    from faissx import client as remote
+
+    srv = start_server("--data-dir", str(tmp_path / "data"))
+    remote.configure(server=srv.endpoint, timeout=120)
+    try:
+        index = remote.IndexIVFSpectralHash(remote.IndexFlatL2(D), D, 4, 16, 1.0, name="sh")
+        pca = faiss.PCAMatrix(D, 16)
+        pca.train(data["xt"])  # a local trained transform: it travels as faiss's bytes
+        index.replace_vt(pca)
+        index.train(data["xt"])
+        index.add(data["xb"])
+        before = index.search(data["xq"], 5)
+        srv.stop(signal.SIGKILL)
+        srv = start_server("--data-dir", str(tmp_path / "data"), port=srv.port)
+        remote.configure(server=srv.endpoint, timeout=120)
+        again = remote.open_index("sh")
+        assert again.vt.faiss_class == "PCAMatrix"
+        assert_same(before, again.search(data["xq"], 5))
+    finally:
+        remote.disconnect()
