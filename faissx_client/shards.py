@@ -485,7 +485,7 @@ class IndexShardsIVF(IndexShards):
     A search probes the wrapper's quantizer once and every shard scans the lists it chose
     (``search_preassigned``); ``add`` assigns every vector with that quantizer too (a local
     faiss shard takes the assignment with ``add_core``; a remote shard assigns with its own
-    quantizer, which after ``train`` holds the same centroids -- checked there). ``train``
+    quantizer, so ``add`` first checks that it holds the shared centroids). ``train``
     trains the quantizer (k-means with ``cp`` unless it already holds ``nlist`` centroids) and
     gives every shard the same centroids.
     """
@@ -593,12 +593,21 @@ class IndexShardsIVF(IndexShards):
         if not (bool(quantizer.is_trained) and int(quantizer.ntotal) == self.nlist):
             self._copy_cp(sub)
         sub.train(x)
-        mine = np.asarray(sub.quantizer.reconstruct_n(0, self.nlist))
-        if not np.array_equal(mine, centroids):
+        self._check_centroids(no, sub, centroids, "trained to")
+
+    def _check_centroids(self, no: int, sub: RemoteIndex, centroids: np.ndarray, did: str) -> None:
+        """FaissError unless the remote shard's quantizer holds the shared centroids: it assigns
+        what it adds itself, so it must assign as the shared quantizer would."""
+        quantizer = sub.quantizer
+        same = int(quantizer.ntotal) == self.nlist and np.array_equal(
+            np.asarray(quantizer.reconstruct_n(0, self.nlist)), centroids
+        )
+        if not same:
             raise FaissError(
-                f"IndexShardsIVF: remote shard {no} trained to other centroids than the shared "
-                "quantizer (its k-means or its quantizer differ); build the shards over the "
-                "trained quantizer instead, e.g. IndexIVFFlat(quantizer, d, nlist)"
+                f"IndexShardsIVF: remote shard {no} {did} other centroids than the shared "
+                "quantizer; a remote shard assigns the vectors it adds with its own quantizer, "
+                "so they must agree (train the wrapper, or build the shards over the trained "
+                "quantizer, e.g. IndexIVFFlat(quantizer, d, nlist))"
             )
 
     # -- add and search through the shared quantizer ----------------------------------------------
@@ -617,6 +626,20 @@ class IndexShardsIVF(IndexShards):
             ids = np.arange(self.ntotal, self.ntotal + len(x), dtype=np.int64)
         local = [sub for sub in self._subs if not isinstance(sub, RemoteIndex)]
         Iq = np.ascontiguousarray(self.quantizer.assign(x, 1).reshape(-1)) if local else None
+        if len(local) < len(self._subs):
+            if int(self.quantizer.ntotal) != self.nlist:
+                raise FaissError(
+                    f"IndexShardsIVF: the shared quantizer holds {int(self.quantizer.ntotal)} "
+                    f"centroids for {self.nlist} lists: train it first"
+                )
+            centroids = np.asarray(self.quantizer.reconstruct_n(0, self.nlist))
+            self._run(
+                lambda no, sub: (
+                    self._check_centroids(no, sub, centroids, "holds")
+                    if isinstance(sub, RemoteIndex)
+                    else None
+                )
+            )
         n, nshard = len(x), len(self._subs)
 
         def add(no: int, sub: Any) -> None:

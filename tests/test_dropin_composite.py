@@ -312,6 +312,31 @@ needs_preassigned = pytest.mark.skipif(
 )
 
 
+def test_shards_ivf_remote_shards_must_share_the_centroids(remote, data):
+    """A remote shard assigns what it adds with its own quantizer, so ``add`` checks that it
+    holds the shared centroids: shards built over the trained quantizer take the rows as
+    faiss's would; a shard with centroids of its own is refused before anything is added."""
+    quantizer = remote.IndexFlatL2(D)
+    quantizer.add(data["xt"][:8])
+    good = [remote.IndexIVFFlat(quantizer, D, 8) for _ in range(2)]  # copies of it, trained
+    index = remote.IndexShardsIVF(quantizer, 8, True, False)
+    for sub in good:
+        index.add_shard(sub)
+    assert index.is_trained
+    index.add(data["xb"])
+    assert index.ntotal == 300 and [s.ntotal for s in good] == [150, 150]
+
+    other = remote.IndexFlatL2(D)
+    other.add(data["xt"][8:16])
+    stranger = remote.IndexIVFFlat(other, D, 8)
+    mixed = remote.IndexShardsIVF(quantizer, 8, False, False)
+    mixed.add_shard(remote.IndexIVFFlat(quantizer, D, 8))
+    mixed.add_shard(stranger)
+    with pytest.raises(FaissError, match="remote shard 1 holds other centroids"):
+        mixed.add(data["xb"])
+    assert mixed.ntotal == 0 and stranger.ntotal == 0
+
+
 @needs_preassigned
 def test_shards_ivf_train_add_search_like_faiss(remote, data):
     """One shared quantizer: trained once, its centroids given to every shard; a search
