@@ -271,6 +271,8 @@ def _attach(
 def clone_index(index: Any, *, name: str | None = None) -> Any:
     """faiss.clone_index; a remote index is copied on the server into a new remote index
     (unnamed unless ``name``), its vectors and parameters included."""
+    if isinstance(index, shards.ThreadedIndex):  # as faiss refuses to clone its wrappers
+        raise UnsupportedOperation(f"clone not supported for {index.faiss_name}")
     if not isinstance(index, RemoteIndex):
         return faiss.clone_index(index)
     if index._info is None:

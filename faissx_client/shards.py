@@ -276,6 +276,12 @@ class ThreadedIndex(ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest neighbours of each row of ``x``, as faiss's wrapper finds them."""
 
+    def __reduce__(self) -> Any:
+        raise UnsupportedOperation(
+            f"{self.faiss_name} cannot be pickled (faiss cannot serialize it either): "
+            "pickle its sub-indices (index.at(i)) one by one"
+        )
+
     def __repr__(self) -> str:
         return f"<{self.faiss_name} of {len(self._subs)} sub-indices, d={self.d}>"
 

@@ -7,6 +7,7 @@ the same refusals.
 from __future__ import annotations
 
 import gc
+import pickle
 import signal
 
 import faiss
@@ -175,6 +176,12 @@ def test_shards_refuse_what_faiss_refuses(remote, data):
     assert proxy.count() == 2 and proxy.at(1) is subs[1]
     with pytest.raises(UnsupportedOperation, match="cannot be serialized"):
         remote.serialize_index(proxy)
+    with pytest.raises(RuntimeError, match="clone not supported"):
+        faiss.clone_index(local)
+    with pytest.raises(UnsupportedOperation, match="clone not supported"):
+        remote.clone_index(proxy)
+    with pytest.raises(UnsupportedOperation, match="cannot be pickled"):
+        pickle.dumps(proxy)
     with pytest.raises(FaissError, match="no sub-index"):  # faiss aborts the process here
         remote.IndexShards(D).search(data["xq"], 3)
 
