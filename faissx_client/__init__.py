@@ -18,7 +18,7 @@ import numpy as np
 
 from faissx_client import classes as _classes_module
 from faissx_client import gpu as gpu_module
-from faissx_client import modification, optimization, recovery, views
+from faissx_client import modification, optimization, recovery, shards, views
 from faissx_client.cache import vector_cache
 from faissx_client.classes import _placement, make_class, make_generic_class
 from faissx_client.client import Client
@@ -53,7 +53,7 @@ from faissx_core.errors import (
 )
 from faissx_core.plugins import PluginRegistry
 from faissx_core.selectors import SelectorSpec
-from faissx_core.specs import IMPORTED, IndexSpec
+from faissx_core.specs import IMPORTED, SERIALIZED, IndexSpec
 
 __all__ = [
     "Aborted",
@@ -194,8 +194,9 @@ def _require_client(what: str) -> Client:
 # -- index classes from plugins ----------------------------------------------------------------
 
 _registry = PluginRegistry()
-#: Types reached through a function of faiss's rather than a class of the same name.
-_FUNCTIONS = {"index_factory", "index_binary_factory", IMPORTED.name}
+#: Types reached through a function of faiss's rather than a class of the same name (and the
+#: core's ``serialized``, which stands for a local faiss object handed to a remote one).
+_FUNCTIONS = {"index_factory", "index_binary_factory", IMPORTED.name, SERIALIZED.name}
 _classes: dict[str, type] = {}
 for _itype in _registry.types.values():
     if _itype.name not in _FUNCTIONS:
@@ -226,6 +227,12 @@ def _generic_class(name: str) -> type | None:
         return None
     _classes[name] = make_generic_class(name, _registry.types[GENERIC_TYPE], _registry, get_client)
     return _classes[name]
+
+
+#: IndexShards, IndexReplicas and their binary and IVF variants: faiss cannot serialize them,
+#: so in remote mode the client holds them over remote sub-indices (faissx_client/shards.py).
+for _name in shards.WRAPPERS:
+    globals()[_name] = shards.drop_in(_name, get_client)
 
 
 if "SearchParametersIVF" in _classes:  # faiss's other spelling of it
@@ -268,6 +275,8 @@ def _attach(
 def clone_index(index: Any, *, name: str | None = None) -> Any:
     """faiss.clone_index; a remote index is copied on the server into a new remote index
     (unnamed unless ``name``), its vectors and parameters included."""
+    if isinstance(index, shards.ThreadedIndex):  # as faiss refuses to clone its wrappers
+        raise UnsupportedOperation(f"clone not supported for {index.faiss_name}")
     if not isinstance(index, RemoteIndex):
         return faiss.clone_index(index)
     if index._info is None:
@@ -324,13 +333,24 @@ def index_binary_factory(d: int, description: str, *, name: str | None = None) -
 # -- persistence: faiss's own functions locally, real faiss bytes to and from the server ------
 
 
+def _not_serializable(index: Any) -> None:
+    """faiss cannot write its sharding wrappers; neither can a client-held one be written."""
+    if isinstance(index, shards.ThreadedIndex):
+        raise UnsupportedOperation(
+            f"{index.faiss_name} cannot be serialized (faiss does not know how either): "
+            "write its sub-indices (index.at(i)) one by one"
+        )
+
+
 def serialize_index(index: Any) -> Any:
+    _not_serializable(index)
     if isinstance(index, RemoteIndex):
         return index.serialize()
     return faiss.serialize_index(gpu_module.to_cpu(index))
 
 
 def serialize_index_binary(index: Any) -> Any:
+    _not_serializable(index)
     if isinstance(index, RemoteIndex):
         return index.serialize()
     return faiss.serialize_index_binary(index)
@@ -355,14 +375,22 @@ def deserialize_index_binary(data: Any, *, name: str | None = None) -> Any:
 
 def write_index(index: Any, path: Any, *args: Any) -> None:
     """A remote index is written locally as the same faiss file ``faiss.read_index`` opens."""
+    _not_serializable(index)
     if not isinstance(index, RemoteIndex):
         return faiss.write_index(gpu_module.to_cpu(index), path, *args)
+    data = np.ascontiguousarray(index.serialize())
+    if isinstance(path, faiss.IOWriter):  # a VectorIOWriter, a PyCallbackIOWriter, ...
+        write: Any = path  # faiss's stubs lack IOWriter.__call__ (the bytes, 1, how many)
+        if len(data) and write(faiss.swig_ptr(data), 1, len(data)) != len(data):
+            raise OSError(f"{type(path).__name__} took fewer than the index's {len(data)} bytes")
+        return None
     with open(path, "wb") as out:
-        out.write(index.serialize().tobytes())
+        out.write(data.tobytes())
     return None
 
 
 def write_index_binary(index: Any, path: Any) -> None:
+    _not_serializable(index)
     if not isinstance(index, RemoteIndex):
         return faiss.write_index_binary(index, path)
     return write_index(index, path)
@@ -373,6 +401,8 @@ def read_index(path: Any, io_flags: int = 0, *, name: str | None = None) -> Any:
     client = get_client()
     if client is None:
         return _read_local(faiss.read_index, path, io_flags)
+    if isinstance(path, faiss.IOReader):
+        return _upload(client, _reader_bytes(path, io_flags, binary=False), name, None)
     with open(path, "rb") as src:
         return _upload(client, src.read(), name, None)
 
@@ -381,7 +411,21 @@ def read_index_binary(path: Any, io_flags: int = 0, *, name: str | None = None) 
     client = get_client()
     if client is None:
         return _read_local(faiss.read_index_binary, path, io_flags)
+    if isinstance(path, faiss.IOReader):
+        return _upload(client, _reader_bytes(path, io_flags, binary=True), name, None)
     return read_index(path, io_flags, name=name)
+
+
+def _reader_bytes(reader: Any, io_flags: int, binary: bool) -> np.ndarray:
+    """The faiss bytes of the next index in a faiss ``IOReader`` (a ``VectorIOReader``, ...).
+
+    A reader hands out bytes only as faiss parses them, so faiss reads the index here (a local
+    copy, for as long as this call) and serializes it again for the upload."""
+    if binary:
+        return np.ascontiguousarray(
+            faiss.serialize_index_binary(faiss.read_index_binary(reader, io_flags))
+        )
+    return np.ascontiguousarray(faiss.serialize_index(faiss.read_index(reader, io_flags)))
 
 
 def _read_local(reader: Any, path: Any, io_flags: int) -> Any:
@@ -501,6 +545,8 @@ def _downcaster(name: str) -> Any:
     def downcast(obj: Any) -> Any:
         """Proxies already are their server-side object's class; an index inside one comes
         back as a proxy of its own class (member_proxy), other remote views as they are."""
+        if isinstance(obj, shards.ThreadedIndex):  # a client-held wrapper is its own class
+            return obj
         if isinstance(obj, _REMOTE):
             return member_proxy(obj) if name in ("downcast_index", "downcast_IndexBinary") else obj
         return getattr(faiss, name)(obj)

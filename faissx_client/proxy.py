@@ -31,7 +31,7 @@ from faissx_core.errors import (
     UnsupportedOperation,
     WrongType,
 )
-from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType
+from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType, encode_serialized
 
 if TYPE_CHECKING:
     from faissx_client.client import Client
@@ -703,6 +703,19 @@ class RemoteIndex:
             other._mutated()
         object.__setattr__(self, "_info", info)
 
+    def replace_vt(self, vt: Any, own: bool = False) -> None:
+        """``IndexIVFSpectralHash.replace_vt``: a new vector transform (a transform component
+        such as ``faiss.ITQTransform(d, nbit)`` made after configure(), or a local faiss one,
+        sent as its bytes), on the server as a logged write. The server's index owns its copy,
+        so ``own`` changes nothing."""
+        spec, arrays = describe(vt)
+        if arrays or not isinstance(spec, dict):
+            raise InvalidArgument(f"replace_vt takes a vector transform, not {vt!r}")
+        try:
+            self._call("replace_vt", {"transform": spec})
+        finally:
+            self._mutated()
+
     def serialize(self) -> np.ndarray:
         """``faiss.serialize_index`` of the server-side index, as faiss returns it (uint8)."""
         return self._call("serialize")[1]["data"]
@@ -836,8 +849,10 @@ def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
     A proxy that already exists on the server (trained, filled) is sent as a reference the
     server resolves to a copy of that index, so its state comes along (faiss would share the
     object; the server copies it). One that was only ever described is sent as its spec.
-    Local faiss objects cannot be described (their contents are C++), so passing one in remote
-    mode is refused rather than silently sent as something else.
+    A local faiss index or vector transform (one the program built, perhaps trained, itself)
+    travels as faiss's own serialization (a ``serialized`` spec, built on the server by faiss's
+    reader), so the server holds what the program built; other local faiss objects (search
+    parameters) are refused rather than silently sent as something else.
     """
     if isinstance(value, IndexSpec):  # a part a shorthand constructor made up (a quantizer)
         return value.model_dump(), {}
@@ -851,9 +866,10 @@ def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
     if isinstance(value, RemoteSelector | faiss.IDSelector):
         spec, arrays = describe_selector(value)
         return spec.model_dump(), arrays
-    if isinstance(
-        value, faiss.Index | faiss.IndexBinary | faiss.VectorTransform | faiss.SearchParameters
-    ):
+    if isinstance(value, faiss.Index | faiss.IndexBinary | faiss.VectorTransform):
+        # a local faiss object (a trained LinearTransform, a quantizer): faiss's own bytes
+        return encode_serialized(value).model_dump(), {}
+    if isinstance(value, faiss.SearchParameters):
         raise InvalidArgument(
             f"a local faiss {type(value).__name__} cannot be sent to the server; create it after "
             "configure() so FAISSx can describe it"

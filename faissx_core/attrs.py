@@ -72,7 +72,13 @@ READ_METHODS: dict[str, int | None] = {
     "sa_decode": None,
     "check_ids_sorted": 0,
     "check_consistency": 0,
+    # a vector transform's map of the request's ``x`` (index.chain.at(i).apply_py(x))
+    "apply": None,
+    "apply_py": None,
+    "reverse_transform": None,
 }
+#: Methods of a VectorTransform that map ``x`` (its input width) to rows of its output width.
+TRANSFORM_METHODS = frozenset({"apply", "apply_py", "reverse_transform"})
 
 #: Scalar members a remote client may set: knobs faiss reads when it trains, adds or searches.
 WRITABLE = frozenset(
@@ -272,6 +278,8 @@ def call(
             raise InvalidArgument(f"{method} takes the array x (and k)")
         if args and not (1 <= args[0] <= 1 << 20 and len(x) * args[0] <= MAX_RESULTS):
             raise InvalidArgument(f"k={args[0]} for {len(x)} queries is out of bounds")
+        if method in TRANSFORM_METHODS:
+            return {"kind": "array"}, {"value": _transform(obj, method, fn, x)}
         if method == "sa_decode":  # x is codes here, not vectors
             size = int(obj.sa_code_size())
             if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != size:
@@ -314,6 +322,40 @@ def call(
             obj.release_codes(args[0], ptr)
         return {"kind": "array"}, {"value": out}
     return describe(fn(*args))
+
+
+def _transform(obj: Any, method: str, fn: Callable[..., Any], x: np.ndarray) -> np.ndarray:
+    """A vector transform applied to ``x`` (or reversed), checked as faiss asserts it: the
+    right width, a trained transform, a result within :data:`MAX_BYTES`."""
+    if not isinstance(obj, faiss.VectorTransform):
+        raise InvalidArgument(f"{method} is a method of vector transforms")
+    d_in, d_out = int(obj.d_in), int(obj.d_out)
+    if method == "reverse_transform":
+        d_in, d_out = d_out, d_in
+    if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != d_in:
+        raise InvalidArgument(f"{method} takes float32 rows of width {d_in}, got {x.shape}")
+    if len(x) * d_out * 4 > MAX_BYTES:
+        raise InvalidArgument(f"{method} of {len(x)} rows exceeds the {MAX_BYTES} byte limit")
+    if not obj.is_trained:
+        raise NotTrained(f"{type(obj).__name__} must be trained before {method}")
+    return np.ascontiguousarray(fn(x), dtype=np.float32)
+
+
+def check_transform_readable(vt: Any) -> None:
+    """InvalidArgument unless faiss reads ``vt`` back from its own serialization (an untrained
+    ``ITQTransform`` it cannot): a durable index's snapshot must load again."""
+    writer = faiss.VectorIOWriter()
+    faiss.write_VectorTransform(vt, writer)  # type: ignore[arg-type]  # faiss's stubs lack the IOWriter overload
+    reader = faiss.VectorIOReader()
+    reader.data.swap(writer.data)
+    try:
+        faiss.read_VectorTransform(reader)  # type: ignore[arg-type]  # faiss's stubs lack the IOReader overload
+    except RuntimeError as exc:
+        raise InvalidArgument(
+            f"a named index cannot take this {type(vt).__name__} yet: faiss could not read it "
+            f"back from the index's snapshot ({str(exc).splitlines()[0]}); train it first, or "
+            "use an unnamed index"
+        ) from None
 
 
 def set_member(obj: Any, name: str, value: Any) -> None:

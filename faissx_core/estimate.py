@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from faissx_core.errors import InvalidArgument
-from faissx_core.specs import REF_TYPE
+from faissx_core.specs import REF_TYPE, SERIALIZED
 
 #: Bytes faiss's ``ArrayInvertedLists`` spends on each empty list (a code vector and an id
 #: vector, each an owning-or-borrowed vector wrapper); measured: 160 bytes per list at
@@ -90,6 +90,10 @@ def build_bytes(spec: Any) -> int:
     total = 0
     for params, kind in walk(spec):
         if kind == REF_TYPE:
+            continue
+        if kind == SERIALIZED.name:  # faiss builds about what the bytes hold
+            data = params.get("data")
+            total += len(data) * 3 // 4 if isinstance(data, str) else 0
             continue
         d = _int(params.get("d"), 1)
         total += _int(params.get("nlist")) * IVF_LIST_BYTES

@@ -159,6 +159,13 @@ class AttrAssign(AttrPath):
     )
 
 
+class TransformArgs(Args):
+    """A vector transform for an index that takes one (``IndexIVFSpectralHash.replace_vt``):
+    a transform component's spec, or a local one as faiss's bytes (``serialized``)."""
+
+    transform: IndexSpec
+
+
 class AddArgs(Args):
     #: Rows this request and the rest of its call add (each part of a pipelined add says so):
     #: flat storage then grows ahead instead of reallocating, part after part.
@@ -436,6 +443,7 @@ _TABLE = (
     _write("set_direct_map_type", DirectMapArgs),
     _write("set_attr", AttrValue, doc="a tuning knob or checked flag at a path (attrs.py)"),
     _write("assign_attr", AttrAssign, doc="replace a structural member (attrs.assign)"),
+    _write("replace_vt", TransformArgs, doc="IndexIVFSpectralHash.replace_vt: a new transform"),
 )
 
 #: Every operation by name (read-only).

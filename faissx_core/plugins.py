@@ -25,7 +25,7 @@ from faissx_core.errors import (
     UnknownIndexType,
     faiss_reason,
 )
-from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType
+from faissx_core.specs import IMPORTED, REF_TYPE, SERIALIZED, IndexSpec, IndexType
 
 ENTRY_POINT_GROUP = "faissx.plugins"
 log = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ class PluginRegistry:
         self.manager.add_hookspecs(hookspecs)
         wanted = set(only) if only is not None else None
         self.plugins: dict[str, PluginInfo] = {}
-        self.types: dict[str, IndexType] = {IMPORTED.name: IMPORTED}
-        self._provider: dict[str, str] = {IMPORTED.name: "core"}
+        self.types: dict[str, IndexType] = {IMPORTED.name: IMPORTED, SERIALIZED.name: SERIALIZED}
+        self._provider: dict[str, str] = {IMPORTED.name: "core", SERIALIZED.name: "core"}
         for ep in entry_points(group=group):
             if ep.name in self.plugins:
                 log.warning("plugin %r declared twice; keeping %s", ep.name, self.plugins[ep.name])

@@ -8,10 +8,13 @@ name whose positional parameters are the params model's fields, in order.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import faiss
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from faissx_core.errors import InvalidArgument, UnknownParameter
@@ -239,4 +242,82 @@ IMPORTED = IndexType(
     build=_not_rebuildable,
     dynamic_params=params_by_structure,
     doc="An index uploaded as serialized faiss bytes.",
+)
+
+
+#: Largest faiss object (in bytes) a spec carries inline: its base64 text stays well inside one
+#: message header (messages.MAX_HEADER_BYTES, 1 MiB). Larger indices travel by ``import``.
+MAX_SERIALIZED_BYTES = 512 << 10
+
+
+class SerializedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["VectorTransform", "Index", "IndexBinary"] = Field(
+        description="which faiss reader reads the bytes"
+    )
+    faiss_class: str = Field(max_length=64, description="the faiss class written (for messages)")
+    data: str = Field(
+        max_length=(MAX_SERIALIZED_BYTES + 2) // 3 * 4,
+        description="faiss's own serialization of the object, base64",
+    )
+
+
+def encode_serialized(obj: Any) -> IndexSpec:
+    """The ``serialized`` spec of a local faiss object (a trained ``LinearTransform``, a
+    quantizer, ...): faiss's own bytes, so the server holds exactly what the program built.
+    InvalidArgument when it is none of the kinds or larger than :data:`MAX_SERIALIZED_BYTES`."""
+    name = type(obj).__name__
+    if isinstance(obj, faiss.VectorTransform):
+        writer = faiss.VectorIOWriter()
+        faiss.write_VectorTransform(obj, writer)  # type: ignore[arg-type]  # faiss's stubs lack the IOWriter overload
+        data, kind = faiss.vector_to_array(writer.data), "VectorTransform"
+    elif isinstance(obj, faiss.IndexBinary):
+        data, kind = faiss.serialize_index_binary(obj), "IndexBinary"
+    elif isinstance(obj, faiss.Index):
+        data, kind = faiss.serialize_index(obj), "Index"
+    else:
+        raise InvalidArgument(f"a local faiss {name} cannot be sent to the server")
+    if len(data) > MAX_SERIALIZED_BYTES:
+        raise InvalidArgument(
+            f"a local faiss {name} of {len(data):,} bytes is too large to send inside another "
+            f"index's constructor (at most {MAX_SERIALIZED_BYTES:,}): "
+            + (
+                "upload it first (faiss.deserialize_index(faiss.serialize_index(obj)) in remote "
+                "mode) and pass the remote index"
+                if kind != "VectorTransform"
+                else "create it after configure(), so the server builds and trains it"
+            )
+        )
+    text = base64.b64encode(np.ascontiguousarray(data).tobytes()).decode("ascii")
+    return IndexSpec(type=SERIALIZED.name, params={"kind": kind, "faiss_class": name, "data": text})
+
+
+def _read_serialized(p: SerializedParams, _: BuildNested) -> Any:
+    try:
+        raw = np.frombuffer(base64.b64decode(p.data, validate=True), dtype=np.uint8)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument("a serialized part's data is not base64") from None
+    try:
+        if p.kind == "VectorTransform":
+            reader = faiss.VectorIOReader()
+            faiss.copy_array_to_vector(raw, reader.data)
+            return faiss.read_VectorTransform(reader)  # type: ignore[arg-type]  # faiss's stubs lack the IOReader overload
+        if p.kind == "IndexBinary":
+            return faiss.deserialize_index_binary(raw)
+        return faiss.deserialize_index(raw)
+    except MemoryError:  # corrupt sizes can ask for huge buffers (faiss's own errors: the caller)
+        raise InvalidArgument(f"a serialized {p.faiss_class} asks for absurd memory") from None
+
+
+#: A faiss object the client had built locally and sends as faiss's own bytes, inside the spec
+#: of the index that uses it (``IndexPreTransform(local_linear_transform, index)``). Core owns
+#: it, like ``imported``; the registry turns a malformed or unreadable one into InvalidArgument.
+SERIALIZED = IndexType(
+    name="serialized",
+    family="core",
+    kind="component",
+    params=SerializedParams,
+    build=_read_serialized,
+    doc="A local faiss object (transform, quantizer) sent as its faiss serialization.",
 )

@@ -1,8 +1,9 @@
 """PreTransform family: ``IndexPreTransform`` and the vector transforms it applies.
 
 The transforms (``PCAMatrix``, ``NormalizationTransform``, ``OPQMatrix``,
-``RandomRotationMatrix``) are components: in remote mode the client only describes them, and the
-server builds them inside the ``IndexPreTransform`` that uses them. Training the
+``RandomRotationMatrix``, ``ITQTransform``) are components: in remote mode the client only
+describes them, and the server builds them inside the ``IndexPreTransform`` that uses them (or
+the ``IndexIVFSpectralHash.replace_vt`` call that passes one). Training the
 ``IndexPreTransform`` trains its transform (and then the index it wraps), as in faiss.
 
 Both faiss constructors work: ``IndexPreTransform(transform, index)`` and
@@ -87,6 +88,15 @@ class RandomRotationParams(TransformParams):
     d_out: Dimension
 
 
+class ITQParams(TransformParams):
+    """``ITQTransform(d_in, d_out, do_pca=False)``: iterative quantization, a rotation learnt so
+    that the signs of the output make good binary codes (spectral hashing's transform)."""
+
+    d_in: Dimension
+    d_out: Dimension
+    do_pca: bool = Field(False, description="reduce with a PCA first")
+
+
 def _opq(p: OPQParams, _: BuildNested) -> Any:
     opq = faiss.OPQMatrix(p.d, p.M, p.d2)
     opq.niter, opq.niter_pq = p.niter, p.niter_pq
@@ -103,6 +113,7 @@ TRANSFORM_DIMS: dict[str, Any] = {
     "NormalizationTransform": lambda p: (p.d, p.d),
     "OPQMatrix": lambda p: (p.d, _out(p)),
     "RandomRotationMatrix": lambda p: (p.d_in, p.d_out),
+    "ITQTransform": lambda p: (p.d_in, p.d_out),
 }
 
 TRANSFORM_PARAMS: dict[str, type[TransformParams]] = {
@@ -110,6 +121,7 @@ TRANSFORM_PARAMS: dict[str, type[TransformParams]] = {
     "NormalizationTransform": NormalizationParams,
     "OPQMatrix": OPQParams,
     "RandomRotationMatrix": RandomRotationParams,
+    "ITQTransform": ITQParams,
 }
 
 
@@ -227,6 +239,12 @@ def faissx_index_types() -> list[IndexType]:
             RandomRotationParams,
             lambda p, _: faiss.RandomRotationMatrix(p.d_in, p.d_out),
             "Random orthogonal projection (faiss seeds it: the same everywhere).",
+        ),
+        _component(
+            "ITQTransform",
+            ITQParams,
+            lambda p, _: faiss.ITQTransform(p.d_in, p.d_out, p.do_pca),
+            "Iterative quantization: a learnt rotation whose output signs are binary codes.",
         ),
         IndexType(
             name="IndexPreTransform",

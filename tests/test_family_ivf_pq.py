@@ -590,9 +590,12 @@ def test_quantizer_proxy_never_becomes_a_server_index(remote):
     assert index.ntotal == 100
 
 
-def test_local_quantizer_is_refused_in_remote_mode(remote):
-    with pytest.raises(ValueError, match="cannot be sent"):
-        remote.IndexIVFFlat(faiss.IndexFlatL2(D), D, NLIST)
+def test_local_quantizer_travels_as_a_copy_in_remote_mode(remote):
+    """A quantizer the program built locally is sent as faiss's bytes (a copy, as any part
+    handed to a remote constructor; tests/test_dropin_composite.py compares the results)."""
+    index = remote.IndexIVFFlat(faiss.IndexFlatL2(D), D, NLIST)
+    assert isinstance(index, remote.RemoteIndex)
+    assert (index.is_trained, index.ntotal) == (False, 0)
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,7 @@ from faissx_core.operations import (
     RangeOfKeys,
     RemoveArgs,
     SearchArgs,
+    TransformArgs,
 )
 from faissx_core.selectors import SelectorSpec, build_selector
 from faissx_core.server.backend import ManagedIndex
@@ -633,6 +634,42 @@ def set_direct_map_type(m: ManagedIndex, a: DirectMapArgs, arrays: Arrays) -> Jo
     return job
 
 
+@op("replace_vt")
+def replace_vt(m: ManagedIndex, a: TransformArgs, arrays: Arrays) -> Job:
+    """``IndexIVFSpectralHash.replace_vt``: the index gets a new vector transform, built here
+    from its spec (a component, or a local transform as faiss's bytes), which it then owns.
+
+    A named index keeps only transforms faiss can read back: its snapshot holds the transform,
+    and faiss cannot read some back before they are trained (an ``ITQTransform``), which would
+    leave a snapshot that does not load. Unnamed indices are never written, so they take any.
+    """
+    registry = m.registry
+    assert registry is not None
+    if registry.index_type(a.transform.type).kind != "component":
+        raise InvalidArgument(f"replace_vt takes a vector transform, not {a.transform.type}")
+
+    def job(index: Any) -> Result:
+        if not isinstance(index, faiss.IndexIVFSpectralHash):
+            raise UnsupportedOperation(f"{m.spec.type} has no replace_vt (not spectral hashing)")
+        hashing: Any = index  # faiss's stubs lack nbit and replace_vt's ``own``
+        built = registry.build(a.transform)  # no resolver: a ref is refused
+        if not isinstance(built, faiss.VectorTransform):
+            raise InvalidArgument(f"replace_vt takes a vector transform, not {a.transform.type}")
+        vt: Any = built  # faiss's stubs lack ``this``
+        if (vt.d_in, vt.d_out) != (hashing.d, hashing.nbit):
+            raise InvalidArgument(
+                f"the transform maps {vt.d_in} -> {vt.d_out} dimensions; this index needs "
+                f"{hashing.d} -> {hashing.nbit}"
+            )
+        if m.session is None:
+            attrs.check_transform_readable(vt)
+        vt.this.disown()  # the index owns (and frees) it from now on
+        run_faiss(lambda: hashing.replace_vt(vt, True), "replace_vt", m)
+        return _info(index), {}
+
+    return job
+
+
 # -- structural attributes as remote views (faissx_core/attrs.py says what a path may name) ----
 
 
@@ -671,7 +708,8 @@ def call_attr(m: ManagedIndex, a: AttrCall, arrays: Arrays) -> Job:
                 "distance computer",
                 m,
             )
-        if x is not None and a.method != "sa_decode":  # sa_decode's x is codes
+        # sa_decode's x is codes; a transform's x is checked against its own d_in / d_out
+        if x is not None and a.method != "sa_decode" and a.method not in attrs.TRANSFORM_METHODS:
             width = obj.d
             vectors(_Shape(obj, width), {"x": x})  # type: ignore[arg-type]
         return run_faiss(lambda: attrs.call(obj, a.method, list(a.args), x), "call_attr", m)
