@@ -419,3 +419,118 @@ def _knn(result: tuple[np.ndarray, np.ndarray]) -> list[dict[str, Any]]:
     return [
         {"distances": distances[i].tolist(), "indices": ids[i].tolist()} for i in range(len(ids))
     ]
+
+
+# -- the original's constructor defaults and attributes ------------------------------------------
+
+#: The original's defaults for arguments faiss requires: (class, where the argument goes, its
+#: name, the default). A call that leaves it out, or passes None, gets the default; a call with
+#: faiss's full argument list is unchanged. ``where`` is a function of the arguments because
+#: ``IndexIVFScalarQuantizer`` takes its quantizer first in faiss's spelling and not in the
+#: shorthand without one.
+ORIGINAL_DEFAULTS: tuple[tuple[str, Callable[[tuple[Any, ...]], int], str, Any], ...] = (
+    ("IndexPQ", lambda args: 1, "M", 8),
+    ("IndexPQ", lambda args: 2, "nbits", 8),
+    ("IndexHNSWFlat", lambda args: 1, "M", 32),
+    ("IndexScalarQuantizer", lambda args: 1, "qtype", faiss.ScalarQuantizer.QT_8bit),
+    (
+        "IndexIVFScalarQuantizer",
+        lambda args: 2 if args and type(args[0]) is int else 3,
+        "qtype",
+        faiss.ScalarQuantizer.QT_8bit,
+    ),
+)
+
+#: Attributes the original's classes had and faiss's do not: name -> (class names, path).
+ORIGINAL_ATTRIBUTES: dict[str, tuple[tuple[str, ...], str]] = {
+    "M": (("IndexPQ", "IndexIVFPQ"), "pq.M"),
+    "nbits": (("IndexPQ", "IndexIVFPQ"), "pq.nbits"),
+}
+
+
+def _get_parameters(self: Any) -> dict[str, Any]:
+    """Every runtime parameter of this index with its value (the original FAISSx's name for
+    :func:`faissx_client.optimization.parameters`)."""
+    from faissx_client.optimization import parameters
+
+    return parameters(self)
+
+
+def _estimate_memory_usage(self: Any) -> int:
+    """Bytes this index holds: faiss's container sizes locally, the server's figure remotely
+    (the original FAISSx's name for ``memory_manager.index_memory(index)``)."""
+    from faissx_client.optimization import memory_manager
+
+    return memory_manager.index_memory(self)
+
+
+#: Methods the original's index classes had, added to faiss's and to the proxies.
+ORIGINAL_METHODS: dict[str, Callable[..., Any]] = {
+    "get_parameters": _get_parameters,
+    "estimate_memory_usage": _estimate_memory_usage,
+}
+
+Rewrite = Callable[[tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]] | None]
+
+
+def with_defaults(
+    defaults: list[tuple[Callable[[tuple[Any, ...]], int], str, Any]], inner: Rewrite | None
+) -> Rewrite:
+    """A constructor rewrite that puts each ``(where, key, value)`` default in, in order, where
+    the call left it out (the next positional argument missing) or gave None, then applies
+    ``inner`` (the type's own shorthand)."""
+
+    def rewrite(
+        args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        for where, key, value in defaults:
+            position = where(args)
+            if key in kwargs:
+                if kwargs[key] is None:
+                    kwargs = {**kwargs, key: value}
+            elif len(args) == position:
+                args = (*args, value)
+            elif len(args) > position and args[position] is None:
+                args = (*args[:position], value, *args[position + 1 :])
+        if inner is not None:
+            return inner(args, kwargs) or (args, kwargs)
+        return args, kwargs
+
+    return rewrite
+
+
+def _attribute(path: str) -> property:
+    def read(self: Any) -> Any:
+        value = self
+        for part in path.split("."):
+            value = getattr(value, part)
+        return value
+
+    return property(read, doc=f"``{path}`` (the original FAISSx's name for it; read-only)")
+
+
+def install_index_extras(classes: dict[str, type]) -> None:
+    """Give the drop-in classes the original's constructor defaults, and them and faiss's
+    classes the original's attribute names (``IndexPQ.M`` is ``pq.M``); nothing existing is
+    replaced, so faiss's full spellings behave exactly as in faiss."""
+    defaults: dict[str, list[tuple[Callable[[tuple[Any, ...]], int], str, Any]]] = {}
+    for name, where, key, value in ORIGINAL_DEFAULTS:
+        defaults.setdefault(name, []).append((where, key, value))
+    for name, given in defaults.items():
+        cls = classes.get(name)
+        if cls is None:
+            continue
+        itype = cls.itype  # type: ignore[attr-defined]
+        rewrite = with_defaults(given, itype.shorthand)
+        type.__setattr__(cls, "itype", itype.model_copy(update={"shorthand": rewrite}))
+    from faissx_client.proxy import RemoteIndex
+
+    for cls in (faiss.Index, faiss.IndexBinary, RemoteIndex):
+        for attr, method in ORIGINAL_METHODS.items():
+            if attr not in dir(cls):
+                setattr(cls, attr, method)
+    for attr, (names, path) in ORIGINAL_ATTRIBUTES.items():
+        for name in names:
+            for cls in (classes.get(name), getattr(faiss, name, None)):
+                if isinstance(cls, type) and attr not in dir(cls):
+                    setattr(cls, attr, _attribute(path))

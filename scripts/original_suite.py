@@ -38,6 +38,7 @@ import contextlib
 import fnmatch
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -183,6 +184,7 @@ class Target:
         env["PATH"] = os.pathsep.join([str(self.python.parent), env.get("PATH", "")])
         env["PYTHONPATH"] = str(work)
         env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env["PYTHONUNBUFFERED"] = "1"  # a file stopped at its timeout still shows its output
         env["OMP_WAIT_POLICY"] = env.get("OMP_WAIT_POLICY", "PASSIVE")
         env["ORIGINAL_SUITE_FAISSX"] = str(self.package)
         env["FAISSX_SERVER"] = f"tcp://localhost:{port}"
@@ -228,6 +230,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def memory_cap(gib: float) -> object:
+    """A ``preexec_fn`` capping the child's address space, so that one example asking for more
+    than the machine can spare fails alone (MemoryError) instead of starving everything else."""
+
+    def cap() -> None:
+        limit = int(gib * (1 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return cap
+
+
 def expected(name: str, table: dict[str, tuple[str, str]]) -> tuple[str, str] | None:
     for pattern, why in table.items():
         if fnmatch.fnmatchcase(name, pattern):
@@ -258,9 +271,7 @@ def classify(result: Result, test: str, failed: bool, message: str) -> None:
         result.unexpected[test] = message
 
 
-def run_tests(
-    src: Path, rel: str, target: Target, work: Path, port: int, timeout: float
-) -> Result:
+def run_tests(src: Path, rel: str, target: Target, work: Path, port: int, timeout: float) -> Result:
     """One pytest process on one of the original's test files, its own fresh server."""
     path = src / "tests" / rel
     xml = work / f"{rel.replace('/', '_')}-{target.label}.xml"
@@ -281,16 +292,18 @@ def run_tests(
         str(path),
     ]
     result = Result()
-    with Server(target, port, work / f"{xml.stem}-server.log", []):
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run(
-                cmd,
-                cwd=work / "cwd",
-                env=target.env(work, port),
-                timeout=timeout,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+    with (
+        Server(target, port, work / f"{xml.stem}-server.log", []),
+        contextlib.suppress(subprocess.TimeoutExpired),
+    ):
+        subprocess.run(
+            cmd,
+            cwd=work / "cwd",
+            env=target.env(work, port),
+            timeout=timeout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     if not xml.exists():
         classify(result, rel, True, "no result (crash or timeout)")
         return result
@@ -310,16 +323,25 @@ def run_tests(
 
 
 def run_example(
-    src: Path, name: str, target: Target, work: Path, port: int, timeout: float
+    src: Path,
+    name: str,
+    target: Target,
+    work: Path,
+    port: int,
+    timeout: float,
+    memory_gib: float,
 ) -> tuple[bool, str]:
-    """(passed, why not) for one example: exit status 0 and no traceback printed."""
+    """(passed, why not) for one example: exit status 0, and no traceback or error printed
+    (the original's examples catch exceptions, log them and carry on)."""
     path = src / "examples" / name
     env = target.env(work, port)
     out = work / f"example-{path.stem}-{target.label}.out"
     with out.open("wb") as sink:
         if name in SERVER_EXAMPLES:
             return run_server_example(path, target, env, sink, port, timeout)
-        with Server(target, port, work / f"{out.stem}-server.log", EXAMPLE_SERVER_ARGS.get(name, [])):
+        with Server(
+            target, port, work / f"{out.stem}-server.log", EXAMPLE_SERVER_ARGS.get(name, [])
+        ):
             try:
                 done = subprocess.run(
                     [str(target.python), str(path)],
@@ -329,14 +351,15 @@ def run_example(
                     stdout=sink,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
+                    preexec_fn=memory_cap(memory_gib),
                 )
             except subprocess.TimeoutExpired:
                 return False, f"no exit within {timeout:.0f} s"
     text = out.read_text(errors="replace")
     if done.returncode != 0:
         return False, f"exit {done.returncode}: {last_error(text)}"
-    if "Traceback (most recent call last)" in text:
-        return False, f"exit 0 but printed a traceback: {last_error(text)}"
+    if "Traceback (most recent call last)" in text or ERROR_LINE.search(text):
+        return False, f"exit 0 but printed an error: {last_error(text)}"
     return True, ""
 
 
@@ -353,7 +376,7 @@ def run_server_example(
         f"for i in $(seq 1 {int(timeout * 5)}); do "
         f'if "$0" -c "import socket,sys; s=socket.socket(); '
         f"sys.exit(s.connect_ex(('127.0.0.1', {port})))\"; then kill $pid; wait $pid; exit 0; fi; "
-        'kill -0 $pid 2>/dev/null || exit 3; sleep 0.2; done; kill $pid; exit 4'
+        "kill -0 $pid 2>/dev/null || exit 3; sleep 0.2; done; kill $pid; exit 4"
     )
     done = subprocess.run(
         ["unshare", "-rn", "sh", "-c", script, str(target.python), str(path)],
@@ -371,6 +394,11 @@ def run_server_example(
     )
 
 
+#: How the original's examples report an error they caught: a log record at ERROR level, or a
+#: printed line starting with "Error"/"❌".
+ERROR_LINE = re.compile(r"(?m) - ERROR - |^ERROR[: ]|^\s*(Error|❌)")
+
+
 def first_line(message: str) -> str:
     line = message.strip().splitlines()[0] if message.strip() else "?"
     line = re.sub(r"\[request [0-9a-f]+\]", "", line)
@@ -378,7 +406,11 @@ def first_line(message: str) -> str:
 
 
 def last_error(text: str) -> str:
-    lines = [line for line in text.splitlines() if re.search(r"Error|Exception|error:", line)]
+    lines = [
+        line
+        for line in text.splitlines()
+        if re.search(r"Error|Exception|error:|❌", line) or ERROR_LINE.search(line)
+    ]
     return first_line(lines[-1]) if lines else "no error line printed"
 
 
@@ -391,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, help="a Python with the original faissx installed")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per file")
     parser.add_argument("--failures", action="store_true", help="list every failure")
+    parser.add_argument(
+        "--memory-gib", type=float, default=6, help="address-space cap of each example (GiB)"
+    )
     args = parser.parse_args(argv)
     src = args.src.resolve()
     if not (src / "faissx" / "client").is_dir() or not (src / "tests").is_dir():
@@ -401,8 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     port = ORIGINAL_PORT
     if not port_free(port):
         port = free_port()
-        print(f"warning: port {ORIGINAL_PORT} is taken; using {port}: tests and examples that "
-              f"hard-code tcp://localhost:{ORIGINAL_PORT} will fail")
+        print(
+            f"warning: port {ORIGINAL_PORT} is taken; using {port}: tests and examples that "
+            f"hard-code tcp://localhost:{ORIGINAL_PORT} will fail"
+        )
     tests = sorted(str(p.relative_to(src / "tests")) for p in (src / "tests").rglob("test_*.py"))
     examples = sorted(p.name for p in (src / "examples").glob("*.py"))
     if args.files:
@@ -431,8 +468,9 @@ def main(argv: list[str] | None = None) -> int:
             for target in targets:
                 r = run_tests(src, rel, target, work, port, args.timeout)
                 c = totals[target.label]
-                c.update(passed=r.passed, failed=len(r.unexpected), known=len(r.known),
-                         skipped=r.skipped)
+                c.update(
+                    passed=r.passed, failed=len(r.unexpected), known=len(r.known), skipped=r.skipped
+                )
                 cells.append(f"{r.passed}/{len(r.unexpected)}/{len(r.known)}/{r.skipped}")
                 if target.label == "ours":
                     for test, message in r.unexpected.items():
@@ -445,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in examples:
             cells = []
             for target in targets:
-                ok, why = run_example(src, name, target, work, port, args.timeout)
+                ok, why = run_example(src, name, target, work, port, args.timeout, args.memory_gib)
                 c = totals[target.label]
                 exp = EXPECTED_EXAMPLES.get(name)
                 c.update(examples=1, examples_ok=ok)
