@@ -445,6 +445,7 @@ ORIGINAL_DEFAULTS: tuple[tuple[str, Callable[[tuple[Any, ...]], int], str, Any],
 ORIGINAL_ATTRIBUTES: dict[str, tuple[tuple[str, ...], str]] = {
     "M": (("IndexPQ", "IndexIVFPQ"), "pq.M"),
     "nbits": (("IndexPQ", "IndexIVFPQ"), "pq.nbits"),
+    "d_in": (("IndexPreTransform",), "d"),
 }
 
 
@@ -509,6 +510,87 @@ def _attribute(path: str) -> property:
     return property(read, doc=f"``{path}`` (the original FAISSx's name for it; read-only)")
 
 
+# -- the original's transforms module and IndexPreTransform(index, transforms) ------------------
+
+
+def L2NormTransform(d: int) -> Any:
+    """The original's ``L2NormTransform(d)``: faiss's ``NormalizationTransform(d, 2.0)``."""
+    import faissx_client
+
+    return faissx_client.NormalizationTransform(d, 2.0)
+
+
+def PCATransform(
+    d_in: int, d_out: int, eigen_power: float = 0.0, random_rotation: bool = False
+) -> Any:
+    """The original's ``PCATransform(d_in, d_out)``: faiss's ``PCAMatrix``."""
+    import faissx_client
+
+    return faissx_client.PCAMatrix(d_in, d_out, eigen_power, random_rotation)
+
+
+def RemapDimensionsTransform(d_in: int, d_out: int, selected_dims: Any = None) -> Any:
+    """The original's ``RemapDimensionsTransform(d_in, d_out, selected_dims)``: faiss's, with
+    output dimension ``i`` taken from input dimension ``selected_dims[i]`` (-1: zero), or
+    spread uniformly when ``selected_dims`` is None. A local faiss object: remote indices take
+    the transforms their families declare (``PCAMatrix``, ``NormalizationTransform``, ...)."""
+    import faissx_client
+
+    if faissx_client.get_client() is not None:
+        raise UnsupportedOperation(
+            "RemapDimensionsTransform is not served remotely: no index family declares it"
+        )
+    if selected_dims is None:
+        return faiss.RemapDimensionsTransform(int(d_in), int(d_out), True)
+    dims = np.ascontiguousarray(selected_dims, dtype=np.int32)
+    if dims.shape != (d_out,) or dims.min(initial=0) < -1 or dims.max(initial=0) >= d_in:
+        raise InvalidArgument(
+            f"selected_dims must hold d_out={d_out} input dimensions in [-1, {d_in}), "
+            f"got {selected_dims!r}"
+        )
+    return faiss.RemapDimensionsTransform(int(d_in), int(d_out), faiss.swig_ptr(dims))
+
+
+def _is_transform(value: Any) -> bool:
+    from faissx_client.proxy import RemoteComponent
+
+    return isinstance(value, faiss.VectorTransform | RemoteComponent)
+
+
+def transforms_after_index(cls: type) -> Rewrite:
+    """``IndexPreTransform(index, transform)`` and ``IndexPreTransform(index, [t1, t2, ...])``,
+    the original's order, as faiss's ``IndexPreTransform(t1, IndexPreTransform(t2, ...
+    index))``: the vectors go through t1, then t2, ..., then reach ``index``."""
+
+    def rewrite(
+        args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        if len(args) != 2 or kwargs or _is_transform(args[0]):
+            return None  # faiss's own spellings
+        index, given = args
+        chain = list(given) if isinstance(given, list | tuple) else [given]
+        if not chain or not all(_is_transform(t) for t in chain):
+            return None  # faiss reports the bad arguments
+        for transform in reversed(chain[1:]):
+            index = cls(transform, index)
+        return (chain[0], index), {}
+
+    return rewrite
+
+
+def _transform_chain(self: Any) -> list[Any]:
+    """The transforms applied before the wrapped index, in order, through nested
+    ``IndexPreTransform``s (the original's ``transform_chain``)."""
+    chain: list[Any] = []
+    index = self
+    while isinstance(index, faiss.IndexPreTransform):
+        chain += [
+            faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())
+        ]
+        index = faiss.downcast_index(index.index)
+    return chain
+
+
 def install_index_extras(classes: dict[str, type]) -> None:
     """Give the drop-in classes the original's constructor defaults, and them and faiss's
     classes the original's attribute names (``IndexPQ.M`` is ``pq.M``); nothing existing is
@@ -529,6 +611,17 @@ def install_index_extras(classes: dict[str, type]) -> None:
         for attr, method in ORIGINAL_METHODS.items():
             if attr not in dir(cls):
                 setattr(cls, attr, method)
+    pretransform = classes.get("IndexPreTransform")
+    if pretransform is not None:
+        itype = pretransform.itype  # type: ignore[attr-defined]
+        shorthand = transforms_after_index(pretransform)
+        if itype.shorthand is not None:
+            raise RuntimeError("IndexPreTransform has a shorthand already; compose it here")
+        type.__setattr__(pretransform, "itype", itype.model_copy(update={"shorthand": shorthand}))
+    if "transform_chain" not in dir(faiss.IndexPreTransform):
+        faiss.IndexPreTransform.transform_chain = property(  # type: ignore[attr-defined]
+            _transform_chain, doc=_transform_chain.__doc__
+        )
     for attr, (names, path) in ORIGINAL_ATTRIBUTES.items():
         for name in names:
             for cls in (classes.get(name), getattr(faiss, name, None)):

@@ -169,3 +169,50 @@ def test_auto_unload_option_is_always_on():
         assert memory_manager.get_option("auto_unload_unused_indices") is True
     finally:
         memory_manager.reset()
+
+
+# -- faissx.client.transforms and IndexPreTransform(index, transforms) ---------------------------
+
+
+def test_transforms_module_is_faiss_transforms():
+    from faissx.client.transforms import L2NormTransform, PCATransform, RemapDimensionsTransform
+
+    x = XB[:50]
+    np.testing.assert_allclose(
+        L2NormTransform(D).apply(x), faiss.NormalizationTransform(D, 2.0).apply(x)
+    )
+    pca, ref = PCATransform(D, 4), faiss.PCAMatrix(D, 4)
+    for t in (pca, ref):
+        t.train(XB)
+    np.testing.assert_allclose(pca.apply(x), ref.apply(x), rtol=1e-5, atol=1e-6)
+    assert pca.reverse_transform(pca.apply(x)).shape == x.shape
+    remap = RemapDimensionsTransform(D, 3, [5, 0, -1])
+    np.testing.assert_array_equal(remap.apply(x), np.c_[x[:, 5], x[:, 0], np.zeros(len(x))])
+    assert RemapDimensionsTransform(D, 4).apply(x).shape == (len(x), 4)
+    with pytest.raises(ValueError):
+        RemapDimensionsTransform(D, 2, [0, D])
+
+
+def test_pretransform_takes_the_original_order(fx):
+    from faissx.client.transforms import L2NormTransform, PCATransform
+
+    index = fx.IndexPreTransform(fx.IndexFlatL2(8), [PCATransform(D, 8), L2NormTransform(8)])
+    assert is_remote(index) == fx.is_remote()
+    assert (index.d_in, index.is_trained) == (D, False)
+    ref = faiss.IndexPreTransform(faiss.IndexFlatL2(8))  # PCA first, then normalisation
+    ref.prepend_transform(faiss.NormalizationTransform(8, 2.0))
+    ref.prepend_transform(faiss.PCAMatrix(D, 8))
+    for i in (index, ref):
+        i.train(XB)
+        i.add(XB)
+    same_search(index, ref)
+    if not fx.is_remote():
+        assert [type(t).__name__ for t in index.transform_chain] == [
+            "PCAMatrix",
+            "NormalizationTransform",
+        ]
+    single = fx.IndexPreTransform(fx.IndexFlatL2(D), L2NormTransform(D))
+    single.add(XB)
+    ref = faiss.IndexPreTransform(faiss.NormalizationTransform(D, 2.0), faiss.IndexFlatL2(D))
+    ref.add(XB)
+    same_search(single, ref)
