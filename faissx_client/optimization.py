@@ -658,6 +658,14 @@ class MemoryManager:
     def options(self) -> dict[str, Any]:
         return dict(self._options)
 
+    def get_all_options(self) -> dict[str, Any]:
+        """The original FAISSx's name for :meth:`options`."""
+        return self.options()
+
+    def reset_options(self) -> None:
+        """The original FAISSx's name for :meth:`reset`."""
+        self.reset()
+
     def reset(self) -> None:
         """Back to the defaults (no limit, no mapping, cache off)."""
         self._options = dict(self.DEFAULTS)

@@ -167,6 +167,11 @@ def test_auto_unload_option_is_always_on():
         with pytest.raises(ValueError, match="idle-ttl"):
             memory_manager.set_option("auto_unload_unused_indices", False)
         assert memory_manager.get_option("auto_unload_unused_indices") is True
+        memory_manager.set_option("index_cache_size", 5)
+        assert memory_manager.get_all_options() == memory_manager.options()
+        assert memory_manager.get_all_options()["index_cache_size"] == 5
+        memory_manager.reset_options()
+        assert memory_manager.options() == memory_manager.DEFAULTS
     finally:
         memory_manager.reset()
 
