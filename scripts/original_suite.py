@@ -485,6 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per file")
     parser.add_argument("--failures", action="store_true", help="list every failure")
     parser.add_argument(
+        "--out",
+        type=Path,
+        help="keep each file's output, JUnit XML and server log here (default: a temporary "
+        "directory, removed at the end)",
+    )
+    parser.add_argument(
         "--memory-gib", type=float, default=6, help="address-space cap of each example (GiB)"
     )
     args = parser.parse_args(argv)
@@ -517,9 +523,13 @@ def main(argv: list[str] | None = None) -> int:
     groups: dict[str, list[str]] = collections.defaultdict(list)
     known: dict[str, tuple[str, str]] = {}
     stale: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="faissx-original-") as tmp:
-        work = Path(tmp)
-        (work / "cwd").mkdir()
+    with contextlib.ExitStack() as stack:
+        if args.out is not None:
+            work = args.out.resolve()
+            work.mkdir(parents=True, exist_ok=True)
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="faissx-original-")))
+        (work / "cwd").mkdir(exist_ok=True)
         (work / "original_suite_check.py").write_text(CHECK)
         header = "".join(f"{t.label:>22}" for t in targets)
         if tests:
