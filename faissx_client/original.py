@@ -517,7 +517,8 @@ def L2NormTransform(d: int) -> Any:
     """The original's ``L2NormTransform(d)``: faiss's ``NormalizationTransform(d, 2.0)``."""
     import faissx_client
 
-    return faissx_client.NormalizationTransform(d, 2.0)
+    make: Any = faissx_client.NormalizationTransform  # generated at import: mypy cannot see it
+    return make(d, 2.0)
 
 
 def PCATransform(
@@ -526,7 +527,8 @@ def PCATransform(
     """The original's ``PCATransform(d_in, d_out)``: faiss's ``PCAMatrix``."""
     import faissx_client
 
-    return faissx_client.PCAMatrix(d_in, d_out, eigen_power, random_rotation)
+    make: Any = faissx_client.PCAMatrix  # generated at import: mypy cannot see it
+    return make(d_in, d_out, eigen_power, random_rotation)
 
 
 def RemapDimensionsTransform(d_in: int, d_out: int, selected_dims: Any = None) -> Any:
@@ -541,7 +543,7 @@ def RemapDimensionsTransform(d_in: int, d_out: int, selected_dims: Any = None) -
             "RemapDimensionsTransform is not served remotely: no index family declares it"
         )
     if selected_dims is None:
-        return faiss.RemapDimensionsTransform(int(d_in), int(d_out), True)
+        return faiss.RemapDimensionsTransform(int(d_in), int(d_out), True)  # type: ignore[arg-type]  # faiss's stubs lack this overload
     dims = np.ascontiguousarray(selected_dims, dtype=np.int32)
     if dims.shape != (d_out,) or dims.min(initial=0) < -1 or dims.max(initial=0) >= d_in:
         raise InvalidArgument(
@@ -584,9 +586,8 @@ def _transform_chain(self: Any) -> list[Any]:
     chain: list[Any] = []
     index = self
     while isinstance(index, faiss.IndexPreTransform):
-        chain += [
-            faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())
-        ]
+        vector: Any = index.chain  # a SWIG vector (faiss's stubs say list)
+        chain += [faiss.downcast_VectorTransform(vector.at(i)) for i in range(vector.size())]
         index = faiss.downcast_index(index.index)
     return chain
 
