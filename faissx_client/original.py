@@ -513,35 +513,28 @@ def _attribute(path: str) -> property:
 # -- the original's transforms module and IndexPreTransform(index, transforms) ------------------
 
 
+# The original's transforms were client-side objects that computed locally in both modes (its
+# tests apply and train them on their own); these are faiss's transform objects, local in both
+# modes too. Given to ``IndexPreTransform(index, ...)`` in remote mode, an untrained one travels
+# as the description the server builds it from (:func:`described_transform`).
+
+
 def L2NormTransform(d: int) -> Any:
     """The original's ``L2NormTransform(d)``: faiss's ``NormalizationTransform(d, 2.0)``."""
-    import faissx_client
-
-    make: Any = faissx_client.NormalizationTransform  # generated at import: mypy cannot see it
-    return make(d, 2.0)
+    return faiss.NormalizationTransform(int(d), 2.0)
 
 
 def PCATransform(
     d_in: int, d_out: int, eigen_power: float = 0.0, random_rotation: bool = False
 ) -> Any:
     """The original's ``PCATransform(d_in, d_out)``: faiss's ``PCAMatrix``."""
-    import faissx_client
-
-    make: Any = faissx_client.PCAMatrix  # generated at import: mypy cannot see it
-    return make(d_in, d_out, eigen_power, random_rotation)
+    return faiss.PCAMatrix(int(d_in), int(d_out), float(eigen_power), bool(random_rotation))
 
 
 def RemapDimensionsTransform(d_in: int, d_out: int, selected_dims: Any = None) -> Any:
     """The original's ``RemapDimensionsTransform(d_in, d_out, selected_dims)``: faiss's, with
     output dimension ``i`` taken from input dimension ``selected_dims[i]`` (-1: zero), or
-    spread uniformly when ``selected_dims`` is None. A local faiss object: remote indices take
-    the transforms their families declare (``PCAMatrix``, ``NormalizationTransform``, ...)."""
-    import faissx_client
-
-    if faissx_client.get_client() is not None:
-        raise UnsupportedOperation(
-            "RemapDimensionsTransform is not served remotely: no index family declares it"
-        )
+    spread uniformly when ``selected_dims`` is None."""
     if selected_dims is None:
         return faiss.RemapDimensionsTransform(int(d_in), int(d_out), True)  # type: ignore[arg-type]  # faiss's stubs lack this overload
     dims = np.ascontiguousarray(selected_dims, dtype=np.int32)
@@ -551,6 +544,28 @@ def RemapDimensionsTransform(d_in: int, d_out: int, selected_dims: Any = None) -
             f"got {selected_dims!r}"
         )
     return faiss.RemapDimensionsTransform(int(d_in), int(d_out), faiss.swig_ptr(dims))
+
+
+def described_transform(transform: Any) -> Any:
+    """A local faiss transform as the remote component it describes, for a remote
+    ``IndexPreTransform``: an untrained ``PCAMatrix`` or a ``NormalizationTransform``. Others,
+    and a trained PCA (its matrix is not a description), are refused."""
+    import faissx_client
+
+    if isinstance(transform, faiss.NormalizationTransform):
+        make: Any = faissx_client.NormalizationTransform  # generated at import
+        return make(transform.d_in, transform.norm)
+    if isinstance(transform, faiss.PCAMatrix) and not transform.is_trained:
+        make = faissx_client.PCAMatrix
+        return make(
+            transform.d_in, transform.d_out, transform.eigen_power, transform.random_rotation
+        )
+    raise InvalidArgument(
+        f"a local {type(transform).__name__}"
+        f"{' (trained)' if transform.is_trained else ''} cannot go into a remote "
+        "IndexPreTransform: give an untrained PCATransform / L2NormTransform, or the drop-in "
+        "faissx.client.PCAMatrix / NormalizationTransform, and train the index"
+    )
 
 
 def _is_transform(value: Any) -> bool:
@@ -573,6 +588,10 @@ def transforms_after_index(cls: type) -> Rewrite:
         chain = list(given) if isinstance(given, list | tuple) else [given]
         if not chain or not all(_is_transform(t) for t in chain):
             return None  # faiss reports the bad arguments
+        if cls._current() is not None:  # type: ignore[attr-defined]  # remote mode
+            chain = [
+                described_transform(t) if isinstance(t, faiss.VectorTransform) else t for t in chain
+            ]
         for transform in reversed(chain[1:]):
             index = cls(transform, index)
         return (chain[0], index), {}
@@ -582,14 +601,30 @@ def transforms_after_index(cls: type) -> Rewrite:
 
 def _transform_chain(self: Any) -> list[Any]:
     """The transforms applied before the wrapped index, in order, through nested
-    ``IndexPreTransform``s (the original's ``transform_chain``)."""
+    ``IndexPreTransform``s (the original's ``transform_chain``). Locally faiss's transform
+    objects; on a remote index, remote views of them."""
+    from faissx_client.proxy import RemoteIndex
+    from faissx_client.views import RemoteView, class_of
+
     chain: list[Any] = []
     index = self
-    while isinstance(index, faiss.IndexPreTransform):
-        vector: Any = index.chain  # a SWIG vector (faiss's stubs say list)
-        chain += [faiss.downcast_VectorTransform(vector.at(i)) for i in range(vector.size())]
-        index = faiss.downcast_index(index.index)
-    return chain
+    while True:
+        remote = isinstance(index, RemoteIndex | RemoteView)
+        cls = class_of(index) if remote else type(index)
+        if cls is None or not issubclass(cls, faiss.IndexPreTransform):
+            return chain
+        vector: Any = index.chain  # a SWIG vector locally (faiss's stubs say list)
+        if remote:
+            chain += [vector.at(i) for i in range(len(vector))]
+        else:
+            chain += [faiss.downcast_VectorTransform(vector.at(i)) for i in range(vector.size())]
+        index = index.index if remote else faiss.downcast_index(index.index)
+
+
+def _get_vectors(self: Any) -> np.ndarray:
+    """Every vector of the index, as faiss reconstructs them (``reconstruct_n(0, ntotal)``;
+    the original FAISSx's name). Raises where faiss cannot reconstruct."""
+    return self.reconstruct_n(0, self.ntotal)
 
 
 def install_index_extras(classes: dict[str, type]) -> None:
@@ -619,10 +654,14 @@ def install_index_extras(classes: dict[str, type]) -> None:
         if itype.shorthand is not None:
             raise RuntimeError("IndexPreTransform has a shorthand already; compose it here")
         type.__setattr__(pretransform, "itype", itype.model_copy(update={"shorthand": shorthand}))
-    if "transform_chain" not in dir(faiss.IndexPreTransform):
-        faiss.IndexPreTransform.transform_chain = property(  # type: ignore[attr-defined]
-            _transform_chain, doc=_transform_chain.__doc__
-        )
+    for cls in (pretransform, faiss.IndexPreTransform):
+        if cls is not None and "transform_chain" not in dir(cls):
+            chain = property(_transform_chain, doc=_transform_chain.__doc__)
+            type.__setattr__(cls, "transform_chain", chain)
+    for name in ("IndexPQ", "IndexIVFPQ", "IndexIVFScalarQuantizer"):
+        for cls in (classes.get(name), getattr(faiss, name, None)):
+            if isinstance(cls, type) and "get_vectors" not in dir(cls):
+                type.__setattr__(cls, "get_vectors", _get_vectors)
     for attr, (names, path) in ORIGINAL_ATTRIBUTES.items():
         for name in names:
             for cls in (classes.get(name), getattr(faiss, name, None)):

@@ -115,6 +115,11 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "refused",
         IMPLICIT_TRAIN + "; it also passes qtype as the string 'SQ8' (fails on the original too)",
     ),
+    "client_indices/test_ivf_*_optimized.py::test_ivf_*_local_mode": (
+        "refused",
+        "reconstructs from an IVF index without make_direct_map(): faiss raises; the original "
+        "returned a client-side copy of the added vectors, or zeros when it had none",
+    ),
     "client_indices/test_pre_transform.py::test_vector_caching": (
         "refused",
         "expects IndexPreTransform.reconstruct to return the added vectors exactly (the "

@@ -179,7 +179,8 @@ def test_auto_unload_option_is_always_on():
 # -- faissx.client.transforms and IndexPreTransform(index, transforms) ---------------------------
 
 
-def test_transforms_module_is_faiss_transforms():
+def test_transforms_module_is_faiss_transforms(fx):
+    """The original's transforms computed in the client in both modes; so do these."""
     from faissx.client.transforms import L2NormTransform, PCATransform, RemapDimensionsTransform
 
     x = XB[:50]
@@ -211,13 +212,36 @@ def test_pretransform_takes_the_original_order(fx):
         i.train(XB)
         i.add(XB)
     same_search(index, ref)
+    chain = index.transform_chain
+    assert len(chain) == 2
     if not fx.is_remote():
-        assert [type(t).__name__ for t in index.transform_chain] == [
-            "PCAMatrix",
-            "NormalizationTransform",
-        ]
+        assert [type(t).__name__ for t in chain] == ["PCAMatrix", "NormalizationTransform"]
+    else:
+        assert [t.faiss_class for t in chain] == ["PCAMatrix", "NormalizationTransform"]
+        assert (chain[0].d_in, chain[0].d_out) == (D, 8)
+    if fx.is_remote():
+        trained = PCATransform(D, 8)
+        trained.train(XB)
+        with pytest.raises(ValueError, match="trained"):
+            fx.IndexPreTransform(fx.IndexFlatL2(8), trained)
     single = fx.IndexPreTransform(fx.IndexFlatL2(D), L2NormTransform(D))
     single.add(XB)
     ref = faiss.IndexPreTransform(faiss.NormalizationTransform(D, 2.0), faiss.IndexFlatL2(D))
     ref.add(XB)
     same_search(single, ref)
+
+
+def test_get_vectors_is_reconstruct_n(fx):
+    index = fx.IndexPQ(D, 4, 6)
+    ref = faiss.IndexPQ(D, 4, 6)
+    for i in (index, ref):
+        i.train(XB)
+        i.add(XB[:40])
+    np.testing.assert_allclose(index.get_vectors(), ref.reconstruct_n(0, 40), rtol=1e-5)
+    np.testing.assert_allclose(ref.get_vectors(), ref.reconstruct_n(0, 40))
+    ivf = fx.IndexIVFScalarQuantizer(fx.IndexFlatL2(D), D, 4)
+    ref = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(D), D, 4, faiss.ScalarQuantizer.QT_8bit)
+    for i in (ivf, ref):
+        i.train(XB)
+        i.add(XB[:10])
+    np.testing.assert_allclose(ivf.get_vectors(), ref.reconstruct_n(0, 10), rtol=1e-5)
