@@ -57,11 +57,6 @@ ORIGINAL_PORT = 45678
 #: of the original's internals or packaging, out of scope).
 #: Why: the reasons below, one per deliberate difference (docs/client.md lists them too).
 BYTES = "binary dimensions in bytes: IndexBinaryFlat(16) is 16 bits here, as in faiss"
-LOCAL_IS_FAISS = (
-    "local mode is plain faiss: faiss raises AssertionError for a wrong row width and crashes "
-    "on IndexBinaryFlat.reconstruct past the end; the original's local wrappers raised "
-    "ValueError/IndexError"
-)
 IMPLICIT_TRAIN = (
     "adds to an untrained IndexScalarQuantizer: the original trained it on the first batch "
     "added; faiss and this client raise (train() first)"
@@ -109,7 +104,6 @@ EXPECTED: dict[str, tuple[str, str]] = {
     ),
     "client_indices/test_binary_flat.py::test_binary_*": ("refused", BYTES),
     "client_indices/test_binary_flat.py::test_comparison_with_faiss*": ("refused", BYTES),
-    "client_indices/test_binary_flat.py::test_error_handling": ("refused", LOCAL_IS_FAISS),
     "client_indices/test_scalar_quantizer*.py::test_local_mode": ("refused", IMPLICIT_TRAIN),
     "client_indices/test_scalar_quantizer*.py::test_remote_mode": (
         "refused",

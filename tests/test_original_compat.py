@@ -245,3 +245,19 @@ def test_get_vectors_is_reconstruct_n(fx):
         i.train(XB)
         i.add(XB[:10])
     np.testing.assert_allclose(ivf.get_vectors(), ref.reconstruct_n(0, 10), rtol=1e-5)
+
+
+def test_out_of_range_is_also_an_index_error(remote):
+    """A key past the end: faiss raises RuntimeError, Python (and the original) IndexError; a
+    remote index raises one error that is both, and still a ValueError like every bad argument."""
+    from faissx_core.errors import OutOfRange
+
+    index = remote.IndexBinaryFlat(64)
+    with pytest.raises(IndexError):
+        index.reconstruct(10)
+    flat = remote.IndexFlatL2(D)
+    flat.add(XB[:3])
+    with pytest.raises(OutOfRange) as caught:
+        flat.reconstruct(3)
+    assert all(isinstance(caught.value, c) for c in (IndexError, RuntimeError, ValueError))
+    assert flat.ntotal == 3
