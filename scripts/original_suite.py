@@ -10,13 +10,18 @@ per-file pass counts and the failures grouped by message.
     python scripts/original_suite.py /path/to/faissx [--files test_ntotal.py ...] [--failures]
     python scripts/original_suite.py SRC --baseline /venv/with/original/bin/python
 
-Every failure the project expects is listed in :data:`EXPECTED` with its reason, in one of two
-kinds, and counted apart from the unexpected ones:
+Every failure the project expects is listed in :data:`EXPECTED` / :data:`EXPECTED_EXAMPLES`
+with its reason and kind, and counted apart from the unexpected ones:
 
 * ``refused``: the test relies on one of the original's behaviours this project deliberately
   does not copy (docs/client.md, "The original FAISSx's names", says which and why);
-* ``internal``: the test exercises the original's server or client internals, or its packaging,
-  not its public API (out of scope for a drop-in of that API).
+* ``internal``: the test exercises the original's server or client internals, not its public
+  API (out of scope for a drop-in of that API);
+* ``broken``: it fails on the original too, for a reason of its own;
+* ``resources``: it needs more memory than the cap this script sets (``--memory-gib``).
+
+The original's CI runs its tests with ``FAISSX_SERVER`` set, and so does this script: files
+that never call ``configure()`` run against the server too.
 
 ``--baseline PYTHON`` runs the same files a second time with a Python whose ``faissx`` is the
 original package itself, against the original's own server, for a side-by-side column: a test
@@ -52,10 +57,7 @@ from pathlib import Path
 #: The port the original's tests and examples hard-code.
 ORIGINAL_PORT = 45678
 
-#: Expected failures: ``"<file>::<test>"`` pattern (fnmatch) -> (kind, reason). A whole file is
-#: ``"<file>"``. Kinds: ``refused`` (a documented deliberate difference), ``internal`` (tests
-#: of the original's internals or packaging, out of scope).
-#: Why: the reasons below, one per deliberate difference (docs/client.md lists them too).
+#: Reasons shared by several entries below (docs/client.md lists them too).
 BYTES = "binary dimensions in bytes: IndexBinaryFlat(16) is 16 bits here, as in faiss"
 IMPLICIT_TRAIN = (
     "adds to an untrained IndexScalarQuantizer: the original trained it on the first batch "
