@@ -13,7 +13,7 @@ DATA_DIR ?=
 BENCH_OUT   ?= benchmarks/out
 BENCH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/faissx-bench
 
-.PHONY: install serve test test-ray lint bench bench-ray bench-peers clean faiss-suite docker docker-test
+.PHONY: install serve test test-ray lint bench bench-ray bench-peers clean faiss-suite original-suite docker docker-test
 
 # The recipe runs under the lock and checks again inside it: whoever waited finds the stamp
 # newer than pyproject.toml and installs nothing.
@@ -69,6 +69,13 @@ bench: $(STAMP)
 faiss-suite: $(STAMP)
 	@test -n "$(FAISS_SRC)" || (echo "usage: make faiss-suite FAISS_SRC=/path/to/faiss"; exit 2)
 	$(BIN)/python scripts/faiss_suite.py $(FAISS_SRC) $(FAISS_SUITE_ARGS)
+
+# The original FAISSx's own tests and examples against this server (not part of `make test`):
+#   make original-suite ORIGINAL_SRC=/path/to/faissx   (its source tree; ORIGINAL_SUITE_ARGS=--failures)
+original-suite: $(STAMP)
+	@test -n "$(ORIGINAL_SRC)" || (echo "usage: make original-suite ORIGINAL_SRC=/path/to/faissx"; exit 2)
+	flock $(LOCK) $(BIN)/pip install --quiet -e '.[dev,original-suite]'
+	$(BIN)/python scripts/original_suite.py $(ORIGINAL_SRC) $(ORIGINAL_SUITE_ARGS)
 
 bench-ray: $(STAMP)
 	flock $(LOCK) $(BIN)/pip install --quiet -e '.[dev,ray]'

@@ -78,6 +78,11 @@ ORIGINAL_MODULES: dict[str, dict[str, str]] = {
     "faissx.client.indices.binary_hash": {"IndexBinaryHash": "faissx_client:IndexBinaryHash"},
     "faissx.client.indices.pre_transform": {"IndexPreTransform": "faissx_client:IndexPreTransform"},
     "faissx.client.indices.factory": {"index_factory": "faissx_client:index_factory"},
+    "faissx.client.transforms": {
+        "L2NormTransform": "faissx_client.original:L2NormTransform",
+        "PCATransform": "faissx_client.original:PCATransform",
+        "RemapDimensionsTransform": "faissx_client.original:RemapDimensionsTransform",
+    },
     "faissx.client.indices.io": {
         "read_index": "faissx_client:read_index",
         "write_index": "faissx_client:write_index",

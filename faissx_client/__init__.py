@@ -19,6 +19,7 @@ import numpy as np
 from faissx_client import classes as _classes_module
 from faissx_client import gpu as gpu_module
 from faissx_client import modification, optimization, recovery, shards, views
+from faissx_client import original as _original
 from faissx_client.cache import vector_cache
 from faissx_client.classes import _placement, make_class, make_generic_class
 from faissx_client.client import Client
@@ -201,6 +202,7 @@ _classes: dict[str, type] = {}
 for _itype in _registry.types.values():
     if _itype.name not in _FUNCTIONS:
         _classes[_itype.name] = globals()[_itype.name] = make_class(_itype, _registry, get_client)
+_original.install_index_extras(_classes)  # IndexPQ(d, M), IndexIVFPQ.M, ... (the original's)
 
 
 #: The seed lists ``IndexHNSW``; faiss's class of that name is abstract (it has no storage and

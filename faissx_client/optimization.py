@@ -73,6 +73,7 @@ from faissx_core.specs import RuntimeParam, params_by_structure
 
 __all__ = [
     "CLIENT_PARAMS",
+    "TRAINING_PARAMS",
     "MemoryManager",
     "get_default",
     "get_parameter",
@@ -94,6 +95,44 @@ BATCH_SIZE = RuntimeParam(
 )
 #: Parameters the client keeps itself: they shape calls, not the index.
 CLIENT_PARAMS: dict[str, RuntimeParam] = {BATCH_SIZE.name: BATCH_SIZE}
+
+#: The original FAISSx's names for training knobs of an IVF index: name -> (attribute path,
+#: lowest value). The original stored them without applying them; here they set faiss's
+#: clustering parameters, read when the index is trained (a remote index's go to the server).
+TRAINING_PARAMS: dict[str, tuple[str, int]] = {
+    "n_iter": ("cp.niter", 1),
+    "min_points_per_centroid": ("cp.min_points_per_centroid", 1),
+}
+
+
+def set_training_param(index: Any, name: str, value: Any) -> None:
+    """``index.set_parameter("n_iter", 20)``: ``index.cp.niter = 20``, where the index has it."""
+    low = TRAINING_PARAMS[name][1]
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise InvalidArgument(f"{name} must be an integer >= {low}, got {value!r}")
+    owner, attr = _training_owner(index, name)
+    setattr(owner, attr, int(value))
+
+
+def get_training_param(index: Any, name: str) -> int:
+    owner, attr = _training_owner(index, name)
+    return int(getattr(owner, attr))
+
+
+def _training_owner(index: Any, name: str) -> tuple[Any, str]:
+    path = TRAINING_PARAMS[name][0]
+    *steps, attr = path.split(".")
+    owner = index
+    try:
+        for step in steps:
+            owner = getattr(owner, step)
+    except AttributeError:
+        raise UnknownParameter(
+            f"{type(index).__name__} has no parameter {name!r}: it is an IVF index's "
+            f"training parameter ({path})"
+        ) from None
+    return owner, attr
+
 
 #: Automatic chunking in remote mode: a call with more than this many bytes of vectors...
 PIPELINE_FROM = 8 << 20
@@ -184,6 +223,8 @@ def set_parameter(index: Any, name: str, value: Any) -> None:
     _check_index(index)
     if _is_remote(index):
         index.set_parameter(name, value)
+    elif name in TRAINING_PARAMS:
+        set_training_param(index, name, value)
     elif name in CLIENT_PARAMS:
         _local_values.setdefault(index, {})[name] = CLIENT_PARAMS[name].coerce(value)
     else:
@@ -197,6 +238,8 @@ def get_parameter(index: Any, name: str) -> Any:
     _check_index(index)
     if _is_remote(index):
         return index.get_parameter(name)
+    if name in TRAINING_PARAMS:
+        return get_training_param(index, name)
     if name in CLIENT_PARAMS:
         return _local_values.get(index, {}).get(name, _defaults.get(name, 0))
     params = local_params(index)
@@ -556,13 +599,17 @@ class MemoryManager:
     """Memory options and accounting for this client's indices (``memory_manager``).
 
     Options: ``max_memory_usage_mb`` (None: no limit), ``use_memory_mapping`` (bool),
-    ``index_cache_size`` (vectors the remote reconstruct cache keeps; 0: off).
+    ``index_cache_size`` (vectors the remote reconstruct cache keeps; 0: off), and the original
+    FAISSx's ``auto_unload_unused_indices``, which is always on here: True is accepted, False
+    refused (the server frees an unnamed index once its client has been silent for
+    ``--idle-ttl``, and local indices are freed by Python when nothing refers to them).
     """
 
     DEFAULTS: dict[str, Any] = {
         "max_memory_usage_mb": None,
         "use_memory_mapping": False,
         "index_cache_size": 0,
+        "auto_unload_unused_indices": True,
     }
 
     def __init__(self) -> None:
@@ -593,6 +640,12 @@ class MemoryManager:
                     f"index_cache_size must be an integer >= 0 (vectors), got {value!r}"
                 )
             vector_cache.resize(value)
+        elif name == "auto_unload_unused_indices" and value is not True:
+            raise InvalidArgument(
+                "auto_unload_unused_indices is always on: the server frees an unnamed index "
+                "once its client has been silent for --idle-ttl, and local indices are freed "
+                f"when nothing refers to them (got {value!r}; only True is accepted)"
+            )
         self._options[name] = value
 
     def get_option(self, name: str) -> Any:
@@ -604,6 +657,14 @@ class MemoryManager:
 
     def options(self) -> dict[str, Any]:
         return dict(self._options)
+
+    def get_all_options(self) -> dict[str, Any]:
+        """The original FAISSx's name for :meth:`options`."""
+        return self.options()
+
+    def reset_options(self) -> None:
+        """The original FAISSx's name for :meth:`reset`."""
+        self.reset()
 
     def reset(self) -> None:
         """Back to the defaults (no limit, no mapping, cache off)."""

@@ -419,3 +419,251 @@ def _knn(result: tuple[np.ndarray, np.ndarray]) -> list[dict[str, Any]]:
     return [
         {"distances": distances[i].tolist(), "indices": ids[i].tolist()} for i in range(len(ids))
     ]
+
+
+# -- the original's constructor defaults and attributes ------------------------------------------
+
+#: The original's defaults for arguments faiss requires: (class, where the argument goes, its
+#: name, the default). A call that leaves it out, or passes None, gets the default; a call with
+#: faiss's full argument list is unchanged. ``where`` is a function of the arguments because
+#: ``IndexIVFScalarQuantizer`` takes its quantizer first in faiss's spelling and not in the
+#: shorthand without one.
+ORIGINAL_DEFAULTS: tuple[tuple[str, Callable[[tuple[Any, ...]], int], str, Any], ...] = (
+    ("IndexPQ", lambda args: 1, "M", 8),
+    ("IndexPQ", lambda args: 2, "nbits", 8),
+    ("IndexHNSWFlat", lambda args: 1, "M", 32),
+    ("IndexScalarQuantizer", lambda args: 1, "qtype", faiss.ScalarQuantizer.QT_8bit),
+    (
+        "IndexIVFScalarQuantizer",
+        lambda args: 2 if args and type(args[0]) is int else 3,
+        "qtype",
+        faiss.ScalarQuantizer.QT_8bit,
+    ),
+)
+
+#: Attributes the original's classes had and faiss's do not: name -> (class names, path).
+ORIGINAL_ATTRIBUTES: dict[str, tuple[tuple[str, ...], str]] = {
+    "M": (("IndexPQ", "IndexIVFPQ"), "pq.M"),
+    "nbits": (("IndexPQ", "IndexIVFPQ"), "pq.nbits"),
+    "d_in": (("IndexPreTransform",), "d"),
+}
+
+
+def _get_parameters(self: Any) -> dict[str, Any]:
+    """Every runtime parameter of this index with its value (the original FAISSx's name for
+    :func:`faissx_client.optimization.parameters`)."""
+    from faissx_client.optimization import parameters
+
+    return parameters(self)
+
+
+def _estimate_memory_usage(self: Any) -> int:
+    """Bytes this index holds: faiss's container sizes locally, the server's figure remotely
+    (the original FAISSx's name for ``memory_manager.index_memory(index)``)."""
+    from faissx_client.optimization import memory_manager
+
+    return memory_manager.index_memory(self)
+
+
+#: Methods the original's index classes had, added to faiss's and to the proxies.
+ORIGINAL_METHODS: dict[str, Callable[..., Any]] = {
+    "get_parameters": _get_parameters,
+    "estimate_memory_usage": _estimate_memory_usage,
+}
+
+Rewrite = Callable[[tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]] | None]
+
+
+def with_defaults(
+    defaults: list[tuple[Callable[[tuple[Any, ...]], int], str, Any]], inner: Rewrite | None
+) -> Rewrite:
+    """A constructor rewrite that puts each ``(where, key, value)`` default in, in order, where
+    the call left it out (the next positional argument missing) or gave None, then applies
+    ``inner`` (the type's own shorthand)."""
+
+    def rewrite(
+        args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        for where, key, value in defaults:
+            position = where(args)
+            if key in kwargs:
+                if kwargs[key] is None:
+                    kwargs = {**kwargs, key: value}
+            elif len(args) == position:
+                args = (*args, value)
+            elif len(args) > position and args[position] is None:
+                args = (*args[:position], value, *args[position + 1 :])
+        if inner is not None:
+            return inner(args, kwargs) or (args, kwargs)
+        return args, kwargs
+
+    return rewrite
+
+
+def _attribute(path: str) -> property:
+    def read(self: Any) -> Any:
+        value = self
+        for part in path.split("."):
+            value = getattr(value, part)
+        return value
+
+    return property(read, doc=f"``{path}`` (the original FAISSx's name for it; read-only)")
+
+
+# -- the original's transforms module and IndexPreTransform(index, transforms) ------------------
+
+
+# The original's transforms were client-side objects that computed locally in both modes (its
+# tests apply and train them on their own); these are faiss's transform objects, local in both
+# modes too. Given to ``IndexPreTransform(index, ...)`` in remote mode, an untrained one travels
+# as the description the server builds it from (:func:`described_transform`).
+
+
+def L2NormTransform(d: int) -> Any:
+    """The original's ``L2NormTransform(d)``: faiss's ``NormalizationTransform(d, 2.0)``."""
+    return faiss.NormalizationTransform(int(d), 2.0)
+
+
+def PCATransform(
+    d_in: int, d_out: int, eigen_power: float = 0.0, random_rotation: bool = False
+) -> Any:
+    """The original's ``PCATransform(d_in, d_out)``: faiss's ``PCAMatrix``."""
+    return faiss.PCAMatrix(int(d_in), int(d_out), float(eigen_power), bool(random_rotation))
+
+
+def RemapDimensionsTransform(d_in: int, d_out: int, selected_dims: Any = None) -> Any:
+    """The original's ``RemapDimensionsTransform(d_in, d_out, selected_dims)``: faiss's, with
+    output dimension ``i`` taken from input dimension ``selected_dims[i]`` (-1: zero), or
+    spread uniformly when ``selected_dims`` is None."""
+    if selected_dims is None:
+        return faiss.RemapDimensionsTransform(int(d_in), int(d_out), True)  # type: ignore[arg-type]  # faiss's stubs lack this overload
+    dims = np.ascontiguousarray(selected_dims, dtype=np.int32)
+    if dims.shape != (d_out,) or dims.min(initial=0) < -1 or dims.max(initial=0) >= d_in:
+        raise InvalidArgument(
+            f"selected_dims must hold d_out={d_out} input dimensions in [-1, {d_in}), "
+            f"got {selected_dims!r}"
+        )
+    return faiss.RemapDimensionsTransform(int(d_in), int(d_out), faiss.swig_ptr(dims))
+
+
+def described_transform(transform: Any) -> Any:
+    """A local faiss transform as the remote component it describes, for a remote
+    ``IndexPreTransform``: an untrained ``PCAMatrix`` or a ``NormalizationTransform``. Others,
+    and a trained PCA (its matrix is not a description), are refused."""
+    import faissx_client
+
+    if isinstance(transform, faiss.NormalizationTransform):
+        make: Any = faissx_client.NormalizationTransform  # generated at import
+        return make(transform.d_in, transform.norm)
+    if isinstance(transform, faiss.PCAMatrix) and not transform.is_trained:
+        make = faissx_client.PCAMatrix
+        return make(
+            transform.d_in, transform.d_out, transform.eigen_power, transform.random_rotation
+        )
+    raise InvalidArgument(
+        f"a local {type(transform).__name__}"
+        f"{' (trained)' if transform.is_trained else ''} cannot go into a remote "
+        "IndexPreTransform: give an untrained PCATransform / L2NormTransform, or the drop-in "
+        "faissx.client.PCAMatrix / NormalizationTransform, and train the index"
+    )
+
+
+def _is_transform(value: Any) -> bool:
+    from faissx_client.proxy import RemoteComponent
+
+    return isinstance(value, faiss.VectorTransform | RemoteComponent)
+
+
+def transforms_after_index(cls: type) -> Rewrite:
+    """``IndexPreTransform(index, transform)`` and ``IndexPreTransform(index, [t1, t2, ...])``,
+    the original's order, as faiss's ``IndexPreTransform(t1, IndexPreTransform(t2, ...
+    index))``: the vectors go through t1, then t2, ..., then reach ``index``."""
+
+    def rewrite(
+        args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        if len(args) != 2 or kwargs or _is_transform(args[0]):
+            return None  # faiss's own spellings
+        index, given = args
+        chain = list(given) if isinstance(given, list | tuple) else [given]
+        if not chain or not all(_is_transform(t) for t in chain):
+            return None  # faiss reports the bad arguments
+        if cls._current() is not None:  # type: ignore[attr-defined]  # remote mode
+            chain = [
+                described_transform(t) if isinstance(t, faiss.VectorTransform) else t for t in chain
+            ]
+        for transform in reversed(chain[1:]):
+            index = cls(transform, index)
+        return (chain[0], index), {}
+
+    return rewrite
+
+
+def _transform_chain(self: Any) -> list[Any]:
+    """The transforms applied before the wrapped index, in order, through nested
+    ``IndexPreTransform``s (the original's ``transform_chain``). Locally faiss's transform
+    objects; on a remote index, remote views of them."""
+    from faissx_client.proxy import RemoteIndex
+    from faissx_client.views import RemoteView, class_of
+
+    chain: list[Any] = []
+    index = self
+    while True:
+        remote = isinstance(index, RemoteIndex | RemoteView)
+        cls = class_of(index) if remote else type(index)
+        if cls is None or not issubclass(cls, faiss.IndexPreTransform):
+            return chain
+        vector: Any = index.chain  # a SWIG vector locally (faiss's stubs say list)
+        if remote:
+            chain += [vector.at(i) for i in range(len(vector))]
+        else:
+            chain += [faiss.downcast_VectorTransform(vector.at(i)) for i in range(vector.size())]
+        index = index.index if remote else faiss.downcast_index(index.index)
+
+
+def _get_vectors(self: Any) -> np.ndarray:
+    """Every vector of the index, as faiss reconstructs them (``reconstruct_n(0, ntotal)``;
+    the original FAISSx's name). Raises where faiss cannot reconstruct."""
+    return self.reconstruct_n(0, self.ntotal)
+
+
+def install_index_extras(classes: dict[str, type]) -> None:
+    """Give the drop-in classes the original's constructor defaults, and them and faiss's
+    classes the original's attribute names (``IndexPQ.M`` is ``pq.M``); nothing existing is
+    replaced, so faiss's full spellings behave exactly as in faiss."""
+    defaults: dict[str, list[tuple[Callable[[tuple[Any, ...]], int], str, Any]]] = {}
+    for name, where, key, value in ORIGINAL_DEFAULTS:
+        defaults.setdefault(name, []).append((where, key, value))
+    for name, given in defaults.items():
+        cls = classes.get(name)
+        if cls is None:
+            continue
+        itype = cls.itype  # type: ignore[attr-defined]
+        rewrite = with_defaults(given, itype.shorthand)
+        type.__setattr__(cls, "itype", itype.model_copy(update={"shorthand": rewrite}))
+    from faissx_client.proxy import RemoteIndex
+
+    for cls in (faiss.Index, faiss.IndexBinary, RemoteIndex):
+        for attr, method in ORIGINAL_METHODS.items():
+            if attr not in dir(cls):
+                setattr(cls, attr, method)
+    pretransform = classes.get("IndexPreTransform")
+    if pretransform is not None:
+        itype = pretransform.itype  # type: ignore[attr-defined]
+        shorthand = transforms_after_index(pretransform)
+        if itype.shorthand is not None:
+            raise RuntimeError("IndexPreTransform has a shorthand already; compose it here")
+        type.__setattr__(pretransform, "itype", itype.model_copy(update={"shorthand": shorthand}))
+    for cls in (pretransform, faiss.IndexPreTransform):
+        if cls is not None and "transform_chain" not in dir(cls):
+            chain = property(_transform_chain, doc=_transform_chain.__doc__)
+            type.__setattr__(cls, "transform_chain", chain)
+    for name in ("IndexPQ", "IndexIVFPQ", "IndexIVFScalarQuantizer"):
+        for cls in (classes.get(name), getattr(faiss, name, None)):
+            if isinstance(cls, type) and "get_vectors" not in dir(cls):
+                type.__setattr__(cls, "get_vectors", _get_vectors)
+    for attr, (names, path) in ORIGINAL_ATTRIBUTES.items():
+        for name in names:
+            for cls in (classes.get(name), getattr(faiss, name, None)):
+                if isinstance(cls, type) and attr not in dir(cls):
+                    setattr(cls, attr, _attribute(path))

@@ -210,7 +210,11 @@ class RemoteIndex:
 
     @property
     def index_id(self) -> str:
-        """The original FAISSx's name for :attr:`name`."""
+        """The original FAISSx's name for :attr:`name`. The original created an index on
+        construction, so its code hands this id to ``FaissXClient`` methods straight away: the
+        server-side index is created here if it does not exist yet."""
+        if self._info is None:
+            self._create()
         return self._name
 
     @property
@@ -286,6 +290,9 @@ class RemoteIndex:
         if name in _opt.CLIENT_PARAMS:
             self._values[name] = _opt.CLIENT_PARAMS[name].coerce(value)
             return
+        if name in _opt.TRAINING_PARAMS and name not in self._runtime_params():
+            _opt.set_training_param(self, name, value)  # the original's n_iter: cp.niter
+            return
         if name not in self._runtime_params():
             raise _opt.unknown(self, name, self._runtime_params())
         self._call("set_parameter", {"name": name, "value": value})
@@ -297,6 +304,8 @@ class RemoteIndex:
     def get_parameter(self, name: str) -> Any:
         if name in _opt.CLIENT_PARAMS:
             return self._values.get(name, _opt.get_default(name))
+        if name in _opt.TRAINING_PARAMS and name not in self._runtime_params():
+            return _opt.get_training_param(self, name)
         if name not in self._runtime_params():
             raise _opt.unknown(self, name, self._runtime_params())
         return self._call("get_parameter", {"name": name})[0]["value"]

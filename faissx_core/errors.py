@@ -52,8 +52,9 @@ class InvalidArgument(FaissxError, ValueError, AssertionError):
     code = "invalid_argument"
 
 
-class OutOfRange(InvalidArgument, RuntimeError):
-    """A key or range beyond the index's contents (faiss raises RuntimeError for the same)."""
+class OutOfRange(InvalidArgument, RuntimeError, IndexError):
+    """A key or range beyond the index's contents (faiss raises RuntimeError for the same;
+    Python, and the original FAISSx, IndexError)."""
 
     code = "out_of_range"
 

@@ -329,6 +329,7 @@ def test_memory_options_are_validated():
         "max_memory_usage_mb": 512.0,
         "use_memory_mapping": True,
         "index_cache_size": 10,
+        "auto_unload_unused_indices": True,
     }
     for name, value in (
         ("max_memory_usage_mb", 0),
