@@ -31,13 +31,15 @@ INDICES = {
 SYSTEMS = ("local", "tcp", "echo-tcp")
 
 
-def runner(*, quick: bool, progress: Any = print) -> Any:
-    """A function of (work dir, log dir) that measures the anchors, for :func:`run.run`."""
+def runner(*, quick: bool, progress: Any = print, **sizes_given: int) -> Any:
+    """A function of (work dir, log dir) that measures the anchors, for :func:`run.run`;
+    ``sizes_given`` (rounds, reps, adds) override the defaults."""
     sizes = (
         {"d": 32, "scale": 0.05, "rounds": 2, "reps": 30, "adds": 100}
         if quick
         else {"d": 128, "scale": 1.0, "rounds": 5, "reps": 300, "adds": 2000}
     )
+    sizes.update(sizes_given)
 
     def measure(work: Path, logs: Path) -> dict[str, Any]:
         try:
@@ -148,3 +150,37 @@ def _wire_sizes(d: int) -> dict[str, int]:
     from benchmarks.runner import Run
 
     return {"request_header": 0, "reply_header": 0, **Run._wire_sizes(d, 10)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.peers.anchors``: only the anchors, without the peers' venvs.
+
+    The anchors move with every change to the request path, and the full peers run takes an
+    hour; this measures them alone in a minute or two and prints the JSON.
+    """
+    import argparse
+    import json
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers.anchors")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument("--rounds", type=int, help="rounds per system (default 5; quick 2)")
+    parser.add_argument("--reps", type=int, help="searches per round (default 300; quick 30)")
+    parser.add_argument("--adds", type=int, help="one-row adds per round (default 2000)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    given = {k: getattr(args, k) for k in ("rounds", "reps", "adds") if getattr(args, k)}
+    measure = runner(quick=args.quick, progress=lambda line: print(line, file=sys.stderr), **given)
+    with tempfile.TemporaryDirectory(prefix="faissx-anchors-") as tmp:
+        work = Path(tmp)
+        (work / "logs").mkdir()
+        got = measure(work, work / "logs")
+    text = json.dumps(got, indent=1)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return 1 if "error" in got else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypedDict
@@ -205,6 +205,20 @@ class ManagedIndex:
         k = args.get("k") if args else None
         heap = queries * k * 8 if type(k) is int and k > 0 else 0
         return float(queries) * stored * layout.row_width + heap
+
+    def add_work(self, rows: int) -> float:
+        """Rough work of adding ``rows`` vectors, on the scale of :meth:`search_work`: an IVF
+        assigns each to its nearest of ``nlist`` centroids; an HNSW searches about
+        ``efConstruction`` neighbourhoods to link it; anything else copies or encodes it.
+        It decides whether a small write is answered without a thread hop."""
+        layout = self.layout()
+        if layout.ivf is not None:
+            per_row = layout.ivf.nlist
+        elif layout.hnsw is not None:
+            per_row = 64 * max(layout.hnsw.efConstruction, 16)
+        else:
+            per_row = 1
+        return float(rows) * per_row * layout.row_width
 
     def layout(self) -> _Layout:
         """The cached :class:`_Layout` of :attr:`index`, re-made if ``index`` was replaced."""
@@ -576,6 +590,7 @@ class LocalBackend:
         fn: Callable[[Any], Any],
         record: LogRecord | None = None,
         small: bool = False,
+        held: bool = False,
     ) -> Any:
         """Run ``fn(index)`` under the index's lock; log ``record`` if the index is durable.
 
@@ -583,9 +598,15 @@ class LocalBackend:
         log's order is the order writes were applied; the caller acknowledges only after this
         returns, which (fsync policy permitting) is after the record is on disk. A snapshot
         the log's size calls for never fails the write: the write is durable in the log.
+        ``held``: the caller already holds the lock (the socket thread's inline path, which
+        takes it without waiting and must not block on it here).
         """
         ticket = None
-        with managed.lock.write() if write else managed.lock.read(), self.budget.share(small):
+        if held:
+            lock: Any = nullcontext()
+        else:
+            lock = managed.lock.write() if write else managed.lock.read()
+        with lock, self.budget.share(small):
             if managed.deleted:
                 raise IndexNotFound(f"no index named {managed.name!r}")
             if write and managed.broken:
