@@ -206,3 +206,52 @@ def test_one_row_adds_across_snapshot_thresholds_survive_kill_9(start_server, tm
         np.testing.assert_array_equal(again.reconstruct_n(0, 1300), rows)
     finally:
         fx.disconnect()
+
+
+def listed_memory(name: str) -> int:
+    listing = fx.get_client().call("list")[0]
+    return {i["name"]: i["memory_bytes"] for i in listing["indexes"]}[name]
+
+
+def test_memory_of_one_row_adds_stays_true(logged, rng):
+    """Adds are accounted by rows x bytes per vector between full measurements: exact for a
+    flat index, and within 1/16 of what faiss holds for an HNSW (random levels)."""
+    from faissx_core.introspect import index_bytes
+
+    rows = rng.standard_normal((300, D)).astype("float32")
+    fx.configure(server=logged.endpoint, timeout=60)
+    try:
+        flat = fx.IndexFlatL2(D, name="mem-flat")
+        hnsw = fx.index_factory(D, "HNSW8", name="mem-hnsw")
+        for i in range(300):
+            flat.add(rows[i : i + 1])
+            hnsw.add(rows[i : i + 1])
+            if i in (0, 7, 99, 299):
+                assert listed_memory("mem-flat") == (i + 1) * D * 4
+        exact = index_bytes(faiss.deserialize_index(fx.serialize_index(hnsw)))
+        assert abs(listed_memory("mem-hnsw") - exact) <= exact / 16
+    finally:
+        fx.disconnect()
+    assert inline_adds(logged, "mem-hnsw") >= 100
+
+
+def test_max_memory_still_refuses_one_row_adds(start_server, rng):
+    """``--max-memory`` sees every inline one-row add: the one that would cross is refused,
+    and nothing past the limit is stored."""
+    from faissx_core.errors import QuotaExceeded
+
+    srv = start_server("--max-memory", "0.0625")  # 65,536 bytes: 1,024 rows of 64 B
+    rows = rng.standard_normal((1100, D)).astype("float32")
+    fx.configure(server=srv.endpoint, timeout=60)
+    try:
+        index = fx.IndexFlatL2(D, name="capped")
+        added = 0
+        with pytest.raises(QuotaExceeded, match="--max-memory"):
+            for i in range(1100):
+                index.add(rows[i : i + 1])
+                added += 1
+        assert added == 1024
+        assert index.ntotal == 1024
+        np.testing.assert_array_equal(index.reconstruct_n(0, 1024), rows[:1024])
+    finally:
+        fx.disconnect()
