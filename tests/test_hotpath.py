@@ -255,3 +255,23 @@ def test_max_memory_still_refuses_one_row_adds(start_server, rng):
         np.testing.assert_array_equal(index.reconstruct_n(0, 1024), rows[:1024])
     finally:
         fx.disconnect()
+
+
+def test_an_inline_write_never_waits_for_or_jumps_the_index_lock():
+    """The socket thread takes an index's write lock only when nobody holds or wants it."""
+    from faissx_core.server.locks import RWLock
+
+    lock = RWLock()
+    assert lock.acquire_write(blocking=False)
+    assert not lock.acquire_write(blocking=False) and not lock.acquire_read(blocking=False)
+    lock.release_write()
+    assert lock.acquire_read(blocking=False)
+    assert not lock.acquire_write(blocking=False)  # a search is running on it
+    waiting = threading.Thread(target=lock.acquire_write)
+    waiting.start()  # a pooled writer queues behind the reader
+    while lock._waiting_writers == 0:
+        threading.Event().wait(0.001)
+    assert not lock.acquire_write(blocking=False)  # never ahead of a queued writer
+    lock.release_read()
+    waiting.join(10)
+    assert not lock.acquire_write(blocking=False)  # the pooled writer got it first
