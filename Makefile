@@ -13,7 +13,7 @@ DATA_DIR ?=
 BENCH_OUT   ?= benchmarks/out
 BENCH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/faissx-bench
 
-.PHONY: install serve test test-ray lint bench bench-ray bench-peers clean faiss-suite original-suite docker docker-test
+.PHONY: install serve test test-ray lint bench bench-ray bench-peers bench-anchors clean faiss-suite original-suite docker docker-test
 
 # The recipe runs under the lock and checks again inside it: whoever waited finds the stamp
 # newer than pyproject.toml and installs nothing.
@@ -86,6 +86,12 @@ bench-ray: $(STAMP)
 bench-peers: $(STAMP)
 	flock $(LOCK) $(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.peers --out $(BENCH_OUT)/peers $(PEERS_ARGS)
+
+# Only issue 17's anchors (one-query overhead over a bare echo, one-row adds): a minute or two.
+# ANCHORS_ARGS=--quick for a smoke run; --rounds/--reps/--adds to size it.
+bench-anchors: $(STAMP)
+	flock $(LOCK) $(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks.peers.anchors --out $(BENCH_OUT)/anchors.json $(ANCHORS_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCK) build *.egg-info .pytest_cache

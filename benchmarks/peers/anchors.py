@@ -31,13 +31,15 @@ INDICES = {
 SYSTEMS = ("local", "tcp", "echo-tcp")
 
 
-def runner(*, quick: bool, progress: Any = print) -> Any:
-    """A function of (work dir, log dir) that measures the anchors, for :func:`run.run`."""
+def runner(*, quick: bool, progress: Any = print, **sizes_given: int) -> Any:
+    """A function of (work dir, log dir) that measures the anchors, for :func:`run.run`;
+    ``sizes_given`` (rounds, reps, adds) override the defaults."""
     sizes = (
         {"d": 32, "scale": 0.05, "rounds": 2, "reps": 30, "adds": 100}
         if quick
         else {"d": 128, "scale": 1.0, "rounds": 5, "reps": 300, "adds": 2000}
     )
+    sizes.update(sizes_given)
 
     def measure(work: Path, logs: Path) -> dict[str, Any]:
         try:
@@ -108,10 +110,15 @@ def _measure(work: Path, logs: Path, sz: dict[str, Any], progress: Any) -> dict[
             for s in got.values():
                 s.pop("round_p50_us", None)
             local, remote, bare = (got[s]["p50_us"] for s in SYSTEMS)
+            one_thread = _local_one_thread(
+                factory, ds.get_database()[:n], params, ds.get_queries(), sz["reps"] * sz["rounds"]
+            )
             out["latency"][kind] = {
                 **got,
                 "overhead_over_echo": (remote - local) / bare,
                 "goal": 1.3,
+                "local_1thread_p50_us": one_thread,
+                "overhead_over_echo_vs_1thread": (remote - one_thread) / bare,
             }
             for system in ("local", "tcp"):
                 w0.call("drop", key=f"{kind}@{system}")
@@ -143,8 +150,78 @@ def _measure(work: Path, logs: Path, sz: dict[str, Any], progress: Any) -> dict[
     return out
 
 
+def _local_one_thread(
+    factory: str, xb: np.ndarray, params: dict[str, Any], xq: np.ndarray, count: int
+) -> float:
+    """p50 (µs) of one-query searches on local faiss run with one OpenMP thread, in this
+    process: what the server's inline path runs (it sets one thread for small reads).
+
+    The plain local anchor uses faiss's default team (every core): at one query, waking it
+    can cost more than the search (flat here: ~300 µs with two threads, ~90 µs with one), which
+    hides FAISSx's fixed per-request cost in the flat ratio and not in the IVF/HNSW ones. The
+    ratio against this figure shows the request path's cost the same way for every kind.
+    """
+    import time
+
+    import faiss
+
+    index = faiss.index_factory(xb.shape[1], factory)
+    index.train(xb)
+    index.add(xb)
+    for name, value in params.items():
+        faiss.ParameterSpace().set_index_parameter(index, name, value)
+    rows = [np.ascontiguousarray(xq[i : i + 1]) for i in range(len(xq))]
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        for i in range(20):
+            index.search(rows[i % len(rows)], 10)
+        times = []
+        for i in range(count):
+            t0 = time.perf_counter()
+            index.search(rows[i % len(rows)], 10)
+            times.append(time.perf_counter() - t0)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return float(np.median(times)) * 1e6
+
+
 def _wire_sizes(d: int) -> dict[str, int]:
     """The echo mimics a real FAISSx request and reply header (as ``make bench`` does)."""
     from benchmarks.runner import Run
 
     return {"request_header": 0, "reply_header": 0, **Run._wire_sizes(d, 10)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.peers.anchors``: only the anchors, without the peers' venvs.
+
+    The anchors move with every change to the request path, and the full peers run takes an
+    hour; this measures them alone in a minute or two and prints the JSON.
+    """
+    import argparse
+    import json
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers.anchors")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument("--rounds", type=int, help="rounds per system (default 5; quick 2)")
+    parser.add_argument("--reps", type=int, help="searches per round (default 300; quick 30)")
+    parser.add_argument("--adds", type=int, help="one-row adds per round (default 2000)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    given = {k: getattr(args, k) for k in ("rounds", "reps", "adds") if getattr(args, k)}
+    measure = runner(quick=args.quick, progress=lambda line: print(line, file=sys.stderr), **given)
+    with tempfile.TemporaryDirectory(prefix="faissx-anchors-") as tmp:
+        work = Path(tmp)
+        (work / "logs").mkdir()
+        got = measure(work, work / "logs")
+    text = json.dumps(got, indent=1)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return 1 if "error" in got else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

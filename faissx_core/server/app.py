@@ -77,6 +77,14 @@ SWEEP_EVERY = 5.0
 INLINE_WORK = 1 << 22
 #: A pooled read below this runs on one OpenMP thread: waking a team costs more than it saves.
 SMALL_WORK = 1 << 24
+#: Request arrays (vectors and ids) at most this large may be answered on the socket thread.
+INLINE_BYTES = 1 << 16
+#: The writes that may run inline: one-row adds (LlamaIndex and the like add one vector per
+#: call) are cheap and their cost is known from the row count (``ManagedIndex.add_work``).
+#: Others (``remove_ids`` compacts the index, ``train`` clusters) can take long on a big index.
+INLINE_WRITES = frozenset({"add", "add_with_ids"})
+#: More than a log record adds to its arrays (framing, op, arguments, idempotency key).
+LOG_HEADER_BYTES = 4096
 
 
 class Server:
@@ -327,18 +335,26 @@ class Server:
         arrays: Arrays,
         router: zmq.Socket,
     ) -> bool:
-        """Answer a small read right here if its index is free; False sends it to the pool."""
-        if op.target != "index" or op.mutates:
+        """Answer a small request right here if its index is free; False sends it to the pool.
+
+        A thread hop to the pool and back costs more than a small search or a one-row add
+        (tens of microseconds each way). A read runs here if its index's read lock is free; a
+        write (:meth:`_inline_write`) if no write of its index is queued, its lock is free and
+        nothing makes its reply wait. Both then take the same steps as on the pool.
+        """
+        if op.target != "index" or (op.mutates and op.name not in INLINE_WRITES):
             return False
-        x = arrays.get("x")
-        if x is not None and x.nbytes > 1 << 16:
+        if sum(a.nbytes for a in arrays.values()) > INLINE_BYTES:
             return False
         try:
             managed = self._get(principal, request)
         except FaissxError:
             return False  # the pool reports it, with the same code path as every other error
-        queries = x.shape[0] if x is not None and x.ndim else 1
-        if managed.search_work(queries, request.args) > INLINE_WORK:
+        x = arrays.get("x")
+        rows = x.shape[0] if x is not None and x.ndim else 1
+        if op.mutates:
+            return self._inline_write(call, principal, op, request, arrays, router, managed, rows)
+        if managed.search_work(rows, request.args) > INLINE_WORK:
             return False
         if not managed.lock.acquire_read(blocking=False):
             return False
@@ -353,6 +369,47 @@ class Server:
         self._finish(call, router, frames, outcome)
         return True
 
+    def _inline_write(
+        self,
+        call: Call,
+        principal: Principal,
+        op: Operation,
+        request: Request,
+        arrays: Arrays,
+        router: zmq.Socket,
+        managed: ManagedIndex,
+        rows: int,
+    ) -> bool:
+        """Run a small add on this thread, through the same steps as on the pool (idempotency,
+        ``after``, limits, the backend's run with its log), when that cannot reorder or stall:
+
+        * no earlier write of the index is queued or running (arrival order is kept);
+        * its reply waits for nothing: the index is in memory (unnamed, or no data directory)
+          or ``--fsync off`` (the record is in the page cache when ``write`` returns), and the
+          log is far from its snapshot threshold. An ``fsync`` would stall every client's
+          requests behind one disk flush, so durable writes stay on the pool;
+        * its work is small and its lock is free right now.
+        """
+        store = self.backend.store
+        if store is not None and not managed.ephemeral:
+            if self.settings.fsync != "off" or managed.snapshot_due:
+                return False
+            record = sum(a.nbytes for a in arrays.values()) + LOG_HEADER_BYTES
+            if store.log_bytes(managed.tenant, managed.name) + record > self.backend.snapshot_bytes:
+                return False  # this write would call for a snapshot: the pool takes it
+        if not self.writes.idle((principal.tenant, request.index)):
+            return False
+        if managed.add_work(rows) > INLINE_WORK:
+            return False
+        if not managed.lock.acquire_write(blocking=False):
+            return False
+        call.inline = True
+        try:
+            self._work(call, principal, op, request, arrays, router, held=managed)
+        finally:
+            managed.lock.release_write()
+        return True
+
     def _cost(self, principal: Principal, op: Operation, request: Request, arrays: Arrays) -> float:
         """Estimated work of a pooled read (what fair queueing weighs it by); 0 for others."""
         if op.target != "index" or op.mutates:
@@ -365,15 +422,23 @@ class Server:
         return managed.search_work(x.shape[0] if x is not None and x.ndim else 1, request.args)
 
     def _work(
-        self, call: Call, principal: Principal, op: Operation, request: Request, arrays: Arrays
+        self,
+        call: Call,
+        principal: Principal,
+        op: Operation,
+        request: Request,
+        arrays: Arrays,
+        sock: zmq.Socket | None = None,
+        held: ManagedIndex | None = None,
     ) -> None:
-        """On the pool: run the request (once per idempotency key) and send its reply."""
+        """Run the request (once per idempotency key) and send its reply: on the pool, or on
+        the socket thread (``sock``, the ROUTER) holding the write lock of ``held``."""
         outcome: str | None = None
 
         def execute() -> list[Any]:
             nonlocal outcome
             frames, outcome = self._respond(
-                request, lambda: self._execute(principal, op, request, arrays)
+                request, lambda: self._execute(principal, op, request, arrays, held)
             )
             return frames
 
@@ -383,14 +448,14 @@ class Server:
                 token.deduplicated = deduplicated
                 self._finish(
                     token,
-                    self._pusher(),
+                    sock or self._pusher(),
                     frames,
                     outcome if token is call and not deduplicated else None,
                 )
 
             self.idempotency.handle(principal.tenant, request, call, execute, reply)
             return
-        self._finish(call, self._pusher(), execute(), outcome)
+        self._finish(call, sock or self._pusher(), execute(), outcome)
 
     def _finish(
         self, call: Call, sock: zmq.Socket, frames: list[Any], outcome: str | None = "ok"
@@ -420,14 +485,20 @@ class Server:
             )
 
     def _execute(
-        self, principal: Principal, op: Operation, request: Request, arrays: Arrays
+        self,
+        principal: Principal,
+        op: Operation,
+        request: Request,
+        arrays: Arrays,
+        held: ManagedIndex | None = None,
     ) -> list[Any]:
+        """Run one operation; ``held``: its index, whose write lock the caller holds."""
         if op.target == "control":
             return self._ok(
                 request.id,
                 self.control[op.name](principal, request, op.parse(request.args), arrays),
             )
-        managed = self._get(principal, request)
+        managed = held if held is not None else self._get(principal, request)
         if request.after is not None and not self.idempotency.succeeded(
             principal.tenant, request.after
         ):
@@ -436,7 +507,9 @@ class Server:
                 "of this call before it was not"
             )
         with self.limits.write(op, principal.tenant, self.backend, arrays):
-            return self._run(self.index_ops[op.name], managed, request, arrays)
+            return self._run(
+                self.index_ops[op.name], managed, request, arrays, locked=held is not None
+            )
 
     def _run(
         self,
@@ -450,7 +523,7 @@ class Server:
         self.limits.check_op(op.name, managed, request.args, arrays)
         args._reply_bytes = self.limits.reply_bytes
         job = op.prepare(managed, args, arrays)
-        if locked:
+        if locked and not op.write:  # an inline read: nothing to log, no budget to share
             result, out = job(managed.index)
         else:
             record = (
@@ -458,8 +531,10 @@ class Server:
             )
             x = arrays.get("x")
             queries = x.shape[0] if x is not None and x.ndim else 1
-            small = not op.write and managed.search_work(queries, request.args) <= SMALL_WORK
-            result, out = self.backend.run(managed, op.write, job, record, small=small)
+            small = locked or (
+                not op.write and managed.search_work(queries, request.args) <= SMALL_WORK
+            )
+            result, out = self.backend.run(managed, op.write, job, record, small=small, held=locked)
         return self._ok(request.id, result, out)
 
     def _replay(self, managed: ManagedIndex, record: LogRecord) -> Any:

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypedDict
@@ -125,9 +125,12 @@ class ManagedIndex:
     gpu: Any = None
     params: dict[str, RuntimeParam] = field(init=False)
     #: Bytes the index holds and bytes one more vector adds (introspect.py); refreshed by
-    #: :meth:`measure` after every write, read by ``--max-memory`` checks and ``info``.
+    #: :meth:`measure` (or :meth:`grew`) after every write, read by ``--max-memory`` checks
+    #: and ``info``.
     memory_bytes: int = field(init=False, default=0)
     vector_bytes: int = field(init=False, default=0)
+    #: Of :attr:`memory_bytes`, what :meth:`grew` estimated since the last :meth:`measure`.
+    _estimated: int = field(init=False, default=0, repr=False)
     #: Bytes of flat storage made room for ahead of a pipelined add (ops.grow_storage).
     storage_capacity: int = field(init=False, default=0)
     #: ``(own lists, wrapper)`` while an IVF serves through a wrapper over its own inverted
@@ -169,8 +172,22 @@ class ManagedIndex:
         self._gpu_failed = False
         self.measure()
 
+    def grew(self, nbytes: int) -> None:
+        """Account for an add of about ``nbytes`` (rows x :attr:`vector_bytes`) without
+        walking faiss's containers, which costs more than a one-row add itself (the caller
+        keeps writers out). The estimate is exact for flat, IVF and PQ codes and id maps, and
+        close for HNSW (whose levels are random); a full :meth:`measure` runs once estimates
+        would pass 1/16 of the measured size, so the figure never drifts further than that."""
+        if self._estimated + nbytes > (self.memory_bytes - self._estimated) // 16:
+            self.measure()
+            return
+        self._estimated += nbytes
+        self.memory_bytes += nbytes
+        self._gpu_copy = None  # a write happened: the GPU copy is out of date
+
     def measure(self) -> int:
         """Recompute :attr:`memory_bytes` (the caller keeps writers out)."""
+        self._estimated = 0
         try:
             self.memory_bytes = index_bytes(self.index)
             self.vector_bytes = bytes_per_vector(self.index)
@@ -233,6 +250,20 @@ class ManagedIndex:
         k = args.get("k") if args else None
         heap = queries * k * 8 if type(k) is int and k > 0 else 0
         return float(queries) * stored * layout.row_width + heap
+
+    def add_work(self, rows: int) -> float:
+        """Rough work of adding ``rows`` vectors, on the scale of :meth:`search_work`: an IVF
+        assigns each to its nearest of ``nlist`` centroids; an HNSW searches about
+        ``efConstruction`` neighbourhoods to link it; anything else copies or encodes it.
+        It decides whether a small write is answered without a thread hop."""
+        layout = self.layout()
+        if layout.ivf is not None:
+            per_row = layout.ivf.nlist
+        elif layout.hnsw is not None:
+            per_row = 64 * max(layout.hnsw.efConstruction, 16)
+        else:
+            per_row = 1
+        return float(rows) * per_row * layout.row_width
 
     def layout(self) -> _Layout:
         """The cached :class:`_Layout` of :attr:`index`, re-made if ``index`` was replaced."""
@@ -614,6 +645,7 @@ class LocalBackend:
         fn: Callable[[Any], Any],
         record: LogRecord | None = None,
         small: bool = False,
+        held: bool = False,
     ) -> Any:
         """Run ``fn(index)`` under the index's lock; log ``record`` if the index is durable.
 
@@ -621,9 +653,15 @@ class LocalBackend:
         log's order is the order writes were applied; the caller acknowledges only after this
         returns, which (fsync policy permitting) is after the record is on disk. A snapshot
         the log's size calls for never fails the write: the write is durable in the log.
+        ``held``: the caller already holds the lock (the socket thread's inline path, which
+        takes it without waiting and must not block on it here).
         """
         ticket = None
-        with managed.lock.write() if write else managed.lock.read(), self.budget.share(small):
+        if held:
+            lock: Any = nullcontext()
+        else:
+            lock = managed.lock.write() if write else managed.lock.read()
+        with lock, self.budget.share(small):
             if managed.deleted:
                 raise IndexNotFound(f"no index named {managed.name!r}")
             if write and managed.broken:
@@ -634,14 +672,20 @@ class LocalBackend:
             if write and managed.snapshot_due and time.monotonic() >= managed.snapshot_retry_at:
                 self._threshold_snapshot(managed)
             if write:
+                growth = _growth(managed, record)
+                adds = record is not None and OPERATIONS[record.op].adds_vectors
                 with self.reserve(
-                    _growth(managed, record),
-                    f"{record.op if record else 'write'} on {managed.name!r}",
+                    growth, f"{record.op if record else 'write'} on {managed.name!r}"
                 ):
+                    applied = False
                     try:
                         result = fn(managed.index)
+                        applied = True
                     finally:
-                        managed.measure()
+                        if applied and adds and growth > 0:
+                            managed.grew(growth)  # rows x vector_bytes: no container walk
+                        else:
+                            managed.measure()
             else:
                 result = fn(managed.index)
             if record is not None and self.store is not None and not managed.ephemeral:

@@ -42,17 +42,28 @@ class RWLock:
         finally:
             self.release_read()
 
-    @contextmanager
-    def write(self) -> Iterator[None]:
+    def acquire_write(self, blocking: bool = True) -> bool:
+        """Take the lock alone; ``blocking=False`` gives up at once if anyone holds or wants it
+        (the socket thread's inline writes must never wait, nor jump a queued writer)."""
         with self._cond:
+            if not blocking and (self._writer or self._readers or self._waiting_writers):
+                return False
             self._waiting_writers += 1
             while self._writer or self._readers:
                 self._cond.wait()
             self._waiting_writers -= 1
             self._writer = True
+            return True
+
+    def release_write(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        self.acquire_write()
         try:
             yield
         finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
+            self.release_write()

@@ -94,6 +94,8 @@ class RequestLog:
         }
         if event.deduplicated:
             fields["deduplicated"] = True
+        if event.inline:  # answered on the socket thread, without a hop to the pool
+            fields["inline"] = True
         target = f" {event.index!r}" if event.index else ""
         self.logger.log(
             level,

@@ -52,6 +52,13 @@ class SerialQueues:
                 with self._mutex:
                     queue.popleft()
 
+    def idle(self, key: Hashable) -> bool:
+        """No job of ``key`` is queued or running: a write may run elsewhere (the socket
+        thread's inline path) without overtaking one that arrived before it. Only the
+        submitting thread may rely on the answer, since only it adds jobs."""
+        with self._mutex:
+            return key not in self._queues
+
     def pending(self) -> int:
         """Jobs queued or running (for tests and introspection)."""
         with self._mutex:

@@ -110,6 +110,10 @@ class ShardedIndex(ManagedIndex):
         share = max(self.ntotal // self.placement.shards, 1)
         return max(float(queries) * share * self.row_width, float(1 << 23))
 
+    def add_work(self, rows: int) -> float:
+        """Past the inline threshold, as :meth:`search_work`: a write is Ray hops away."""
+        return float(1 << 23)
+
     @property
     def ntotal(self) -> int:
         return sum(self.counts)
@@ -448,9 +452,10 @@ class RayBackend(LocalBackend):
         fn: Callable[[Any], Any],
         record: LogRecord | None = None,
         small: bool = False,
+        held: bool = False,
     ) -> Any:
         if not isinstance(managed, ShardedIndex):
-            return super().run(managed, write, fn, record, small)
+            return super().run(managed, write, fn, record, small, held)
         assert isinstance(fn, BoundJob)  # ops.op makes every index op's job one
         handler = self._handlers.get(fn.op)
         if handler is None:
