@@ -68,7 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="JSON",
         help="redo latest.md and latest.png (next to it) from a run's JSON",
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="with --report-only: first join these runs' JSONs (one shape each, run one after "
+        "the other; a checkpoint's .partial.json counts) into the --report-only file",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        if not args.report_only:
+            parser.error("--merge needs --report-only (the JSON to write)")
+        parts = [json.loads(path.read_text()) for path in args.merge]
+        args.report_only.write_text(json.dumps(run.merge(parts), indent=1, default=str))
     if args.report_only:
         results = json.loads(args.report_only.read_text())
         results["derived"] = report.derive(results)

@@ -64,12 +64,17 @@ ROWS: dict[str, tuple[str, tuple[str | int, ...], float, str | None, str]] = {
 
 #: Rows whose figure depends on the durability level (what is written and synced).
 WRITE_ROWS = frozenset({"load_s", "add_row_ms", "delete_ms", "disk_mib"})
+#: Rows in queries per second (below 10, shown with two decimals).
+QPS_ROWS = frozenset({"batch_qps", "qps4"})
 #: FAISSx configurations from least to most durable.
 DURABILITY = {"faissx": 0, "faissx-off": 1, "faissx-always": 2}
 
 
 def figure(case: dict[str, Any], row: str) -> float | None:
     _, path, scale, _, _ = ROWS[row]
+    if path[0] == "memory" and "memory" not in case:
+        # a case cut off after its load: the memory it held then (growth is not measured)
+        path = ("memory_after_load", *path[1:])
     node: Any = case
     for key in path:
         if isinstance(node, list) and isinstance(key, int) and key < len(node):
@@ -182,7 +187,7 @@ def _cell(case: dict[str, Any], row: str, nq: int) -> str:
                 return f"DNF: {done['rows']:,} rows in {dnf['budget_s']:g} s"
             return f"DNF ({dnf['phase']} > {dnf['budget_s']:g} s)"
         return "—" if "error" not in case else "failed"
-    text = ROWS[row][4].format(value)
+    text = ROWS[row][4].format(value) if value >= 10 or row not in QPS_ROWS else f"{value:.2f}"
     if row in ("batch_qps", "recall") and case.get("batch", {}).get("nq", nq) < nq:
         text += f" ({case['batch']['nq']} q)"
     if row in ("p50_ms", "p99_ms") and case.get("latency", {}).get("n", 200) < 200:
@@ -202,6 +207,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {meta['machine']['cpus']} cores shared with other work, "
         f"{meta['machine']['platform']}.",
         f"`uptime` before: `{meta['uptime_before']}`; after: `{meta.get('uptime_after', '?')}`.",
+        *(
+            f"Part {i}: {part['started']} to {part['finished']}, {', '.join(part['shapes'])}, "
+            f"budgets load {part['plan'].get('load_budget_s')} s / search "
+            f"{part['plan'].get('search_budget_s')} s / write "
+            f"{part['plan'].get('write_budget_s')} s."
+            for i, part in enumerate(meta.get("parts", []), 1)
+        ),
         *(
             [
                 f"Load average (1 min) sampled every 15 s during the run: min "
@@ -280,8 +292,9 @@ def markdown(results: dict[str, Any]) -> str:
             out += [
                 "",
                 "FAISSx / peer (the FAISSx configuration of the peer's durability; "
-                "**bold**: FAISSx behind; † against FAISSx in memory, whose searches a "
-                "write-rows-only configuration shares):",
+                "**bold**: FAISSx behind; † against a stand-in FAISSx configuration where that "
+                "one was not run or measures writes only: a search row against any (searches "
+                "never touch the log), a write row only against one at least as durable):",
                 "",
                 "| row | "
                 + " | ".join(f"{labels[p]} vs {labels[v['against']]}" for p, v in peers.items())

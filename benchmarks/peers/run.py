@@ -617,3 +617,47 @@ def run(
     meta["loadavg_samples"] = [[round(t), v] for t, v in sampler.samples]
     meta["loadavg_during"] = sampler.between(0, time.time())
     return results
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs made one after the other (a run cut short between shapes, and the run of the
+    shapes it had not reached) as one result: the first's meta, every part's shapes, each
+    part's own start, end, plan and uptime kept under ``meta["parts"]``, the load-average
+    samples joined. A part without ``finished`` (a checkpoint) ends at its last sample."""
+    merged: dict[str, Any] = {"meta": dict(parts[0]["meta"]), "shapes": {}}
+    meta = merged["meta"]
+    meta["parts"], samples = [], []
+    for part in parts:
+        info = part["meta"]
+        part_samples = info.get("loadavg_samples", [])
+        finished = info.get("finished")
+        if finished is None and part_samples:
+            last = part_samples[-1][0]
+            finished = datetime.fromtimestamp(last, timezone.utc).isoformat(timespec="seconds")
+        meta["parts"].append(
+            {
+                "started": info["started"],
+                "finished": finished,
+                "uptime_before": info.get("uptime_before"),
+                "uptime_after": info.get("uptime_after"),
+                "plan": info["plan"],
+                "shapes": list(part["shapes"]),
+            }
+        )
+        samples += part_samples
+        meta["systems"] = {**info["systems"], **meta["systems"]}
+        for key, shape in part["shapes"].items():
+            if shape["kinds"] and any(shape["kinds"].values()):
+                merged["shapes"][key] = shape
+    meta["finished"] = meta["parts"][-1]["finished"]
+    meta["uptime_after"] = meta["parts"][-1]["uptime_after"] or meta.get("uptime_after")
+    meta["loadavg_samples"] = samples
+    values = [v for _, v in samples]
+    if values:
+        meta["loadavg_during"] = {
+            "min": round(min(values), 2),
+            "median": round(float(np.median(values)), 2),
+            "max": round(max(values), 2),
+            "samples": len(values),
+        }
+    return merged
