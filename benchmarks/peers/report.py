@@ -113,8 +113,37 @@ def _ours(
     return None, match
 
 
+def _load_bound(case: dict[str, Any]) -> float | None:
+    """A load cut off by its budget took longer than the budget: that bound, else None."""
+    dnf = case.get("dnf")
+    if dnf and dnf["phase"].startswith("load") and "load" not in case:
+        return float(dnf["budget_s"])
+    return None
+
+
+def _load_cell(
+    systems: dict[str, Any], meta: dict[str, Any], match: str, case: dict[str, Any]
+) -> tuple[float, str, str] | None:
+    """The load row where one side did not finish its load: (ratio bound, "<" or ">",
+    FAISSx configuration), or None when neither side was cut off (or both were)."""
+    a, source = _ours(systems, meta, match, "load_s")
+    b = figure(case, "load_s")
+    if a is not None and b is None and (bound := _load_bound(case)) is not None:
+        return a / bound, "<", source
+    if a is None and b:
+        for key in sorted(DURABILITY, key=lambda k: -DURABILITY[k]):
+            if DURABILITY[key] >= DURABILITY[match] and key in systems:
+                bound = _load_bound(systems[key])
+                if bound is not None:
+                    return bound / b, ">", key
+    return None
+
+
 def derive(results: dict[str, Any]) -> dict[str, Any]:
-    """Ratios FAISSx / peer per row (against the matched FAISSx configuration), and losses."""
+    """Ratios FAISSx / peer per row (against the matched FAISSx configuration), and losses.
+    Where one side's load did not finish in its budget, the load row holds a bound (``<`` or
+    ``>``: the budget in place of the figure): a load FAISSx did not finish and the peer did
+    is a loss."""
     meta = results["meta"]["systems"]
     ratios: dict[str, Any] = {}
     losses = []
@@ -124,19 +153,25 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
             match = meta.get(peer, {}).get("match")
             if peer in OURS or not match or match not in DURABILITY:
                 continue
-            if "load" not in case and "latency" not in case:
+            if "load" not in case and "latency" not in case and "load_progress" not in case:
                 continue
             cells = {}
             for row, (_, _, _, better, _) in ROWS.items():
+                if better is None:
+                    continue
+                bound = _load_cell(systems, meta, match, case) if row == "load_s" else None
                 b = figure(case, row)
-                if better is None or b is None or b == 0:
-                    continue
                 a, source = _ours(systems, meta, match, row)
-                if a is None:
+                if bound is not None:
+                    ratio, sign, source = bound
+                    a = b = None
+                    won = sign == "<"
+                elif a is None or b is None or b == 0:
                     continue
-                ratio = a / b
-                won = ratio <= 1 if better == "lower" else ratio >= 1
-                cells[row] = {"ratio": ratio, "faissx_ahead": won, "faissx": source}
+                else:
+                    ratio, sign = a / b, ""
+                    won = ratio <= 1 if better == "lower" else ratio >= 1
+                cells[row] = {"ratio": ratio, "faissx_ahead": won, "faissx": source, "bound": sign}
                 if not won:
                     losses.append(
                         {
@@ -146,11 +181,13 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
                             "row": row,
                             "faissx": source,
                             "ratio": ratio,
+                            "bound": sign,
                             "faissx_value": a,
                             "peer_value": b,
                         }
                     )
-            per_kind[peer] = {"against": match, "rows": cells}
+            if cells:
+                per_kind[peer] = {"against": match, "rows": cells}
     return {"ratios": ratios, "losses": losses}
 
 
@@ -310,7 +347,11 @@ def markdown(results: dict[str, Any]) -> str:
                     if c is None:
                         cells.append("—")
                     else:
-                        text = f"{c['ratio']:.2f}" + ("†" if c["faissx"] != peer["against"] else "")
+                        text = (
+                            c.get("bound", "")
+                            + f"{c['ratio']:.2f}"
+                            + ("†" if c["faissx"] != peer["against"] else "")
+                        )
                         cells.append(text if c["faissx_ahead"] else f"**{text}**")
                 out.append(f"| {label} ({better} is better) | " + " | ".join(cells) + " |")
         notes = [
@@ -336,11 +377,16 @@ def markdown(results: dict[str, Any]) -> str:
     if not losses:
         out.append("None.")
     for loss in losses:
+        if loss.get("bound"):
+            case = results["shapes"][loss["shape"]]["kinds"][loss["kind"]][loss["peer"]]
+            ours = f"did not finish in {loss['ratio'] * figure(case, loss['row']):.0f} s"
+            theirs = f"{figure(case, loss['row']):.4g}"
+        else:
+            ours, theirs = f"{loss['faissx_value']:.4g}", f"{loss['peer_value']:.4g}"
         out.append(
             f"- {loss['shape']} {loss['kind']}, {ROWS[loss['row']][0]}: "
-            f"{labels[loss['faissx']]} {loss['faissx_value']:.4g} vs "
-            f"{labels[loss['peer']]} {loss['peer_value']:.4g} "
-            f"(ratio {loss['ratio']:.2f})"
+            f"{labels[loss['faissx']]} {ours} vs {labels[loss['peer']]} {theirs} "
+            f"(ratio {loss.get('bound', '')}{loss['ratio']:.2f})"
         )
     anchors = results.get("anchors")
     if anchors:
