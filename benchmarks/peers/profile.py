@@ -8,6 +8,7 @@ with WORKLOAD one of:
   search1-hnsw  one-query searches on HNSW16 (``--n`` vectors, ``--ef``)
   load-hnsw     the bulk load of ``--n`` vectors into HNSW16 in 5000-row calls
   batch-flat    searches of ``--nq`` queries at a time on IDMap2,Flat (the batch-QPS row)
+  load-flat     the bulk load of ``--n`` vectors into IDMap2,Flat in 5000-row calls
 
 ``--d`` sets the width (128 by default); a run at another ``--n`` or ``--d`` than the default
 names its file after them (``profile-search1-flat-n1000000.txt``).
@@ -95,6 +96,7 @@ def client_loop(
     durable: bool,
     d: int = 128,
     nq: int = 1,
+    ef_construction: int = 64,
 ) -> Any:
     """Set the workload up against ``endpoint``; return the loop to time and profile, which
     runs until ``seconds`` pass (or the load ends) and returns (calls, elapsed)."""
@@ -118,14 +120,21 @@ def client_loop(
             return calls, time.perf_counter() - t0
 
         return adds
-    if workload == "load-hnsw":
-        index = client.index_factory(d, "HNSW16", **name)
-        index.hnsw.efConstruction = 64
+    if workload in ("load-hnsw", "load-flat"):
+        if workload == "load-hnsw":
+            index = client.index_factory(d, "HNSW16", **name)
+            index.hnsw.efConstruction = ef_construction
+        else:
+            index = client.index_factory(d, "IDMap2,Flat", **name)
 
         def load() -> tuple[int, float]:
             calls, t0 = 0, time.perf_counter()
             for start in range(0, n, 5000):
-                index.add(np.ascontiguousarray(xb[start : start + 5000]))
+                rows = np.ascontiguousarray(xb[start : start + 5000])
+                if workload == "load-flat":
+                    index.add_with_ids(rows, np.arange(start, start + len(rows)))
+                else:
+                    index.add(rows)
                 calls += 1
             return calls, time.perf_counter() - t0
 
@@ -133,7 +142,7 @@ def client_loop(
     factory = "IDMap2,Flat" if workload in ("search1-flat", "batch-flat") else "HNSW16"
     index = client.index_factory(d, factory, **name)
     if factory == "HNSW16":
-        index.hnsw.efConstruction = 64
+        index.hnsw.efConstruction = ef_construction
         index.add(xb[:n])
         index.hnsw.efSearch = ef
     else:
@@ -154,7 +163,8 @@ def client_loop(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers.profile")
     parser.add_argument(
-        "workload", choices=("add1", "search1-flat", "search1-hnsw", "load-hnsw", "batch-flat")
+        "workload",
+        choices=("add1", "search1-flat", "search1-hnsw", "load-hnsw", "batch-flat", "load-flat"),
     )
     parser.add_argument(
         "--fsync",
@@ -168,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=100)
     parser.add_argument("--d", type=int, default=128)
     parser.add_argument("--nq", type=int, default=100, help="queries per batch (batch-flat)")
+    parser.add_argument("--ef-construction", type=int, default=64)
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
@@ -175,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tag = args.workload + (f"-{args.fsync}" if args.fsync else "")
     tag += (f"-n{args.n}" if args.n != 100_000 else "") + (f"-d{args.d}" if args.d != 128 else "")
+    tag += f"-efc{args.ef_construction}" if args.ef_construction != 64 else ""
     with tempfile.TemporaryDirectory(prefix="faissx-profile-") as tmp:
         work = Path(tmp)
         port = procs.free_port()
@@ -203,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 bool(args.fsync),
                 args.d,
                 args.nq,
+                args.ef_construction,
             )
             raw = work / "server.raw"
             recorder = subprocess.Popen(

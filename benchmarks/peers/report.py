@@ -370,6 +370,12 @@ def markdown(results: dict[str, Any]) -> str:
             for k, c in systems.items()
             if "error" in c.get("delete", {})
         ]
+        notes += [
+            f"- {labels[k]}: the case of the part started {c['rerun']} (it replaced this "
+            "shape's first run of the case)"
+            for k, c in systems.items()
+            if "rerun" in c
+        ]
         if notes:
             out += ["", *notes]
     losses = derived["losses"]

@@ -108,6 +108,9 @@ LARGE = Plan(
     ef_ladder=(32, 64, 96, 128, 192, 256, 384, 512),
     load_budget_s=300.0,
     search_budget_s=180.0,
+    # a batch cut below 1000 queries changes faiss 1.15's exact-search kernel (at 1M rows,
+    # 1000 queries run as BLAS GEMMs, 910 or fewer as one-pair-at-a-time scans: 9x slower)
+    batch_budget_s=60.0,
     write_budget_s=90.0,
     budget_s=600.0,
     skip=("*/hnsw/faissx", "*/hnsw/faissx-off", "d128-n1000000/hnsw/local"),
@@ -647,8 +650,17 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         samples += part_samples
         meta["systems"] = {**info["systems"], **meta["systems"]}
         for key, shape in part["shapes"].items():
-            if shape["kinds"] and any(shape["kinds"].values()):
+            if key not in merged["shapes"]:
                 merged["shapes"][key] = shape
+                continue
+            # a later part re-ran some cases of this shape: its cases replace those
+            for kind, cases in shape["kinds"].items():
+                for system, case in cases.items():
+                    if not {"not_offered", "not_installed", "skipped"} & set(case):
+                        merged["shapes"][key]["kinds"].setdefault(kind, {})[system] = {
+                            **case,
+                            "rerun": info["started"],
+                        }
     meta["finished"] = meta["parts"][-1]["finished"]
     meta["uptime_after"] = meta["parts"][-1]["uptime_after"] or meta.get("uptime_after")
     meta["loadavg_samples"] = samples
