@@ -429,6 +429,7 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError:
         return "matplotlib is not installed: no chart (pip install -e '.[bench]')"
     cases = list(_cases(results))
@@ -443,15 +444,20 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
             names, values, colors = [], [], []
             for key, case in systems.items():
                 value = figure(case, row)
-                if value is None or value <= 0:
+                if (value is None or value <= 0) and "dnf" not in case:
                     continue
-                names.append(labels[key].replace(" (", "\n("))
+                name = labels[key].replace(" (", "\n(")
+                if value is None or value <= 0:  # cut off by its budget: named, no bar
+                    name, value = f"{labels[key]}\n(did not finish)", float("nan")
+                names.append(name)
                 values.append(value)
                 colors.append(
                     "tab:blue" if key in OURS else "tab:gray" if key == "local" else "tab:orange"
                 )
             ax.barh(names, values, color=colors)
+            ax.set_ylim(-0.5, len(names) - 0.5)  # keep the rows of cases that did not finish
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_title(f"{shape_key} {kind}: {ROWS[row][0][:38]}", fontsize=8)
             ax.tick_params(labelsize=6)
             ax.invert_yaxis()
