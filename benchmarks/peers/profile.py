@@ -7,6 +7,11 @@ with WORKLOAD one of:
   search1-flat  one-query searches on IDMap2,Flat (``--n`` vectors)
   search1-hnsw  one-query searches on HNSW16 (``--n`` vectors, ``--ef``)
   load-hnsw     the bulk load of ``--n`` vectors into HNSW16 in 5000-row calls
+  batch-flat    searches of ``--nq`` queries at a time on IDMap2,Flat (the batch-QPS row)
+  load-flat     the bulk load of ``--n`` vectors into IDMap2,Flat in 5000-row calls
+
+``--d`` sets the width (128 by default); a run at another ``--n`` or ``--d`` than the default
+names its file after them (``profile-search1-flat-n1000000.txt``).
 
 The server is sampled by ``py-spy record --native`` (CPU samples of every busy thread, the
 faiss C++ frames included; native sampling pauses the server for each sample, so the per-call
@@ -83,7 +88,15 @@ def summarise_raw(path: Path, top: int = 25) -> str:
 
 
 def client_loop(
-    workload: str, seconds: float, endpoint: str, n: int, ef: int, durable: bool
+    workload: str,
+    seconds: float,
+    endpoint: str,
+    n: int,
+    ef: int,
+    durable: bool,
+    d: int = 128,
+    nq: int = 1,
+    ef_construction: int = 64,
 ) -> Any:
     """Set the workload up against ``endpoint``; return the loop to time and profile, which
     runs until ``seconds`` pass (or the load ends) and returns (calls, elapsed)."""
@@ -92,11 +105,11 @@ def client_loop(
     from faissx import client
 
     client.configure(server=endpoint, timeout=600)
-    ds = SyntheticDataset(128, 0, max(n, 1000), 1000, seed=3)
+    ds = SyntheticDataset(d, 0, max(n, 1000), 1000, seed=3)
     xb, xq = ds.get_database(), ds.get_queries()
     name = {"name": f"profile-{workload}"} if durable else {}
     if workload == "add1":
-        index = client.index_factory(128, "Flat", **name)
+        index = client.index_factory(d, "Flat", **name)
         rows = [np.ascontiguousarray(xb[i : i + 1]) for i in range(1000)]
 
         def adds() -> tuple[int, float]:
@@ -107,32 +120,40 @@ def client_loop(
             return calls, time.perf_counter() - t0
 
         return adds
-    if workload == "load-hnsw":
-        index = client.index_factory(128, "HNSW16", **name)
-        index.hnsw.efConstruction = 64
+    if workload in ("load-hnsw", "load-flat"):
+        if workload == "load-hnsw":
+            index = client.index_factory(d, "HNSW16", **name)
+            index.hnsw.efConstruction = ef_construction
+        else:
+            index = client.index_factory(d, "IDMap2,Flat", **name)
 
         def load() -> tuple[int, float]:
             calls, t0 = 0, time.perf_counter()
             for start in range(0, n, 5000):
-                index.add(np.ascontiguousarray(xb[start : start + 5000]))
+                rows = np.ascontiguousarray(xb[start : start + 5000])
+                if workload == "load-flat":
+                    index.add_with_ids(rows, np.arange(start, start + len(rows)))
+                else:
+                    index.add(rows)
                 calls += 1
             return calls, time.perf_counter() - t0
 
         return load
-    factory = "IDMap2,Flat" if workload == "search1-flat" else "HNSW16"
-    index = client.index_factory(128, factory, **name)
+    factory = "IDMap2,Flat" if workload in ("search1-flat", "batch-flat") else "HNSW16"
+    index = client.index_factory(d, factory, **name)
     if factory == "HNSW16":
-        index.hnsw.efConstruction = 64
+        index.hnsw.efConstruction = ef_construction
         index.add(xb[:n])
         index.hnsw.efSearch = ef
     else:
         index.add_with_ids(xb[:n], np.arange(n))
-    rows = [np.ascontiguousarray(xq[i : i + 1]) for i in range(1000)]
+    size = nq if workload == "batch-flat" else 1
+    rows = [np.ascontiguousarray(xq[i : i + size]) for i in range(0, 1000 - size + 1, size)]
 
     def searches() -> tuple[int, float]:
         calls, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            index.search(rows[calls % 1000], 10)
+            index.search(rows[calls % len(rows)], 10)
             calls += 1
         return calls, time.perf_counter() - t0
 
@@ -141,7 +162,10 @@ def client_loop(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers.profile")
-    parser.add_argument("workload", choices=("add1", "search1-flat", "search1-hnsw", "load-hnsw"))
+    parser.add_argument(
+        "workload",
+        choices=("add1", "search1-flat", "search1-hnsw", "load-hnsw", "batch-flat", "load-flat"),
+    )
     parser.add_argument(
         "--fsync",
         choices=("off", "batch", "always"),
@@ -152,12 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--ef", type=int, default=32)
     parser.add_argument("--rate", type=int, default=100)
+    parser.add_argument("--d", type=int, default=128)
+    parser.add_argument("--nq", type=int, default=100, help="queries per batch (batch-flat)")
+    parser.add_argument("--ef-construction", type=int, default=64)
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
 
     tag = args.workload + (f"-{args.fsync}" if args.fsync else "")
+    tag += (f"-n{args.n}" if args.n != 100_000 else "") + (f"-d{args.d}" if args.d != 128 else "")
+    tag += f"-efc{args.ef_construction}" if args.ef_construction != 64 else ""
     with tempfile.TemporaryDirectory(prefix="faissx-profile-") as tmp:
         work = Path(tmp)
         port = procs.free_port()
@@ -178,7 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server.wait_until(lambda: procs.ping_faissx(endpoint), 60, "faissx serve")
             loop = client_loop(
-                args.workload, args.seconds, endpoint, args.n, args.ef, bool(args.fsync)
+                args.workload,
+                args.seconds,
+                endpoint,
+                args.n,
+                args.ef,
+                bool(args.fsync),
+                args.d,
+                args.nq,
+                args.ef_construction,
             )
             raw = work / "server.raw"
             recorder = subprocess.Popen(

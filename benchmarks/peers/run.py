@@ -6,18 +6,26 @@ virtualenv), and in order: creates the collection and bulk-loads it (timed until
 tunes the search parameter up a ladder until recall@10 >= the target on the 1k queries,
 times the batch search, one-query searches, and one-query searches from 4 concurrent clients,
 reads the server's (or the embedded process's) resident memory and the data directory's size,
-deletes a few ids and checks they are gone, then stops everything. Each (shape, system, kind)
-has a time budget; past it the agents are killed and what was measured so far is kept.
+deletes a few ids and checks they are gone, then stops everything.
+
+Time is bounded per phase (load, search, write) and per case: past a phase's budget the agents
+and the server are killed, the case is marked "did not finish <phase> in N s" with what it had
+completed (the rows inserted so far and their rate, the phases done), and the run goes on. A
+case the plan leaves out (``Plan.skip``) is recorded as skipped with the reason, never dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,13 +75,50 @@ class Plan:
     delete_n: int = 100
     #: One-row inserts after the searches (ids past the base rows).
     add_rows: int = 200
+    #: The whole (shape, system, kind), and each phase of it (load: inserts and index build;
+    #: search: tuning, batch, one-query and concurrent searches; write: one-row inserts and
+    #: the delete). A phase past its budget ends the case as "did not finish".
     budget_s: float = 900.0
+    load_budget_s: float = 600.0
+    search_budget_s: float = 300.0
+    write_budget_s: float = 150.0
+    #: Rows per load command to the agent: the orchestrator learns the rows inserted so far
+    #: between commands, so a load cut off by its budget still reports its progress.
+    load_chunk: int = 50_000
+    #: Cases left out, as ``shape/kind/system`` patterns (fnmatch: ``d128-n1000000/hnsw/local``,
+    #: ``*/hnsw/faissx``), each recorded as skipped with ``skip_reason``.
+    skip: tuple[str, ...] = ()
+    skip_reason: str = ""
     seed: int = 1338
 
 
 #: 1M at d=128 does not fit (HNSW builds alone take ~15 min per system on this box); d=768
 #: at 5k keeps the whole run near 35 minutes.
 FULL = Plan(shapes=(Shape(128, 100_000), Shape(768, 5_000)))
+#: The large shapes (``--large``), sized to end within ~75 minutes on the shared 2-core box:
+#: lighter HNSW (M=16, efConstruction=32, the same for every system, ef_search tuned to
+#: recall@10 >= 0.95 on a coarser ladder), a bounded load per system, and HNSW run with the
+#: FAISSx configuration every durable peer is compared with (``--fsync always``) but not the
+#: in-memory and ``--fsync off`` builds (nor local faiss at 1M), whose HNSW build is the same
+#: faiss call (their 100k figures are in the d=128/100k report).
+LARGE = Plan(
+    shapes=(Shape(128, 1_000_000), Shape(768, 100_000)),
+    M=16,
+    ef_construction=32,
+    ef_ladder=(32, 64, 96, 128, 192, 256, 384, 512),
+    load_budget_s=300.0,
+    search_budget_s=180.0,
+    # a batch cut below 1000 queries changes faiss 1.15's exact-search kernel (at 1M rows,
+    # 1000 queries run as BLAS GEMMs, 910 or fewer as one-pair-at-a-time scans: 9x slower)
+    batch_budget_s=60.0,
+    write_budget_s=90.0,
+    budget_s=600.0,
+    skip=("*/hnsw/faissx", "*/hnsw/faissx-off", "d128-n1000000/hnsw/local"),
+    skip_reason=(
+        "left out of the large HNSW runs to fit the time: the same faiss build as FAISSx "
+        "--fsync always (the 100k report has all of them)"
+    ),
+)
 QUICK = Plan(
     shapes=(Shape(32, 1000, nq=100),),
     latency_reps=30,
@@ -88,7 +133,51 @@ QUICK = Plan(
 
 
 class OutOfTime(RuntimeError):
-    """This (shape, system, kind) used up its budget."""
+    """A phase of this (shape, system, kind), or the case, used up its budget."""
+
+    def __init__(self, phase: str, budget_s: float) -> None:
+        super().__init__(f"did not finish {phase} in {budget_s:g} s")
+        self.phase, self.budget_s = phase, budget_s
+
+
+class LoadSampler:
+    """The machine's 1-minute load average every ``every`` seconds, on a thread, for the run's
+    record (the box is shared: a figure means little without the load it was taken under)."""
+
+    def __init__(self, every: float = 15.0) -> None:
+        self.every = every
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while True:
+            self.mark()
+            if self._stop.wait(self.every):
+                return
+
+    def mark(self) -> None:
+        """One sample now (a case's start and end, besides the periodic ones)."""
+        self.samples.append((time.time(), os.getloadavg()[0]))
+
+    def start(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, t0: float, t1: float) -> dict[str, float] | None:
+        values = [v for t, v in self.samples if t0 <= t <= t1]
+        if not values:
+            return None
+        return {
+            "min": round(min(values), 2),
+            "median": round(float(np.median(values)), 2),
+            "max": round(max(values), 2),
+            "samples": len(values),
+        }
 
 
 def uptime() -> str:
@@ -135,20 +224,40 @@ class Case:
     ) -> None:
         self.plan, self.shape, self.system, self.kind = plan, shape, system, kind
         self.data, self.work, self.logs, self.progress = data, work, logs, progress
-        self.deadline = time.monotonic() + plan.budget_s
-        self.out: dict[str, Any] = {}
+        self.case_deadline = time.monotonic() + plan.budget_s
+        self.deadline = self.case_deadline
+        self.phase_name, self.phase_budget = "the case", plan.budget_s
+        self.out: dict[str, Any] = {"phases_s": {}}
         self.running: Running | None = None
         self.pool: procs.Pool | None = None
         self.name = f"peers_{kind}_{shape.d}"
 
-    def left(self, floor: float = 5.0) -> float:
+    @contextlib.contextmanager
+    def phase(self, name: str, budget_s: float) -> Iterator[None]:
+        """Run a phase under ``budget_s`` (and the case's own budget); its time is recorded."""
+        t0 = time.monotonic()
+        if t0 + budget_s < self.case_deadline:
+            self.deadline, self.phase_name, self.phase_budget = t0 + budget_s, name, budget_s
+        else:
+            self.deadline = self.case_deadline
+            self.phase_name, self.phase_budget = f"{name} (the case's)", self.plan.budget_s
+        yield
+        self.out["phases_s"][name] = round(time.monotonic() - t0, 1)
+        self.deadline, self.phase_name = self.case_deadline, "the case"
+
+    def left(self) -> float:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise OutOfTime(f"past the budget of {self.plan.budget_s:g} s")
-        return max(floor, remaining)
+            raise OutOfTime(self.phase_name, self.phase_budget)
+        return remaining
 
     def call(self, worker: procs.Worker, cmd: str, **args: Any) -> Any:
-        return worker.call(cmd, timeout=self.left(), **args)
+        try:
+            return worker.call(cmd, timeout=self.left(), **args)
+        except procs.WorkerDied:
+            if time.monotonic() >= self.deadline:  # killed for the budget, not a crash
+                raise OutOfTime(self.phase_name, self.phase_budget) from None
+            raise
 
     def memory(self, rss_before: int | None = None) -> dict[str, Any]:
         """The server's process tree, or (embedded) the agent's growth since ``rss_before``."""
@@ -161,8 +270,20 @@ class Case:
 
     def run(self) -> dict[str, Any]:
         try:
-            self._run()
-        except (procs.WorkerError, procs.WorkerDied, OutOfTime, RuntimeError, OSError) as exc:
+            try:
+                self._run()
+            except procs.WorkerDied:
+                if time.monotonic() >= self.deadline:  # a pool's wait, killed for the budget
+                    raise OutOfTime(self.phase_name, self.phase_budget) from None
+                raise
+        except OutOfTime as exc:
+            self.out["dnf"] = {
+                "phase": exc.phase,
+                "budget_s": exc.budget_s,
+                "completed": list(self.out["phases_s"]),
+            }
+            self.out["error"] = str(exc)
+        except (procs.WorkerError, procs.WorkerDied, RuntimeError, OSError) as exc:
             self.out["error"] = f"{type(exc).__name__}: {exc}"[:800]
         finally:
             if self.pool is not None:
@@ -198,15 +319,16 @@ class Case:
         created = self.call(w0, "create", name=self.name, d=shape.d, kind=self.kind, build=build)
         rss_before = created["rss_before"]
         self.progress(f"  load {shape.n} x {shape.d}")
-        load = self.call(w0, "load", data=self.data["xb"], n=shape.n, batch=plan.insert_batch)
-        self.out["load"] = {k: load[k] for k in ("seconds", "insert_s", "index_s", "count")}
+        with self.phase("load", plan.load_budget_s):
+            self._load(w0)
         self.out["memory_after_load"] = self.memory(rss_before)
         if system.searches:
-            search = self._tune(w0)
-            self.out["search_params"] = search
-            self._batch(w0)
-            self._latency(w0)
-            self._qps(search)
+            with self.phase("search", plan.search_budget_s):
+                search = self._tune(w0)
+                self.out["search_params"] = search
+                self._batch(w0)
+                self._latency(w0)
+                self._qps(search)
         mem = self.memory(rss_before)
         if mem0 is not None:
             mem["growth"] = mem["bytes"] - mem0["pss"]
@@ -214,8 +336,38 @@ class Case:
             mem["growth"] = mem["bytes"]
         self.out["memory"] = mem
         self.out["disk_bytes"] = disk_bytes(self.running.data_dir) - disk0
-        self._add_rows(w0)
-        self._delete(w0)
+        with self.phase("write", plan.write_budget_s):
+            self._add_rows(w0)
+            self._delete(w0)
+
+    def _load(self, w0: procs.Worker) -> None:
+        """Insert in ``load_chunk``-row commands (each inserting ``insert_batch`` rows a call),
+        then make the rows searchable; ``load_progress`` holds what is done at each step."""
+        plan, n = self.plan, self.shape.n
+        progress = self.out["load_progress"] = {"rows": 0, "of": n, "insert_s": 0.0}
+        for start in range(0, n, plan.load_chunk):
+            stop = min(start + plan.load_chunk, n)
+            got = self.call(
+                w0,
+                "load",
+                data=self.data["xb"],
+                start=start,
+                stop=stop,
+                batch=plan.insert_batch,
+                finish=False,
+            )
+            progress["rows"] = stop
+            progress["insert_s"] += got["insert_s"]
+            progress["rows_per_s"] = round(stop / max(progress["insert_s"], 1e-9), 1)
+        progress["index"] = "started"
+        done = self.call(w0, "finish_load")
+        progress["index"] = "done"
+        self.out["load"] = {
+            "seconds": progress["insert_s"] + done["seconds"],
+            "insert_s": progress["insert_s"],
+            "index_s": done["seconds"],
+            "count": done["count"],
+        }
 
     def _set_search(self, w0: procs.Worker, search: dict[str, Any]) -> None:
         answer = self.call(w0, "set_search", search=search)
@@ -380,10 +532,12 @@ def run(
     anchors: Any = None,
     unavailable: dict[str, str] | None = None,
     until: float | None = None,
+    checkpoint: Any = None,
 ) -> dict[str, Any]:
     """Every shape x system x kind of ``plan``, and ``anchors(work, logs)`` (if given) after
     the first shape. ``unavailable``: systems whose virtualenv did not install, with the
-    error; ``until``: a wall-clock time (epoch s) past which no case starts (marked skipped)."""
+    error; ``until``: a wall-clock time (epoch s) past which no case starts (marked skipped);
+    ``checkpoint(results)``: called after every case with the figures so far."""
     unavailable = unavailable or {}
     started = datetime.now(timezone.utc)
     meta: dict[str, Any] = {
@@ -413,6 +567,7 @@ def run(
     results: dict[str, Any] = {"meta": meta, "shapes": {}}
     logs = cache / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    sampler = LoadSampler().start()
     with tempfile.TemporaryDirectory(prefix="faissx-peers-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)
@@ -421,35 +576,100 @@ def run(
             data = make_data(shape, plan.k, plan.seed, work)
             table: dict[str, Any] = {kind: {} for kind in plan.kinds}
             results["shapes"][shape.key] = {"shape": asdict(shape), "kinds": table}
-            for key in plan.systems:
-                system = SYSTEMS[key]
-                for kind in plan.kinds:
+            for kind in plan.kinds:  # every system's flat, then every system's HNSW
+                for key in plan.systems:
+                    system = SYSTEMS[key]
                     if kind not in system.kinds:
                         table[kind][key] = {"not_offered": system.note or "not offered"}
                         continue
                     if key in unavailable:
                         table[kind][key] = {"not_installed": unavailable[key]}
                         continue
+                    pattern = f"{shape.key}/{kind}/{key}"
+                    if any(fnmatch.fnmatchcase(pattern, p) for p in plan.skip):
+                        table[kind][key] = {"skipped": plan.skip_reason or "left out of the plan"}
+                        continue
                     if until is not None and time.time() > until:
                         table[kind][key] = {"error": "skipped: the run's end time had passed"}
                         progress(f"{shape.key} {kind}: {system.label}: skipped (out of time)")
                         continue
                     progress(f"{shape.key} {kind}: {system.label}")
-                    t0 = time.monotonic()
+                    t0, wall0 = time.monotonic(), time.time()
                     case = Case(plan, shape, system, kind, data, work, logs, progress)
                     load_before = os.getloadavg()[0]
-                    table[kind][key] = case.run()
-                    table[kind][key]["case_s"] = round(time.monotonic() - t0, 1)
-                    table[kind][key]["loadavg_1min"] = [
-                        round(load_before, 2),
-                        round(os.getloadavg()[0], 2),
-                    ]
-                    if "error" in table[kind][key]:
-                        progress(f"  FAILED: {table[kind][key]['error']}")
+                    sampler.mark()
+                    got = table[kind][key] = case.run()
+                    sampler.mark()
+                    got["case_s"] = round(time.monotonic() - t0, 1)
+                    got["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+                    during = sampler.between(wall0, time.time())
+                    if during is not None:
+                        got["loadavg_during"] = during
+                    if "error" in got:
+                        progress(f"  FAILED: {got['error']}")
+                    if checkpoint is not None:
+                        meta["loadavg_samples"] = [[round(t), v] for t, v in sampler.samples]
+                        checkpoint(results)
             for path in data.values():
                 Path(path).unlink(missing_ok=True)
             if anchors is not None and "anchors" not in results:
                 results["anchors"] = anchors(work, logs)
+    sampler.stop()
     meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta["uptime_after"] = uptime()
+    meta["loadavg_samples"] = [[round(t), v] for t, v in sampler.samples]
+    meta["loadavg_during"] = sampler.between(0, time.time())
     return results
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs made one after the other (a run cut short between shapes, and the run of the
+    shapes it had not reached) as one result: the first's meta, every part's shapes, each
+    part's own start, end, plan and uptime kept under ``meta["parts"]``, the load-average
+    samples joined. A part without ``finished`` (a checkpoint) ends at its last sample."""
+    merged: dict[str, Any] = {"meta": dict(parts[0]["meta"]), "shapes": {}}
+    meta = merged["meta"]
+    meta["parts"], samples = [], []
+    for part in parts:
+        info = part["meta"]
+        part_samples = info.get("loadavg_samples", [])
+        finished = info.get("finished")
+        if finished is None and part_samples:
+            last = part_samples[-1][0]
+            finished = datetime.fromtimestamp(last, timezone.utc).isoformat(timespec="seconds")
+        meta["parts"].append(
+            {
+                "started": info["started"],
+                "finished": finished,
+                "uptime_before": info.get("uptime_before"),
+                "uptime_after": info.get("uptime_after"),
+                "plan": info["plan"],
+                "shapes": list(part["shapes"]),
+            }
+        )
+        samples += part_samples
+        meta["systems"] = {**info["systems"], **meta["systems"]}
+        for key, shape in part["shapes"].items():
+            if key not in merged["shapes"]:
+                merged["shapes"][key] = shape
+                continue
+            # a later part re-ran some cases of this shape: its cases replace those
+            for kind, cases in shape["kinds"].items():
+                for system, case in cases.items():
+                    if not {"not_offered", "not_installed", "skipped"} & set(case):
+                        merged["shapes"][key]["kinds"].setdefault(kind, {})[system] = {
+                            **case,
+                            "rerun": info["started"],
+                        }
+    meta["finished"] = meta["parts"][-1]["finished"]
+    meta["uptime_after"] = meta["parts"][-1]["uptime_after"] or meta.get("uptime_after")
+    meta["loadavg_samples"] = samples
+    values = [v for _, v in samples]
+    if values:
+        meta["loadavg_during"] = {
+            "min": round(min(values), 2),
+            "median": round(float(np.median(values)), 2),
+            "max": round(max(values), 2),
+            "samples": len(values),
+        }
+    return merged
