@@ -429,11 +429,13 @@ def test_constructors_take_faiss_positional_order(remote):
         assert proxy.is_trained == local.is_trained
     pq = remote.IndexHNSWPQ(D, 4, 16, pq_nbits=6, metric=IP)  # keywords too, remotely
     assert pq.spec.params["pq_nbits"] == 6 and pq.metric_type == IP
-    # faiss has no default for M: locally a TypeError, remotely the spec's ValueError
+    # faiss has no default for M (a TypeError); code written for the original FAISSx omits
+    # it and got M=32, which the client keeps (faissx_client/original.py, docs/client.md)
     with pytest.raises(TypeError):
         faiss.IndexHNSWFlat(D)
-    with pytest.raises(ValueError, match="M"):
-        remote.IndexHNSWFlat(D)
+    assert remote.IndexHNSWFlat(D).hnsw.nb_neighbors(1) == faiss.IndexHNSWFlat(
+        D, 32
+    ).hnsw.nb_neighbors(1)
 
 
 @pytest.mark.parametrize(
