@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         got = measure(work, work / "logs")
     text = json.dumps(got, indent=1)
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)  # make's BENCH_OUT may not exist yet
         args.out.write_text(text)
     print(text)
     return 1 if "error" in got else 0
