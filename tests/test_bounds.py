@@ -38,6 +38,24 @@ def fds(proc: ServerProcess) -> int:
     return len(os.listdir(f"/proc/{proc.proc.pid}/fd"))
 
 
+def settled_fds(proc: ServerProcess, quiet: float = 1.0, limit: float = 15.0) -> int:
+    """The server's fd count once it has not changed for `quiet` seconds.
+
+    A loaded machine closes the readiness probe's connection late: a count taken too early
+    includes it, and every later comparison is off by one.
+    """
+    deadline = time.monotonic() + limit
+    count, since = fds(proc), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = fds(proc)
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return count
+
+
 class Raw:
     """A bare DEALER speaking the wire protocol: what a hostile or foreign client sends."""
 
@@ -325,8 +343,7 @@ def test_connection_limit_turns_peers_away(start_server: Any) -> None:
 
     limit = 20
     server = start_server("--max-connections", str(limit))
-    time.sleep(0.5)  # the readiness probe's connection is closed
-    base = fds(server)
+    base = settled_fds(server)  # after the readiness probe's connection is closed
     ctx = zmq.Context()
     idle = []
     try:
