@@ -59,6 +59,9 @@ _REFUSALS = {
     500: "the server turned the connection away: it is at its connection limit (--max-connections)",
 }
 _EVENT = struct.Struct("=HI")  # a monitor event frame: u16 event, u32 value
+#: ``zmq.EVENTS`` and ``zmq.POLLIN`` as plain ints: the monitor is checked before every request,
+#: and pyzmq's ``enum`` members cost more to combine than the option costs to read.
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 #: A request this large whose connection dropped may have been over the server's message limit.
 LARGE_REQUEST = 1 << 20
 
@@ -146,7 +149,7 @@ class _Conn:
     def events(self) -> bool:
         """Read pending monitor events; True if a connection dropped since the last read."""
         dropped = False
-        while self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while self.monitor.getsockopt(_EVENTS) & _POLLIN:  # ints: see _EVENTS
             frames = self.monitor.recv_multipart(zmq.NOBLOCK)
             event, value = _EVENT.unpack_from(frames[0])
             dropped = dropped or event == zmq.EVENT_DISCONNECTED

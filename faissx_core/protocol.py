@@ -40,6 +40,7 @@ _NP_DTYPES = {name: np.dtype(name) for name in _DTYPES}
 COPY_BELOW = 1 << 16
 #: Frames whose size is ``nbytes``; for the others (bytes, ``zmq.Frame``) it is ``len``.
 _SIZED = (memoryview, np.ndarray)
+_PLAIN = (bytes, bytearray, zmq.Frame)
 
 #: One msgpack Packer per thread: ``packb`` builds a new one per call, which costs more than the
 #: packing of a small header (a Packer is not thread-safe, hence one each).
@@ -66,12 +67,45 @@ def encode(header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None = Non
     return frames
 
 
+#: ``zmq.SNDMORE`` as a plain int: pyzmq's flags are ``enum.Flag`` members, and combining them
+#: per frame (as ``send_multipart`` does) costs more than sending a small frame.
+_SNDMORE = int(zmq.SNDMORE)
+
+
 def send(socket: Any, frames: list[Any], flags: int = 0) -> None:
     """Send a message's frames: by reference when large, copied when small."""
     size = 0
-    for frame in frames:  # inline: this runs for every reply
-        size += frame.nbytes if isinstance(frame, _SIZED) else len(frame)
-    socket.send_multipart(frames, flags=flags, copy=size < COPY_BELOW)
+    for frame in frames:  # inline: this runs for every request and every reply
+        if isinstance(frame, _SIZED):
+            size += frame.nbytes
+        elif isinstance(frame, _PLAIN):
+            size += len(frame)
+        else:  # checked before the first frame leaves: a message is never sent in part
+            raise TypeError(f"a frame must be bytes, an array or a zmq.Frame, not {type(frame)}")
+    send_parts(socket, frames, size < COPY_BELOW, flags)
+
+
+def send_parts(socket: Any, frames: list[Any], copy: bool, flags: int = 0) -> None:
+    """Send ``frames`` as one message; the caller has checked that every frame is a buffer, so
+    no frame can fail after the first has left."""
+    more = int(flags) | _SNDMORE
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        socket.send(frame, more if i < last else flags, copy=copy)
+
+
+def recv_frames(socket: Any) -> list[Any]:
+    """Every frame of the next message, as ``zmq.Frame`` objects (not copied).
+
+    ``recv_multipart`` asks for ``RCVMORE`` through pyzmq's flag enums per frame; a received
+    frame already knows whether more follow.
+    """
+    frame = socket.recv(copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = socket.recv(copy=False)
+        frames.append(frame)
+    return frames
 
 
 def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -112,18 +146,17 @@ def recv_reply(socket: Any) -> tuple[Reply, dict[str, np.ndarray]]:
     header announcing more than was sent allocates nothing (what arrived is all the memory a
     reply takes). The arrays are writable views of the received frames, as faiss's are writable.
     """
-    # getsockopt, not the ``rcvmore`` attribute: pyzmq resolves that by name, three times slower
-    getsockopt = socket.getsockopt
+    frame = socket.recv(copy=False)  # each frame says whether more follow (no RCVMORE lookup)
     try:
-        reply = _reply_header(socket.recv())
+        reply = _reply_header(frame)
     except ProtocolError:
-        while getsockopt(zmq.RCVMORE):  # the rest of a broken message must not pass for the next
-            socket.recv(copy=False)
+        while frame.more:  # the rest of a broken message must not pass for the next
+            frame = socket.recv(copy=False)
         raise
     arrays: dict[str, np.ndarray] = {}
     problem = None
     for desc in reply.arrays:
-        if not getsockopt(zmq.RCVMORE):
+        if not frame.more:
             problem = f"reply describes {len(reply.arrays)} arrays but fewer frames arrived"
             break
         frame = socket.recv(copy=False)
@@ -137,8 +170,8 @@ def recv_reply(socket: Any) -> tuple[Reply, dict[str, np.ndarray]]:
             arr = arr.copy()
         arrays[desc.name] = arr.reshape(desc.shape) if desc.shape else arr.reshape(())
     extra = 0
-    while getsockopt(zmq.RCVMORE):
-        socket.recv(copy=False)
+    while frame.more:
+        frame = socket.recv(copy=False)
         extra += 1
     if problem is None and extra:
         problem = f"{extra} undescribed frame(s) after the reply"
@@ -147,7 +180,7 @@ def recv_reply(socket: Any) -> tuple[Reply, dict[str, np.ndarray]]:
     return reply, arrays
 
 
-def _reply_header(frame: bytes) -> Reply:
+def _reply_header(frame: Any) -> Reply:
     try:
         return Reply.model_validate(msgpack.unpackb(frame, raw=False))
     except ValidationError as exc:

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any
 
 import faiss
 import msgpack
@@ -36,7 +36,7 @@ from faissx_core.errors import (
 from faissx_core.messages import PROTOCOL_VERSION, Request
 from faissx_core.operations import OPERATIONS, Operation, operation
 from faissx_core.plugins import PluginRegistry
-from faissx_core.protocol import decode_request, encode, request_id, send
+from faissx_core.protocol import decode_request, encode, recv_frames, request_id, send
 from faissx_core.security import configure_router
 from faissx_core.server import storage
 from faissx_core.server.auth import KeyStore
@@ -70,6 +70,9 @@ Control = Callable[[Principal, Request, Any, Arrays], dict[str, Any]]
 
 #: Exit status when a write-ahead log could not be synced at shutdown (docs/durability.md).
 EXIT_UNSYNCED = 3
+#: ``zmq.EVENTS`` and ``zmq.POLLIN`` as plain ints, read between every two requests: pyzmq's
+#: ``enum`` members cost more to combine than the socket option costs to read.
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 #: Seconds between sweeps for idle unnamed indices.
 SWEEP_EVERY = 5.0
 #: A read whose work (queries x vectors x width) is below this runs on the socket thread when
@@ -201,16 +204,19 @@ class Server:
         next_sweep = time.monotonic() + sweep_every
         try:
             while not self._stopping.is_set():
-                polled = poller.poll(min(200, max(10, int(self.settings.progress_every * 1000))))
+                polled = dict(
+                    poller.poll(min(200, max(10, int(self.settings.progress_every * 1000))))
+                )
                 self.progress.beat(lambda frames: send(router, frames))
-                if polled:
+                if replies in polled:
                     self._forward(replies, router)
+                if router in polled:
                     # drain a burst of requests, then let finished replies through again
                     for _ in range(64):
-                        if not cast(int, router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                            break
-                        frames = router.recv_multipart(copy=False)
+                        frames = recv_frames(router)
                         self.handle(frames[0], frames[1:], router)
+                        if not router.getsockopt(_EVENTS) & _POLLIN:
+                            break
                 if time.monotonic() >= next_sweep:
                     self.backend.expire(self.settings.idle_ttl)
                     self.uploads.expire(self.settings.idle_ttl)
@@ -257,8 +263,8 @@ class Server:
     def _forward(self, replies: zmq.Socket, router: zmq.Socket) -> None:
         """Pass the workers' finished replies to the ROUTER (frames as received, no copy),
         each within its peer's output bound (outbound.py)."""
-        while cast(int, replies.getsockopt(zmq.EVENTS)) & zmq.POLLIN:  # an int option
-            frames = replies.recv_multipart(copy=False)
+        while replies.getsockopt(_EVENTS) & _POLLIN:
+            frames = recv_frames(replies)
             try:
                 self.output.send(router, frames)
             except (zmq.ZMQError, ValueError, TypeError):  # one reply lost, not the server
@@ -274,7 +280,7 @@ class Server:
 
     def handle(self, ident: Any, frames: list[Any], router: zmq.Socket) -> None:
         """Validate, authenticate and dispatch one request. Never raises."""
-        call = Call(ident, 0, sum(_frame_bytes(f) for f in frames))
+        call = Call(ident, 0, sum(map(len, frames)))  # a zmq.Frame's len is its size
         try:
             request, arrays = decode_request(frames)
             call.request_id, call.index = request.id, request.index
@@ -818,10 +824,6 @@ def _outcome(frames: list[Any]) -> str:
     """``ok`` or the error code of an encoded reply (one remembered by the idempotency table)."""
     header = msgpack.unpackb(frames[0], raw=False)
     return "ok" if header.get("ok") else str(header.get("error", {}).get("code", "internal"))
-
-
-def _frame_bytes(frame: Any) -> int:
-    return len(frame.buffer) if hasattr(frame, "buffer") else len(frame)
 
 
 def run_server(settings: ServerSettings) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from faissx_core.protocol import COPY_BELOW
+from faissx_core.protocol import COPY_BELOW, send_parts
 
 log = logging.getLogger("faissx.server")
 
@@ -46,9 +46,9 @@ class PeerOutput:
 
     def send(self, router: zmq.Socket, frames: list[Any]) -> bool:
         """Send ``[ident, *frames]``; False when the peer's backlog made it drop the reply."""
-        size = sum(_nbytes(f) for f in frames[1:])
+        size = sum(_nbytes(f) for f in frames[1:])  # len() fails on anything not a buffer
         if size < COPY_BELOW or not self.limit:
-            router.send_multipart(frames, copy=size < COPY_BELOW)
+            send_parts(router, frames, size < COPY_BELOW)
             return True
         ident = bytes(frames[0])
         held = self._held(ident)
