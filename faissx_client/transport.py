@@ -42,7 +42,7 @@ from faissx_client import recovery
 from faissx_client.settings import ClientSettings
 from faissx_core.errors import FaissxError, QuotaExceeded, ServerUnavailable, from_wire
 from faissx_core.messages import PROTOCOL_VERSION, request_id_text
-from faissx_core.protocol import encode, recv_reply, send
+from faissx_core.protocol import encode, readable, recv_reply, send
 from faissx_core.security import configure_dealer
 
 log = logging.getLogger("faissx.client")
@@ -59,9 +59,6 @@ _REFUSALS = {
     500: "the server turned the connection away: it is at its connection limit (--max-connections)",
 }
 _EVENT = struct.Struct("=HI")  # a monitor event frame: u16 event, u32 value
-#: ``zmq.EVENTS`` and ``zmq.POLLIN`` as plain ints: the monitor is checked before every request,
-#: and pyzmq's ``enum`` members cost more to combine than the option costs to read.
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 #: A request this large whose connection dropped may have been over the server's message limit.
 LARGE_REQUEST = 1 << 20
 
@@ -149,7 +146,7 @@ class _Conn:
     def events(self) -> bool:
         """Read pending monitor events; True if a connection dropped since the last read."""
         dropped = False
-        while self.monitor.getsockopt(_EVENTS) & _POLLIN:  # ints: see _EVENTS
+        while readable(self.monitor):  # checked before every request
             frames = self.monitor.recv_multipart(zmq.NOBLOCK)
             event, value = _EVENT.unpack_from(frames[0])
             dropped = dropped or event == zmq.EVENT_DISCONNECTED
@@ -530,7 +527,7 @@ class Transport:
                 # The connection our requests went out on is gone. Replies that came in before
                 # the drop are still in the socket; the others can never arrive.
                 answered = []
-                while conn.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                while readable(conn.sock):
                     reply, out = recv_reply(conn.sock)
                     if reply.id in waiting and not reply.working:
                         answered.append((reply, out))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import msgpack
 import numpy as np
@@ -92,6 +92,15 @@ def send_parts(socket: Any, frames: list[Any], copy: bool, flags: int = 0) -> No
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         socket.send(frame, more if i < last else flags, copy=copy)
+
+
+#: ``zmq.EVENTS`` and ``zmq.POLLIN`` as plain ints (see ``_SNDMORE``).
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+
+
+def readable(socket: Any) -> bool:
+    """Whether a message is waiting on ``socket`` (checked between every two requests)."""
+    return bool(cast(int, socket.getsockopt(_EVENTS)) & _POLLIN)
 
 
 def recv_frames(socket: Any) -> list[Any]:

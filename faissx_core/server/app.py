@@ -36,7 +36,14 @@ from faissx_core.errors import (
 from faissx_core.messages import PROTOCOL_VERSION, Request
 from faissx_core.operations import OPERATIONS, Operation, operation
 from faissx_core.plugins import PluginRegistry
-from faissx_core.protocol import decode_request, encode, recv_frames, request_id, send
+from faissx_core.protocol import (
+    decode_request,
+    encode,
+    readable,
+    recv_frames,
+    request_id,
+    send,
+)
 from faissx_core.security import configure_router
 from faissx_core.server import storage
 from faissx_core.server.auth import KeyStore
@@ -70,9 +77,6 @@ Control = Callable[[Principal, Request, Any, Arrays], dict[str, Any]]
 
 #: Exit status when a write-ahead log could not be synced at shutdown (docs/durability.md).
 EXIT_UNSYNCED = 3
-#: ``zmq.EVENTS`` and ``zmq.POLLIN`` as plain ints, read between every two requests: pyzmq's
-#: ``enum`` members cost more to combine than the socket option costs to read.
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 #: Seconds between sweeps for idle unnamed indices.
 SWEEP_EVERY = 5.0
 #: A read whose work (queries x vectors x width) is below this runs on the socket thread when
@@ -215,7 +219,7 @@ class Server:
                     for _ in range(64):
                         frames = recv_frames(router)
                         self.handle(frames[0], frames[1:], router)
-                        if not router.getsockopt(_EVENTS) & _POLLIN:
+                        if not readable(router):
                             break
                 if time.monotonic() >= next_sweep:
                     self.backend.expire(self.settings.idle_ttl)
@@ -263,7 +267,7 @@ class Server:
     def _forward(self, replies: zmq.Socket, router: zmq.Socket) -> None:
         """Pass the workers' finished replies to the ROUTER (frames as received, no copy),
         each within its peer's output bound (outbound.py)."""
-        while replies.getsockopt(_EVENTS) & _POLLIN:
+        while readable(replies):
             frames = recv_frames(replies)
             try:
                 self.output.send(router, frames)
