@@ -4,13 +4,17 @@ It lives in the alias package because it is the one place allowed to see both si
 never imports the client.
 """
 
-from faissx_client.admin import indexes, snapshot_cmd
-from faissx_client.probes import health_cmd, status_cmd
 from faissx_core.cli import main
 
-main.add_command(indexes)
-main.add_command(snapshot_cmd, "snapshot")
-main.add_command(health_cmd)
-main.add_command(status_cmd)
+# The client's commands, imported when one of them runs (LazyGroup): ``faissx serve`` never
+# loads the drop-in client.
+main.lazy.update(
+    {
+        "indexes": "faissx_client.admin:indexes",
+        "snapshot": "faissx_client.admin:snapshot_cmd",
+        "health": "faissx_client.probes:health_cmd",
+        "status": "faissx_client.probes:status_cmd",
+    }
+)
 
 __all__ = ["main"]

@@ -422,7 +422,32 @@ serve = _serve_command("serve")
 run = _serve_command("run")
 
 
-@click.group()
+class LazyGroup(click.RichGroup):
+    """A command group some of whose commands are imported only when they are used.
+
+    ``lazy`` maps a command's name to ``"module:attribute"``. ``faissx serve`` must not import
+    the drop-in client just because the same ``faissx`` command also offers the client's admin
+    commands: that import took about a second of every server's start, and would patch faiss's
+    classes inside the server process.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            import importlib
+
+            module, _, attribute = self.lazy[name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="faissx")
 def main() -> None:
     """**FAISSx** serves FAISS indices over ZeroMQ."""

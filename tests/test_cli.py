@@ -173,3 +173,28 @@ def test_make_serve_defaults_are_documented_in_the_makefile():
     makefile = (Path(__file__).parents[1] / "Makefile").read_text()
     assert "--bind-address $(BIND)" in makefile and "PORT   ?= 45678" in makefile
     assert os.path.exists(FAISSX)
+
+
+def test_serve_does_not_load_the_client():
+    """``faissx serve`` resolves without importing the drop-in client (its import cost every
+    server start about a second, and patches faiss's classes); the client's admin commands
+    load it when they are used, and ``--help`` lists them all."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from faissx.cli import main
+        ctx = main.make_context("faissx", ["serve"], resilient_parsing=True)
+        assert main.get_command(ctx, "serve") is not None
+        print("after serve:", any(m.startswith("faissx_client") for m in sys.modules))
+        assert main.get_command(ctx, "indexes").name == "indexes"
+        print("after indexes:", "faissx_client.admin" in sys.modules)
+        print("listed:", " ".join(main.list_commands(ctx)))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    assert "after serve: False" in out
+    assert "after indexes: True" in out
+    listed = out.split("listed:")[1].split()
+    assert {"serve", "keys", "plugins", "indexes", "snapshot", "health", "status"} <= set(listed)
