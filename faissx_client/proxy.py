@@ -857,7 +857,8 @@ def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
 
     A proxy that already exists on the server (trained, filled) is sent as a reference the
     server resolves to a copy of that index, so its state comes along (faiss would share the
-    object; the server copies it). One that was only ever described is sent as its spec.
+    object; the server copies it); so is a view of a member index (``index.quantizer``).
+    One that was only ever described is sent as its spec.
     A local faiss index or vector transform (one the program built, perhaps trained, itself)
     travels as faiss's own serialization (a ``serialized`` spec, built on the server by faiss's
     reader), so the server holds what the program built; other local faiss objects (search
@@ -869,6 +870,12 @@ def describe(value: Any) -> tuple[Any, dict[str, np.ndarray]]:
     if source is not None:  # an existing index, or a member of one (see _source_member)
         params = {"name": source[0], **({"path": source[1]} if source[1] else {})}
         return IndexSpec(type=REF_TYPE, params=params).model_dump(), {}
+    if isinstance(value, views.RemoteView) and value._described.get("kind") == "index":
+        # a member index read from a remote one (``index.quantizer``): a copy of that member
+        owner = value._proxy._source_member()
+        if owner is not None:
+            params = {"name": owner[0], "path": views.join(owner[1], value._path)}
+            return IndexSpec(type=REF_TYPE, params=params).model_dump(), {}
     if isinstance(value, RemoteIndex | RemoteComponent):
         arrays = value._arrays if isinstance(value, RemoteComponent) else {}
         return value.spec.model_dump(), arrays

@@ -92,6 +92,37 @@ def test_an_idmaps_inner_index_holds_what_was_added_through_it(remote, data):
     same(lidx, ridx, data["xq"])
 
 
+def side_by_side(f, data):
+    """FAISS's TestIndependentQuantizer.test_sidebyside, smaller: an IVF's quantizer, read
+    back as ``index.quantizer`` and wrapped, is the coarse quantizer of another index that
+    sees each vector twice, side by side."""
+    from faiss.contrib.inspect_tools import make_LinearTransform_matrix
+
+    index = f.index_factory(D, "IVF8,SQ8")
+    index.train(data["xt"])
+    index.add(data["xb"])
+    index.nprobe = 3
+    first = make_LinearTransform_matrix(np.eye(2 * D, dtype="float32")[:D])
+    last = make_LinearTransform_matrix(np.eye(2 * D, dtype="float32")[D:])
+    quantizer = f.IndexPreTransform(first, index.quantizer)
+    return index, f.IndexIVFIndependentQuantizer(quantizer, index, last)
+
+
+def test_a_member_read_back_is_a_part_of_another_index(remote, data):
+    xq2 = np.hstack([data["xq"]] * 2)
+    for f in (faiss, remote):
+        index, doubled = side_by_side(f, data)
+        D_ref, I_ref = index.search(data["xq"], 5)
+        D_new, I_new = doubled.search(xq2, 5)
+        np.testing.assert_array_equal(I_ref, I_new)
+        np.testing.assert_array_equal(D_ref, D_new)
+        doubled.reset()
+        doubled.add(np.hstack([data["xb"]] * 2))
+        D_new, I_new = doubled.search(xq2, 5)
+        np.testing.assert_array_equal(I_ref, I_new)
+        np.testing.assert_array_equal(D_ref, D_new)
+
+
 # -- members assigned: pq, sq, quantizer, polysemous_training, flags ----------------------------
 
 
