@@ -30,6 +30,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from faissx_core import readers
 from faissx_core.errors import (
     InvalidArgument,
     NotTrained,
@@ -616,8 +617,7 @@ def _deserialize(data: np.ndarray | None, binary: bool) -> Any:
     """The index in ``data``, downcast, owning its memory (a downcast wrapper does not: the
     one that owns is released here, and ownership moves to the one returned)."""
     try:
-        read = faiss.deserialize_index_binary if binary else faiss.deserialize_index
-        raw: Any = read(_bytes(data))
+        raw: Any = readers.read_index(_bytes(data), binary=binary)
     except RuntimeError as exc:
         raise InvalidArgument(f"the assigned value's bytes are not a faiss index: {exc}") from None
     obj = downcast_any(raw)
@@ -760,11 +760,8 @@ def structure_loss(original: Any, copy: Any) -> str | None:
 def round_trip_loss(index: Any) -> str | None:
     """What faiss's own serialization of ``index`` breaks (see :func:`structure_loss`); None
     also where faiss refuses to read it back: a restart then quarantines it, visibly."""
-    binary = isinstance(index, faiss.IndexBinary)
-    write = faiss.serialize_index_binary if binary else faiss.serialize_index
-    read = faiss.deserialize_index_binary if binary else faiss.deserialize_index
     try:
-        copy = read(write(index))
+        copy = readers.copy_through_bytes(index)
     except RuntimeError:
         return None
     return structure_loss(index, copy)

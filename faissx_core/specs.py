@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from faissx_core import readers
 from faissx_core.errors import InvalidArgument, UnknownParameter
 
 VectorKind = Literal["float", "binary"]
@@ -300,12 +301,8 @@ def _read_serialized(p: SerializedParams, _: BuildNested) -> Any:
         raise InvalidArgument("a serialized part's data is not base64") from None
     try:
         if p.kind == "VectorTransform":
-            reader = faiss.VectorIOReader()
-            faiss.copy_array_to_vector(raw, reader.data)
-            return faiss.read_VectorTransform(reader)  # type: ignore[arg-type]  # faiss's stubs lack the IOReader overload
-        if p.kind == "IndexBinary":
-            return faiss.deserialize_index_binary(raw)
-        return faiss.deserialize_index(raw)
+            return readers.read_transform(raw)
+        return readers.read_index(raw, binary=p.kind == "IndexBinary")
     except MemoryError:  # corrupt sizes can ask for huge buffers (faiss's own errors: the caller)
         raise InvalidArgument(f"a serialized {p.faiss_class} asks for absurd memory") from None
 

@@ -21,6 +21,7 @@ from typing import Any
 import faiss
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
+from faissx_core import readers
 from faissx_core.attrs import structure_loss
 from faissx_core.errors import InvalidArgument, UnsupportedOperation, faiss_reason
 from faissx_core.hookspecs import hookimpl
@@ -78,11 +79,8 @@ def build(p: GenericParams, build_nested: BuildNested) -> Any:
         built = cls(*args)
     except (TypeError, NotImplementedError, AttributeError) as exc:
         raise InvalidArgument(f"{p.cls}{tuple(p.args)!r}: {faiss_reason(str(exc))}") from None
-    binary = isinstance(built, faiss.IndexBinary)
-    write = faiss.serialize_index_binary if binary else faiss.serialize_index
-    read = faiss.deserialize_index_binary if binary else faiss.deserialize_index
     try:
-        copy = read(write(built))
+        copy = readers.copy_through_bytes(built)
     except RuntimeError as exc:
         reason = faiss_reason(str(exc))
         if "don't know how to serialize" in reason or "not supported" in reason:

@@ -174,6 +174,51 @@ def test_create_bomb_refused_before_allocation(start_server: Any, raw_clients: A
     assert listing["memory_bytes"] >= 100_000 * 100
 
 
+def _announcing(n_floats: int) -> bytes:
+    """faiss's bytes of a 10 x 8 IndexFlatL2 whose codes vector announces ``n_floats`` floats
+    (the bytes that follow hold the 80 it really has)."""
+    import faiss
+
+    index = faiss.IndexFlatL2(8)
+    index.add(vectors(10))
+    blob = bytearray(faiss.serialize_index(index).tobytes())
+    at = blob.index((80).to_bytes(8, "little"))  # the codes' length, in floats
+    blob[at : at + 8] = n_floats.to_bytes(8, "little")
+    return bytes(blob)
+
+
+def test_payload_announcing_a_huge_vector_allocates_nothing(
+    start_server: Any, raw_clients: Any
+) -> None:
+    """A 365-byte ``import`` or ``serialized`` part announcing a 3 GiB vector made faiss
+    allocate and zero 3 GiB before it found the bytes missing (faiss's own limit is 1 TB)."""
+    import base64
+
+    server = start_server()
+    raw = raw_clients(server.endpoint)
+    base = status(server, "VmHWM")
+    blob = _announcing((3 << 30) // 4)
+    error = raw.error("import", "imp", {}, {"data": np.frombuffer(blob, dtype=np.uint8)})
+    assert error.code == "invalid_argument", error
+    assert "announce more than they can hold" in error.message, error.message
+    part = {
+        "type": "serialized",
+        "params": {
+            "kind": "Index",
+            "faiss_class": "IndexFlatL2",
+            "data": base64.b64encode(blob).decode(),
+        },
+    }
+    error = raw.error("create", "ser", {"spec": ivf(part, 4)})
+    assert error.code == "invalid_parameters", error  # a part faiss could not build
+    assert "announce more than they can hold" in error.message, error.message
+    assert status(server, "VmHWM") - base < 200 * MiB
+    # the honest bytes of the same index import as before
+    honest = _announcing(80)
+    info, _ = raw.ok("import", "imp", {}, {"data": np.frombuffer(honest, dtype=np.uint8)})
+    assert info["ntotal"] == 10
+
+
 # -- case 2: replies are bounded before they are built ----------------------------------------
 
 

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol, TypedDict
 import faiss
 import numpy as np
 
-from faissx_core import attrs
+from faissx_core import attrs, readers
 from faissx_core.errors import (
     FaissxError,
     IndexDamaged,
@@ -1154,9 +1154,7 @@ def _clone(index: Any) -> Any:
     try:
         return (faiss.clone_binary_index if binary else faiss.clone_index)(index)  # type: ignore[attr-defined]  # faiss's stubs lack it
     except RuntimeError:
-        if binary:
-            return faiss.deserialize_index_binary(faiss.serialize_index_binary(index))
-        return faiss.deserialize_index(faiss.serialize_index(index))
+        return readers.copy_through_bytes(index)
 
 
 def _call_params(args: dict[str, Any] | None) -> dict[str, int]:

@@ -21,7 +21,7 @@ from pydantic import (
     ValidationError,
 )
 
-from faissx_core import attrs
+from faissx_core import attrs, readers
 from faissx_core.errors import (
     FaissError,
     FaissxError,
@@ -146,12 +146,16 @@ def run_faiss(fn: Callable[[], Any], what: str, managed: ManagedIndex) -> Any:
         raise FaissError(f"{what} on {managed.spec.type}: {faiss_reason(text)}") from None
 
 
-def deserialize(data: np.ndarray) -> Any:
-    """faiss bytes -> index, float or binary (the header says which; faiss checks it)."""
+def deserialize(data: np.ndarray, *, trusted: bool = False) -> Any:
+    """faiss bytes -> index, float or binary (the header says which; faiss checks it).
+
+    A client's bytes (``trusted`` False) may make faiss allocate no more than they could hold
+    (readers.py); our own (a Ray replica's state) are read as faiss reads them.
+    """
     errors = []
-    for reader in (faiss.deserialize_index, faiss.deserialize_index_binary):
+    for binary in (False, True):
         try:
-            return reader(data)
+            return readers.read_index(data, binary=binary, trusted=trusted)
         except (RuntimeError, MemoryError) as exc:  # corrupt sizes can ask for huge buffers
             errors.append(faiss_reason(str(exc)) or type(exc).__name__)
     raise InvalidArgument(f"not a faiss index: {errors[0]}")

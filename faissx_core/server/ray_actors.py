@@ -97,7 +97,7 @@ class ShardReplica:
     # -- state -------------------------------------------------------------------------------
     def _install(self, data: np.ndarray) -> None:
         """Make ``data`` (faiss bytes of the unwrapped index) this replica's index."""
-        inner = deserialize(data)
+        inner = deserialize(data, trusted=True)  # the server's template of its own index
         if self.wrap:
             binary = isinstance(inner, faiss.IndexBinary)
             outer = (faiss.IndexBinaryIDMap2 if binary else faiss.IndexIDMap2)(inner)
@@ -220,7 +220,7 @@ class ShardReplica:
 
     def restore(self, data: bytes, seq: int) -> int:
         """Become a copy of a peer (``export_state``), snapshotted before it is used."""
-        reader = deserialize(np.frombuffer(data, dtype=np.uint8))
+        reader = deserialize(np.frombuffer(data, dtype=np.uint8), trusted=True)  # a peer's
         self._adopt(reader)
         self.seq = seq
         self.lost = False

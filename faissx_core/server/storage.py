@@ -56,6 +56,7 @@ import faiss
 import msgpack
 import numpy as np
 
+from faissx_core import readers
 from faissx_core.errors import faiss_reason
 from faissx_core.hookspecs import hookimpl
 from faissx_core.protocol import decode, encode
@@ -834,7 +835,7 @@ class FileStore:
         if not path.is_file():
             raise ValueError(f"{path.name} (the snapshot meta.json names) is missing")
         try:
-            return (faiss.read_index_binary if binary else faiss.read_index)(str(path))
+            return readers.read_index_file(path, binary=binary)
         except RuntimeError as exc:
             raise ValueError(f"{path.name} cannot be read by faiss: {exc}") from None
 
