@@ -765,3 +765,14 @@ def round_trip_loss(index: Any) -> str | None:
     except RuntimeError:
         return None
     return structure_loss(index, copy)
+
+
+def check_storable(index: Any) -> None:
+    """Refuse to keep ``index`` named (on disk) if its snapshot would come back broken after a
+    restart (:func:`round_trip_loss`): a write acknowledged on it could not be replayed."""
+    loss = round_trip_loss(index)
+    if loss is not None:
+        raise UnsupportedOperation(
+            f"a named {type(index).__name__} cannot be stored before it is trained: faiss's "
+            f"snapshot of it would be incomplete ({loss}); create it unnamed, or train a copy first"
+        )

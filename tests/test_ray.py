@@ -317,6 +317,15 @@ def test_shard_with_no_replica_is_refused_by_name(remote, data):
         remote.delete_index(name)
 
 
+def test_an_index_faiss_would_snapshot_incompletely_is_not_stored_named(remote):
+    """As with the local backend: faiss writes an untrained IndexIVFPQR incompletely, so its
+    replicas' snapshots would come back broken after a restart; named, it is refused before
+    any replica starts."""
+    with pytest.raises(UnsupportedOperation, match=r"IndexIVFPQR .*incomplete"):
+        remote.IndexIVFPQR(remote.IndexFlatL2(D), D, 4, 4, 4, 4, 4, name="pqr", shards=2)
+    assert "pqr" not in [i["name"] for i in remote.list_indexes()]
+
+
 def test_whole_node_removed(cluster, remote, data):
     """Remove the worker node: its replicas restart on the head node from their own files;
     searches during the outage are full answers or ShardUnavailable; nothing acked is lost."""

@@ -523,13 +523,8 @@ class LocalBackend:
             tenant, name, spec, itype, index, session=session, registry=self.registry, gpu=self.gpu
         )
         durable = session is None and self.store is not None
-        loss = attrs.round_trip_loss(index) if durable and built_here else None
-        if loss is not None:  # its snapshot would come back broken after a restart
-            raise UnsupportedOperation(
-                f"a named {type(index).__name__} cannot be stored before it is trained: "
-                "faiss's snapshot "
-                f"of it would be incomplete ({loss}); create it unnamed, or train a copy first"
-            )
+        if durable and built_here:  # its snapshot must come back whole after a restart
+            attrs.check_storable(index)
         # A durable create publishes the index and writes its first generation as one step
         # with respect to deletes of the same name (which remove its directory).
         with self._files if durable else contextlib.nullcontext():

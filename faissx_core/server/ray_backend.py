@@ -35,6 +35,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from faissx_core import attrs
 from faissx_core.errors import (
     FaissxError,
     IndexExists,
@@ -205,6 +206,8 @@ class RayBackend(LocalBackend):
         if itype.kind != "index":
             raise InvalidArgument(f"{spec.type} is a component, not an index: pass it to one")
         template = self.registry.build(spec, resolve=_no_refs)
+        if session is None and self.data_dir is not None:  # as the local backend: its replicas'
+            attrs.check_storable(template)  # snapshots must come back whole after a restart
         with self._mutex:
             if (tenant, name) in self._indices:
                 raise IndexExists(f"index {name!r} already exists")
