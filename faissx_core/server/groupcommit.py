@@ -114,9 +114,11 @@ class Committer:
             raise OSError(f"the write-ahead log could not be synced: {ticket.log.failed}")
 
     def pending(self, olog: OpenLog) -> Ticket | None:
-        """The last record of ``olog`` if it is not on disk yet (what a read of it waits for)."""
+        """The last record of ``olog`` if it is not on disk yet (what a read of it waits for).
+        None once the log has failed: its index is broken, and served as broken indices are
+        (reads answered, writes refused)."""
         with self._cond:
-            if olog.written > olog.synced:
+            if olog.written > olog.synced and olog.failed is None:
                 return Ticket(olog, olog.written)
             return None
 
