@@ -361,3 +361,25 @@ def test_a_log_is_never_closed_while_the_committer_syncs_it(tmp_path):
     assert outcomes == [None]  # durable: the sync ran on the open descriptor
     assert olog.failed is None and olog.state(ticket.seq) is True
     committer.close()
+
+
+def test_an_empty_add_on_a_durable_index_is_logged_as_a_no_op(start_server, tmp_path):
+    """faiss takes a zero-row add as a no-op; so does a durable index (its log record has an
+    empty array, which once failed to encode: ``internal``), and the log replays after it."""
+    srv = durable_server(start_server, tmp_path, "always")
+    row = np.random.default_rng(6).standard_normal((1, D)).astype("float32")
+    peer = Peer(srv.endpoint)
+    try:
+        create_flat(peer, "empty")
+        reply = peer.call("add", "empty", arrays={"x": np.zeros((0, D), "float32")})
+        assert reply["ok"] and reply["result"]["ntotal"] == 0, reply
+        assert peer.call("add", "empty", arrays={"x": row})["result"]["ntotal"] == 1
+    finally:
+        peer.close()
+    srv.stop(signal.SIGKILL)
+    srv.start()
+    peer = Peer(srv.endpoint)
+    try:
+        assert peer.call("info", "empty")["result"]["ntotal"] == 1
+    finally:
+        peer.close()

@@ -253,7 +253,13 @@ def encode_record(record: LogRecord) -> list[Any]:
     header, *arrays = encode(
         {"op": record.op, "args": record.args, "idem": record.idem}, record.arrays
     )
-    parts = [struct.pack("<I", len(header)), header, *(memoryview(a).cast("B") for a in arrays)]
+    # an empty array (a zero-row add, which faiss takes as a no-op) is no bytes: memoryview
+    # cannot cast a view with a zero in its shape
+    parts = [
+        struct.pack("<I", len(header)),
+        header,
+        *(memoryview(a).cast("B") if a.size else b"" for a in arrays),
+    ]
     crc = 0
     for part in parts:
         crc = zlib.crc32(part, crc)
