@@ -95,103 +95,118 @@ def _fsyncs(metrics_port: int) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def _add_rows(index: Any, rows: np.ndarray, latencies: list[float]) -> None:
-    """One ``add`` per row, each timed."""
+def _add_rows(client: Any, name: str, rows: np.ndarray, latencies: list[float]) -> None:
+    """One ``add`` request per row, each timed (the client's own call: retries, keys)."""
     for i in range(len(rows)):
         start = time.perf_counter()
-        index.add(rows[i : i + 1])
+        client.call("add", name, {}, {"x": rows[i : i + 1]})
         latencies.append(time.perf_counter() - start)
 
 
-def one_row_server(
-    faissx: str, mode: str, dims: list[int], clients: list[int], rows: int, tag: str
-) -> dict[str, dict[str, float]]:
-    """One fresh server of build ``faissx`` with ``--fsync mode``: for each dimension and
-    client count, a new shared index, 50 warm-up adds, then ``clients`` threads x ``rows``
-    one-row adds. Returns {"d=..,c=..": {p50_ms, adds_per_s, fsyncs_per_add}}."""
-    import faissx_client as fx
+class OneRowServer:
+    """A fresh ``faissx serve`` of one build with a data directory and metrics, and a client."""
 
-    port, metrics_port = _free_port(), _free_port()
-    out: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(dir=os.environ.get("FAISSX_BENCH_DATA")) as tmp:
+    def __init__(self, faissx: str, mode: str) -> None:
+        from faissx_client.client import Client
+        from faissx_client.settings import ClientSettings
+
+        self.tmp = tempfile.TemporaryDirectory(dir=os.environ.get("FAISSX_BENCH_DATA"))
+        port, self.metrics_port = _free_port(), _free_port()
         args = [faissx, "serve", "--port", str(port), "--log-level", "WARNING"]
-        args += ["--data-dir", tmp, "--fsync", mode, "--metrics-port", str(metrics_port)]
-        server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    fx.configure(server=f"tcp://127.0.0.1:{port}", timeout=120)
-                    break
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-            rng = np.random.default_rng(0)
-            for d in dims:
-                for c in clients:
-                    index = fx.IndexFlatL2(d, name=f"{tag}-d{d}-c{c}")
-                    data = rng.standard_normal((c, rows, d)).astype("float32")
-                    for i in range(50):
-                        index.add(data[0, i : i + 1])
-                    latencies: list[list[float]] = [[] for _ in range(c)]
+        args += ["--data-dir", self.tmp.name, "--fsync", mode]
+        args += ["--metrics-port", str(self.metrics_port)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.client = Client(ClientSettings(server=f"tcp://127.0.0.1:{port}", timeout=120))
+                self.client.hello()
+                break
+            except Exception:
+                self.client.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
-                    threads = [
-                        threading.Thread(target=_add_rows, args=(index, data[t], latencies[t]))
-                        for t in range(c)
-                    ]
-                    syncs = _fsyncs(metrics_port)
-                    start = time.perf_counter()
-                    for thread in threads:
-                        thread.start()
-                    for thread in threads:
-                        thread.join()
-                    elapsed = time.perf_counter() - start
-                    syncs = _fsyncs(metrics_port) - syncs
-                    every = [x for lat in latencies for x in lat]
-                    out[f"d={d},c={c}"] = {
-                        "p50_ms": statistics.median(every) * 1000,
-                        "adds_per_s": len(every) / elapsed,
-                        "fsyncs_per_add": syncs / len(every),
-                    }
-            fx.disconnect()
-        finally:
-            server.terminate()
-            server.wait(60)
-    return out
+    def fsyncs(self) -> float:
+        return _fsyncs(self.metrics_port)
+
+    def close(self) -> None:
+        self.client.close()
+        self.proc.terminate()
+        self.proc.wait(60)
+        self.tmp.cleanup()
 
 
 def one_row(opts: argparse.Namespace) -> None:
+    """Every build gets a server per mode, all running at once; for each dimension and client
+    count, the builds take turns every block of adds, so each sees the same machine load
+    (other work on the machine and on its disk changes by the second)."""
     builds = {"this": str(FAISSX)}
     for item in opts.compare:
         label, _, path = item.partition("=")
         builds[label] = path
-    modes = opts.modes.split(",")
     dims = [int(x) for x in opts.dims.split(",")]
     clients = [int(x) for x in opts.clients.split(",")]
     load = [os.getloadavg()]
-    rounds: list[dict[str, Any]] = []
-    for r in range(opts.rounds):
-        order = list(builds.items()) if r % 2 == 0 else list(builds.items())[::-1]
-        for mode in modes:
-            for label, path in order:
-                got = one_row_server(path, mode, dims, clients, opts.rows, f"r{r}")
-                rounds.append({"round": r, "build": label, "mode": mode, "results": got})
+    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    rng = np.random.default_rng(0)
+    for mode in opts.modes.split(","):
+        servers = {label: OneRowServer(path, mode) for label, path in builds.items()}
+        try:
+            for d in dims:
+                for c in clients:
+                    name = f"d{d}-c{c}"
+                    spec = {"type": "IndexFlatL2", "params": {"d": d}}
+                    data = rng.standard_normal((opts.blocks, c, opts.rows, d)).astype("float32")
+                    lat: dict[str, list[list[float]]] = {b: [] for b in builds}
+                    spent = dict.fromkeys(builds, 0.0)
+                    syncs = dict.fromkeys(builds, 0.0)
+                    for srv in servers.values():
+                        srv.client.call("create", name, {"spec": spec})
+                        _add_rows(srv.client, name, data[0, 0, :50], [])  # warm-up
+                    for block in range(opts.blocks):
+                        order = list(servers.items())
+                        for label, srv in order if block % 2 == 0 else order[::-1]:
+                            mine: list[list[float]] = [[] for _ in range(c)]
+                            threads = [
+                                threading.Thread(
+                                    target=_add_rows,
+                                    args=(srv.client, name, data[block, t], mine[t]),
+                                )
+                                for t in range(c)
+                            ]
+                            before = srv.fsyncs()
+                            start = time.perf_counter()
+                            for thread in threads:
+                                thread.start()
+                            for thread in threads:
+                                thread.join()
+                            spent[label] += time.perf_counter() - start
+                            syncs[label] += srv.fsyncs() - before
+                            lat[label] += mine
+                    for label in builds:
+                        every = [x for part in lat[label] for x in part]
+                        results.setdefault(mode, {}).setdefault(f"d={d},c={c}", {})[label] = {
+                            "p50_ms": statistics.median(every) * 1000,
+                            "p99_ms": float(np.percentile(every, 99)) * 1000,
+                            "adds_per_s": len(every) / spent[label],
+                            "fsyncs_per_add": syncs[label] / len(every),
+                        }
+        finally:
+            for srv in servers.values():
+                srv.close()
     load.append(os.getloadavg())
     print(f"load average at start {load[0][0]:.2f}, at end {load[1][0]:.2f} (1 min)")
-    print(f"{'mode':<7} {'config':<12} {'build':<8} {'p50 ms':>8} {'adds/s':>9} {'fsync/add':>9}")
-    for mode in modes:
-        for config in rounds[0]["results"]:
-            for label in builds:
-                runs = [
-                    x["results"][config]
-                    for x in rounds
-                    if x["mode"] == mode and x["build"] == label
-                ]
-                p50 = statistics.median(x["p50_ms"] for x in runs)
-                rate = statistics.median(x["adds_per_s"] for x in runs)
-                syncs = statistics.median(x["fsyncs_per_add"] for x in runs)
-                print(f"{mode:<7} {config:<12} {label:<8} {p50:8.3f} {rate:9.0f} {syncs:9.2f}")
+    head = f"{'mode':<7} {'config':<12} {'build':<8} {'p50 ms':>8} {'p99 ms':>8} {'adds/s':>8}"
+    print(f"{head} {'fsync/add':>9}")
+    for mode, configs in results.items():
+        for config, per_build in configs.items():
+            for label, r in per_build.items():
+                print(
+                    f"{mode:<7} {config:<12} {label:<8} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
+                    f"{r['adds_per_s']:8.0f} {r['fsyncs_per_add']:9.2f}"
+                )
     out = OUT_DIR / "durability-one-row.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -199,9 +214,10 @@ def one_row(opts: argparse.Namespace) -> None:
             {
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                 "load_average": load,
-                "rows_per_client": opts.rows,
+                "blocks": opts.blocks,
+                "rows_per_client_per_block": opts.rows,
                 "builds": builds,
-                "rounds": rounds,
+                "results": results,
             },
             indent=2,
         )
@@ -216,8 +232,8 @@ def main() -> None:
     parser.add_argument("--modes", default="always,batch", help="--one-row: fsync modes")
     parser.add_argument("--dims", default="128,768", help="--one-row: dimensions")
     parser.add_argument("--clients", default="1,4", help="--one-row: concurrent clients")
-    parser.add_argument("--rows", type=int, default=300, help="--one-row: adds per client")
-    parser.add_argument("--rounds", type=int, default=2, help="--one-row: turns per build")
+    parser.add_argument("--rows", type=int, default=100, help="--one-row: adds per client/block")
+    parser.add_argument("--blocks", type=int, default=6, help="--one-row: turns per build")
     parser.add_argument(
         "--compare",
         action="append",
