@@ -222,8 +222,12 @@ class Server:
         finally:
             log.info("shutting down: finishing in-flight requests")
             self.pool.shutdown(wait=True)
-            if self._holds:  # the replies still held for their log records' sync
-                self.backend.store.settle()  # type: ignore[union-attr]
+            if self._holds:  # replies still held for their records' sync: let them out
+                deadline = time.monotonic() + 10
+                while not self.backend.store.settle(0.05):  # type: ignore[union-attr]
+                    self._forward(replies, router)  # the committer's pusher must not block
+                    if time.monotonic() > deadline:
+                        break
             self._forward(replies, router)
             saved = self.backend.snapshot_all()
             if saved:
