@@ -29,9 +29,9 @@ class ServerSettings(BaseModel):
     #: Also listen on this Unix socket path (``ipc://``): the same-host fast path.
     ipc: Path | None = None
     data_dir: Path | None = None
-    #: When a logged write is acknowledged: after fsync ("always"), after a shared fsync with
-    #: concurrent writers ("batch"), or once in the OS page cache ("off": survives a killed
-    #: server, not a power loss).
+    #: When a logged write is acknowledged: after an fsync of its log, shared with concurrent
+    #: writers ("always", whose reads also wait for it, and "batch"), or once in the OS page
+    #: cache ("off": survives a killed server, not a power loss).
     fsync: Literal["always", "batch", "off"] = "always"
     #: Snapshot an index once its log exceeds this many bytes.
     snapshot_bytes: int = Field(256 << 20, ge=1 << 16)

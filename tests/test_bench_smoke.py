@@ -85,3 +85,30 @@ def test_quick_benchmark_writes_its_json(tmp_path: Path) -> None:
         assert "matplotlib is not installed" in done.stdout
     else:
         assert (out / "latest.png").stat().st_size > 0
+
+
+def test_one_row_durability_benchmark_writes_its_json(tmp_path: Path) -> None:
+    """``python -m benchmarks.durability --one-row`` at tiny sizes, against this build twice
+    (``--compare``): the table and the JSON have every configuration and build."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAISSX_")}
+    env["FAISSX_BENCH_OUT"] = str(tmp_path)
+    faissx = f"again={Path(sys.executable).parent / 'faissx'}"
+    sizes = ["--rows", "3", "--blocks", "2", "--dims", "8", "--clients", "1,2", "--modes", "batch"]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.durability", "--one-row", *sizes, "--compare", faissx],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "load average" in done.stdout and "fsync/add" in done.stdout
+    results = json.loads((tmp_path / "durability-one-row.json").read_text())["results"]
+    assert set(results) == {"batch"}
+    for configs in results.values():
+        assert set(configs) == {"d=8,c=1", "d=8,c=2"}
+        for per_build in configs.values():
+            assert set(per_build) == {"this", "again"}
+            for figures in per_build.values():
+                assert set(figures) == {"p50_ms", "p99_ms", "adds_per_s", "fsyncs_per_add"}

@@ -65,7 +65,7 @@ from faissx_core.server.ordering import SerialQueues
 from faissx_core.server.outbound import SNDHWM, PeerOutput
 from faissx_core.server.pipeline import Call, Observers
 from faissx_core.server.progress import Progress
-from faissx_core.server.storage import LogRecord
+from faissx_core.server.storage import LogRecord, Ticket
 from faissx_core.server.uploads import Uploads
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
@@ -133,6 +133,9 @@ class Server:
         self.metrics = Metrics(self.backend, self.idempotency)
         if store is not None and hasattr(store, "timings"):
             store.timings = self.metrics.storage_timing  # fsync and snapshot durations
+        #: Replies of durable writes are held until their log record is on disk and sent by
+        #: the store's committer (group commit), when the store can do that.
+        self._holds = store is not None and hasattr(store, "when_durable")
         self.observers.add(self.metrics.observe)
         self.observers.add(RequestLog())
         self.control, self.index_ops = self._implementations()
@@ -229,6 +232,12 @@ class Server:
         finally:
             log.info("shutting down: finishing in-flight requests")
             self.pool.shutdown(wait=True)
+            if self._holds:  # replies still held for their records' sync: let them out
+                deadline = time.monotonic() + 10
+                while not self.backend.store.settle(0.05):  # type: ignore[union-attr]
+                    self._forward(replies, router)  # the committer's pusher must not block
+                    if time.monotonic() > deadline:
+                        break
             self._forward(replies, router)
             saved = self.backend.snapshot_all()
             if saved:
@@ -369,14 +378,22 @@ class Server:
         if not managed.lock.acquire_read(blocking=False):
             return False
         call.inline = True
+        holds: list[Ticket] = []
         try:
             frames, outcome = self._respond(
                 request,
-                lambda: self._run(self.index_ops[op.name], managed, request, arrays, locked=True),
+                lambda: self._run(
+                    self.index_ops[op.name],
+                    managed,
+                    request,
+                    arrays,
+                    locked=True,
+                    defer=holds.append if self._holds else None,
+                ),
             )
         finally:
             managed.lock.release_read()
-        self._finish(call, router, frames, outcome)
+        self._reply(call, router, frames, outcome, holds[-1] if holds else None)
         return True
 
     def _inline_write(
@@ -394,15 +411,15 @@ class Server:
         ``after``, limits, the backend's run with its log), when that cannot reorder or stall:
 
         * no earlier write of the index is queued or running (arrival order is kept);
-        * its reply waits for nothing: the index is in memory (unnamed, or no data directory)
-          or ``--fsync off`` (the record is in the page cache when ``write`` returns), and the
-          log is far from its snapshot threshold. An ``fsync`` would stall every client's
-          requests behind one disk flush, so durable writes stay on the pool;
+        * nothing on this thread waits for a disk: the index is in memory (unnamed, or no data
+          directory), or its record is only written here (to the page cache) and its reply is
+          held until the committer has synced it (``--fsync always``/``batch``: group commit)
+          or sent at once (``off``); and the log is far from its snapshot threshold;
         * its work is small and its lock is free right now.
         """
         store = self.backend.store
         if store is not None and not managed.ephemeral:
-            if self.settings.fsync != "off" or managed.snapshot_due:
+            if (self.settings.fsync != "off" and not self._holds) or managed.snapshot_due:
                 return False
             record = sum(a.nbytes for a in arrays.values()) + LOG_HEADER_BYTES
             if store.log_bytes(managed.tenant, managed.name) + record > self.backend.snapshot_bytes:
@@ -444,28 +461,70 @@ class Server:
         """Run the request (once per idempotency key) and send its reply: on the pool, or on
         the socket thread (``sock``, the ROUTER) holding the write lock of ``held``."""
         outcome: str | None = None
+        holds: list[Ticket] = []  # the log record its reply waits for (group commit)
 
-        def execute() -> list[Any]:
+        def execute() -> tuple[list[Any], Ticket | None]:
             nonlocal outcome
             frames, outcome = self._respond(
-                request, lambda: self._execute(principal, op, request, arrays, held)
+                request,
+                lambda: self._execute(
+                    principal, op, request, arrays, held, holds.append if self._holds else None
+                ),
             )
-            return frames
+            return frames, holds[-1] if holds else None
 
         if request.idem is not None and op.keyed:
 
-            def reply(token: Call, frames: list[Any], deduplicated: bool) -> None:
+            def reply(
+                token: Call, frames: list[Any], deduplicated: bool, hold: Ticket | None
+            ) -> None:
                 token.deduplicated = deduplicated
-                self._finish(
+                self._reply(
                     token,
-                    sock or self._pusher(),
+                    sock,
                     frames,
                     outcome if token is call and not deduplicated else None,
+                    hold,
                 )
 
             self.idempotency.handle(principal.tenant, request, call, execute, reply)
             return
-        self._finish(call, sock or self._pusher(), execute(), outcome)
+        frames, hold = execute()
+        self._reply(call, sock, frames, outcome, hold)
+
+    def _reply(
+        self,
+        call: Call,
+        sock: zmq.Socket | None,
+        frames: list[Any],
+        outcome: str | None,
+        hold: Ticket | None,
+    ) -> None:
+        """Send a reply now (on ``sock``, else this thread's pusher), or, when it waits for a
+        log record (``hold``), from the store's committer once the record is on disk. If it
+        never gets there (a failed fdatasync), the reply is an error instead: nothing is
+        acknowledged that a crash could undo."""
+        if hold is None:
+            self._finish(call, sock or self._pusher(), frames, outcome)
+            return
+
+        def release(failure: str | None) -> None:
+            if failure is None:
+                self._finish(call, self._pusher(), frames, outcome)
+                return
+            what = (
+                "was applied but is not acknowledged"
+                if call.op and call.op.mutates
+                else ("saw writes that are not acknowledged")
+            )
+            exc = InternalError(
+                f"{call.op.name if call.op else 'request'} {what}: the write-ahead log could "
+                f"not be synced ({failure}); the index refuses writes until a restart recovers "
+                "its last durable state"
+            )
+            self._finish(call, self._pusher(), self._error(call.request_id, exc), exc.code)
+
+        self.backend.store.when_durable(hold, release)  # type: ignore[union-attr]
 
     def _finish(
         self, call: Call, sock: zmq.Socket, frames: list[Any], outcome: str | None = "ok"
@@ -501,8 +560,10 @@ class Server:
         request: Request,
         arrays: Arrays,
         held: ManagedIndex | None = None,
+        defer: Callable[[Ticket], None] | None = None,
     ) -> list[Any]:
-        """Run one operation; ``held``: its index, whose write lock the caller holds."""
+        """Run one operation; ``held``: its index, whose write lock the caller holds;
+        ``defer``: takes the log record the reply must wait for (see ``backend.run``)."""
         if op.target == "control":
             return self._ok(
                 request.id,
@@ -518,7 +579,12 @@ class Server:
             )
         with self.limits.write(op, principal.tenant, self.backend, arrays):
             return self._run(
-                self.index_ops[op.name], managed, request, arrays, locked=held is not None
+                self.index_ops[op.name],
+                managed,
+                request,
+                arrays,
+                locked=held is not None,
+                defer=defer,
             )
 
     def _run(
@@ -528,6 +594,7 @@ class Server:
         request: Request,
         arrays: Arrays,
         locked: bool = False,
+        defer: Callable[[Ticket], None] | None = None,
     ) -> list[Any]:
         args = op.parse(request.args)  # malformed arguments are invalid_argument, first
         self.limits.check_op(op.name, managed, request.args, arrays)
@@ -535,6 +602,8 @@ class Server:
         job = op.prepare(managed, args, arrays)
         if locked and not op.write:  # an inline read: nothing to log, no budget to share
             result, out = job(managed.index)
+            if defer is not None and (ticket := self.backend.pending(managed)) is not None:
+                defer(ticket)  # it may show a write that is not on disk yet
         else:
             record = (
                 LogRecord(op.name, request.args, arrays, request.idem) if op.decl.logged else None
@@ -548,7 +617,9 @@ class Server:
                 not op.write
                 and (queries == 1 or managed.search_work(queries, request.args) <= SMALL_WORK)
             )
-            result, out = self.backend.run(managed, op.write, job, record, small=small, held=locked)
+            result, out = self.backend.run(
+                managed, op.write, job, record, small=small, held=locked, defer=defer
+            )
         return self._ok(request.id, result, out)
 
     def _replay(self, managed: ManagedIndex, record: LogRecord) -> Any:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypedDict
+from typing import Any, NamedTuple, Protocol, TypedDict, cast
 
 import faiss
 import numpy as np
@@ -48,6 +48,7 @@ from faissx_core.server.storage import (
     RememberedKey,
     SaveEntry,
     StoredIndex,
+    Ticket,
 )
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import (
@@ -438,6 +439,9 @@ class LocalBackend:
         self._damaged: dict[tuple[str, str], DamagedIndex] = {}
         #: The server's idempotency table, which recovered keys are put back into.
         self.keys: KeyMemory | None = None
+        committer = getattr(store, "committer", None)
+        if committer is not None:  # a log that fails to sync breaks its index
+            committer.on_failure = self._log_failed
         #: Idempotency keys a snapshot carries: younger than this many seconds, at most this
         #: many per index (the idempotency table's own limits).
         self.keep_keys_for = 600.0
@@ -641,17 +645,22 @@ class LocalBackend:
         record: LogRecord | None = None,
         small: bool = False,
         held: bool = False,
+        defer: Callable[[Ticket], None] | None = None,
     ) -> Any:
         """Run ``fn(index)`` under the index's lock; log ``record`` if the index is durable.
 
         The record is appended after ``fn`` succeeded and before the lock is released, so the
-        log's order is the order writes were applied; the caller acknowledges only after this
-        returns, which (fsync policy permitting) is after the record is on disk. A snapshot
-        the log's size calls for never fails the write: the write is durable in the log.
-        ``held``: the caller already holds the lock (the socket thread's inline path, which
-        takes it without waiting and must not block on it here).
+        log's order is the order writes were applied. A snapshot the log's size calls for
+        never fails the write: the write is durable in the log. ``held``: the caller already
+        holds the lock (the socket thread's inline path, which takes it without waiting and
+        must not block on it here).
+
+        The caller acknowledges once the record is on disk (fsync policy permitting): this
+        waits for it, unless ``defer`` is given, which is handed the ticket to hold the reply
+        on instead (group commit: groupcommit.py). With ``--fsync always`` a read is handed
+        the ticket of the last write it may have seen, if that is not on disk yet.
         """
-        ticket = None
+        ticket: Ticket | None = None
         if held:
             lock: Any = nullcontext()
         else:
@@ -683,6 +692,8 @@ class LocalBackend:
                             managed.measure()
             else:
                 result = fn(managed.index)
+                if defer is not None:
+                    ticket = self.pending(managed)
             if record is not None and self.store is not None and not managed.ephemeral:
                 try:
                     ticket = self.store.append(managed.tenant, managed.name, record)
@@ -705,12 +716,39 @@ class LocalBackend:
                 if self.store.log_bytes(managed.tenant, managed.name) > self.snapshot_bytes:
                     self._threshold_snapshot(managed)
         if ticket is not None:
-            assert self.store is not None and record is not None  # they made the ticket
+            assert self.store is not None  # it made the ticket
+            if defer is not None:
+                defer(ticket)
+                return result
             try:
                 self.store.wait(ticket)
             except OSError as exc:
-                raise InternalError(f"{record.op} could not be made durable: {exc}") from None
+                op = record.op if record else "the write"
+                raise InternalError(f"{op} could not be made durable: {exc}") from None
         return result
+
+    def pending(self, managed: ManagedIndex) -> Ticket | None:
+        """The log record a read of ``managed`` must not be answered before (it may show that
+        write), or None (``FileStore.pending``: only ``--fsync always`` holds reads)."""
+        pending = getattr(self.store, "pending", None)  # a store without group commit: none
+        if pending is None or managed.ephemeral:
+            return None
+        return cast("Ticket | None", pending(managed.tenant, managed.name))
+
+    def _log_failed(self, key: tuple[str, str], reason: str) -> None:
+        """A log could not be synced (the committer's thread): the index's memory may be
+        ahead of its disk, so it refuses writes and snapshots from now on, as after a failed
+        append."""
+        with self._mutex:
+            managed = self._indices.get(key)
+        if managed is not None and managed.broken is None:
+            managed.broken = f"write-ahead log could not be synced: {reason}"
+            log.critical(
+                "%s/%s: %s; it is not snapshotted, and a restart recovers its last durable state",
+                managed.tenant,
+                managed.name,
+                managed.broken,
+            )
 
     def merge(
         self,

@@ -50,8 +50,10 @@ PER_TENANT = 100_000
 CRASH_ENV = "FAISSX_TEST_CRASH_AFTER_WRITES"
 
 Frames = list[Any]
-#: How the table answers a caller: (the caller's token, reply frames, deduplicated).
-Reply = Callable[[Any, Frames, bool], None]
+#: How the table answers a caller: (the caller's token, reply frames, deduplicated, hold).
+#: ``hold`` is what the reply must wait for before it is sent (the log record of a durable
+#: write, under group commit), or None; a repeat of a held reply waits for the same.
+Reply = Callable[[Any, Frames, bool, Any], None]
 
 
 def _ok(reply: Frames) -> bool:
@@ -76,6 +78,8 @@ class _Entry:
     ok: bool = False
     #: Repeats that arrived while it ran: (routing id, request id).
     waiters: list[tuple[Any, int]] = field(default_factory=list)
+    #: What its reply waits for before it may be sent (see :data:`Reply`).
+    hold: Any = None
 
 
 class IdempotencyTable:
@@ -112,12 +116,20 @@ class IdempotencyTable:
 
     # -- the request path ------------------------------------------------------------------
     def handle(
-        self, tenant: str, request: Request, token: Any, execute: Callable[[], Frames], reply: Reply
+        self,
+        tenant: str,
+        request: Request,
+        token: Any,
+        execute: Callable[[], tuple[Frames, Any]],
+        reply: Reply,
     ) -> None:
         """Answer ``request`` (which has an ``idem`` key): run it once, or repeat its reply.
 
-        ``token`` stands for the caller (the server's record of the request); every answer is
-        ``reply(token, frames, deduplicated)``, ``deduplicated`` when it repeats an earlier one.
+        ``token`` stands for the caller (the server's record of the request); ``execute``
+        returns the reply's frames and what they wait for (:data:`Reply`). Every answer is
+        ``reply(token, frames, deduplicated, hold)``, ``deduplicated`` when it repeats an
+        earlier one. The key is recorded when the request is applied, so a repeat that
+        arrives while the first reply is held is not applied again: it is held as well.
         """
         assert request.idem is not None
         with self._mutex:
@@ -132,10 +144,10 @@ class IdempotencyTable:
                 if entry.reply is None:  # the first is still running: answer both at its end
                     entry.waiters.append((token, request.id))
                     return
-                remembered = entry.reply
+                remembered, hold = entry.reply, entry.hold
         if entry is not None:
             if (entry.op, entry.index) == (request.op, request.index):
-                reply(token, readdress(remembered, request.id), True)
+                reply(token, readdress(remembered, request.id), True, hold)
                 return
             error = InvalidArgument(
                 f"idempotency key {request.idem!r} was used for {entry.op} on {entry.index!r}; "
@@ -147,17 +159,19 @@ class IdempotencyTable:
                     {"v": PROTOCOL_VERSION, "id": request.id, "ok": False, "error": error.to_wire()}
                 ),
                 False,
+                None,
             )
             return
         frames: Frames | None = None
+        hold = None
         try:
-            frames = execute()
+            frames, hold = execute()
             self._maybe_crash(request, frames)
         finally:
-            waiters = self._finish(tenant, request.idem, frames)
-        reply(token, frames, False)
+            waiters = self._finish(tenant, request.idem, frames, hold)
+        reply(token, frames, False, hold)
         for waiter, rid in waiters:
-            reply(waiter, readdress(frames, rid), True)
+            reply(waiter, readdress(frames, rid), True, hold)
 
     def succeeded(self, tenant: str, key: str) -> bool:
         """Was the request with this key applied, with a success reply?
@@ -181,7 +195,9 @@ class IdempotencyTable:
             self._evict(keys)
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def _finish(self, tenant: str, key: str, reply: Frames | None) -> list[tuple[Any, int]]:
+    def _finish(
+        self, tenant: str, key: str, reply: Frames | None, hold: Any = None
+    ) -> list[tuple[Any, int]]:
         with self._mutex:
             keys = self._tenants.get(tenant, OrderedDict())
             entry = keys.get(key)
@@ -191,6 +207,7 @@ class IdempotencyTable:
                 del keys[key]
                 return []
             entry.reply = reply
+            entry.hold = hold
             entry.ok = _ok(reply)
             entry.created = time.monotonic()
             waiters, entry.waiters = entry.waiters, []

@@ -60,7 +60,7 @@ from faissx_core.server.shards import (
     split,
     takes_ids,
 )
-from faissx_core.server.storage import IndexStore, LogRecord
+from faissx_core.server.storage import IndexStore, LogRecord, Ticket
 from faissx_core.specs import IndexSpec
 
 log = logging.getLogger(__name__)
@@ -456,9 +456,10 @@ class RayBackend(LocalBackend):
         record: LogRecord | None = None,
         small: bool = False,
         held: bool = False,
+        defer: Callable[[Ticket], None] | None = None,
     ) -> Any:
         if not isinstance(managed, ShardedIndex):
-            return super().run(managed, write, fn, record, small, held)
+            return super().run(managed, write, fn, record, small, held, defer)
         assert isinstance(fn, BoundJob)  # ops.op makes every index op's job one
         handler = self._handlers.get(fn.op)
         if handler is None:

@@ -35,6 +35,7 @@ path components.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -60,6 +61,7 @@ from faissx_core import readers
 from faissx_core.errors import faiss_reason
 from faissx_core.hookspecs import hookimpl
 from faissx_core.protocol import decode, encode
+from faissx_core.server.groupcommit import Committer, OpenLog, Release, Ticket
 from faissx_core.settings import ServerSettings
 from faissx_core.specs import IMPORTED, IndexSpec, faiss_class_name
 from faissx_core.tenancy import check_name
@@ -77,6 +79,9 @@ _GENERATION_FILE = re.compile(r"^(snapshot|wal|keys)-(\d+)\.(faiss|log|msgpack)(
 #: Test hook: ``FAISSX_TEST_CRASH_AT=point:N`` exits abruptly at the N-th pass through a named
 #: point of a commit (see :class:`CrashPoints`); unset in production.
 CRASH_AT_ENV = "FAISSX_TEST_CRASH_AT"
+#: Test hook: ``FAISSX_TEST_FAIL_SYNC=N`` makes the N-th ``fdatasync`` of a log by the committer
+#: fail with EIO (as a failing disk would); unset in production.
+FAIL_SYNC_ENV = "FAISSX_TEST_FAIL_SYNC"
 FsyncMode = Literal["always", "batch", "off"]
 log = logging.getLogger(__name__)
 
@@ -168,10 +173,11 @@ class IndexStore(Protocol):
     def save_many(self, tenant: str, entries: list[SaveEntry]) -> None:
         """Snapshot several indices of one tenant as one commit (all or none)."""
 
-    def append(self, tenant: str, name: str, record: LogRecord) -> int:
-        """Write ``record`` to the index's log; returns a ticket for :meth:`wait`."""
+    def append(self, tenant: str, name: str, record: LogRecord) -> Ticket | None:
+        """Write ``record`` to the index's log; returns a ticket for :meth:`wait` (None: it is
+        as durable as the fsync policy asks already)."""
 
-    def wait(self, ticket: int) -> None:
+    def wait(self, ticket: Ticket | None) -> None:
         """Return once the record behind ``ticket`` is as durable as the fsync policy says."""
 
     def log_bytes(self, tenant: str, name: str) -> int:
@@ -248,7 +254,13 @@ def encode_record(record: LogRecord) -> list[Any]:
     header, *arrays = encode(
         {"op": record.op, "args": record.args, "idem": record.idem}, record.arrays
     )
-    parts = [struct.pack("<I", len(header)), header, *(memoryview(a).cast("B") for a in arrays)]
+    # an empty array (a zero-row add, which faiss takes as a no-op) is no bytes: memoryview
+    # cannot cast a view with a zero in its shape
+    parts = [
+        struct.pack("<I", len(header)),
+        header,
+        *(memoryview(a).cast("B") if a.size else b"" for a in arrays),
+    ]
     crc = 0
     for part in parts:
         crc = zlib.crc32(part, crc)
@@ -361,20 +373,21 @@ class FileStore:
         except BlockingIOError:
             self._lock_file.close()
             raise ValueError(f"data dir {root} is in use by another FAISSx server") from None
-        self._logs: dict[tuple[str, str], int] = {}  # open log file descriptors
+        self._logs: dict[tuple[str, str], OpenLog] = {}  # open logs
         self._sizes: dict[tuple[str, str], int] = {}
         self._generations: dict[tuple[str, str], int] = {}
-        #: A failed fsync makes every later durability promise void: reported, never hidden.
-        self._failure: str | None = None
         self._mutex = threading.Lock()
-        # group commit ("batch"): writers wait while one flusher fsyncs every dirty log
-        self._dirty: set[int] = set()
-        self._written = 0
-        self._synced = 0
-        self._cond = threading.Condition(self._mutex)
-        self._flusher: threading.Thread | None = None
-        self._closing = False
         self.crash = CrashPoints(os.environ.get(CRASH_AT_ENV))
+        self._syncs = 0
+        self._fail_sync = int(os.environ.get(FAIL_SYNC_ENV) or 0)
+        if self._fail_sync:
+            log.warning(
+                "%s=%d: a log fdatasync will fail (a test hook)", FAIL_SYNC_ENV, self._fail_sync
+            )
+        #: Group commit (groupcommit.py): with ``always`` or ``batch``, one thread syncs every
+        #: log written since its last pass and then releases the replies waiting for them.
+        #: Its ``on_failure`` is set by the backend (a failed sync marks the index broken).
+        self.committer = Committer(self._sync)
         #: Told how long each log fsync (``"fsync"``) and snapshot (``"snapshot"``) took and
         #: whether it succeeded: the server's metrics set it; None records nothing.
         self.timings: Callable[[str, float, bool], None] | None = None
@@ -464,16 +477,30 @@ class FileStore:
                     path.unlink(missing_ok=True)
 
     def _switch(self, key: tuple[str, str], gen: int) -> int | None:
-        """Point appends at generation ``gen``'s (empty) log; returns the old generation."""
+        """Point appends at generation ``gen``'s (empty) log; returns the old generation.
+
+        Called once generation ``gen`` is committed: its snapshot holds every record of the
+        old log, so the replies held on them are released as durable."""
         with self._mutex:
-            old_fd = self._logs.pop(key, None)
+            old_log = self._logs.pop(key, None)
             self._sizes[key] = 0
             old = self._generations.get(key)
             self._generations[key] = gen
-        if old_fd is not None:
+        if old_log is not None:
+            self.committer.retire(old_log)  # waits for a sync of it under way
             with contextlib.suppress(OSError):
-                os.close(old_fd)
+                os.close(old_log.fd)
         return old
+
+    def _check_log(self, key: tuple[str, str]) -> None:
+        """Refuse to snapshot an index whose log failed to sync: its memory may hold writes
+        that were answered with an error, which a snapshot would make durable."""
+        with self._mutex:
+            olog = self._logs.get(key)
+        if olog is not None and olog.failed is not None:
+            raise OSError(
+                f"not snapshotted: its write-ahead log could not be synced ({olog.failed})"
+            )
 
     # -- create, snapshot, multi-index commit --------------------------------------------
     def create(
@@ -539,6 +566,7 @@ class FileStore:
         try:
             meta = self._write_generation(folder, gen, spec, created, index, keys)
             self.crash("save:prepared")
+            self._check_log(key)
             self._commit_meta(folder, meta)
             committed = True
         except BaseException:
@@ -574,6 +602,8 @@ class FileStore:
                     self._write_generation(folder, old + 1, e.spec, e.created, e.index, e.keys)
                 )
             self.crash("commit:prepared")
+            for e in entries:
+                self._check_log((tenant, e.name))
             tmp = intent.with_name(intent.name + ".tmp")
             _write_synced(
                 tmp,
@@ -650,76 +680,71 @@ class FileStore:
             log.info("%s: finished a committed change (generation %d)", folder, meta["generation"])
 
     # -- the log -----------------------------------------------------------------------------
-    def _log_fd(self, tenant: str, name: str) -> int:
+    def _log(self, tenant: str, name: str) -> OpenLog:
         key = (tenant, name)
-        fd = self._logs.get(key)
-        if fd is None:
+        olog = self._logs.get(key)
+        if olog is None:
             gen = self._generations.get(key)
             if gen is None:
                 raise RuntimeError(f"{tenant}/{name} has no snapshot to log against")
             path = self._dir(tenant, name) / f"wal-{gen}.log"
             fd = os.open(path, os.O_WRONLY | os.O_APPEND, 0o600)
+            olog = OpenLog(key, fd)
             with self._mutex:
-                self._logs[key] = fd
+                self._logs[key] = olog
                 self._sizes.setdefault(key, os.fstat(fd).st_size)
-        return fd
+        return olog
 
-    def append(self, tenant: str, name: str, record: LogRecord) -> int:
-        fd = self._log_fd(tenant, name)
+    def append(self, tenant: str, name: str, record: LogRecord) -> Ticket | None:
+        """Write ``record`` (to the page cache) and return its ticket: with ``always`` or
+        ``batch`` it is on disk once the committer settles the ticket (:meth:`wait`,
+        :meth:`when_durable`); with ``off`` there is nothing to wait for (None). Appends to
+        one log are serialised by its index's write lock."""
+        olog = self._log(tenant, name)
+        if olog.failed is not None:
+            raise OSError(f"its write-ahead log could not be synced earlier ({olog.failed})")
         parts = encode_record(record)
         total = sum(len(p) for p in parts)
-        written = os.writev(fd, parts)
+        written = os.writev(olog.fd, parts)
         while written < total:  # writev may stop short on huge records; finish the rest
             rest = b"".join(bytes(p) for p in parts)[written:]
-            written += os.write(fd, rest)
+            written += os.write(olog.fd, rest)
         self._sizes[(tenant, name)] = self._sizes.get((tenant, name), 0) + total
-        if self.fsync == "always":
-            self._timed("fsync", lambda: os.fdatasync(fd))
-            return 0
         if self.fsync == "off":
-            return 0
-        with self._cond:
-            self._written += 1
-            self._dirty.add(fd)
-            self._cond.notify_all()
-            if self._flusher is None:
-                self._flusher = threading.Thread(
-                    target=self._flush_loop, daemon=True, name="faissx-wal-flusher"
-                )
-                self._flusher.start()
-            return self._written
+            return None
+        return self.committer.written(olog)
 
-    def wait(self, ticket: int) -> None:
-        if self.fsync != "batch" or ticket == 0:
-            return
-        with self._cond:
-            while self._synced < ticket and self._failure is None:
-                self._cond.wait()
-            if self._failure is not None:
-                raise OSError(f"the write-ahead log could not be synced: {self._failure}")
+    def wait(self, ticket: Ticket | None) -> None:
+        """Block until ``ticket``'s record is on disk (OSError if it never will be)."""
+        if ticket is not None:
+            self.committer.wait(ticket)
 
-    def _flush_loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._dirty and not self._closing:
-                    self._cond.wait()
-                if self._closing and not self._dirty:
-                    return
-                dirty, self._dirty = self._dirty, set()
-                upto = self._written
-            failure = None
-            for fd in dirty:  # one fsync per log covers every record written before it
-                try:
-                    self._timed("fsync", functools.partial(os.fdatasync, fd))
-                except OSError as exc:
-                    failure = str(exc)
-                    log.critical("fsync of a write-ahead log failed: %s", exc)
-            with self._cond:
-                if failure is not None:
-                    self._failure = failure
-                else:
-                    self._synced = upto
-                self._cond.notify_all()
+    def when_durable(self, ticket: Ticket, release: Release) -> None:
+        """Call ``release(None)`` on the committer's thread once ``ticket``'s record is on
+        disk, or ``release(reason)`` if it never will be: how a held reply is sent."""
+        self.committer.when_durable(ticket, release)
+
+    def pending(self, tenant: str, name: str) -> Ticket | None:
+        """With ``always``: the index's last record if it is not on disk yet, which a read's
+        reply waits for (no reply shows a write that a crash could still undo). None with
+        ``batch`` (a read may see writes whose shared sync is under way) and ``off``."""
+        if self.fsync != "always":
+            return None
+        olog = self._logs.get((tenant, name))
+        return self.committer.pending(olog) if olog is not None else None
+
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Sync every written record and release every held reply (at shutdown)."""
+        return self.committer.settle(timeout)
+
+    def _sync(self, fd: int) -> None:
+        """The committer's ``fdatasync`` of one log, timed (and failed on purpose by the
+        ``FAISSX_TEST_FAIL_SYNC`` test hook)."""
+        self._syncs += 1
+        if self._syncs == self._fail_sync:
+            log.warning("%s: failing fdatasync %d", FAIL_SYNC_ENV, self._syncs)
+            raise OSError(errno.EIO, f"{os.strerror(errno.EIO)} (injected by {FAIL_SYNC_ENV})")
+        self._timed("fsync", functools.partial(os.fdatasync, fd))
 
     def log_bytes(self, tenant: str, name: str) -> int:
         return self._sizes.get((tenant, name), 0)
@@ -727,12 +752,21 @@ class FileStore:
     # -- delete ------------------------------------------------------------------------------
     def delete(self, tenant: str, name: str) -> None:
         with self._mutex:
-            fd = self._logs.pop((tenant, name), None)
+            olog = self._logs.pop((tenant, name), None)
             self._sizes.pop((tenant, name), None)
             self._generations.pop((tenant, name), None)
-        if fd is not None:
-            os.close(fd)
-        self._discard(self._dir(tenant, name))
+        if olog is None:
+            self._discard(self._dir(tenant, name))
+            return
+        # Replies held on its log are released once the delete is durable: the writes
+        # they acknowledge are moot then (and refused if the delete fails).
+        failure: str | None = "the index was being deleted"
+        try:
+            self._discard(self._dir(tenant, name))
+            failure = None
+        finally:
+            self.committer.retire(olog, failure)  # waits for a sync of it under way
+            os.close(olog.fd)
 
     def _discard(self, folder: Path) -> None:
         """Remove an index directory as one step: renamed out of sight (the commit), then
@@ -1006,13 +1040,9 @@ class FileStore:
         self.delete(tenant, name)
 
     def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        if self._flusher is not None:
-            self._flusher.join(5)
+        self.committer.close()
         with self._mutex:
-            fds, self._logs = list(self._logs.values()), {}
+            fds, self._logs = [o.fd for o in self._logs.values()], {}
         failures = []
         for fd in fds:
             try:
