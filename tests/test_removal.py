@@ -1,0 +1,277 @@
+"""The server's own ``remove_ids`` for flat indices (faissx_core/server/removal.py) leaves
+exactly the state faiss's ``remove_ids`` leaves: the same ``ntotal``, codes, id map (order
+included), reverse map (every ``reconstruct``), search results with their tie order, and
+removed count - compared with local faiss over random deletes (ids present, absent, repeated,
+negative; ranges, empty, everything), then end to end through a real server and a restart.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import faiss
+import numpy as np
+import pytest
+
+from faissx_core.server import removal
+from faissx_core.server.removal import Removal
+
+D = 8
+N = 600
+
+
+def data(seed: int, n: int = N, d: int = D) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype("float32")
+    x[n // 6 : n // 6 + n // 12] = x[: n // 12]  # repeated vectors: ties in every search
+    return x
+
+
+def build(kind: str, x: np.ndarray, ids: np.ndarray) -> faiss.Index:
+    d = x.shape[1]
+    flat = {
+        "L2": lambda: faiss.IndexFlatL2(d),
+        "IP": lambda: faiss.IndexFlatIP(d),
+        "L1": lambda: faiss.IndexFlat(d, faiss.METRIC_L1),
+    }
+    base, _, wrap = kind.partition("/")
+    inner = flat[base]()
+    if not wrap:
+        inner.add(x)
+        return inner
+    index = faiss.IndexIDMap2(inner) if wrap == "IDMap2" else faiss.IndexIDMap(inner)
+    index.add_with_ids(x, ids)
+    return index
+
+
+def state(index: faiss.Index, queries: np.ndarray, ids: np.ndarray) -> dict:
+    """Everything faiss lets a caller observe about the index after a removal."""
+    outer = faiss.downcast_index(index)
+    flat = faiss.downcast_index(outer.index) if hasattr(outer, "id_map") else outer
+    Dist, Ids = index.search(queries, 20)
+    out = {
+        "ntotal": (index.ntotal, flat.ntotal),
+        "bytes": faiss.serialize_index(index).tobytes(),  # codes, id map, ntotal
+        "codes": flat.codes.size(),
+        "D": Dist,
+        "I": Ids,
+    }
+    if hasattr(outer, "id_map"):
+        out["id_map"] = faiss.vector_to_array(outer.id_map)
+    if isinstance(outer, faiss.IndexIDMap2):  # the reverse map: reconstruct by every id
+        found = {}
+        for key in np.unique(ids).tolist():
+            try:
+                found[key] = index.reconstruct(key).tobytes()
+            except RuntimeError:
+                found[key] = None
+        out["rev"] = found
+    elif not hasattr(outer, "id_map") and index.ntotal:
+        out["rec"] = index.reconstruct_n(0, index.ntotal).tobytes()
+    return out
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        else:
+            assert a[key] == b[key], key
+
+
+def faiss_remove(index: faiss.Index, what: Removal) -> int:
+    if what.ids is None:
+        return index.remove_ids(faiss.IDSelectorRange(what.imin, what.imax))
+    return index.remove_ids(np.ascontiguousarray(what.ids, dtype="int64"))
+
+
+def random_removal(rng: np.random.Generator, ids: np.ndarray, ntotal: int) -> Removal:
+    pick = int(rng.integers(0, 7))
+    if pick == 0:  # present ids, in any order
+        return Removal(ids=rng.choice(ids, int(rng.integers(1, 40))).astype("int64"))
+    if pick == 1:  # present, absent, repeated, negative
+        got = np.concatenate(
+            [
+                rng.choice(ids, 5),
+                rng.choice(ids, 3).repeat(3),
+                [-1, -(1 << 40), 1 << 62, int(ids.max()) + 1],
+                rng.integers(-1000, 1000, 10),
+            ]
+        )
+        return Removal(ids=got.astype("int64"))
+    if pick == 2:  # nothing at all
+        return Removal(ids=np.empty(0, dtype="int64"))
+    if pick == 3:  # a range over the ids (or positions), possibly empty or reversed
+        lo = int(rng.integers(-50, 700))
+        return Removal(imin=lo, imax=lo + int(rng.integers(-20, 120)))
+    if pick == 4:  # absent ids only
+        return Removal(ids=np.array([-7, 1 << 61, -(1 << 62)], dtype="int64"))
+    if pick == 5:  # one contiguous block of present ids, plus the first and last rows
+        start = int(rng.integers(0, max(1, len(ids) - 30)))
+        block = np.concatenate([ids[start : start + 30], ids[:1], ids[-1:]])
+        return Removal(ids=block.astype("int64"))
+    return Removal(imin=-(1 << 63), imax=(1 << 63) - 1)  # everything
+
+
+KINDS = ["L2", "IP", "L1", "L2/IDMap2", "IP/IDMap", "L1/IDMap2", "IP/IDMap2"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_random_removals_match_faiss(kind, threads):
+    rng = np.random.default_rng(KINDS.index(kind) * 10 + threads)
+    for trial in range(12):
+        x = data(trial)
+        if trial % 3 == 0:  # ids far apart, negative and huge included
+            ids = rng.choice(np.arange(-(1 << 20), 1 << 20), N, replace=False) << 20
+        elif trial % 3 == 1:  # repeated ids: faiss removes every row holding one
+            ids = rng.integers(0, N // 3, N)
+        else:
+            ids = np.arange(N) * 3 + 1
+        ids = ids.astype("int64")
+        ours, theirs = build(kind, x, ids), build(kind, x, ids)
+        queries = np.concatenate([x[:5], rng.standard_normal((5, D)).astype("float32")])
+        for _ in range(4):
+            what = random_removal(rng, ids, theirs.ntotal)
+            expected = faiss_remove(theirs, what)
+            got = removal.remove(ours, what, threads, parallel_bytes=0)
+            assert got == expected, (kind, trial, what)
+            assert_same(state(ours, queries, ids), state(theirs, queries, ids))
+        if kind.endswith("IDMap2") and len(np.unique(ids)) == N:
+            ours.check_consistency()  # faiss's own check of the reverse map
+
+
+def test_removing_everything_then_adding_again_matches_faiss():
+    x, ids = data(5), np.arange(N, dtype="int64")
+    ours, theirs = build("L2/IDMap2", x, ids), build("L2/IDMap2", x, ids)
+    everything = Removal(ids=ids)
+    assert removal.remove(ours, everything, 2, parallel_bytes=0) == faiss_remove(theirs, everything)
+    assert ours.ntotal == 0
+    ours.add_with_ids(x[:10], ids[:10] + 5)
+    theirs.add_with_ids(x[:10], ids[:10] + 5)
+    assert_same(state(ours, x[:3], ids + 5), state(theirs, x[:3], ids + 5))
+
+
+def test_too_many_runs_and_other_types_are_left_to_faiss():
+    x, ids = data(6, n=removal.MAX_RUNS * 2 + 10), None
+    ids = np.arange(len(x), dtype="int64")
+    index = build("L2/IDMap2", x, ids)
+    before = faiss.serialize_index(index).tobytes()
+    assert removal.remove(index, Removal(ids=ids[::2]), 1) is None  # every other row: too many
+    assert faiss.serialize_index(index).tobytes() == before
+    others = [
+        faiss.IndexHNSWFlat(D, 8),
+        faiss.IndexIDMap2(faiss.IndexHNSWFlat(D, 8)),
+        faiss.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_8bit),
+        faiss.IndexFlat1D(),
+    ]
+    for other in others:
+        assert removal.remove(other, Removal(ids=np.arange(3, dtype="int64")), 2) is None
+    binary = faiss.IndexBinaryFlat(64)
+    binary.add(np.zeros((4, 8), dtype="uint8"))
+    assert removal.remove(binary, Removal(ids=np.arange(2, dtype="int64")), 2) is None
+    assert binary.ntotal == 4
+
+
+def test_selectors_that_are_not_a_set_or_range_are_left_to_faiss():
+    from faissx_core.selectors import SelectorSpec
+
+    ids = np.arange(4, dtype="int64")
+    assert (
+        removal.removal_of(
+            SelectorSpec(kind="not", children=[SelectorSpec(kind="range")]), None, {}
+        )
+        is None
+    )
+    assert removal.removal_of(SelectorSpec(kind="bitmap"), None, {"sel_ids": ids}) is None
+    got = removal.removal_of(SelectorSpec(kind="batch"), None, {"sel_ids": ids})
+    assert got is not None and got.ids is ids
+    got = removal.removal_of(SelectorSpec(kind="range", imin=3, imax=9), None, {})
+    assert got == Removal(imin=3, imax=9)
+
+
+# -- through a real server -----------------------------------------------------------------
+
+
+def test_remote_removals_match_local_faiss(remote):
+    """IDMap2,Flat big enough (9 MB of codes) for the server to rebuild the reverse map on a
+    second thread, removed from by ids, a range and a batch selector, like local faiss."""
+    d, n = 256, 9000
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, d)).astype("float32")
+    x[100:200] = x[:100]
+    ids = (rng.permutation(n) * 7 - 50).astype("int64")
+    local = faiss.index_factory(d, "IDMap2,Flat")
+    proxy = remote.index_factory(d, "IDMap2,Flat")
+    local.add_with_ids(x, ids)
+    proxy.add_with_ids(x, ids)
+    queries = x[:8]
+    for step in range(6):
+        gone = np.concatenate([rng.choice(ids, 100), [-3, 1 << 50]]).astype("int64")
+        assert proxy.remove_ids(gone) == local.remove_ids(gone), step
+    lo = int(np.sort(ids)[n // 2])
+    assert proxy.remove_ids(remote.IDSelectorRange(lo, lo + 400)) == local.remove_ids(
+        faiss.IDSelectorRange(lo, lo + 400)
+    )
+    batch = rng.choice(ids, 50).astype("int64")
+    assert proxy.remove_ids(remote.IDSelectorBatch(batch)) == local.remove_ids(
+        faiss.IDSelectorBatch(batch)
+    )
+    assert proxy.ntotal == local.ntotal
+    for k in (1, 10, 50):
+        Dr, Ir = proxy.search(queries, k)
+        Dl, Il = local.search(queries, k)
+        np.testing.assert_array_equal(Ir, Il)
+        np.testing.assert_array_equal(Dr, Dl)
+    kept = faiss.vector_to_array(local.id_map)
+    np.testing.assert_array_equal(proxy.reconstruct_batch(kept), local.reconstruct_batch(kept))
+    with pytest.raises(Exception, match="not found"):
+        proxy.reconstruct(int(np.setdiff1d(ids, kept)[0]))
+
+
+def test_plain_flat_removals_match_local_faiss(remote):
+    x = data(12, n=300)
+    local, proxy = faiss.IndexFlatIP(D), remote.IndexFlatIP(D)
+    local.add(x)
+    proxy.add(x)
+    for gone in ([0, 5, 5, 299, 400, -1], [], list(range(10, 60))):
+        ids = np.array(gone, dtype="int64")
+        assert proxy.remove_ids(ids) == local.remove_ids(ids)
+    assert proxy.remove_ids(remote.IDSelectorRange(100, 130)) == local.remove_ids(
+        faiss.IDSelectorRange(100, 130)
+    )
+    np.testing.assert_array_equal(
+        proxy.reconstruct_n(0, proxy.ntotal), local.reconstruct_n(0, local.ntotal)
+    )
+    np.testing.assert_array_equal(proxy.search(x[:5], 10)[1], local.search(x[:5], 10)[1])
+
+
+def test_logged_removals_replay_to_the_same_index(start_server, tmp_path):
+    """A restart replays the logged removals through the same code: the recovered index is
+    still the one local faiss has."""
+    from faissx import client as fx
+
+    srv = start_server("--data-dir", str(tmp_path / "d"))
+    x, ids = data(13, n=400), (np.arange(400, dtype="int64") * 5)
+    local = faiss.index_factory(D, "IDMap2,Flat")
+    local.add_with_ids(x, ids)
+    fx.configure(server=srv.endpoint)
+    try:
+        proxy = fx.index_factory(D, "IDMap2,Flat", name="gone")
+        proxy.add_with_ids(x, ids)
+        for gone in ([0, 5, 1995, 7], list(range(100, 700, 5)), [3, 4]):
+            arr = np.array(gone, dtype="int64")
+            assert proxy.remove_ids(arr) == local.remove_ids(arr)
+    finally:
+        fx.disconnect()
+    srv.stop(signal.SIGKILL)
+    srv.start()
+    fx.configure(server=srv.endpoint)
+    try:
+        again = fx.open_index("gone")
+        assert again.ntotal == local.ntotal
+        np.testing.assert_array_equal(again.search(x[:6], 10)[1], local.search(x[:6], 10)[1])
+        kept = faiss.vector_to_array(local.id_map)
+        np.testing.assert_array_equal(again.reconstruct_batch(kept), local.reconstruct_batch(kept))
+    finally:
+        fx.disconnect()
