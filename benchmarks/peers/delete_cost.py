@@ -1,0 +1,176 @@
+"""What one "delete 100 ids" costs, before and after removal.py, in the same run.
+
+``python -m benchmarks.peers.delete_cost [--shapes 1000000x128,100000x768] [--reps 7]
+[--baseline DIR] [--fsync off]``
+
+In this process, on ``IDMap2,Flat`` copies holding the same vectors: faiss's own
+``remove_ids``, :func:`faissx_core.server.removal.remove` (two threads), and
+the parts of faiss's call measured alone (the flat index's removal, ``construct_rev_map``);
+each repetition removes the same 100 random present ids from every copy, the variants taking
+turns in a rotating order, and the copies are checked to be identical at the end.
+
+With ``--baseline DIR`` (a source tree of the code before, e.g. ``git archive <commit> | tar
+-x -C DIR``), two ``faissx serve`` processes, that tree's and this one's, each load the same
+``IDMap2,Flat`` through the real client and take turns deleting the same 100 ids: the
+client-measured time of the whole call. Medians and the load average are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import faiss
+import numpy as np
+
+from benchmarks import procs
+from faissx_core.server import removal
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def local(n: int, d: int, reps: int, rng: np.random.Generator) -> dict[str, list[float]]:
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    ids = np.arange(n, dtype=np.int64) * 3 + 7
+    names = ["faiss remove_ids", "removal.remove (2 threads)"]
+    copies = []
+    for _ in names:
+        index = faiss.IndexIDMap2(faiss.IndexFlatL2(d))
+        index.add_with_ids(x, ids)
+        copies.append(index)
+    parts: Any = faiss.IndexFlatL2(d)  # faiss's flat-index removal alone (positions as ids)
+    parts.add(x)
+    del x
+    times: dict[str, list[float]] = {k: [] for k in [*names, "  of which IndexFlat.remove_ids"]}
+    times["  of which construct_rev_map"] = []
+    alive = ids
+    for rep in range(reps):
+        gone = rng.choice(alive, 100, replace=False)
+        alive = np.setdiff1d(alive, gone)
+        order = list(range(len(names)))
+        order = order[rep % len(order) :] + order[: rep % len(order)]
+        for which in order:
+            index: Any = copies[which]
+            t0 = time.perf_counter()
+            if which == 0:
+                removed = index.remove_ids(gone)
+            else:
+                removed = removal.remove(index, removal.Removal(ids=gone), threads=2)
+            times[names[which]].append(time.perf_counter() - t0)
+            assert removed == 100, removed
+        t0 = time.perf_counter()
+        parts.remove_ids(rng.choice(parts.ntotal, 100, replace=False).astype(np.int64))
+        times["  of which IndexFlat.remove_ids"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        copies[0].construct_rev_map()
+        times["  of which construct_rev_map"].append(time.perf_counter() - t0)
+    first = faiss.vector_to_array(copies[0].id_map)
+    q = rng.standard_normal((4, d), dtype=np.float32)
+    for other in copies[1:]:
+        assert other.ntotal == copies[0].ntotal
+        np.testing.assert_array_equal(faiss.vector_to_array(other.id_map), first)
+        np.testing.assert_array_equal(other.search(q, 10)[1], copies[0].search(q, 10)[1])
+        np.testing.assert_array_equal(
+            other.reconstruct_batch(first[::997]), copies[0].reconstruct_batch(first[::997])
+        )
+    return times
+
+
+def _serve(tree: Path | None, work: Path, tag: str, fsync: str | None) -> tuple[Any, str]:
+    port = procs.free_port()
+    # the baseline tree's packages, not this checkout's: its editable-install finder (on
+    # sys.meta_path, ahead of PYTHONPATH) is taken out first
+    boot = "import sys; from faissx.cli import main; sys.exit(main())"
+    if tree is not None:
+        boot = (
+            "import sys; sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in "
+            f"getattr(f, '__module__', '')]; sys.path.insert(0, {str(tree)!r}); " + boot
+        )
+    cmd = [sys.executable, "-c", boot]
+    cmd += ["serve", "--port", str(port), "--bind-address", "127.0.0.1", "--log-level", "WARNING"]
+    if fsync:
+        cmd += ["--data-dir", str(work / f"data-{tag}"), "--fsync", fsync]
+    env = procs.clean_env()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    service = procs.Service(cmd, work / f"{tag}.log", env=env)
+    service.wait_until(lambda: procs.ping_faissx(endpoint), 120, f"faissx serve ({tag})")
+    return service, endpoint
+
+
+def served(
+    n: int, d: int, reps: int, rng: np.random.Generator, baseline: Path, fsync: str | None
+) -> dict[str, list[float]]:
+    from faissx import client as fx  # one configured server at a time: switched per call
+
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    ids = np.arange(n, dtype=np.int64) * 3 + 7
+    tags = ("before", "after")
+    times: dict[str, list[float]] = {f"server {tag}": [] for tag in tags}
+    with tempfile.TemporaryDirectory(prefix="faissx-delete-") as tmp:
+        work = Path(tmp)
+        services, endpoints = [], []
+        try:
+            for tag, tree in zip(tags, (baseline, None), strict=True):
+                service, endpoint = _serve(tree, work, tag, fsync)
+                services.append(service)
+                endpoints.append(endpoint)
+                fx.configure(server=endpoint, timeout=600)
+                index = fx.index_factory(d, "IDMap2,Flat", name="delete")
+                for start in range(0, n, 50_000):
+                    index.add_with_ids(x[start : start + 50_000], ids[start : start + 50_000])
+            alive = ids
+            for rep in range(reps):
+                gone = rng.choice(alive, 100, replace=False)
+                alive = np.setdiff1d(alive, gone)
+                for which in (0, 1) if rep % 2 == 0 else (1, 0):
+                    fx.configure(server=endpoints[which], timeout=600)
+                    index = fx.open_index("delete")
+                    t0 = time.perf_counter()
+                    assert index.remove_ids(gone) == 100
+                    times[f"server {tags[which]}"].append(time.perf_counter() - t0)
+            found = []
+            for endpoint in endpoints:
+                fx.configure(server=endpoint, timeout=600)
+                found.append(fx.open_index("delete").search(x[:4], 10)[1])
+            np.testing.assert_array_equal(found[0], found[1])
+        finally:
+            fx.disconnect()
+            for service in services:
+                service.stop()
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers.delete_cost")
+    parser.add_argument("--shapes", default="1000000x128,100000x768")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--baseline", type=Path, default=None)
+    parser.add_argument("--fsync", choices=("off", "batch", "always"), default=None)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*in memory only.*")  # a named in-memory index
+    rng = np.random.default_rng(0)
+    for shape in args.shapes.split(","):
+        n, d = (int(v) for v in shape.split("x"))
+        print(f"# {n} x {d}, IDMap2,Flat, 100 ids per delete, {args.reps} deletes")
+        print(f"load average before: {_load()}")
+        results = local(n, d, args.reps, rng)
+        if args.baseline is not None:
+            results.update(served(n, d, args.reps, rng, args.baseline, args.fsync))
+        for name, values in results.items():
+            ms = sorted(v * 1e3 for v in values)
+            print(f"  {name:34s} median {median(ms):7.1f} ms  min {ms[0]:7.1f}  max {ms[-1]:7.1f}")
+        print(f"load average after: {_load()}\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
