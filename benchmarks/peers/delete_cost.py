@@ -42,11 +42,10 @@ def local(n: int, d: int, reps: int, rng: np.random.Generator) -> dict[str, list
     x = rng.standard_normal((n, d), dtype=np.float32)
     ids = np.arange(n, dtype=np.int64) * 3 + 7
     names = ["faiss remove_ids", "removal.remove (2 threads)"]
-    copies = []
+    copies: list[Any] = []
     for _ in names:
-        index = faiss.IndexIDMap2(faiss.IndexFlatL2(d))
-        index.add_with_ids(x, ids)
-        copies.append(index)
+        copies.append(faiss.IndexIDMap2(faiss.IndexFlatL2(d)))
+        copies[-1].add_with_ids(x, ids)
     parts: Any = faiss.IndexFlatL2(d)  # faiss's flat-index removal alone (positions as ids)
     parts.add(x)
     del x
@@ -59,8 +58,9 @@ def local(n: int, d: int, reps: int, rng: np.random.Generator) -> dict[str, list
         order = list(range(len(names)))
         order = order[rep % len(order) :] + order[: rep % len(order)]
         for which in order:
-            index: Any = copies[which]
+            index = copies[which]
             t0 = time.perf_counter()
+            removed: int | None
             if which == 0:
                 removed = index.remove_ids(gone)
             else:
