@@ -136,7 +136,7 @@ def _isin(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     out = np.zeros(values.size, dtype=bool)
     if wanted.size == 0 or values.size == 0:
         return out
-    bits = min(max(int(wanted.size).bit_length() + 4, 10), 26)
+    bits = min(max(int(wanted.size).bit_length() + 4, 10), 24)  # a table of 1 KiB to 16 MiB
     shift = np.uint64(64 - bits)
     table = np.zeros(1 << bits, dtype=bool)
     table[(wanted.view(np.uint64) * _MIX) >> shift] = True
