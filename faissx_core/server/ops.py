@@ -569,7 +569,8 @@ def remove_ids(m: ManagedIndex, a: RemoveArgs, arrays: Arrays) -> Job:
         plain = removal.removal_of(a.selector, None, arrays)
 
     def job(index: Any) -> Result:
-        # a flat index: faiss's exact result without its row-by-row loop (removal.py);
+        # IDMap2 over a flat index, with two threads to spend: faiss's exact result, its flat
+        # removal and reverse-map rebuild run at once (removal.py); anything else: faiss.
         # held = (selector, the id array it points into): both live as long as this closure
         removed = run_faiss(
             lambda: (
