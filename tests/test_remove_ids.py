@@ -2,8 +2,7 @@
 counts, ``ntotal``, search results (tie order included: repeated vectors) and ``reconstruct``
 by id (IndexIDMap2's reverse map, rebuilt after every removal), for ids present, absent,
 repeated and negative, ranges and batch selectors; and a restart replays the logged removals
-to the same index. (faissx_core/server/removal.py against local faiss, in process:
-tests/test_removal.py.)
+to the same index.
 """
 
 from __future__ import annotations
@@ -24,9 +23,8 @@ def data(seed: int, n: int, d: int = D) -> np.ndarray:
 
 
 def test_remote_removals_match_local_faiss(remote):
-    """IDMap2,Flat big enough (9 MB of codes) for removal.py's two-thread path on a server
-    with two cores, removed from by ids present, absent and repeated, a range and a batch
-    selector, like local faiss."""
+    """IDMap2,Flat (9 MB of codes, repeated vectors) removed from by ids present, absent and
+    repeated, a range and a batch selector, like local faiss."""
     d, n = 256, 9000
     rng = np.random.default_rng(11)
     x = rng.standard_normal((n, d)).astype("float32")

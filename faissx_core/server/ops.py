@@ -55,7 +55,6 @@ from faissx_core.operations import (
     TransformArgs,
 )
 from faissx_core.selectors import SelectorSpec, build_selector
-from faissx_core.server import removal
 from faissx_core.server.backend import ManagedIndex
 from faissx_core.specs import IndexSpec, downcast
 
@@ -563,24 +562,12 @@ def remove_ids(m: ManagedIndex, a: RemoveArgs, arrays: Arrays) -> Job:
         # direct map, IDSelectorBatch otherwise)
         ids = id_array(arrays, "ids")
         held = ids, None
-        plain = removal.removal_of(None, ids, arrays)
     else:
         held = build_selector(a.selector, arrays, id_map_of=partial(_searched, m))
-        plain = removal.removal_of(a.selector, None, arrays)
 
     def job(index: Any) -> Result:
-        # IDMap2 over a flat index, with two threads to spend: faiss's exact result, its flat
-        # removal and reverse-map rebuild run at once (removal.py); anything else: faiss.
         # held = (selector, the id array it points into): both live as long as this closure
-        removed = run_faiss(
-            lambda: (
-                None if plain is None else removal.remove(index, plain, faiss.omp_get_max_threads())
-            ),
-            "remove_ids",
-            m,
-        )
-        if removed is None:
-            removed = run_faiss(lambda: index.remove_ids(held[0]), "remove_ids", m)
+        removed = run_faiss(lambda: index.remove_ids(held[0]), "remove_ids", m)
         return {"removed": int(removed), **_info(index)}, {}
 
     return job
