@@ -9,6 +9,8 @@ with WORKLOAD one of:
   load-hnsw     the bulk load of ``--n`` vectors into HNSW16 in 5000-row calls
   batch-flat    searches of ``--nq`` queries at a time on IDMap2,Flat (the batch-QPS row)
   load-flat     the bulk load of ``--n`` vectors into IDMap2,Flat in 5000-row calls
+  delete        ``remove_ids`` of 100 random present ids at a time on IDMap2,Flat (``--n``
+                vectors; the peer benchmark's "delete 100 ids" row)
 
 ``--d`` sets the width (128 by default); a run at another ``--n`` or ``--d`` than the default
 names its file after them (``profile-search1-flat-n1000000.txt``).
@@ -57,8 +59,11 @@ WAITS = (
 
 def summarise_raw(path: Path, top: int = 25) -> str:
     """py-spy's raw (collapsed) stacks -> the functions with the most self / inclusive samples
-    among threads that were working (not in one of :data:`WAITS`)."""
+    among threads that were working (not in one of :data:`WAITS`). A stripped library's frames
+    have no names (``0x7f... (libc.so.6)``): "self samples by nearest named frame" charges them
+    to the closest caller that has one (libc's memmove to the faiss function that called it)."""
     self_c: Counter[str] = Counter()
+    named: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     total = waiting = 0
     for line in path.read_text(errors="replace").splitlines():
@@ -74,6 +79,7 @@ def summarise_raw(path: Path, top: int = 25) -> str:
             continue
         total += n
         self_c[frames[-1]] += n
+        named[next((f for f in reversed(frames) if not f.startswith("0x")), frames[-1])] += n
         for frame in set(frames):
             incl[frame] += n
     lines = [
@@ -82,8 +88,12 @@ def summarise_raw(path: Path, top: int = 25) -> str:
         "self samples:",
     ]
     lines += [f"  {100 * n / max(total, 1):5.1f}%  {frame}" for frame, n in self_c.most_common(top)]
+    lines += ["", "self samples by nearest named frame:"]
+    lines += [f"  {100 * n / max(total, 1):5.1f}%  {frame}" for frame, n in named.most_common(top)]
     lines += ["", "inclusive samples:"]
-    lines += [f"  {100 * n / max(total, 1):5.1f}%  {frame}" for frame, n in incl.most_common(top)]
+    lines += [
+        f"  {100 * n / max(total, 1):5.1f}%  {frame}" for frame, n in incl.most_common(top + 25)
+    ]
     return "\n".join(lines)
 
 
@@ -139,6 +149,20 @@ def client_loop(
             return calls, time.perf_counter() - t0
 
         return load
+    if workload == "delete":
+        index = client.index_factory(d, "IDMap2,Flat", **name)
+        for start in range(0, n, 50_000):
+            index.add_with_ids(xb[start : start + 50_000], np.arange(start, min(start + 50_000, n)))
+        order = np.random.default_rng(0).permutation(n)
+
+        def deletes() -> tuple[int, float]:
+            calls, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds and (calls + 1) * 100 <= n:
+                index.remove_ids(order[calls * 100 : (calls + 1) * 100])
+                calls += 1
+            return calls, time.perf_counter() - t0
+
+        return deletes
     factory = "IDMap2,Flat" if workload in ("search1-flat", "batch-flat") else "HNSW16"
     index = client.index_factory(d, factory, **name)
     if factory == "HNSW16":
@@ -164,7 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers.profile")
     parser.add_argument(
         "workload",
-        choices=("add1", "search1-flat", "search1-hnsw", "load-hnsw", "batch-flat", "load-flat"),
+        choices=(
+            "add1",
+            "search1-flat",
+            "search1-hnsw",
+            "load-hnsw",
+            "batch-flat",
+            "load-flat",
+            "delete",
+        ),
     )
     parser.add_argument(
         "--fsync",
