@@ -255,6 +255,20 @@ def encode_record(record: LogRecord) -> list[Any]:
     return [_PREFIX.pack(MAGIC, length, crc), *parts]
 
 
+def _after(parts: list[Any], done: int) -> list[memoryview]:
+    """Views of what follows the first ``done`` bytes of ``parts`` (a record is not copied
+    to finish a short write)."""
+    rest = []
+    for part in parts:
+        view = memoryview(part)
+        if done >= view.nbytes:
+            done -= view.nbytes
+            continue
+        rest.append(view[done:])
+        done = 0
+    return rest
+
+
 def read_records(data: memoryview) -> tuple[list[LogRecord], int, str | None]:
     """Records from a log's bytes: (records, bytes of good prefix, why the rest was dropped)."""
     records: list[LogRecord] = []
@@ -668,9 +682,8 @@ class FileStore:
         parts = encode_record(record)
         total = sum(len(p) for p in parts)
         written = os.writev(fd, parts)
-        while written < total:  # writev may stop short on huge records; finish the rest
-            rest = b"".join(bytes(p) for p in parts)[written:]
-            written += os.write(fd, rest)
+        while written < total:  # writev stops short past 2 GiB; the rest goes as views
+            written += os.writev(fd, _after(parts, written))
         self._sizes[(tenant, name)] = self._sizes.get((tenant, name), 0) + total
         if self.fsync == "always":
             self._timed("fsync", lambda: os.fdatasync(fd))
