@@ -4,11 +4,12 @@ The server refuses NaN and infinity before faiss sees them (faiss would store th
 NaN distances), and the client checks an add it splits into parts before sending the first
 one, so that such an add changes nothing rather than stopping part-way. Both read every
 number of every add, so the check must cost no more than reading them: ``np.isfinite`` over
-the whole array allocates a bool per number (a 300 MB add paid 75 MB of fresh pages, and a
-second pass), and ``min`` + ``max`` read the array twice. Here min and max run block by block,
-each block small enough to stay in the core's cache between the two: one pass from memory,
-no allocation, and a stop at the first block that holds a bad number. A NaN makes min and max
-NaN, an infinity makes one of them infinite; any other float keeps both finite.
+the whole array allocates a bool per number (75 MB of fresh pages for a 300 MB add, and a
+second pass over them), and ``min`` then ``max`` of the whole array read it from memory twice.
+Here min and max run block by block, each block small enough to stay in the core's cache
+between the two: one pass from memory, no allocation, and a stop at the first block that holds
+a bad number. A NaN makes min and max NaN, an infinity makes one of them infinite; any other
+float keeps both finite.
 """
 
 from __future__ import annotations
