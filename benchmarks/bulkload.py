@@ -36,11 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CALL_ROWS = 5000
 
 
-def _cpu(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` has used: a figure the other work on a
-    shared machine disturbs far less than the wall clock."""
+def _cpu(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) process ``pid`` has used, a figure the other work on a
+    shared machine disturbs far less than the wall clock, and its page faults (minor)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -83,7 +83,7 @@ def _child(args: argparse.Namespace) -> None:
                 named = {"name": "bulk"} if args.mode == "off" else {}
             factory = "IDMap2,Flat" if args.pattern == "calls" else "Flat"
             index = lib.index_factory(args.d, factory, **named)
-            server_cpu = _cpu(server.proc.pid) if server is not None else 0.0
+            server_cpu, faults = _cpu(server.proc.pid) if server is not None else (0.0, 0)
             client_cpu = time.process_time()
             t0 = time.perf_counter()
             if args.pattern == "calls":
@@ -94,12 +94,22 @@ def _child(args: argparse.Namespace) -> None:
             seconds = time.perf_counter() - t0
             client_cpu = time.process_time() - client_cpu
             if server is not None:
-                server_cpu = _cpu(server.proc.pid) - server_cpu
+                cpu_after, faults_after = _cpu(server.proc.pid)
+                server_cpu, faults = cpu_after - server_cpu, faults_after - faults
             assert index.ntotal == args.n, index.ntotal
         finally:
             if server is not None:
                 server.stop()
-    print(json.dumps({"seconds": seconds, "server_cpu": server_cpu, "client_cpu": client_cpu}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "server_cpu": server_cpu,
+                "client_cpu": client_cpu,
+                "server_faults": faults,
+            }
+        )
+    )
 
 
 #: Steps of the server's add path: (label, a frame that marks it in a sampled stack).
@@ -328,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"  {shape} {mode:6} {key[2]:8} rep {rep}: {got['seconds']:.3f} s, "
                         f"server CPU {got['server_cpu']:.2f} s, client CPU "
-                        f"{got['client_cpu']:.2f} s, load {os.getloadavg()[0]:.2f}",
+                        f"{got['client_cpu']:.2f} s, server page faults "
+                        f"{got['server_faults']:,}, load {os.getloadavg()[0]:.2f}",
                         flush=True,
                     )
     print(f"# load average after: {_load()}")
