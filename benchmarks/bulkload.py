@@ -217,7 +217,7 @@ def _profile(args: argparse.Namespace) -> str:
         else ("one add to Flat")
     )
     return (
-        f"## {args.d}x{args.n}, {what}, server {args.mode} {args.server_args}\n\n"
+        f"## {args.d}x{args.n}, {what}, server {args.mode} {args.server_args}".rstrip() + "\n\n"
         f"{seconds:.2f} s under the profilers (py-spy --native pauses the server for each "
         f"sample: slower than unprofiled); load average {_load()}\n\n"
         f"### server steps\n\n{steps}\n\n### server functions\n\n{functions}\n\n"
