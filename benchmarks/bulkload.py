@@ -43,54 +43,60 @@ def _cpu(pid: int) -> tuple[float, int]:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
-def _child(args: argparse.Namespace) -> None:
-    """One configuration, one load, in this process (and its server): prints the seconds."""
+def _data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return rng.standard_normal((args.n, args.d), dtype=np.float32), np.arange(args.n)
+
+
+def _serve(args: argparse.Namespace, tmp: str) -> tuple[Any, str]:
+    """``faissx serve`` from the tree on ``PYTHONPATH``, in memory or ``--fsync off``:
+    (its service, its endpoint), once it answers."""
     from benchmarks import procs
 
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((args.n, args.d), dtype=np.float32)
-    ids = np.arange(args.n, dtype=np.int64)
+    port = procs.free_port()
+    cmd = [sys.executable, "-m", "faissx_core.cli", "serve", "--port", str(port),
+           "--bind-address", "127.0.0.1", "--log-level", "WARNING"]  # fmt: skip
+    if args.mode == "off":
+        cmd += ["--data-dir", str(Path(tmp) / "data"), "--fsync", "off"]
+    cmd += args.server_args.split()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    server = procs.Service(cmd, Path(tmp) / "server.log", env=dict(os.environ))
+    server.wait_until(lambda: procs.ping_faissx(endpoint), 60, "faissx serve")
+    return server, endpoint
+
+
+def _index(lib: Any, args: argparse.Namespace) -> Any:
+    """The index the pattern loads: named (so logged) under ``--fsync off``."""
+    named = {"name": "bulk"} if args.mode == "off" else {}
+    return lib.index_factory(args.d, "IDMap2,Flat" if args.pattern == "calls" else "Flat", **named)
+
+
+def _load_rows(index: Any, x: np.ndarray, ids: np.ndarray, pattern: str) -> None:
+    if pattern == "calls":
+        for lo in range(0, len(x), CALL_ROWS):
+            index.add_with_ids(x[lo : lo + CALL_ROWS], ids[lo : lo + CALL_ROWS])
+    else:
+        index.add(x)
+
+
+def _child(args: argparse.Namespace) -> None:
+    """One configuration, one load, in this process (and its server): prints the seconds."""
+    x, ids = _data(args)
     server = None
     with tempfile.TemporaryDirectory(prefix="faissx-bulkload-") as tmp:
         try:
             if args.mode == "local":
                 import faiss as lib
-
-                named: dict[str, Any] = {}
             else:
-                port = procs.free_port()
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "faissx_core.cli",
-                    "serve",
-                    "--port",
-                    str(port),
-                    "--bind-address",
-                    "127.0.0.1",
-                    "--log-level",
-                    "WARNING",
-                ]
-                if args.mode == "off":
-                    cmd += ["--data-dir", str(Path(tmp) / "data"), "--fsync", "off"]
-                cmd += args.server_args.split()
-                endpoint = f"tcp://127.0.0.1:{port}"
-                server = procs.Service(cmd, Path(tmp) / "server.log", env=dict(os.environ))
-                server.wait_until(lambda: procs.ping_faissx(endpoint), 60, "faissx serve")
+                server, endpoint = _serve(args, tmp)
                 from faissx import client as lib
 
                 lib.configure(server=endpoint, timeout=600)
-                named = {"name": "bulk"} if args.mode == "off" else {}
-            factory = "IDMap2,Flat" if args.pattern == "calls" else "Flat"
-            index = lib.index_factory(args.d, factory, **named)
+            index = _index(lib, args)
             server_cpu, faults = _cpu(server.proc.pid) if server is not None else (0.0, 0)
             client_cpu = time.process_time()
             t0 = time.perf_counter()
-            if args.pattern == "calls":
-                for lo in range(0, args.n, CALL_ROWS):
-                    index.add_with_ids(x[lo : lo + CALL_ROWS], ids[lo : lo + CALL_ROWS])
-            else:
-                index.add(x)
+            _load_rows(index, x, ids, args.pattern)
             seconds = time.perf_counter() - t0
             client_cpu = time.process_time() - client_cpu
             if server is not None:
@@ -137,7 +143,6 @@ def summarise_steps(raw: Path) -> str:
     """Share of the server's working samples in each step of :data:`STEPS` (inclusive)."""
     from benchmarks.peers.profile import WAITS
 
-    counts = dict.fromkeys(label for label, _ in STEPS)
     total = 0
     hits = {label: 0 for label, _ in STEPS}
     for line in raw.read_text(errors="replace").splitlines():
@@ -148,7 +153,6 @@ def summarise_steps(raw: Path) -> str:
         for label, marker in STEPS:
             if marker in stack:
                 hits[label] += int(count)
-    del counts
     lines = [f"{total} working samples; share of them in each step (inclusive):"]
     lines += [f"  {100 * hits[label] / max(total, 1):5.1f}%  {label}" for label, _ in STEPS]
     return "\n".join(lines)
@@ -161,30 +165,17 @@ def _profile(args: argparse.Namespace) -> str:
     import pstats
     import shutil
 
-    from benchmarks import procs
     from benchmarks.peers.profile import summarise_raw
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((args.n, args.d), dtype=np.float32)
-    ids = np.arange(args.n, dtype=np.int64)
+    x, ids = _data(args)
     with tempfile.TemporaryDirectory(prefix="faissx-bulkload-") as tmp:
-        port = procs.free_port()
-        cmd = [sys.executable, "-m", "faissx_core.cli", "serve", "--port", str(port),
-               "--bind-address", "127.0.0.1", "--log-level", "WARNING"]  # fmt: skip
-        if args.mode == "off":
-            cmd += ["--data-dir", str(Path(tmp) / "data"), "--fsync", "off"]
-        cmd += args.server_args.split()
-        endpoint = f"tcp://127.0.0.1:{port}"
-        server = procs.Service(cmd, Path(tmp) / "server.log", env=dict(os.environ))
+        server, endpoint = _serve(args, tmp)
         try:
-            server.wait_until(lambda: procs.ping_faissx(endpoint), 60, "faissx serve")
             from faissx import client
 
             client.configure(server=endpoint, timeout=600)
-            named = {"name": "bulk"} if args.mode == "off" else {}
-            factory = "IDMap2,Flat" if args.pattern == "calls" else "Flat"
-            index = client.index_factory(args.d, factory, **named)
+            index = _index(client, args)
             raw = Path(tmp) / "server.raw"
             recorder = subprocess.Popen(
                 [spy, "record", "--pid", str(server.proc.pid), "--rate", "250", "--native",
@@ -195,11 +186,7 @@ def _profile(args: argparse.Namespace) -> str:
             profiler = cProfile.Profile()
             t0 = time.perf_counter()
             profiler.enable()
-            if args.pattern == "calls":
-                for lo in range(0, args.n, CALL_ROWS):
-                    index.add_with_ids(x[lo : lo + CALL_ROWS], ids[lo : lo + CALL_ROWS])
-            else:
-                index.add(x)
+            _load_rows(index, x, ids, args.pattern)
             profiler.disable()
             seconds = time.perf_counter() - t0
             recorder.send_signal(2)
