@@ -45,6 +45,9 @@ class Client:
         limit = info.get("max_message_bytes")
         if type(limit) is int and limit > 0:
             self.transport.max_frame = limit
+        rows = info.get("max_request_vectors")
+        if type(rows) is int and rows > 0:
+            self.transport.max_rows = rows
         return info
 
     def part_bytes(self) -> int:

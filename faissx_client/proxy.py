@@ -31,6 +31,7 @@ from faissx_core.errors import (
     UnsupportedOperation,
     WrongType,
 )
+from faissx_core.finite import all_finite, first_bad_row
 from faissx_core.specs import IMPORTED, REF_TYPE, IndexSpec, IndexType, encode_serialized
 
 if TYPE_CHECKING:
@@ -322,23 +323,38 @@ class RemoteIndex:
         """(rows per request, show a progress bar) for a call on the rows of ``x``."""
         show = _opt.progress_wanted(progress)
         row_bytes = x.itemsize * x.shape[1]
+        transport = self._client.transport
         rows = _opt.chunk_rows(
-            len(x), row_bytes, _opt.batch_size_of(self._values), remote=True, progress=show, k=k
+            len(x),
+            row_bytes,
+            _opt.batch_size_of(self._values),
+            remote=True,
+            progress=show,
+            k=k,
+            part_bytes=_opt.pipeline_part(transport.max_frame),
         )
-        # no part over the server's message limit, whatever batch_size asks for
+        # no part over the server's message limit or its --max-request-vectors, whatever
+        # batch_size asks for
         fits = max(1, self._client.part_bytes() // max(1, row_bytes))
-        return min(rows, fits), show
+        return min(rows, fits, transport.max_rows or rows), show
 
     def _add_rows(
         self, op: str, x: np.ndarray, ids: np.ndarray | None, progress: bool | None
     ) -> None:
-        """``add`` / ``add_with_ids`` in parts of ``batch_size`` rows (automatic: 4 MiB parts
-        above 8 MiB), after the memory check. The parts are pipelined and applied in order; a
-        failure part-way leaves the earlier parts added and the later ones not."""
+        """``add`` / ``add_with_ids`` in parts of ``batch_size`` rows (automatic: parts of 4 to
+        16 MiB above 8 MiB), after the memory check and, when split, the check for NaN and
+        infinity the server would make part by part. The parts are pipelined and applied in
+        order; a failure part-way leaves the earlier parts added and the later ones not."""
         if self._info is None:
             self._create()
         rows, show = self._rows(x, progress)
         _opt.memory_manager.check_add(self, len(x), chunked=rows < len(x))
+        if rows < len(x) and x.dtype.kind == "f" and not all_finite(x):
+            # the server would refuse the part that holds it, after the earlier ones were
+            # added: refused here, the call changes nothing
+            raise InvalidArgument(
+                f"x contains NaN or infinity (row {first_bad_row(x):,}); nothing was sent"
+            )
         try:
             if rows >= len(x) and not show:
                 arrays = {"x": x} if ids is None else {"x": x, "ids": ids}
@@ -468,8 +484,8 @@ class RemoteIndex:
         progress: bool | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """faiss's search; queries go in pipelined parts of ``batch_size`` rows (automatic:
-        4 MiB parts above 8 MiB of queries, at most 4M results each), with a progress bar when
-        asked."""
+        parts of 4 to 16 MiB above 8 MiB of queries, at most 4M results each), with a progress
+        bar when asked."""
         x = self._vectors(x)
         args, arrays = self._with_params({"k": _positive_k(k)}, {"x": x}, params)
         rows, show = self._rows(x, progress, k=args["k"])

@@ -206,6 +206,8 @@ class Transport:
         self._mutex = threading.Lock()
         #: The server's largest frame (``--max-message-mb``), learnt at configure(); None: unknown.
         self.max_frame: int | None = None
+        #: The most vectors it takes in one request (``--max-request-vectors``); None: unknown.
+        self.max_rows: int | None = None
         self._reached = False  # a reply has arrived at least once
         self._lost = False  # ... and since then a connection dropped or could not be made
         self.closed = False

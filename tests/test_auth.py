@@ -613,8 +613,15 @@ def test_per_request_limits(limited, keys):
         quota_refused(lambda: fx.IndexFlatL2(128, name="wide"), "dimension 128")
         quota_refused(lambda: fx.index_factory(65, "Flat"), "dimension")
         index = fx.IndexFlatL2(D, name="r")
-        quota_refused(lambda: index.add(big), "at most 50")
+        client = fx.get_client()
+        # one request of 60 vectors is refused, and changes nothing...
+        quota_refused(lambda: client.call("add", "r", {}, {"x": big}), "at most 50")
         assert index.ntotal == 0
+        # ... while the client's add sends them in requests the server takes (50 + 10)
+        index.add(big)
+        assert index.ntotal == 60
+        np.testing.assert_array_equal(index.reconstruct_n(50, 10), big[50:])
+        index.reset()
         index.add(big[:50])
         # 20 queries x k=5 reconstructed vectors: a reply of 100 vectors
         quota_refused(lambda: index.search_and_reconstruct(big[:20], 5), "reply of 100 vectors")

@@ -57,13 +57,17 @@ def test_pipelined_add_with_ids(remote):
 
 
 def test_a_failing_part_stops_the_parts_after_it(remote):
-    """Part 6 of 10 carries a NaN: parts 1-5 stay added, 7-10 (valid, already in flight) not."""
+    """Part 6 of 10 carries a NaN: parts 1-5 stay added, 7-10 (valid, already in flight) not.
+    (The parts go through the client's pipeline as ``add`` would send them: ``add`` itself
+    refuses a NaN before sending anything, test_bulk_add.py.)"""
     bad = BASE.copy()
     bad[550, 3] = np.nan
     index = remote.IndexFlatL2(D)
-    index.set_parameter("batch_size", 100)
+    index.add(BASE[:1])
+    index.reset()  # the index exists on the server, empty
+    parts = [({"reserve": len(bad) - lo}, {"x": bad[lo : lo + 100]}) for lo in range(0, 1000, 100)]
     with pytest.raises(InvalidArgument, match="NaN"):
-        index.add(bad)
+        index._client.pipeline("add", index._name, parts, 3)
     assert index.ntotal == 500
     np.testing.assert_array_equal(index.reconstruct_n(0, 500), BASE[:500])
     index.add(BASE[500:])  # the index is not left poisoned

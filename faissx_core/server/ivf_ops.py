@@ -22,6 +22,7 @@ import numpy as np
 
 from faissx_core import attrs
 from faissx_core.errors import InvalidArgument, OutOfRange, UnsupportedOperation
+from faissx_core.finite import all_finite
 from faissx_core.operations import AttrCall, InvlistWrap, ReplaceInvlistsArgs
 from faissx_core.server.backend import ManagedIndex
 from faissx_core.server.ops import (
@@ -29,7 +30,6 @@ from faissx_core.server.ops import (
     Arrays,
     Job,
     Result,
-    _finite,
     _info,
     _k,
     _radius,
@@ -121,7 +121,7 @@ def preassigned(m: ManagedIndex, arrays: Arrays, n: int) -> tuple[np.ndarray, np
         raise InvalidArgument(
             f"centroid_dis must be a {np.dtype(dis_type).name} array of shape {assign.shape}"
         )
-    if dis.dtype == np.float32 and dis.size and not _finite(dis):
+    if dis.dtype == np.float32 and dis.size and not all_finite(dis):
         raise InvalidArgument("centroid_dis contains NaN or infinity")
     return np.ascontiguousarray(assign), np.ascontiguousarray(dis)
 

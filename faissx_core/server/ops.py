@@ -9,7 +9,6 @@ families lives in the plugins' specs, not here.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -33,6 +32,7 @@ from faissx_core.errors import (
     WrongType,
     faiss_reason,
 )
+from faissx_core.finite import all_finite, first_bad_row
 from faissx_core.introspect import export_vectors, keeps_ids
 from faissx_core.operations import (
     OPERATIONS,
@@ -178,22 +178,12 @@ def vectors(m: ManagedIndex, arrays: Arrays, name: str = "x") -> np.ndarray:
         raise InvalidArgument(
             f"{name} has shape {tuple(x.shape)}; {m.spec.type} (d={m.index.d}) expects (n, {width})"
         )
-    if not binary and x.size and not _finite(x):
-        raise InvalidArgument(f"{name} contains NaN or infinity")
+    if not binary and x.size and not all_finite(x):
+        raise InvalidArgument(f"{name} contains NaN or infinity (row {first_bad_row(x):,})")
     return x
 
 
 _FLOAT32, _UINT8 = np.dtype(np.float32), np.dtype(np.uint8)
-#: Up to this many numbers, one ``isfinite`` pass is the cheapest check (a one-query search
-#: pays it every time); past it, min and max spare the temporary array of one bool each.
-_FINITE_IN_ONE_PASS = 1 << 16
-
-
-def _finite(x: np.ndarray) -> bool:
-    """Whether no entry of ``x`` is NaN or infinite (a NaN makes min and max NaN)."""
-    if x.size <= _FINITE_IN_ONE_PASS:
-        return bool(np.isfinite(x).all())
-    return math.isfinite(x.min()) and math.isfinite(x.max())
 
 
 def id_array(arrays: Arrays, name: str, n: int | None = None) -> np.ndarray:

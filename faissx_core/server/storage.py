@@ -268,6 +268,20 @@ def encode_record(record: LogRecord) -> list[Any]:
     return [_PREFIX.pack(MAGIC, length, crc), *parts]
 
 
+def _after(parts: list[Any], done: int) -> list[memoryview]:
+    """Views of what follows the first ``done`` bytes of ``parts`` (a record is not copied
+    to finish a short write)."""
+    rest = []
+    for part in parts:
+        view = memoryview(part)
+        if done >= view.nbytes:
+            done -= view.nbytes
+            continue
+        rest.append(view[done:])
+        done = 0
+    return rest
+
+
 def read_records(data: memoryview) -> tuple[list[LogRecord], int, str | None]:
     """Records from a log's bytes: (records, bytes of good prefix, why the rest was dropped)."""
     records: list[LogRecord] = []
@@ -706,9 +720,8 @@ class FileStore:
         parts = encode_record(record)
         total = sum(len(p) for p in parts)
         written = os.writev(olog.fd, parts)
-        while written < total:  # writev may stop short on huge records; finish the rest
-            rest = b"".join(bytes(p) for p in parts)[written:]
-            written += os.write(olog.fd, rest)
+        while written < total:  # writev stops short past 2 GiB; the rest goes as views
+            written += os.writev(olog.fd, _after(parts, written))
         self._sizes[(tenant, name)] = self._sizes.get((tenant, name), 0) + total
         if self.fsync == "off":
             return None
