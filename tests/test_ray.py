@@ -378,36 +378,31 @@ def test_restarted_front_end_reloads_shards(served, data):
         fx.disconnect()
 
 
-@pytest.mark.filterwarnings("ignore:index 'volatile' is named")  # no --data-dir, on purpose
-def test_replica_without_files_is_copied_from_its_peer(cluster, data):
-    """No --data-dir: a replica Ray restarts has lost its vectors and says so. Reads go to its
-    peer (never to the empty copy); the next write copies the peer over it, so both hold
-    everything acknowledged."""
-    c, _ = cluster
+def test_replica_without_files_is_copied_from_its_peer(remote, data):
+    """A replica without files: a replica Ray restarts has lost its vectors and says so. Reads
+    go to its peer (never to the empty copy); the next write copies the peer over it, so both
+    hold everything acknowledged. The index is unnamed: its session owns it and no files are
+    kept for it, as for every index of a server without --data-dir (the replica is given no
+    store either way), so the module's server serves (a front end costs seconds to start)."""
     xb, xq, _ = data
-    proc = ServerProcess("--backend", "ray", "--ray-address", c.address).start(timeout=START)
-    name = "volatile"
-    try:
-        fx.configure(server=proc.endpoint, timeout=120)
-        index = fx.IndexFlatL2(D, name=name, replicas=2)
-        index.add(xb[:100])
-        victim = replicas(name)[(0, 1)]
-        os.kill(victim["pid"], signal.SIGKILL)
-        deadline = time.monotonic() + START
-        while time.monotonic() < deadline:
-            back = replicas(name).get((0, 1))
-            if back is not None and back["pid"] != victim["pid"]:
-                break
-            time.sleep(0.5)
-        assert back["lost"] and back["ntotal"] == 0  # restarted empty, and knows it
-        for _ in range(4):  # round-robin would pick the empty copy for some of these
-            np.testing.assert_array_equal(index.search(xq, K)[1], _expected(xb[:100], xq)[1])
-        index.add(xb[100:150])
-        healed = replicas(name)
-        assert not healed[(0, 1)]["lost"]
-        assert healed[(0, 1)]["ntotal"] == healed[(0, 0)]["ntotal"] == 150
-        for _ in range(4):
-            np.testing.assert_array_equal(index.search(xq, K)[1], _expected(xb[:150], xq)[1])
-    finally:
-        fx.disconnect()
-        proc.stop(timeout=60)
+    index = remote.IndexFlatL2(D, replicas=2)
+    index.add(xb[:100])
+    name = index.name
+    victim = replicas(name)[(0, 1)]
+    assert not victim["lost"]
+    os.kill(victim["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + START
+    while time.monotonic() < deadline:
+        back = replicas(name).get((0, 1))
+        if back is not None and back["pid"] != victim["pid"]:
+            break
+        time.sleep(0.5)
+    assert back["lost"] and back["ntotal"] == 0  # restarted empty, and knows it
+    for _ in range(4):  # round-robin would pick the empty copy for some of these
+        np.testing.assert_array_equal(index.search(xq, K)[1], _expected(xb[:100], xq)[1])
+    index.add(xb[100:150])
+    healed = replicas(name)
+    assert not healed[(0, 1)]["lost"]
+    assert healed[(0, 1)]["ntotal"] == healed[(0, 0)]["ntotal"] == 150
+    for _ in range(4):
+        np.testing.assert_array_equal(index.search(xq, K)[1], _expected(xb[:150], xq)[1])
