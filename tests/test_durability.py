@@ -20,6 +20,8 @@ import pytest
 import faissx_client as fx
 from faissx_core.server.storage import LogRecord, encode_record, read_records
 
+from .conftest import no_retries
+
 D = 16
 BATCH = 50
 
@@ -85,11 +87,13 @@ def test_acknowledged_writes_survive_kill_9(
         fx.disconnect()
         start_id = 0
         for batches in KILL_AFTER_BATCHES:
-            # a short timeout while writes stream: calls in flight at the kill fail fast
+            # a short timeout while writes stream, and no retries: the call in flight at the
+            # kill fails at once (its connection drops) instead of waiting out the timeout
             fx.configure(server=srv.endpoint, timeout=2)
-            stopped_at = _stream_until_killed(
-                srv, rng, binary, with_ids, batches, start_id, acked, removed, uncertain
-            )
+            with no_retries():
+                stopped_at = _stream_until_killed(
+                    srv, rng, binary, with_ids, batches, start_id, acked, removed, uncertain
+                )
             fx.disconnect()
             srv.start()  # same port, same data directory
             fx.configure(server=srv.endpoint, timeout=30)
