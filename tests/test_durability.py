@@ -87,9 +87,10 @@ def test_acknowledged_writes_survive_kill_9(
         fx.disconnect()
         start_id = 0
         for batches in KILL_AFTER_BATCHES:
-            # a short timeout while writes stream, and no retries: the call in flight at the
-            # kill fails at once (its connection drops) instead of waiting out the timeout
-            fx.configure(server=srv.endpoint, timeout=2)
+            # no retries while writes stream: the call in flight at the kill fails at once (its
+            # connection drops) instead of waiting out its timeout, which can then be generous
+            # (a write that stalls on a loaded machine must not end the stream early)
+            fx.configure(server=srv.endpoint, timeout=15)
             with no_retries():
                 stopped_at = _stream_until_killed(
                     srv, rng, binary, with_ids, batches, start_id, acked, removed, uncertain
