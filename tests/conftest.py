@@ -7,6 +7,7 @@ server subprocess, so both sides discover it through ``importlib.metadata``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -163,3 +164,25 @@ def remote(server: ServerProcess) -> Iterator:
         yield faiss
     finally:
         faiss.disconnect()
+
+
+@contextlib.contextmanager
+def no_retries() -> Iterator[None]:
+    """Client calls inside are not retried: for a call that kills its server on purpose (a
+    crash hook), whose retries would only wait out their backoff and connection waits (seconds)
+    against a server that stays dead. The policy in force before comes back afterwards."""
+    from faissx_client import recovery
+
+    before = recovery.current_policy()
+    recovery.configure_recovery(enabled=False)
+    try:
+        yield
+    finally:
+        recovery.configure_recovery(
+            before.max_retries,
+            before.initial_backoff,
+            before.backoff_factor,
+            before.max_backoff,
+            jitter=before.jitter,
+            enabled=before.enabled,
+        )

@@ -289,8 +289,8 @@ def test_refs_are_counted_and_typed(start_server: Any, raw_clients: Any) -> None
 # -- case 6: another session's unnamed index is not there for a ref ---------------------------
 
 
-def test_unnamed_index_is_private_to_its_session(start_server: Any, raw_clients: Any) -> None:
-    server = start_server()
+def test_unnamed_index_is_private_to_its_session(server: Any, raw_clients: Any) -> None:
+    # the shared server: names below are this test's own, and its sessions are new
     a, b = raw_clients(server.endpoint), raw_clients(server.endpoint)
     a.ok("create", "anon-1", {"spec": flat(), "ephemeral": True})
     secret = vectors(10, seed=5)
@@ -302,7 +302,7 @@ def test_unnamed_index_is_private_to_its_session(start_server: Any, raw_clients:
     )
     assert error.code == "index_not_found", error
     # its own session may build on it
-    a.ok("create", "mine", {"spec": ivf(ref("anon-1"), 1)})
+    a.ok("create", "private-mine", {"spec": ivf(ref("anon-1"), 1)})
 
 
 # -- case 8: a call outlives its timeout while the server works on it -------------------------

@@ -26,7 +26,7 @@ from faissx_core.errors import (
     QuotaExceeded,
     UnsupportedOperation,
 )
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, no_retries
 
 D = 16
 NLIST = 8
@@ -450,7 +450,7 @@ def test_copy_subset_to_is_whole_or_absent_after_a_crash(tmp_path, data, point):
     try:
         client.configure(server=srv.endpoint, timeout=20)
         source, dest = _named_pair(client, data, "c")
-        with pytest.raises(FaissxError):
+        with pytest.raises(FaissxError), no_retries():
             source.copy_subset_to(dest, 0, 0, 150)
         srv.proc.wait(30)
         client.disconnect()

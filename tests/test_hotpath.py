@@ -21,6 +21,8 @@ import pytest
 
 import faissx_client as fx
 
+from .conftest import ServerProcess
+
 D = 16
 #: Named in-memory indices warn that they will not survive a restart: expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:index .* is named")
@@ -45,10 +47,13 @@ def inline_adds(server, index: str) -> int:
     )
 
 
-@pytest.fixture
-def logged(start_server):
-    """An in-memory server that logs every request as JSON."""
-    return start_server("--log-format", "json", "--log-requests", "all")
+@pytest.fixture(scope="module")
+def logged():
+    """An in-memory server that logs every request as JSON, shared by the tests that only add
+    to indices of their own names (a server start costs seconds on a loaded machine)."""
+    srv = ServerProcess("--log-format", "json", "--log-requests", "all").start()
+    yield srv
+    srv.kill()
 
 
 @pytest.fixture

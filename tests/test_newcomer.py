@@ -21,7 +21,7 @@ import pytest
 from faissx import client as faiss
 from faissx_core.errors import FaissxWarning, InvalidArgument, QuotaExceeded, ServerUnavailable
 
-from .conftest import FAISSX, ServerProcess, free_port, server_env
+from .conftest import FAISSX, ServerProcess, free_port, no_retries, server_env
 
 ROOT = Path(__file__).parents[1]
 
@@ -46,16 +46,22 @@ def one_message(out: subprocess.CompletedProcess[str]) -> str:
     return " ".join(re.sub("[│╭╮╰╯─]", " ", text).split())  # rich-click's error panel
 
 
-@pytest.fixture
-def small_messages():
-    """A server whose messages are at most 1 MiB, so 'large' uploads stay small here."""
+@pytest.fixture(scope="module")
+def small_messages_server():
+    """A server whose messages are at most 1 MiB, so 'large' uploads stay small here; shared
+    (a server start costs seconds on a loaded machine): each test uses indices of its own."""
     srv = ServerProcess("--max-message-mb", "1").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def small_messages(small_messages_server):
     try:
-        faiss.configure(server=srv.endpoint, timeout=30)
-        yield srv
+        faiss.configure(server=small_messages_server.endpoint, timeout=30)
+        yield small_messages_server
     finally:
         faiss.disconnect()
-        srv.stop()
 
 
 def vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -348,7 +354,7 @@ def test_interrupted_add_says_what_was_acknowledged(tmp_path):
         faiss.configure(server=srv.endpoint, timeout=3)
         index = faiss.IndexFlatL2(16)
         index.batch_size = 100
-        with pytest.raises(ServerUnavailable) as caught:
+        with pytest.raises(ServerUnavailable) as caught, no_retries():
             index.add(vectors(2000, 16))  # 20 parts; the server dies after the 5th write
         message = str(caught.value)
         found = re.search(
@@ -398,7 +404,8 @@ def test_upload_parts_out_of_order_are_refused_and_change_nothing(small_messages
     client.call("import", "parts", {**args, "offset": 0}, {"data": data[:half]})
     with pytest.raises(InvalidArgument, match="send it again from offset 0"):
         client.call("import", "parts", {**args, "offset": half + 1}, {"data": data[half + 1 :]})
-    assert faiss.list_indexes() == []  # nothing exists until the last byte is in
+    # nothing exists until the last byte is in (the shared server holds other tests' indices)
+    assert "parts" not in [i["name"] for i in faiss.list_indexes()]
     client.call("import", "parts", {**args, "offset": 0}, {"data": data[:half]})
     info = client.call("import", "parts", {**args, "offset": half}, {"data": data[half:]})[0]
     assert info["ntotal"] == 100

@@ -292,9 +292,8 @@ def test_read_only_key_sees_its_tenant_only_in_status(start_server, tmp_path):
     assert stats["tenant"] == "acme" and "server" not in stats
 
 
-def test_metrics_are_off_unless_asked(start_server):
-    srv = start_server()
-    fx.configure(server=srv.endpoint)
+def test_metrics_are_off_unless_asked(server):
+    fx.configure(server=server.endpoint)  # the shared server: started without --metrics-port
     try:
         assert fx.get_client().call("stats")[0]["metrics_port"] is None
     finally:

@@ -161,6 +161,8 @@ SHARDED = [("Flat", 2), ("Flat", 4), ("IVF", 3), ("HNSW", 2), ("PQ", 4), ("IDMap
 
 @pytest.mark.parametrize(("case", "shards"), SHARDED)
 def test_sharded_equals_one_index_and_index_shards(remote, data, case, shards):
+    """Then, on the same index (each sharded index costs seconds of actor start-up): removes
+    route to the shard holding each id (IDMap2), and Flat refuses a remove that would renumber."""
     make_remote, make_local, trains, exact = CASES[case]
     xb, xq, xt = data
     faiss.omp_set_num_threads(1)  # replicas build HNSW graphs single-threaded, as here
@@ -220,31 +222,18 @@ def test_sharded_equals_one_index_and_index_shards(remote, data, case, shards):
         if case in ("Flat", "IDMap2"):
             key = int(ids[NB - 3])
             np.testing.assert_array_equal(index.reconstruct(key), single.reconstruct(key))
+        if case == "IDMap2":  # removes route to the shard that holds each id
+            gone = ids[::5]
+            assert index.remove_ids(gone) == single.remove_ids(gone) == len(gone)
+            assert index.ntotal == single.ntotal == NB - len(gone)
+            np.testing.assert_array_equal(index.search(xq, K)[1], single.search(xq, K)[1])
+        if case == "Flat":  # a remove would renumber the other shards' rows: refused, no change
+            with pytest.raises(UnsupportedOperation, match="renumbers"):
+                index.remove_ids(np.array([1, 2], dtype=np.int64))
+            assert index.ntotal == NB
+            np.testing.assert_array_equal(index.search(xq, K)[1], ref_I)
     finally:
         remote.delete_index(name)
-
-
-def test_removes_route_and_flat_refuses_renumbering(remote, data):
-    xb, xq, _ = data
-    index = remote.IndexIDMap2(remote.IndexFlatL2(D), name="rm-idmap", shards=2)
-    flat = remote.IndexFlatL2(D, name="rm-flat", shards=2)
-    try:
-        local = faiss.IndexIDMap2(faiss.IndexFlatL2(D))
-        ids = np.arange(NB, dtype=np.int64) * 3
-        index.add_with_ids(xb, ids)
-        local.add_with_ids(xb, ids)
-        gone = ids[::5]
-        assert index.remove_ids(gone) == local.remove_ids(gone) == len(gone)
-        assert index.ntotal == local.ntotal
-        got, want = index.search(xq, K), local.search(xq, K)
-        np.testing.assert_array_equal(got[1], want[1])
-        flat.add(xb)
-        with pytest.raises(UnsupportedOperation, match="renumbers"):
-            flat.remove_ids(np.array([1, 2], dtype=np.int64))
-        assert flat.ntotal == NB  # refused, and nothing changed
-    finally:
-        remote.delete_index("rm-idmap")
-        remote.delete_index("rm-flat")
 
 
 # -- faults ------------------------------------------------------------------------------------
@@ -256,10 +245,13 @@ def _expected(xb_acked: np.ndarray, xq: np.ndarray):
     return ref.search(xq, K)
 
 
-def test_kill_minus_9_during_adds_and_searches(remote, data):
+def test_kill_minus_9_during_adds_and_searches(cluster, remote, data):
     """A replica's process killed mid-stream: Ray restarts it, it reloads its snapshot + log,
     the front end re-sends the write it was in; searches meanwhile are answered in full by the
-    other replica or refused with ShardUnavailable, and no acknowledged add is lost."""
+    other replica or refused with ShardUnavailable, and no acknowledged add is lost. Then
+    `faissx cluster status` shows one live row per replica, the restarted one included (on this
+    index: each sharded index costs seconds of actor start-up)."""
+    c, _ = cluster
     xb, xq, _ = data
     name = "kill9"
     index = remote.IndexFlatL2(D, name=name, shards=2, replicas=2)
@@ -287,6 +279,17 @@ def test_kill_minus_9_during_adds_and_searches(remote, data):
         assert now[(1, 0)]["pid"] != victim["pid"], "Ray did not restart the killed replica"
         assert now[(1, 0)]["ntotal"] == now[(1, 1)]["ntotal"]  # the restarted copy caught up
         np.testing.assert_array_equal(index.search(xq, K)[1], _expected(xb[:acked], xq)[1])
+        out = subprocess.run(
+            [str(FAISSX), "cluster", "status", "--ray-address", c.address],
+            capture_output=True,
+            text=True,
+            timeout=START,
+            env=server_env(),
+        )
+        assert out.returncode == 0, out.stderr
+        rows = [line for line in out.stdout.splitlines() if f"default/{name}" in line]
+        assert len(rows) == 4, out.stdout
+        assert all("ALIVE" in row for row in rows)
     finally:
         remote.delete_index(name)
 
@@ -363,80 +366,52 @@ def test_whole_node_removed(cluster, remote, data):
         remote.delete_index(name)
 
 
-def test_restarted_front_end_reloads_shards(cluster, tmp_path, data):
-    """The server itself restarted on the same data directory: replicas come back from their
-    own snapshots and logs with every acknowledged vector."""
-    c, _ = cluster
+def test_restarted_front_end_reloads_shards(served, data):
+    """The server itself killed and restarted on the same data directory: replicas come back
+    from their own snapshots and logs with every acknowledged vector. It is the module's server,
+    restarted on its port (a front end costs seconds to join the cluster): later tests use it."""
     xb, xq, _ = data
-    args = ("--backend", "ray", "--ray-address", c.address, "--data-dir", str(tmp_path))
-    proc = ServerProcess(*args).start(timeout=START)
     try:
-        fx.configure(server=proc.endpoint, timeout=120)
+        fx.configure(server=served.endpoint, timeout=120)
         index = fx.IndexFlatL2(D, name="again", shards=2)
         index.add(xb)
         fx.disconnect()
-        proc.kill()  # SIGKILL: the replicas end with their owner
-        proc = ServerProcess(*args).start(timeout=START)
-        fx.configure(server=proc.endpoint, timeout=120)
+        served.kill()  # SIGKILL: the replicas end with their owner
+        served.start(timeout=START)
+        fx.configure(server=served.endpoint, timeout=120)
         again = fx.open_index("again")
         assert again.ntotal == NB
         np.testing.assert_array_equal(again.search(xq, K)[1], _expected(xb, xq)[1])
+        fx.delete_index("again")
     finally:
         fx.disconnect()
-        proc.stop(timeout=60)
 
 
-def test_cluster_status_lists_every_replica(cluster, remote):
-    """`faissx cluster status` joins the cluster and shows one row per replica actor."""
-    c, _ = cluster
-    index = remote.IndexFlatL2(D, name="shown", shards=2, replicas=2)
-    try:
-        index.add(np.ones((10, D), dtype=np.float32))
-        out = subprocess.run(
-            [str(FAISSX), "cluster", "status", "--ray-address", c.address],
-            capture_output=True,
-            text=True,
-            timeout=START,
-            env=server_env(),
-        )
-        assert out.returncode == 0, out.stderr
-        rows = [line for line in out.stdout.splitlines() if "default/shown" in line]
-        assert len(rows) == 4, out.stdout
-        assert all("ALIVE" in row for row in rows)
-    finally:
-        remote.delete_index("shown")
-
-
-@pytest.mark.filterwarnings("ignore:index 'volatile' is named")  # no --data-dir, on purpose
-def test_replica_without_files_is_copied_from_its_peer(cluster, data):
-    """No --data-dir: a replica Ray restarts has lost its vectors and says so. Reads go to its
-    peer (never to the empty copy); the next write copies the peer over it, so both hold
-    everything acknowledged."""
-    c, _ = cluster
+def test_replica_without_files_is_copied_from_its_peer(remote, data):
+    """A replica without files: a replica Ray restarts has lost its vectors and says so. Reads
+    go to its peer (never to the empty copy); the next write copies the peer over it, so both
+    hold everything acknowledged. The index is unnamed: its session owns it and no files are
+    kept for it, as for every index of a server without --data-dir (the replica is given no
+    store either way), so the module's server serves (a front end costs seconds to start)."""
     xb, xq, _ = data
-    proc = ServerProcess("--backend", "ray", "--ray-address", c.address).start(timeout=START)
-    name = "volatile"
-    try:
-        fx.configure(server=proc.endpoint, timeout=120)
-        index = fx.IndexFlatL2(D, name=name, replicas=2)
-        index.add(xb[:100])
-        victim = replicas(name)[(0, 1)]
-        os.kill(victim["pid"], signal.SIGKILL)
-        deadline = time.monotonic() + START
-        while time.monotonic() < deadline:
-            back = replicas(name).get((0, 1))
-            if back is not None and back["pid"] != victim["pid"]:
-                break
-            time.sleep(0.5)
-        assert back["lost"] and back["ntotal"] == 0  # restarted empty, and knows it
-        for _ in range(4):  # round-robin would pick the empty copy for some of these
-            np.testing.assert_array_equal(index.search(xq, K)[1], _expected(xb[:100], xq)[1])
-        index.add(xb[100:150])
-        healed = replicas(name)
-        assert not healed[(0, 1)]["lost"]
-        assert healed[(0, 1)]["ntotal"] == healed[(0, 0)]["ntotal"] == 150
-        for _ in range(4):
-            np.testing.assert_array_equal(index.search(xq, K)[1], _expected(xb[:150], xq)[1])
-    finally:
-        fx.disconnect()
-        proc.stop(timeout=60)
+    index = remote.IndexFlatL2(D, replicas=2)
+    index.add(xb[:100])
+    name = index.name
+    victim = replicas(name)[(0, 1)]
+    assert not victim["lost"]
+    os.kill(victim["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + START
+    while time.monotonic() < deadline:
+        back = replicas(name).get((0, 1))
+        if back is not None and back["pid"] != victim["pid"]:
+            break
+        time.sleep(0.5)
+    assert back["lost"] and back["ntotal"] == 0  # restarted empty, and knows it
+    for _ in range(4):  # round-robin would pick the empty copy for some of these
+        np.testing.assert_array_equal(index.search(xq, K)[1], _expected(xb[:100], xq)[1])
+    index.add(xb[100:150])
+    healed = replicas(name)
+    assert not healed[(0, 1)]["lost"]
+    assert healed[(0, 1)]["ntotal"] == healed[(0, 0)]["ntotal"] == 150
+    for _ in range(4):
+        np.testing.assert_array_equal(index.search(xq, K)[1], _expected(xb[:150], xq)[1])
