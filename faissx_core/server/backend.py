@@ -782,16 +782,7 @@ class LocalBackend:
                 return target.info()
             new_target, new_source = _clone(target.index), _clone(source.index)
             merge(new_target, new_source)
-            preview = ManagedIndex(
-                target.tenant,
-                target.name,
-                target.spec,
-                target.itype,
-                new_target,
-                target.created,
-                registry=target.registry,
-            )
-            reply = preview.info()
+            reply = _preview(target, new_target)
             if idem:
                 self._carry(target, idem, "merge_from", reply)
             entries = [
@@ -859,16 +850,7 @@ class LocalBackend:
                 return target.info()
             new_target = _clone(target.index)
             copy(new_target, source.index)
-            preview = ManagedIndex(
-                target.tenant,
-                target.name,
-                target.spec,
-                target.itype,
-                new_target,
-                target.created,
-                registry=target.registry,
-            )
-            reply = preview.info()
+            reply = _preview(target, new_target)
             if idem:
                 self._carry(target, idem, op, reply)
             entry = SaveEntry(
@@ -1179,6 +1161,20 @@ class LocalBackend:
 
 #: Seconds before a failed threshold snapshot is tried again.
 SNAPSHOT_RETRY = 30.0
+
+
+def _preview(target: ManagedIndex, index: Any) -> dict[str, Any]:
+    """The info ``target`` will report once ``index`` (its changed copy) replaces its own: the
+    reply of a write that is committed as a new snapshot before it is applied."""
+    return ManagedIndex(
+        target.tenant,
+        target.name,
+        target.spec,
+        target.itype,
+        index,
+        target.created,
+        registry=target.registry,
+    ).info()
 
 
 def _clone(index: Any) -> Any:
