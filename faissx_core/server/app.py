@@ -62,7 +62,7 @@ from faissx_core.server.logs import RequestLog
 from faissx_core.server.metrics import Metrics
 from faissx_core.server.ops import OPS, Arrays, IndexOp, deserialize, run_faiss
 from faissx_core.server.ordering import SerialQueues
-from faissx_core.server.outbound import SNDHWM, PeerOutput
+from faissx_core.server.outbound import SNDHWM, PeerOutput, reply_bytes
 from faissx_core.server.pipeline import Call, Observers
 from faissx_core.server.progress import Progress
 from faissx_core.server.storage import LogRecord, Ticket
@@ -102,6 +102,8 @@ class Server:
         # client also builds (and which must not import storage); their hooks are trylast
         self.registry.manager.register(storage, name="builtin:faissx_core.server.storage")
         self.registry.manager.register(KeyStore(settings), name="builtin:keystore")
+        #: Every plugin is registered by now: the hook is resolved once, not per request.
+        self._authenticate = self.registry.first_result("faissx_authenticate")
         store = self.registry.hook.faissx_open_store(settings=settings)
         max_memory = (
             int(settings.max_memory_mb * (1 << 20)) if settings.max_memory_mb is not None else None
@@ -306,7 +308,7 @@ class Server:
                     self._ok(request.id, self._ping(None, request, op.parse(request.args), arrays)),
                 )
                 return
-            principal = self.registry.hook.faissx_authenticate(
+            principal = self._authenticate(
                 api_key=request.api_key, tenant=request.tenant, settings=self.settings
             )
             call.tenant = principal.tenant
@@ -532,12 +534,13 @@ class Server:
         """Send a request's reply, then tell the observers: the one exit of the pipeline.
         ``outcome`` None means: read it from the reply (one the idempotency table made)."""
         self.progress.finish(call.ident, call.request_id)  # no heartbeat after the answer
+        size = reply_bytes(frames)
         if sock is self._router:
-            self.output.send(sock, [call.ident, *frames])
+            self.output.send(sock, [call.ident, *frames], size)
         else:
             send(sock, [call.ident, *frames])
         if self.observers:
-            self.observers.notify(call.event(frames, outcome or _outcome(frames)))
+            self.observers.notify(call.event(size, outcome or _outcome(frames)))
 
     def _respond(self, request: Request, execute: Callable[[], list[Any]]) -> tuple[list[Any], str]:
         """Frames of the reply to ``request`` (its result, or its error as a typed reply), and

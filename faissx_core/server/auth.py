@@ -258,6 +258,8 @@ class KeyStore:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.enabled = settings.enable_auth
+        #: Who a request without a tenant is when auth is off (made once, not per request).
+        self._anonymous = Principal(tenant=DEFAULT_TENANT)
         entries = load_entries(settings)
         #: (sha256 of a clear key, principal): compared in full, every time
         self._clear = [
@@ -281,7 +283,9 @@ class KeyStore:
         self, api_key: str | None, tenant: str | None, settings: ServerSettings
     ) -> Principal:
         if not self.enabled:
-            return Principal(tenant=check_name(tenant, "tenant id") if tenant else DEFAULT_TENANT)
+            if not tenant:
+                return self._anonymous
+            return Principal(tenant=check_name(tenant, "tenant id"))
         if not api_key:
             raise Unauthenticated("API key required: this server requires an API key")
         owner = self.lookup(api_key)

@@ -28,11 +28,16 @@ log = logging.getLogger("faissx.server")
 SNDHWM = 1000
 
 
-def _nbytes(frame: Any) -> int:
-    if isinstance(frame, bytes | bytearray):
-        return len(frame)
-    nbytes = getattr(frame, "nbytes", None)  # numpy arrays and memoryviews
-    return int(nbytes) if nbytes is not None else len(frame)  # zmq.Frame
+def reply_bytes(frames: list[Any]) -> int:
+    """Bytes in ``frames``: bytes (``len``), arrays and views (``nbytes``), or ``zmq.Frame``."""
+    size = 0
+    for frame in frames:  # a loop, not sum() over a generator: this runs for every reply
+        if isinstance(frame, bytes | bytearray):
+            size += len(frame)
+        else:
+            nbytes = getattr(frame, "nbytes", None)  # numpy arrays and memoryviews
+            size += int(nbytes) if nbytes is not None else len(frame)  # zmq.Frame
+    return size
 
 
 class PeerOutput:
@@ -44,9 +49,11 @@ class PeerOutput:
         #: Replies not sent because their peer's backlog was full, since start.
         self.dropped = 0
 
-    def send(self, router: zmq.Socket, frames: list[Any]) -> bool:
-        """Send ``[ident, *frames]``; False when the peer's backlog made it drop the reply."""
-        size = sum(_nbytes(f) for f in frames[1:])  # len() fails on anything not a buffer
+    def send(self, router: zmq.Socket, frames: list[Any], size: int | None = None) -> bool:
+        """Send ``[ident, *frames]``; False when the peer's backlog made it drop the reply.
+        ``size``: the bytes after ``ident``, when the caller has counted them already."""
+        if size is None:
+            size = reply_bytes(frames[1:])
         if size < COPY_BELOW or not self.limit:
             send_parts(router, frames, size < COPY_BELOW)
             return True

@@ -12,16 +12,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from faissx_core.operations import Operation
 
 log = logging.getLogger("faissx.server")
 
 
-@dataclass(frozen=True)
-class RequestEvent:
-    """One answered request. ``outcome`` is ``"ok"`` or the wire error code."""
+class RequestEvent(NamedTuple):
+    """One answered request. ``outcome`` is ``"ok"`` or the wire error code.
+
+    A named tuple, not a frozen dataclass: one is made per request, and a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__`` (several times the cost)."""
 
     request_id: int
     op: str
@@ -54,18 +56,20 @@ class Call:
     inline: bool = False
     deduplicated: bool = False
 
-    def event(self, frames: list[Any], outcome: str) -> RequestEvent:
+    def event(self, bytes_out: int, outcome: str) -> RequestEvent:
+        """The completion event; ``bytes_out``: the reply's size (its sender measured it)."""
+        op = self.op
         return RequestEvent(
-            request_id=self.request_id,
-            op=self.op.name if self.op else "?",
-            tenant=self.tenant,
-            index=self.index,
-            outcome=outcome,
-            duration_s=time.perf_counter() - self.started,
-            bytes_in=self.bytes_in,
-            bytes_out=sum(_nbytes(f) for f in frames),
-            deduplicated=self.deduplicated,
-            inline=self.inline,
+            self.request_id,
+            op.name if op is not None else "?",
+            self.tenant,
+            self.index,
+            outcome,
+            time.perf_counter() - self.started,
+            self.bytes_in,
+            bytes_out,
+            self.deduplicated,
+            self.inline,
         )
 
 
@@ -88,12 +92,3 @@ class Observers:
             except Exception:
                 log.exception("a request observer failed")
 
-
-def _nbytes(frame: Any) -> int:
-    if isinstance(frame, bytes | bytearray | memoryview):
-        return len(frame)
-    nbytes = getattr(frame, "nbytes", None)  # numpy arrays, zmq.Frame
-    if nbytes is not None:
-        return int(nbytes)
-    buffer = getattr(frame, "buffer", None)
-    return len(buffer) if buffer is not None else 0
