@@ -91,4 +91,3 @@ class Observers:
                 observer(event)
             except Exception:
                 log.exception("a request observer failed")
-
