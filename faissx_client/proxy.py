@@ -488,7 +488,10 @@ class RemoteIndex:
         bar when asked."""
         x = self._vectors(x)
         args, arrays = self._with_params({"k": _positive_k(k)}, {"x": x}, params)
-        rows, show = self._rows(x, progress, k=args["k"])
+        if len(x) == 1:  # one query is one request whatever the part sizes: skip planning them
+            rows, show = 1, _opt.progress_wanted(progress)
+        else:
+            rows, show = self._rows(x, progress, k=args["k"])
         if self._client.ivf_stats.wanted:  # faiss.cvar.indexIVF_stats was read (ivf_stats.py)
             args["stats"] = True
         if rows >= len(x) and not show:
