@@ -78,3 +78,33 @@ def test_constructor_arguments_are_validated_by_the_spec(remote):
         remote.IndexFlatL2(-3)
     with pytest.raises(TypeError, match="at most"):
         remote.IndexFlatL2(8, 9)
+
+
+def test_an_installed_authenticator_is_asked_before_the_builtin_key_store():
+    """The server resolves ``faissx_authenticate`` once at start (``first_result``): with a
+    plugin installed beside the key store, the plugin still answers first and a ``None`` from
+    it still falls through to the key store; alone, the key store answers directly."""
+    from faissx_core.hookspecs import hookimpl
+    from faissx_core.server.auth import KeyStore
+    from faissx_core.settings import ServerSettings
+    from faissx_core.tenancy import DEFAULT_TENANT, Principal
+
+    settings = ServerSettings()
+
+    class Gate:
+        @hookimpl
+        def faissx_authenticate(self, api_key, tenant, settings):  # type: ignore[no-untyped-def]
+            return Principal(tenant="gated") if api_key == "let-me-in" else None
+
+    alone = PluginRegistry(only=["flat"])
+    alone.manager.register(KeyStore(settings))
+    direct = alone.first_result("faissx_authenticate")
+    assert direct(api_key=None, tenant=None, settings=settings).tenant == DEFAULT_TENANT
+    assert direct(api_key=None, tenant="acme", settings=settings).tenant == "acme"
+
+    both = PluginRegistry(only=["flat"])
+    both.manager.register(KeyStore(settings))
+    both.manager.register(Gate())
+    chained = both.first_result("faissx_authenticate")
+    assert chained(api_key="let-me-in", tenant=None, settings=settings).tenant == "gated"
+    assert chained(api_key=None, tenant=None, settings=settings).tenant == DEFAULT_TENANT
