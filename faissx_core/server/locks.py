@@ -13,25 +13,32 @@ from contextlib import contextmanager
 
 class RWLock:
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # The bare mutex is taken directly where nothing waits (``with`` on a Lock is C;
+        # on a Condition it is Python): every one-query search takes and releases a share.
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._waiting_writers = 0
 
     def acquire_read(self, blocking: bool = True) -> bool:
         """Take a read share; ``blocking=False`` gives up at once if a writer has or wants it."""
-        with self._cond:
+        with self._mutex:
+            if not (self._writer or self._waiting_writers):
+                self._readers += 1
+                return True
+            if not blocking:
+                return False
             while self._writer or self._waiting_writers:
-                if not blocking:
-                    return False
-                self._cond.wait()
+                self._cond.wait()  # release_write wakes it
             self._readers += 1
             return True
 
     def release_read(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._readers -= 1
-            if not self._readers:
+            # only a writer waits for the readers to leave
+            if not self._readers and self._waiting_writers:
                 self._cond.notify_all()
 
     @contextmanager
