@@ -66,9 +66,13 @@ _POLLIN = int(zmq.POLLIN)
 LARGE_REQUEST = 1 << 20
 
 
+def _frame_size(frame: Any) -> int:
+    return int(frame.nbytes) if isinstance(frame, np.ndarray) else len(frame)
+
+
 def _size(frames: Sequence[Any]) -> int:
     """Bytes of a request's frames."""
-    return sum(f.nbytes if isinstance(f, np.ndarray) else len(f) for f in frames)
+    return sum(map(_frame_size, frames))
 
 
 def _port_flag(server: str) -> str:
@@ -141,6 +145,9 @@ class _Conn:
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
+        #: The reply socket alone (``Socket.poll`` builds a new Poller on every call).
+        self.reply_poller = zmq.Poller()
+        self.reply_poller.register(self.sock, zmq.POLLIN)
         self.key = -1
         #: ZAP status of the last handshake the server refused (None: none was)
         self.refused: int | None = None
@@ -294,7 +301,7 @@ class Transport:
         limit = self.max_frame
         if not limit:
             return
-        largest = max(_size([f]) for f in frames)
+        largest = max(map(_frame_size, frames))
         if largest > limit:
             target = f" on index {index!r}" if index else ""
             raise QuotaExceeded(
@@ -521,7 +528,7 @@ class Transport:
                 raise _Failure("no reply before the timeout", sent=True, connection_lost=False)
             # the reply alone first, briefly: polling one socket costs half of polling both,
             # and a drop is still noticed within _REPLY_FIRST_MS
-            if conn.sock.poll(min(int(remaining * 1000), _REPLY_FIRST_MS), _POLLIN):
+            if conn.reply_poller.poll(min(int(remaining * 1000), _REPLY_FIRST_MS)):
                 ready = {conn.sock: _POLLIN}
             else:
                 ready = dict(conn.poller.poll(max(0, int(remaining * 1000) - _REPLY_FIRST_MS)))
