@@ -71,7 +71,8 @@ class TokenBucket:
 
 def vector_bytes(managed: ManagedIndex) -> int:
     """Bytes of one stored vector as the client sends it (what the byte quota counts)."""
-    return managed.row_width * (1 if managed.binary else 4)
+    layout = managed.layout()
+    return layout.row_width * (1 if layout.binary else 4)
 
 
 def _int(value: Any) -> int | None:
