@@ -312,7 +312,9 @@ def test_long_train_outlives_the_client_timeout(start_server: Any) -> None:
     from faissx import client as faiss
 
     server = start_server("--progress-every", "0.1")
-    timeout = 0.25
+    # six heartbeats per timeout: a loaded machine (load 8) once starved the server's socket
+    # thread past a 0.25 s timeout, which the beats every 0.1 s are meant to fit in
+    timeout = 0.6
     faiss.configure(server=server.endpoint, timeout=timeout)
     try:
         index = faiss.index_factory(32, "IVF2048,Flat")

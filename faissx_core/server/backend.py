@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypedDict, cast
@@ -460,13 +460,15 @@ class LocalBackend:
         with self._memory_mutex:
             return max(0, self.max_memory_bytes - self.memory_used() - self._reserved)
 
-    @contextmanager
-    def reserve(self, nbytes: int, what: str) -> Iterator[None]:
+    def reserve(self, nbytes: int, what: str) -> AbstractContextManager[None]:
         """Hold ``nbytes`` against ``--max-memory`` while a create or an add runs, or raise
         QuotaExceeded before anything changes when they would not fit."""
         if self.max_memory_bytes is None or nbytes <= 0:
-            yield
-            return
+            return nullcontext()
+        return self._reserve(nbytes, what)
+
+    @contextmanager
+    def _reserve(self, nbytes: int, what: str) -> Iterator[None]:
         with self._memory_mutex:
             used = self.memory_used() + self._reserved
             if used + nbytes > self.max_memory_bytes:

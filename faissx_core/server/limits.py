@@ -23,7 +23,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -67,6 +67,10 @@ class TokenBucket:
     def wait_for(self, n: float = 1.0) -> float:
         """Seconds until ``n`` tokens are there."""
         return max(0.0, (n - self.tokens) / self.rate) if self.rate else float("inf")
+
+
+#: The reservation of a write no quota applies to (a nullcontext holds no state: one serves all).
+NOTHING: AbstractContextManager[None] = nullcontext()
 
 
 def vector_bytes(managed: ManagedIndex) -> int:
@@ -203,7 +207,6 @@ class Limits:
         return 0, 0
 
     # -- per tenant ----------------------------------------------------------------------------
-    @contextmanager
     def reserve(
         self,
         tenant: str,
@@ -211,15 +214,24 @@ class Limits:
         indices: int = 0,
         vectors: int = 0,
         nbytes: int = 0,
-    ) -> Iterator[None]:
+    ) -> AbstractContextManager[None]:
         """Hold room for a write of this size, or raise QuotaExceeded; released on exit
         (by then a successful write is counted in the index itself)."""
         s = self.settings
         wanted = (indices, vectors, nbytes)
         limits = (s.tenant_max_indices, s.tenant_max_vectors, s.tenant_max_bytes)
         if not any(w and lim for w, lim in zip(wanted, limits, strict=True)):
-            yield
-            return
+            return NOTHING  # no quota applies: every small write passes here
+        return self._reserve(tenant, backend, wanted, limits)
+
+    @contextmanager
+    def _reserve(
+        self,
+        tenant: str,
+        backend: LocalBackend,
+        wanted: tuple[int, int, int],
+        limits: tuple[int | None, int | None, int | None],
+    ) -> Iterator[None]:
         with self._mutex:
             stored = self._usage(tenant, backend)
             pending = self._pending.setdefault(tenant, [0, 0, 0])
