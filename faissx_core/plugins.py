@@ -91,8 +91,8 @@ class PluginRegistry:
         caller = getattr(self.manager.hook, name)
         impls = caller.get_hookimpls()
         if len(impls) == 1 and not (impls[0].hookwrapper or impls[0].wrapper):
-            return impls[0].function  # type: ignore[no-any-return]
-        return caller  # type: ignore[no-any-return]
+            return impls[0].function
+        return caller
 
     def index_type(self, name: str) -> IndexType:
         """The enabled type called ``name``, or an error naming the plugin that would provide it."""

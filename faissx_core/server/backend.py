@@ -469,12 +469,14 @@ class LocalBackend:
 
     @contextmanager
     def _reserve(self, nbytes: int, what: str) -> Iterator[None]:
+        limit = self.max_memory_bytes
+        assert limit is not None  # reserve() returns a null context without one
         with self._memory_mutex:
             used = self.memory_used() + self._reserved
-            if used + nbytes > self.max_memory_bytes:
+            if used + nbytes > limit:
                 raise QuotaExceeded(
                     f"{what} needs {_mb(nbytes)} but the server holds {_mb(used)} of its "
-                    f"{_mb(self.max_memory_bytes)} limit (--max-memory)",
+                    f"{_mb(limit)} limit (--max-memory)",
                     used=used,
                     limit=self.max_memory_bytes,
                     needed=nbytes,

@@ -28,7 +28,7 @@ class RequestEvent(NamedTuple):
     request_id: int
     op: str
     tenant: str | None
-    index: str | None
+    index: str | None  # type: ignore[assignment]  # shadows tuple.index, unused on an event
     outcome: str
     duration_s: float
     bytes_in: int
