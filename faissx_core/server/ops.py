@@ -168,13 +168,12 @@ def vectors(m: ManagedIndex, arrays: Arrays, name: str = "x") -> np.ndarray:
     x = arrays.get(name)
     if x is None:
         raise InvalidArgument(f"missing array {name!r}")
-    layout = m.layout()  # once: every one-query search passes here
-    binary = layout.binary
+    binary = m.binary  # ``m`` may be a _Shape (a nested object's), not a ManagedIndex
     want = _UINT8 if binary else _FLOAT32
     if x.dtype != want:
         error = WrongType if binary else InvalidArgument
         raise error(f"{name} must be {want.name} for {m.spec.type}, got {x.dtype}")
-    width = layout.row_width
+    width = m.row_width
     if x.ndim != 2 or x.shape[1] != width:
         raise InvalidArgument(
             f"{name} has shape {tuple(x.shape)}; {m.spec.type} (d={m.index.d}) expects (n, {width})"
