@@ -34,7 +34,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 import faissx_client as fx  # noqa: E402
 from faissx_core.errors import ShardUnavailable, UnsupportedOperation  # noqa: E402
-from faissx_core.server.ray_backend import NAMESPACE  # noqa: E402
+from faissx_core.server.ray_backend import NAMESPACE, cluster_config  # noqa: E402
 from faissx_core.server.shards import split  # noqa: E402
 from tests.conftest import FAISSX, ServerProcess, server_env  # noqa: E402
 
@@ -54,9 +54,12 @@ def cluster():
     # apart: Ray's 5 x 3 s would make the node-loss test wait 15 s for nothing. A check still
     # only fails after its own 10 s timeout, so a slow (loaded) raylet is not declared dead.
     health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+    # The backend's own settings for a cluster it starts: replicas at the server's niceness,
+    # not Ray's 15 (on a loaded machine that alone made every actor start 4-5x slower).
+    config = {**health, **cluster_config()}
     c = Cluster(
         initialize_head=True,
-        head_node_args={**node, "include_dashboard": False, "_system_config": health},
+        head_node_args={**node, "include_dashboard": False, "_system_config": config},
     )
     worker = c.add_node(**node)
     ray.init(
@@ -256,7 +259,12 @@ def test_kill_minus_9_during_adds_and_searches(cluster, remote, data):
     name = "kill9"
     index = remote.IndexFlatL2(D, name=name, shards=2, replicas=2)
     try:
-        victim = replicas(name)[(1, 0)]
+        started = replicas(name)
+        # replicas run at this process's priority (Ray's default niceness, 15, starves them)
+        assert {os.getpriority(os.PRIO_PROCESS, st["pid"]) for st in started.values()} == {
+            os.getpriority(os.PRIO_PROCESS, 0)
+        }
+        victim = started[(1, 0)]
         acked = 0
         outcomes = {"full": 0, "refused": 0}
         for step in range(8):
