@@ -34,7 +34,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 import faissx_client as fx  # noqa: E402
 from faissx_core.errors import ShardUnavailable, UnsupportedOperation  # noqa: E402
-from faissx_core.server.ray_backend import NAMESPACE, cluster_config  # noqa: E402
+from faissx_core.server.ray_backend import NAMESPACE, cluster_config, niced  # noqa: E402
 from faissx_core.server.shards import split  # noqa: E402
 from tests.conftest import FAISSX, ServerProcess, server_env  # noqa: E402
 
@@ -248,7 +248,7 @@ def _expected(xb_acked: np.ndarray, xq: np.ndarray):
     return ref.search(xq, K)
 
 
-def test_kill_minus_9_during_adds_and_searches(cluster, remote, data):
+def test_kill_minus_9_during_adds_and_searches(cluster, served, remote, data):
     """A replica's process killed mid-stream: Ray restarts it, it reloads its snapshot + log,
     the front end re-sends the write it was in; searches meanwhile are answered in full by the
     other replica or refused with ShardUnavailable, and no acknowledged add is lost. Then
@@ -260,10 +260,13 @@ def test_kill_minus_9_during_adds_and_searches(cluster, remote, data):
     index = remote.IndexFlatL2(D, name=name, shards=2, replicas=2)
     try:
         started = replicas(name)
-        # replicas run at this process's priority (Ray's default niceness, 15, starves them)
-        assert {os.getpriority(os.PRIO_PROCESS, st["pid"]) for st in started.values()} == {
-            os.getpriority(os.PRIO_PROCESS, 0)
-        }
+        # replicas run at this process's priority (Ray's default niceness, 15, starves them),
+        # report it, and the server has nothing to warn about
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert {os.getpriority(os.PRIO_PROCESS, st["pid"]) for st in started.values()} == {mine}
+        assert {st["niceness"] for st in started.values()} == {mine}
+        assert niced(list(started.values()), mine) == []
+        assert "replicas run at niceness" not in served.output()
         victim = started[(1, 0)]
         acked = 0
         outcomes = {"full": 0, "refused": 0}
@@ -326,6 +329,15 @@ def test_shard_with_no_replica_is_refused_by_name(remote, data):
             index.add(xb[:2])
     finally:
         remote.delete_index(name)
+
+
+def test_niced_names_replicas_below_the_server():
+    """The check behind the server's warning about a cluster whose workers run at Ray's
+    default niceness: only nicenesses above the server's own count, each once, sorted."""
+    states = [{"niceness": 15}, {"niceness": 0}, {"niceness": 15}, {"niceness": 5}, {}]
+    assert niced(states, 0) == [5, 15]
+    assert niced(states, 5) == [15]
+    assert niced(states, 15) == []
 
 
 def test_an_index_faiss_would_snapshot_incompletely_is_not_stored_named(remote):

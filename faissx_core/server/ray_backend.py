@@ -184,6 +184,8 @@ class RayBackend(LocalBackend):
         #: This front end's actors are named under it, so a restarted front end never meets
         #: the previous one's (Ray ends those with their owner).
         self.instance = uuid.uuid4().hex[:8]
+        #: Whether the log already said that replicas run at a lower priority than this process.
+        self._niced_said = False
         if not ray.is_initialized():
             options: dict[str, Any] = {
                 "namespace": NAMESPACE,
@@ -304,6 +306,7 @@ class RayBackend(LocalBackend):
                 row.append(Replica(actor, s, r))
             managed.replicas.append(row)
         states = self._statuses(managed, timeout=WRITE_TIMEOUT)
+        self._check_priority([st for row in states for st in row if st])
         managed.seqs = [
             max((st["seq"] for st in states[s] if st), default=0) for s in range(placement.shards)
         ]
@@ -323,6 +326,20 @@ class RayBackend(LocalBackend):
                 for s in range(placement.shards):
                     self._heal(managed, s)
         return managed
+
+    def _check_priority(self, states: list[dict]) -> None:
+        """Say once when replicas run at a lower priority than this front end."""
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        lower = niced(states, mine)
+        if lower and not self._niced_said:
+            self._niced_said = True
+            log.warning(
+                "replicas run at niceness %s, this server at %d: on a busy machine they get a "
+                "small share of a core (start the Ray head node with "
+                "--system-config='{\"worker_niceness\": 0}')",
+                lower,
+                mine,
+            )
 
     def _statuses(self, managed: ShardedIndex, timeout: float) -> list[list[dict | None]]:
         refs = [[r.actor.status.remote() for r in row] for row in managed.replicas]
@@ -922,6 +939,12 @@ def cluster_rows(ray: Any, timeout: float = 5.0) -> list[dict[str, Any]]:
         row["restarts"] = actor_restarts(handle)
         rows.append(row)
     return rows
+
+
+def niced(states: list[dict[str, Any]], mine: int) -> list[int]:
+    """The nicenesses above ``mine`` among replica statuses: replicas of a cluster started
+    without :func:`cluster_config` (Ray's 15), which fall far behind any busy process."""
+    return sorted({int(st["niceness"]) for st in states if int(st.get("niceness", mine)) > mine})
 
 
 def _gcs_info(actor: Any) -> dict[str, Any]:
