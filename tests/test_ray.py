@@ -359,8 +359,12 @@ def test_whole_node_removed(cluster, remote, data):
     try:
         index.add(xb[:200])
         before = replicas(name)
-        on_worker = [k for k, st in before.items() if st["node"] == worker.node_id]
-        assert on_worker, "SPREAD placed no replica on the worker node"
+        # the two copies of each shard are on different nodes: one of each on the worker
+        for shard in (0, 1):
+            assert {before[(shard, r)]["node"] for r in (0, 1)} == {
+                c.head_node.node_id,
+                worker.node_id,
+            }, {key: st["node"] for key, st in before.items()}
         c.remove_node(worker, allow_graceful=False)
         acked = 200
         for _ in range(3):
