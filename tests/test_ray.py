@@ -156,9 +156,10 @@ CASES = {
 
 
 #: Each family at one shard count (Flat at two), 2, 3 and 4 all covered: a sharded index costs
-#: shards x replicas actor processes, and on a loaded 2-core machine each case takes 20-30 s of
-#: Ray start-up, so the full family x count product would cost minutes and test nothing more:
-#: how ids are split does not depend on the family (shards.split has its own tests below).
+#: shards x replicas actor processes, and on a loaded 2-core machine each case takes 4-8 s (it
+#: took 22-47 s while Ray ran replicas at niceness 15), so the full family x count product would
+#: cost minutes and test nothing more: how ids are split does not depend on the family
+#: (shards.split has its own tests below).
 SHARDED = [("Flat", 2), ("Flat", 4), ("IVF", 3), ("HNSW", 2), ("PQ", 4), ("IDMap2", 3)]
 
 
