@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +122,22 @@ def replicas(name: str) -> dict[tuple[int, int], dict]:
                 continue
             found[(status["shard"], status["replica"])] = {**status, "handle": handle}
     return found
+
+
+def wait_gone(pid: int, timeout: float = START) -> None:
+    """Until process ``pid`` (a replica on this machine) has exited. ``ray.kill`` only asks
+    Ray to end an actor: until its process is gone it still answers the calls made to it (a
+    loaded run searched in the 60 ms between the kill and the process's end, and got an answer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):  # exited, not yet reaped
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"replica process {pid} still runs {timeout} s after ray.kill")
 
 
 def trained_template(name: str):
@@ -314,7 +331,9 @@ def test_shard_with_no_replica_is_refused_by_name(remote, data):
     index = remote.IndexFlatL2(D, name=name, shards=2)
     try:
         index.add(xb)
-        ray.kill(replicas(name)[(1, 0)]["handle"], no_restart=True)
+        victim = replicas(name)[(1, 0)]
+        ray.kill(victim["handle"], no_restart=True)
+        wait_gone(victim["pid"])
         with pytest.raises(ShardUnavailable, match="shard 1") as caught:
             index.search(xq, K)
         assert caught.value.details["shard"] == 1
