@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 import faissx_client as fx  # noqa: E402
 from faissx_core.errors import ShardUnavailable, UnsupportedOperation  # noqa: E402
-from faissx_core.server.ray_backend import NAMESPACE  # noqa: E402
+from faissx_core.server.ray_backend import NAMESPACE, cluster_config, niced  # noqa: E402
 from faissx_core.server.shards import split  # noqa: E402
 from tests.conftest import FAISSX, ServerProcess, server_env  # noqa: E402
 
@@ -54,9 +55,12 @@ def cluster():
     # apart: Ray's 5 x 3 s would make the node-loss test wait 15 s for nothing. A check still
     # only fails after its own 10 s timeout, so a slow (loaded) raylet is not declared dead.
     health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+    # The backend's own settings for a cluster it starts: replicas at the server's niceness,
+    # not Ray's 15 (on a loaded machine that alone made every actor start 4-5x slower).
+    config = {**health, **cluster_config()}
     c = Cluster(
         initialize_head=True,
-        head_node_args={**node, "include_dashboard": False, "_system_config": health},
+        head_node_args={**node, "include_dashboard": False, "_system_config": config},
     )
     worker = c.add_node(**node)
     ray.init(
@@ -120,6 +124,22 @@ def replicas(name: str) -> dict[tuple[int, int], dict]:
     return found
 
 
+def wait_gone(pid: int, timeout: float = START) -> None:
+    """Until process ``pid`` (a replica on this machine) has exited. ``ray.kill`` only asks
+    Ray to end an actor: until its process is gone it still answers the calls made to it (a
+    loaded run searched in the 60 ms between the kill and the process's end, and got an answer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):  # exited, not yet reaped
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"replica process {pid} still runs {timeout} s after ray.kill")
+
+
 def trained_template(name: str):
     """The trained, still empty index a replica holds right after ``train`` (inside its id
     map): the quantizer every shard shares, to build the local references from."""
@@ -153,9 +173,10 @@ CASES = {
 
 
 #: Each family at one shard count (Flat at two), 2, 3 and 4 all covered: a sharded index costs
-#: shards x replicas actor processes, and on a loaded 2-core machine each case takes 20-30 s of
-#: Ray start-up, so the full family x count product would cost minutes and test nothing more:
-#: how ids are split does not depend on the family (shards.split has its own tests below).
+#: shards x replicas actor processes, and on a loaded 2-core machine each case takes 4-8 s (it
+#: took 22-47 s while Ray ran replicas at niceness 15), so the full family x count product would
+#: cost minutes and test nothing more: how ids are split does not depend on the family
+#: (shards.split has its own tests below).
 SHARDED = [("Flat", 2), ("Flat", 4), ("IVF", 3), ("HNSW", 2), ("PQ", 4), ("IDMap2", 3)]
 
 
@@ -245,7 +266,7 @@ def _expected(xb_acked: np.ndarray, xq: np.ndarray):
     return ref.search(xq, K)
 
 
-def test_kill_minus_9_during_adds_and_searches(cluster, remote, data):
+def test_kill_minus_9_during_adds_and_searches(cluster, served, remote, data):
     """A replica's process killed mid-stream: Ray restarts it, it reloads its snapshot + log,
     the front end re-sends the write it was in; searches meanwhile are answered in full by the
     other replica or refused with ShardUnavailable, and no acknowledged add is lost. Then
@@ -256,7 +277,15 @@ def test_kill_minus_9_during_adds_and_searches(cluster, remote, data):
     name = "kill9"
     index = remote.IndexFlatL2(D, name=name, shards=2, replicas=2)
     try:
-        victim = replicas(name)[(1, 0)]
+        started = replicas(name)
+        # replicas run at this process's priority (Ray's default niceness, 15, starves them),
+        # report it, and the server has nothing to warn about
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert {os.getpriority(os.PRIO_PROCESS, st["pid"]) for st in started.values()} == {mine}
+        assert {st["niceness"] for st in started.values()} == {mine}
+        assert niced(list(started.values()), mine) == []
+        assert "replicas run at niceness" not in served.output()
+        victim = started[(1, 0)]
         acked = 0
         outcomes = {"full": 0, "refused": 0}
         for step in range(8):
@@ -302,7 +331,9 @@ def test_shard_with_no_replica_is_refused_by_name(remote, data):
     index = remote.IndexFlatL2(D, name=name, shards=2)
     try:
         index.add(xb)
-        ray.kill(replicas(name)[(1, 0)]["handle"], no_restart=True)
+        victim = replicas(name)[(1, 0)]
+        ray.kill(victim["handle"], no_restart=True)
+        wait_gone(victim["pid"])
         with pytest.raises(ShardUnavailable, match="shard 1") as caught:
             index.search(xq, K)
         assert caught.value.details["shard"] == 1
@@ -318,6 +349,15 @@ def test_shard_with_no_replica_is_refused_by_name(remote, data):
             index.add(xb[:2])
     finally:
         remote.delete_index(name)
+
+
+def test_niced_names_replicas_below_the_server():
+    """The check behind the server's warning about a cluster whose workers run at Ray's
+    default niceness: only nicenesses above the server's own count, each once, sorted."""
+    states = [{"niceness": 15}, {"niceness": 0}, {"niceness": 15}, {"niceness": 5}, {}]
+    assert niced(states, 0) == [5, 15]
+    assert niced(states, 5) == [15]
+    assert niced(states, 15) == []
 
 
 def test_an_index_faiss_would_snapshot_incompletely_is_not_stored_named(remote):
@@ -339,8 +379,12 @@ def test_whole_node_removed(cluster, remote, data):
     try:
         index.add(xb[:200])
         before = replicas(name)
-        on_worker = [k for k, st in before.items() if st["node"] == worker.node_id]
-        assert on_worker, "SPREAD placed no replica on the worker node"
+        # the two copies of each shard are on different nodes: one of each on the worker
+        for shard in (0, 1):
+            assert {before[(shard, r)]["node"] for r in (0, 1)} == {
+                c.head_node.node_id,
+                worker.node_id,
+            }, {key: st["node"] for key, st in before.items()}
         c.remove_node(worker, allow_graceful=False)
         acked = 200
         for _ in range(3):

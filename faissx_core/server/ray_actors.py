@@ -240,6 +240,7 @@ class ShardReplica:
             "shard": self.shard,
             "replica": self.replica,
             "pid": os.getpid(),
+            "niceness": os.getpriority(os.PRIO_PROCESS, 0),
             "node": ray.get_runtime_context().get_node_id(),
             "seq": self.seq,
             "lost": self.lost,
