@@ -155,13 +155,21 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    from faissx_core.server.ray_backend import cluster_config
+
     rng = np.random.default_rng(0)
     xb = rng.random((args.n, args.d), dtype=np.float32)
     xq = rng.random((args.nq, args.d), dtype=np.float32)
     load_before = os.getloadavg()
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+        head_node_args={
+            "num_cpus": 2,
+            "node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+            # replicas at niceness 0, as the server's own cluster runs them (cluster_config)
+            "_system_config": cluster_config(),
+        },
     )
     ray.init(
         address=cluster.address,
