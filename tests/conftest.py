@@ -186,3 +186,19 @@ def no_retries() -> Iterator[None]:
             jitter=before.jitter,
             enabled=before.enabled,
         )
+
+
+@contextlib.contextmanager
+def restarted_after_kill_9(proc: ServerProcess, timeout: float | None = None) -> Iterator[None]:
+    """Kill ``proc`` with SIGKILL (no clean shutdown: only what is on disk survives), start it
+    again on the same port and data, and keep ``faissx.client`` configured against it inside:
+    every durability test reopens its indices this way."""
+    from faissx import client as faiss
+
+    proc.stop(signal.SIGKILL)
+    proc.start()
+    faiss.configure(server=proc.endpoint, **({} if timeout is None else {"timeout": timeout}))
+    try:
+        yield
+    finally:
+        faiss.disconnect()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import threading
 
@@ -13,7 +12,7 @@ import pytest
 
 import faissx_client as fx
 
-from .conftest import FAISSX, ServerProcess, server_env
+from .conftest import FAISSX, ServerProcess, restarted_after_kill_9, server_env
 
 D = 16
 X = np.random.default_rng(11).standard_normal((500, D)).astype("float32")
@@ -139,10 +138,5 @@ def test_write_index_and_read_index_round_trip(durable, tmp_path):
     finally:
         fx.disconnect()
     assert back.read_bytes() == path.read_bytes(), "byte-for-byte the same faiss file"
-    durable.stop(signal.SIGKILL)
-    durable.start()
-    fx.configure(server=durable.endpoint)
-    try:
+    with restarted_after_kill_9(durable):
         assert fx.open_index("hnsw").ntotal == 500, "an uploaded index is durable too"
-    finally:
-        fx.disconnect()

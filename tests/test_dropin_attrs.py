@@ -19,6 +19,8 @@ import pytest
 import faissx_client as fx
 from faissx_core.errors import InvalidArgument, NotTrained, UnsupportedOperation
 
+from .conftest import restarted_after_kill_9
+
 D = 16
 NLIST = 8
 
@@ -298,17 +300,12 @@ def test_assignments_are_logged_and_replayed(start_server, tmp_path, data):
         centroids = fx.vector_to_array(master.pq.centroids)
     finally:
         fx.disconnect()
-    srv.stop(signal.SIGKILL)
-    srv.start()
-    fx.configure(server=srv.endpoint, timeout=120)
-    try:
+    with restarted_after_kill_9(srv, timeout=120):
         again = fx.open_index("assigned")
         assert again.is_trained
         np.testing.assert_array_equal(fx.vector_to_array(again.pq.centroids), centroids)
         after = again.search(data["xq"], 5)
         np.testing.assert_array_equal(before[1], after[1])
-    finally:
-        fx.disconnect()
         srv.stop(signal.SIGKILL)
 
 

@@ -20,7 +20,7 @@ import pytest
 import faissx_client as fx
 from faissx_core.server.storage import LogRecord, encode_record, read_records
 
-from .conftest import no_retries
+from .conftest import no_retries, restarted_after_kill_9
 
 D = 16
 BATCH = 50
@@ -244,18 +244,13 @@ def test_fsync_modes_all_recover_after_kill(start_server, tmp_path, mode):
         assert index.ntotal == 200
     finally:
         fx.disconnect()
-    srv.stop(signal.SIGKILL)
-    srv.start()
-    fx.configure(server=srv.endpoint)
-    try:
+    with restarted_after_kill_9(srv):
         again = fx.open_index("modes")
         assert again.ntotal == 200
         _, found = again.search(x, 1)
         stored = again.reconstruct_n(0, 200)
         np.testing.assert_array_equal(np.sort(stored, axis=0), np.sort(x, axis=0))
         assert (found[:, 0] >= 0).all()
-    finally:
-        fx.disconnect()
 
 
 def test_snapshot_threshold_truncates_the_log(start_server, tmp_path):
@@ -271,17 +266,12 @@ def test_snapshot_threshold_truncates_the_log(start_server, tmp_path):
         fx.disconnect()
     log_size = current_log(data_dir / "tenants" / "default" / "snap").stat().st_size
     assert log_size < 64 * 1024 + 8 * 1024, "the log was snapshotted and emptied on the way"
-    srv.stop(signal.SIGKILL)
-    srv.start()
-    fx.configure(server=srv.endpoint)
-    try:
+    with restarted_after_kill_9(srv):
         again = fx.open_index("snap")
         np.testing.assert_array_equal(again.reconstruct_n(0, 3000), x)
         local = faiss.IndexFlatL2(D)
         local.add(x)
         np.testing.assert_array_equal(again.search(x[:5], 3)[1], local.search(x[:5], 3)[1])
-    finally:
-        fx.disconnect()
 
 
 def test_snapshot_interrupted_before_its_commit_is_ignored(start_server, tmp_path):

@@ -28,7 +28,7 @@ import zmq
 
 import faissx_client as fx
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, restarted_after_kill_9
 
 D = 16
 #: Bound on any one reply: a loaded 2-core machine is slow, a lost reply must still fail.
@@ -115,15 +115,10 @@ def test_pipelined_one_row_adds_are_answered_in_order(start_server, tmp_path, mo
     assert all(r is not None and r["ok"] for r in replies), replies
     assert [r["id"] for r in replies] == sent  # type: ignore[index]
     assert [r["result"]["ntotal"] for r in replies] == list(range(1, 201))  # type: ignore[index]
-    srv.stop(signal.SIGKILL)
-    srv.start()
-    fx.configure(server=srv.endpoint, timeout=BOUND)
-    try:
+    with restarted_after_kill_9(srv, timeout=BOUND):
         again = fx.open_index("piped")
         assert again.ntotal == 200
         np.testing.assert_array_equal(again.reconstruct_n(0, 200), rows)
-    finally:
-        fx.disconnect()
 
 
 @pytest.mark.parametrize("mode", ["always", "batch"])
@@ -313,16 +308,11 @@ def test_snapshots_racing_writes_never_sync_a_closed_log(start_server, tmp_path)
     snaps.join(BOUND)
     setup.close()
     assert not errors, errors[:3]
-    srv.stop(signal.SIGKILL)
-    srv.start()
-    fx.configure(server=srv.endpoint, timeout=BOUND)
-    try:
+    with restarted_after_kill_9(srv, timeout=BOUND):
         for i, name in enumerate(names):
             again = fx.open_index(name)
             assert again.ntotal == per_index
             np.testing.assert_array_equal(again.reconstruct_n(0, per_index), data[i])
-    finally:
-        fx.disconnect()
 
 
 def test_a_log_is_never_closed_while_the_committer_syncs_it(tmp_path):

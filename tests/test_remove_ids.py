@@ -7,11 +7,11 @@ to the same index.
 
 from __future__ import annotations
 
-import signal
-
 import faiss
 import numpy as np
 import pytest
+
+from .conftest import restarted_after_kill_9
 
 D = 8
 
@@ -106,14 +106,9 @@ def test_logged_removals_replay_to_the_same_index(start_server, tmp_path):
             assert proxy.remove_ids(arr) == local.remove_ids(arr)
     finally:
         fx.disconnect()
-    srv.stop(signal.SIGKILL)
-    srv.start()
-    fx.configure(server=srv.endpoint)
-    try:
+    with restarted_after_kill_9(srv):
         again = fx.open_index("gone")
         assert again.ntotal == local.ntotal
         np.testing.assert_array_equal(again.search(x[:6], 10)[1], local.search(x[:6], 10)[1])
         kept = faiss.vector_to_array(local.id_map)
         np.testing.assert_array_equal(again.reconstruct_batch(kept), local.reconstruct_batch(kept))
-    finally:
-        fx.disconnect()
