@@ -42,7 +42,7 @@ from faissx_client import recovery
 from faissx_client.settings import ClientSettings
 from faissx_core.errors import FaissxError, QuotaExceeded, ServerUnavailable, from_wire
 from faissx_core.messages import PROTOCOL_VERSION, request_id_text
-from faissx_core.protocol import encode, readable, recv_reply, send
+from faissx_core.protocol import encode, frame_bytes, readable, recv_reply, send
 from faissx_core.security import configure_dealer
 
 log = logging.getLogger("faissx.client")
@@ -66,13 +66,9 @@ _POLLIN = int(zmq.POLLIN)
 LARGE_REQUEST = 1 << 20
 
 
-def _frame_size(frame: Any) -> int:
-    return int(frame.nbytes) if isinstance(frame, np.ndarray) else len(frame)
-
-
 def _size(frames: Sequence[Any]) -> int:
     """Bytes of a request's frames."""
-    return sum(map(_frame_size, frames))
+    return sum(map(frame_bytes, frames))
 
 
 def _port_flag(server: str) -> str:
@@ -301,7 +297,7 @@ class Transport:
         limit = self.max_frame
         if not limit:
             return
-        largest = max(map(_frame_size, frames))
+        largest = max(map(frame_bytes, frames))
         if largest > limit:
             target = f" on index {index!r}" if index else ""
             raise QuotaExceeded(

@@ -125,9 +125,9 @@ def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]
 
 def decode_request(frames: Sequence[Any]) -> tuple[Request, dict[str, np.ndarray]]:
     """The request and its arrays; the header is validated once, descriptors included."""
-    if frames and _nbytes(frames[0]) > MAX_HEADER_BYTES:  # never parse a huge header
+    if frames and frame_bytes(frames[0]) > MAX_HEADER_BYTES:  # never parse a huge header
         raise ProtocolError(
-            f"header frame of {_nbytes(frames[0])} bytes; at most {MAX_HEADER_BYTES}"
+            f"header frame of {frame_bytes(frames[0])} bytes; at most {MAX_HEADER_BYTES}"
         )
     header = _header(frames)
     try:
@@ -201,7 +201,7 @@ def _reply_header(frame: Any) -> Reply:
 def request_id(frames: Sequence[Any]) -> int:
     """Best-effort id of a message that failed to decode, so its error reply can be matched."""
     try:
-        if _nbytes(frames[0]) > MAX_HEADER_BYTES:
+        if frame_bytes(frames[0]) > MAX_HEADER_BYTES:
             return 0  # refused for its size: not parsed here either
         header = msgpack.unpackb(frames[0], raw=False)
         rid = header.get("id") if isinstance(header, dict) else None
@@ -266,7 +266,7 @@ def _arrays(descs: Iterable[ArrayDesc], frames: Sequence[Any]) -> dict[str, np.n
 
 def _wrap(desc: ArrayDesc, frame: Any) -> np.ndarray:
     expected = desc.nbytes
-    size = _nbytes(frame)
+    size = frame_bytes(frame)
     if size != expected:
         raise ProtocolError(
             f"array {desc.name!r}: descriptor {desc.dtype}{desc.shape} needs {expected} bytes, "
@@ -276,7 +276,7 @@ def _wrap(desc: ArrayDesc, frame: Any) -> np.ndarray:
     return arr.reshape(desc.shape) if desc.shape else arr.reshape(())
 
 
-def _nbytes(frame: Any) -> int:
+def frame_bytes(frame: Any) -> int:
     """Bytes in a frame: ``len`` of bytes or a ``zmq.Frame``, ``nbytes`` of an array or view
     (``getattr`` with a default is slow on a ``zmq.Frame``, which has no ``nbytes``)."""
     return frame.nbytes if isinstance(frame, _SIZED) else len(frame)

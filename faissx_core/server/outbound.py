@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from faissx_core.protocol import COPY_BELOW, send_parts
+from faissx_core.protocol import COPY_BELOW, frame_bytes, send_parts
 
 log = logging.getLogger("faissx.server")
 
@@ -29,15 +29,8 @@ SNDHWM = 1000
 
 
 def reply_bytes(frames: list[Any]) -> int:
-    """Bytes in ``frames``: bytes (``len``), arrays and views (``nbytes``), or ``zmq.Frame``."""
-    size = 0
-    for frame in frames:  # a loop, not sum() over a generator: this runs for every reply
-        if isinstance(frame, bytes | bytearray):
-            size += len(frame)
-        else:
-            nbytes = getattr(frame, "nbytes", None)  # numpy arrays and memoryviews
-            size += int(nbytes) if nbytes is not None else len(frame)  # zmq.Frame
-    return size
+    """Bytes in ``frames`` (bytes, arrays, views or ``zmq.Frame``)."""
+    return sum(map(frame_bytes, frames))
 
 
 class PeerOutput:
