@@ -322,6 +322,8 @@ class RemoteIndex:
     def _rows(self, x: np.ndarray, progress: bool | None, k: int | None = None) -> tuple[int, bool]:
         """(rows per request, show a progress bar) for a call on the rows of ``x``."""
         show = _opt.progress_wanted(progress)
+        if len(x) == 1:  # one row is one request whatever the part sizes: nothing to plan
+            return 1, show
         row_bytes = x.itemsize * x.shape[1]
         transport = self._client.transport
         rows = _opt.chunk_rows(
@@ -488,10 +490,7 @@ class RemoteIndex:
         bar when asked."""
         x = self._vectors(x)
         args, arrays = self._with_params({"k": _positive_k(k)}, {"x": x}, params)
-        if len(x) == 1:  # one query is one request whatever the part sizes: skip planning them
-            rows, show = 1, _opt.progress_wanted(progress)
-        else:
-            rows, show = self._rows(x, progress, k=args["k"])
+        rows, show = self._rows(x, progress, k=args["k"])
         if self._client.ivf_stats.wanted:  # faiss.cvar.indexIVF_stats was read (ivf_stats.py)
             args["stats"] = True
         if rows >= len(x) and not show:
