@@ -69,10 +69,6 @@ class TokenBucket:
         return max(0.0, (n - self.tokens) / self.rate) if self.rate else float("inf")
 
 
-#: The reservation of a write no quota applies to (a nullcontext holds no state: one serves all).
-NOTHING: AbstractContextManager[None] = nullcontext()
-
-
 def vector_bytes(managed: ManagedIndex) -> int:
     """Bytes of one stored vector as the client sends it (what the byte quota counts)."""
     layout = managed.layout()
@@ -221,7 +217,7 @@ class Limits:
         wanted = (indices, vectors, nbytes)
         limits = (s.tenant_max_indices, s.tenant_max_vectors, s.tenant_max_bytes)
         if not any(w and lim for w, lim in zip(wanted, limits, strict=True)):
-            return NOTHING  # no quota applies: every small write passes here
+            return nullcontext()  # no quota applies: every small write passes here
         return self._reserve(tenant, backend, wanted, limits)
 
     @contextmanager
