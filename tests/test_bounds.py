@@ -487,7 +487,23 @@ def _zmtp_peer(port: int) -> Any:
         greeting += sock.recv(64 - len(greeting))
     body = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
     sock.sendall(b"\x04" + bytes([len(body)]) + body)
+    # Wait for the server's READY, as libzmq's own peers do: it comes once the ZAP handler
+    # (the connection limit) has admitted us. A frame that arrives before that is a handshake
+    # violation to libzmq, which resets the connection (a CI run saw exactly that).
+    head = _recv_exactly(sock, 2)
+    assert head[0] == 0x04, head  # a short command
+    reply = _recv_exactly(sock, head[1])
+    assert reply.startswith(b"\x05READY"), reply
     return sock
+
+
+def _recv_exactly(sock: Any, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = sock.recv(n - len(data))
+        assert more, "the server closed the connection during the handshake"
+        data += more
+    return data
 
 
 def test_partial_multipart_memory_is_released(start_server: Any) -> None:
