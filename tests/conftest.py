@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,7 +72,12 @@ class ServerProcess:
         self.port = port or free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"faissx-test-{self.port}.log"
+        # One file per server object, appended across its own restarts: never one per port,
+        # or a server on a reused port would read an earlier server's lines as its own (a CI
+        # run found another test's request log in one that counts its requests).
+        fd, name = tempfile.mkstemp(prefix=f"faissx-test-{self.port}-", suffix=".log")
+        os.close(fd)
+        self.log = Path(name)
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         """Start and wait until it answers. Generous: a loaded 2-core machine took more than

@@ -20,7 +20,7 @@ import faissx_client as fx
 from faissx_core.errors import IndexNotFound, InvalidArgument
 from faissx_core.progress import progress
 
-from .conftest import FAISSX, free_port, server_env
+from .conftest import FAISSX, free_port, ping, server_env
 
 D = 8
 X = np.random.default_rng(5).standard_normal((300, D)).astype("float32")
@@ -221,6 +221,22 @@ def test_json_request_log_names_each_request_and_never_a_key(start_server, tmp_p
     assert add["duration_ms"] >= 0 and add["bytes_in"] > X[:20].nbytes
     assert len({e["request_id"] for e in requests}) == len(requests)
     assert secret not in srv.output()
+
+
+def test_a_server_on_a_reused_port_reads_only_its_own_log(start_server):
+    """The harness's log is per server, not per port: the request-log test above once read an
+    earlier test's server's lines when its port came round again."""
+    first = start_server("--log-format", "json", "--log-requests", "all")
+    logged = '"logger": "faissx.requests"'
+    deadline = time.monotonic() + 20
+    while logged not in first.output() and time.monotonic() < deadline:
+        ping(first.endpoint)  # the readiness pings are requests too; their lines follow replies
+        time.sleep(0.1)
+    assert logged in first.output()
+    first.kill()
+    second = start_server(port=first.port)
+    assert second.log != first.log
+    assert ping(second.endpoint) and logged not in second.output()
 
 
 def test_health_exit_codes_live_and_dead(server):
