@@ -513,6 +513,11 @@ class Transport:
                 flight.done(sent, *self._request(sent.header, sent.frames, timeout))
 
     # -- the write window (faissx_client/window.py) ------------------------------------------
+    def defers(self, op: str) -> bool:
+        """Does :meth:`write` defer ``op``? Decided once: a write window was configured and
+        faiss's result for ``op`` is None (nobody reads its reply)."""
+        return self.settings.write_window > 0 and op in DEFERRABLE
+
     def write(
         self,
         op: str,
@@ -522,14 +527,12 @@ class Transport:
     ) -> None:
         """A write whose result the caller does not read (faiss returns None for it).
 
-        With ``write_window`` 0, or for an op not in :data:`DEFERRABLE`, this is :meth:`call`.
-        Otherwise it returns once the request is sent: a copy of ``arrays`` is kept until the
+        Only for an op :meth:`defers`: it returns once the request is sent. A copy of ``arrays`` is kept until the
         server acknowledges it, and the next barrier (any other call on this thread,
         :meth:`flush`, closing) waits for that acknowledgement and raises its failure.
         """
-        if not self.settings.write_window or op not in DEFERRABLE:
-            self.call(op, index, args, arrays)
-            return
+        if not self.defers(op):
+            raise ValueError(f"{op!r} is not deferred by this client (see Transport.defers)")
         conn = self._conn()
         window = conn.window
         timeout = self.settings.timeout
