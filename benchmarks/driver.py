@@ -377,9 +377,7 @@ class Worker:
         blocks = [np.ascontiguousarray(xb[i : i + batch]) for i in range(0, n, batch)]
         times = []
         for _ in range(reps):
-            index = self.new_index(
-                mode, d, factory, endpoint, echo=echo, write_window=write_window
-            )
+            index = self.new_index(mode, d, factory, endpoint, echo=echo, write_window=write_window)
             if mode == "ours":
                 index.is_trained  # noqa: B018 - creates the server-side index before the clock
             gc.collect()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
 import os
 import secrets
 import struct
@@ -39,6 +38,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -438,10 +438,12 @@ class Transport:
             if done is not None and reply.ok:
                 done(i)
 
+        width = max(1, window)
         try:
             for header, frames in requests:
                 conn = self._conn()  # a new one if a retry had to replace the last
-                self._settle(conn, lambda c=conn: len(c.flight) < max(1, window), timeout)
+                flight = conn.flight
+                self._settle(conn, lambda: len(flight) < width, timeout)  # noqa: B023
                 if failed:
                     break  # a part failed: what follows it is not sent
                 self._submit(conn, _Sent(header, frames, record), timeout)
@@ -488,6 +490,8 @@ class Transport:
         long ago, while the caller was busy elsewhere); else from when it was sent.
         """
         flight = conn.flight
+        if not flight or enough():
+            return  # the common case of a deferred write: room in the window, nothing to wait
         if fresh:
             start = time.monotonic() + timeout
             for rid, deadline in flight.deadlines.items():
@@ -527,9 +531,10 @@ class Transport:
     ) -> None:
         """A write whose result the caller does not read (faiss returns None for it).
 
-        Only for an op :meth:`defers`: it returns once the request is sent. A copy of ``arrays`` is kept until the
-        server acknowledges it, and the next barrier (any other call on this thread,
-        :meth:`flush`, closing) waits for that acknowledgement and raises its failure.
+        Only for an op :meth:`defers`: it returns once the request is sent. A copy of
+        ``arrays`` is kept until the server acknowledges it, and the next barrier (any other
+        call on this thread, :meth:`flush`, closing) waits for that acknowledgement and
+        raises its failure.
         """
         if not self.defers(op):
             raise ValueError(f"{op!r} is not deferred by this client (see Transport.defers)")
@@ -540,7 +545,7 @@ class Transport:
         try:
             self._settle(conn, lambda: window.has_room(size), timeout, fresh=True)
         except ServerUnavailable as exc:
-            raise self._lost(conn, exc) from None
+            raise self._given_up(conn, exc) from None
         if window.failure is not None:  # found while making room: this write is not made
             self._barrier(conn)
         # faiss's add copies the vectors: the caller may overwrite its array once we return
@@ -568,7 +573,7 @@ class Transport:
         try:
             self._submit(conn, _Sent(header, frames, acknowledged), timeout)
         except ServerUnavailable as exc:
-            raise self._lost(conn, exc) from None
+            raise self._given_up(conn, exc) from None
 
     def flush(self) -> None:
         """Return once every deferred write of this thread, and of threads that have ended, is
@@ -607,14 +612,14 @@ class Transport:
         try:
             self._settle(conn, lambda: not window.pending, self.settings.timeout, fresh=True)
         except ServerUnavailable as exc:
-            raise self._lost(conn, exc) from None
+            raise self._given_up(conn, exc) from None
         with self._mutex:
             self._windows.pop(conn.key, None)
         failure = window.take_failure()
         if failure is not None:
             raise failure
 
-    def _lost(self, conn: _Conn, exc: ServerUnavailable) -> ServerUnavailable:
+    def _given_up(self, conn: _Conn, exc: ServerUnavailable) -> ServerUnavailable:
         """``exc`` naming the deferred writes that were given up on with it (the retries ran
         out of time): they are dropped from the window, their fate unknown."""
         window = conn.window

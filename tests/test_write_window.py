@@ -11,6 +11,7 @@ Real servers, real client; no timing is asserted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -47,10 +48,9 @@ def local_mode_after() -> Iterator[None]:
     try:
         yield
     finally:
-        try:
+        # a test that left a failed deferred write has asserted on it already
+        with contextlib.suppress(Exception):
             fx.disconnect()
-        except Exception:  # a test that left a failed deferred write has asserted on it
-            pass
         recovery.configure_recovery(
             policy.max_retries,
             policy.initial_backoff,
@@ -337,4 +337,3 @@ def test_interpreter_exit_waits_for_deferred_writes(server: ServerProcess) -> No
     assert index.reconstruct(49)[0] == 49
     fx.delete_index("window-exit")
     fx.delete_index("window-exit-bad")
-
