@@ -337,3 +337,25 @@ def test_interpreter_exit_waits_for_deferred_writes(server: ServerProcess) -> No
     assert index.reconstruct(49)[0] == 49
     fx.delete_index("window-exit")
     fx.delete_index("window-exit-bad")
+
+
+def test_threaded_shards_see_their_own_windowed_adds(server: ServerProcess) -> None:
+    """A threaded IndexShards adds on its pool's threads, then reads every sub-index's ntotal
+    from the caller's thread (and numbers the next add from it): the adds made on the pool
+    must be acknowledged by then, or the ids would repeat."""
+    fx.configure(server=server.endpoint, timeout=120, write_window=16)
+    shards, local = fx.IndexShards(D, True, False), faiss.IndexShards(D, True, False)
+    subs = [fx.IndexIDMap2(fx.IndexFlatL2(D)) for _ in range(3)]
+    local_subs = [faiss.IndexIDMap2(faiss.IndexFlatL2(D)) for _ in range(3)]
+    for remote_sub, local_sub in zip(subs, local_subs, strict=True):
+        shards.add_shard(remote_sub)
+        local.add_shard(local_sub)
+    x = rows(120, seed=13)
+    for lo in range(0, 120, 6):  # two rows per shard per call: one request each
+        shards.add(x[lo : lo + 6])
+        local.add(x[lo : lo + 6])
+    assert shards.ntotal == local.ntotal == 120
+    got_d, got_i = shards.search(x[:10], 5)
+    want_d, want_i = local.search(x[:10], 5)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_d, want_d, rtol=1e-5, atol=1e-5)
