@@ -579,10 +579,18 @@ class Transport:
         """Return once every deferred write of this thread, and of threads that have ended, is
         acknowledged, i.e. durable per the server's ``--fsync``; raise the first that failed."""
         self._barrier()
-        with self._mutex:
+        with self._mutex:  # claimed here, so two threads never read one socket at once
             ended = [c for c in self._windows.values() if not c.owner.is_alive()]
-        for conn in ended:
-            self._drain(conn)
+            for conn in ended:
+                del self._windows[conn.key]
+        first: FaissxError | None = None
+        for conn in ended:  # each is drained, whatever the others' outcome
+            try:
+                self._drain(conn)
+            except FaissxError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
     def unflushed(self) -> list[str]:
         """What other live threads still owe (their sockets are theirs alone to read)."""
