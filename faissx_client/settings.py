@@ -21,9 +21,10 @@ from faissx_core.security import is_key, read_secret_key
 DEFAULT_SERVER = "tcp://localhost:45678"
 #: ``host:port`` with no scheme: what people type first, taken as ``tcp://host:port``.
 _BARE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
-#: The largest write window: more in flight buys nothing once the socket is kept busy, and
-#: every deferred write's bytes are held until it is acknowledged.
-MAX_WRITE_WINDOW = 4096
+#: The largest write window: more in flight buys nothing once the socket is kept busy, every
+#: deferred write's bytes are held until it is acknowledged, and each reply is matched
+#: against every request in flight (its deadline), a cost that grows with the window.
+MAX_WRITE_WINDOW = 1024
 _TCP = re.compile(r"^tcp://(\[[0-9a-fA-F:]+\]|[^:/\[\]]+|\*)(:(\d+))?$")
 
 
