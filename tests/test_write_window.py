@@ -359,3 +359,18 @@ def test_threaded_shards_see_their_own_windowed_adds(server: ServerProcess) -> N
     want_d, want_i = local.search(x[:10], 5)
     np.testing.assert_array_equal(got_i, want_i)
     np.testing.assert_allclose(got_d, want_d, rtol=1e-5, atol=1e-5)
+
+
+def test_disconnect_waits_and_raises_a_deferred_failure_once_closed(server: ServerProcess) -> None:
+    fx.configure(server=server.endpoint, timeout=120, write_window=8)
+    index = fx.IndexFlatL2(D, name="window-disconnect")
+    x = rows(6, seed=14)
+    for i in range(6):
+        index.add(x[i : i + 1])
+    index.add(np.ones((1, D + 1), dtype="float32"))
+    with pytest.raises(InvalidArgument, match="deferred add to 'window-disconnect'"):
+        fx.disconnect()
+    assert fx.get_client() is None, "the client was not closed"
+    fx.configure(server=server.endpoint, timeout=120)
+    np.testing.assert_array_equal(fx.open_index("window-disconnect").reconstruct_n(0, 6), x)
+    fx.delete_index("window-disconnect")
