@@ -153,7 +153,7 @@ class Worker:
         self.handles: dict[str, Handle] = {}
         self.arrays: dict[str, np.ndarray] = {}
         self._ours: Any = None
-        self._ours_endpoint: str | None = None
+        self._ours_endpoint: tuple[str, int] | None = None
         self._ours_generation = 0
         self._orig: Any = None
         self._faiss: Any = None
@@ -168,15 +168,16 @@ class Worker:
             self._faiss = faiss
         return self._faiss
 
-    def ours(self, endpoint: str) -> Any:
-        """This repository's client, configured for ``endpoint`` (one server at a time)."""
+    def ours(self, endpoint: str, write_window: int = 0) -> Any:
+        """This repository's client, configured for ``endpoint`` (one server at a time) with
+        ``configure(write_window=...)``."""
         if self._ours is None:
             from faissx import client
 
             self._ours = client
-        if self._ours_endpoint != endpoint:
-            self._ours.configure(server=endpoint, timeout=300)
-            self._ours_endpoint = endpoint
+        if self._ours_endpoint != (endpoint, write_window):
+            self._ours.configure(server=endpoint, timeout=300, write_window=write_window)
+            self._ours_endpoint = (endpoint, write_window)
             self._ours_generation += 1
         return self._ours
 
@@ -213,11 +214,12 @@ class Worker:
         endpoint: str | None,
         name: str | None = None,
         echo: dict[str, int] | None = None,
+        write_window: int = 0,
     ) -> Any:
         if mode == "local":
             return self.faiss.index_factory(d, factory)
         if mode == "ours":
-            client = self.ours(endpoint or "")
+            client = self.ours(endpoint or "", write_window)
             return client.index_factory(d, factory, name=name)
         if mode == "orig":
             return self.orig(endpoint or "").index_factory(d, factory)
@@ -362,17 +364,20 @@ class Worker:
         reps: int,
         endpoint: str | None = None,
         echo: dict[str, int] | None = None,
+        write_window: int = 0,
     ) -> list[float]:
         """Seconds per ``add`` of ``batch`` vectors, adding ``n`` vectors in all per repetition.
 
         Every repetition starts from a fresh, empty index (created before the clock starts), so
-        each timed call appends to an index of known size.
+        each timed call appends to an index of known size. With a ``write_window`` (``ours``)
+        the last add's time includes the ``flush()`` that waits for every acknowledgement, so
+        the times still add up to the time until all the adds were acknowledged.
         """
         xb = self.data(data)
         blocks = [np.ascontiguousarray(xb[i : i + batch]) for i in range(0, n, batch)]
         times = []
         for _ in range(reps):
-            index = self.new_index(mode, d, factory, endpoint, echo=echo)
+            index = self.new_index(mode, d, factory, endpoint, echo=echo, write_window=write_window)
             if mode == "ours":
                 index.is_trained  # noqa: B018 - creates the server-side index before the clock
             gc.collect()
@@ -380,6 +385,10 @@ class Worker:
                 t0 = time.perf_counter()
                 index.add(x)
                 times.append(time.perf_counter() - t0)
+            if mode == "ours" and write_window:
+                t0 = time.perf_counter()
+                self.ours(endpoint or "", write_window).flush()
+                times[-1] += time.perf_counter() - t0
             if mode == "echo":
                 index.close()
             elif mode == "orig":

@@ -78,6 +78,7 @@ __all__ = [
     "configure_recovery",
     "delete_index",
     "disconnect",
+    "flush",
     "get_client",
     "gpu",
     "is_remote",
@@ -110,6 +111,7 @@ def configure(
     client_secret_key: str | None = None,
     *,
     gpu: bool | None = None,
+    write_window: int | None = None,
 ) -> Client | None:
     """Switch to remote mode: every index created from now on lives on ``server``.
 
@@ -120,13 +122,20 @@ def configure(
     ``server_public_key`` (``FAISSX_SERVER_PUBLIC_KEY``) turns on CURVE encryption; the client
     key pair (``FAISSX_CLIENT_PUBLIC_KEY`` / ``_SECRET_KEY``) is for servers with an allow-list.
 
+    ``write_window`` (``FAISSX_WRITE_WINDOW``, default 0) lets up to that many one-request
+    ``add`` / ``add_with_ids`` calls per thread return once sent instead of once acknowledged:
+    any other call, :func:`flush` and :func:`disconnect` wait for them first, and raise the
+    first that failed (docs/client.md, "Write window").
+
     ``configure(gpu=True)`` alone (no server, no ``FAISSX_SERVER``) stays in local mode and moves
     the indices built from then on to a GPU (faiss's ``index_cpu_to_gpu``); it raises on a faiss
     without GPU support. Remote indices use the server's GPU (``faissx serve --gpu``).
     """
     global _client
     if gpu is not None:
-        remote = any(v is not None for v in (server, api_key, tenant_id, timeout, heartbeat))
+        remote = any(
+            v is not None for v in (server, api_key, tenant_id, timeout, heartbeat, write_window)
+        )
         if not remote and not os.environ.get("FAISSX_SERVER"):
             gpu_module.enable() if gpu else gpu_module.disable()
             return None
@@ -143,6 +152,7 @@ def configure(
         server_public_key=server_public_key,
         client_public_key=client_public_key,
         client_secret_key=client_secret_key,
+        write_window=write_window,
     )
     client = FaissXClient(settings, heartbeat)  # our client plus the original FAISSx's API
     try:
@@ -152,20 +162,39 @@ def configure(
         raise
     with _lock:
         old, _client = _client, client
-    if old is not None:
-        old.close()
-    vector_cache.clear()
+    try:
+        if old is not None:
+            old.close()  # raises a deferred write of its that failed, once closed
+    finally:
+        vector_cache.clear()
     return client
 
 
+def flush() -> None:
+    """Return once every deferred write is acknowledged, i.e. durable per the server's
+    ``--fsync``; raise the first that failed (as its own type, saying it was deferred).
+
+    Deferred writes exist only with ``configure(write_window=N)``: this thread's, and those of
+    threads that have ended, are waited for. Without a window, or in local mode, it returns at
+    once."""
+    client = _client
+    if client is not None:
+        client.flush()
+
+
 def disconnect() -> None:
-    """Close the remote client and return to local mode (its unnamed indices are dropped)."""
+    """Close the remote client and return to local mode (its unnamed indices are dropped).
+
+    Deferred writes (``write_window``) are waited for first; one that failed is raised once
+    the client is closed."""
     global _client
     with _lock:
         old, _client = _client, None
-    if old is not None:
-        old.close()
-    vector_cache.clear()
+    try:
+        if old is not None:
+            old.close()  # raises a deferred write of its that failed, once closed
+    finally:
+        vector_cache.clear()
 
 
 def get_client() -> FaissXClient | None:

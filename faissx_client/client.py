@@ -34,7 +34,7 @@ class Client:
         self._stop = threading.Event()
         self._keepalive: threading.Thread | None = None
         self.keepalive_every = KEEPALIVE_EVERY
-        atexit.register(self.close)
+        atexit.register(self._at_exit)
 
     def hello(self) -> dict[str, Any]:
         """Check the server answers and accepts our key; learn its idle TTL."""
@@ -100,6 +100,19 @@ class Client:
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return self.transport.call(op, index, args, arrays, timeout)
 
+    def write(self, op: str, index: str, arrays: dict[str, np.ndarray]) -> None:
+        """A write whose result the caller does not read; deferred when this client has a
+        write window (:meth:`Transport.write`); else a plain :meth:`call`, as without one."""
+        if self.transport.defers(op):
+            self.transport.write(op, index, arrays)
+        else:
+            self.call(op, index, None, arrays)
+
+    def flush(self) -> None:
+        """Return once every deferred write (this thread's, and those of threads that have
+        ended) is acknowledged, i.e. durable per the server's ``--fsync``."""
+        self.transport.flush()
+
     def pipeline(
         self,
         op: str,
@@ -139,17 +152,42 @@ class Client:
                     log.debug("keep-alive failed: %s", exc)
 
     def close(self) -> None:
-        """Drop this client's unnamed indices on the server and close the sockets."""
+        """Wait for the deferred writes (write window), drop this client's unnamed indices on
+        the server and close the sockets. A deferred write that failed, or that could not be
+        acknowledged within the timeout, is logged as an error and raised once closed."""
         if self.transport.closed:
             return
         self._stop.set()
+        failure: Exception | None = None
+        try:
+            self.transport.flush()
+        except Exception as exc:  # closed all the same: the caller asked to be done with it
+            failure = exc
+            log.error("closing the client of %s: %s", self.settings.server, exc)
+        for line in self.transport.unflushed():
+            log.error(
+                "closing the client of %s: deferred writes of a running thread are not "
+                "acknowledged (call faissx.client.flush() in that thread first): %s",
+                self.settings.server,
+                line,
+            )
         if self._anonymous:
             try:
                 self.call("bye", timeout=min(2.0, self.settings.timeout))
             except Exception as exc:  # the server's idle expiry is the backstop
                 log.debug("bye failed: %s", exc)
         self.transport.close()
-        atexit.unregister(self.close)
+        atexit.unregister(self._at_exit)
+        if failure is not None:
+            raise failure
+
+    def _at_exit(self) -> None:
+        """Interpreter exit: wait (within the timeout) for the deferred writes; what failed or
+        was not acknowledged is logged by close(), not raised into the interpreter's exit."""
+        try:
+            self.close()
+        except Exception as exc:
+            log.debug("closing at exit: %s", exc)
 
 
 def __getattr__(name: str) -> Any:

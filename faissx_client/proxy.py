@@ -360,7 +360,10 @@ class RemoteIndex:
         try:
             if rows >= len(x) and not show:
                 arrays = {"x": x} if ids is None else {"x": x, "ids": ids}
-                self._call(op, arrays=arrays)
+                if self._member is not None:
+                    self._member_call(op, {}, arrays)
+                else:  # deferred when the client has a write window (faissx_client/window.py)
+                    self._client.write(op, self._name, arrays)
             else:
                 # each add part says how many rows it and the rest bring: storage grows ahead
                 try:

@@ -21,6 +21,10 @@ from faissx_core.security import is_key, read_secret_key
 DEFAULT_SERVER = "tcp://localhost:45678"
 #: ``host:port`` with no scheme: what people type first, taken as ``tcp://host:port``.
 _BARE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+#: The largest write window: more in flight buys nothing once the socket is kept busy, every
+#: deferred write's bytes are held until it is acknowledged, and each reply is matched
+#: against every request in flight (its deadline), a cost that grows with the window.
+MAX_WRITE_WINDOW = 1024
 _TCP = re.compile(r"^tcp://(\[[0-9a-fA-F:]+\]|[^:/\[\]]+|\*)(:(\d+))?$")
 
 
@@ -63,6 +67,10 @@ class ClientSettings(BaseModel):
     #: allow-list. Without it each connection uses a fresh anonymous pair.
     client_public_key: str | None = None
     client_secret_key: str | None = Field(None, repr=False)
+    #: One-request ``add`` / ``add_with_ids`` calls a thread may leave unacknowledged at once
+    #: (faissx_client/transport.py, "Write window"); 0: each waits for its reply, as faiss's add
+    #: returns once done.
+    write_window: int = Field(0, ge=0, le=MAX_WRITE_WINDOW)
 
     @field_validator("server")
     @classmethod
@@ -91,7 +99,8 @@ class ClientSettings(BaseModel):
 
     @classmethod
     def from_env(cls, **given: Any) -> ClientSettings:
-        """Explicit arguments win; missing ones come from FAISSX_SERVER / _API_KEY / _TENANT_ID."""
+        """Explicit arguments win; missing ones come from FAISSX_SERVER / _API_KEY / _TENANT_ID /
+        _TIMEOUT / _WRITE_WINDOW and the CURVE keys' variables."""
         env = {
             "server": os.environ.get("FAISSX_SERVER"),
             "api_key": os.environ.get("FAISSX_API_KEY"),
@@ -100,6 +109,7 @@ class ClientSettings(BaseModel):
             "server_public_key": os.environ.get("FAISSX_SERVER_PUBLIC_KEY"),
             "client_public_key": os.environ.get("FAISSX_CLIENT_PUBLIC_KEY"),
             "client_secret_key": os.environ.get("FAISSX_CLIENT_SECRET_KEY"),
+            "write_window": os.environ.get("FAISSX_WRITE_WINDOW"),
         }
         values = {k: v for k, v in env.items() if v}
         values.update({k: v for k, v in given.items() if v is not None})

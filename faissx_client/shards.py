@@ -57,6 +57,17 @@ def _state(index: Any) -> tuple[int, bool, int]:
     return int(index.ntotal), bool(index.is_trained), int(index.metric_type)
 
 
+def _acknowledged(fn: Callable[[int, Any], Any], i: int, sub: Any) -> Any:
+    """``fn(i, sub)`` on a pool thread, then its deferred writes (``write_window``) waited for:
+    a pool thread's connection is its own, and the caller reads the sub-indices next from its
+    thread (ntotal numbers the next add), which would not wait for them."""
+    try:
+        return fn(i, sub)
+    finally:
+        if isinstance(sub, RemoteIndex):
+            sub._client.flush()
+
+
 def merge_knn(
     parts: Sequence[tuple[np.ndarray, np.ndarray]], translations: Sequence[int], keep_max: bool
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +195,7 @@ class ThreadedIndex(ABC):
                 raise errors[0]
             return results
         pool = self._executor(len(subs))
-        futures = [pool.submit(fn, i, sub) for i, sub in enumerate(subs)]
+        futures = [pool.submit(_acknowledged, fn, i, sub) for i, sub in enumerate(subs)]
         wait(futures)  # every call finishes before one's error is raised
         for future in futures:
             error = future.exception()

@@ -19,6 +19,11 @@ Reliability follows the zguide's patterns:
   sent is always retried; one whose connection dropped is retried when it is a read or carries
   an idempotency key (every mutating request does), which the server uses to apply it once.
   The same request id is reused, so the reply to any attempt answers the call.
+
+The requests sent on a connection and not yet answered (a pipelined call's parts, the write
+window's deferred adds: faissx_client/window.py) are held in one place, the connection's
+:class:`_InFlight`, and one method (:meth:`Transport._settle`) receives their replies and, when
+the connection drops, sends the unanswered ones again in order, with their ids and keys.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +46,14 @@ import zmq
 
 from faissx_client import recovery
 from faissx_client.settings import ClientSettings
-from faissx_core.errors import FaissxError, QuotaExceeded, ServerUnavailable, from_wire
+from faissx_client.window import DEFERRABLE, WriteWindow
+from faissx_core.errors import (
+    Aborted,
+    FaissxError,
+    QuotaExceeded,
+    ServerUnavailable,
+    from_wire,
+)
 from faissx_core.messages import PROTOCOL_VERSION, request_id_text
 from faissx_core.protocol import encode, frame_bytes, readable, recv_reply, send
 from faissx_core.security import configure_dealer
@@ -117,10 +130,72 @@ class _Failure(Exception):
         self.answered = answered or []
 
 
+@dataclass(eq=False, slots=True)
+class _Sent:
+    """A request sent on a connection, kept until it is answered (to be sent again with the
+    same id and key if the connection drops first)."""
+
+    header: dict[str, Any]
+    frames: list[Any]
+    #: told the reply, or ``(None, {})`` when it is not sent again because the write it was
+    #: chained to (``after``) failed
+    on_reply: Callable[[Any, dict[str, np.ndarray]], None]
+
+
+class _InFlight:
+    """The requests sent on one connection and not yet answered, in the order they were sent.
+
+    Sent one after another on one connection, writes to one index are applied in that order;
+    so after a drop they are sent again in that order too, skipping a write chained to one that
+    failed (the server would refuse it: nothing past a failure is applied)."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, _Sent] = {}
+        #: request id -> deadline, as :meth:`Transport._receive` takes it (and moves it on a
+        #: ``working`` heartbeat)
+        self.deadlines: dict[int, float] = {}
+        #: idempotency keys of the writes that failed since the connection was last idle
+        self.failed: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.sent)
+
+    def add(self, sent: _Sent, deadline: float) -> None:
+        if not self.sent:  # idle until now: earlier failures have been reported
+            self.failed.clear()
+        rid = sent.header["id"]
+        self.sent[rid] = sent
+        self.deadlines[rid] = deadline
+
+    def answer(self, reply: Any, out: dict[str, np.ndarray]) -> None:
+        """Hand ``reply`` (to a request in flight) to its request's ``on_reply``."""
+        sent = self.sent.pop(reply.id)
+        del self.deadlines[reply.id]
+        self.done(sent, reply, out)
+
+    def done(self, sent: _Sent, reply: Any, out: dict[str, np.ndarray]) -> None:
+        """``sent`` is answered (``reply`` None: not sent again, after a failed write)."""
+        key = sent.header.get("idem")
+        if key is not None and (reply is None or not reply.ok):
+            self.failed.add(key)
+        sent.on_reply(reply, out)
+
+    def take(self) -> list[_Sent]:
+        """Every unanswered request, oldest first, no longer in flight (to be sent again)."""
+        taken = list(self.sent.values())
+        self.sent.clear()
+        self.deadlines.clear()
+        return taken
+
+
 class _Conn:
     """One thread's DEALER, the monitor that reports its connection's drops, and a poller."""
 
     def __init__(self, ctx: zmq.Context, settings: ClientSettings, heartbeat: float) -> None:
+        #: The thread that uses it: another may drain its deferred writes only once it ended.
+        self.owner = threading.current_thread()
+        self.flight = _InFlight()
+        self.window = WriteWindow(settings.write_window)
         self.sock = ctx.socket(zmq.DEALER)
         configure_dealer(self.sock, settings)  # CURVE when a server public key is configured
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -211,6 +286,9 @@ class Transport:
         self.max_frame: int | None = None
         #: The most vectors it takes in one request (``--max-request-vectors``); None: unknown.
         self.max_rows: int | None = None
+        #: Connections with deferred writes unacknowledged, by key: kept alive (and drained by
+        #: flush()) after their thread ended.
+        self._windows: dict[int, _Conn] = {}
         self._reached = False  # a reply has arrived at least once
         self._lost = False  # ... and since then a connection dropped or could not be made
         self.closed = False
@@ -229,7 +307,9 @@ class Transport:
             recovery.notify_disconnected(self.settings.server)
 
     def reconnect(self) -> None:
-        """Close this thread's sockets and reach the server on new ones (``force_reconnect``)."""
+        """Close this thread's sockets and reach the server on new ones (``force_reconnect``);
+        its deferred writes are acknowledged first (closing their socket would lose them)."""
+        self._barrier()
         self._discard()
         if self._reached:
             self._mark_lost()
@@ -285,6 +365,7 @@ class Transport:
         Retried per :mod:`faissx_client.recovery` while ``timeout`` (the whole call's budget,
         retries included) lasts; gives up with :class:`ServerUnavailable`.
         """
+        self._barrier()
         header = self.header(op, index, args)
         frames = encode(header, arrays)
         self._check_size(op, index, frames)
@@ -329,6 +410,7 @@ class Transport:
         have been answered. A dropped connection falls back to :meth:`call`'s retries for the
         parts still unanswered, in order, reusing their ids and idempotency keys.
         """
+        self._barrier()
         requests = []
         previous = None
         for args, arrays in parts:
@@ -342,33 +424,30 @@ class Transport:
         timeout = self.settings.timeout if timeout is None else timeout
         slot = {header["id"]: i for i, (header, _) in enumerate(requests)}
         replies: dict[int, tuple[Any, dict[str, np.ndarray]]] = {}
+        failed = False
 
-        def record(reply: Any, out: dict[str, np.ndarray]) -> bool:
-            """Keep part ``slot[reply.id]``'s reply; False when it reports a failure."""
+        def record(reply: Any, out: dict[str, np.ndarray]) -> None:
+            """Keep part ``slot[reply.id]``'s reply (None: a part not sent again)."""
+            nonlocal failed
+            if reply is None or not reply.ok:
+                failed = True
+            if reply is None:
+                return
             i = slot[reply.id]
             replies[i] = (reply, out)
             if done is not None and reply.ok:
                 done(i)
-            return bool(reply.ok)
 
+        width = max(1, window)
         try:
-            self._stream(requests, max(1, window), timeout, record)
-        except _Failure as failure:
-            for reply, out in failure.answered:
-                record(reply, out)
-            log.debug(
-                "pipelined %s to %s: %s; finishing part by part",
-                op,
-                self.settings.server,
-                failure.reason,
-            )
-        ok = all(reply.ok for reply, _ in replies.values())
-        try:
-            for i, (header, frames) in enumerate(requests):
-                if not ok:
-                    break  # a part failed: what follows it is not sent again
-                if i not in replies:
-                    ok = record(*self._request(header, frames, timeout))
+            for header, frames in requests:
+                conn = self._conn()  # a new one if a retry had to replace the last
+                flight = conn.flight
+                self._settle(conn, lambda: len(flight) < width, timeout)  # noqa: B023
+                if failed:
+                    break  # a part failed: what follows it is not sent
+                self._submit(conn, _Sent(header, frames, record), timeout)
+            self._settle(self._conn(), lambda: False, timeout)
         except ServerUnavailable as exc:
             # what was acknowledged before the link failed, for the caller to report
             acked = sorted(i for i, (reply, _) in replies.items() if reply.ok)
@@ -386,39 +465,184 @@ class Transport:
             results.append((self._result(reply, requests[i][0]["id"]), out))
         return results
 
-    def _stream(
-        self,
-        requests: list[tuple[dict[str, Any], list[Any]]],
-        window: int,
-        timeout: float,
-        record: Callable[[Any, dict[str, np.ndarray]], bool],
+    def _submit(self, conn: _Conn, sent: _Sent, timeout: float) -> None:
+        """Send ``sent`` on ``conn`` and keep it in flight there; when it cannot be sent (no
+        connection), the requests in flight are answered first and then this one is made with
+        :meth:`_request`'s retries, so the order is kept either way."""
+        deadline = time.monotonic() + timeout
+        try:
+            self._send(conn, sent.frames, deadline)
+        except _Failure:
+            self._settle(conn, lambda: False, timeout)
+            conn.flight.done(sent, *self._request(sent.header, sent.frames, timeout))
+            return
+        conn.flight.add(sent, deadline)
+
+    def _settle(
+        self, conn: _Conn, enough: Callable[[], bool], timeout: float, fresh: bool = False
     ) -> None:
-        """Send with ``window`` in flight and ``record`` each reply, until all are answered or
-        one fails (the ones then in flight are still awaited); _Failure when the link fails."""
+        """Receive replies to the requests in flight on ``conn`` until ``enough()`` or none is
+        left. When the connection drops (or a reply is overdue), every unanswered request is
+        made again in order with :meth:`_request`'s retries, same id and key (the server
+        applies a write once), skipping a write chained to one that failed.
+
+        ``fresh``: each waits up to ``timeout`` from now (a deferred write may have been sent
+        long ago, while the caller was busy elsewhere); else from when it was sent.
+        """
+        flight = conn.flight
+        if not flight or enough():
+            return  # the common case of a deferred write: room in the window, nothing to wait
+        if fresh:
+            start = time.monotonic() + timeout
+            for rid, deadline in flight.deadlines.items():
+                flight.deadlines[rid] = max(deadline, start)
+        try:
+            while flight and not enough():
+                reply, out = self._receive(conn, flight.deadlines, timeout)
+                self._reached = True
+                flight.answer(reply, out)
+        except _Failure as failure:
+            for reply, out in failure.answered:
+                flight.answer(reply, out)
+            log.debug(
+                "%d request(s) in flight to %s: %s; making them again one by one",
+                len(flight),
+                self.settings.server,
+                failure.reason,
+            )
+            for sent in flight.take():
+                if sent.header.get("after") in flight.failed:
+                    flight.done(sent, None, {})  # the server would refuse it: nothing past a
+                    continue  # failure is applied
+                flight.done(sent, *self._request(sent.header, sent.frames, timeout))
+
+    # -- the write window (faissx_client/window.py) ------------------------------------------
+    def defers(self, op: str) -> bool:
+        """Does :meth:`write` defer ``op``? Decided once: a write window was configured and
+        faiss's result for ``op`` is None (nobody reads its reply)."""
+        return self.settings.write_window > 0 and op in DEFERRABLE
+
+    def write(
+        self,
+        op: str,
+        index: str | None,
+        arrays: dict[str, np.ndarray],
+        args: dict[str, Any] | None = None,
+    ) -> None:
+        """A write whose result the caller does not read (faiss returns None for it).
+
+        Only for an op :meth:`defers`: it returns once the request is sent. A copy of
+        ``arrays`` is kept until the server acknowledges it, and the next barrier (any other
+        call on this thread, :meth:`flush`, closing) waits for that acknowledgement and
+        raises its failure.
+        """
+        if not self.defers(op):
+            raise ValueError(f"{op!r} is not deferred by this client (see Transport.defers)")
         conn = self._conn()
-        if conn.events() and self._reached:
-            self._mark_lost()
-        waiting: dict[int, float] = {}  # request id -> its deadline
-        sent = 0
-        failed = False
-        while sent < len(requests) or waiting:
-            while sent < len(requests) and len(waiting) < window and not failed:
-                header, frames = requests[sent]
-                deadline = time.monotonic() + timeout
-                try:
-                    self._send(conn, frames, deadline)
-                except _Failure:
-                    if not waiting:
-                        raise
-                    break  # the parts in flight are answered first
-                waiting[header["id"]] = deadline
-                sent += 1
-            if not waiting:
+        window = conn.window
+        timeout = self.settings.timeout
+        size = sum(int(a.nbytes) for a in arrays.values())
+        try:
+            self._settle(conn, lambda: window.has_room(size), timeout, fresh=True)
+        except ServerUnavailable as exc:
+            raise self._given_up(conn, exc) from None
+        if window.failure is not None:  # found while making room: this write is not made
+            self._barrier(conn)
+        # faiss's add copies the vectors: the caller may overwrite its array once we return
+        arrays = {name: np.array(a, copy=True) for name, a in arrays.items()}
+        header = self.header(op, index, args)
+        window.chain(header)
+        frames = encode(header, arrays)
+        self._check_size(op, index, frames)
+        rid = header["id"]
+
+        def acknowledged(reply: Any, out: dict[str, np.ndarray]) -> None:
+            error: FaissxError | None = None
+            if reply is None:
+                error = Aborted(
+                    f"{op} on {index!r}: not applied, because a deferred write before it was not"
+                )
+            elif not reply.ok:
+                error = from_wire(reply.error.model_dump() if reply.error else {})
+            window.answered(rid, None if error is None else with_request_id(error, rid))
+
+        if not window.pending:
+            with self._mutex:  # reachable by flush() from another thread once this one ends
+                self._windows[conn.key] = conn
+        window.sent(header, size)
+        try:
+            self._submit(conn, _Sent(header, frames, acknowledged), timeout)
+        except ServerUnavailable as exc:
+            raise self._given_up(conn, exc) from None
+
+    def flush(self) -> None:
+        """Return once every deferred write of this thread, and of threads that have ended, is
+        acknowledged, i.e. durable per the server's ``--fsync``; raise the first that failed."""
+        self._barrier()
+        with self._mutex:  # claimed here, so two threads never read one socket at once
+            ended = [c for c in self._windows.values() if not c.owner.is_alive()]
+            for conn in ended:
+                del self._windows[conn.key]
+        first: FaissxError | None = None
+        for conn in ended:  # each is drained, whatever the others' outcome
+            try:
+                self._drain(conn)
+            except FaissxError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def unflushed(self) -> list[str]:
+        """What other live threads still owe (their sockets are theirs alone to read)."""
+        with self._mutex:
+            conns = list(self._windows.values())
+        return [
+            f"thread {c.owner.name}: {c.window.describe()}"
+            for c in conns
+            if c.window.pending and c.owner.is_alive()
+        ]
+
+    def _barrier(self, conn: _Conn | None = None) -> None:
+        """Wait for every deferred write of this thread; raise the first that failed. Nothing
+        to do (one attribute check) unless the window is in use."""
+        if conn is None:
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
                 return
-            reply, out = self._receive(conn, waiting, timeout)
-            del waiting[reply.id]
-            self._reached = True
-            failed = not record(reply, out) or failed
+        window = conn.window
+        if window.pending or window.failure is not None:
+            self._drain(conn)
+
+    def _drain(self, conn: _Conn) -> None:
+        """Wait for ``conn``'s deferred writes (retrying them if it drops); raise the first
+        that failed, or :class:`ServerUnavailable` naming those left unacknowledged."""
+        window = conn.window
+        try:
+            self._settle(conn, lambda: not window.pending, self.settings.timeout, fresh=True)
+        except ServerUnavailable as exc:
+            raise self._given_up(conn, exc) from None
+        with self._mutex:
+            self._windows.pop(conn.key, None)
+        failure = window.take_failure()
+        if failure is not None:
+            raise failure
+
+    def _given_up(self, conn: _Conn, exc: ServerUnavailable) -> ServerUnavailable:
+        """``exc`` naming the deferred writes that were given up on with it (the retries ran
+        out of time): they are dropped from the window, their fate unknown."""
+        window = conn.window
+        if window.pending:
+            exc.details["unacknowledged"] = len(window)
+            exc.message = (
+                f"{exc.message}; deferred writes not acknowledged: {window.describe()} (whether "
+                "they were applied is unknown: read ntotal once the server is back)"
+            )
+            exc.args = (exc.message,)
+            window.forget()
+        conn.flight.take()
+        with self._mutex:
+            self._windows.pop(conn.key, None)
+        return exc
 
     def _request(
         self, header: dict[str, Any], frames: list[Any], timeout: float | None

@@ -3,7 +3,9 @@
 (a) one-query search overhead: (FAISSx p50 - local faiss p50) / bare-echo p50, for flat, IVF
     and HNSW (goal <= 1.3);
 (b) one-row adds (LlamaIndex adds one vector per call): FAISSx's bandwidth / the echo's, i.e.
-    echo time per one-row round trip / FAISSx time per one-row add (goal: close to 1).
+    echo time per one-row round trip / FAISSx time per one-row add (goal: close to 1); and the
+    same adds with ``configure(write_window=N)`` (``--write-window``, default 32; 0: not run),
+    timed until ``flush()`` returns: adds/s of each, and each one's ratio to the echo's.
 
 Everything is reused from :mod:`benchmarks.procs` / :mod:`benchmarks.runner`: the ``faissx
 serve`` and echo servers, the ``driver.py`` worker and its ``build``/``search``/``add``
@@ -29,15 +31,24 @@ INDICES = {
     "hnsw": ("HNSW32", 20_000, {"efSearch": 64}),
 }
 SYSTEMS = ("local", "tcp", "echo-tcp")
+#: The write window of the one-row-add variant (``configure(write_window=...)``).
+WRITE_WINDOW = 32
 
 
 def runner(*, quick: bool, progress: Any = print, **sizes_given: int) -> Any:
     """A function of (work dir, log dir) that measures the anchors, for :func:`run.run`;
-    ``sizes_given`` (rounds, reps, adds) override the defaults."""
+    ``sizes_given`` (rounds, reps, adds, write_window) override the defaults."""
     sizes = (
-        {"d": 32, "scale": 0.05, "rounds": 2, "reps": 30, "adds": 100}
+        {"d": 32, "scale": 0.05, "rounds": 2, "reps": 30, "adds": 100, "write_window": 32}
         if quick
-        else {"d": 128, "scale": 1.0, "rounds": 5, "reps": 300, "adds": 2000}
+        else {
+            "d": 128,
+            "scale": 1.0,
+            "rounds": 5,
+            "reps": 300,
+            "adds": 2000,
+            "write_window": WRITE_WINDOW,
+        }
     )
     sizes.update(sizes_given)
 
@@ -122,12 +133,19 @@ def _measure(work: Path, logs: Path, sz: dict[str, Any], progress: Any) -> dict[
             }
             for system in ("local", "tcp"):
                 w0.call("drop", key=f"{kind}@{system}")
-        progress(f"anchors: {sz['adds']} one-row adds, FAISSx then echo, in turns")
-        adds: dict[str, list[float]] = {"tcp": [], "echo-tcp": []}
+        window = int(sz.get("write_window") or 0)
+        # system -> (driver mode, endpoint, write window)
+        add_systems = {"tcp": ("ours", tcp, 0), "echo-tcp": ("echo", echo_tcp, 0)}
+        if window:
+            add_systems[f"tcp-window{window}"] = ("ours", tcp, window)
+        names = list(add_systems)
+        progress(f"anchors: {sz['adds']} one-row adds, {', '.join(names)}, in turns")
+        adds: dict[str, list[float]] = {s: [] for s in names}
+        totals: dict[str, float] = dict.fromkeys(names, 0.0)
         for r in range(sz["rounds"]):
-            for system in ("tcp", "echo-tcp") if r % 2 == 0 else ("echo-tcp", "tcp"):
-                mode, endpoint = ("ours", tcp) if system == "tcp" else ("echo", echo_tcp)
-                adds[system] += w0.call(
+            for system in names[r % len(names) :] + names[: r % len(names)]:
+                mode, endpoint, w = add_systems[system]
+                got = w0.call(
                     "add",
                     timeout=600,
                     mode=mode,
@@ -139,13 +157,20 @@ def _measure(work: Path, logs: Path, sz: dict[str, Any], progress: Any) -> dict[
                     batch=1,
                     reps=1,
                     echo=wire,
+                    write_window=w,
                 )
+                adds[system] += got
+                totals[system] += sum(got)
         p50 = {s: float(np.median(t)) * 1e6 for s, t in adds.items()}
+        # until every add is acknowledged (the window's flush included): what a loader sees
+        per_s = {s: len(adds[s]) / totals[s] for s in names}
         out["one_row_add"] = {
             "p50_us": p50,
             "n": {s: len(t) for s, t in adds.items()},
             "bandwidth_vs_echo": p50["echo-tcp"] / p50["tcp"],
-            "adds_per_s": {s: 1e6 / v for s, v in p50.items()},
+            "adds_per_s": per_s,
+            "adds_per_s_vs_echo": {s: v / per_s["echo-tcp"] for s, v in per_s.items()},
+            "write_window": window,
         }
     return out
 
@@ -208,9 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds per system (default 5; quick 2)")
     parser.add_argument("--reps", type=int, help="searches per round (default 300; quick 30)")
     parser.add_argument("--adds", type=int, help="one-row adds per round (default 2000)")
+    parser.add_argument(
+        "--write-window",
+        type=int,
+        help=f"also time the one-row adds with configure(write_window=N) (default "
+        f"{WRITE_WINDOW}; 0: not)",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     given = {k: getattr(args, k) for k in ("rounds", "reps", "adds") if getattr(args, k)}
+    if args.write_window is not None:
+        given["write_window"] = args.write_window
     measure = runner(quick=args.quick, progress=lambda line: print(line, file=sys.stderr), **given)
     with tempfile.TemporaryDirectory(prefix="faissx-anchors-") as tmp:
         work = Path(tmp)

@@ -419,6 +419,15 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{add['p50_us']['echo-tcp']:.0f} µs: FAISSx reaches "
                 f"{add['bandwidth_vs_echo']:.2f} of the echo's bandwidth.",
             ]
+            window = add.get("write_window")
+            if window:
+                key = f"tcp-window{window}"
+                rate, ratio = add["adds_per_s"], add["adds_per_s_vs_echo"]
+                out.append(
+                    f"Until every add is acknowledged: echo {rate['echo-tcp']:,.0f} adds/s, "
+                    f"FAISSx {rate['tcp']:,.0f} ({ratio['tcp']:.2f} of the echo's), with "
+                    f"write_window={window} {rate[key]:,.0f} ({ratio[key]:.2f})."
+                )
     return "\n".join(out) + "\n"
 
 
