@@ -25,6 +25,7 @@ from faissx_client import views
 from faissx_client.cache import vector_cache
 from faissx_client.selection import RemoteSelector, describe_selector, resolve
 from faissx_core.errors import (
+    FaissError,
     FaissxWarning,
     InvalidArgument,
     ServerUnavailable,
@@ -44,6 +45,8 @@ SERVER_OWNED = frozenset({"own_invlists"})
 
 #: Attributes every proxy answers from the server; faiss lets you read, not meaningfully set them.
 READ_ONLY = frozenset({"d", "ntotal", "name", "spec"})
+#: faiss classes whose ``add`` faiss refuses (ids are the caller's: ``add_with_ids``).
+_ID_MAPS = frozenset({"IndexIDMap", "IndexIDMap2", "IndexBinaryIDMap", "IndexBinaryIDMap2"})
 
 
 class RemoteIndex:
@@ -363,6 +366,8 @@ class RemoteIndex:
                 if self._member is not None:
                     self._member_call(op, {}, arrays)
                 else:  # deferred when the client has a write window (faissx_client/window.py)
+                    if self._client.transport.defers(op):
+                        self._refuse_before_deferring(op, x)
                     self._client.write(op, self._name, arrays)
             else:
                 # each add part says how many rows it and the rest bring: storage grows ahead
@@ -456,6 +461,30 @@ class RemoteIndex:
         if x.ndim != 2:
             raise InvalidArgument(f"expected a 2-d array of vectors, got shape {x.shape}")
         return np.ascontiguousarray(x)
+
+    def _refuse_before_deferring(self, op: str, x: np.ndarray) -> None:
+        """Refuse here what the server would refuse for reasons known here: ``x`` itself, and
+        what cannot change about the index (its class and ``d``). A deferred write's error
+        surfaces only at a later call (docs/client.md, "Write window"); these are the common
+        mistakes, which faiss raises at the add itself, so they are raised at the add too."""
+        info = self._info
+        assert info is not None  # _add_rows created the index first
+        d = int(info["d"])
+        width = d // 8 if self._binary() else d
+        if x.shape[1] != width:
+            raise InvalidArgument(
+                f"x has shape {tuple(x.shape)}; {info['type']} (d={d}) expects (n, {width}); "
+                "nothing was sent"
+            )
+        if op == "add" and info.get("faiss_class") in _ID_MAPS:
+            raise FaissError(
+                f"add on {info['type']}: add does not make sense with IndexIDMap, use "
+                "add_with_ids; nothing was sent"
+            )
+        if not self._binary() and not all_finite(x):
+            raise InvalidArgument(
+                f"x contains NaN or infinity (row {first_bad_row(x):,}); nothing was sent"
+            )
 
     def add(self, x: Any, *, progress: bool | None = None) -> None:
         self._add_rows("add", self._vectors(x), None, progress)

@@ -31,7 +31,7 @@ from faissx_client import recovery
 from faissx_client.client import Client
 from faissx_client.settings import ClientSettings
 from faissx_client.window import WINDOW_BYTES
-from faissx_core.errors import IndexNotFound, InvalidArgument
+from faissx_core.errors import FaissError, IndexNotFound, InvalidArgument
 
 from .conftest import ServerProcess, restarted_after_kill_9
 
@@ -85,6 +85,15 @@ def add_rows(remote: Any, local: Any, x: np.ndarray, ids: np.ndarray | None) -> 
             local.add_with_ids(row, ids[i : i + 1])
 
 
+def refused_later(name: str) -> None:
+    """A deferred add the server refuses (a row of the wrong d), written below the proxy, whose
+    own checks refuse it at the add: it stands for the refusals a client cannot foresee (a
+    quota, an index deleted by another client)."""
+    client = fx.get_client()
+    assert client is not None
+    client.transport.write("add", name, {"x": np.ones((1, D + 1), dtype="float32")})
+
+
 @pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat", "IDMap2,Flat", "IDMap2,IVF8,Flat"])
 def test_windowed_adds_match_local_faiss(server: ServerProcess, factory: str) -> None:
     fx.configure(server=server.endpoint, timeout=120, write_window=16)
@@ -128,16 +137,17 @@ def test_two_indices_interleaved_keep_each_ones_order(server: ServerProcess) -> 
 def test_a_failed_deferred_add_surfaces_at_the_next_call_and_stops_the_rest(
     server: ServerProcess,
 ) -> None:
-    """A row of the wrong dimension (which the client does not check) between good ones: the
-    adds around it return, the next call raises the server's InvalidArgument, named as a
-    deferred add with its request id, and is not performed; the adds after it were not
-    applied, as a loop would have stopped there; the index works afterwards."""
+    """A write the server refuses between good ones: the adds around it return, the next call
+    raises the server's InvalidArgument, named as a deferred add with its request id, and is
+    not performed; the adds after it were not applied, as a loop would have stopped there; the
+    index works afterwards. (The bad row is written below the proxy, whose own checks would
+    refuse it at the add: it stands for any refusal the client cannot foresee.)"""
     fx.configure(server=server.endpoint, timeout=120, write_window=32)
     index = fx.IndexFlatL2(D, name="window-bad-row")
     x = rows(20, seed=6)
     for i in range(5):
         index.add(x[i : i + 1])
-    index.add(np.ones((1, D + 1), dtype="float32"))  # returns: nobody has read its reply yet
+    refused_later("window-bad-row")  # returns: no one has read its reply yet
     for i in range(5, 10):
         index.add(x[i : i + 1])
     with pytest.raises(InvalidArgument) as caught:
@@ -153,6 +163,32 @@ def test_a_failed_deferred_add_surfaces_at_the_next_call_and_stops_the_rest(
         index.add(x[i : i + 1])
     fx.flush()
     np.testing.assert_array_equal(index.reconstruct_n(0, 15), np.vstack([x[:5], x[10:20]]))
+
+
+def test_what_the_client_can_tell_is_refused_at_the_add_itself(server: ServerProcess) -> None:
+    """The mistakes faiss raises at the add (a wrong d, ``add`` on an IDMap, NaN) are raised by
+    a deferred add too, as the same types the server's refusal has, and nothing is sent: the
+    window holds no failure for a later call to find (FAISS's own test_factory caught this)."""
+    fx.configure(server=server.endpoint, timeout=120, write_window=32)
+    flat = fx.IndexFlatL2(D, name="window-early-flat")
+    idmap = fx.index_factory(D, "IDMap,Flat", name="window-early-idmap")
+    x = rows(4, seed=12)
+    with pytest.raises(InvalidArgument, match="expects"):
+        flat.add(np.ones((1, D + 1), dtype="float32"))
+    nan = x[:1].copy()
+    nan[0, 3] = np.nan
+    with pytest.raises(InvalidArgument, match="NaN"):
+        flat.add(nan)
+    with pytest.raises(FaissError, match="add_with_ids") as caught:
+        idmap.add(x[:1])
+    assert isinstance(caught.value, RuntimeError)  # what faiss raises, and FAISS's tests catch
+    flat.add(x[:1])
+    idmap.add_with_ids(x[:2], np.array([7, 9]))
+    fx.flush()  # no deferred failure was left behind
+    assert flat.ntotal == 1 and idmap.ntotal == 2
+    local = faiss.IndexIDMap(faiss.IndexFlatL2(D))
+    with pytest.raises(RuntimeError, match="add_with_ids"):
+        local.add(x[:1])  # faiss refuses the same call
 
 
 def test_an_index_deleted_mid_window_fails_its_deferred_adds(server: ServerProcess) -> None:
@@ -286,7 +322,7 @@ def test_window_0_is_one_round_trip_per_add(start_server: Any) -> None:
                 index.add(bad)
             assert "deferred" not in caught.value.details
         else:
-            index.add(bad)
+            refused_later(f"window-{window}")
             with pytest.raises(InvalidArgument):
                 fx.flush()
         fx.disconnect()
@@ -322,7 +358,9 @@ def test_interpreter_exit_waits_for_deferred_writes(server: ServerProcess) -> No
         for i in range(50):
             index.add(np.full((1, {D}), i, dtype="float32"))
         other = fx.IndexFlatL2({D}, name="window-exit-bad")
-        other.add(np.ones((1, {D} + 1), dtype="float32"))
+        # the server refuses it (written below the proxy, which would refuse it at the add)
+        bad = {{"x": np.ones((1, {D} + 1), dtype="float32")}}
+        fx.get_client().transport.write("add", "window-exit-bad", bad)
         """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAISSX_")}
@@ -367,7 +405,7 @@ def test_disconnect_waits_and_raises_a_deferred_failure_once_closed(server: Serv
     x = rows(6, seed=14)
     for i in range(6):
         index.add(x[i : i + 1])
-    index.add(np.ones((1, D + 1), dtype="float32"))
+    refused_later("window-disconnect")
     with pytest.raises(InvalidArgument, match="deferred add to 'window-disconnect'"):
         fx.disconnect()
     assert fx.get_client() is None, "the client was not closed"
