@@ -10,13 +10,14 @@ from typing import Any
 import rich_click as click
 import zmq
 from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 
 from faissx_core import __version__
 from faissx_core.server.keys_cli import keys
 from faissx_core.server.logs import setup as setup_logging
 from faissx_core.settings import DEFAULT_PORT, ServerSettings, parse_auth_keys
+
+# rich's Console and Table are imported by the commands that print with them: `faissx serve`
+# (every server start, every restart) does not pay for them.
 
 click.rich_click.USE_MARKDOWN = True
 
@@ -461,6 +462,9 @@ def main() -> None:
 )
 def plugins_cmd(markdown: bool) -> None:
     """List the discovered plugins and the index types each provides."""
+    from rich.console import Console
+    from rich.table import Table
+
     from faissx_core.plugins import PluginRegistry
 
     registry = PluginRegistry()
@@ -511,6 +515,8 @@ def types_markdown(registry: object) -> str:
 @click.argument("dest", type=click.Path(path_type=Path))
 def backup_cmd(data_dir: Path, dest: Path) -> None:
     """Copy DATA_DIR's indices to DEST, consistently, even while the server runs."""
+    from rich.console import Console
+
     from faissx_core.progress import progress
     from faissx_core.server.backup import backup, index_folders
 
@@ -530,6 +536,8 @@ def backup_cmd(data_dir: Path, dest: Path) -> None:
 @click.option("--force", is_flag=True, help="Replace indices already in DATA_DIR.")
 def restore_cmd(backup_dir: Path, data_dir: Path, force: bool) -> None:
     """Copy a backup into DATA_DIR; the server using DATA_DIR must be stopped."""
+    from rich.console import Console
+
     from faissx_core.progress import progress
     from faissx_core.server.backup import index_folders, restore
 
@@ -576,6 +584,9 @@ def cluster() -> None:
 )
 def cluster_status(ray_address: str, ray_node_ip: str, timeout: float) -> None:
     """One row per replica: index, shard, replica, actor state, node, vectors, memory."""
+    from rich.console import Console
+    from rich.table import Table
+
     from faissx_core.server.ray_loopback import keep_loopback
 
     keep_loopback(ray_node_ip)

@@ -50,13 +50,14 @@ class PluginRegistry:
         self.plugins: dict[str, PluginInfo] = {}
         self.types: dict[str, IndexType] = {IMPORTED.name: IMPORTED, SERIALIZED.name: SERIALIZED}
         self._provider: dict[str, str] = {IMPORTED.name: "core", SERIALIZED.name: "core"}
+        dist_names: dict[Any, str] = {}
         for ep in entry_points(group=group):
             if ep.name in self.plugins:
                 log.warning("plugin %r declared twice; keeping %s", ep.name, self.plugins[ep.name])
                 continue
             plugin = ep.load()
             enabled = wanted is None or ep.name in wanted
-            info = PluginInfo(ep.name, ep.value, _dist_name(ep), enabled)
+            info = PluginInfo(ep.name, ep.value, _dist_name(ep, dist_names), enabled)
             self.plugins[ep.name] = info
             impl = getattr(plugin, "faissx_index_types", None)
             for itype in impl() if impl is not None else ():
@@ -145,6 +146,17 @@ class PluginRegistry:
             raise refused(f"cannot build {spec.type}: {reason}") from None
 
 
-def _dist_name(ep: Any) -> str:
+def _dist_name(ep: Any, seen: dict[Any, str]) -> str:
+    """``name version`` of the distribution declaring ``ep``, read once per distribution.
+
+    ``dist.name`` and ``dist.version`` each parse the METADATA file anew (the email parser, a
+    few milliseconds); the built-in families share one distribution, and every server start,
+    client registry and ``faissx`` command builds a registry, so ``seen`` keeps one answer a
+    distribution (its entry points share one ``Distribution`` object)."""
     dist = getattr(ep, "dist", None)
-    return f"{dist.name} {dist.version}" if dist is not None else "?"
+    if dist is None:
+        return "?"
+    if dist not in seen:
+        meta = dist.metadata
+        seen[dist] = f"{meta['Name']} {meta['Version']}"
+    return seen[dist]

@@ -273,7 +273,12 @@ def _wrap(desc: ArrayDesc, frame: Any) -> np.ndarray:
             f"frame has {size}"
         )
     arr = np.frombuffer(frame, dtype=_NP_DTYPES[desc.dtype])
-    return arr.reshape(desc.shape) if desc.shape else arr.reshape(())
+    try:
+        return arr.reshape(desc.shape) if desc.shape else arr.reshape(())
+    except ValueError:  # a zero dimension beside others numpy cannot index: (0, 2**34, 2**34)
+        raise ProtocolError(
+            f"array {desc.name!r}: numpy cannot hold an array of shape {desc.shape}"
+        ) from None
 
 
 def frame_bytes(frame: Any) -> int:

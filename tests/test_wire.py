@@ -463,6 +463,22 @@ def test_huge_shape_does_not_allocate(wire, target, server):
     assert server.alive
 
 
+def test_empty_array_numpy_cannot_shape_is_a_protocol_error(wire, target, server):
+    """A zero dimension announces 0 bytes, which an empty frame matches, yet numpy refuses a
+    shape whose other dimensions overflow its sizes ((0, 2**34, 2**34)): that ValueError
+    reached the client as an ``internal`` error (the live fuzz found it, in a header the model
+    refused, whose arrays are still checked first). A typed error, with a valid header or not."""
+    for shape in ([0, 2**34, 2**34], [2**34, 2**34, 0]):
+        h = header("add", index=target.name)
+        reply = wire.call(_raw(h, [_desc("float32", shape)], [b""]))
+        assert_error(reply, "protocol_error", h["id"])
+        h = header("add", index=target.name, tenant=7)  # a header the model refuses
+        reply = wire.call(_raw(h, [_desc("float32", shape)], [b""]))
+        assert_error(reply, "protocol_error", h["id"])
+    target.assert_unchanged(wire)
+    assert server.alive
+
+
 def test_other_tenant_index_is_invisible(wire, target):
     """The same name in another tenant is another index; neither sees the other's."""
     other = f"wire-tenant-{uuid.uuid4().hex[:8]}"

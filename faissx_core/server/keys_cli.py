@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import rich_click as click
-from rich.console import Console
-from rich.table import Table
 
 ROLE_CHOICE = click.Choice(["admin", "write", "read"])
 ALGORITHMS = click.Choice(["scrypt", "pbkdf2_sha256"])
@@ -125,6 +123,9 @@ def hash_cmd(key: str | None, algorithm: str) -> None:
 )
 def list_cmd(path: Path) -> None:
     """List an auth file's entries: tenant, role, how the key is kept. Never a key."""
+    from rich.console import Console  # here, not at the top: `faissx serve` loads this module
+    from rich.table import Table
+
     from faissx_core.server.auth import parse_hash
 
     table = Table(title=str(path))

@@ -17,9 +17,6 @@ import sys
 import time
 from typing import Any
 
-from rich.console import Console
-from rich.logging import RichHandler
-
 from faissx_core.messages import request_id_text
 
 #: The logger of per-request lines.
@@ -38,6 +35,11 @@ def setup(level: str, fmt: str = "text", requests: str = "errors") -> None:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
     elif sys.stderr.isatty():
+        # rich only for a terminal: a server under a supervisor or in a container starts
+        # without importing it (tens of milliseconds of every start)
+        from rich.console import Console
+        from rich.logging import RichHandler
+
         handler = RichHandler(console=Console(stderr=True), show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
     else:

@@ -17,6 +17,11 @@ count apart). Three sources feed it:
 ``--metrics-port`` serves the registry over HTTP (``prometheus_client``'s WSGI server) on the
 server's own bind address; without it nothing listens, but the counters still run, and
 ``faissx status`` reads the same numbers through the ``stats`` operation.
+
+``prometheus_client`` is imported only where it is used (the registry, built on the first
+:attr:`Metrics.registry`, and the families built at scrape time): a server without
+``--metrics-port`` starts without loading it (about 5% of a start). The collectors below are
+plain objects with ``collect`` and ``describe``, which is all a registry asks of one.
 """
 
 from __future__ import annotations
@@ -28,15 +33,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import zmq
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-)
-from prometheus_client.exposition import start_wsgi_server
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from faissx_core import __version__
 from faissx_core.server.pipeline import RequestEvent
@@ -90,15 +86,25 @@ class Metrics:
 
     def __init__(self, backend: Any, idempotency: Any = None) -> None:
         self.started = time.time()
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
         self.connections = Connections()
         self.requests = RequestCounts()
         self.storage = StorageCounts()
-        r.register(self.requests)
-        r.register(self.storage)
-        r.register(_StateCollector(self, backend, idempotency))
+        self._state = _StateCollector(self, backend, idempotency)
+        self._registry: Any = None
         self._http: Any = None
+
+    @property
+    def registry(self) -> Any:
+        """This server's ``CollectorRegistry``, built (and ``prometheus_client`` imported) on
+        first use."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            registry = CollectorRegistry(auto_describe=True)
+            for collector in (self.requests, self.storage, self._state):
+                registry.register(collector)
+            self._registry = registry
+        return self._registry
 
     # -- the request pipeline's hook ---------------------------------------------------------
     def observe(self, event: RequestEvent) -> None:
@@ -113,6 +119,8 @@ class Metrics:
     # -- serving -----------------------------------------------------------------------------
     def serve(self, address: str, port: int) -> int:
         """Serve ``/metrics`` on ``address:port`` in a daemon thread; returns the bound port."""
+        from prometheus_client.exposition import start_wsgi_server
+
         host = "0.0.0.0" if address in ("*", "0.0.0.0") else address
         httpd, _ = start_wsgi_server(port, host, registry=self.registry)
         self._http = httpd
@@ -129,7 +137,7 @@ class Metrics:
         return time.time() - self.started
 
 
-class RequestCounts(Collector):
+class RequestCounts:
     """Per-request counters and the latency histogram, kept as plain numbers under one lock.
 
     ``prometheus_client``'s labelled metrics cost several microseconds a request (a lock and a
@@ -175,6 +183,8 @@ class RequestCounts(Collector):
         return iter(())
 
     def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
         with self._mutex:
             counts = {key: list(value) for key, value in self._counts.items()}
             latency = {op: list(value) for op, value in self._latency.items()}
@@ -221,7 +231,7 @@ class RequestCounts(Collector):
         yield from (requests, histogram, bytes_in, bytes_out, dedup)
 
 
-class StorageCounts(Collector):
+class StorageCounts:
     """The write-ahead log's fsync latency and the snapshots, as plain numbers (see above)."""
 
     def __init__(self) -> None:
@@ -245,6 +255,8 @@ class StorageCounts(Collector):
         return iter(())
 
     def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
         with self._mutex:
             fsync, snapshot_time = list(self._fsync), list(self._snapshot_time)
             snapshots = dict(self._snapshots)
@@ -271,6 +283,8 @@ class StorageCounts(Collector):
 def _cumulative(bounds: tuple[float, ...], values: list[float]) -> list[tuple[str, float]]:
     """Prometheus buckets (``le``, cumulative count) from per-bucket counts (last: +Inf, then
     the sum, which is left out)."""
+    from prometheus_client.utils import floatToGoString
+
     total, buckets = 0.0, []
     for bound, count in zip((*bounds, float("inf")), values[:-1], strict=True):
         total += count
@@ -344,7 +358,7 @@ class Connections:
             self._thread.join(timeout=2)
 
 
-class _StateCollector(Collector):
+class _StateCollector:
     """Gauges read from the backend when scraped: what the server holds, not what it did."""
 
     def __init__(self, metrics: Metrics, backend: Any, idempotency: Any) -> None:
@@ -356,6 +370,8 @@ class _StateCollector(Collector):
         return iter(())  # unchecked: the families depend on what exists at scrape time
 
     def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         m = self.metrics
         info = GaugeMetricFamily(
             "faissx_build_info", "The server's version (always 1).", labels=["version"]
@@ -384,6 +400,8 @@ class _StateCollector(Collector):
 
 def index_families(backend: Any) -> Iterator[Any]:
     """Per index and per tenant: vectors, bytes held, log bytes; the memory limit if set."""
+    from prometheus_client.core import GaugeMetricFamily
+
     vectors = GaugeMetricFamily(
         "faissx_index_vectors", "Vectors in a named index.", labels=["tenant", "index"]
     )
