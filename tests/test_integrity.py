@@ -708,6 +708,27 @@ def _choose(rng: random.Random, model: Model) -> tuple[str, str | None, dict, li
     return "snapshot", rng.choice([None, *names]), {}, []
 
 
+#: The operation that passes each group of crash points (``save`` is a snapshot's, ``commit``
+#: the one commit of a ``merge_from``'s two indices).
+POINT_OPS = {"create": "create", "save": "snapshot", "commit": "merge_from", "delete": "delete"}
+
+
+def _toward(rng: random.Random, model: Model, point: str) -> tuple[str, str | None, dict, list]:
+    """The operation that passes ``point``, or a create toward it (a merge needs two indices,
+    and the test deletes only while three are left)."""
+    names = sorted(model.indices)
+    op = POINT_OPS[point.split(":")[0]]
+    if op == "snapshot" and names:
+        return "snapshot", rng.choice(names), {}, []
+    if op == "merge_from" and len(names) >= 2:
+        a, b = rng.sample(names, 2)
+        return "merge_from", a, {"other": b}, []
+    if op == "delete" and len(names) >= 3:
+        return "delete", rng.choice(names), {}, []
+    model.next_name += 1
+    return "create", f"i{model.next_name}", {"spec": SPEC}, []
+
+
 def _send(raw: Raw, op: str, name: str | None, args: dict, tags: list[int], idem: str) -> int:
     arrays = {"x": tagged(np.asarray(tags, dtype="float32"))} if op == "add" else None
     return raw.send(op, name, args, arrays, idem)
@@ -724,27 +745,31 @@ def _check(raw: Raw, model: Model, cycle: int) -> None:
         assert tags_of(raw, name) == tags, f"cycle {cycle}: {name} lost or duplicated vectors"
 
 
-def _retry(raw: Raw, model: Model, doubt: tuple, cycle: int) -> None:
+def _retry(raw: Raw, model: Model, doubt: tuple, cycle: int) -> bool:
     """Re-send the write a crash left in doubt, with its key: it must now be applied exactly
     once. A delete that had been applied may answer "not found" (the index, and the keys it
-    held, are gone); every other write must succeed."""
+    held, are gone); every other write must succeed. False: the server crashed again during
+    the retry (its own point, as a crash during recovery's client retries would), so the
+    write is still in doubt."""
     op, name, args, tags, idem = doubt
-    header, _ = raw.call(
-        op,
-        name,
-        args,
-        {"x": tagged(np.asarray(tags, dtype="float32"))} if op == "add" else None,
-        idem,
-    )
+    reply = raw.recv(_send(raw, op, name, args, tags, idem))
+    if reply is None:
+        return False
+    header, _ = reply
     gone = op == "delete" and not header["ok"] and header["error"]["code"] == "index_not_found"
     assert header["ok"] or gone, (cycle, doubt, header)
     model.apply(op, name, args, tags)
+    return True
 
 
 def test_kill_9_at_random_points_of_create_delete_snapshot_and_merge(tmp_path):
     """21 crashes, each at a commit point (via the crash hook) or at a random moment (kill -9
     right after sending a request), then a restart, a retry of the write in doubt with its
-    key (which must apply it exactly once), and a check of every index against the model."""
+    key (which must apply it exactly once), and a check of every index against the model.
+
+    The hooked cycles take the crash points in turn, and after a few random operations send
+    the one that passes their point: every point is crashed at (random choices had left four
+    of the eight untried, two of them tried nowhere else)."""
     rng = random.Random(12)
     data = tmp_path / "data"
     model = Model()
@@ -757,16 +782,25 @@ def test_kill_9_at_random_points_of_create_delete_snapshot_and_merge(tmp_path):
     try:
         for cycle in range(21):
             hooked = cycle % 3 != 2
-            point = f"{rng.choice(CRASH_POINTS)}:{rng.randint(1, 2)}"
+            target = CRASH_POINTS[(cycle - cycle // 3) % len(CRASH_POINTS)]
+            point = f"{target}:{rng.randint(1, 2)}"
             srv.env = {"FAISSX_TEST_CRASH_AT": point} if hooked else {}
             srv.start()
             raw = Raw(srv)
             if doubt is not None:  # after the restart: retry the write in doubt, same key
-                _retry(raw, model, doubt, cycle)
+                if not _retry(raw, model, doubt, cycle):
+                    died.append((doubt[0], point))
+                    raw.close()
+                    srv.kill()
+                    kills += 1
+                    continue
                 doubt = None
             _check(raw, model, cycle)
-            for _ in range(10):
-                op, name, args, tags = _choose(rng, model)
+            for step in range(10):
+                if hooked and step >= 4:
+                    op, name, args, tags = _toward(rng, model, target)
+                else:
+                    op, name, args, tags = _choose(rng, model)
                 idem = uuid.uuid4().hex
                 rid = _send(raw, op, name, args, tags, idem)
                 if not hooked and rng.random() < 0.3:
@@ -788,7 +822,7 @@ def test_kill_9_at_random_points_of_create_delete_snapshot_and_merge(tmp_path):
         srv.start()
         raw = Raw(srv)
         if doubt is not None:
-            _retry(raw, model, doubt, -1)
+            assert _retry(raw, model, doubt, -1), "the server died without a crash point"
         _check(raw, model, -1)
         raw.close()
     finally:
@@ -796,6 +830,8 @@ def test_kill_9_at_random_points_of_create_delete_snapshot_and_merge(tmp_path):
     assert kills >= 20
     print(f"{kills} kills; died during: {died}; doubt retried: {len(died)}")
     assert len(died) >= 10, f"too few crashes inside an operation: {died}"
+    crashed_at = {where.rpartition(":")[0] for _, where in died if where != "kill -9"}
+    assert crashed_at == set(CRASH_POINTS), f"never crashed at {set(CRASH_POINTS) - crashed_at}"
     assert sum(len(t) for t in model.indices.values()) > 0, "the test wrote nothing"
 
 
