@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,15 @@ if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
     os.environ.setdefault(
         "PYTHONPYCACHEPREFIX", str(Path(tempfile.gettempdir()) / f"faissx-pycache-{os.getuid()}")
     )
+
+#: The test servers' log files: one folder per test run, removed when the run ends (a log a
+#: failing test needs is in its assertion message by then).
+SERVER_LOGS = Path(tempfile.mkdtemp(prefix="faissx-test-logs-"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(SERVER_LOGS, ignore_errors=True)
+
 
 PLUGIN_SITE = Path(__file__).parent / "plugin_site"
 sys.path.insert(0, str(PLUGIN_SITE))
@@ -88,7 +98,7 @@ class ServerProcess:
         # One file per server object, appended across its own restarts: never one per port,
         # or a server on a reused port would read an earlier server's lines as its own (a CI
         # run found another test's request log in one that counts its requests).
-        fd, name = tempfile.mkstemp(prefix=f"faissx-test-{self.port}-", suffix=".log")
+        fd, name = tempfile.mkstemp(prefix=f"server-{self.port}-", suffix=".log", dir=SERVER_LOGS)
         os.close(fd)
         self.log = Path(name)
 
