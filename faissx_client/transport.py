@@ -468,7 +468,15 @@ class Transport:
     def _submit(self, conn: _Conn, sent: _Sent, timeout: float) -> None:
         """Send ``sent`` on ``conn`` and keep it in flight there; when it cannot be sent (no
         connection), the requests in flight are answered first and then this one is made with
-        :meth:`_request`'s retries, so the order is kept either way."""
+        :meth:`_request`'s retries, so the order is kept either way.
+
+        A drop seen here, before sending, took the requests in flight with it: they are made
+        again first (their replies can never come; a server restarted on the same address
+        would otherwise get this one before them, and the caller wait out their timeout)."""
+        if conn.flight and conn.events():
+            if self._reached:
+                self._mark_lost()
+            self._make_again(conn, _Failure("the connection dropped", sent=True), timeout)
         deadline = time.monotonic() + timeout
         try:
             self._send(conn, sent.frames, deadline)
@@ -502,19 +510,27 @@ class Transport:
                 self._reached = True
                 flight.answer(reply, out)
         except _Failure as failure:
-            for reply, out in failure.answered:
-                flight.answer(reply, out)
-            log.debug(
-                "%d request(s) in flight to %s: %s; making them again one by one",
-                len(flight),
-                self.settings.server,
-                failure.reason,
-            )
-            for sent in flight.take():
-                if sent.header.get("after") in flight.failed:
-                    flight.done(sent, None, {})  # the server would refuse it: nothing past a
-                    continue  # failure is applied
-                flight.done(sent, *self._request(sent.header, sent.frames, timeout))
+            self._make_again(conn, failure, timeout)
+
+    def _make_again(self, conn: _Conn, failure: _Failure, timeout: float) -> None:
+        """The connection the requests in flight went out on failed: record the replies that
+        came before it did, then make every unanswered request again in order with
+        :meth:`_request`'s retries, same id and key (the server applies a write once),
+        skipping a write chained to one that failed."""
+        flight = conn.flight
+        for reply, out in failure.answered:
+            flight.answer(reply, out)
+        log.debug(
+            "%d request(s) in flight to %s: %s; making them again one by one",
+            len(flight),
+            self.settings.server,
+            failure.reason,
+        )
+        for sent in flight.take():
+            if sent.header.get("after") in flight.failed:
+                flight.done(sent, None, {})  # the server would refuse it: nothing past a
+                continue  # failure is applied
+            flight.done(sent, *self._request(sent.header, sent.frames, timeout))
 
     # -- the write window (faissx_client/window.py) ------------------------------------------
     def defers(self, op: str) -> bool:
