@@ -100,14 +100,6 @@ class Client:
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return self.transport.call(op, index, args, arrays, timeout)
 
-    def write(self, op: str, index: str, arrays: dict[str, np.ndarray]) -> None:
-        """A write whose result the caller does not read; deferred when this client has a
-        write window (:meth:`Transport.write`); else a plain :meth:`call`, as without one."""
-        if self.transport.defers(op):
-            self.transport.write(op, index, arrays)
-        else:
-            self.call(op, index, None, arrays)
-
     def flush(self) -> None:
         """Return once every deferred write (this thread's, and those of threads that have
         ended) is acknowledged, i.e. durable per the server's ``--fsync``."""

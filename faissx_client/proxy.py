@@ -363,12 +363,12 @@ class RemoteIndex:
         try:
             if rows >= len(x) and not show:
                 arrays = {"x": x} if ids is None else {"x": x, "ids": ids}
-                if self._member is not None:
-                    self._member_call(op, {}, arrays)
-                else:  # deferred when the client has a write window (faissx_client/window.py)
-                    if self._client.transport.defers(op):
-                        self._refuse_before_deferring(op, x)
-                    self._client.write(op, self._name, arrays)
+                if self._member is None and self._client.transport.defers(op):
+                    # the write window (faissx_client/window.py): returns once sent
+                    self._refuse_before_deferring(op, x)
+                    self._client.transport.write(op, self._name, arrays)
+                else:
+                    self._call(op, arrays=arrays)
             else:
                 # each add part says how many rows it and the rest bring: storage grows ahead
                 try:
