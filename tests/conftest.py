@@ -8,6 +8,7 @@ server subprocess, so both sides discover it through ``importlib.metadata``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,25 +198,56 @@ def remote(server: ServerProcess) -> Iterator:
 
 
 @contextlib.contextmanager
+def recovery_policy_kept() -> Iterator[None]:
+    """The client's retry policy in force before comes back afterwards, whatever a test sets
+    inside (the policy is process-wide)."""
+    from faissx_client import recovery
+
+    before = recovery.current_policy()
+    try:
+        yield
+    finally:
+        recovery.configure_recovery(**dataclasses.asdict(before))
+
+
+@contextlib.contextmanager
 def no_retries() -> Iterator[None]:
     """Client calls inside are not retried: for a call that kills its server on purpose (a
     crash hook), whose retries would only wait out their backoff and connection waits (seconds)
     against a server that stays dead. The policy in force before comes back afterwards."""
     from faissx_client import recovery
 
-    before = recovery.current_policy()
-    recovery.configure_recovery(enabled=False)
-    try:
+    with recovery_policy_kept():
+        recovery.configure_recovery(enabled=False)
         yield
-    finally:
-        recovery.configure_recovery(
-            before.max_retries,
-            before.initial_backoff,
-            before.backoff_factor,
-            before.max_backoff,
-            jitter=before.jitter,
-            enabled=before.enabled,
-        )
+
+
+#: The exit status of a server the test crash hooks stopped (``os._exit(75)``).
+HOOK_EXIT = 75
+
+
+def restart_when_hooked(
+    proc: ServerProcess, problems: list[str], wait: float, pause: float = 0.0
+) -> threading.Thread:
+    """A started thread that waits up to ``wait`` seconds for ``proc`` to exit through a crash
+    hook, then, ``pause`` seconds later, starts it again without the hook; what went wrong is
+    appended to ``problems`` (a thread's exception would be lost) for the test to assert on."""
+
+    def restart() -> None:
+        try:
+            assert proc.proc is not None
+            code = proc.proc.wait(wait)
+            if code != HOOK_EXIT:
+                problems.append(f"the test hook did not fire (exit {code})")
+            time.sleep(pause)
+            proc.env = {}
+            proc.start()
+        except Exception as exc:
+            problems.append(repr(exc))
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    return thread
 
 
 @contextlib.contextmanager

@@ -22,7 +22,6 @@ right after logging its N-th keyed write, before replying.
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import threading
 import time
@@ -37,7 +36,7 @@ import faissx_client as fx
 from faissx_client import recovery
 from faissx_core.errors import ServerUnavailable
 
-from .conftest import ServerProcess
+from .conftest import HOOK_EXIT, ServerProcess, recovery_policy_kept, restart_when_hooked
 
 D = 16
 RNG = np.random.default_rng(2024)
@@ -72,12 +71,11 @@ def servers():
 @pytest.fixture(autouse=True)
 def clean_client():
     """Every test leaves local mode, the default retry policy and no callbacks behind."""
-    policy = recovery.current_policy()
-    try:
-        yield
-    finally:
-        fx.disconnect()
-        recovery.configure_recovery(**dataclasses.asdict(policy))
+    with recovery_policy_kept():
+        try:
+            yield
+        finally:
+            fx.disconnect()
 
 
 @pytest.fixture
@@ -224,7 +222,7 @@ def test_write_applied_but_reply_lost_is_applied_once(servers, tmp_path, op, rec
     outcome: list[object] = []
     writer = threading.Thread(target=lambda: outcome.append(_attempt(write, second)))
     writer.start()  # keyed write 2: applied and logged, then the server exits unanswered
-    assert srv.proc.wait(15) == 75, "the test hook did not fire"
+    assert srv.proc.wait(15) == HOOK_EXIT, "the test hook did not fire"
     assert writer.is_alive(), "the client must still be retrying the lost write"
     srv.env = {}
     srv.start()  # same port, same data directory, no hook
@@ -254,19 +252,7 @@ def test_with_retry_reruns_a_failed_write_without_applying_it_twice(servers, tmp
         runs.append(1)
         index.add(BASE[:100])
 
-    def restart() -> None:
-        try:
-            code = srv.proc.wait(15)
-            if code != 75:
-                problems.append(f"the test hook did not fire (exit {code})")
-            time.sleep(1.5)
-            srv.env = {}
-            srv.start()
-        except Exception as exc:
-            problems.append(repr(exc))
-
-    restarter = threading.Thread(target=restart)
-    restarter.start()
+    restarter = restart_when_hooked(srv, problems, wait=15, pause=1.5)
     recovery.with_retry(add_once)
     restarter.join(30)
     assert not problems, problems

@@ -33,7 +33,12 @@ from faissx_client.settings import ClientSettings
 from faissx_client.window import WINDOW_BYTES
 from faissx_core.errors import FaissError, IndexNotFound, InvalidArgument
 
-from .conftest import ServerProcess, restarted_after_kill_9
+from .conftest import (
+    ServerProcess,
+    recovery_policy_kept,
+    restart_when_hooked,
+    restarted_after_kill_9,
+)
 
 D = 8
 N = 300
@@ -44,21 +49,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:index .* is named")
 @pytest.fixture(autouse=True)
 def local_mode_after() -> Iterator[None]:
     """Every test leaves local mode and the retry policy it found."""
-    policy = recovery.current_policy()
-    try:
-        yield
-    finally:
-        # a test that left a failed deferred write has asserted on it already
-        with contextlib.suppress(Exception):
-            fx.disconnect()
-        recovery.configure_recovery(
-            policy.max_retries,
-            policy.initial_backoff,
-            policy.backoff_factor,
-            policy.max_backoff,
-            jitter=policy.jitter,
-            enabled=policy.enabled,
-        )
+    with recovery_policy_kept():
+        try:
+            yield
+        finally:
+            # a test that left a failed deferred write has asserted on it already
+            with contextlib.suppress(Exception):
+                fx.disconnect()
 
 
 def rows(n: int, seed: int = 0) -> np.ndarray:
@@ -280,19 +277,7 @@ def test_kill_9_with_writes_in_flight_loses_none_and_doubles_none(tmp_path: Path
         recovery.configure_recovery(max_retries=400, initial_backoff=0.05, max_backoff=0.5)
         index = fx.IndexFlatL2(D, name="window-crash")  # the create is write 1
         x = rows(120, seed=11)
-
-        def restart() -> None:
-            try:
-                code = srv.proc.wait(60) if srv.proc is not None else None
-                if code != 75:
-                    problems.append(f"the test hook did not fire (exit {code})")
-                srv.env = {}
-                srv.start()
-            except Exception as exc:
-                problems.append(repr(exc))
-
-        restarter = threading.Thread(target=restart)
-        restarter.start()
+        restarter = restart_when_hooked(srv, problems, wait=60)
         for i in range(120):
             index.add(x[i : i + 1])
         fx.flush()
