@@ -88,10 +88,13 @@ bench-peers: $(STAMP)
 	$(BIN)/python -m benchmarks.peers --out $(BENCH_OUT)/peers $(PEERS_ARGS)
 
 # Only issue 17's anchors (one-query overhead over a bare echo, one-row adds): a minute or two.
-# ANCHORS_ARGS=--quick for a smoke run; --rounds/--reps/--adds to size it.
+# ANCHORS_ARGS=--quick for a smoke run; --rounds/--reps/--adds to size it. Then where one
+# query's time goes (CPU per request on each side against the echo; local faiss hot and after
+# an idle gap, and the floor that leaves for the anchor ratio): benchmarks/peers/request_cost.py.
 bench-anchors: $(STAMP)
 	flock $(LOCK) $(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.peers.anchors --out $(BENCH_OUT)/anchors.json $(ANCHORS_ARGS)
+	$(BIN)/python -m benchmarks.peers.request_cost --out $(BENCH_OUT)/request-cost.json
 
 clean:
 	rm -rf $(VENV) $(LOCK) build *.egg-info .pytest_cache
