@@ -35,8 +35,13 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/faissx serve --bind-address $(BIND) --port $(PORT) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), a file's tests on one worker, so a
+# module's shared server starts once. Most of a test's time is a server starting or a client
+# waiting on one: two workers keep two cores busy, and on a loaded machine hold two shares of it
+# (the suite under 4 busy loops: 8 min against 13 min on one worker). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # The Ray step of CI: installs the `ray` extra and runs the tests that need a Ray cluster
 # (tests/test_ray.py starts a two-node one on 127.0.0.1; without Ray those tests skip).
