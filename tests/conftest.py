@@ -64,6 +64,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _port_taken(log: str) -> bool:
+    """Whether a server's output says its port was taken (``faissx serve`` prints the reason in
+    a box whose lines may wrap anywhere)."""
+    return "the address is already in use" in " ".join(log.replace("│", " ").split())
+
+
 def server_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAISSX_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_SITE), env.get("PYTHONPATH")]))
@@ -94,6 +100,9 @@ class ServerProcess:
         self.args = list(args)
         #: Extra environment for the server (the harness strips the caller's FAISSX_* ones).
         self.env = env or {}
+        #: Whether the harness picked the port: one taken before the first start binds it is
+        #: then replaced (see :meth:`start`); a port the test asked for is its to keep.
+        self._picked = port is None
         self.port = port or free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -125,8 +134,17 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self._picked and _port_taken(self.output()[-3000:]):
+                    # Another process took the port between free_port() and this bind (the
+                    # test files run in two processes): the first start takes another one.
+                    self._picked = False
+                    self._logfile.close()
+                    self.port = free_port()
+                    self.endpoint = f"tcp://127.0.0.1:{self.port}"
+                    return self.start(max(deadline - time.monotonic(), 1.0))
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             if self.ready():
+                self._picked = False  # a restart keeps the port its clients know
                 return self
         self.kill()
         raise RuntimeError(f"server did not answer within {timeout}s:\n{self.output()}")

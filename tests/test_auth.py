@@ -408,11 +408,17 @@ class CurveServer(ServerProcess):
 
     def __init__(self, *args: str, server_public: str, client: tuple[str, str] | None = None):
         super().__init__(*args)
-        self.settings = ClientSettings(
+        self.server_public, self.client = server_public, client
+
+    @property
+    def settings(self) -> ClientSettings:
+        """A CURVE client's settings for this server (its endpoint as of now: the harness
+        replaces a picked port that was taken before the server bound it)."""
+        return ClientSettings(
             server=self.endpoint,
-            server_public_key=server_public,
-            client_public_key=client[0] if client else None,
-            client_secret_key=client[1] if client else None,
+            server_public_key=self.server_public,
+            client_public_key=self.client[0] if self.client else None,
+            client_secret_key=self.client[1] if self.client else None,
         )
 
     def ready(self) -> bool:

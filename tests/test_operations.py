@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import time
 import urllib.request
@@ -237,6 +238,31 @@ def test_a_server_on_a_reused_port_reads_only_its_own_log(start_server):
     second = start_server(port=first.port)
     assert second.log != first.log
     assert ping(second.endpoint) and logged not in second.output()
+
+
+def test_a_port_taken_before_the_server_binds_it_is_replaced(monkeypatch):
+    """Test files run in two processes: the port the harness picked can be taken by another
+    process's server or connection before this server binds it. A port the harness picked is
+    then replaced; a port the test asked for is not."""
+    from . import conftest
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        picks = iter([busy])
+        monkeypatch.setattr(conftest, "free_port", lambda: next(picks, None) or free_port())
+        srv = conftest.ServerProcess()
+        assert srv.port == busy
+        try:
+            srv.start()
+            assert srv.port != busy and srv.endpoint.endswith(f":{srv.port}")
+            assert ping(srv.endpoint)
+            assert "already in use" in srv.output()  # the first try's refusal, kept in its log
+        finally:
+            srv.kill()
+        with pytest.raises(RuntimeError, match="already in use"):
+            conftest.ServerProcess(port=busy).start()
 
 
 def test_health_exit_codes_live_and_dead(server):
