@@ -80,7 +80,7 @@ def _measure(work: Path, logs: Path, sz: dict[str, Any], progress: Any) -> dict[
         pool = procs.Pool(sys.executable, 1, logs, "anchors")
         stack.callback(pool.close)
         w0 = pool[0]
-        wire = _wire_sizes(d)
+        wire = wire_sizes(d)
         w0.call("attach", key="echo-tcp", mode="echo", d=d, endpoint=echo_tcp, echo=wire)
         for kind, (factory, n, params) in INDICES.items():
             n = int(n * sz["scale"])
@@ -211,7 +211,7 @@ def _local_one_thread(
     return float(np.median(times)) * 1e6
 
 
-def _wire_sizes(d: int) -> dict[str, int]:
+def wire_sizes(d: int) -> dict[str, int]:
     """The echo mimics a real FAISSx request and reply header (as ``make bench`` does)."""
     from benchmarks.runner import Run
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from benchmarks import procs
 from benchmarks.driver import EchoIndex
-from benchmarks.peers.anchors import INDICES, _wire_sizes
+from benchmarks.peers.anchors import INDICES, wire_sizes
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -108,6 +108,9 @@ def median_us(values: list[float]) -> float:
 
 
 def measure(kind: str, rounds: int, reps: int) -> dict[str, Any]:
+    """One index kind of :data:`anchors.INDICES` (d=128): FAISSx and the echo in turns for
+    ``rounds`` rounds of ``reps`` one-query searches, local faiss hot and after the gap in each
+    round; per-request figures and the ratios built from their medians."""
     import faiss
     from faiss.contrib.datasets import SyntheticDataset
 
@@ -123,7 +126,7 @@ def measure(kind: str, rounds: int, reps: int) -> dict[str, Any]:
     local.add(xb)
     for name, value in params.items():
         faiss.ParameterSpace().set_index_parameter(local, name, value)
-    wire = _wire_sizes(d)
+    wire = wire_sizes(d)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="request-cost-")))
         server, tcp, _ = procs.start_faissx(tmp, tmp)
