@@ -749,12 +749,24 @@ def structure_loss(original: Any, copy: Any) -> str | None:
             if (x is None) != (y is None):
                 return f"{name or 'the index'} came back {'empty' if y is None else 'set'}"
             continue
-        fx, fy = scalar_fields(downcast_any(x)), scalar_fields(downcast_any(y))
+        fx, fy = _shape_fields(downcast_any(x)), _shape_fields(downcast_any(y))
         for key in fx:
-            if key in _SHAPE_KEYS and fx[key] != fy.get(key):
+            if fx[key] != fy.get(key):
                 where = f"{name}.{key}" if name else key
                 return f"{where} came back {fy.get(key)!r}, was {fx[key]!r}"
     return None
+
+
+def _shape_fields(obj: Any) -> dict[str, Any]:
+    """The :data:`_SHAPE_KEYS` ``obj`` has. Only those are read: reading a member of a type
+    SWIG does not wrap (faiss 1.15's ``std::optional<bool> use_visited_hashset`` on HNSW
+    indices) makes a copy Python cannot free, and SWIG says so on stderr each time."""
+    members = type(obj)
+    return {
+        key: getattr(obj, key)
+        for key in _SHAPE_KEYS
+        if isinstance(getattr(members, key, None), property)
+    }
 
 
 def round_trip_loss(index: Any) -> str | None:
