@@ -156,6 +156,11 @@ class ServerProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def lines(self) -> list[str]:
+        """The log's complete lines: a server still running may be half-way through one."""
+        text = self.output()
+        return text[: text.rfind("\n") + 1].splitlines()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:index .* is named")
 def request_lines(server) -> list[dict]:
     """The server's JSON request-log records (``--log-format json --log-requests all``)."""
     out = []
-    for line in server.output().splitlines():
+    for line in server.lines():
         if line.startswith("{"):
             entry = json.loads(line)
             if "op" in entry and "outcome" in entry:

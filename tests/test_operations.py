@@ -208,7 +208,7 @@ def test_json_request_log_names_each_request_and_never_a_key(start_server, tmp_p
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # the log line follows the reply
-        lines = [json.loads(line) for line in srv.output().splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in srv.lines() if line.startswith("{")]
         requests = [e for e in lines if e["logger"] == "faissx.requests"]
         if any(e["request_id"] == error.request_id for e in requests):
             break

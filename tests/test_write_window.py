@@ -315,7 +315,7 @@ def test_window_0_is_one_round_trip_per_add(start_server: Any) -> None:
 
     def logged_adds() -> dict[int, int]:
         adds = {0: 0, 8: 0}
-        for line in srv.output().splitlines():
+        for line in srv.lines():
             if line.startswith("{"):
                 entry = json.loads(line)
                 if entry.get("op") == "add" and "outcome" in entry:
