@@ -186,8 +186,6 @@ def _local_one_thread(
     hides FAISSx's fixed per-request cost in the flat ratio and not in the IVF/HNSW ones. The
     ratio against this figure shows the request path's cost the same way for every kind.
     """
-    import time
-
     import faiss
 
     index = faiss.index_factory(xb.shape[1], factory)
@@ -196,6 +194,17 @@ def _local_one_thread(
     for name, value in params.items():
         faiss.ParameterSpace().set_index_parameter(index, name, value)
     rows = [np.ascontiguousarray(xq[i : i + 1]) for i in range(len(xq))]
+    return float(np.median(local_times(index, rows, count))) * 1e6
+
+
+def local_times(index: Any, rows: list[np.ndarray], count: int, gap: float = 0.0) -> list[float]:
+    """Seconds of ``count`` one-query searches of ``index`` (over ``rows`` in turn) with one
+    OpenMP thread, what the server's inline path runs; each after sleeping ``gap`` seconds (0:
+    a tight loop; ``request_cost.py`` sleeps one echo round trip, as a server's search waits)."""
+    import time
+
+    import faiss
+
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
@@ -203,12 +212,14 @@ def _local_one_thread(
             index.search(rows[i % len(rows)], 10)
         times = []
         for i in range(count):
+            if gap:
+                time.sleep(gap)
             t0 = time.perf_counter()
             index.search(rows[i % len(rows)], 10)
             times.append(time.perf_counter() - t0)
     finally:
         faiss.omp_set_num_threads(threads)
-    return float(np.median(times)) * 1e6
+    return times
 
 
 def wire_sizes(d: int) -> dict[str, int]:

@@ -40,7 +40,7 @@ import numpy as np
 
 from benchmarks import procs
 from benchmarks.driver import EchoIndex
-from benchmarks.peers.anchors import INDICES, wire_sizes
+from benchmarks.peers.anchors import INDICES, local_times, wire_sizes
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -79,28 +79,6 @@ def timed_loop(
         "server_socket_cpu": socket_thread,
         "server_other_cpu": sum(spent.values()),
     }
-
-
-def local_times(index: Any, rows: list[np.ndarray], reps: int, gap: float) -> list[float]:
-    """One-query local searches with one OpenMP thread (what the server's inline path runs),
-    each after sleeping ``gap`` seconds (0: a tight loop)."""
-    import faiss
-
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        for i in range(20):
-            index.search(rows[i % len(rows)], 10)
-        times = []
-        for i in range(reps):
-            if gap:
-                time.sleep(gap)
-            t0 = time.perf_counter()
-            index.search(rows[i % len(rows)], 10)
-            times.append(time.perf_counter() - t0)
-    finally:
-        faiss.omp_set_num_threads(threads)
-    return times
 
 
 def median_us(values: list[float]) -> float:
