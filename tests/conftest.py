@@ -76,6 +76,23 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def run_module(
+    module: str, *args: str, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` from the repository root without the caller's FAISSX_*
+    variables (plus ``env``), as a user runs a benchmark; it must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("FAISSX_")}, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 def ping(endpoint: str, timeout: float = 0.5) -> bool:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)

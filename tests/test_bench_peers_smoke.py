@@ -11,35 +11,18 @@ asserted; timings never are.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import run_module
 
 
 def test_quick_peer_benchmark_runs_faissx_and_local(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAISSX_")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.peers",
-            "--quick",
-            "--systems",
-            "faissx-always,local",
-            "--no-anchors",
-            "--cache",
-            str(tmp_path / "cache"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    run_module(
+        "benchmarks.peers",
+        *("--quick", "--systems", "faissx-always,local", "--no-anchors"),
+        *("--cache", str(tmp_path / "cache")),
         timeout=300,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = tmp_path / "cache" / "quick"
     results = json.loads((out / "latest.json").read_text())
     assert "load average" in results["meta"]["uptime_before"]

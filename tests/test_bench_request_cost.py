@@ -8,40 +8,20 @@ the ratios are the arithmetic of the figures beside them); timings never are.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import run_module
 
 
 def test_request_cost_takes_one_flat_query_apart(tmp_path: Path) -> None:
     out = tmp_path / "cost.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAISSX_")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.peers.request_cost",
-            "--kind",
-            "flat",
-            "--rounds",
-            "2",
-            "--reps",
-            "20",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    done = run_module(
+        "benchmarks.peers.request_cost",
+        *("--kind", "flat", "--rounds", "2", "--reps", "20", "--out", str(out)),
         timeout=300,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (result,) = json.loads(out.read_text())
     assert result["ids_as_local"] == 1.0  # exact search: the same ids as local faiss
     assert result["requests"] == 40

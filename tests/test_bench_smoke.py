@@ -7,37 +7,21 @@ of the JSON is checked: timings are never asserted.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import run_module
+
 SYSTEMS = {"local", "tcp", "ipc", "echo-tcp", "echo-ipc", "original"}
 
 
 def test_quick_benchmark_writes_its_json(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAISSX_")}
     out = tmp_path / "results"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--no-original",
-            "--out",
-            str(out),
-            "--cache",
-            str(tmp_path / "cache"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    done = run_module(
+        "benchmarks",
+        *("--quick", "--no-original", "--out", str(out), "--cache", str(tmp_path / "cache")),
         timeout=180,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Ratios and goals" in done.stdout
     # every phase says what it is doing as it goes (a full run takes minutes)
     for phase in (
@@ -90,19 +74,14 @@ def test_quick_benchmark_writes_its_json(tmp_path: Path) -> None:
 def test_one_row_durability_benchmark_writes_its_json(tmp_path: Path) -> None:
     """``python -m benchmarks.durability --one-row`` at tiny sizes, against this build twice
     (``--compare``): the table and the JSON have every configuration and build."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAISSX_")}
-    env["FAISSX_BENCH_OUT"] = str(tmp_path)
     faissx = f"again={Path(sys.executable).parent / 'faissx'}"
     sizes = ["--rows", "3", "--blocks", "2", "--dims", "8", "--clients", "1,2", "--modes", "batch"]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.durability", "--one-row", *sizes, "--compare", faissx],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    done = run_module(
+        "benchmarks.durability",
+        *("--one-row", *sizes, "--compare", faissx),
         timeout=240,
+        env={"FAISSX_BENCH_OUT": str(tmp_path)},
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "load average" in done.stdout and "fsync/add" in done.stdout
     results = json.loads((tmp_path / "durability-one-row.json").read_text())["results"]
     assert set(results) == {"batch"}
